@@ -1,0 +1,240 @@
+"""OpenAI-style ``POST /v1/chat/completions``, the API most legacy chatbots copy.
+
+Replies the sidecar makes itself (refusals, steered answers) use the exact
+response and server-sent-event shapes of that API, so an unchanged client
+cannot tell them from the upstream's own answers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
+from sidecar.conversation import ChatRequest, Message
+from steerguard.errors import InvalidInput
+
+_ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# Tool and function results are not the user's words; they are left out of the context.
+_SKIPPED_ROLES = frozenset({"tool", "function"})
+
+
+def _text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for part in content:
+            if not isinstance(part, dict):
+                raise InvalidInput("message content parts must be objects")
+            if part.get("type") == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise InvalidInput("a text content part has no text")
+                parts.append(text)
+        return "\n".join(parts)
+    raise InvalidInput("message content must be a string or a list of parts")
+
+
+def _optional_number(document: dict[str, Any], key: str) -> float | None:
+    value = document.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"'{key}' must be a number")
+    return float(value)
+
+
+def _optional_int(document: dict[str, Any], key: str) -> int | None:
+    value = document.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"'{key}' must be an integer")
+    return value
+
+
+def new_completion_id() -> str:
+    """An id in OpenAI's format."""
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+class OpenAIStreamFormatter:
+    """``chat.completion.chunk`` events followed by ``data: [DONE]``."""
+
+    def __init__(self, request: ChatRequest, completion_id: str | None = None, model: str | None = None):
+        self._id = completion_id or new_completion_id()
+        self._model = model or request.model or "steerguard"
+        self._created = int(time.time())
+        self._include_usage = request.include_usage
+
+    def _event(self, payload: dict[str, Any]) -> bytes:
+        return b"data: " + dumps(payload) + b"\n\n"
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
+        return self._event(
+            {
+                "id": self._id,
+                "object": "chat.completion.chunk",
+                "created": self._created,
+                "model": self._model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            }
+        )
+
+    def start(self) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""}, None)
+
+    def delta(self, text: str) -> bytes:
+        return self._chunk({"content": text}, None)
+
+    def finish(self, reason: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> bytes:
+        out = self._chunk({}, reason)
+        if self._include_usage:
+            out += self._event(
+                {
+                    "id": self._id,
+                    "object": "chat.completion.chunk",
+                    "created": self._created,
+                    "model": self._model,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                }
+            )
+        return out + b"data: [DONE]\n\n"
+
+    def error(self, reason: str) -> bytes:
+        return self._event({"error": {"message": reason, "type": "server_error"}}) + b"data: [DONE]\n\n"
+
+
+class OpenAIAdapter:
+    """Chat completions, streaming or not."""
+
+    name = "openai"
+    streaming_content_type = "text/event-stream"
+
+    def parse(self, body: bytes) -> ChatRequest:
+        document = load_json_object(body)
+        raw_messages = document.get("messages")
+        if not isinstance(raw_messages, list) or not raw_messages:
+            raise InvalidInput("'messages' must be a non-empty list")
+        messages: list[Message] = []
+        for raw in raw_messages:
+            if not isinstance(raw, dict) or not isinstance(raw.get("role"), str):
+                raise InvalidInput("each message must be an object with a 'role'")
+            role = raw["role"]
+            if role in _SKIPPED_ROLES:
+                continue
+            if role not in _ROLE_MAP:
+                raise InvalidInput("unknown message role")
+            messages.append(Message(_ROLE_MAP[role], _text_of(raw.get("content"))))
+        if not any(m.role == "user" and m.content.strip() for m in messages):
+            raise InvalidInput("no user message with text to check")
+        stream = document.get("stream", False)
+        if not isinstance(stream, bool):
+            raise InvalidInput("'stream' must be true or false")
+        options = document.get("stream_options") or {}
+        if not isinstance(options, dict):
+            raise InvalidInput("'stream_options' must be an object")
+        model = document.get("model")
+        max_tokens = _optional_int(document, "max_completion_tokens")
+        if max_tokens is None:
+            max_tokens = _optional_int(document, "max_tokens")
+        return ChatRequest(
+            messages=messages,
+            document=document,
+            stream=stream,
+            include_usage=bool(options.get("include_usage", False)),
+            model=model if isinstance(model, str) else None,
+            max_tokens=max_tokens,
+            temperature=_optional_number(document, "temperature"),
+            top_p=_optional_number(document, "top_p"),
+            seed=_optional_int(document, "seed"),
+        )
+
+    def reply(
+        self,
+        request: ChatRequest,
+        text: str,
+        meta: ReplyMeta,
+        *,
+        finish_reason: str = "stop",
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> Reply:
+        payload = {
+            "id": new_completion_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.model or "steerguard",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        return Reply(body=dumps(payload))
+
+    def stream_formatter(
+        self, request: ChatRequest, completion_id: str | None = None, model: str | None = None
+    ) -> OpenAIStreamFormatter:
+        return OpenAIStreamFormatter(request, completion_id, model)
+
+    def answer_text(self, document: Any) -> str | None:
+        if not isinstance(document, dict) or not isinstance(document.get("choices"), list):
+            return None
+        texts: list[str] = []
+        for choice in document["choices"]:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                texts.append(message["content"])
+        return "\n\n".join(texts) if texts else None
+
+    def replace_answer(self, document: Any, text: str) -> bytes:
+        for choice in document.get("choices", []):
+            if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+                choice["message"]["content"] = text
+                choice["finish_reason"] = "content_filter"
+        return dumps(document)
+
+    def stream_answer_delta(self, event_data: bytes) -> str | None:
+        try:
+            payload = json.loads(event_data)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+            return None
+        texts = []
+        for choice in payload["choices"]:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                texts.append(delta["content"])
+        return "".join(texts) if texts else None
+
+    @staticmethod
+    def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:
+        """The upstream's completion id and model, to keep them in replacement events."""
+        try:
+            payload = json.loads(event_data)
+        except (UnicodeDecodeError, ValueError):
+            return None, None
+        if not isinstance(payload, dict):
+            return None, None
+        cid, model = payload.get("id"), payload.get("model")
+        return (cid if isinstance(cid, str) else None, model if isinstance(model, str) else None)

@@ -1,0 +1,374 @@
+"""The policy file: what the sidecar does with each verdict, per category and route.
+
+Kept separate from the flags because it is owned by whoever runs the chatbot
+(a ConfigMap in Kubernetes), while flags are owned by the deployment. The file
+is YAML (JSON is valid YAML), validated strictly at start-up so a typo fails
+loudly instead of silently allowing traffic. Example::
+
+    mode: enforce                 # or shadow: forward everything, only record
+    on_classifier_error: closed   # default for routes: closed (503) or open
+    refusal_message: "Sorry, I can't help with that."
+    default: block                # unsafe category without a rule below
+    categories:
+      cybercrime: {action: steer, vector: category}
+      self_harm: {action: steer, vector: refusal}
+      misinformation: flag
+    steer: {max_new_tokens: 200, temperature: 0.0}
+    response_check: {enabled: false, window_chars: 256}
+    routes:
+      - {path: /v1/chat/completions, adapter: openai}
+      - path: /api/ask
+        adapter: json
+        prompt_pointer: /question
+        history_pointer: /history
+        response_pointer: /answer
+        reply_template: {answer: "{{reply}}", flagged: "{{unsafe}}"}
+        on_classifier_error: open
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sidecar import jsonptr, template
+from steerguard.errors import SteerguardError
+
+
+class PolicyError(SteerguardError):
+    """The policy file is malformed; the reason names the key."""
+
+
+class Action(str, enum.Enum):
+    """What happens to a request."""
+
+    ALLOW = "allow"
+    BLOCK = "block"
+    STEER = "steer"
+    FLAG = "flag"
+
+
+class FailureMode(str, enum.Enum):
+    """What a route does when the classifier cannot judge a request."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+DEFAULT_REFUSAL = "I'm sorry, but I can't help with that request."
+
+
+@dataclass(frozen=True)
+class CategoryRule:
+    """The action for one harm category; ``vector`` is ``refusal`` or ``category`` for steer."""
+
+    action: Action
+    vector: str = "refusal"
+    strength: float = 0.0
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class SteerParams:
+    """Generation settings for steered answers (the request may lower them)."""
+
+    max_new_tokens: int = 200
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class ResponseCheck:
+    """Classify the upstream's answer before the client sees it.
+
+    With streaming, at most ``window_chars`` characters of answer (and
+    ``max_window_bytes`` of events) are held back while being judged.
+    """
+
+    enabled: bool = False
+    window_chars: int = 256
+    max_window_bytes: int = 256 * 1024
+    max_body_bytes: int = 4 * 1024 * 1024
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """A path the sidecar understands; every other path is passed through."""
+
+    path: str
+    adapter: str = "openai"
+    methods: tuple[str, ...] = ("POST",)
+    on_classifier_error: FailureMode = FailureMode.CLOSED
+    response_check: ResponseCheck = field(default_factory=ResponseCheck)
+    prompt_pointer: str | None = None
+    history_pointer: str | None = None
+    response_pointer: str | None = None
+    reply_template: Any = None
+    reply_content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The whole parsed policy."""
+
+    shadow: bool = False
+    default: CategoryRule = field(default_factory=lambda: CategoryRule(Action.BLOCK))
+    categories: Mapping[str, CategoryRule] = field(default_factory=dict)
+    refusal_message: str = DEFAULT_REFUSAL
+    threshold: float | None = None
+    context_messages: int = 8
+    context_chars: int = 6000
+    steer: SteerParams = field(default_factory=SteerParams)
+    routes: tuple[Route, ...] = (Route(path="/v1/chat/completions"),)
+    unknown_paths: str = "forward"
+
+    def rule_for(self, category: str) -> CategoryRule:
+        """The rule for an unsafe verdict of ``category`` (the default when unlisted)."""
+        return self.categories.get(category, self.default)
+
+    def refusal_for(self, category: str) -> str:
+        """The refusal text for a blocked request of ``category``."""
+        return self.rule_for(category).message or self.refusal_message
+
+
+def _expect(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise PolicyError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PolicyError(f"{where}: expected a mapping")
+    return value
+
+
+def _number(value: Any, where: str, *, low: float, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PolicyError(f"{where}: expected a number")
+    if value < low or (high is not None and value > high):
+        raise PolicyError(f"{where}: out of range")
+    return float(value)
+
+
+def _int(value: Any, where: str, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise PolicyError(f"{where}: expected an integer >= {low}")
+    return value
+
+
+def _enum(enum_cls: type[enum.Enum], value: Any, where: str) -> Any:
+    try:
+        return enum_cls(value)
+    except ValueError:
+        options = ", ".join(str(m.value) for m in enum_cls)
+        raise PolicyError(f"{where}: expected one of {options}") from None
+
+
+def _rule(value: Any, where: str) -> CategoryRule:
+    if isinstance(value, str):
+        value = {"action": value}
+    data = _mapping(value, where)
+    _expect(data, {"action", "vector", "strength", "message"}, where)
+    action = _enum(Action, data.get("action", "block"), f"{where}.action")
+    vector = data.get("vector", "refusal")
+    if vector not in {"refusal", "category"}:
+        raise PolicyError(f"{where}.vector: expected refusal or category")
+    strength = _number(data.get("strength", 0.0), f"{where}.strength", low=0.0)
+    message = data.get("message")
+    if message is not None and not isinstance(message, str):
+        raise PolicyError(f"{where}.message: expected text")
+    return CategoryRule(action=action, vector=vector, strength=strength, message=message)
+
+
+def _response_check(value: Any, where: str, base: ResponseCheck) -> ResponseCheck:
+    if isinstance(value, bool):
+        return replace(base, enabled=value)
+    data = _mapping(value, where)
+    _expect(data, {"enabled", "window_chars", "max_window_bytes", "max_body_bytes", "message"}, where)
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise PolicyError(f"{where}.enabled: expected true or false")
+    message = data.get("message", base.message)
+    if message is not None and not isinstance(message, str):
+        raise PolicyError(f"{where}.message: expected text")
+    return ResponseCheck(
+        enabled=enabled,
+        window_chars=_int(data.get("window_chars", base.window_chars), f"{where}.window_chars", low=1),
+        max_window_bytes=_int(
+            data.get("max_window_bytes", base.max_window_bytes), f"{where}.max_window_bytes", low=1024
+        ),
+        max_body_bytes=_int(data.get("max_body_bytes", base.max_body_bytes), f"{where}.max_body_bytes", low=1),
+        message=message,
+    )
+
+
+def _pointer(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise PolicyError(f"{where}: expected a JSON pointer")
+    try:
+        jsonptr.parse(value)
+    except jsonptr.PointerError as exc:
+        raise PolicyError(f"{where}: {exc}") from None
+    return value
+
+
+_ROUTE_KEYS = {
+    "path",
+    "adapter",
+    "methods",
+    "on_classifier_error",
+    "response_check",
+    "prompt_pointer",
+    "history_pointer",
+    "response_pointer",
+    "reply_template",
+    "reply_content_type",
+}
+
+
+def _route(value: Any, where: str, failure: FailureMode, check: ResponseCheck) -> Route:
+    data = _mapping(value, where)
+    _expect(data, _ROUTE_KEYS, where)
+    path = data.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise PolicyError(f"{where}.path: expected a path starting with '/'")
+    adapter = data.get("adapter", "openai")
+    if adapter not in {"openai", "json"}:
+        raise PolicyError(f"{where}.adapter: expected openai or json")
+    methods = data.get("methods", ["POST"])
+    if isinstance(methods, str):
+        methods = [methods]
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+        raise PolicyError(f"{where}.methods: expected a list of HTTP methods")
+    route = Route(
+        path=path,
+        adapter=adapter,
+        methods=tuple(m.upper() for m in methods),
+        on_classifier_error=_enum(
+            FailureMode, data.get("on_classifier_error", failure.value), f"{where}.on_classifier_error"
+        ),
+        response_check=_response_check(data["response_check"], f"{where}.response_check", check)
+        if "response_check" in data
+        else check,
+        prompt_pointer=_pointer(data.get("prompt_pointer"), f"{where}.prompt_pointer"),
+        history_pointer=_pointer(data.get("history_pointer"), f"{where}.history_pointer"),
+        response_pointer=_pointer(data.get("response_pointer"), f"{where}.response_pointer"),
+        reply_template=data.get("reply_template"),
+        reply_content_type=str(data.get("reply_content_type", "application/json")),
+    )
+    if adapter == "json":
+        if route.prompt_pointer is None:
+            raise PolicyError(f"{where}.prompt_pointer: required for the json adapter")
+        if route.reply_template is None:
+            raise PolicyError(f"{where}.reply_template: required for the json adapter")
+        try:
+            template.validate(route.reply_template)
+        except (template.TemplateError, jsonptr.PointerError) as exc:
+            raise PolicyError(f"{where}.reply_template: {exc}") from None
+        if route.response_check.enabled and route.response_pointer is None:
+            raise PolicyError(f"{where}.response_pointer: required when response_check is enabled")
+    return route
+
+
+_TOP_KEYS = {
+    "mode",
+    "on_classifier_error",
+    "refusal_message",
+    "default",
+    "categories",
+    "threshold",
+    "context_messages",
+    "context_chars",
+    "steer",
+    "response_check",
+    "routes",
+    "unknown_paths",
+}
+
+
+def parse_policy(data: Any) -> Policy:
+    """Validate a parsed policy document; raise :class:`PolicyError` naming the bad key."""
+    if data is None:
+        data = {}
+    data = _mapping(data, "policy")
+    _expect(data, _TOP_KEYS, "policy")
+    mode = data.get("mode", "enforce")
+    if mode not in {"enforce", "shadow"}:
+        raise PolicyError("policy.mode: expected enforce or shadow")
+    failure = _enum(FailureMode, data.get("on_classifier_error", "closed"), "policy.on_classifier_error")
+    check = _response_check(data.get("response_check", False), "policy.response_check", ResponseCheck())
+    categories = {
+        str(name): _rule(rule, f"policy.categories.{name}")
+        for name, rule in _mapping(data.get("categories", {}) or {}, "policy.categories").items()
+    }
+    steer_data = _mapping(data.get("steer", {}) or {}, "policy.steer")
+    _expect(steer_data, {"max_new_tokens", "temperature", "top_p"}, "policy.steer")
+    steer = SteerParams(
+        max_new_tokens=_int(steer_data.get("max_new_tokens", 200), "policy.steer.max_new_tokens", low=1),
+        temperature=_number(steer_data.get("temperature", 0.0), "policy.steer.temperature", low=0.0),
+        top_p=_number(steer_data.get("top_p", 1.0), "policy.steer.top_p", low=0.0, high=1.0),
+    )
+    threshold = data.get("threshold")
+    if threshold is not None:
+        threshold = _number(threshold, "policy.threshold", low=0.0, high=1.0)
+        if threshold in (0.0, 1.0):
+            raise PolicyError("policy.threshold: must be strictly between 0 and 1")
+    raw_routes = data.get("routes")
+    if raw_routes is None:
+        raw_routes = [{"path": "/v1/chat/completions", "adapter": "openai"}]
+    if not isinstance(raw_routes, list):
+        raise PolicyError("policy.routes: expected a list")
+    routes = tuple(_route(r, f"policy.routes[{i}]", failure, check) for i, r in enumerate(raw_routes))
+    seen: set[tuple[str, str]] = set()
+    for route in routes:
+        for method in route.methods:
+            if (method, route.path) in seen:
+                raise PolicyError(f"policy.routes: {method} {route.path} is listed twice")
+            seen.add((method, route.path))
+    refusal = data.get("refusal_message", DEFAULT_REFUSAL)
+    if not isinstance(refusal, str) or not refusal:
+        raise PolicyError("policy.refusal_message: expected text")
+    unknown_paths = data.get("unknown_paths", "forward")
+    if unknown_paths not in {"forward", "reject"}:
+        raise PolicyError("policy.unknown_paths: expected forward or reject")
+    return Policy(
+        shadow=mode == "shadow",
+        default=_rule(data.get("default", "block"), "policy.default"),
+        categories=categories,
+        refusal_message=refusal,
+        threshold=threshold,
+        context_messages=_int(data.get("context_messages", 8), "policy.context_messages", low=1),
+        context_chars=_int(data.get("context_chars", 6000), "policy.context_chars", low=1),
+        steer=steer,
+        routes=routes,
+        unknown_paths=unknown_paths,
+    )
+
+
+def load_policy(path: str | Path | None) -> Policy:
+    """Read and validate a policy file; ``None`` gives the default policy."""
+    if path is None:
+        return parse_policy({})
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {file}: {exc.strerror}") from None
+    try:
+        if file.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # json.JSONDecodeError or yaml.YAMLError
+        raise PolicyError(f"policy file {file} is not valid YAML/JSON: {exc}") from None
+    return parse_policy(data)

@@ -1,0 +1,115 @@
+"""Sidecar flags (each also ``STEERGUARD_<FLAG>``) and the settings object built from them.
+
+Parsed once at the entry point; everything below takes a :class:`SidecarSettings`.
+This module imports only the standard library so ``steerguard --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from steerguard.errors import InvalidInput
+from steerguard.settings import add_flag
+
+
+def add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
+    """Every flag of ``steerguard serve sidecar`` (names are relied on by the k8s manifests)."""
+    add_flag(parser, "--host", default="0.0.0.0", help="address to listen on")
+    add_flag(parser, "--port", type=int, default=8080, help="HTTP port (0 picks a free one)")
+    add_flag(parser, "--upstream", default=None, help="base URL of the chatbot, e.g. http://bot:8000")
+    add_flag(parser, "--classifier", default="127.0.0.1:50051", help="classifier service HOST:PORT")
+    add_flag(parser, "--steer", default="127.0.0.1:50052", help="steer service HOST:PORT")
+    add_flag(parser, "--policy", default=None, help="policy file (YAML or JSON); default: block all unsafe")
+    add_flag(parser, "--auth-token", default=None, help="bearer token sent to the services")
+    add_flag(parser, "--auth-token-file", default=None, help="read the bearer token from this file")
+    add_flag(parser, "--tls-ca", default=None, help="CA bundle (PEM): use TLS toward the services")
+    add_flag(parser, "--tls-server-name", default=None, help="expected TLS name of the services")
+    add_flag(parser, "--max-body-bytes", type=int, default=1024 * 1024, help="largest request body checked")
+    add_flag(parser, "--classify-timeout-ms", type=int, default=2000, help="deadline of one classify call")
+    add_flag(parser, "--steer-timeout-s", type=float, default=120.0, help="deadline of one steered answer")
+    add_flag(parser, "--grpc-retries", type=int, default=3, help="attempts per call on UNAVAILABLE (1-5)")
+    add_flag(parser, "--grpc-keepalive-s", type=float, default=30.0, help="keep-alive ping interval")
+    add_flag(parser, "--upstream-connect-timeout-s", type=float, default=5.0, help="connect to the chatbot")
+    add_flag(parser, "--upstream-timeout-s", type=float, default=120.0, help="wait for the chatbot's headers")
+    add_flag(parser, "--upstream-read-timeout-s", type=float, default=60.0, help="longest pause in a body")
+    add_flag(parser, "--upstream-pool-size", type=int, default=512, help="keep-alive connections to the bot")
+    add_flag(parser, "--client-timeout-s", type=float, default=30.0, help="time to receive a request body")
+    add_flag(parser, "--grace-seconds", type=float, default=10.0, help="drain time on SIGTERM")
+    add_flag(parser, "--log-format", choices=["json", "console"], default="json", help="log renderer")
+    add_flag(parser, "--log-level", default="info", help="log level")
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    """Everything the proxy needs from its flags."""
+
+    upstream: str
+    classifier: str = "127.0.0.1:50051"
+    steer: str = "127.0.0.1:50052"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    policy_file: str | None = None
+    auth_token: str | None = None
+    tls_ca: str | None = None
+    tls_server_name: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    classify_timeout_s: float = 2.0
+    steer_timeout_s: float = 120.0
+    grpc_retries: int = 3
+    grpc_keepalive_s: float = 30.0
+    upstream_connect_timeout_s: float = 5.0
+    upstream_timeout_s: float = 120.0
+    upstream_read_timeout_s: float = 60.0
+    upstream_pool_size: int = 512
+    client_timeout_s: float = 30.0
+    grace_s: float = 10.0
+    log_format: str = "json"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.upstream)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise InvalidInput("--upstream must be an http(s) URL such as http://127.0.0.1:8000")
+        if self.max_body_bytes < 1:
+            raise InvalidInput("--max-body-bytes must be positive")
+        if not 1 <= self.grpc_retries <= 5:
+            raise InvalidInput("--grpc-retries must be between 1 and 5")
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> SidecarSettings:
+        """Build settings from parsed flags (reads the token file here, once)."""
+        if not ns.upstream:
+            raise InvalidInput("--upstream is required (or STEERGUARD_UPSTREAM)")
+        token = ns.auth_token
+        if ns.auth_token_file:
+            try:
+                token = Path(ns.auth_token_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise InvalidInput(f"cannot read --auth-token-file: {exc.strerror}") from None
+        return cls(
+            upstream=ns.upstream,
+            classifier=ns.classifier,
+            steer=ns.steer,
+            host=ns.host,
+            port=ns.port,
+            policy_file=ns.policy,
+            auth_token=token or None,
+            tls_ca=ns.tls_ca,
+            tls_server_name=ns.tls_server_name,
+            max_body_bytes=ns.max_body_bytes,
+            classify_timeout_s=ns.classify_timeout_ms / 1000.0,
+            steer_timeout_s=ns.steer_timeout_s,
+            grpc_retries=ns.grpc_retries,
+            grpc_keepalive_s=ns.grpc_keepalive_s,
+            upstream_connect_timeout_s=ns.upstream_connect_timeout_s,
+            upstream_timeout_s=ns.upstream_timeout_s,
+            upstream_read_timeout_s=ns.upstream_read_timeout_s,
+            upstream_pool_size=ns.upstream_pool_size,
+            client_timeout_s=ns.client_timeout_s,
+            grace_s=ns.grace_seconds,
+            log_format=ns.log_format,
+            log_level=ns.log_level,
+        )

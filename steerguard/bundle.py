@@ -1,0 +1,214 @@
+"""Calibration bundle: probe weights, steering vectors, thresholds and a manifest.
+
+Layout of a bundle directory::
+
+    manifest.json        what was calibrated, on which model, from which data, how well
+    tensors.safetensors  probe and category head, unit steering directions, residual norms
+
+Tensors:
+
+- ``probe.mean``/``probe.std`` ``[H]``: standardisation of the probe layer's
+  last-token state; ``probe.weight`` ``[H]``, ``probe.bias`` ``[1]``: logistic
+  unsafe probability on the standardised state (SafeSwitch-style probe).
+- ``category.weight`` ``[C, H]``, ``category.bias`` ``[C]``: softmax category
+  head on the same standardised state; row order = ``manifest.categories``.
+- ``vector.<name>`` ``[L, H]``: unit steering direction per layer for
+  ``refusal`` (SCANS/Arditi) and ``category:<name>`` (SafeSteer).
+- ``norms`` ``[L]``: typical residual norm per layer (first token excluded:
+  it is an attention sink with a huge norm). Strength is relative to it, so a
+  strength means the same thing at every layer and on every model.
+
+``bundle_id`` is a content hash of the tensors and the manifest (less the id
+itself), so caches keyed by it are invalidated by any recalibration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from steerguard.errors import BundleError
+from steerguard.model.host import ModelIdentity
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TENSORS = "tensors.safetensors"
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "bundles" / "default"
+REFUSAL = "refusal"
+CATEGORY_PREFIX = "category:"
+MAX_STRENGTH = 4.0
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Probe output for a batch: unsafe probability ``[B]`` and category probabilities ``[B, C]``."""
+
+    unsafe: torch.Tensor
+    categories: torch.Tensor
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k not in {"bundle_id"}}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def content_id(tensor_bytes: bytes, manifest: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    h.update(tensor_bytes)
+    h.update(_canonical(manifest))
+    return "sg-" + h.hexdigest()[:20]
+
+
+class Bundle:
+    """A loaded bundle. Read-only after construction; shared by all requests."""
+
+    def __init__(self, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path | None = None):
+        self.manifest = manifest
+        self.tensors = {k: v.float().contiguous() for k, v in tensors.items()}
+        self.path = path
+        self._validate()
+
+    # -- persistence --------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Bundle:
+        folder = Path(path) if path is not None else DEFAULT_BUNDLE_DIR
+        mpath, tpath = folder / MANIFEST, folder / TENSORS
+        if not mpath.is_file() or not tpath.is_file():
+            raise BundleError(f"{folder} is not a steerguard bundle (needs {MANIFEST} and {TENSORS})")
+        try:
+            manifest = json.loads(mpath.read_text())
+            tensors = load_file(str(tpath))
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"cannot read bundle {folder}: {exc}") from exc
+        bundle = cls(manifest, tensors, folder)
+        expected = content_id(tpath.read_bytes(), manifest)
+        if manifest.get("bundle_id") != expected:
+            raise BundleError(f"bundle {folder} is corrupt: content does not match its bundle_id")
+        return bundle
+
+    def save(self, folder: str | Path) -> str:
+        """Write the bundle; returns and records its content-hash ``bundle_id``."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        tpath = out / TENSORS
+        save_file(self.tensors, str(tpath), metadata={"format": "steerguard-bundle"})
+        self.manifest["bundle_id"] = content_id(tpath.read_bytes(), self.manifest)
+        (out / MANIFEST).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
+        self.path = out
+        return str(self.manifest["bundle_id"])
+
+    def _validate(self) -> None:
+        m = self.manifest
+        if m.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"unsupported bundle format {m.get('format_version')!r}")
+        need = ["probe.mean", "probe.std", "probe.weight", "probe.bias", "norms"]
+        if self.categories:
+            need += ["category.weight", "category.bias"]
+        missing = [k for k in need if k not in self.tensors]
+        if missing:
+            raise BundleError(f"bundle lacks tensors: {', '.join(missing)}")
+        for name in self.vector_names:
+            if f"vector.{name}" not in self.tensors:
+                raise BundleError(f"bundle lacks vector {name!r}")
+
+    # -- identity -------------------------------------------------------------
+
+    @property
+    def bundle_id(self) -> str:
+        return str(self.manifest.get("bundle_id", ""))
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return dict(self.manifest["model"])
+
+    def verify_model(self, identity: ModelIdentity) -> None:
+        """Refuse to run a bundle on a model it was not calibrated on."""
+        want = self.manifest["model"]
+        if want.get("sha256") != identity.sha256:
+            raise BundleError(
+                f"bundle {self.bundle_id} was calibrated on model {want.get('name')!r} "
+                f"(weights {str(want.get('sha256'))[:12]}), not on {identity.name!r} "
+                f"(weights {identity.sha256[:12]}); recalibrate with 'steerguard calibrate'"
+            )
+
+    # -- probe ----------------------------------------------------------------
+
+    @property
+    def probe_layer(self) -> int:
+        return int(self.manifest["probe"]["layer"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["probe"]["threshold"])
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.manifest.get("categories", []))
+
+    def score(self, states: torch.Tensor) -> Scores:
+        """Probe the probe layer's last-token states ``[B, H]``."""
+        t = self.tensors
+        z = (states.float() - t["probe.mean"]) / t["probe.std"]
+        unsafe = torch.sigmoid(z @ t["probe.weight"] + t["probe.bias"])
+        if self.categories:
+            cats = torch.softmax(z @ t["category.weight"].T + t["category.bias"], dim=-1)
+        else:
+            cats = torch.zeros((states.shape[0], 0))
+        return Scores(unsafe, cats)
+
+    # -- steering ----------------------------------------------------------------
+
+    @property
+    def vector_names(self) -> list[str]:
+        return list(self.manifest.get("vectors", {}))
+
+    def vector_layers(self, name: str) -> list[int]:
+        return [int(x) for x in self._vector(name)["layers"]]
+
+    def default_strength(self, name: str) -> float:
+        return float(self._vector(name)["strength"])
+
+    def _vector(self, name: str) -> dict[str, Any]:
+        try:
+            return dict(self.manifest["vectors"][name])
+        except KeyError:
+            raise BundleError(f"unknown steering vector {name!r}") from None
+
+    def deltas(self, name: str, strength: float | None = None, sign: float = 1.0) -> dict[int, torch.Tensor]:
+        """{layer: delta [H]} to add for vector ``name`` at ``strength`` (relative to residual norm)."""
+        s = self.default_strength(name) if strength is None or strength == 0 else float(strength)
+        directions = self.tensors[f"vector.{name}"]
+        norms = self.tensors["norms"]
+        return {layer: sign * s * norms[layer] * directions[layer] for layer in self.vector_layers(name)}
+
+    def policy_vector(self, category: str) -> str:
+        """Vector AUTO applies to an unsafe prompt of ``category`` (refusal unless the policy says otherwise)."""
+        policy = self.manifest.get("policy", {})
+        choice = str(policy.get("per_category", {}).get(category, policy.get("default", REFUSAL)))
+        if choice == "category":
+            choice = CATEGORY_PREFIX + category
+        return choice if choice in self.vector_names else REFUSAL
+
+    def steer_layers(self) -> list[int]:
+        """Every layer any vector steers (the hooks a gated batch may need)."""
+        return sorted({layer for name in self.vector_names for layer in self.vector_layers(name)})
+
+    def info(self) -> dict[str, Any]:
+        """Summary for DescribeBundle and logs."""
+        return {
+            "bundle_id": self.bundle_id,
+            "model": self.model,
+            "categories": self.categories,
+            "probe_layer": self.probe_layer,
+            "threshold": self.threshold,
+            "steer_layers": self.vector_layers(REFUSAL) if REFUSAL in self.vector_names else [],
+            "default_strength": self.default_strength(REFUSAL) if REFUSAL in self.vector_names else 0.0,
+            "created_at": self.manifest.get("created_at", ""),
+        }

@@ -1,0 +1,1 @@
+"""Shared gRPC server plumbing: server factory, error mapping, auth, TLS, health, shutdown."""

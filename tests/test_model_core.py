@@ -1,0 +1,133 @@
+"""Model host, activation reading, steering hooks and batched generation on a tiny Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steerguard.errors import InvalidInput
+from steerguard.generation import SamplingParams, generate
+from steerguard.model.activations import last_token_states
+from steerguard.model.chat import normalise_request
+from steerguard.model.steering import SteeringState, apply_steering
+
+def hook_ids(host) -> list[set[int]]:  # type: ignore[no-untyped-def]
+    """Hooks on each layer (transformers may keep its own output-recording hooks)."""
+    return [set(layer._forward_hooks) for layer in host.layers]
+
+
+PROMPTS = ["How do I bake bread?", "Tell me a joke about cats, please, a long one"]
+
+
+def test_chat_validation() -> None:
+    with pytest.raises(InvalidInput, match="not both"):
+        normalise_request("a", [{"role": "user", "content": "b"}])
+    with pytest.raises(InvalidInput, match="role"):
+        normalise_request(None, [{"role": "wizard", "content": "b"}])
+    with pytest.raises(InvalidInput, match="empty"):
+        normalise_request("   ")
+    with pytest.raises(InvalidInput, match="UTF-8"):
+        normalise_request(b"\xff\xfe")
+    with pytest.raises(InvalidInput, match="last message"):
+        normalise_request(None, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])
+    conv = normalise_request(None, [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}])
+    assert conv.last_user_text == "hi"
+    assert conv.digest() == normalise_request(None, conv.as_dicts()).digest()
+    assert conv.digest() != normalise_request("hi").digest()
+
+
+def test_format_keeps_template_system_prompt(tiny_host) -> None:  # type: ignore[no-untyped-def]
+    text = tiny_host.format(normalise_request("hello"))
+    assert "<|im_start|>system" in text and text.endswith("<|im_start|>assistant\n")
+
+
+def test_early_exit_states_match_full_forward(tiny_host) -> None:  # type: ignore[no-untyped-def]
+    batch = tiny_host.encode([normalise_request(p) for p in PROMPTS])
+    states = last_token_states(tiny_host, batch, [1, 2])
+    with torch.inference_mode():
+        full = tiny_host.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            output_hidden_states=True,
+        )
+    for layer in (1, 2):
+        torch.testing.assert_close(states[layer], full.hidden_states[layer + 1][:, -1, :])
+
+
+def test_early_exit_stops_after_deepest_layer(tiny_host) -> None:  # type: ignore[no-untyped-def]
+    ran: list[int] = []
+    handles = [
+        layer.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, layer in enumerate(tiny_host.layers)
+    ]
+    try:
+        last_token_states(tiny_host, tiny_host.encode([normalise_request("hi")]), [1])
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [0, 1]
+
+
+def test_left_padding_does_not_change_a_row(tiny_host) -> None:  # type: ignore[no-untyped-def]
+    convs = [normalise_request(p) for p in PROMPTS]
+    both = last_token_states(tiny_host, tiny_host.encode(convs), [3])[3]
+    alone = last_token_states(tiny_host, tiny_host.encode(convs[:1]), [3])[3]
+    torch.testing.assert_close(both[0], alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_steering_is_per_row_and_removed(tiny_host) -> None:  # type: ignore[no-untyped-def]
+    convs = [normalise_request(p) for p in PROMPTS]
+    batch = tiny_host.encode(convs)
+    params = [SamplingParams(max_new_tokens=8)] * 2
+    plain = generate(tiny_host, batch, SteeringState(), params)
+    before = hook_ids(tiny_host)
+    delta = torch.zeros((2, tiny_host.identity.hidden_size))
+    delta[1] = 50.0 * torch.randn(tiny_host.identity.hidden_size)
+    steered = generate(tiny_host, batch, SteeringState(deltas={1: delta}), params)
+    assert steered[0].token_ids == plain[0].token_ids  # zero delta row untouched
+    assert steered[1].token_ids != plain[1].token_ids
+    assert hook_ids(tiny_host) == before
+    again = generate(tiny_host, batch, SteeringState(), params)
+    assert [o.token_ids for o in again] == [o.token_ids for o in plain]
+
+
+def test_hooks_removed_after_error(tiny_host) -> None:  # type: ignore[no-untyped-def]
+    state = SteeringState(deltas={0: torch.zeros((1, 3))})  # wrong width: the forward fails
+    batch = tiny_host.encode([normalise_request("hi")])
+    before = hook_ids(tiny_host)
+    with pytest.raises(RuntimeError), apply_steering(tiny_host.layers, state):
+        assert hook_ids(tiny_host) != before
+        tiny_host.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    assert hook_ids(tiny_host) == before
+
+
+def test_gated_decision_happens_in_the_prompt_pass(tiny_host) -> None:  # type: ignore[no-untyped-def]
+    convs = [normalise_request(p) for p in PROMPTS]
+    batch = tiny_host.encode(convs)
+    calls: list[int] = []
+    forward_calls: list[int] = []
+    h = tiny_host.identity.hidden_size
+
+    def decide(states: torch.Tensor) -> dict[int, torch.Tensor]:
+        calls.append(states.shape[0])
+        d = torch.zeros((states.shape[0], h))
+        d[0] = 80.0
+        return {3: d}
+
+    handle = tiny_host.model.register_forward_hook(lambda m, i, o: forward_calls.append(1))
+    try:
+        params = [SamplingParams(max_new_tokens=4)] * 2
+        gated = generate(tiny_host, batch, SteeringState(probe_layer=2, decide=decide), params, extra_layers={3})
+    finally:
+        handle.remove()
+    plain = generate(tiny_host, batch, SteeringState(), params)
+    assert calls == [2]
+    assert gated[1].token_ids == plain[1].token_ids
+    assert gated[0].token_ids != plain[0].token_ids
+    steps = max(len(o.token_ids) for o in gated)
+    assert len(forward_calls) <= steps  # one prefill + one per later token, no second prompt pass
+
+
+def test_over_long_prompt_is_refused(tiny_host) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidInput, match="over the limit"):
+        tiny_host.encode([normalise_request("word " * 200)], max_tokens=50)
