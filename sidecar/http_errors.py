@@ -1,0 +1,71 @@
+"""Every error the sidecar answers itself: one JSON shape, one status table.
+
+The body is ``{"error": {"code": ..., "message": reason}}`` (OpenAI clients
+read ``error.message``); reasons come from :mod:`steerguard.errors`, which
+guarantees they hold no prompt text.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from steerguard.errors import (
+    InvalidInput,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    SteerguardError,
+    Unauthenticated,
+    UpstreamError,
+)
+
+
+class UnsupportedMediaType(InvalidInput):
+    """The request is not JSON (HTTP 415)."""
+
+
+class RequestTimeout(InvalidInput):
+    """The client sent its body too slowly (HTTP 408)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The chatbot did not answer in time (HTTP 504)."""
+
+
+class ClassifierUnavailable(SteerguardError):
+    """Fail-closed refusal when the classifier cannot judge (HTTP 503)."""
+
+
+# Most specific first.
+_TABLE: list[tuple[type[SteerguardError], int, str]] = [
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (UnsupportedMediaType, 415, "unsupported_media_type"),
+    (RequestTimeout, 408, "request_timeout"),
+    (InvalidInput, 400, "invalid_request"),
+    (Unauthenticated, 401, "unauthenticated"),
+    (Overloaded, 429, "overloaded"),
+    (NotReady, 503, "not_ready"),
+    (ClassifierUnavailable, 503, "classifier_unavailable"),
+    (UpstreamTimeout, 504, "upstream_timeout"),
+    (UpstreamError, 502, "upstream_error"),
+]
+
+
+def status_of(error: SteerguardError) -> tuple[int, str]:
+    """HTTP status and machine-readable code of an error."""
+    for cls, status, code in _TABLE:
+        if isinstance(error, cls):
+            return status, code
+    return 500, "internal_error"
+
+
+def error_response(error: SteerguardError, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON error response for ``error``."""
+    status, code = status_of(error)
+    body = json.dumps({"error": {"code": code, "message": error.reason}}).encode()
+    out_headers = {"x-steerguard-error": code}
+    if headers:
+        out_headers.update(headers)
+    return web.Response(status=status, body=body, content_type="application/json", headers=out_headers)

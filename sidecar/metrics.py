@@ -1,0 +1,61 @@
+"""Prometheus metrics of one sidecar (own registry, so tests can run several apps).
+
+``added_latency`` is the time the sidecar itself adds to a forwarded request:
+from receiving it to handing it to the upstream (body read, parse, classify).
+Requests the sidecar answers itself are measured whole in ``request_duration``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+_FAST = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    """All sidecar series."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "steerguard_sidecar_requests", "HTTP requests by route kind and status", ["route", "status"], registry=r
+        )
+        self.added_latency = Histogram(
+            "steerguard_sidecar_added_latency_seconds",
+            "time the sidecar adds before forwarding to the upstream",
+            ["route"],
+            buckets=_FAST,
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "steerguard_sidecar_request_duration_seconds",
+            "whole request time until the response headers are sent, by action",
+            ["route", "action"],
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.classify_latency = Histogram(
+            "steerguard_sidecar_classify_seconds",
+            "classifier call time (including retries)",
+            ["stage"],
+            buckets=_FAST,
+            registry=r,
+        )
+        self.verdicts = Counter(
+            "steerguard_sidecar_verdicts", "classifier verdicts", ["stage", "verdict", "category"], registry=r
+        )
+        self.actions = Counter(
+            "steerguard_sidecar_actions", "actions taken (shadow=true: only recorded)", ["action", "shadow"], registry=r
+        )
+        self.failures = Counter(
+            "steerguard_sidecar_failures", "failures by dependency and kind", ["dependency", "kind"], registry=r
+        )
+        self.bad_requests = Counter(
+            "steerguard_sidecar_bad_requests", "requests refused as malformed", ["status"], registry=r
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,168 @@
+"""Forwarding to the chatbot over a keep-alive connection pool.
+
+Requests go out with the client's headers and body unchanged, except the
+hop-by-hop headers HTTP says a proxy must not forward and ``Host`` (set to the
+upstream's, as nginx does). aiohttp's automatic headers and response
+decompression are turned off so nothing is added and compressed bodies stream
+through as they are. Responses are streamed chunk by chunk, never buffered,
+unless the response check must read them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from sidecar.http_errors import UpstreamTimeout
+from steerguard.errors import UpstreamError
+
+# RFC 9110 7.6.1 hop-by-hop headers, plus Host (rewritten) and Expect (handled per hop).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "expect",
+    }
+)
+# Headers aiohttp's client would add on its own when the client did not send them.
+_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def request_headers(headers: CIMultiDict[str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop ones (order and duplicates kept)."""
+    items = list(headers.items()) if isinstance(headers, CIMultiDict) else list(headers)
+    drop = HOP_BY_HOP | _connection_tokens(items)
+    return CIMultiDict((k, v) for k, v in items if k.lower() not in drop)
+
+
+def response_headers(headers: Iterable[tuple[str, str]], *, keep_length: bool) -> CIMultiDict[str]:
+    """The upstream's headers minus hop-by-hop ones (and Content-Length when the body changes)."""
+    items = list(headers)
+    drop = (HOP_BY_HOP - {"host"}) | _connection_tokens(items)
+    if not keep_length:
+        drop = drop | {"content-length"}
+    return CIMultiDict((k, v) for k, v in items if k.lower() not in drop)
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """Pool and timeouts toward the chatbot."""
+
+    base_url: str
+    connect_timeout_s: float = 5.0
+    headers_timeout_s: float = 120.0
+    read_timeout_s: float = 60.0
+    pool_size: int = 512
+
+
+class Upstream:
+    """One aiohttp session (connection pool) for the process's lifetime."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self._settings = settings
+        base = URL(settings.base_url)
+        self._origin = base.origin()
+        self._prefix = base.raw_path.rstrip("/")
+        connector = aiohttp.TCPConnector(
+            limit=settings.pool_size, limit_per_host=settings.pool_size, keepalive_timeout=30, ttl_dns_cache=30
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=settings.connect_timeout_s + settings.headers_timeout_s,
+                sock_connect=settings.connect_timeout_s,
+                sock_read=settings.read_timeout_s,
+            ),
+            skip_auto_headers=(),
+        )
+
+    def url_for(self, raw_path_qs: str) -> URL:
+        """The upstream URL for a request's raw (still percent-encoded) path and query."""
+        return URL(str(self._origin) + self._prefix + raw_path_qs, encoded=True)
+
+    async def send(
+        self,
+        method: str,
+        raw_path_qs: str,
+        headers: CIMultiDict[str],
+        body: bytes | AsyncIterator[bytes] | aiohttp.StreamReader | None,
+    ) -> aiohttp.ClientResponse:
+        """Send a request and wait for the response headers (bounded)."""
+        skip = tuple(h for h in _AUTO_HEADERS if h not in headers)
+        try:
+            return await asyncio.wait_for(
+                self._session.request(
+                    method,
+                    self.url_for(raw_path_qs),
+                    headers=headers,
+                    data=body,
+                    skip_auto_headers=skip,
+                    allow_redirects=False,
+                    compress=None,
+                ),
+                timeout=self._settings.headers_timeout_s,
+            )
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout("chatbot did not answer in time") from None
+        except aiohttp.ServerTimeoutError:
+            raise UpstreamTimeout("chatbot did not answer in time") from None
+        except aiohttp.ClientError:
+            raise UpstreamError("chatbot unreachable") from None
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+async def stream_back(
+    request: web.Request, upstream: aiohttp.ClientResponse, extra_headers: dict[str, str]
+) -> web.StreamResponse:
+    """Relay the upstream's status, headers and body chunk by chunk.
+
+    A failure after the headers went out cannot become an error status any
+    more; the connection is closed instead, so the client sees a truncated
+    body rather than a clean-looking one.
+    """
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response.headers.extend(response_headers(upstream.headers.items(), keep_length=True))
+    response.headers.update(extra_headers)
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        upstream.close()
+        if request.transport is not None:
+            request.transport.close()
+        raise UpstreamBodyError("chatbot failed mid-response") from exc
+    finally:
+        upstream.release()
+    return response
+
+
+class UpstreamBodyError(UpstreamError):
+    """The chatbot failed after its headers were relayed (the client connection is cut)."""

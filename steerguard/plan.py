@@ -1,0 +1,159 @@
+"""Turn per-request steering choices into one batch's :class:`SteeringState`.
+
+Shared by the offline ``generate`` command and the steer service, so a mode
+means the same thing everywhere:
+
+- ``none``: nothing added;
+- ``refusal``: the refusal vector added (SCANS/Arditi);
+- ``category``: the named category's vector added (SafeSteer: a safe,
+  on-topic answer rather than a refusal);
+- ``auto``: gated by the probe during the prompt's forward pass: unsafe → the
+  vector the bundle's policy names for the predicted category; safe → nothing,
+  so the row yields exactly its unsteered tokens;
+- ``scans``: as ``auto``, but a safe prompt gets the refusal vector
+  *subtracted* (SCANS' remedy for over-refusal).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+from steerguard.bundle import CATEGORY_PREFIX, MAX_STRENGTH, REFUSAL, Bundle
+from steerguard.errors import InvalidInput
+from steerguard.model.steering import SteeringState
+from steerguard.verdict import Verdict, verdicts_from_states
+
+
+class Mode(str, Enum):
+    NONE = "none"
+    REFUSAL = "refusal"
+    CATEGORY = "category"
+    AUTO = "auto"
+    SCANS = "scans"
+
+    @property
+    def gated(self) -> bool:
+        return self in (Mode.AUTO, Mode.SCANS)
+
+
+@dataclass(frozen=True)
+class SteeringRequest:
+    mode: Mode = Mode.NONE
+    category: str = ""
+    strength: float = 0.0  # 0: the bundle's calibrated default
+
+
+@dataclass
+class Applied:
+    """What was done to one row (reported back to the caller)."""
+
+    mode: Mode
+    vector: str = "none"  # "none", "refusal", "-refusal" or "category:<name>"
+    layers: list[int] = field(default_factory=list)
+    strength: float = 0.0
+    verdict: Verdict | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "mode": self.mode.value,
+            "vector": self.vector,
+            "layers": list(self.layers),
+            "strength": self.strength,
+        }
+        if self.verdict is not None:
+            out["verdict"] = self.verdict.as_dict()
+        return out
+
+
+def validate(request: SteeringRequest, bundle: Bundle) -> None:
+    """Raise :class:`InvalidInput` for a request the bundle cannot serve."""
+    s = request.strength
+    if not math.isfinite(s) or s < 0 or s > MAX_STRENGTH:
+        raise InvalidInput(f"strength must be in [0, {MAX_STRENGTH}] (0 = calibrated default)")
+    if request.mode is Mode.CATEGORY:
+        if not request.category:
+            raise InvalidInput("mode CATEGORY needs a category")
+        if CATEGORY_PREFIX + request.category not in bundle.vector_names:
+            known = ", ".join(bundle.categories) or "none"
+            raise InvalidInput(f"unknown category {request.category!r} (known: {known})")
+    elif request.category and request.mode is not Mode.CATEGORY:
+        raise InvalidInput("category is only used with mode CATEGORY")
+    if request.mode is not Mode.NONE and REFUSAL not in bundle.vector_names:
+        raise InvalidInput("this bundle has no refusal vector")
+
+
+def _resolved_strength(bundle: Bundle, vector: str, requested: float) -> float:
+    return bundle.default_strength(vector) if requested == 0 else float(requested)
+
+
+class BatchPlan:
+    """Steering for one batch of rows; ``applied`` is complete after the prompt pass."""
+
+    def __init__(self, bundle: Bundle, requests: Sequence[SteeringRequest], hidden_size: int) -> None:
+        for r in requests:
+            validate(r, bundle)
+        self.bundle = bundle
+        self.requests = list(requests)
+        self.hidden_size = hidden_size
+        self.applied: list[Applied] = [Applied(r.mode) for r in requests]
+        self.state = SteeringState()
+        n = len(requests)
+        for i, r in enumerate(requests):
+            if r.mode is Mode.REFUSAL:
+                self._add_row(i, REFUSAL, r.strength, 1.0, n)
+            elif r.mode is Mode.CATEGORY:
+                self._add_row(i, CATEGORY_PREFIX + r.category, r.strength, 1.0, n)
+        self.gated_rows = [i for i, r in enumerate(requests) if r.mode.gated]
+        if self.gated_rows:
+            self.state.probe_layer = bundle.probe_layer
+            self.state.decide = self._decide
+
+    @property
+    def extra_layers(self) -> set[int]:
+        """Layers a gated decision may steer (hooked before the pass starts)."""
+        return set(self.bundle.steer_layers()) if self.gated_rows else set()
+
+    def _row_deltas(self, vector: str, strength: float, sign: float) -> dict[int, torch.Tensor]:
+        return self.bundle.deltas(vector, strength, sign)
+
+    def _add_row(self, row: int, vector: str, strength: float, sign: float, n: int) -> dict[int, torch.Tensor]:
+        deltas = self._row_deltas(vector, strength, sign)
+        for layer, d in deltas.items():
+            full = torch.zeros((n, self.hidden_size))
+            full[row] = d
+            self.state.add(layer, full)
+        a = self.applied[row]
+        a.vector = ("-" if sign < 0 else "") + vector
+        a.layers = sorted(deltas)
+        a.strength = _resolved_strength(self.bundle, vector, strength)
+        return deltas
+
+    def _decide(self, states: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Called once at the probe layer with every row's last-token state."""
+        n = states.shape[0]
+        verdicts = verdicts_from_states(self.bundle, states)
+        extra: dict[int, torch.Tensor] = {}
+        for i in self.gated_rows:
+            r, v = self.requests[i], verdicts[i]
+            self.applied[i].verdict = v
+            if v.unsafe:
+                vector, sign = self.bundle.policy_vector(v.category), 1.0
+            elif r.mode is Mode.SCANS:
+                vector, sign = REFUSAL, -1.0
+            else:
+                continue
+            a = self.applied[i]
+            deltas = self._row_deltas(vector, r.strength, sign)
+            for layer, d in deltas.items():
+                if layer not in extra:
+                    extra[layer] = torch.zeros((n, self.hidden_size))
+                extra[layer][i] = d
+            a.vector = ("-" if sign < 0 else "") + vector
+            a.layers = sorted(deltas)
+            a.strength = _resolved_strength(self.bundle, vector, r.strength)
+        return extra

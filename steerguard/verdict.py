@@ -1,0 +1,63 @@
+"""The probe's judgement of one request, shared by the CLI and both services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from steerguard.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class Verdict:
+    score: float
+    unsafe: bool
+    category: str  # empty when safe
+    category_scores: dict[str, float] = field(default_factory=dict)
+    threshold: float = 0.5
+    bundle_id: str = ""
+    cached: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "unsafe": self.unsafe,
+            "category": self.category or None,
+            "category_scores": dict(self.category_scores),
+            "threshold": self.threshold,
+            "bundle_id": self.bundle_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        return cls(
+            score=float(data["score"]),
+            unsafe=bool(data["unsafe"]),
+            category=str(data.get("category") or ""),
+            category_scores={str(k): float(v) for k, v in dict(data.get("category_scores", {})).items()},
+            threshold=float(data["threshold"]),
+            bundle_id=str(data.get("bundle_id", "")),
+        )
+
+    def at_threshold(self, threshold: float) -> Verdict:
+        """The same scores judged at another threshold (per-request override)."""
+        unsafe = self.score >= threshold
+        top = max(self.category_scores, key=self.category_scores.__getitem__) if self.category_scores else ""
+        return replace(self, threshold=threshold, unsafe=unsafe, category=top if unsafe else "")
+
+
+def verdicts_from_states(bundle: Bundle, states: torch.Tensor, threshold: float | None = None) -> list[Verdict]:
+    """Score probe-layer last-token states ``[B, H]`` into one verdict per row."""
+    scores = bundle.score(states)
+    cut = bundle.threshold if threshold is None else threshold
+    cats = bundle.categories
+    out = []
+    for i in range(states.shape[0]):
+        p = float(scores.unsafe[i])
+        cat_scores = {c: float(scores.categories[i, j]) for j, c in enumerate(cats)}
+        unsafe = p >= cut
+        top = max(cat_scores, key=cat_scores.__getitem__) if cat_scores else ""
+        out.append(Verdict(p, unsafe, top if unsafe else "", cat_scores, cut, bundle.bundle_id))
+    return out
