@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -22,6 +24,8 @@ class Classifier(classifier_pb2_grpc.ClassifierServicer):
             raise InvalidInput("prompt is bad")
         if request.prompt == "boom":
             raise RuntimeError(SECRET_DETAIL)
+        if request.prompt == "slow":
+            time.sleep(1.0)
         return common_pb2.Verdict(score=0.25)
 
 
@@ -165,3 +169,22 @@ def test_tls_and_mtls(tmp_path) -> None:  # type: ignore[no-untyped-def]
             )
     finally:
         srv.stop(0)
+
+
+def test_stop_drains_in_flight_calls() -> None:
+    srv = start(ServerOptions())
+    srv.set_serving()
+    results: list[float] = []
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = classifier_pb2_grpc.ClassifierStub(ch)
+        caller = threading.Thread(
+            target=lambda: results.append(stub.Classify(classifier_pb2.ClassifyRequest(prompt="slow")).score)
+        )
+        caller.start()
+        time.sleep(0.3)
+        srv.stop(grace=5)
+        caller.join()
+        assert results == [0.25]
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Classify(classifier_pb2.ClassifyRequest(prompt="ok"), timeout=2)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
