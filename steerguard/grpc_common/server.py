@@ -131,6 +131,10 @@ def build_server(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.so_reuseport", 0),
+            # Close connections after a while so clients re-resolve DNS and spread
+            # over pods added by the autoscaler (in-flight RPCs get the grace).
+            ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+            ("grpc.max_connection_age_grace_ms", 60 * 1000),
         ],
     )
     add_servicers(server)

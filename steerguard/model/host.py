@@ -103,7 +103,7 @@ def _converted_default() -> tuple[Path, str]:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The GGUF quantizer marks the model unserialisable; the weights are
         # already dequantised to float32, so drop the marker and save them.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
