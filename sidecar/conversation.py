@@ -67,3 +67,15 @@ def context_for_classifier(messages: list[Message], *, max_messages: int, max_ch
         budget -= len(message.content)
     kept.reverse()
     return kept
+
+
+def answer_conversation(context: list[Message], answer: str) -> list[Message]:
+    """What the classifier judges for a response check.
+
+    The classifier's contract (``steerguard.model.chat.normalise_request``)
+    requires the conversation to end with a user turn, because the probe reads
+    the state after the last user message. So the answer is put in that last
+    slot, after the conversation that led to it: the probe then judges the
+    answer's content in context.
+    """
+    return [*context, Message("user", answer)]

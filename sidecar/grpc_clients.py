@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc.health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.conversation import Message
 from steerguard.errors import InvalidInput, UpstreamError
+from steerguard.grpc_common.client import bearer_metadata, target_for
 from steerguard.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
@@ -57,13 +58,6 @@ class ChannelSettings:
     max_message_bytes: int = 4 * 1024 * 1024
 
 
-def target(address: str) -> str:
-    """``host:port`` -> ``dns:///host:port`` (so every resolved address is used)."""
-    if "://" in address or address.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
-        return address
-    return f"dns:///{address}"
-
-
 def service_config(retry_attempts: int) -> str:
     """Round-robin balancing and retries on UNAVAILABLE only."""
     config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
@@ -90,7 +84,7 @@ def channel_options(settings: ChannelSettings) -> list[tuple[str, Any]]:
         ("grpc.enable_retries", 1 if settings.retry_attempts > 1 else 0),
         ("grpc.keepalive_time_ms", int(settings.keepalive_s * 1000)),
         ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.keepalive_permit_without_calls", 1),  # servers allow it (grpc_common.server)
         ("grpc.http2.max_pings_without_data", 0),
         # Come back quickly after a restart instead of gRPC's default 2-minute backoff cap.
         ("grpc.initial_reconnect_backoff_ms", 100),
@@ -110,13 +104,13 @@ def open_channel(settings: ChannelSettings) -> grpc.aio.Channel:
     options = channel_options(settings)
     if settings.tls_ca:
         creds = grpc.ssl_channel_credentials(root_certificates=Path(settings.tls_ca).read_bytes())
-        return grpc.aio.secure_channel(target(settings.address), creds, options=options)
-    return grpc.aio.insecure_channel(target(settings.address), options=options)
+        return grpc.aio.secure_channel(target_for(settings.address), creds, options=options)
+    return grpc.aio.insecure_channel(target_for(settings.address), options=options)
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
-    # Sent as plain metadata so it also works on plaintext channels inside a cluster.
-    return (("authorization", f"Bearer {token}"),) if token else None
+    # Plain metadata (not call credentials) so it also works on plaintext channels in a cluster.
+    return bearer_metadata(token) or None
 
 
 def _failure(service: str, error: grpc.aio.AioRpcError) -> Exception:
@@ -138,7 +132,9 @@ def to_proto_messages(messages: Sequence[Message]) -> list[common_pb2.ChatMessag
 async def _health(channel: grpc.aio.Channel, metadata: Any, timeout: float) -> bool:
     stub = health_pb2_grpc.HealthStub(channel)
     try:
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout, metadata=metadata)
+        reply = await stub.Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout, metadata=metadata
+        )
     except grpc.aio.AioRpcError as exc:
         # A server without the health service still answered: it is reachable.
         return exc.code() == grpc.StatusCode.UNIMPLEMENTED

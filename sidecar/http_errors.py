@@ -12,6 +12,7 @@ import json
 from aiohttp import web
 
 from steerguard.errors import (
+    DeadlineExceeded,
     InvalidInput,
     NotReady,
     Overloaded,
@@ -30,6 +31,10 @@ class RequestTimeout(InvalidInput):
     """The client sent its body too slowly (HTTP 408)."""
 
 
+class NotFound(InvalidInput):
+    """No route (only when the policy refuses unknown paths; HTTP 404)."""
+
+
 class UpstreamTimeout(UpstreamError):
     """The chatbot did not answer in time (HTTP 504)."""
 
@@ -43,12 +48,14 @@ _TABLE: list[tuple[type[SteerguardError], int, str]] = [
     (PayloadTooLarge, 413, "payload_too_large"),
     (UnsupportedMediaType, 415, "unsupported_media_type"),
     (RequestTimeout, 408, "request_timeout"),
+    (NotFound, 404, "not_found"),
     (InvalidInput, 400, "invalid_request"),
     (Unauthenticated, 401, "unauthenticated"),
     (Overloaded, 429, "overloaded"),
     (NotReady, 503, "not_ready"),
     (ClassifierUnavailable, 503, "classifier_unavailable"),
     (UpstreamTimeout, 504, "upstream_timeout"),
+    (DeadlineExceeded, 504, "deadline_exceeded"),
     (UpstreamError, 502, "upstream_error"),
 ]
 

@@ -20,7 +20,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "steerguard_sidecar_requests", "HTTP requests by route kind and status", ["route", "status"], registry=r
+            "steerguard_sidecar_requests",
+            "HTTP requests by route kind and status",
+            ["route", "status"],
+            registry=r,
         )
         self.added_latency = Histogram(
             "steerguard_sidecar_added_latency_seconds",
@@ -46,11 +49,23 @@ class Metrics:
         self.verdicts = Counter(
             "steerguard_sidecar_verdicts", "classifier verdicts", ["stage", "verdict", "category"], registry=r
         )
+        self.local_cache_hits = Counter(
+            "steerguard_sidecar_local_cache_hits",
+            "verdicts reused from the sidecar's short-lived in-process cache",
+            ["stage"],
+            registry=r,
+        )
         self.actions = Counter(
-            "steerguard_sidecar_actions", "actions taken (shadow=true: only recorded)", ["action", "shadow"], registry=r
+            "steerguard_sidecar_actions",
+            "actions taken (shadow=true: only recorded)",
+            ["action", "shadow"],
+            registry=r,
         )
         self.failures = Counter(
-            "steerguard_sidecar_failures", "failures by dependency and kind", ["dependency", "kind"], registry=r
+            "steerguard_sidecar_failures",
+            "failures by dependency and kind",
+            ["dependency", "kind"],
+            registry=r,
         )
         self.bad_requests = Counter(
             "steerguard_sidecar_bad_requests", "requests refused as malformed", ["status"], registry=r

@@ -122,7 +122,8 @@ class Policy:
     refusal_message: str = DEFAULT_REFUSAL
     threshold: float | None = None
     context_messages: int = 8
-    context_chars: int = 6000
+    # Below the classifier's default 1024-token limit with room for the chat template.
+    context_chars: int = 3000
     steer: SteerParams = field(default_factory=SteerParams)
     routes: tuple[Route, ...] = (Route(path="/v1/chat/completions"),)
     unknown_paths: str = "forward"
@@ -203,7 +204,9 @@ def _response_check(value: Any, where: str, base: ResponseCheck) -> ResponseChec
         max_window_bytes=_int(
             data.get("max_window_bytes", base.max_window_bytes), f"{where}.max_window_bytes", low=1024
         ),
-        max_body_bytes=_int(data.get("max_body_bytes", base.max_body_bytes), f"{where}.max_body_bytes", low=1),
+        max_body_bytes=_int(
+            data.get("max_body_bytes", base.max_body_bytes), f"{where}.max_body_bytes", low=1
+        ),
         message=message,
     )
 
@@ -346,7 +349,7 @@ def parse_policy(data: Any) -> Policy:
         refusal_message=refusal,
         threshold=threshold,
         context_messages=_int(data.get("context_messages", 8), "policy.context_messages", low=1),
-        context_chars=_int(data.get("context_chars", 6000), "policy.context_chars", low=1),
+        context_chars=_int(data.get("context_chars", 3000), "policy.context_chars", low=1),
         steer=steer,
         routes=routes,
         unknown_paths=unknown_paths,

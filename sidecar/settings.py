@@ -30,6 +30,12 @@ def add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--max-body-bytes", type=int, default=1024 * 1024, help="largest request body checked")
     add_flag(parser, "--classify-timeout-ms", type=int, default=2000, help="deadline of one classify call")
     add_flag(parser, "--steer-timeout-s", type=float, default=120.0, help="deadline of one steered answer")
+    add_flag(
+        parser, "--verdict-cache-size", type=int, default=10000, help="in-process verdicts kept (0: off)"
+    )
+    add_flag(
+        parser, "--verdict-cache-ttl-s", type=float, default=30.0, help="how long a kept verdict is used"
+    )
     add_flag(parser, "--grpc-retries", type=int, default=3, help="attempts per call on UNAVAILABLE (1-5)")
     add_flag(parser, "--grpc-keepalive-s", type=float, default=30.0, help="keep-alive ping interval")
     add_flag(parser, "--upstream-connect-timeout-s", type=float, default=5.0, help="connect to the chatbot")
@@ -58,6 +64,8 @@ class SidecarSettings:
     max_body_bytes: int = 1024 * 1024
     classify_timeout_s: float = 2.0
     steer_timeout_s: float = 120.0
+    verdict_cache_size: int = 10000
+    verdict_cache_ttl_s: float = 30.0
     grpc_retries: int = 3
     grpc_keepalive_s: float = 30.0
     upstream_connect_timeout_s: float = 5.0
@@ -102,6 +110,8 @@ class SidecarSettings:
             max_body_bytes=ns.max_body_bytes,
             classify_timeout_s=ns.classify_timeout_ms / 1000.0,
             steer_timeout_s=ns.steer_timeout_s,
+            verdict_cache_size=ns.verdict_cache_size,
+            verdict_cache_ttl_s=ns.verdict_cache_ttl_s,
             grpc_retries=ns.grpc_retries,
             grpc_keepalive_s=ns.grpc_keepalive_s,
             upstream_connect_timeout_s=ns.upstream_connect_timeout_s,

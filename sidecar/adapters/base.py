@@ -64,12 +64,23 @@ class Adapter(Protocol):
         """Understand a request body; raise InvalidInput with a safe reason."""
         ...
 
-    def reply(self, request: ChatRequest, text: str, meta: ReplyMeta, *, finish_reason: str = "stop") -> Reply:
+    def reply(
+        self,
+        request: ChatRequest,
+        text: str,
+        meta: ReplyMeta,
+        *,
+        finish_reason: str = "stop",
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> Reply:
         """A complete reply carrying ``text`` in the upstream's shape."""
         ...
 
-    def stream_formatter(self, request: ChatRequest) -> StreamFormatter:
-        """Events for a streamed reply (only when ``request.stream``)."""
+    def stream_formatter(
+        self, request: ChatRequest, completion_id: str | None = None, model: str | None = None
+    ) -> StreamFormatter:
+        """Events for a streamed reply (only when ``request.stream``), keeping an upstream's id/model."""
         ...
 
     def answer_text(self, document: Any) -> str | None:

@@ -68,7 +68,9 @@ class JsonAdapter:
         rendered = template.render(self._route.reply_template, meta.as_values(text), request.document)
         return Reply(body=dumps(rendered), content_type=self._route.reply_content_type)
 
-    def stream_formatter(self, request: ChatRequest) -> StreamFormatter:
+    def stream_formatter(
+        self, request: ChatRequest, completion_id: str | None = None, model: str | None = None
+    ) -> StreamFormatter:
         raise InvalidInput("this route does not stream")
 
     def answer_text(self, document: Any) -> str | None:

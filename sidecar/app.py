@@ -1,0 +1,165 @@
+"""The aiohttp application: routes, health, metrics, and the process lifecycle.
+
+gRPC channels and the upstream pool are opened on start-up (they need the
+running event loop) and closed on clean-up, after in-flight requests drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from sidecar.adapters import adapter_for
+from sidecar.grpc_clients import ChannelSettings, ClassifierClient, SteerClient
+from sidecar.metrics import Metrics
+from sidecar.policy import Policy, Route
+from sidecar.proxy import Proxy
+from sidecar.settings import SidecarSettings
+from sidecar.upstream import Upstream, UpstreamSettings
+from steerguard.logs import configure_logging, get_logger
+
+PROXY_KEY = web.AppKey("proxy", Proxy)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+READY_TTL_S = 1.0
+
+
+@dataclass
+class _Readiness:
+    """Last classifier health result, cached briefly so probes do not hammer it."""
+
+    ready: bool = False
+    checked_at: float = 0.0
+
+
+def _channel(settings: SidecarSettings, address: str) -> ChannelSettings:
+    return ChannelSettings(
+        address=address,
+        token=settings.auth_token,
+        tls_ca=settings.tls_ca,
+        tls_server_name=settings.tls_server_name,
+        keepalive_s=settings.grpc_keepalive_s,
+        retry_attempts=settings.grpc_retries,
+    )
+
+
+def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
+    """Build the application; clients are connected when it starts."""
+    metrics = Metrics()
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[METRICS_KEY] = metrics
+    readiness = _Readiness()
+
+    async def start(app: web.Application) -> None:
+        upstream = Upstream(
+            UpstreamSettings(
+                base_url=settings.upstream,
+                connect_timeout_s=settings.upstream_connect_timeout_s,
+                headers_timeout_s=settings.upstream_timeout_s,
+                read_timeout_s=settings.upstream_read_timeout_s,
+                pool_size=settings.upstream_pool_size,
+            )
+        )
+        app[PROXY_KEY] = Proxy(
+            settings,
+            policy,
+            ClassifierClient(_channel(settings, settings.classifier)),
+            SteerClient(_channel(settings, settings.steer)),
+            upstream,
+            metrics,
+        )
+
+    async def stop(app: web.Application) -> None:
+        proxy = app.get(PROXY_KEY)
+        if proxy is not None:
+            await proxy.upstream.close()
+            await proxy.classifier.close()
+            await proxy.steer.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        now = time.monotonic()
+        if now - readiness.checked_at > READY_TTL_S:
+            readiness.ready = await request.app[PROXY_KEY].classifier.ready(timeout=0.5)
+            readiness.checked_at = now
+        body = {"ready": readiness.ready, "classifier": "reachable" if readiness.ready else "unreachable"}
+        return web.json_response(body, status=200 if readiness.ready else 503)
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_get("/readyz", readyz, allow_head=True)
+    app.router.add_get("/metrics", metrics_handler)
+    for route in policy.routes:
+        handler = _chat_handler(route)
+        for method in route.methods:
+            app.router.add_route(method, route.path, handler)
+
+    async def passthrough(request: web.Request) -> web.StreamResponse:
+        return await request.app[PROXY_KEY].passthrough(request)
+
+    app.router.add_route("*", "/{tail:.*}", passthrough)
+    return app
+
+
+def _chat_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    adapter = adapter_for(route)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await request.app[PROXY_KEY].chat(request, route, adapter)
+
+    return handler
+
+
+async def start_site(settings: SidecarSettings, policy: Policy) -> tuple[web.AppRunner, int]:
+    """Start serving; returns the runner and the bound port (useful with port 0)."""
+    runner = web.AppRunner(
+        create_app(settings, policy), access_log=None, shutdown_timeout=settings.grace_s, handle_signals=False
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
+    await site.start()
+    addresses = runner.addresses
+    port = int(addresses[0][1]) if addresses else settings.port
+    return runner, port
+
+
+async def _serve(settings: SidecarSettings, policy: Policy) -> None:
+    log = get_logger("steerguard.sidecar")
+    runner, port = await start_site(settings, policy)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "listening",
+        host=settings.host,
+        port=port,
+        upstream=settings.upstream,
+        classifier=settings.classifier,
+        steer=settings.steer,
+        shadow=policy.shadow,
+        routes=[r.path for r in policy.routes],
+    )
+    print(json.dumps({"event": "ready", "service": "sidecar", "port": port}), flush=True)
+    await stop.wait()
+    log.info("stopping", grace_s=settings.grace_s)
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def serve(settings: SidecarSettings, policy: Policy) -> None:
+    """Run until SIGTERM/SIGINT, then drain for up to ``grace_s``."""
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(_serve(settings, policy))

@@ -1,0 +1,329 @@
+"""Fake classifier and steer services, for the sidecar's failure-mode tests and benchmarks.
+
+They implement the generated servicer classes, so the sidecar talks real gRPC
+to them; their behaviour is scripted instead of coming from a model:
+
+- a message containing ``UNSAFE`` is unsafe; ``UNSAFE:<category>`` names the
+  category (default ``violence``);
+- ``fail_unavailable`` makes the next N calls fail with ``UNAVAILABLE``;
+- ``delay_s`` delays every call (deadline tests);
+- ``abort_code`` fails every call with that status;
+- ``fail_after`` lets that many calls succeed, then fails the rest (``INTERNAL``).
+
+Repeated conversations are answered with ``cached=True``, like the real
+cache. Not imported by the sidecar itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from steerguard.v1 import (
+    classifier_pb2,
+    classifier_pb2_grpc,
+    common_pb2,
+    steer_pb2,
+    steer_pb2_grpc,
+)
+
+
+@dataclass
+class Script:
+    """Mutable behaviour shared by a fake servicer and the test driving it."""
+
+    delay_s: float = 0.0
+    fail_unavailable: int = 0
+    abort_code: grpc.StatusCode | None = None
+    fail_after: int | None = None
+    calls: list[list[tuple[str, str]]] = field(default_factory=list)
+    metadata: list[dict[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        """Back to answering normally, with no record."""
+        with self.lock:
+            self.delay_s, self.fail_unavailable, self.abort_code, self.fail_after = 0.0, 0, None, None
+            self.calls.clear()
+            self.metadata.clear()
+
+    def enter(self, context: grpc.ServicerContext, messages: list[tuple[str, str]]) -> None:
+        with self.lock:
+            self.calls.append(messages)
+            self.metadata.append({k: str(v) for k, v in context.invocation_metadata()})
+            fail = self.fail_unavailable > 0
+            if fail:
+                self.fail_unavailable -= 1
+            exhausted = self.fail_after is not None and len(self.calls) > self.fail_after
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "scripted outage")
+        if self.abort_code is not None:
+            context.abort(self.abort_code, "scripted failure")
+        if exhausted:
+            context.abort(grpc.StatusCode.INTERNAL, "scripted failure")
+
+
+# A few obviously harmful words, so ``steerguard up --services fake`` demos sensibly.
+KEYWORDS = {"bomb": "violence", "explosive": "violence", "malware": "cybercrime", "ransomware": "cybercrime"}
+
+
+def judge(text: str) -> tuple[bool, str]:
+    """(unsafe, category) of a text under the fake's rule."""
+    if "UNSAFE" not in text:
+        lowered = text.lower()
+        for word, category in KEYWORDS.items():
+            if word in lowered:
+                return True, category
+        return False, ""
+    rest = text.split("UNSAFE", 1)[1]
+    if rest.startswith(":"):
+        word = rest[1:].split()[0] if rest[1:].split() else ""
+        return True, word.strip(".,!?") or "violence"
+    return True, "violence"
+
+
+def _messages(request: classifier_pb2.ClassifyRequest | steer_pb2.GenerateRequest) -> list[tuple[str, str]]:
+    if request.prompt:
+        return [("user", request.prompt)]
+    return [(m.role, m.content) for m in request.messages]
+
+
+class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
+    """Judges the last message with :func:`judge`."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self._seen: set[tuple[tuple[str, str], ...]] = set()
+
+    def _verdict(self, messages: list[tuple[str, str]], threshold: float | None) -> common_pb2.Verdict:
+        unsafe, category = judge(messages[-1][1] if messages else "")
+        key = tuple(messages)
+        cached = key in self._seen
+        self._seen.add(key)
+        score = 0.97 if unsafe else 0.02
+        return common_pb2.Verdict(
+            score=score,
+            unsafe=unsafe,
+            category=category,
+            category_scores={category: 1.0} if unsafe else {},
+            cached=cached,
+            bundle_id="fake-bundle",
+            threshold=threshold if threshold is not None else 0.5,
+        )
+
+    def Classify(
+        self, request: classifier_pb2.ClassifyRequest, context: grpc.ServicerContext
+    ) -> common_pb2.Verdict:  # noqa: N802
+        messages = _messages(request)
+        self.script.enter(context, messages)
+        if not messages:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give a prompt or messages")
+        return self._verdict(messages, request.threshold if request.HasField("threshold") else None)
+
+    def ClassifyBatch(  # noqa: N802
+        self, request: classifier_pb2.ClassifyBatchRequest, context: grpc.ServicerContext
+    ) -> classifier_pb2.ClassifyBatchResponse:
+        return classifier_pb2.ClassifyBatchResponse(
+            verdicts=[self._verdict(_messages(r), None) for r in request.requests]
+        )
+
+
+class FakeSteerer(steer_pb2_grpc.SteererServicer):
+    """Streams a fixed safe answer naming the steering it was asked for."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.requests: list[steer_pb2.GenerateRequest] = []
+
+    def Generate(  # noqa: N802
+        self, request: steer_pb2.GenerateRequest, context: grpc.ServicerContext
+    ) -> Iterator[steer_pb2.GenerateChunk]:
+        self.requests.append(request)
+        self.script.enter(context, _messages(request))
+        mode = steer_pb2.Steering.Mode.Name(request.steering.mode).lower()
+        vector = f"category:{request.steering.category}" if request.steering.category else "refusal"
+        words = f"Steered answer ({mode}, {vector}): here is a safe way to think about this.".split(" ")
+        words = words[: max(1, request.max_new_tokens or len(words))]
+        for i, word in enumerate(words):
+            yield steer_pb2.GenerateChunk(text=word if i == 0 else " " + word)
+        yield steer_pb2.GenerateChunk(
+            finish_reason="stop",
+            prompt_tokens=7,
+            completion_tokens=len(words),
+            applied=steer_pb2.AppliedSteering(mode=request.steering.mode, vector=vector),
+        )
+
+    def DescribeBundle(  # noqa: N802
+        self, request: steer_pb2.DescribeBundleRequest, context: grpc.ServicerContext
+    ) -> steer_pb2.BundleInfo:
+        return steer_pb2.BundleInfo(bundle_id="fake-bundle", categories=["violence", "cybercrime"])
+
+
+@dataclass
+class FakeServer:
+    """One running fake service."""
+
+    server: grpc.Server
+    port: int
+    script: Script
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop(None).wait()
+
+
+def _serve(
+    add: object, servicer: object, script: Script, port: int, tls: tuple[bytes, bytes] | None
+) -> FakeServer:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    add(servicer, server)  # type: ignore[operator]
+    health_servicer = health.HealthServicer()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"127.0.0.1:{port}"
+    if tls is not None:
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+    else:
+        bound = server.add_insecure_port(address)
+    server.start()
+    return FakeServer(server, bound, script)
+
+
+def start_fake_classifier(
+    port: int = 0, script: Script | None = None, tls: tuple[bytes, bytes] | None = None
+) -> tuple[FakeServer, FakeClassifier]:
+    """A fake classifier on loopback (port 0: any free port; ``tls``: (key PEM, cert PEM))."""
+    script = script or Script()
+    servicer = FakeClassifier(script)
+    return _serve(classifier_pb2_grpc.add_ClassifierServicer_to_server, servicer, script, port, tls), servicer
+
+
+def start_fake_steerer(port: int = 0, script: Script | None = None) -> tuple[FakeServer, FakeSteerer]:
+    """A fake steer service on loopback."""
+    script = script or Script()
+    servicer = FakeSteerer(script)
+    return _serve(steer_pb2_grpc.add_SteererServicer_to_server, servicer, script, port, None), servicer
+
+
+@dataclass
+class ChatbotProcess:
+    """A demo chatbot running as its own process, with its request log."""
+
+    process: subprocess.Popen[str]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the chatbot received so far, as logged by itself."""
+        if not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def received(self, marker: str) -> list[dict[str, Any]]:
+        """Requests whose body contains ``marker``."""
+        needle = marker.encode()
+        return [r for r in self.requests() if needle in base64.b64decode(r["body_b64"])]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def read_ready_port(process: subprocess.Popen[str], timeout_s: float) -> int:
+    """Wait for the ``{"event": "ready", "port": N}`` line a steerguard process prints on stdout."""
+    assert process.stdout is not None
+    deadline_at = time.monotonic() + timeout_s
+    while time.monotonic() < deadline_at:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before it was ready")
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if not ready:
+            continue
+        line = process.stdout.readline()
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "ready":
+            return int(event["port"])
+    raise RuntimeError("process was not ready in time")
+
+
+def start_demo_chatbot(
+    log_path: Path, *, backend: str = "echo", extra_args: tuple[str, ...] = (), timeout_s: float = 30.0
+) -> ChatbotProcess:
+    """Start ``python -m sidecar.demo_chatbot`` on a free loopback port."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sidecar.demo_chatbot",
+            "--port",
+            "0",
+            "--backend",
+            backend,
+            "--request-log",
+            str(log_path),
+            *extra_args,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = read_ready_port(process, timeout_s)
+    except RuntimeError:
+        process.kill()
+        raise
+    return ChatbotProcess(process, port, log_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sidecar.testing classifier|steer --port P``: a fake service in its own process."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sidecar.testing", description=main.__doc__)
+    parser.add_argument("service", choices=["classifier", "steer"])
+    parser.add_argument("--port", type=int, default=0)
+    ns = parser.parse_args(argv)
+    start = start_fake_classifier if ns.service == "classifier" else start_fake_steerer
+    server, _ = start(ns.port)
+    print(json.dumps({"event": "ready", "service": f"fake-{ns.service}", "port": server.port}), flush=True)
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Policy file parsing: defaults, shorthand, strict validation with reasons naming the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sidecar.decisions import decide
+from sidecar.policy import Action, FailureMode, PolicyError, load_policy, parse_policy
+
+EXAMPLE = """
+mode: enforce
+on_classifier_error: open
+refusal_message: "Not here."
+default: flag
+categories:
+  cybercrime: {action: steer, vector: category, strength: 1.5}
+  self_harm: steer
+  weapons: {action: block, message: "No weapons."}
+steer: {max_new_tokens: 64, temperature: 0.3}
+response_check: {enabled: true, window_chars: 64}
+routes:
+  - {path: /v1/chat/completions, adapter: openai, on_classifier_error: closed}
+  - path: /api/ask
+    adapter: json
+    prompt_pointer: /question
+    history_pointer: /history
+    response_pointer: /answer
+    reply_template: {answer: "{{reply}}", flagged: "{{unsafe}}"}
+"""
+
+
+def test_default_policy_blocks_unsafe_on_the_openai_route() -> None:
+    policy = load_policy(None)
+    assert not policy.shadow
+    assert [r.path for r in policy.routes] == ["/v1/chat/completions"]
+    assert policy.routes[0].on_classifier_error is FailureMode.CLOSED
+    assert not policy.routes[0].response_check.enabled
+    assert decide(policy, True, "anything").action is Action.BLOCK
+    assert decide(policy, False, "").action is Action.ALLOW
+
+
+def test_example_file(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(EXAMPLE)
+    policy = load_policy(path)
+    assert policy.refusal_message == "Not here."
+    assert policy.rule_for("cybercrime").vector == "category"
+    assert policy.rule_for("cybercrime").strength == 1.5
+    assert policy.rule_for("self_harm").action is Action.STEER
+    assert policy.rule_for("self_harm").vector == "refusal"
+    assert policy.refusal_for("weapons") == "No weapons."
+    assert policy.rule_for("unlisted").action is Action.FLAG
+    chat, ask = policy.routes
+    assert chat.on_classifier_error is FailureMode.CLOSED  # route overrides the default
+    assert ask.on_classifier_error is FailureMode.OPEN
+    assert ask.response_check.enabled and ask.response_check.window_chars == 64
+    assert policy.steer.max_new_tokens == 64
+
+
+def test_json_policy_file(tmp_path: Path) -> None:
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"mode": "shadow"}))
+    policy = load_policy(path)
+    assert policy.shadow
+    decision = decide(policy, True, "violence")
+    assert decision.action is Action.ALLOW and decision.intended is Action.BLOCK and decision.shadow
+
+
+@pytest.mark.parametrize(
+    ("document", "names"),
+    [
+        ({"mdoe": "shadow"}, "mdoe"),
+        ({"mode": "loud"}, "policy.mode"),
+        ({"default": "explode"}, "policy.default.action"),
+        ({"categories": {"x": {"action": "steer", "vector": "other"}}}, "policy.categories.x.vector"),
+        ({"categories": {"x": {"acton": "block"}}}, "acton"),
+        ({"threshold": 1.0}, "policy.threshold"),
+        ({"threshold": "high"}, "policy.threshold"),
+        ({"steer": {"max_new_tokens": 0}}, "policy.steer.max_new_tokens"),
+        ({"routes": [{"path": "no-slash"}]}, "policy.routes[0].path"),
+        ({"routes": [{"path": "/a", "adapter": "soap"}]}, "policy.routes[0].adapter"),
+        ({"routes": [{"path": "/a", "adapter": "json", "reply_template": "{{reply}}"}]}, "prompt_pointer"),
+        ({"routes": [{"path": "/a", "adapter": "json", "prompt_pointer": "/q"}]}, "reply_template"),
+        (
+            {
+                "routes": [
+                    {"path": "/a", "adapter": "json", "prompt_pointer": "q", "reply_template": "{{reply}}"}
+                ]
+            },
+            "prompt_pointer",
+        ),
+        (
+            {
+                "routes": [
+                    {"path": "/a", "adapter": "json", "prompt_pointer": "/q", "reply_template": "{{x}}"}
+                ]
+            },
+            "reply_template",
+        ),
+        (
+            {
+                "routes": [
+                    {"path": "/a", "adapter": "json", "prompt_pointer": "/q", "reply_template": {"a": 1}}
+                ]
+            },
+            "reply_template",
+        ),
+        (
+            {
+                "response_check": True,
+                "routes": [
+                    {"path": "/a", "adapter": "json", "prompt_pointer": "/q", "reply_template": "{{reply}}"}
+                ],
+            },
+            "response_pointer",
+        ),
+        ({"routes": [{"path": "/a"}, {"path": "/a"}]}, "listed twice"),
+        ({"unknown_paths": "drop"}, "unknown_paths"),
+        ([1, 2], "policy"),
+    ],
+)
+def test_bad_policies_name_the_key(document: object, names: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(document)
+    assert names in info.value.reason
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read"):
+        load_policy(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes: [unclosed")
+    with pytest.raises(PolicyError, match="not valid"):
+        load_policy(bad)
+
+
+def test_the_k8s_policy_file_is_valid() -> None:
+    path = Path(__file__).resolve().parent.parent / "k8s" / "base" / "config" / "policy.yaml"
+    if not path.is_file():
+        pytest.skip("no k8s policy in this tree")
+    policy = load_policy(path)
+    assert policy.routes

@@ -1,0 +1,691 @@
+"""The sidecar end to end over real sockets: a real chatbot process, fake gRPC services.
+
+The fakes (``sidecar.testing``) speak real gRPC with scripted verdicts, so
+every failure mode (outage, deadline, UNAVAILABLE retries) is reproducible
+in milliseconds; ``test_sidecar_integration.py`` repeats the main paths with
+the real services and model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+import pytest_asyncio
+import structlog
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from sidecar.app import start_site
+from sidecar.policy import parse_policy
+from sidecar.settings import SidecarSettings
+from sidecar.testing import (
+    ChatbotProcess,
+    FakeServer,
+    FakeSteerer,
+    start_demo_chatbot,
+    start_fake_classifier,
+    start_fake_steerer,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CHAT = "/v1/chat/completions"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def chatbot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatbotProcess]:
+    bot = start_demo_chatbot(tmp_path_factory.mktemp("bot") / "requests.jsonl")
+    yield bot
+    bot.stop()
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Iterator[FakeServer]:
+    server, _ = start_fake_classifier()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def steerer() -> Iterator[tuple[FakeServer, FakeSteerer]]:
+    server, servicer = start_fake_steerer()
+    yield server, servicer
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset(classifier: FakeServer, steerer: tuple[FakeServer, FakeSteerer]) -> None:
+    classifier.script.reset()
+    steerer[0].script.reset()
+    steerer[1].requests.clear()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@asynccontextmanager
+async def sidecar(
+    chatbot: ChatbotProcess,
+    classifier: FakeServer | str,
+    steerer: FakeServer | str,
+    policy: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[str]:
+    """A sidecar on a free port in this event loop; yields its base URL."""
+    settings = SidecarSettings(
+        upstream=overrides.pop("upstream", chatbot.url),
+        classifier=classifier if isinstance(classifier, str) else classifier.address,
+        steer=steerer if isinstance(steerer, str) else steerer.address,
+        host="127.0.0.1",
+        port=0,
+        **{"classify_timeout_s": 1.0, "grace_s": 0.5, **overrides},
+    )
+    runner, port = await start_site(settings, parse_policy(policy or {}))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class Response:
+    """What a request got back (read whole, so tests need no nested context managers)."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def send(http: aiohttp.ClientSession, method: str, url: str | URL, **kwargs: Any) -> Response:
+    async with http.request(method, url, **kwargs) as resp:
+        return Response(resp.status, resp.headers, await resp.read())
+
+
+def chat_body(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "demo", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def sse_events(raw: bytes) -> list[Any]:
+    out: list[Any] = []
+    for block in raw.decode().split("\n\n"):
+        if block.startswith("data: "):
+            data = block[len("data: ") :]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def sse_text(events: list[Any]) -> str:
+    return "".join(
+        c["delta"].get("content") or "" for e in events if isinstance(e, dict) for c in e.get("choices", [])
+    )
+
+
+# ---------------------------------------------------------------- safe path
+
+
+async def test_safe_request_arrives_byte_for_byte(chatbot, classifier, steerer, http) -> None:
+    marker = uuid.uuid4().hex
+    # Odd spacing, key order and non-ASCII: any re-serialisation would show.
+    body = (
+        '{ "messages" : [ {"content":"hello ' + marker + ' caf\\u00e9 \u2615", "role":"user"} ],"model":"m" }'
+    ).encode()
+    # Sent on a raw socket: header names in odd case, duplicates, UTF-8 bytes, a hop-by-hop header.
+    headers = [
+        ("content-type", "application/json; charset=utf-8"),
+        ("Authorization", "Bearer legacy-app-token"),
+        ("X-Custom-THING", "a, b;c"),
+        ("X-Dup", "1"),
+        ("X-Dup", "2"),
+        ("X-Utf8", "caf\u00e9"),
+        ("Content-Length", str(len(body))),
+    ]
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        port = URL(url).port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = f"POST {CHAT}?trace=1&x=%2F HTTP/1.1\r\nHost: sidecar.example\r\nConnection: keep-alive\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+        writer.write(head.encode("utf-8") + body)
+        await writer.drain()
+        status_line = await reader.readline()
+        reply_head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 200")
+    assert b"x-steerguard-verdict: safe" in reply_head
+    [received] = chatbot.received(marker)
+    assert base64.b64decode(received["body_b64"]) == body
+    assert received["path"] == CHAT + "?trace=1&x=%2F"
+    # Exactly the client's headers, in order, bytes kept; only Host (the upstream's, as with
+    # nginx) and the hop-by-hop Connection differ.
+    forwarded = [(k, v.encode("latin-1").decode("utf-8")) for k, v in received["headers"]]
+    assert [h for h in forwarded if h[0] != "Host"] == headers
+    assert ("Host", chatbot.url.removeprefix("http://")) in forwarded
+
+
+async def test_sse_stream_passes_through(chatbot, classifier, steerer, http) -> None:
+    marker = uuid.uuid4().hex
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body("stream " + marker, stream=True))
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        assert resp.headers["x-steerguard-verdict"] == "safe"
+        via_sidecar = resp.body
+    resp = await send(http, "POST", chatbot.url + CHAT, json=chat_body("stream " + marker, stream=True))
+    direct = resp.body
+
+    def normalise(raw: bytes) -> bytes:
+        raw = re.sub(rb"chatcmpl-[0-9a-f]+", b"ID", raw)
+        return re.sub(rb'"created": \d+', b'"created": 0', raw)
+
+    assert normalise(via_sidecar) == normalise(direct)
+    events = sse_events(via_sidecar)
+    assert events[-1] == "[DONE]"
+    assert sse_text(events) == f"You said: stream {marker}"
+
+
+async def test_other_paths_pass_through_untouched(chatbot, classifier, steerer, http) -> None:
+    marker = uuid.uuid4().hex
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        resp = await send(http, "PUT", url + f"/v1/files/{marker}?a=1", data=b"\x00\x01raw")
+        payload = resp.json()
+        assert resp.headers["x-demo-upstream"] == "1"
+        assert "x-steerguard-verdict" not in resp.headers
+        resp = await send(http, "GET", url + "/v1/models")
+        assert resp.status == 200
+    assert payload["path"] == f"/v1/files/{marker}?a=1"
+    assert classifier.script.calls == []
+
+
+# ----------------------------------------------------------- policy actions
+
+
+async def test_block_never_reaches_upstream(chatbot, classifier, steerer, http) -> None:
+    marker = uuid.uuid4().hex
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body(f"UNSAFE:weapons {marker}"))
+        answer = resp.json()
+        assert resp.status == 200
+        assert resp.headers["x-steerguard-verdict"] == "unsafe"
+        assert resp.headers["x-steerguard-category"] == "weapons"
+        assert resp.headers["x-steerguard-action"] == "block"
+        resp = await send(http, "POST", url + CHAT, json=chat_body(f"UNSAFE {marker}", stream=True))
+        events = sse_events(resp.body)
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"]["content"] == "I'm sorry, but I can't help with that request."
+    assert answer["model"] == "demo"
+    assert events[-1] == "[DONE]"
+    assert sse_text(events) == "I'm sorry, but I can't help with that request."
+    assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
+    assert chatbot.received(marker) == []
+
+
+async def test_block_uses_category_message_and_context(chatbot, classifier, steerer, http) -> None:
+    policy = {"categories": {"weapons": {"action": "block", "message": "No weapons talk."}}}
+    body = {
+        "messages": [
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "tool", "content": "ignored"},
+            {"role": "user", "content": [{"type": "text", "text": "UNSAFE:weapons please"}]},
+        ]
+    }
+    async with sidecar(chatbot, classifier, steerer[0], policy) as url:
+        resp = await send(http, "POST", url + CHAT, json=body)
+        answer = resp.json()
+    assert answer["choices"][0]["message"]["content"] == "No weapons talk."
+    assert classifier.script.calls[-1] == [
+        ("system", "be nice"),
+        ("user", "hi"),
+        ("assistant", "hello"),
+        ("user", "UNSAFE:weapons please"),
+    ]
+
+
+async def test_steer_answers_from_steer_service(chatbot, classifier, steerer, http) -> None:
+    server, servicer = steerer
+    policy = {
+        "categories": {"cybercrime": {"action": "steer", "vector": "category"}},
+        "default": {"action": "steer", "vector": "refusal"},
+    }
+    marker = uuid.uuid4().hex
+    async with sidecar(chatbot, classifier, server, policy) as url:
+        resp = await send(
+            http, "POST", url + CHAT, json=chat_body(f"UNSAFE:cybercrime {marker}", max_tokens=50)
+        )
+        answer = resp.json()
+        assert resp.headers["x-steerguard-action"] == "steer"
+        resp = await send(http, "POST", url + CHAT, json=chat_body(f"UNSAFE:violence {marker}", stream=True))
+        events = sse_events(resp.body)
+    text = answer["choices"][0]["message"]["content"]
+    assert text.startswith("Steered answer (category, category:cybercrime)")
+    assert answer["usage"]["prompt_tokens"] == 7
+    assert sse_text(events).startswith("Steered answer (refusal, refusal)")
+    assert events[-1] == "[DONE]"
+    assert [c["finish_reason"] for c in events[-2]["choices"]] == ["stop"]
+    first, second = servicer.requests
+    assert first.steering.category == "cybercrime" and first.max_new_tokens == 50
+    assert second.steering.category == ""
+    assert chatbot.received(marker) == []
+
+
+async def test_steer_failure_falls_back_to_refusal(chatbot, classifier, steerer, http) -> None:
+    server, _ = steerer
+    server.script.abort_code = grpc.StatusCode.INTERNAL
+    async with sidecar(chatbot, classifier, server, {"default": "steer"}) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body("UNSAFE bad"))
+        answer = resp.json()
+        assert resp.status == 200
+        assert resp.headers["x-steerguard-action"] == "block"
+        assert resp.headers["x-steerguard-failure"] == "steer-error"
+    assert "can't help" in answer["choices"][0]["message"]["content"]
+
+
+async def test_flag_forwards_and_marks(chatbot, classifier, steerer, http) -> None:
+    marker = uuid.uuid4().hex
+    async with sidecar(chatbot, classifier, steerer[0], {"default": "flag"}) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body(f"UNSAFE:fraud {marker}"))
+        answer = resp.json()
+        assert resp.headers["x-steerguard-action"] == "flag"
+        assert resp.headers["x-steerguard-verdict"] == "unsafe"
+    assert answer["choices"][0]["message"]["content"].startswith("You said:")
+    assert len(chatbot.received(marker)) == 1
+
+
+async def test_shadow_forwards_everything_and_records(chatbot, classifier, steerer, http) -> None:
+    marker = uuid.uuid4().hex
+    async with sidecar(chatbot, classifier, steerer[0], {"mode": "shadow", "default": "block"}) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body(f"UNSAFE {marker}"))
+        assert resp.status == 200
+        assert resp.headers["x-steerguard-action"] == "shadow"
+        resp = await send(http, "GET", url + "/metrics")
+        metrics = resp.body.decode()
+    assert len(chatbot.received(marker)) == 1
+    assert 'steerguard_sidecar_actions_total{action="block",shadow="true"} 1.0' in metrics
+
+
+# ------------------------------------------------------- classifier failures
+
+
+async def test_fail_closed_when_classifier_is_down(chatbot, steerer, http) -> None:
+    marker = uuid.uuid4().hex
+    dead = f"127.0.0.1:{free_port()}"
+    async with sidecar(chatbot, dead, steerer[0]) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body(marker))
+        body = resp.json()
+        assert resp.status == 503
+        assert resp.headers["x-steerguard-verdict"] == "unknown"
+        resp = await send(http, "GET", url + "/readyz")
+        assert resp.status == 503
+        resp = await send(http, "GET", url + "/healthz")
+        assert resp.status == 200
+    assert body["error"]["code"] == "classifier_unavailable"
+    assert "classifier" in body["error"]["message"]
+    assert chatbot.received(marker) == []
+
+
+async def test_fail_open_forwards_and_marks(chatbot, steerer, http) -> None:
+    marker = uuid.uuid4().hex
+    dead = f"127.0.0.1:{free_port()}"
+    async with sidecar(chatbot, dead, steerer[0], {"on_classifier_error": "open"}) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body(marker))
+        assert resp.status == 200
+        assert resp.headers["x-steerguard-verdict"] == "unknown"
+        assert resp.headers["x-steerguard-action"] == "fail-open"
+        assert resp.headers["x-steerguard-failure"] == "classifier-unavailable"
+    assert len(chatbot.received(marker)) == 1
+
+
+async def test_failure_mode_is_per_route(chatbot, steerer, http) -> None:
+    policy = {
+        "on_classifier_error": "closed",
+        "routes": [
+            {"path": CHAT, "adapter": "openai", "on_classifier_error": "open"},
+            {
+                "path": "/api/ask",
+                "adapter": "json",
+                "prompt_pointer": "/question",
+                "reply_template": "{{reply}}",
+            },
+        ],
+    }
+    dead = f"127.0.0.1:{free_port()}"
+    async with sidecar(chatbot, dead, steerer[0], policy) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body("hi"))
+        assert resp.status == 200
+        resp = await send(http, "POST", url + "/api/ask", json={"question": "hi"})
+        assert resp.status == 503
+
+
+async def test_classifier_deadline(chatbot, classifier, steerer, http) -> None:
+    classifier.script.delay_s = 0.5
+    async with sidecar(chatbot, classifier, steerer[0], classify_timeout_s=0.1) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body("slow"))
+        body = resp.json()
+        assert resp.status == 503
+    assert "deadline" in body["error"]["message"]
+    assert len(classifier.script.calls) == 1  # a deadline is never retried
+
+
+async def test_unavailable_is_retried(chatbot, classifier, steerer, http) -> None:
+    classifier.script.fail_unavailable = 2
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body("retry me"))
+        assert resp.status == 200
+        assert resp.headers["x-steerguard-verdict"] == "safe"
+    assert len(classifier.script.calls) == 3
+
+
+async def test_classifier_refusal_is_a_client_error(chatbot, classifier, steerer, http) -> None:
+    classifier.script.abort_code = grpc.StatusCode.INVALID_ARGUMENT
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body("too long"))
+        body = resp.json()
+        assert resp.status == 400
+    assert body["error"]["message"] == "scripted failure"
+    async with sidecar(chatbot, classifier, steerer[0], {"on_classifier_error": "open"}) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body("too long"))
+    assert resp.status == 200 and resp.headers["x-steerguard-failure"] == "classifier-invalid"
+
+
+async def test_bearer_token_is_sent(chatbot, classifier, steerer, http) -> None:
+    async with sidecar(chatbot, classifier, steerer[0], auth_token="s3cret") as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body("hi"))
+        assert resp.status == 200
+    assert classifier.script.metadata[-1]["authorization"] == "Bearer s3cret"
+
+
+# --------------------------------------------------------- upstream failures
+
+
+async def test_upstream_down_is_502(classifier, steerer, chatbot, http) -> None:
+    async with sidecar(chatbot, classifier, steerer[0], upstream=f"http://127.0.0.1:{free_port()}") as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body("hi"))
+        body = resp.json()
+        assert resp.status == 502
+        assert resp.headers["x-steerguard-verdict"] == "safe"
+        resp = await send(http, "GET", url + "/anything")
+        assert resp.status == 502
+    assert body["error"]["code"] == "upstream_error"
+
+
+async def test_upstream_timeout_is_504(classifier, steerer, chatbot, http) -> None:
+    async with sidecar(chatbot, classifier, steerer[0], upstream_timeout_s=0.2) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body("hi"), headers={"x-demo-delay-ms": "1000"})
+        body = resp.json()
+        assert resp.status == 504
+    assert body["error"]["code"] == "upstream_timeout"
+
+
+# ----------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b"{not json", "application/json", 400),
+        (b"[1, 2]", "application/json", 400),
+        (b'{"model": "x"}', "application/json", 400),
+        (b'{"messages": [{"role": "assistant", "content": "hi"}]}', "application/json", 400),
+        (b'{"messages": [{"role": "wizard", "content": "hi"}]}', "application/json", 400),
+        (b'{"messages": [{"role": "user", "content": 5}]}', "application/json", 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "application/json", 400),
+        (b"\xff\xfe", "application/json", 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', "text/plain", 415),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', "", 415),
+        (b'{"messages": [{"role": "user", "content": "' + b"x" * 3000 + b'"}]}', "application/json", 413),
+    ],
+)
+async def test_bad_input_is_refused_and_never_forwarded(
+    chatbot, classifier, steerer, http, body: bytes, content_type: str, status: int
+) -> None:
+    marker = uuid.uuid4().hex
+    body = body.replace(b'"hi"', f'"hi {marker}"'.encode())
+    headers = {"Content-Type": content_type} if content_type else {}
+    async with sidecar(chatbot, classifier, steerer[0], max_body_bytes=2048) as url:
+        resp = await send(
+            http, "POST", url + CHAT, data=body, headers=headers, skip_auto_headers=["Content-Type"]
+        )
+        payload = resp.json()
+        assert resp.status == status
+    assert payload["error"]["message"]
+    assert chatbot.received(marker) == []
+    assert classifier.script.calls == []
+
+
+async def test_chunked_body_over_limit_is_413(chatbot, classifier, steerer, http) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"y" * 1000
+        yield b'"}]}'
+
+    async with sidecar(chatbot, classifier, steerer[0], max_body_bytes=4096) as url:
+        resp = await send(
+            http, "POST", url + CHAT, data=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert resp.status == 413
+
+
+# ------------------------------------------------------------- JSON adapter
+
+ASK_ROUTE = {
+    "path": "/api/ask",
+    "adapter": "json",
+    "prompt_pointer": "/question",
+    "history_pointer": "/history",
+    "response_pointer": "/answer",
+    "reply_template": {
+        "answer": "{{reply}}",
+        "blocked": "{{unsafe}}",
+        "echo": "{{request:/conversation_id}}",
+    },
+}
+
+
+async def test_json_adapter(chatbot, classifier, steerer, http) -> None:
+    marker = uuid.uuid4().hex
+    policy = {"routes": [ASK_ROUTE]}
+    async with sidecar(chatbot, classifier, steerer[0], policy) as url:
+        safe = json.dumps({"question": f"hello {marker}", "history": [{"role": "user", "content": "x"}]})
+        resp = await send(
+            http, "POST", url + "/api/ask", data=safe, headers={"Content-Type": "application/json"}
+        )
+        answer = resp.json()
+        assert resp.headers["x-steerguard-verdict"] == "safe"
+        resp = await send(
+            http, "POST", url + "/api/ask", json={"question": f"UNSAFE {marker}", "conversation_id": 7}
+        )
+        blocked = resp.json()
+        resp = await send(http, "POST", url + "/api/ask", json={"prompt": "wrong field"})
+        missing = resp.json()
+        assert resp.status == 400
+    assert answer["answer"] == f"You said: hello {marker}"
+    assert blocked == {"answer": "I'm sorry, but I can't help with that request.", "blocked": True, "echo": 7}
+    assert "/question" in missing["error"]["message"]
+    assert [base64.b64decode(r["body_b64"]).decode() for r in chatbot.received(marker)] == [safe]
+    assert classifier.script.calls[0] == [("user", "x"), ("user", f"hello {marker}")]
+
+
+# ------------------------------------------------------------ response check
+
+
+async def test_response_check_replaces_unsafe_answer(chatbot, classifier, steerer, http) -> None:
+    policy = {"response_check": {"enabled": True, "message": "Answer withheld."}}
+    async with sidecar(chatbot, classifier, steerer[0], policy) as url:
+        # The echo bot turns UNS4FE into UNSAFE: a safe request with an unsafe answer.
+        resp = await send(http, "POST", url + CHAT, json=chat_body("tell me UNS4FE things"))
+        replaced = resp.json()
+        assert resp.headers["x-steerguard-response-verdict"] == "unsafe"
+        resp = await send(http, "POST", url + CHAT, json=chat_body("tell me nice things"))
+        kept = resp.json()
+        assert resp.headers["x-steerguard-response-verdict"] == "safe"
+    assert replaced["choices"][0]["message"]["content"] == "Answer withheld."
+    assert replaced["choices"][0]["finish_reason"] == "content_filter"
+    assert replaced["model"] == "demo"  # the upstream's own body, only the answer changed
+    assert kept["choices"][0]["message"]["content"] == "You said: tell me nice things"
+
+
+async def test_response_check_on_a_stream_holds_back_a_window(chatbot, classifier, steerer, http) -> None:
+    policy = {"response_check": {"enabled": True, "window_chars": 16, "message": "Answer withheld."}}
+    safe_words = " ".join(f"word{i}" for i in range(20))
+    async with sidecar(chatbot, classifier, steerer[0], policy) as url:
+        prompt = f"{safe_words} UNS4FE end"
+        resp = await send(http, "POST", url + CHAT, json=chat_body(prompt, stream=True))
+        raw = resp.body
+        resp = await send(http, "POST", url + CHAT, json=chat_body(safe_words, stream=True))
+        clean = sse_events(resp.body)
+    events = sse_events(raw)
+    text = sse_text(events)
+    assert "UNSAFE" not in text
+    assert text.endswith("Answer withheld.")
+    assert text.startswith("You said: word0")  # what was judged safe was released as it came
+    assert events[-1] == "[DONE]"
+    assert events[-2]["choices"][0]["finish_reason"] == "content_filter"
+    assert sse_text(clean) == f"You said: {safe_words}"
+    assert len(classifier.script.calls) > 4  # judged window by window
+
+
+async def test_response_check_fail_closed_and_open(chatbot, classifier, steerer, http) -> None:
+    # The request check passes, the answer check fails.
+    for mode, status, verdict in [("closed", 503, "unknown"), ("open", 200, "unknown")]:
+        classifier.script.reset()
+        classifier.script.fail_after = 1
+        policy = {"response_check": True, "on_classifier_error": mode}
+        async with sidecar(chatbot, classifier, steerer[0], policy) as url:
+            resp = await send(http, "POST", url + CHAT, json=chat_body("hello"))
+            assert resp.status == status
+            assert resp.headers["x-steerguard-response-verdict"] == verdict
+
+
+# ------------------------------------------------------------ health/metrics
+
+
+async def test_health_and_metrics(chatbot, classifier, steerer, http) -> None:
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        resp = await send(http, "GET", url + "/readyz")
+        assert resp.status == 200
+        assert (resp.json())["ready"] is True
+        resp = await send(http, "POST", url + CHAT, json=chat_body("hello metrics"))
+        assert resp.status == 200
+        resp = await send(http, "GET", url + "/metrics")
+        text = resp.body.decode()
+    assert "steerguard_sidecar_added_latency_seconds_bucket" in text
+    assert 'steerguard_sidecar_verdicts_total{category="",stage="request",verdict="safe"} 1.0' in text
+    assert 'steerguard_sidecar_actions_total{action="allow",shadow="false"} 1.0' in text
+
+
+async def test_logs_never_hold_prompts(chatbot, classifier, steerer, http) -> None:
+    """The request log event carries lengths and verdicts, not text."""
+    marker = "secret-" + uuid.uuid4().hex
+    with structlog.testing.capture_logs() as logs:
+        async with sidecar(chatbot, classifier, steerer[0]) as url:
+            await send(http, "POST", url + CHAT, json=chat_body(marker))
+            await send(http, "POST", url + CHAT, json=chat_body("UNSAFE " + marker))
+    events = [e for e in logs if e.get("event") == "request"]
+    assert [e["verdict"] for e in events] == ["safe", "unsafe"]
+    assert events[0]["prompt_chars"] == len(marker)
+    assert marker not in repr(logs)
+
+
+async def test_local_verdict_cache(chatbot, classifier, steerer, http) -> None:
+    body = chat_body("repeat " + uuid.uuid4().hex)
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        for _ in range(3):
+            resp = await send(http, "POST", url + CHAT, json=body)
+            assert resp.headers["x-steerguard-verdict"] == "safe"
+        resp = await send(http, "GET", url + "/metrics")
+    assert len(classifier.script.calls) == 1
+    assert 'steerguard_sidecar_local_cache_hits_total{stage="request"} 2.0' in resp.body.decode()
+    classifier.script.reset()
+    async with sidecar(chatbot, classifier, steerer[0], verdict_cache_ttl_s=0) as url:
+        for _ in range(2):
+            await send(http, "POST", url + CHAT, json=body)
+    assert len(classifier.script.calls) == 2
+
+
+async def test_tls_toward_the_services(chatbot, steerer, http, tmp_path_factory) -> None:
+    from steerguard.grpc_common.certs import write_test_certs
+
+    certs = write_test_certs(tmp_path_factory.mktemp("certs"))
+    tls = (certs.server_key.read_bytes(), certs.server_cert.read_bytes())
+    server, _ = start_fake_classifier(tls=tls)
+    try:
+        async with sidecar(
+            chatbot, server, steerer[0], tls_ca=str(certs.ca), tls_server_name="localhost"
+        ) as url:
+            resp = await send(http, "POST", url + CHAT, json=chat_body("over tls"))
+            assert resp.status == 200 and resp.headers["x-steerguard-verdict"] == "safe"
+        # Without the CA the handshake fails: the request is refused (fail closed), not forwarded.
+        async with sidecar(chatbot, server, steerer[0], classify_timeout_s=0.5) as url:
+            resp = await send(http, "POST", url + CHAT, json=chat_body("plaintext to tls"))
+            assert resp.status == 503
+    finally:
+        server.stop()
+
+
+async def test_json_adapter_response_check_and_unknown_paths(chatbot, classifier, steerer, http) -> None:
+    policy = {"routes": [{**ASK_ROUTE, "response_check": True}], "unknown_paths": "reject"}
+    async with sidecar(chatbot, classifier, steerer[0], policy) as url:
+        resp = await send(http, "POST", url + "/api/ask", json={"question": "say UNS4FE please"})
+        assert resp.headers["x-steerguard-response-verdict"] == "unsafe"
+        assert resp.json() == {
+            "answer": "I'm sorry, but I can't help with that request.",
+            "model": "demo-chatbot",
+        }
+        resp = await send(http, "GET", url + "/v1/models")
+        assert resp.status == 404 and resp.json()["error"]["code"] == "not_found"
+        resp = await send(http, "POST", url + CHAT, json=chat_body("not a configured route"))
+        assert resp.status == 404
+
+
+async def test_streams_are_relayed_as_they_come(chatbot, classifier, steerer, http) -> None:
+    """No buffering: the first event reaches the client long before the upstream finishes."""
+    words = " ".join(f"w{i}" for i in range(10))
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        started = time.perf_counter()
+        arrivals: list[float] = []
+        async with http.post(
+            url + CHAT, json=chat_body(words, stream=True), headers={"x-demo-chunk-delay-ms": "100"}
+        ) as resp:
+            async for _ in resp.content.iter_any():
+                arrivals.append(time.perf_counter() - started)
+    assert arrivals[0] < 0.5 and arrivals[-1] > 1.0
+
+
+async def test_round_robin_over_every_address(chatbot, classifier, steerer, http) -> None:
+    """What a headless Service resolves to (several addresses) all get calls, not just the first."""
+    second, _ = start_fake_classifier()
+    try:
+        target = f"ipv4:{classifier.address},{second.address}"
+        async with sidecar(chatbot, target, steerer[0], verdict_cache_ttl_s=0) as url:
+            for i in range(12):
+                resp = await send(http, "POST", url + CHAT, json=chat_body(f"spread {i}"))
+                assert resp.status == 200
+        assert len(classifier.script.calls) >= 3 and len(second.script.calls) >= 3
+    finally:
+        second.stop()
