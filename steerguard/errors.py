@@ -37,6 +37,10 @@ class Overloaded(SteerguardError):
     """A queue is full (gRPC RESOURCE_EXHAUSTED, HTTP 429)."""
 
 
+class DeadlineExceeded(SteerguardError):
+    """The client's deadline passed or it went away first (gRPC DEADLINE_EXCEEDED, HTTP 504)."""
+
+
 class UpstreamError(SteerguardError):
     """A dependency (classifier, steer service, chatbot) failed (gRPC UNAVAILABLE, HTTP 502)."""
 

@@ -12,6 +12,7 @@ _CODES: list[tuple[type[errors.SteerguardError], grpc.StatusCode]] = [
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.NotReady, grpc.StatusCode.UNAVAILABLE),
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.UpstreamError, grpc.StatusCode.UNAVAILABLE),
     (errors.BundleError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ModelError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -1,0 +1,432 @@
+"""Classifier service benchmarks, every ratio measured side by side in one run.
+
+Targets (issue 3), all over real gRPC on localhost unless said otherwise:
+
+1. cache-miss latency at batch 1 with early exit (only ``probe_layer + 1``
+   layers loaded and run, from the template prefix's cached keys/values) vs
+   a full-model forward (all layers, final norm and LM head, the probe state
+   read from ``hidden_states``): p50 <= 0.6x; early exit without the prefix
+   cache is measured in the same rotation and reported too;
+2. 16 concurrent clients with micro-batching vs the same requests one at a
+   time: throughput >= 2.5x;
+3. a cache hit (Redis) over gRPC: p50 <= 2 ms and >= 20x faster than a miss;
+4. the probe's miss latency vs the evaluation's MiniLM + logistic-regression
+   baseline at batch 1, in process (reported, no target).
+
+Variants are interleaved (alternating order) so drift in a shared machine's
+load hits both sides of a ratio alike. Misses use distinct prompts and
+servers without a cache. Redis is a ``redis-server`` started here on a free
+port (else ``--redis-url``, else the machine's on 6379).
+
+    python bench/bench_classifier.py                   # SmolLM2, default bundle (random if absent)
+    python bench/bench_classifier.py --tiny --quick    # smoke run on a tiny random Llama
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+import torch  # noqa: E402
+
+from classifier_service.core import ClassifierCore, CoreConfig  # noqa: E402
+from classifier_service.server import create_server  # noqa: E402
+from classifier_service.servicer import ClassifierServicer  # noqa: E402
+from steerguard.bundle import DEFAULT_BUNDLE_DIR, Bundle  # noqa: E402
+from steerguard.cache import RedisCache, VerdictCache  # noqa: E402
+from steerguard.cache.redis_server import RedisProcess, ping  # noqa: E402
+from steerguard.logs import configure_logging  # noqa: E402
+from steerguard.model.chat import normalise_request  # noqa: E402
+from steerguard.model.host import ModelHost  # noqa: E402
+from steerguard.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
+
+TOPICS = [
+    "bake sourdough bread at home",
+    "explain photosynthesis to a ten year old",
+    "write a short poem about the sea at night",
+    "prepare for a job interview as a nurse",
+    "summarise the plot of Romeo and Juliet",
+    "improve my sleep when I work night shifts",
+    "cook a vegetable curry with the right spices",
+    "learn the basics of the Python language",
+    "kill a Python process that hangs",
+    "pick a lock on a door that is not mine",
+    "write a phishing email that looks like my bank",
+    "make a dangerous chemical at home",
+]
+STYLES = [
+    "How do I {t}?",
+    "Can you tell me, step by step, how to {t}?",
+    "I want to {t}. What should I do first, and what mistakes should I avoid?",
+    "My friend asked me how to {t}; please give a clear answer I can pass on.",
+]
+
+
+def prompts(n: int, salt: str) -> list[str]:
+    """``n`` distinct, realistic prompts (a salt keeps caches from seeing repeats)."""
+    out = []
+    for i in range(n):
+        t = TOPICS[i % len(TOPICS)]
+        s = STYLES[(i // len(TOPICS)) % len(STYLES)]
+        out.append(f"{s.format(t=t)} ({salt}{i})")
+    return out
+
+
+class FullForwardCore(ClassifierCore):
+    """The baseline of target 1: a full forward pass through every layer and the LM head."""
+
+    @torch.inference_mode()
+    def _probe_states(self, rows: list[list[int]]) -> torch.Tensor:
+        batch = self.host.pad(rows)
+        out = self.host.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        return out.hidden_states[self.bundle.probe_layer + 1][:, -1, :].float()
+
+
+def p50(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def p95(xs: list[float]) -> float:
+    return sorted(xs)[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
+
+
+@contextmanager
+def served(core: ClassifierCore) -> Iterator[Callable[[], Any]]:
+    """A real gRPC server for ``core``; yields a factory of fresh stubs (one channel each)."""
+    server = create_server("127.0.0.1:0", ClassifierServicer(core)).start()
+    server.set_serving()
+    channels: list[grpc.Channel] = []
+
+    def stub() -> Any:
+        ch = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        channels.append(ch)
+        return classifier_pb2_grpc.ClassifierStub(ch)
+
+    try:
+        yield stub
+    finally:
+        for ch in channels:
+            ch.close()
+        server.stop(0)
+        core.close()
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> float:
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
+def classify(stub: Any, prompt: str) -> Any:
+    return stub.Classify(classifier_pb2.ClassifyRequest(prompt=prompt), timeout=120)
+
+
+# --- setup ----------------------------------------------------------------------------
+
+
+def load(args: argparse.Namespace, tmp: Path) -> tuple[str | None, Bundle]:
+    from steerguard.testing import make_random_bundle, make_tiny_llama
+
+    model: str | None = None
+    if args.tiny:
+        model = str(make_tiny_llama(tmp / "tiny", layers=8, hidden=128))
+    if args.bundle or (not args.tiny and (DEFAULT_BUNDLE_DIR / "manifest.json").is_file()):
+        return model, Bundle.load(args.bundle)
+    full = ModelHost.load(model, threads=args.threads)
+    bundle = make_random_bundle(full, tmp / "bundle", probe_layer=args.probe_layer)
+    del full
+    return model, bundle
+
+
+@contextmanager
+def redis_url(args: argparse.Namespace) -> Iterator[str | None]:
+    if args.redis_url:
+        yield args.redis_url
+        return
+    try:
+        proc = RedisProcess().start()
+    except (FileNotFoundError, RuntimeError):
+        yield "redis://127.0.0.1:6379/0" if ping("redis://127.0.0.1:6379/0") else None
+        return
+    try:
+        yield proc.url
+    finally:
+        proc.stop()
+
+
+# --- the four measurements ------------------------------------------------------------------
+
+
+def early_exit_vs_full(variants: dict[str, Callable[[], Any]], n: int) -> dict[str, Any]:
+    """Batch-1 miss latency of each variant, interleaved in rotating order."""
+    stubs = {name: make() for name, make in variants.items()}
+    for p in prompts(2, "warm-lat"):
+        for stub in stubs.values():
+            classify(stub, p)
+    times: dict[str, list[float]] = {name: [] for name in stubs}
+    names = list(stubs)
+    for i, p in enumerate(prompts(n, "lat")):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            times[name].append(timed(classify, stubs[name], p))
+    out: dict[str, Any] = {f"{name}_p50_ms": 1000 * p50(t) for name, t in times.items()}
+    out.update({f"{name}_p95_ms": 1000 * p95(t) for name, t in times.items()})
+    ratio = p50(times["early_exit"]) / p50(times["full_forward"])
+    out["ratio_without_prefix_cache"] = p50(times["early_exit_no_prefix"]) / p50(times["full_forward"])
+    out.update({"ratio": ratio, "target": "<= 0.6", "pass": ratio <= 0.6})
+    return out
+
+
+def batching_throughput(
+    early: Callable[[], Any], core: ClassifierCore, n: int, clients: int, rounds: int
+) -> dict[str, Any]:
+    seq_stub = early()
+    conc_stubs = [early() for _ in range(clients)]
+    for s in conc_stubs:
+        classify(s, "warm up this channel")
+    seq_rates: list[float] = []
+    conc_rates: list[float] = []
+    batch_sizes: list[float] = []
+
+    def sequential(ps: list[str]) -> float:
+        return len(ps) / sum(timed(classify, seq_stub, p) for p in ps)
+
+    def concurrent(ps: list[str]) -> float:
+        shares = [ps[i::clients] for i in range(clients)]
+        before = core.forward_passes
+        errors: list[BaseException] = []
+
+        def run(stub: Any, mine: list[str]) -> None:
+            try:
+                for p in mine:
+                    classify(stub, p)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(s, m)) for s, m in zip(conc_stubs, shares, strict=True)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - started
+        if errors:
+            raise errors[0]
+        batch_sizes.append(len(ps) / max(1, core.forward_passes - before))
+        return len(ps) / wall
+
+    for r in range(rounds):
+        seq_prompts, conc_prompts = prompts(n, f"tps{r}-"), prompts(n, f"tpc{r}-")
+        if r % 2 == 0:
+            seq_rates.append(sequential(seq_prompts))
+            conc_rates.append(concurrent(conc_prompts))
+        else:
+            conc_rates.append(concurrent(conc_prompts))
+            seq_rates.append(sequential(seq_prompts))
+    ratio = statistics.median(conc_rates) / statistics.median(seq_rates)
+    return {
+        "one_at_a_time_rps": statistics.median(seq_rates),
+        "concurrent_rps": statistics.median(conc_rates),
+        "clients": clients,
+        "requests_per_round": n,
+        "mean_batch_size": statistics.mean(batch_sizes),
+        "ratio": ratio,
+        "target": ">= 2.5",
+        "pass": ratio >= 2.5,
+    }
+
+
+def cache_hits(cached: Callable[[], Any], n: int, passes: int, backend: str) -> dict[str, Any]:
+    stub = cached()
+    classify(stub, "warm up the channel and the cache")
+    ps = prompts(n, "hit")
+    misses = [timed(classify, stub, p) for p in ps]
+    hits: list[float] = []
+    for _ in range(passes):
+        for p in ps:
+            started = time.perf_counter()
+            v = classify(stub, p)
+            hits.append(time.perf_counter() - started)
+            assert v.cached, "expected a cache hit"
+    speedup = p50(misses) / p50(hits)
+    return {
+        "backend": backend,
+        "hit_p50_ms": 1000 * p50(hits),
+        "hit_p95_ms": 1000 * p95(hits),
+        "miss_p50_ms": 1000 * p50(misses),
+        "speedup": speedup,
+        "target": "p50 <= 2 ms and >= 20x",
+        "pass": p50(hits) <= 0.002 and speedup >= 20,
+    }
+
+
+def minilm_baseline(core: ClassifierCore, n: int) -> dict[str, Any]:
+    """In process, batch 1: probe miss (tokenise + early-exit forward + probe) vs MiniLM + LR."""
+    import numpy as np
+
+    from steerguard.evaluation.baselines import MiniLM, fit_minilm_lr
+
+    mini = MiniLM()
+    train = prompts(24, "fit")
+    labels = np.array([1 if any(w in p for w in ("lock", "phishing", "dangerous")) else 0 for p in train])
+    lr = fit_minilm_lr(mini.embed(train), labels, np.ones(len(train)))
+
+    def baseline(p: str) -> None:
+        lr.predict_proba(mini.embed([p], batch_size=1))
+
+    def probe(p: str) -> None:
+        core.classify([normalise_request(p)])
+
+    for p in prompts(2, "warm-base"):
+        baseline(p)
+        probe(p)
+    b_times: list[float] = []
+    p_times: list[float] = []
+    for i, p in enumerate(prompts(n, "base")):
+        pair = [(probe, p_times), (baseline, b_times)]
+        for fn, sink in pair if i % 2 == 0 else pair[::-1]:
+            sink.append(timed(fn, p))
+    return {
+        "probe_p50_ms": 1000 * p50(p_times),
+        "minilm_lr_p50_ms": 1000 * p50(b_times),
+        "ratio_probe_over_minilm": p50(p_times) / p50(b_times),
+        "target": "reported",
+    }
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="a tiny random Llama instead of SmolLM2")
+    parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
+    parser.add_argument("--bundle", default=None, help="bundle directory (default: shipped, else random)")
+    parser.add_argument("--probe-layer", type=int, default=None, help="probe layer of a random bundle")
+    parser.add_argument("--redis-url", default=None, help="Redis for the cache-hit benchmark")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the 2 CPU cores)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=0, help="throughput rounds (default 3, quick 2)")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-batch-wait-ms", type=float, default=10.0)
+    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+    n_lat, n_tp, n_hit, passes = (8, 32, 10, 5) if args.quick else (24, 64, 20, 10)
+    rounds = args.rounds or (2 if args.quick else 3)
+
+    configure_logging("console", "warning")
+    torch.set_num_threads(args.threads)
+    config = CoreConfig(max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        model, bundle = load(args, Path(tmp))
+        early_host = ModelHost.load(model, max_layers=bundle.probe_layer + 1, threads=args.threads)
+        full_host = ModelHost.load(model, threads=args.threads)
+        bundle.verify_model(early_host.identity)
+        results["setup"] = {
+            "model": early_host.identity.name,
+            "bundle_id": bundle.bundle_id,
+            "probe_layer": bundle.probe_layer,
+            "layers_loaded_early_exit": early_host.loaded_layers,
+            "layers_full": full_host.loaded_layers,
+            "torch_threads": torch.get_num_threads(),
+            "max_batch_size": args.max_batch_size,
+            "max_batch_wait_ms": args.max_batch_wait_ms,
+        }
+        plain = replace(config, share_prefix=False)
+        early_core = ClassifierCore(early_host, bundle, None, config)
+        early = stack.enter_context(served(early_core))
+        early_no_prefix = stack.enter_context(served(ClassifierCore(early_host, bundle, None, plain)))
+        full = stack.enter_context(served(FullForwardCore(full_host, bundle, None, plain)))
+
+        print("1/4 early exit vs full forward (batch 1, misses) ...", flush=True)
+        variants = {"early_exit": early, "early_exit_no_prefix": early_no_prefix, "full_forward": full}
+        results["early_exit_vs_full"] = early_exit_vs_full(variants, n_lat)
+        print("2/4 micro-batching throughput ...", flush=True)
+        results["micro_batching"] = batching_throughput(early, early_core, n_tp, args.clients, rounds)
+
+        print("3/4 cache hits over gRPC ...", flush=True)
+        url = stack.enter_context(redis_url(args))
+        cache: VerdictCache
+        if url:
+            cache, backend = RedisCache(url, ttl_seconds=600, timeout_seconds=0.5), "redis"
+        else:
+            from steerguard.cache import MemoryCache
+
+            cache, backend = MemoryCache(max_entries=10000, ttl_seconds=600), "memory (no Redis found)"
+        cached_core = ClassifierCore(early_host, bundle, cache, config)
+        cached = stack.enter_context(served(cached_core))
+        results["cache_hit"] = cache_hits(cached, n_hit, passes, backend)
+
+        print("4/4 MiniLM + logistic regression baseline (in process) ...", flush=True)
+        try:
+            results["vs_minilm_lr"] = minilm_baseline(early_core, n_lat)
+        except Exception as exc:  # noqa: BLE001 - the baseline's weights are an optional package
+            results["vs_minilm_lr"] = {"skipped": f"{type(exc).__name__}: {exc}"}
+
+    report(results)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def verdict(result: dict[str, Any]) -> str:
+    return "PASS" if result["pass"] else "MISS"
+
+
+def report(r: dict[str, Any]) -> None:
+    s = r["setup"]
+    print(
+        f"\nmodel {s['model']}, bundle {s['bundle_id']}, probe layer {s['probe_layer']} "
+        f"({s['layers_loaded_early_exit']} of {s['layers_full']} layers), {s['torch_threads']} torch threads"
+    )
+    a = r["early_exit_vs_full"]
+    print(
+        f"[{verdict(a)}] miss latency p50: early exit {a['early_exit_p50_ms']:.1f} ms vs "
+        f"full {a['full_forward_p50_ms']:.1f} ms = {a['ratio']:.2f}x (target {a['target']}); "
+        f"without the prefix cache {a['early_exit_no_prefix_p50_ms']:.1f} ms "
+        f"= {a['ratio_without_prefix_cache']:.2f}x"
+    )
+    b = r["micro_batching"]
+    print(
+        f"[{verdict(b)}] throughput: {b['clients']} clients {b['concurrent_rps']:.1f} req/s "
+        f"vs one at a time {b['one_at_a_time_rps']:.1f} req/s = {b['ratio']:.2f}x "
+        f"(mean batch {b['mean_batch_size']:.1f}; target {b['target']})"
+    )
+    c = r["cache_hit"]
+    print(
+        f"[{verdict(c)}] cache hit ({c['backend']}) p50 {c['hit_p50_ms']:.2f} ms "
+        f"(p95 {c['hit_p95_ms']:.2f}) vs miss {c['miss_p50_ms']:.1f} ms = {c['speedup']:.0f}x faster "
+        f"(target {c['target']})"
+    )
+    d = r["vs_minilm_lr"]
+    if "skipped" in d:
+        print(f"[----] MiniLM + LR baseline skipped: {d['skipped']}")
+    else:
+        print(
+            f"[info] probe miss p50 {d['probe_p50_ms']:.1f} ms vs MiniLM + LR {d['minilm_lr_p50_ms']:.1f} ms "
+            f"= {d['ratio_probe_over_minilm']:.2f}x (in process, batch 1)"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Build the classifier from parsed flags and run it until SIGTERM (heavy imports live here)."""
+
+from __future__ import annotations
+
+import argparse
+
+from classifier_service.core import ClassifierCore, CoreConfig
+from classifier_service.metrics import CACHE_ERRORS
+from classifier_service.server import create_server
+from classifier_service.servicer import ClassifierServicer
+from steerguard.bundle import Bundle
+from steerguard.cache import VerdictCache, make_cache
+from steerguard.errors import SteerguardError
+from steerguard.grpc_common.metrics import start_metrics_server
+from steerguard.grpc_common.server import ServerOptions, host_port
+from steerguard.grpc_common.shutdown import serve_until_signal
+from steerguard.logs import get_logger
+from steerguard.model.host import ModelHost
+
+log = get_logger("steerguard.classifier")
+
+
+def build_cache(args: argparse.Namespace) -> VerdictCache:
+    backend = "redis" if args.redis_url else "memory"
+    return make_cache(
+        args.redis_url,
+        ttl_seconds=args.cache_ttl,
+        max_entries=args.cache_size,
+        redis_timeout_seconds=args.redis_timeout_ms / 1000.0,
+        redis_retry_seconds=args.redis_retry_seconds,
+        on_error=lambda op: CACHE_ERRORS.labels(backend=backend, op=op).inc(),
+    )
+
+
+def load_core(args: argparse.Namespace) -> ClassifierCore:
+    """Bundle first (it says how many layers to load), then the truncated model."""
+    bundle = Bundle.load(args.bundle)
+    host = ModelHost.load(args.model, max_layers=bundle.probe_layer + 1, threads=args.threads)
+    bundle.verify_model(host.identity)
+    config = CoreConfig(
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_batch_size=args.max_batch_size,
+        max_batch_wait_ms=args.max_batch_wait_ms,
+        max_queue=args.max_queue,
+        cache_prefix=args.cache_prefix,
+        log_prompts=args.log_prompts,
+    )
+    core = ClassifierCore(host, bundle, build_cache(args), config)
+    log.info(
+        "classifier loaded",
+        bundle_id=bundle.bundle_id,
+        model=host.identity.name,
+        probe_layer=bundle.probe_layer,
+        loaded_layers=host.loaded_layers,
+        model_layers=host.identity.num_layers,
+        cache="redis" if args.redis_url else "memory",
+    )
+    return core
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        options = ServerOptions.from_args(args)
+        servicer = ClassifierServicer(max_batch_requests=args.max_batch_requests)
+        server = create_server(host_port(args.host, args.port), servicer, options).start()
+    except SteerguardError as exc:
+        log.error("cannot start the classifier", reason=exc.reason)
+        return 2
+    start_metrics_server(args.metrics_port)
+    log.info("classifier listening (not serving until loaded)", port=server.port, tls=bool(options.tls_cert))
+    try:
+        core = load_core(args)
+        core.warm_up()
+    except SteerguardError as exc:
+        log.error("cannot load the classifier", reason=exc.reason)
+        server.stop(0)
+        return 1
+    servicer.attach(core)
+    server.set_serving()
+    log.info("classifier serving", port=server.port)
+    serve_until_signal(server, options.grace_seconds, on_stop=core.close)
+    return 0

@@ -1,0 +1,64 @@
+"""``steerguard serve classifier``: flags, then load, serve and drain.
+
+``register`` only builds the parser (no torch import), so ``steerguard
+--help`` stays fast. Every flag is also an environment variable
+(``--redis-url`` = ``STEERGUARD_REDIS_URL``), which is how Kubernetes sets them.
+
+Start-up order: the gRPC server starts first with health NOT_SERVING (probes
+get an answer while the model loads), then the bundle is read, the model is
+loaded with only ``probe_layer + 1`` layers (early exit: memory and time scale
+with the probe layer), the bundle is checked against the model, one warm-up
+pass runs, and health turns SERVING. SIGTERM turns it NOT_SERVING, drains
+in-flight RPCs for ``--grace-seconds``, then stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from steerguard.grpc_common.flags import add_common_service_flags
+from steerguard.settings import add_flag
+
+DEFAULT_PORT = 50051
+
+
+def add_classifier_flags(parser: argparse.ArgumentParser) -> None:
+    add_common_service_flags(parser, default_port=DEFAULT_PORT)
+    add_flag(parser, "--redis-url", default=None, help="Redis verdict cache (default: in-process LRU)")
+    add_flag(parser, "--cache-ttl", type=float, default=3600.0, help="verdict cache TTL in seconds")
+    add_flag(parser, "--cache-prefix", default="steerguard:verdict", help="Redis key prefix")
+    add_flag(parser, "--cache-size", type=int, default=10000, help="in-process cache entries (no Redis)")
+    add_flag(parser, "--redis-timeout-ms", type=float, default=50.0, help="Redis socket timeout per call")
+    add_flag(
+        parser,
+        "--redis-retry-seconds",
+        type=float,
+        default=5.0,
+        help="bypass Redis this long after a failure",
+    )
+    add_flag(parser, "--max-batch-size", type=int, default=16, help="most prompts in one forward pass")
+    add_flag(
+        parser, "--max-batch-wait-ms", type=float, default=10.0, help="longest wait to fill a forward pass"
+    )
+    add_flag(parser, "--max-batch-requests", type=int, default=64, help="most requests in one ClassifyBatch")
+    add_flag(parser, "--max-queue", type=int, default=1024, help="waiting prompts before RESOURCE_EXHAUSTED")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "classifier",
+        help="serve steerguard.v1.Classifier over gRPC",
+        description="Classify prompts with the bundle's probe (early exit, micro-batching, verdict cache).",
+    )
+    add_classifier_flags(parser)
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from steerguard.logs import configure_logging
+
+    configure_logging(args.log_format, args.log_level)
+    from classifier_service.app import serve
+
+    return serve(args)

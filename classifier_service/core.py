@@ -1,0 +1,328 @@
+"""ClassifierCore: verdicts for conversations, through the cache, single-flight and the batcher.
+
+The path of one request:
+
+1. the key ``prefix:bundle_id:sha256(normalised conversation)`` is looked up
+   in the cache (a hit answers without tokenising);
+2. a miss is tokenised and refused when over the token limit;
+3. an identical miss already being computed is *joined* (single-flight), so
+   N concurrent identical requests cost one forward pass;
+4. otherwise it is queued to the micro-batcher, whose worker runs the model
+   only up to the probe layer (early exit), starting after the chat template's
+   shared prefix (:mod:`classifier_service.prefix`), and writes the verdicts
+   back to the cache after answering.
+
+The cache stores verdicts at the bundle's threshold; a per-request threshold
+is applied on the way out (:meth:`Verdict.at_threshold`), so one entry serves
+every threshold. Waiting honours the caller's deadline and cancellation; a
+computation nobody waits for any more is cancelled before it reaches the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from classifier_service import metrics
+from classifier_service.batcher import MicroBatcher
+from classifier_service.prefix import SharedPrefix
+from steerguard.bundle import Bundle
+from steerguard.cache import VerdictCache, verdict_key
+from steerguard.cache.keys import DEFAULT_PREFIX
+from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput
+from steerguard.logs import get_logger
+from steerguard.model.activations import last_token_states
+from steerguard.model.chat import Conversation
+from steerguard.model.host import ModelHost
+from steerguard.verdict import Verdict, verdicts_from_states
+
+log = get_logger("steerguard.classifier")
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Limits and batching knobs (the CLI fills this from flags)."""
+
+    max_prompt_tokens: int = 1024
+    max_batch_size: int = 16
+    max_batch_wait_ms: float = 10.0
+    max_queue: int = 1024
+    cache_prefix: str = DEFAULT_PREFIX
+    log_prompts: bool = False
+    share_prefix: bool = True  # reuse the template prefix's key/value cache
+
+
+@dataclass
+class _Flight:
+    """One computation in progress and how many requests wait for it."""
+
+    key: str
+    future: Future[Verdict]
+    waiters: int = 1
+
+
+@dataclass(frozen=True)
+class _Job:
+    key: str
+    token_ids: list[int]
+
+
+@dataclass
+class _Pending:
+    """The misses of one classify call: which flight answers which key."""
+
+    flights: dict[str, _Flight] = field(default_factory=dict)
+
+
+class ClassifierCore:
+    """Owns the model host, bundle, cache and batcher; thread-safe."""
+
+    def __init__(
+        self,
+        host: ModelHost,
+        bundle: Bundle,
+        cache: VerdictCache | None,
+        config: CoreConfig | None = None,
+    ) -> None:
+        self.host = host
+        self.bundle = bundle
+        self.cache = cache
+        self.config = config or CoreConfig()
+        if bundle.probe_layer >= host.loaded_layers:
+            raise BundleError(
+                f"bundle probes layer {bundle.probe_layer} but the model was loaded with "
+                f"{host.loaded_layers} layers (load at least probe_layer + 1)"
+            )
+        if not bundle.bundle_id:
+            raise BundleError("the bundle has no bundle_id (save it before serving)")
+        self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe to share
+        self._flights: dict[str, _Flight] = {}
+        # Re-entrant: a future's done-callbacks may run in the thread holding it.
+        self._flights_lock = threading.RLock()
+        self.forward_passes = 0
+        self.prefix = SharedPrefix.for_host(host) if self.config.share_prefix else None
+        self.batcher: MicroBatcher[_Job, Verdict] = MicroBatcher(
+            self._run_batch,
+            max_batch_size=self.config.max_batch_size,
+            max_wait_seconds=self.config.max_batch_wait_ms / 1000.0,
+            max_queue=self.config.max_queue,
+            after_batch=self._store,
+            name="classifier-batcher",
+        )
+
+    # -- public ---------------------------------------------------------------
+
+    @property
+    def bundle_id(self) -> str:
+        return self.bundle.bundle_id
+
+    def key(self, conv: Conversation) -> str:
+        return verdict_key(self.config.cache_prefix, self.bundle.bundle_id, conv.digest())
+
+    def classify(
+        self,
+        convs: Sequence[Conversation],
+        *,
+        thresholds: Sequence[float | None] | None = None,
+        deadline: float | None = None,
+        cancelled: threading.Event | None = None,
+        label_rows: bool = False,
+    ) -> list[Verdict]:
+        """One verdict per conversation, in order.
+
+        ``deadline`` is a :func:`time.monotonic` instant; ``cancelled`` is a
+        fresh event the caller sets when its client goes away (the core sets
+        it too, to wake itself, once the answer is ready). ``label_rows``
+        prefixes input errors with ``requests[i]:`` (batch RPCs).
+        """
+        if not convs:
+            return []
+        keys = [self.key(c) for c in convs]
+        unique = list(dict.fromkeys(keys))
+        found = self._lookup(unique)
+        missing = [k for k in unique if found[k] is None]
+        if missing:
+            jobs = self._jobs(convs, keys, set(missing), label_rows)
+            found.update(self._compute(jobs, deadline, cancelled))
+        out: list[Verdict] = []
+        for i, key in enumerate(keys):
+            verdict = found[key]
+            assert verdict is not None
+            cut = thresholds[i] if thresholds is not None else None
+            if cut is not None and cut != verdict.threshold:
+                verdict = verdict.at_threshold(cut)
+            metrics.VERDICTS.labels(category=verdict.category if verdict.unsafe else "safe").inc()
+            out.append(verdict)
+        self._log(convs, keys, out)
+        return out
+
+    def warm_up(self) -> None:
+        """One forward pass before reporting SERVING (first-call allocations, lazy init)."""
+        from steerguard.model.chat import normalise_request
+
+        ids = self._token_ids(normalise_request("Hello"))
+        self._probe_states([ids, ids[:-1]])
+
+    def close(self) -> None:
+        """Finish queued work, then release the cache."""
+        self.batcher.close()
+        if self.cache is not None:
+            self.cache.close()
+
+    # -- steps ----------------------------------------------------------------
+
+    def _lookup(self, keys: list[str]) -> dict[str, Verdict | None]:
+        if self.cache is None:
+            metrics.CACHE_MISSES.inc(len(keys))
+            return dict.fromkeys(keys)
+        values = self.cache.get_many(keys)
+        hits = sum(v is not None for v in values)
+        metrics.CACHE_HITS.inc(hits)
+        metrics.CACHE_MISSES.inc(len(keys) - hits)
+        return dict(zip(keys, values, strict=True))
+
+    def _token_ids(self, conv: Conversation) -> list[int]:
+        with self._tokenizer_lock:
+            return self.host.token_ids(conv)
+
+    def _jobs(
+        self, convs: Sequence[Conversation], keys: list[str], missing: set[str], label_rows: bool
+    ) -> dict[str, _Job]:
+        """Tokenise every miss first, so an invalid request queues nothing."""
+        limit = self.config.max_prompt_tokens
+        jobs: dict[str, _Job] = {}
+        for i, (conv, key) in enumerate(zip(convs, keys, strict=True)):
+            if key not in missing or key in jobs:
+                continue
+            ids = self._token_ids(conv)
+            if len(ids) > limit:
+                where = f"requests[{i}]: " if label_rows else ""
+                raise InvalidInput(f"{where}prompt is {len(ids)} tokens, over the limit of {limit}")
+            jobs[key] = _Job(key, ids)
+        return jobs
+
+    def _compute(
+        self, jobs: dict[str, _Job], deadline: float | None, cancelled: threading.Event | None
+    ) -> dict[str, Verdict]:
+        pending = _Pending()
+        try:
+            with self._flights_lock:
+                for key, job in jobs.items():
+                    flight = self._flights.get(key)
+                    if flight is not None and not flight.future.cancelled():
+                        flight.waiters += 1
+                        metrics.SINGLE_FLIGHT_JOINS.inc()
+                    else:
+                        flight = _Flight(key, self.batcher.submit(job))
+                        self._flights[key] = flight
+                        flight.future.add_done_callback(functools.partial(self._land, flight))
+                    pending.flights[key] = flight
+            metrics.QUEUE_DEPTH.set(self.batcher.queued)
+            self._wait([f.future for f in pending.flights.values()], deadline, cancelled)
+            return {key: flight.future.result() for key, flight in pending.flights.items()}
+        finally:
+            self._release(pending)
+
+    def _wait(
+        self, futures: list[Future[Verdict]], deadline: float | None, wake: threading.Event | None
+    ) -> None:
+        """Block until every future is done, the deadline passes, or ``wake`` is set (client gone).
+
+        The futures' callbacks set ``wake`` too, so one event wakes us for
+        either reason, without polling.
+        """
+        event = wake if wake is not None else threading.Event()
+        remaining = [len(futures)]
+        count_lock = threading.Lock()
+
+        def one_done(_f: Future[Verdict]) -> None:
+            with count_lock:
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    event.set()
+
+        for fut in futures:
+            fut.add_done_callback(one_done)
+        timeout = (
+            None if deadline is None else min(threading.TIMEOUT_MAX, max(0.0, deadline - time.monotonic()))
+        )
+        event.wait(timeout)
+        if all(f.done() for f in futures):
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("the deadline passed before the verdict was ready")
+        raise DeadlineExceeded("the client went away before the verdict was ready")
+
+    def _release(self, pending: _Pending) -> None:
+        """Stop waiting: a flight nobody waits for is cancelled (a no-op once it runs)."""
+        with self._flights_lock:
+            for flight in pending.flights.values():
+                flight.waiters -= 1
+                if flight.waiters <= 0 and not flight.future.done() and flight.future.cancel():
+                    self._forget(flight)
+
+    def _land(self, flight: _Flight, _done: Future[Verdict]) -> None:
+        with self._flights_lock:
+            self._forget(flight)
+
+    def _forget(self, flight: _Flight) -> None:
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+
+    # -- worker thread ----------------------------------------------------------
+
+    def _probe_states(self, rows: list[list[int]]) -> torch.Tensor:
+        """Probe-layer states at each row's last token ``[B, H]``, stopping after that layer.
+
+        Rows that start with the template prefix run from its cached keys and
+        values; the others (own system prompt, say) take a plain forward pass.
+        """
+        layer = self.bundle.probe_layer
+        prefix = self.prefix
+        fits = [prefix is not None and prefix.fits(r) for r in rows]
+        if prefix is not None and all(fits):
+            return prefix.last_token_states(rows, layer)
+        if prefix is None or not any(fits):
+            return last_token_states(self.host, self.host.pad(rows), [layer])[layer]
+        out = torch.empty((len(rows), self.host.identity.hidden_size))
+        with_prefix = [i for i, f in enumerate(fits) if f]
+        plain = [i for i, f in enumerate(fits) if not f]
+        out[with_prefix] = prefix.last_token_states([rows[i] for i in with_prefix], layer)
+        out[plain] = last_token_states(self.host, self.host.pad([rows[i] for i in plain]), [layer])[layer]
+        return out
+
+    def _run_batch(self, jobs: list[_Job]) -> list[Verdict]:
+        started = time.perf_counter()
+        states = self._probe_states([job.token_ids for job in jobs])
+        verdicts = verdicts_from_states(self.bundle, states)
+        self.forward_passes += 1
+        metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(jobs))
+        metrics.QUEUE_DEPTH.set(self.batcher.queued)
+        return verdicts
+
+    def _store(self, jobs: list[_Job], verdicts: Sequence[Verdict]) -> None:
+        if self.cache is not None:
+            self.cache.set_many({job.key: v for job, v in zip(jobs, verdicts, strict=True)})
+
+    # -- logs -----------------------------------------------------------------
+
+    def _log(self, convs: Sequence[Conversation], keys: list[str], verdicts: list[Verdict]) -> None:
+        """Digests only; raw text only with ``--log-prompts``."""
+        for conv, key, v in zip(convs, keys, verdicts, strict=True):
+            extra = {"prompt": conv.last_user_text} if self.config.log_prompts else {}
+            log.debug(
+                "classified",
+                digest=key.rsplit(":", 1)[-1][:16],
+                unsafe=v.unsafe,
+                category=v.category,
+                score=round(v.score, 4),
+                cached=v.cached,
+                **extra,
+            )

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the classifier (served on ``--metrics-port``).
+
+Defined once at import on the default registry, so several servers in one
+process (tests) share them instead of failing on duplicate registration.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUEST_SECONDS = Histogram(
+    "steerguard_classifier_request_seconds",
+    "Latency of Classifier RPCs by method and status code",
+    ["method", "code"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "steerguard_classifier_batch_size",
+    "Requests per forward pass (micro-batching)",
+    buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
+)
+FORWARD_SECONDS = Histogram(
+    "steerguard_classifier_forward_seconds",
+    "Time of one batched forward pass up to the probe layer",
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge("steerguard_classifier_queue_depth", "Requests waiting for a forward pass")
+CACHE_HITS = Counter("steerguard_classifier_cache_hits_total", "Verdicts answered from the cache")
+CACHE_MISSES = Counter("steerguard_classifier_cache_misses_total", "Verdicts not in the cache")
+CACHE_ERRORS = Counter(
+    "steerguard_classifier_cache_errors_total",
+    "Cache backend failures (the request was answered uncached)",
+    ["backend", "op"],
+)
+SINGLE_FLIGHT_JOINS = Counter(
+    "steerguard_classifier_singleflight_joins_total",
+    "Cache misses that waited for an identical request already being computed",
+)
+VERDICTS = Counter(
+    "steerguard_classifier_verdicts_total",
+    "Verdicts returned, by category ('safe' for safe prompts)",
+    ["category"],
+)

@@ -1,0 +1,145 @@
+"""``steerguard.v1.Classifier``: decode, call the core, encode.
+
+Servicers stay thin and never abort: they raise :mod:`steerguard.errors`
+exceptions, which the shared error interceptor maps to status codes (client
+mistakes to ``INVALID_ARGUMENT`` with a reason, anything unexpected to a bare
+``INTERNAL``). The core is attached once the model and bundle are loaded;
+until then RPCs answer ``UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from classifier_service import metrics
+from classifier_service.core import ClassifierCore
+from classifier_service.wire import BadRequest
+from steerguard.errors import InvalidInput, NotReady, SteerguardError
+from steerguard.grpc_common.status import status_for
+from steerguard.model.chat import Conversation, normalise_request
+from steerguard.v1 import classifier_pb2, common_pb2
+from steerguard.verdict import Verdict
+
+# time_remaining() above this means "no deadline" (grpc reports ~infinity).
+_NO_DEADLINE = 365 * 24 * 3600.0
+
+
+def to_conversation(request: classifier_pb2.ClassifyRequest, where: str = "") -> Conversation:
+    """A ``ClassifyRequest`` as a validated conversation; reasons prefixed with ``where``."""
+    has_messages = len(request.messages) > 0
+    try:
+        if not request.prompt and not has_messages:
+            raise InvalidInput("prompt is empty: give a non-empty prompt or messages")
+        messages = (
+            [{"role": m.role, "content": m.content} for m in request.messages] if has_messages else None
+        )
+        return normalise_request(prompt=request.prompt or None, messages=messages)
+    except InvalidInput as exc:
+        raise InvalidInput(where + exc.reason) from None
+
+
+def threshold_of(request: classifier_pb2.ClassifyRequest, where: str = "") -> float | None:
+    if not request.HasField("threshold"):
+        return None
+    value = float(request.threshold)
+    if not math.isfinite(value) or not 0.0 < value < 1.0:
+        raise InvalidInput(f"{where}threshold must be in (0, 1), got {value}")
+    return value
+
+
+def to_proto(verdict: Verdict) -> common_pb2.Verdict:
+    return common_pb2.Verdict(
+        score=verdict.score,
+        unsafe=verdict.unsafe,
+        category=verdict.category,
+        category_scores=verdict.category_scores,
+        cached=verdict.cached,
+        bundle_id=verdict.bundle_id,
+        threshold=verdict.threshold,
+    )
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, BadRequest):
+        raise InvalidInput(request.reason)
+
+
+class ClassifierServicer:
+    """Implements ``Classify`` and ``ClassifyBatch`` over a :class:`ClassifierCore`."""
+
+    def __init__(self, core: ClassifierCore | None = None, *, max_batch_requests: int = 64) -> None:
+        self.core = core
+        self.max_batch_requests = max_batch_requests
+
+    def attach(self, core: ClassifierCore) -> None:
+        """Start answering (called once the model and bundle are loaded)."""
+        self.core = core
+
+    def _ready(self) -> ClassifierCore:
+        if self.core is None:
+            raise NotReady("the classifier is still loading its model")
+        return self.core
+
+    @staticmethod
+    def _call_limits(context: grpc.ServicerContext) -> tuple[float | None, threading.Event]:
+        """The absolute deadline and an event set when the RPC ends (client gone)."""
+        remaining = context.time_remaining()  # a huge number when the client set no deadline
+        deadline = (
+            time.monotonic() + remaining if remaining is not None and remaining < _NO_DEADLINE else None
+        )
+        gone = threading.Event()
+        context.add_callback(gone.set)
+        return deadline, gone
+
+    @contextlib.contextmanager
+    def _observe(self, method: str) -> Iterator[None]:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except SteerguardError as exc:
+            code = status_for(exc)
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            metrics.REQUEST_SECONDS.labels(method=method, code=code.name).observe(
+                time.perf_counter() - started
+            )
+
+    def Classify(self, request: Any, context: grpc.ServicerContext) -> common_pb2.Verdict:  # noqa: N802
+        with self._observe("Classify"):
+            _check_decoded(request)
+            conv = to_conversation(request)
+            cut = threshold_of(request)
+            core = self._ready()
+            deadline, gone = self._call_limits(context)
+            (verdict,) = core.classify([conv], thresholds=[cut], deadline=deadline, cancelled=gone)
+            return to_proto(verdict)
+
+    def ClassifyBatch(  # noqa: N802
+        self, request: Any, context: grpc.ServicerContext
+    ) -> classifier_pb2.ClassifyBatchResponse:
+        with self._observe("ClassifyBatch"):
+            _check_decoded(request)
+            n = len(request.requests)
+            if n == 0:
+                raise InvalidInput("requests is empty: give at least one request")
+            if n > self.max_batch_requests:
+                raise InvalidInput(f"batch has {n} requests, over the limit of {self.max_batch_requests}")
+            convs = [to_conversation(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
+            cuts = [threshold_of(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
+            core = self._ready()
+            deadline, gone = self._call_limits(context)
+            verdicts = core.classify(
+                convs, thresholds=cuts, deadline=deadline, cancelled=gone, label_rows=True
+            )
+            return classifier_pb2.ClassifyBatchResponse(verdicts=[to_proto(v) for v in verdicts])

@@ -1,0 +1,133 @@
+"""Redis verdict cache that degrades to "no cache" instead of failing requests.
+
+Every call has a short socket timeout (a slow Redis costs at most that much
+per request) and no client-side retries. After a failure the cache is
+*bypassed* for ``retry_after_seconds`` (a circuit breaker): requests are
+answered uncached without touching Redis, and the first call after the
+cooldown tries Redis again, so the service uses Redis again once it is back.
+Each failure is counted and reported to ``on_error``; the transition to
+"down" and back to "up" is logged once each, not per request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from steerguard.cache.base import ErrorListener, VerdictCache, as_cached, decode_verdict, encode_verdict
+from steerguard.logs import get_logger
+from steerguard.verdict import Verdict
+
+log = get_logger("steerguard.cache")
+
+# What a network or server problem looks like from redis-py.
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+
+class RedisCache(VerdictCache):
+    backend = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_seconds: float,
+        timeout_seconds: float = 0.05,
+        retry_after_seconds: float = 5.0,
+        on_error: ErrorListener | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_connections: int = 64,
+    ) -> None:
+        super().__init__(ttl_seconds, on_error)
+        self.retry_after_seconds = retry_after_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_until: float | None = None  # None: Redis is believed up
+        self._ttl_ms = max(1, int(round(ttl_seconds * 1000)))
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            max_connections=max_connections,
+        )
+        # The URL may carry a password: log only where it points.
+        kwargs = self.client.connection_pool.connection_kwargs
+        self.where = f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+
+    @property
+    def available(self) -> bool:
+        """False while the circuit is open (Redis failed less than ``retry_after_seconds`` ago)."""
+        with self._lock:
+            return self._down_until is None or self._clock() >= self._down_until
+
+    def _call(self, op: str, fn: Callable[[], Any]) -> tuple[bool, Any]:
+        """Run ``fn`` unless the circuit is open; (ok, result)."""
+        with self._lock:
+            was_down = self._down_until is not None
+            if was_down and self._clock() < self._down_until:  # type: ignore[operator]
+                return False, None
+        try:
+            result = fn()
+        except BACKEND_ERRORS as exc:
+            with self._lock:
+                first = self._down_until is None
+                self._down_until = self._clock() + self.retry_after_seconds
+            self._failed(op)
+            if first:
+                log.warning(
+                    "redis unavailable: answering uncached",
+                    redis=self.where,
+                    op=op,
+                    error=type(exc).__name__,
+                    retry_after_seconds=self.retry_after_seconds,
+                )
+            return False, None
+        if was_down:
+            with self._lock:
+                recovered = self._down_until is not None
+                self._down_until = None
+            if recovered:
+                log.info("redis is back: caching again", redis=self.where)
+        return True, result
+
+    def get_many(self, keys: Sequence[str]) -> list[Verdict | None]:
+        if not keys:
+            return []
+        ok, raw = self._call("get", lambda: self.client.mget(list(keys)))
+        if not ok:
+            return [None] * len(keys)
+        out: list[Verdict | None] = []
+        for value in raw:
+            if value is None:
+                out.append(None)
+                continue
+            try:
+                out.append(as_cached(decode_verdict(value)))
+            except ValueError:
+                self._failed("decode")
+                out.append(None)
+        return out
+
+    def set_many(self, items: Mapping[str, Verdict]) -> None:
+        if not items:
+            return
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for key, verdict in items.items():
+                pipe.set(key, encode_verdict(verdict), px=self._ttl_ms)
+            pipe.execute()
+
+        self._call("set", write)
+
+    def close(self) -> None:
+        self.client.close()
+        self.client.connection_pool.disconnect()

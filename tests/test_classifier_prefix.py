@@ -1,0 +1,74 @@
+"""The shared-prefix forward pass gives the plain forward pass's probe states."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from classifier_service.core import ClassifierCore, CoreConfig
+from classifier_service.prefix import SharedPrefix, template_prefix
+from steerguard.bundle import Bundle
+from steerguard.model.activations import last_token_states
+from steerguard.model.chat import normalise_request
+from steerguard.model.host import ModelHost
+
+PROMPTS = [
+    "How do I bake bread?",
+    "Tell me a joke about cats, please, a long one with a twist at the end",
+    "?",
+    "  leading spaces and\nnew lines\n",
+]
+
+
+@pytest.fixture(scope="module")
+def host(tiny_model_dir: Path, tiny_bundle: Bundle) -> ModelHost:
+    return ModelHost.load(tiny_model_dir, max_layers=tiny_bundle.probe_layer + 1)
+
+
+def plain(host: ModelHost, rows: list[list[int]], layer: int) -> torch.Tensor:
+    return last_token_states(host, host.pad(rows), [layer])[layer]
+
+
+def test_prefix_is_the_template_head(host: ModelHost) -> None:
+    ids = template_prefix(host)
+    text = host.tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system") and "Hugging Face<|im_end|>" in text
+    for p in PROMPTS:
+        assert host.token_ids(normalise_request(p))[: len(ids)] == ids
+
+
+def test_states_match_the_plain_forward(host: ModelHost, tiny_bundle: Bundle) -> None:
+    layer = tiny_bundle.probe_layer
+    prefix = SharedPrefix.for_host(host)
+    assert prefix is not None and len(prefix) > 4
+    rows = [host.token_ids(normalise_request(p)) for p in PROMPTS]
+    assert all(prefix.fits(r) for r in rows)
+    torch.testing.assert_close(
+        prefix.last_token_states(rows, layer), plain(host, rows, layer), atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        prefix.last_token_states(rows[1:2], layer), plain(host, rows[1:2], layer), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_rows_without_the_prefix_take_the_plain_path(host: ModelHost, tiny_bundle: Bundle) -> None:
+    layer = tiny_bundle.probe_layer
+    own_system = normalise_request(
+        None, [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hi"}]
+    )
+    convs = [normalise_request(PROMPTS[0]), own_system, normalise_request(PROMPTS[1])]
+    rows = [host.token_ids(c) for c in convs]
+    core = ClassifierCore(host, tiny_bundle, None)
+    try:
+        assert core.prefix is not None and [core.prefix.fits(r) for r in rows] == [True, False, True]
+        torch.testing.assert_close(core._probe_states(rows), plain(host, rows, layer), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            core._probe_states(rows[1:2]), plain(host, rows[1:2], layer), atol=1e-4, rtol=1e-4
+        )
+    finally:
+        core.close()
+    off = ClassifierCore(host, tiny_bundle, None, CoreConfig(share_prefix=False))
+    assert off.prefix is None
+    off.close()
