@@ -56,7 +56,9 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
 
 
 @torch.inference_mode()
-def prefill(host: ModelHost, batch: Batch, state: SteeringState, extra_layers: set[int] | None = None) -> tuple[torch.Tensor, Any]:
+def prefill(
+    host: ModelHost, batch: Batch, state: SteeringState, extra_layers: set[int] | None = None
+) -> tuple[torch.Tensor, Any]:
     """Run the prompts; return last-position logits ``[B, vocab]`` and the KV cache."""
     with apply_steering(host.layers, state, extra_layers):
         out = host.model(
@@ -130,3 +132,122 @@ def generate(
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype)], dim=1)
         positions = positions + 1
         logits, cache = decode_step(host, last, mask, positions, cache, state)
+
+
+# -- continuous batching ---------------------------------------------------------
+#
+# The steer service keeps one running batch and lets requests join and leave
+# between decode steps. Rows that join are prefilled on their own (with their
+# own steering plan, so AUTO/SCANS gates are decided in their prompt pass),
+# then appended to the running batch by left-padding the shorter KV cache with
+# masked zeros; rows that leave are sliced out. Left padding is masked and
+# positions are explicit, so a row decodes the same tokens whatever it is
+# batched with (up to float reduction order).
+
+
+def _kv_layers(cache: Any) -> list[Any]:
+    """The per-layer key/value holders of a transformers ``DynamicCache``."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise TypeError(f"unsupported KV cache {type(cache).__name__}: no .layers")
+    for layer in layers:
+        if getattr(layer, "is_sliding", False) or not hasattr(layer, "keys"):
+            raise TypeError(f"unsupported KV cache layer {type(layer).__name__}")
+    return list(layers)
+
+
+def supports_row_merge(cache: Any) -> bool:
+    """Whether rows can be appended to / removed from ``cache`` between steps."""
+    try:
+        _kv_layers(cache)
+    except TypeError:
+        return False
+    return True
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Left-pad the sequence axis (-2) of ``[B, heads, T, D]`` to ``width`` with zeros."""
+    extra = width - t.shape[-2]
+    return t if extra == 0 else torch.nn.functional.pad(t, (0, 0, extra, 0))
+
+
+@dataclass
+class DecodeBatch:
+    """The tensors of a running batch between decode steps.
+
+    ``logits`` ``[B, vocab]`` are the next-token logits of every row,
+    ``positions`` ``[B]`` the position of the last token fed, and the mask
+    covers the whole cache. ``state`` is decided (no gate pending).
+    """
+
+    cache: Any
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    logits: torch.Tensor
+    state: SteeringState
+
+    @property
+    def size(self) -> int:
+        return int(self.attention_mask.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.attention_mask.shape[1])
+
+    @classmethod
+    def start(
+        cls, host: ModelHost, batch: Batch, state: SteeringState, extra_layers: set[int] | None = None
+    ) -> DecodeBatch:
+        """Prefill ``batch``; a gated ``state`` is decided during this pass."""
+        logits, cache = prefill(host, batch, state, extra_layers)
+        decided = SteeringState(deltas=dict(state.deltas), decided=True)
+        decided.drop_zero_layers()
+        return cls(cache, batch.attention_mask.clone(), batch.position_ids[:, -1].clone(), logits, decided)
+
+    def step(self, host: ModelHost, tokens: torch.Tensor) -> None:
+        """Feed one token per row (``tokens`` ``[B]``) and update the logits."""
+        ones = torch.ones((self.size, 1), dtype=self.attention_mask.dtype)
+        self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)
+        self.positions = self.positions + 1
+        self.logits, self.cache = decode_step(
+            host, tokens, self.attention_mask, self.positions, self.cache, self.state
+        )
+
+    def select(self, keep: Sequence[int]) -> None:
+        """Keep only rows ``keep`` (in that order) and drop columns no row attends to any more."""
+        index = torch.tensor(list(keep), dtype=torch.long)
+        self.attention_mask = self.attention_mask.index_select(0, index)
+        self.positions = self.positions.index_select(0, index)
+        self.logits = self.logits.index_select(0, index)
+        self.state.select_rows(index)
+        self.state.drop_zero_layers()
+        if not supports_row_merge(self.cache):
+            self.cache.batch_select_indices(index)  # e.g. sliding-window layers: rows only
+            return
+        used = self.attention_mask.any(dim=0).nonzero()
+        first = int(used[0]) if len(used) else 0
+        self.attention_mask = self.attention_mask[:, first:]
+        for layer in _kv_layers(self.cache):
+            layer.keys = layer.keys.index_select(0, index)[:, :, first:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, first:, :]
+
+    def extend(self, other: DecodeBatch) -> None:
+        """Append ``other``'s rows (left-padding whichever cache is shorter)."""
+        mine, theirs = _kv_layers(self.cache), _kv_layers(other.cache)
+        if len(mine) != len(theirs):
+            raise ValueError("caches of different depth")
+        rows, width = self.size, max(self.width, other.width)
+        for a, b in zip(mine, theirs, strict=True):
+            a.keys = torch.cat([_left_pad(a.keys, width), _left_pad(b.keys, width)], dim=0)
+            a.values = torch.cat([_left_pad(a.values, width), _left_pad(b.values, width)], dim=0)
+        pad = torch.nn.functional.pad
+        self.attention_mask = torch.cat(
+            [
+                pad(self.attention_mask, (width - self.width, 0)),
+                pad(other.attention_mask, (width - other.width, 0)),
+            ],
+            dim=0,
+        )
+        self.state = self.state.concat(other.state, rows, other.size)
+        self.positions = torch.cat([self.positions, other.positions])
+        self.logits = torch.cat([self.logits, other.logits], dim=0)

@@ -62,6 +62,32 @@ class SteeringState:
     def is_empty(self) -> bool:
         return not self.deltas and (self.decide is None or self.decided)
 
+    def concat(self, other: SteeringState, rows: int, other_rows: int) -> SteeringState:
+        """A decided state for ``self``'s ``rows`` followed by ``other``'s ``other_rows``.
+
+        Continuous batching appends newly prefilled rows to a running batch;
+        a layer only one side steers gets zero rows for the other side, which
+        leaves those rows bit-for-bit unsteered. Gates must have been decided
+        (they run in the prompt pass), so the result carries no decider.
+        """
+        if not (self.decide is None or self.decided) or not (other.decide is None or other.decided):
+            raise ValueError("cannot merge a steering state whose gate has not been decided")
+        merged: dict[int, torch.Tensor] = {}
+        for layer in sorted(set(self.deltas) | set(other.deltas)):
+            mine, theirs = self.deltas.get(layer), other.deltas.get(layer)
+            like = mine if mine is not None else theirs
+            assert like is not None
+            if mine is None:
+                mine = like.new_zeros((rows, like.shape[1]))
+            if theirs is None:
+                theirs = like.new_zeros((other_rows, like.shape[1]))
+            merged[layer] = torch.cat([mine, theirs], dim=0)
+        return SteeringState(deltas=merged, decided=True)
+
+    def drop_zero_layers(self) -> None:
+        """Forget layers no row steers: no hook, and exactly the same result (``x + 0 == x``)."""
+        self.deltas = {k: v for k, v in self.deltas.items() if bool(torch.any(v != 0))}
+
 
 def _hook_for(state: SteeringState, layer: int) -> Callable[[torch.Tensor], torch.Tensor | None]:
     def fn(hidden: torch.Tensor) -> torch.Tensor | None:
@@ -79,7 +105,9 @@ def _hook_for(state: SteeringState, layer: int) -> Callable[[torch.Tensor], torc
 
 
 @contextlib.contextmanager
-def apply_steering(layers: nn.ModuleList, state: SteeringState, extra_layers: set[int] | None = None) -> Iterator[SteeringState]:
+def apply_steering(
+    layers: nn.ModuleList, state: SteeringState, extra_layers: set[int] | None = None
+) -> Iterator[SteeringState]:
     """Hook every layer that may steer (``extra_layers``: ones a decider may add)."""
     wanted = state.layers() | (extra_layers or set())
     with layer_hooks(layers, {i: _hook_for(state, i) for i in sorted(wanted)}):

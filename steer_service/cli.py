@@ -1,0 +1,37 @@
+"""``steerguard serve steer``: flags only (imports nothing heavy; the server is loaded on run)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from steerguard.grpc_common.flags import add_common_service_flags
+from steerguard.settings import add_flag
+
+DEFAULT_PORT = 50052
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "steer",
+        help="gRPC streaming generation with per-request steering",
+        description="Serve steerguard.v1.Steerer: generation with steering chosen per request.",
+    )
+    add_common_service_flags(parser, default_port=DEFAULT_PORT)
+    add_flag(parser, "--max-batch-size", type=int, default=8, help="rows decoded together")
+    add_flag(parser, "--max-new-tokens-cap", type=int, default=512, help="largest max_new_tokens accepted")
+    add_flag(
+        parser,
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests waiting for a row before RESOURCE_EXHAUSTED",
+    )
+    parser.set_defaults(func=_run)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from steer_service.server import run
+
+    return run(args)
