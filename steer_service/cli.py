@@ -19,6 +19,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_common_service_flags(parser, default_port=DEFAULT_PORT)
     add_flag(parser, "--max-batch-size", type=int, default=8, help="rows decoded together")
+    add_flag(
+        parser,
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the model runs (auto: CUDA when a GPU is visible)",
+    )
     add_flag(parser, "--max-new-tokens-cap", type=int, default=512, help="largest max_new_tokens accepted")
     add_flag(
         parser,

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("listening", port=server.port, tls=bool(options.tls_cert), auth=bool(options.auth_token))
     start_metrics_server(args.metrics_port)
     try:
-        host = ModelHost.load(args.model, threads=args.threads)
+        host = ModelHost.load(args.model, threads=args.threads, device=args.device)
         bundle = Bundle.load(args.bundle)
         bundle.verify_model(host.identity)
     except SteerguardError as exc:

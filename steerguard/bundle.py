@@ -189,7 +189,7 @@ class Bundle:
         return {layer: sign * s * norms[layer] * directions[layer] for layer in self.vector_layers(name)}
 
     def policy_vector(self, category: str) -> str:
-        """Vector AUTO applies to an unsafe prompt of ``category`` (refusal unless the policy says otherwise)."""
+        """Vector AUTO adds to an unsafe prompt of ``category`` (refusal unless the policy names one)."""
         policy = self.manifest.get("policy", {})
         choice = str(policy.get("per_category", {}).get(category, policy.get("default", REFUSAL)))
         if choice == "category":

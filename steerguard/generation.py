@@ -45,6 +45,7 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     """Greedy at temperature 0, otherwise nucleus sampling with the row's own generator."""
     if params.temperature <= 0:
         return int(torch.argmax(logits).item())
+    logits = logits.cpu()  # the row's generator lives on the CPU
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
     if 0 < params.top_p < 1:
         sorted_p, sorted_i = torch.sort(probs, descending=True)
@@ -83,7 +84,7 @@ def decode_step(
     """One token per row: ``tokens``/``positions`` are ``[B]``, mask covers cache + new token."""
     with apply_steering(host.layers, state):
         out = host.model(
-            input_ids=tokens[:, None],
+            input_ids=tokens.to(attention_mask.device)[:, None],
             attention_mask=attention_mask,
             position_ids=positions[:, None],
             past_key_values=cache,
@@ -110,7 +111,7 @@ def generate(
     mask = batch.attention_mask
     positions = batch.position_ids[:, -1].clone()
     active = [True] * n
-    last = torch.zeros(n, dtype=torch.long)
+    last = torch.zeros(n, dtype=torch.long, device=mask.device)
     while True:
         for i in range(n):
             if not active[i]:
@@ -129,7 +130,7 @@ def generate(
                 active[i] = False
         if not any(active):
             return outs
-        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype)], dim=1)
+        mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
         positions = positions + 1
         logits, cache = decode_step(host, last, mask, positions, cache, state)
 
@@ -206,7 +207,7 @@ class DecodeBatch:
 
     def step(self, host: ModelHost, tokens: torch.Tensor) -> None:
         """Feed one token per row (``tokens`` ``[B]``) and update the logits."""
-        ones = torch.ones((self.size, 1), dtype=self.attention_mask.dtype)
+        ones = self.attention_mask.new_ones((self.size, 1))
         self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)
         self.positions = self.positions + 1
         self.logits, self.cache = decode_step(
@@ -215,7 +216,7 @@ class DecodeBatch:
 
     def select(self, keep: Sequence[int]) -> None:
         """Keep only rows ``keep`` (in that order) and drop columns no row attends to any more."""
-        index = torch.tensor(list(keep), dtype=torch.long)
+        index = torch.tensor(list(keep), dtype=torch.long, device=self.attention_mask.device)
         self.attention_mask = self.attention_mask.index_select(0, index)
         self.positions = self.positions.index_select(0, index)
         self.logits = self.logits.index_select(0, index)

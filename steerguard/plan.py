@@ -121,7 +121,9 @@ class BatchPlan:
     def _row_deltas(self, vector: str, strength: float, sign: float) -> dict[int, torch.Tensor]:
         return self.bundle.deltas(vector, strength, sign)
 
-    def _add_row(self, row: int, vector: str, strength: float, sign: float, n: int) -> dict[int, torch.Tensor]:
+    def _add_row(
+        self, row: int, vector: str, strength: float, sign: float, n: int
+    ) -> dict[int, torch.Tensor]:
         deltas = self._row_deltas(vector, strength, sign)
         for layer, d in deltas.items():
             full = torch.zeros((n, self.hidden_size))

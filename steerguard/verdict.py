@@ -48,7 +48,9 @@ class Verdict:
         return replace(self, threshold=threshold, unsafe=unsafe, category=top if unsafe else "")
 
 
-def verdicts_from_states(bundle: Bundle, states: torch.Tensor, threshold: float | None = None) -> list[Verdict]:
+def verdicts_from_states(
+    bundle: Bundle, states: torch.Tensor, threshold: float | None = None
+) -> list[Verdict]:
     """Score probe-layer last-token states ``[B, H]`` into one verdict per row."""
     scores = bundle.score(states)
     cut = bundle.threshold if threshold is None else threshold

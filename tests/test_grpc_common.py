@@ -150,11 +150,13 @@ def test_tls_and_mtls(tmp_path) -> None:  # type: ignore[no-untyped-def]
     )
     try:
         no_client_cert = grpc.ssl_channel_credentials(root_certificates=ca)
-        with grpc.secure_channel(f"localhost:{srv.port}", no_client_cert, options=override) as ch:
-            with pytest.raises(grpc.RpcError):
-                classifier_pb2_grpc.ClassifierStub(ch).Classify(
-                    classifier_pb2.ClassifyRequest(prompt="x"), timeout=5
-                )
+        with (
+            grpc.secure_channel(f"localhost:{srv.port}", no_client_cert, options=override) as ch,
+            pytest.raises(grpc.RpcError),
+        ):
+            classifier_pb2_grpc.ClassifierStub(ch).Classify(
+                classifier_pb2.ClassifyRequest(prompt="x"), timeout=5
+            )
         mutual = grpc.ssl_channel_credentials(
             root_certificates=ca,
             private_key=certs.client_key.read_bytes(),

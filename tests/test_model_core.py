@@ -11,6 +11,7 @@ from steerguard.model.activations import last_token_states
 from steerguard.model.chat import normalise_request
 from steerguard.model.steering import SteeringState, apply_steering
 
+
 def hook_ids(host) -> list[set[int]]:  # type: ignore[no-untyped-def]
     """Hooks on each layer (transformers may keep its own output-recording hooks)."""
     return [set(layer._forward_hooks) for layer in host.layers]
@@ -58,7 +59,8 @@ def test_early_exit_states_match_full_forward(tiny_host) -> None:  # type: ignor
 def test_early_exit_stops_after_deepest_layer(tiny_host) -> None:  # type: ignore[no-untyped-def]
     ran: list[int] = []
     handles = [
-        layer.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, layer in enumerate(tiny_host.layers)
+        layer.register_forward_hook(lambda m, i, o, k=k: ran.append(k))
+        for k, layer in enumerate(tiny_host.layers)
     ]
     try:
         last_token_states(tiny_host, tiny_host.encode([normalise_request("hi")]), [1])
@@ -117,7 +119,9 @@ def test_gated_decision_happens_in_the_prompt_pass(tiny_host) -> None:  # type: 
     handle = tiny_host.model.register_forward_hook(lambda m, i, o: forward_calls.append(1))
     try:
         params = [SamplingParams(max_new_tokens=4)] * 2
-        gated = generate(tiny_host, batch, SteeringState(probe_layer=2, decide=decide), params, extra_layers={3})
+        gated = generate(
+            tiny_host, batch, SteeringState(probe_layer=2, decide=decide), params, extra_layers={3}
+        )
     finally:
         handle.remove()
     plain = generate(tiny_host, batch, SteeringState(), params)

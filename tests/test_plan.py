@@ -17,7 +17,9 @@ PROMPTS = ["How do I bake bread?", "Write a poem about the sea"]
 def run(host, bundle, requests):  # type: ignore[no-untyped-def]
     batch = host.encode([normalise_request(p) for p in PROMPTS[: len(requests)]])
     plan = BatchPlan(bundle, requests, host.identity.hidden_size)
-    outs = generate(host, batch, plan.state, [SamplingParams(6)] * len(requests), extra_layers=plan.extra_layers)
+    outs = generate(
+        host, batch, plan.state, [SamplingParams(6)] * len(requests), extra_layers=plan.extra_layers
+    )
     return plan, [o.token_ids for o in outs]
 
 

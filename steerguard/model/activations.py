@@ -9,6 +9,7 @@ position -1 of every row.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -31,22 +32,19 @@ def last_token_states(host: ModelHost, batch: Batch, layers: Iterable[int]) -> d
 
     def reader(index: int) -> Callable[[torch.Tensor], None]:
         def read(hidden: torch.Tensor) -> None:
-            found[index] = hidden[:, -1, :].detach().float().clone()
+            found[index] = hidden[:, -1, :].detach().float().cpu().clone()
             if index == deepest:
                 raise StopForward
 
         return read
 
-    with layer_hooks(host.layers, {i: reader(i) for i in wanted}):
-        try:
-            host.model.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            )
-        except StopForward:
-            pass
+    with layer_hooks(host.layers, {i: reader(i) for i in wanted}), contextlib.suppress(StopForward):
+        host.model.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
     return found
 
 

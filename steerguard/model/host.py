@@ -136,6 +136,15 @@ def resolve_model(model_path: str | os.PathLike[str] | None) -> tuple[Path, str,
     return folder, folder.resolve().name, weights_sha256(files)
 
 
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when a GPU is visible (the GPU overlay), else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but no CUDA GPU is visible")
+    return torch.device(device)
+
+
 class ModelHost:
     """A loaded model, its tokenizer, and its identity.
 
@@ -160,6 +169,7 @@ class ModelHost:
         *,
         max_layers: int | None = None,
         threads: int = 0,
+        device: str = "cpu",
     ) -> ModelHost:
         _quiet_transformers()
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -183,7 +193,7 @@ class ModelHost:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         identity = ModelIdentity(name, sha, full_depth, int(config.hidden_size))
-        return cls(model, tokenizer, identity, folder)
+        return cls(model.to(resolve_device(device)), tokenizer, identity, folder)
 
     # -- structure -------------------------------------------------------
 
@@ -195,6 +205,10 @@ class ModelHost:
         if layers is None:
             raise ModelError("unsupported architecture: no model.layers")
         return layers  # type: ignore[no-any-return]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @property
     def loaded_layers(self) -> int:
@@ -246,7 +260,7 @@ class ModelHost:
         if not rows:
             raise InvalidInput("empty batch")
         if max_tokens is not None:
-            for i, r in enumerate(rows):
+            for r in rows:
                 if len(r) > max_tokens:
                     raise InvalidInput(f"prompt is {len(r)} tokens, over the limit of {max_tokens}")
         width = max(len(r) for r in rows)
@@ -258,7 +272,8 @@ class ModelHost:
                 ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
                 mask[i, width - len(r) :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        return Batch(ids, mask, positions)
+        dev = self.device
+        return Batch(ids.to(dev), mask.to(dev), positions.to(dev))
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))

@@ -92,14 +92,17 @@ class SteeringState:
 def _hook_for(state: SteeringState, layer: int) -> Callable[[torch.Tensor], torch.Tensor | None]:
     def fn(hidden: torch.Tensor) -> torch.Tensor | None:
         if layer == state.probe_layer and state.decide is not None and not state.decided:
-            extra = state.decide(hidden[:, -1, :].float())
+            extra = state.decide(hidden[:, -1, :].float().cpu())
             state.decided = True
             for k, v in extra.items():
                 state.add(k, v)
         delta = state.deltas.get(layer)
         if delta is None:
             return None
-        return hidden + delta.to(hidden.dtype)[:, None, :]
+        if delta.device != hidden.device or delta.dtype != hidden.dtype:
+            delta = delta.to(device=hidden.device, dtype=hidden.dtype)
+            state.deltas[layer] = delta  # moved once, not every step
+        return hidden + delta[:, None, :]
 
     return fn
 
