@@ -193,7 +193,10 @@ class ModelHost:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         identity = ModelIdentity(name, sha, full_depth, int(config.hidden_size))
-        return cls(model.to(resolve_device(device)), tokenizer, identity, folder)
+        target = resolve_device(device)
+        if target.type != "cpu":
+            model = model.to(target)  # type: ignore[arg-type]
+        return cls(model, tokenizer, identity, folder)
 
     # -- structure -------------------------------------------------------
 
