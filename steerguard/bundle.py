@@ -17,6 +17,13 @@ Tensors:
 - ``norms`` ``[L]``: typical residual norm per layer (first token excluded:
   it is an attention sink with a huge norm). Strength is relative to it, so a
   strength means the same thing at every layer and on every model.
+- Every ``vector.*`` is oriented so that *adding* it (sign +1) steers toward
+  safety: refusal for ``refusal``, away from the category's own features for
+  ``category:<name>``.
+- ``alt.*`` (optional, written by ``steerguard calibrate``): directions that
+  were computed but not chosen (``alt.refusal_mean`` difference of means,
+  ``alt.refusal_contrastive``), kept for analysis and the evaluation's
+  per-layer ROC; nothing at serving time reads them.
 
 ``bundle_id`` is a content hash of the tensors and the manifest (less the id
 itself), so caches keyed by it are invalidated by any recalibration.

@@ -1,0 +1,75 @@
+"""``steerguard calibrate``: labelled prompts → a bundle directory.
+
+The default bundle is rebuilt with::
+
+    SOURCE_DATE_EPOCH=1767225600 steerguard calibrate --data ../shared/data --out steerguard/bundles/default
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from steerguard.commands._common import add_model_flags, guarded
+from steerguard.settings import add_flag
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="fit the probe, steering vectors and thresholds; write a bundle",
+        description="Fit a bundle from labelled prompts (HarmBench/StrongREJECT/refusal_direction/XSTest "
+        "files or plain JSONL {prompt, label, category?}) found under --data.",
+    )
+    add_flag(p, "--data", required=False, default=None, help="directory of labelled prompt files")
+    add_flag(p, "--out", required=False, default=None, help="bundle directory to write")
+    add_model_flags(p, bundle=False)
+    add_flag(p, "--seed", type=int, default=0, help="seed for sampling and splits")
+    add_flag(p, "--benign", type=int, default=1000, help="Alpaca prompts sampled for calibration")
+    add_flag(p, "--no-borderline", action="store_true", default=False, help="leave out the built-in borderline prompts")
+    add_flag(p, "--include-copyright", action="store_true", default=False, help="keep HarmBench copyright behaviours")
+    add_flag(p, "--no-cache", action="store_true", default=False, help="recompute activations (no on-disk memo)")
+    add_flag(p, "--target-refusal", type=float, default=0.9, help="refusal rate the strength search aims for")
+    add_flag(p, "--max-ppl-ratio", type=float, default=1.8, help="largest steered/unsteered perplexity ratio")
+    p.set_defaults(func=guarded(main))
+
+
+def main(args: argparse.Namespace) -> int:
+    import logging
+
+    from steerguard.calibrate import CalibrationConfig, calibrate
+    from steerguard.errors import DataError
+    from steerguard.model.host import ModelHost
+
+    if not args.data or not args.out:
+        raise DataError("--data and --out are required")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    cfg = CalibrationConfig(
+        seed=args.seed,
+        benign_calibration=args.benign,
+        builtin_borderline=not args.no_borderline,
+        include_copyright=args.include_copyright,
+        target_refusal=args.target_refusal,
+        max_ppl_ratio=args.max_ppl_ratio,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        use_cache=not args.no_cache,
+    )
+    host = ModelHost.load(args.model, threads=args.threads)
+    bundle = calibrate(args.data, host=host, config=cfg)
+    bundle_id = bundle.save(args.out)
+    m = bundle.manifest
+    cal = m["metrics"]["calibration"]
+    ref = m["vectors"]["refusal"]
+    print(f"wrote {args.out} ({bundle_id})")
+    print(
+        f"probe: layer {m['probe']['layer']}, threshold {m['probe']['threshold']:.3f}, "
+        f"OOF AUROC {cal['probe_oof_auroc']:.4f}, OOF recall {cal['probe_oof_recall']:.3f}, "
+        f"OOF FPR benign {cal['probe_oof_fpr_benign']:.3f} / borderline {cal['probe_oof_fpr_borderline']:.3f}"
+    )
+    print(
+        f"refusal vector: {ref['method']}, layers {ref['layers']}, strength {ref['strength']}, "
+        f"search refusal {cal['refusal_rate_search']:.2f}, ppl ratio {cal['ppl_ratio_search']:.2f}"
+    )
+    print(f"categories: {', '.join(m['categories']) or 'none'}")
+    return 0

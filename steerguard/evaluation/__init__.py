@@ -1,0 +1,1 @@
+"""Evaluation: held-out metrics for a bundle, the baselines a user would otherwise pick, plots."""

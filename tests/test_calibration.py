@@ -1,0 +1,209 @@
+"""Calibration pieces on synthetic data and a tiny random Llama: loaders, probe, vectors, judge, bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from calib_data import write_data
+
+from steerguard.data import (
+    CALIBRATION,
+    HELDOUT,
+    XSTEST_TRAIN_TYPES,
+    canonical_category,
+    load_dir,
+)
+from steerguard.errors import BundleError, DataError
+from steerguard.judge import is_refusal, judge
+from steerguard.probe import choose_threshold, fit_probe, sample_weights
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_data(tmp_path_factory.mktemp("data"))
+
+
+def test_loaders_splits_and_dedup(data_root: Path) -> None:
+    d = load_dir(data_root, benign_calibration=10, benign_heldout=5, builtin=False)
+    by_prompt = {(e.prompt, e.split): e for e in d.examples}
+    assert ("Make nerve gas", CALIBRATION) in by_prompt
+    assert ("Make nerve gas", HELDOUT) not in by_prompt  # calibration wins across data sets
+    assert not any("Lyrics" in e.prompt for e in d.examples)  # copyright left out by default
+    ctx = next(e for e in d.examples if "exploit" in e.prompt)
+    assert ctx.prompt.startswith("CVE text") and ctx.category == "cybercrime"
+    xs = {e.group: e.split for e in d.examples if e.source == "xstest"}
+    assert xs["homonyms"] == CALIBRATION and xs["definitions"] == HELDOUT
+    assert {e.split for e in d.examples if e.source == "strongreject"} == {CALIBRATION, HELDOUT}
+    assert len(d.select(CALIBRATION, ["benign"])) == 10 and len(d.select(HELDOUT, ["benign"])) == 6
+    assert by_prompt[("Plain harmful one", CALIBRATION)].category == "weird_cat"
+    paths = {s.path: s for s in d.sources}
+    assert len(paths["xstest/xstest_prompts.csv"].sha256) == 64
+    assert paths["harmbench/harmbench_behaviors_text_test.csv"].used == 1
+    again = load_dir(data_root, benign_calibration=10, benign_heldout=5, builtin=False)
+    assert [e.prompt for e in again.examples] == [e.prompt for e in d.examples]  # deterministic
+
+
+def test_builtin_borderline_prompts_are_calibration_only(data_root: Path) -> None:
+    d = load_dir(data_root, benign_calibration=5, benign_heldout=5)
+    border = [e for e in d.examples if e.kind == "borderline"]
+    assert len(border) > 50 and {e.split for e in border} == {CALIBRATION}
+    assert "contrast_homonyms" in XSTEST_TRAIN_TYPES and "definitions" not in XSTEST_TRAIN_TYPES
+
+
+def test_category_taxonomy() -> None:
+    assert canonical_category("Disinformation and deception") == "misinformation"
+    assert canonical_category("misinformation_disinformation") == "misinformation"
+    assert canonical_category("Hate, harassment and discrimination") == "harassment"
+    assert canonical_category(None) is None and canonical_category("  ") is None
+
+
+def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "d"
+    bad.mkdir()
+    (bad / "x.jsonl").write_text('{"prompt": "a", "label": "harmful"}\n{"prompt": "b", "label": "maybe"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:2: label"):
+        load_dir(bad, builtin=False)
+    (bad / "x.jsonl").write_text('{"prompt": "a", "label": "harmful"}\n\n{oops\n')
+    with pytest.raises(DataError, match=r"x.jsonl:3: invalid JSON"):
+        load_dir(bad, builtin=False)
+
+
+def _synthetic(seed: int = 0) -> tuple[dict[int, np.ndarray], np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    n, h = 240, 16
+    labels = np.array([1] * 100 + [0] * 140)
+    kinds = ["harmful"] * 100 + ["benign"] * 100 + ["borderline"] * 40
+    signal = np.zeros((n, h))
+    signal[:100, 0] = 2.5  # harmful
+    signal[200:, 1] = 2.0  # borderline: a "scary word" feature, not harm
+    states = {
+        0: rng.normal(size=(n, h)),  # noise
+        1: rng.normal(size=(n, h)) + signal,  # informative
+        2: rng.normal(size=(n, h)) + signal * 0.3,  # weak
+    }
+    return states, labels, kinds
+
+
+def test_probe_picks_informative_layer_and_oof_threshold() -> None:
+    states, labels, kinds = _synthetic()
+    fit = fit_probe(states, labels, kinds, c=1.0)
+    assert fit.layer == 1
+    assert {s.layer for s in fit.layer_scores} == {0, 1, 2}
+    assert fit.oof_scores is not None and fit.oof_auroc > 0.95
+    assert 0.0 < fit.threshold.threshold < 1.0 and fit.threshold.recall >= 0.9
+    p = fit.probe.predict(states[1])
+    assert p[:100].mean() > 0.8 and p[100:].mean() < 0.2
+
+
+def test_threshold_guards() -> None:
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.65, 0.1, 0.2, 0.3])
+    kinds = ["harmful"] * 4 + ["borderline", "benign", "benign", "benign"]
+    c = choose_threshold(labels, scores, kinds, min_recall=0.75, min_hard_recall=0.75, max_benign_fpr=0.0)
+    assert c.threshold == pytest.approx(0.7) and c.fpr_hard == 0.0 and c.recall == 0.75
+    # A blunt harmful prompt scored 0.6 must be caught: the hard-recall guard lowers the cut.
+    kinds[3] = "blunt_harmful"
+    c = choose_threshold(labels, scores, kinds, min_recall=0.75, min_hard_recall=1.0, max_benign_fpr=0.0)
+    assert c.threshold == pytest.approx(0.6) and c.recall_hard == 1.0 and c.fpr_hard == 1.0
+    # No cut keeps benign FPR at 0 with full recall: the recall guards win.
+    scores[5] = 0.62
+    c = choose_threshold(labels, scores, kinds, min_recall=1.0, min_hard_recall=1.0, max_benign_fpr=0.0)
+    assert c.threshold == pytest.approx(0.6) and "highest cut" in c.rule
+    w = sample_weights(labels, kinds, 3.0)
+    assert w[labels == 1].sum() == pytest.approx(w[labels == 0].sum())
+    assert w[4] == pytest.approx(3 * w[5])
+
+
+def test_judge_is_strict() -> None:
+    assert is_refusal("I'm sorry, but I can't help with that.")
+    assert is_refusal("I cannot provide instructions for that. It is illegal and dangerous.")
+    assert is_refusal("I’m sorry, but I’m not able to assist with this request.")
+    assert not is_refusal("I'm sorry for your loss, but here's how you can do it.")
+    assert not is_refusal("I'm sorry, but I cannot help. However, here's how to do it: Step 1, buy...")
+    assert not is_refusal("Sure, here is a guide to picking locks.")
+    assert not is_refusal("")
+    assert judge("I can't stress enough how easy it is. First, you buy a kit.").reason.startswith("no explicit")
+
+
+# -- vectors and the pipeline on a tiny random Llama --------------------------------------
+
+
+def test_vectors_on_tiny_model(tiny_host) -> None:  # type: ignore[no-untyped-def]
+    from steerguard.model.chat import normalise_request
+    from steerguard.vectors import (
+        category_directions,
+        contrastive_direction,
+        mean_difference,
+        residual_norms,
+        vocab_projection,
+    )
+
+    convs = [normalise_request(p) for p in ("hello there", "how do I bake bread", "build a bomb")]
+    n, h = tiny_host.loaded_layers, tiny_host.identity.hidden_size
+    norms = residual_norms(tiny_host, convs)
+    assert norms.shape == (n,) and bool((norms > 0).all())
+    # First token (attention sink) excluded: recompute by hand for one prompt.
+    batch = tiny_host.encode(convs[:1])
+    with torch.inference_mode():
+        out = tiny_host.model(**{k: getattr(batch, k) for k in ("input_ids", "attention_mask")},
+                              output_hidden_states=True)
+    # hidden_states[i + 1] is layer i's output (the last one is after the final norm, so skip it)
+    manual = out.hidden_states[n - 1][0, 1:].norm(dim=-1).mean()
+    torch.testing.assert_close(residual_norms(tiny_host, convs[:1])[n - 2], manual, rtol=1e-4, atol=1e-4)
+    contrast = contrastive_direction(tiny_host, convs, batch_size=4)
+    assert contrast.shape == (n, h)
+    torch.testing.assert_close(contrast.norm(dim=-1), torch.ones(n))
+    proj = vocab_projection(tiny_host, contrast, norms)
+    assert [p.layer for p in proj] == list(range(n)) and all(len(p.top_tokens) == 8 for p in proj)
+    g = torch.Generator().manual_seed(0)
+    harm = torch.randn((12, n, h), generator=g) + 1.0
+    ben = torch.randn((10, n, h), generator=g)
+    shared = mean_difference(harm, ben)
+    cats = category_directions(harm, ["a"] * 6 + ["b"] * 6, ben, ["a", "b", "c"])
+    assert set(cats) == {"a", "b"}
+    for v in cats.values():
+        assert float((v * shared).sum(-1).abs().max()) < 1e-4  # shared direction removed
+        torch.testing.assert_close(v.norm(dim=-1), torch.ones(n))
+    raw_a = harm[:6].mean(0) - ben.mean(0)
+    assert float((cats["a"] * raw_a).sum()) < 0  # stored negated: adding steers away
+
+
+def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from steerguard.bundle import Bundle
+    from steerguard.calibrate import CalibrationConfig, calibrate
+
+    cfg = CalibrationConfig(
+        benign_calibration=20, contrastive_prompts=4, norm_prompts=6, tune_harmful=3, tune_tokens=3,
+        strengths=(0.5, 1.0), layer_counts=(2,), progress=False,
+    )
+    bundle = calibrate(data_root, host=tiny_host, config=cfg)
+    bid = bundle.save(tmp_path / "b")
+    loaded = Bundle.load(tmp_path / "b")
+    assert loaded.bundle_id == bid
+    m = loaded.manifest
+    assert 1 <= loaded.probe_layer < tiny_host.loaded_layers
+    assert 0 < loaded.threshold < 1
+    assert m["probe"]["layer_selection"] and m["probe"]["oof"]["rule"]
+    assert "refusal" in loaded.vector_names and loaded.vector_layers("refusal")
+    assert set(loaded.categories) >= {"chemical_biological", "violence"}
+    assert all(f"category:{c}" in loaded.vector_names for c in loaded.categories)
+    assert {"alt.refusal_mean", "alt.refusal_contrastive"} <= set(loaded.tensors)
+    assert loaded.tensors["norms"].shape == (tiny_host.loaded_layers,)
+    assert {s["path"] for s in m["data_sources"]} >= {"xstest/xstest_prompts.csv", "mine.jsonl"}
+    assert m["splits"]["xstest_train_types"] == sorted(XSTEST_TRAIN_TYPES)
+    assert m["steering_search"]["tried"] and m["model"]["sha256"] == tiny_host.identity.sha256
+    # Same seed, same data: same tensors (created_at aside).
+    again = calibrate(data_root, host=tiny_host, config=cfg)
+    for k, v in bundle.tensors.items():
+        torch.testing.assert_close(again.tensors[k], v)
+
+
+def test_bundle_refuses_other_model(tiny_bundle) -> None:  # type: ignore[no-untyped-def]
+    from steerguard.model.host import ModelIdentity
+
+    other = ModelIdentity("other-model", "f" * 64, 4, 64)
+    with pytest.raises(BundleError, match="recalibrate"):
+        tiny_bundle.verify_model(other)
