@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run every benchmark in turn on the embedded defaults and print their ratios.
+# Each benchmark measures its own ratios side by side in one run; JSON results
+# land in reports/bench/. Run on an otherwise idle machine: the ratios are
+# robust to steady load, wall-clock numbers are not.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-reports/bench}
+mkdir -p "$OUT"
+"$PY" bench/bench_classifier.py --out "$OUT/classifier.json"
+"$PY" bench/bench_steer.py --out "$OUT/steer.json"
+"$PY" bench/bench_generation.py --out "$OUT/generation.json"
+"$PY" bench/bench_sidecar.py --services real --out "$OUT/sidecar.json"
+echo "results: $OUT/"
