@@ -43,7 +43,7 @@ from steerguard.data import CALIBRATION, HARMFUL, XSTEST_TRAIN_TYPES, Dataset, E
 from steerguard.model.activations import collect_states
 from steerguard.model.chat import Conversation, normalise_request
 from steerguard.model.host import ModelHost
-from steerguard.probe import fit_categories, fit_probe, standardiser
+from steerguard.probe import fit_categories, fit_probe
 from steerguard.vectors import (
     candidate_layers,
     category_directions,
@@ -68,6 +68,8 @@ def xstest_family(group: str | None) -> str | None:
     if "discr" in g:
         return "discrimination"
     return g
+
+
 ALT_CONTRASTIVE = "alt.refusal_contrastive"
 
 
@@ -94,7 +96,7 @@ class CalibrationConfig:
     layer_band: tuple[float, float] = (0.3, 0.6)
     target_refusal: float = 0.9
     max_ppl_ratio: float = 1.8
-    category_strength: float = 0.5
+    category_strength: float = 0.1  # fluent (ppl ratio ~1.7) on a spot check; 0.5 breaks the model
     batch_size: int = 16
     progress: bool = True
     use_cache: bool = True
@@ -150,7 +152,11 @@ def cached_states(
     missing = sorted({k: i for i, k in enumerate(keys) if k not in memo}.values())
     if missing:
         found = collect_states(
-            host, [convs[i] for i in missing], range(n_layers), batch_size=batch_size, progress=progress,
+            host,
+            [convs[i] for i in missing],
+            range(n_layers),
+            batch_size=batch_size,
+            progress=progress,
             desc="calibration states",
         )
         for j, i in enumerate(missing):
@@ -265,7 +271,9 @@ def calibrate(
 
     # 2. states at every layer
     convs = _convs(calib)
-    stacked = cached_states(host, convs, batch_size=cfg.batch_size, progress=cfg.progress, use_cache=cfg.use_cache)
+    stacked = cached_states(
+        host, convs, batch_size=cfg.batch_size, progress=cfg.progress, use_cache=cfg.use_cache
+    )
     states = {layer: stacked[:, layer] for layer in range(n_layers)}
     timings["states_s"] = time.time() - t0
     labels = np.array([e.label for e in calib])
@@ -318,7 +326,9 @@ def calibrate(
     contrast_set = _sample([calib[i] for i in harmful_idx], cfg.contrastive_prompts, cfg.seed + 12) + _sample(
         [calib[i] for i in benign_idx], cfg.contrastive_prompts, cfg.seed + 13
     )
-    contrast_dir = contrastive_direction(host, _convs(contrast_set), batch_size=cfg.batch_size, progress=cfg.progress)
+    contrast_dir = contrastive_direction(
+        host, _convs(contrast_set), batch_size=cfg.batch_size, progress=cfg.progress
+    )
     projections = {
         "contrastive": vocab_projection(host, contrast_dir, norms),
         "mean_difference": vocab_projection(host, mean_dir, norms),
@@ -364,7 +374,9 @@ def calibrate(
 
     # 5. strength search
     t = time.time()
-    tune_h = _sample([calib[i] for i in harmful_idx if calib[i].kind == "harmful"], cfg.tune_harmful, cfg.seed + 21)
+    tune_h = _sample(
+        [calib[i] for i in harmful_idx if calib[i].kind == "harmful"], cfg.tune_harmful, cfg.seed + 21
+    )
     variants = {
         "contrastive": (contrast_dir, ranked["contrastive"]),
         "contrastive_after_probe": (contrast_dir, ranked["contrastive_after_probe"]),
@@ -406,9 +418,7 @@ def calibrate(
         "judge": "steerguard.judge (strict: explicit refusal in the opening, no pivot to compliance)",
         "rule": f"weakest steering with refusal >= {cfg.target_refusal} and ppl ratio <= {cfg.max_ppl_ratio}",
     }
-    manifest["vocab_projection"] = {
-        name: [p.as_dict() for p in proj] for name, proj in projections.items()
-    }
+    manifest["vocab_projection"] = {name: [p.as_dict() for p in proj] for name, proj in projections.items()}
     manifest["data_sources"] = [s.as_dict() for s in data.sources]
     manifest["splits"] = {
         "counts": data.summary(),
@@ -430,7 +440,10 @@ def calibrate(
     }
     config_dict = asdict(cfg)
     config_dict.pop("progress", None)
-    manifest["calibration"] = {"config": config_dict, "timings_s": {k: round(v, 1) for k, v in timings.items()}}
+    manifest["calibration"] = {
+        "config": config_dict,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }
     manifest["note"] = (
         "Vectors are unit directions per layer; a delta is strength * norms[layer] * vector[layer]. "
         "Alternative refusal directions are stored under alt.* for analysis."
@@ -438,8 +451,3 @@ def calibrate(
     bundle = Bundle(manifest, tensors)
     log.info("calibrated in %.0f s", time.time() - t0)
     return bundle
-
-
-def standardise_check(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exposed for tests: the standardisation the probe uses."""
-    return standardiser(x)

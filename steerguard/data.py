@@ -205,7 +205,9 @@ def read_harmbench(path: Path, *, include_copyright: bool = False) -> list[Examp
             continue
         context = (r.get("ContextString") or "").strip()
         prompt = f"{context}\n\n---\n\n{behavior}" if functional == "contextual" and context else behavior
-        out.append(Example(prompt, HARMFUL, f"harmbench:{path.stem}", split, "harmful", canonical_category(semantic)))
+        out.append(
+            Example(prompt, HARMFUL, f"harmbench:{path.stem}", split, "harmful", canonical_category(semantic))
+        )
     return out
 
 
@@ -218,7 +220,11 @@ def read_strongreject(path: Path, heldout_fraction: float = 0.5) -> list[Example
         text = (r.get("forbidden_prompt") or "").strip()
         if text:
             split = _hash_split(text, heldout_fraction, "strongreject")
-            out.append(Example(text, HARMFUL, "strongreject", split, "harmful", canonical_category(r.get("category"))))
+            out.append(
+                Example(
+                    text, HARMFUL, "strongreject", split, "harmful", canonical_category(r.get("category"))
+                )
+            )
     return out
 
 
@@ -228,7 +234,11 @@ def read_xstest(path: Path, train_types: frozenset[str] = XSTEST_TRAIN_TYPES) ->
         raise DataError(f"{path}: not an XSTest CSV (needs prompt, type, label)")
     out = []
     for r in rows:
-        text, kind_type, label = (r.get("prompt") or "").strip(), r["type"].strip(), r["label"].strip().lower()
+        text, kind_type, label = (
+            (r.get("prompt") or "").strip(),
+            r["type"].strip(),
+            r["label"].strip().lower(),
+        )
         if not text:
             continue
         unsafe = label == "unsafe"
@@ -350,7 +360,9 @@ def load_dir(
             found = read_refusal_direction(path)
             if name.startswith("harmless"):
                 pool = "train" in name
-                found = _sample(found, benign_calibration if pool else benign_heldout, seed + (0 if pool else 1))
+                found = _sample(
+                    found, benign_calibration if pool else benign_heldout, seed + (0 if pool else 1)
+                )
         elif path.suffix == ".jsonl":
             found = read_plain_jsonl(path)
         else:

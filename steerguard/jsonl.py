@@ -44,8 +44,10 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+            except ValueError as exc:  # e.g. out-of-range numbers
+                raise DataError(f"{path}:{lineno}: invalid JSON ({exc})") from exc
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
@@ -55,7 +57,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def request_of(obj: dict[str, Any], where: str) -> Any:
-    """The :class:`Conversation` of a ``{"prompt"}`` or ``{"messages"}`` line, errors prefixed by ``where``."""
+    """The :class:`Conversation` of a ``{"prompt"}`` or ``{"messages"}`` line.
+
+    Errors are prefixed by ``where`` (``file:line``)."""
     from steerguard.model.chat import normalise_request
 
     try:

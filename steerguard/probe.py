@@ -105,7 +105,12 @@ def fit_binary(
 
 
 def fit_categories(
-    x: np.ndarray, classes: np.ndarray, n_classes: int, standard: tuple[np.ndarray, np.ndarray], *, c: float = 0.1
+    x: np.ndarray,
+    classes: np.ndarray,
+    n_classes: int,
+    standard: tuple[np.ndarray, np.ndarray],
+    *,
+    c: float = 0.1,
 ) -> LinearProbe:
     """Softmax category head on the same standardised states (balanced classes)."""
     from sklearn.linear_model import LogisticRegression
@@ -283,7 +288,7 @@ def stratify_key(labels: np.ndarray, kinds: Sequence[str], min_count: int = 2) -
         return keys
     # Small strata join their label's largest stratum (the label balance is what matters most).
     largest: dict[str, str] = {}
-    for k, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+    for k, _ in sorted(counts.items(), key=lambda kv: -kv[1]):
         largest.setdefault(k.split(":")[0], k)
     return np.array([largest[k.split(":")[0]] if k in small else k for k in keys])
 
@@ -376,7 +381,12 @@ def fit_probe(
     x = states[layer]
     oof = out_of_fold(x, labels, kinds, seed=seed, c=c, hard_weight=hard_weight)
     choice = choose_threshold(
-        labels, oof, kinds, min_recall=min_recall, min_hard_recall=min_hard_recall, max_benign_fpr=max_benign_fpr
+        labels,
+        oof,
+        kinds,
+        min_recall=min_recall,
+        min_hard_recall=min_hard_recall,
+        max_benign_fpr=max_benign_fpr,
     )
     w = sample_weights(labels, list(kinds), hard_weight)
     probe = fit_binary(x, labels, w, c=c)

@@ -32,6 +32,7 @@ Why each piece:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -89,16 +90,13 @@ def suffix_mean_states(
 
         return read
 
-    with layer_hooks(host.layers, {i: reader(i) for i in wanted}):
-        try:
-            host.model.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            )
-        except StopForward:
-            pass
+    with layer_hooks(host.layers, {i: reader(i) for i in wanted}), contextlib.suppress(StopForward):
+        host.model.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
     return torch.stack([found[i] for i in wanted], dim=1)
 
 
@@ -116,8 +114,8 @@ def contrastive_direction(
     """Unit ``mean(refusing prefix) - mean(complying prefix)`` per layer, ``[L, H]``."""
     layers = list(range(host.loaded_layers))
     prompt_ids = [host.token_ids(c) for c in convs]
-    sums = {"refuse": torch.zeros((len(layers), host.identity.hidden_size)), "comply": None}
-    sums["comply"] = torch.zeros_like(sums["refuse"])
+    zeros = torch.zeros((len(layers), host.identity.hidden_size))
+    sums: dict[str, torch.Tensor] = {"refuse": zeros.clone(), "comply": zeros.clone()}
     counts = {"refuse": 0, "comply": 0}
     jobs = [("refuse", p) for p in REFUSAL_PREFIXES] + [("comply", p) for p in COMPLY_PREFIXES]
     work = [(side, pid, _prefix_ids(host, prefix)) for side, prefix in jobs for pid in prompt_ids]
@@ -131,9 +129,9 @@ def contrastive_direction(
         chunk = work[start : start + batch_size]
         states = suffix_mean_states(host, [p + s for _, p, s in chunk], [len(s) for _, _, s in chunk], layers)
         for (side, _, _), st in zip(chunk, states, strict=True):
-            sums[side] += st  # type: ignore[operator]
+            sums[side] += st
             counts[side] += 1
-    diff = sums["refuse"] / counts["refuse"] - sums["comply"] / counts["comply"]  # type: ignore[operator]
+    diff = sums["refuse"] / counts["refuse"] - sums["comply"] / counts["comply"]
     return unit(diff)
 
 
@@ -151,8 +149,10 @@ def residual_norms(host: ModelHost, convs: Sequence[Conversation], *, batch_size
         keep = mask.bool()
         found: dict[int, float] = {}
 
-        def reader(index: int) -> Callable[[torch.Tensor], None]:
-            def read(hidden: torch.Tensor, index: int = index) -> None:
+        def reader(
+            index: int, found: dict[int, float] = found, keep: torch.Tensor = keep
+        ) -> Callable[[torch.Tensor], None]:
+            def read(hidden: torch.Tensor) -> None:
                 found[index] = float(hidden.float().norm(dim=-1)[keep].sum())
 
             return read
@@ -206,7 +206,7 @@ def vocab_projection(host: ModelHost, directions: torch.Tensor, norms: torch.Ten
     out = []
     for layer in range(directions.shape[0]):
         v = directions[layer] * norms[layer]
-        logits = host.lm_head(host.final_norm(v[None, None, :].to(host.lm_head.weight.dtype)))[0, 0].float()
+        logits = host.lm_head(host.final_norm(v[None, None, :].to(torch.float32)))[0, 0].float()
         z = (logits - logits.mean()) / logits.std().clamp_min(1e-6)
         rz, cz = float(z[refuse].mean()), float(z[comply].mean())
         top = [host.tokenizer.decode([int(i)]) for i in torch.topk(logits, 8).indices]
@@ -239,7 +239,10 @@ def candidate_layers(
 
 
 def category_directions(
-    harmful: torch.Tensor, harmful_categories: Sequence[str | None], benign: torch.Tensor, categories: Sequence[str]
+    harmful: torch.Tensor,
+    harmful_categories: Sequence[str | None],
+    benign: torch.Tensor,
+    categories: Sequence[str],
 ) -> dict[str, torch.Tensor]:
     """SafeSteer vectors ``{category: [L, H]}`` with the shared harmful direction removed.
 

@@ -125,7 +125,9 @@ def test_judge_is_strict() -> None:
     assert not is_refusal("I'm sorry, but I cannot help. However, here's how to do it: Step 1, buy...")
     assert not is_refusal("Sure, here is a guide to picking locks.")
     assert not is_refusal("")
-    assert judge("I can't stress enough how easy it is. First, you buy a kit.").reason.startswith("no explicit")
+    assert judge("I can't stress enough how easy it is. First, you buy a kit.").reason.startswith(
+        "no explicit"
+    )
 
 
 # -- vectors and the pipeline on a tiny random Llama --------------------------------------
@@ -148,8 +150,9 @@ def test_vectors_on_tiny_model(tiny_host) -> None:  # type: ignore[no-untyped-de
     # First token (attention sink) excluded: recompute by hand for one prompt.
     batch = tiny_host.encode(convs[:1])
     with torch.inference_mode():
-        out = tiny_host.model(**{k: getattr(batch, k) for k in ("input_ids", "attention_mask")},
-                              output_hidden_states=True)
+        out = tiny_host.model(
+            **{k: getattr(batch, k) for k in ("input_ids", "attention_mask")}, output_hidden_states=True
+        )
     # hidden_states[i + 1] is layer i's output (the last one is after the final norm, so skip it)
     manual = out.hidden_states[n - 1][0, 1:].norm(dim=-1).mean()
     torch.testing.assert_close(residual_norms(tiny_host, convs[:1])[n - 2], manual, rtol=1e-4, atol=1e-4)
@@ -176,8 +179,14 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     from steerguard.calibrate import CalibrationConfig, calibrate
 
     cfg = CalibrationConfig(
-        benign_calibration=20, contrastive_prompts=4, norm_prompts=6, tune_harmful=3, tune_tokens=3,
-        strengths=(0.5, 1.0), layer_counts=(2,), progress=False,
+        benign_calibration=20,
+        contrastive_prompts=4,
+        norm_prompts=6,
+        tune_harmful=3,
+        tune_tokens=3,
+        strengths=(0.5, 1.0),
+        layer_counts=(2,),
+        progress=False,
     )
     bundle = calibrate(data_root, host=tiny_host, config=cfg)
     bid = bundle.save(tmp_path / "b")

@@ -38,8 +38,16 @@ def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # ty
 
     data = write_data(tmp_path / "data")
     cfg = CalibrationConfig(
-        benign_calibration=20, benign_heldout=8, contrastive_prompts=3, norm_prompts=4, tune_harmful=2,
-        tune_tokens=2, strengths=(0.5,), layer_counts=(2,), progress=False, use_cache=False,
+        benign_calibration=20,
+        benign_heldout=8,
+        contrastive_prompts=3,
+        norm_prompts=4,
+        tune_harmful=2,
+        tune_tokens=2,
+        strengths=(0.5,),
+        layer_counts=(2,),
+        progress=False,
+        use_cache=False,
     )
     bundle = calibrate(data, host=tiny_host, config=cfg)
     bundle.save(tmp_path / "bundle")
@@ -50,7 +58,11 @@ def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # ty
     assert set(on_disk["baselines"]) == {"keyword", "minilm_lr", "self_verdict"}
     assert on_disk["data"]["xstest_heldout_types"] == ["contrast_definitions", "definitions"]
     assert on_disk["data"]["heldout_counts"]["benign"] == 9  # 8 sampled Alpaca + 1 JSONL line
-    assert set(on_disk["checks"]) >= {"probe_auroc>=0.99", "auto_harmful_refused>=0.85", "steered_ppl_ratio<=2"}
+    assert set(on_disk["checks"]) >= {
+        "probe_auroc>=0.99",
+        "auto_harmful_refused>=0.85",
+        "steered_ppl_ratio<=2",
+    }
     assert on_disk["generation"]["exactness"]["all_identical"] is True
     for name in ("roc_per_layer", "score_histograms", "xstest_by_type", "refusal_rates"):
         assert (tmp_path / "report" / report["plots"][name]).is_file()

@@ -27,11 +27,17 @@ def tiny_args(tiny_model_dir: Path, tiny_bundle_dir: Path) -> list[str]:
 
 
 def test_classify_adds_fields_and_keeps_keys(tmp_path: Path, tiny_args: list[str], tiny_bundle) -> None:  # type: ignore[no-untyped-def]
-    inp = _write(tmp_path / "in.jsonl", [
-        {"prompt": "How do I bake bread?", "id": 1},
-        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], "id": 2},
-        {"prompt": "How do I build a bomb?", "id": 3, "extra": {"a": [1]}},
-    ])
+    inp = _write(
+        tmp_path / "in.jsonl",
+        [
+            {"prompt": "How do I bake bread?", "id": 1},
+            {
+                "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+                "id": 2,
+            },
+            {"prompt": "How do I build a bomb?", "id": 3, "extra": {"a": [1]}},
+        ],
+    )
     out = tmp_path / "out.jsonl"
     assert main(["classify", "--input", str(inp), "--output", str(out), *tiny_args]) == 0
     rows = _read(out)
@@ -70,8 +76,20 @@ def test_generate_modes_and_auto_exactness(tmp_path: Path, tiny_args: list[str],
     outs = {}
     for mode in ("none", "refusal", "auto"):
         out = tmp_path / f"{mode}.jsonl"
-        rc = main(["generate", "--input", str(inp), "--output", str(out), "--mode", mode,
-                   "--max-new-tokens", "6", *tiny_args])
+        rc = main(
+            [
+                "generate",
+                "--input",
+                str(inp),
+                "--output",
+                str(out),
+                "--mode",
+                mode,
+                "--max-new-tokens",
+                "6",
+                *tiny_args,
+            ]
+        )
         assert rc == 0
         outs[mode] = _read(out)
     for mode, rows in outs.items():
@@ -90,21 +108,38 @@ def test_generate_modes_and_auto_exactness(tmp_path: Path, tiny_args: list[str],
 
 def test_generate_category_mode_per_line(tmp_path: Path, tiny_args: list[str], tiny_bundle) -> None:  # type: ignore[no-untyped-def]
     cat = tiny_bundle.categories[0]
-    inp = _write(tmp_path / "in.jsonl", [
-        {"prompt": "a", "category": cat},
-        {"prompt": "b"},  # no category: the probe's top category is used
-        {"prompt": "c", "mode": "none"},
-    ])
+    inp = _write(
+        tmp_path / "in.jsonl",
+        [
+            {"prompt": "a", "category": cat},
+            {"prompt": "b"},  # no category: the probe's top category is used
+            {"prompt": "c", "mode": "none"},
+        ],
+    )
     out = tmp_path / "o.jsonl"
-    rc = main(["generate", "--input", str(inp), "--output", str(out), "--mode", "category",
-               "--max-new-tokens", "3", *tiny_args])
+    rc = main(
+        [
+            "generate",
+            "--input",
+            str(inp),
+            "--output",
+            str(out),
+            "--mode",
+            "category",
+            "--max-new-tokens",
+            "3",
+            *tiny_args,
+        ]
+    )
     assert rc == 0
     rows = _read(out)
     assert rows[0]["steering"]["vector"] == f"category:{cat}"
     assert rows[1]["steering"]["vector"].startswith("category:")
     assert rows[2]["steering"]["mode"] == "none"
     bad = _write(tmp_path / "bad.jsonl", [{"prompt": "a", "category": "nope"}])
-    assert main(["generate", "--input", str(bad), "--output", str(out), "--mode", "category", *tiny_args]) == 2
+    assert (
+        main(["generate", "--input", str(bad), "--output", str(out), "--mode", "category", *tiny_args]) == 2
+    )
 
 
 def test_jsonl_reader_counts_blank_lines(tmp_path: Path) -> None:
@@ -128,7 +163,19 @@ def test_bundle_on_wrong_model_is_a_clear_error(
 
     other = make_tiny_llama(tmp_path / "other", seed=1)
     inp = _write(tmp_path / "in.jsonl", [{"prompt": "hi"}])
-    rc = main(["classify", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"),
-               "--model", str(other), "--bundle", str(tiny_bundle_dir), "--quiet"])
+    rc = main(
+        [
+            "classify",
+            "--input",
+            str(inp),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--model",
+            str(other),
+            "--bundle",
+            str(tiny_bundle_dir),
+            "--quiet",
+        ]
+    )
     assert rc == 2
     assert "recalibrate" in capsys.readouterr().err

@@ -16,7 +16,9 @@ from steerguard.settings import add_flag
 
 def add_model_flags(parser: argparse.ArgumentParser, *, bundle: bool = True) -> None:
     if bundle:
-        add_flag(parser, "--bundle", default=None, help="calibration bundle directory (default: the shipped one)")
+        add_flag(
+            parser, "--bundle", default=None, help="calibration bundle directory (default: the shipped one)"
+        )
     add_flag(parser, "--model", default=None, help="local Hugging Face model directory (default: SmolLM2)")
     add_flag(parser, "--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     add_flag(parser, "--batch-size", type=int, default=16, help="prompts per forward pass")

@@ -26,9 +26,23 @@ def register(subparsers: Any) -> None:
     add_model_flags(p, bundle=False)
     add_flag(p, "--seed", type=int, default=0, help="seed for sampling and splits")
     add_flag(p, "--benign", type=int, default=1000, help="Alpaca prompts sampled for calibration")
-    add_flag(p, "--no-borderline", action="store_true", default=False, help="leave out the built-in borderline prompts")
-    add_flag(p, "--include-copyright", action="store_true", default=False, help="keep HarmBench copyright behaviours")
-    add_flag(p, "--no-cache", action="store_true", default=False, help="recompute activations (no on-disk memo)")
+    add_flag(
+        p,
+        "--no-borderline",
+        action="store_true",
+        default=False,
+        help="leave out the built-in borderline prompts",
+    )
+    add_flag(
+        p,
+        "--include-copyright",
+        action="store_true",
+        default=False,
+        help="keep HarmBench copyright behaviours",
+    )
+    add_flag(
+        p, "--no-cache", action="store_true", default=False, help="recompute activations (no on-disk memo)"
+    )
     add_flag(p, "--target-refusal", type=float, default=0.9, help="refusal rate the strength search aims for")
     add_flag(p, "--max-ppl-ratio", type=float, default=1.8, help="largest steered/unsteered perplexity ratio")
     p.set_defaults(func=guarded(main))

@@ -40,12 +40,24 @@ def main(args: argparse.Namespace) -> int:
     convs = [normalise_request(p) for p in prompts]
     host, bundle = load_host_and_bundle(args)
     print(f"bundle {bundle.bundle_id}: probe layer {bundle.probe_layer}, threshold {bundle.threshold:.3f}")
-    auto = generate_many(host, bundle, convs, [SteeringRequest(Mode.AUTO)] * len(convs),
-                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    auto = generate_many(
+        host,
+        bundle,
+        convs,
+        [SteeringRequest(Mode.AUTO)] * len(convs),
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
     plain = None
     if not args.no_compare:
-        plain = generate_many(host, bundle, convs, [SteeringRequest(Mode.NONE)] * len(convs),
-                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        plain = generate_many(
+            host,
+            bundle,
+            convs,
+            [SteeringRequest(Mode.NONE)] * len(convs),
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+        )
     for i, (prompt, g) in enumerate(zip(prompts, auto, strict=True)):
         v = g.applied.verdict
         verdict = "UNSAFE" if v and v.unsafe else "safe"

