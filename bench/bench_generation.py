@@ -12,7 +12,8 @@ own :func:`steerguard.generation.prefill` / :func:`decode_step` and a
 
 Rounds alternate the configurations (none, refusal, auto, none, ...), so load
 from other processes on a shared machine hits them alike; the reported
-tokens/s is each configuration's median over rounds.
+tokens/s is each configuration's median over rounds; each ratio is the
+median of the per-round ratios.
 
     python bench/bench_generation.py                 # SmolLM2 + the default bundle
     python bench/bench_generation.py --tiny          # random tiny Llama (seconds)
@@ -95,12 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     run_once(host, bundle, prompts, modes[0], 4)  # warm-up
     rates: dict[str, list[float]] = {m: [] for m in modes}
-    for _ in range(args.rounds):
-        for m in modes:
+    for r in range(args.rounds):
+        # Alternate the order so neither side always runs first after a warm cache.
+        for m in modes if r % 2 == 0 else list(reversed(modes)):
             toks, secs = run_once(host, bundle, prompts, m, args.tokens)
             rates[m].append(toks / secs)
     med = {m: statistics.median(v) for m, v in rates.items()}
     base = med.get("none")
+    # Ratios are medians of per-round ratios: a round's configurations run back
+    # to back, so drift in the machine's load cancels instead of landing on one.
+    paired = (
+        {m: statistics.median(a / b for a, b in zip(v, rates["none"], strict=True)) for m, v in rates.items()}
+        if base
+        else {}
+    )
     result = {
         "model": host.identity.name,
         "bundle_id": bundle.bundle_id,
@@ -110,15 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "tokens_per_s_median": {m: round(v, 2) for m, v in med.items()},
         "tokens_per_s_all": {m: [round(x, 2) for x in v] for m, v in rates.items()},
-        "ratio_vs_none": {m: round(v / base, 4) for m, v in med.items()} if base else {},
+        "ratio_vs_none": {m: round(v, 4) for m, v in paired.items()},
         "target": 0.95,
     }
     print(f"model {result['model']}, batch {args.batch} x {args.tokens} tokens, {args.rounds} rounds")
     for m in modes:
-        ratio = f"  ratio {med[m] / base:.3f}" if base else ""
+        ratio = f"  ratio {paired[m]:.3f}" if base else ""
         print(f"{m:8} {med[m]:8.1f} tokens/s{ratio}")
     if base:
-        worst = min(v / base for m, v in med.items() if m != "none") if len(med) > 1 else 1.0
+        worst = min(v for m, v in paired.items() if m != "none") if len(paired) > 1 else 1.0
         print(
             f"steered/unsteered (worst): {worst:.3f}  target >= 0.95: {'PASS' if worst >= 0.95 else 'MISS'}"
         )
