@@ -32,14 +32,13 @@ Why each piece:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from steerguard.model.activations import reduced_states
 from steerguard.model.chat import Conversation
-from steerguard.model.hooks import StopForward, layer_hooks
 from steerguard.model.host import ModelHost
 
 REFUSAL_PREFIXES = (
@@ -75,28 +74,11 @@ def suffix_mean_states(
     """Mean state over each row's last ``suffix_lens[i]`` tokens: ``[B, len(layers), H]``."""
     batch = host.pad(rows)
     width = batch.input_ids.shape[1]
-    sel = torch.zeros((len(rows), width), dtype=torch.float32)
+    sel = torch.zeros((len(rows), width), dtype=torch.float32, device=batch.input_ids.device)
     for i, k in enumerate(suffix_lens):
         sel[i, width - k :] = 1.0 / k
     wanted = sorted(set(layers))
-    found: dict[int, torch.Tensor] = {}
-    deepest = wanted[-1]
-
-    def reader(index: int) -> Callable[[torch.Tensor], None]:
-        def read(hidden: torch.Tensor) -> None:
-            found[index] = torch.einsum("bt,bth->bh", sel, hidden.float())
-            if index == deepest:
-                raise StopForward
-
-        return read
-
-    with layer_hooks(host.layers, {i: reader(i) for i in wanted}), contextlib.suppress(StopForward):
-        host.model.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        )
+    found = reduced_states(host, batch, wanted, lambda hidden: torch.einsum("bt,bth->bh", sel, hidden))
     return torch.stack([found[i] for i in wanted], dim=1)
 
 
@@ -147,25 +129,13 @@ def residual_norms(host: ModelHost, convs: Sequence[Conversation], *, batch_size
         first = mask.argmax(dim=1)  # left padding: first real token
         mask[torch.arange(mask.shape[0]), first] = 0
         keep = mask.bool()
-        found: dict[int, float] = {}
 
-        def reader(
-            index: int, found: dict[int, float] = found, keep: torch.Tensor = keep
-        ) -> Callable[[torch.Tensor], None]:
-            def read(hidden: torch.Tensor) -> None:
-                found[index] = float(hidden.float().norm(dim=-1)[keep].sum())
+        def norm_sum(hidden: torch.Tensor, keep: torch.Tensor = keep) -> torch.Tensor:
+            return hidden.norm(dim=-1)[keep].sum()
 
-            return read
-
-        with layer_hooks(host.layers, {i: reader(i) for i in range(n_layers)}):
-            host.model.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            )
+        found = reduced_states(host, batch, range(n_layers), norm_sum)
         for i in range(n_layers):
-            total[i] += found[i]
+            total[i] += float(found[i])
         count += int(keep.sum())
     return (total / max(count, 1)).float()
 

@@ -18,10 +18,23 @@ from steerguard.model.chat import Conversation
 from steerguard.model.hooks import StopForward, layer_hooks
 from steerguard.model.host import Batch, ModelHost
 
+Reducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _last_token(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden[:, -1, :]
+
 
 @torch.inference_mode()
-def last_token_states(host: ModelHost, batch: Batch, layers: Iterable[int]) -> dict[int, torch.Tensor]:
-    """{layer: [batch, hidden]} float32 states at the last token, with early exit."""
+def reduced_states(
+    host: ModelHost, batch: Batch, layers: Iterable[int], reduce: Reducer = _last_token
+) -> dict[int, torch.Tensor]:
+    """{layer: reduce(hidden)} as float32 on the CPU, stopping after the deepest layer.
+
+    ``reduce`` maps a layer's ``[batch, tokens, hidden]`` output to what is
+    kept (the last token for the probe; a mean over a suffix for calibration's
+    contrastive vectors).
+    """
     wanted = sorted(set(layers))
     if not wanted:
         raise ValueError("no layers requested")
@@ -32,7 +45,7 @@ def last_token_states(host: ModelHost, batch: Batch, layers: Iterable[int]) -> d
 
     def reader(index: int) -> Callable[[torch.Tensor], None]:
         def read(hidden: torch.Tensor) -> None:
-            found[index] = hidden[:, -1, :].detach().float().cpu().clone()
+            found[index] = reduce(hidden.detach().float()).cpu().clone()
             if index == deepest:
                 raise StopForward
 
@@ -46,6 +59,11 @@ def last_token_states(host: ModelHost, batch: Batch, layers: Iterable[int]) -> d
             use_cache=False,
         )
     return found
+
+
+def last_token_states(host: ModelHost, batch: Batch, layers: Iterable[int]) -> dict[int, torch.Tensor]:
+    """{layer: [batch, hidden]} float32 states at the last token, with early exit."""
+    return reduced_states(host, batch, layers)
 
 
 def collect_states(
