@@ -14,6 +14,12 @@ from typing import Any
 from steerguard.settings import add_flag
 
 
+def add_jsonl_flags(parser: argparse.ArgumentParser) -> None:
+    """``--input``/``--output`` JSONL paths shared by the offline commands."""
+    add_flag(parser, "--input", default=None, help="input JSONL ('-' for stdin)")
+    add_flag(parser, "--output", default=None, help="output JSONL ('-' for stdout)")
+
+
 def add_model_flags(parser: argparse.ArgumentParser, *, bundle: bool = True) -> None:
     if bundle:
         add_flag(

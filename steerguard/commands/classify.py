@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from steerguard.commands._common import add_model_flags, guarded
+from steerguard.commands._common import add_jsonl_flags, add_model_flags, guarded
 from steerguard.settings import add_flag
 
 
@@ -23,8 +23,7 @@ def register(subparsers: Any) -> None:
         help="score prompts with the bundle's probe (JSONL in, JSONL out)",
         description="Add score, unsafe, category and category_scores to each JSONL line.",
     )
-    add_flag(p, "--input", default=None, help="input JSONL ('-' for stdin)")
-    add_flag(p, "--output", default=None, help="output JSONL ('-' for stdout)")
+    add_jsonl_flags(p)
     add_flag(p, "--threshold", type=float, default=None, help="override the bundle's threshold")
     add_model_flags(p)
     p.set_defaults(func=guarded(main))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from steerguard.commands._common import add_model_flags, guarded
+from steerguard.commands._common import add_jsonl_flags, add_model_flags, guarded
 from steerguard.settings import add_flag
 
 MODES = ("none", "refusal", "category", "auto", "scans")
@@ -29,8 +29,7 @@ def register(subparsers: Any) -> None:
         help="generate answers with activation steering (JSONL in, JSONL out)",
         description="Add response and steering to each JSONL line.",
     )
-    add_flag(p, "--input", default=None, help="input JSONL ('-' for stdin)")
-    add_flag(p, "--output", default=None, help="output JSONL ('-' for stdout)")
+    add_jsonl_flags(p)
     add_flag(p, "--mode", choices=MODES, default="auto", help="steering mode")
     add_flag(
         p, "--category", default="", help="category for --mode category (else the line's or the probe's)"
