@@ -13,6 +13,12 @@ Targets (issue 3), all over real gRPC on localhost unless said otherwise:
 4. the probe's miss latency vs the evaluation's MiniLM + logistic-regression
    baseline at batch 1, in process (reported, no target).
 
+With target 2 the run also reports the *compute ceiling*: in process, no
+gRPC, the same prompts' probe states 16 at a time vs one at a time, with the
+suffixes packed (what the service does) and plainly padded. No server can
+batch better than its model forward does, so this says how much of the
+ceiling the serving path keeps.
+
 Variants are interleaved (alternating order) so drift in a shared machine's
 load hits both sides of a ratio alike. Misses use distinct prompts and
 servers without a cache. Redis is a ``redis-server`` started here on a free
@@ -255,6 +261,51 @@ def batching_throughput(
     }
 
 
+def compute_ceiling(core: ClassifierCore, n: int, clients: int, rounds: int) -> dict[str, Any]:
+    """In process: probe states for ``clients`` prompts per forward vs one per forward."""
+    prefix = core.prefix
+    assert prefix is not None
+    layer = core.bundle.probe_layer
+    rows = [core.host.token_ids(normalise_request(p)) for p in prompts(n, "ceiling")]
+
+    def rate(fn: Callable[[list[list[int]]], Any], size: int) -> float:
+        started = time.perf_counter()
+        for i in range(0, len(rows), size):
+            fn(rows[i : i + size])
+        return len(rows) / (time.perf_counter() - started)
+
+    packed_fn = core._probe_states
+    packed_fn(rows[:2])
+    one: list[float] = []
+    packed: list[float] = []
+    plain: list[float] = []
+    for _ in range(rounds):  # interleaved, so drift hits every variant alike
+        one.append(rate(lambda b: prefix.last_token_states(b, layer), 1))
+        packed.append(rate(packed_fn, clients))
+        plain.append(rate(lambda b: _padded_states(core, b), clients))
+    return {
+        "one_at_a_time_rows_per_s": statistics.median(one),
+        "packed_rows_per_s": statistics.median(packed),
+        "padded_rows_per_s": statistics.median(plain),
+        "ratio_packed": statistics.median(packed) / statistics.median(one),
+        "ratio_padded": statistics.median(plain) / statistics.median(one),
+        "batch": clients,
+        "target": "reported (the most micro-batching can give on this machine)",
+    }
+
+
+def _padded_states(core: ClassifierCore, rows: list[list[int]]) -> Any:
+    """The prefix path without packing: every suffix left-padded to the longest."""
+    from classifier_service.packing import Lines
+
+    prefix = core.prefix
+    assert prefix is not None
+    n = len(prefix)
+    width = max(len(r) - n for r in rows)
+    one_per_line = Lines([[i] for i in range(len(rows))], width)
+    return prefix.last_token_states(rows, core.bundle.probe_layer, plan=one_per_line)
+
+
 def cache_hits(cached: Callable[[], Any], n: int, passes: int, backend: str) -> dict[str, Any]:
     stub = cached()
     classify(stub, "warm up the channel and the cache")
@@ -363,6 +414,7 @@ def main() -> int:
         results["early_exit_vs_full"] = early_exit_vs_full(variants, n_lat)
         print("2/4 micro-batching throughput ...", flush=True)
         results["micro_batching"] = batching_throughput(early, early_core, n_tp, args.clients, rounds)
+        results["compute_ceiling"] = compute_ceiling(early_core, n_tp, args.clients, rounds)
 
         print("3/4 cache hits over gRPC ...", flush=True)
         url = stack.enter_context(redis_url(args))
@@ -411,6 +463,13 @@ def report(r: dict[str, Any]) -> None:
         f"[{verdict(b)}] throughput: {b['clients']} clients {b['concurrent_rps']:.1f} req/s "
         f"vs one at a time {b['one_at_a_time_rps']:.1f} req/s = {b['ratio']:.2f}x "
         f"(mean batch {b['mean_batch_size']:.1f}; target {b['target']})"
+    )
+    e = r["compute_ceiling"]
+    print(
+        f"[info] compute ceiling (in process, no gRPC): {e['batch']} per forward vs one = "
+        f"{e['ratio_packed']:.2f}x packed, {e['ratio_padded']:.2f}x padded "
+        f"({e['packed_rows_per_s']:.1f} / {e['padded_rows_per_s']:.1f} "
+        f"vs {e['one_at_a_time_rows_per_s']:.1f} rows/s)"
     )
     c = r["cache_hit"]
     print(

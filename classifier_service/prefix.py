@@ -6,13 +6,15 @@ is causal, so the keys and values of those tokens are the same for every
 request: they are computed once at start-up and every forward pass runs only
 the tokens after them. That halves the work
 per request, and more so in a batch, where the shared part would otherwise be
-recomputed once per row.
+recomputed once per row. The suffixes of a batch are packed into as few rows
+as pays off (:mod:`classifier_service.packing`), so one long prompt does not
+make every short one pay for its length in padding.
 
 Exactness: a row uses the cached prefix only when its token ids *start with*
 the prefix ids (the tokenizer could merge across the boundary for unusual
 text, or a conversation may carry its own system prompt); other rows take the
-plain path. Positions continue after the prefix, and left padding of the
-suffixes is masked out, so the states equal a plain forward pass up to float
+plain path. Positions continue after the prefix, each packed prompt sees only
+the prefix and itself, and padding is masked out, so the states equal a plain forward pass up to float
 rounding (checked by the tests).
 """
 
@@ -24,6 +26,7 @@ from typing import Any
 
 import torch
 
+from classifier_service.packing import Lines, attention_weight, plan_lines
 from steerguard.model.chat import normalise_request
 from steerguard.model.hooks import StopForward, layer_hooks
 from steerguard.model.host import ModelHost
@@ -58,6 +61,10 @@ class SharedPrefix:
         with torch.inference_mode():
             out = host.model.model(input_ids=torch.tensor([self.ids]), use_cache=True)
         self._cache: Any = out.past_key_values
+        first = host.layers[0]
+        self._pair_weight = attention_weight(
+            host.identity.hidden_size, sum(p.numel() for p in first.parameters())
+        )
 
     @classmethod
     def for_host(cls, host: ModelHost, min_tokens: int = 4) -> SharedPrefix | None:
@@ -74,35 +81,65 @@ class SharedPrefix:
         return len(row) > n and row[:n] == self.ids
 
     @torch.inference_mode()
-    def last_token_states(self, rows: list[list[int]], layer: int) -> torch.Tensor:
-        """``[B, H]`` states of ``layer`` at each row's last token (rows must :meth:`fits`)."""
+    def last_token_states(self, rows: list[list[int]], layer: int, plan: Lines | None = None) -> torch.Tensor:
+        """``[B, H]`` states of ``layer`` at each row's last token (rows must :meth:`fits`).
+
+        The suffixes are packed into lines (:mod:`classifier_service.packing`;
+        ``plan`` overrides the choice, e.g. one row per line to compare):
+        each token attends to the prefix and to the earlier tokens of its own
+        prompt, and positions restart after the prefix for every prompt.
+        """
         n = len(self.ids)
         suffixes = [r[n:] for r in rows]
-        width = max(len(s) for s in suffixes)
-        batch = len(rows)
+        plan = plan or plan_lines([len(s) for s in suffixes], n, self._pair_weight)
+        lines, width = len(plan.lines), plan.width
         pad_id = int(self.host.tokenizer.pad_token_id)
-        ids = torch.full((batch, width), pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for i, s in enumerate(suffixes):
-            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-        attention = torch.cat([torch.ones((batch, n), dtype=torch.long), mask], dim=1)
-        positions = n + (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = copy.deepcopy(self._cache)  # the forward pass appends to it
-        if batch > 1:
-            cache.batch_repeat_interleave(batch)
+        ids = torch.full((lines, width), pad_id, dtype=torch.long)
+        positions = torch.full((lines, width), n, dtype=torch.long)
+        segment = torch.full((lines, width), -1, dtype=torch.long)  # -1: padding
+        ends = torch.empty((len(rows), 2), dtype=torch.long)
+        for line, members in enumerate(plan.lines):
+            col = width - sum(len(suffixes[i]) for i in members)  # left padding
+            for i in members:
+                k = len(suffixes[i])
+                ids[line, col : col + k] = torch.tensor(suffixes[i], dtype=torch.long)
+                positions[line, col : col + k] = torch.arange(n, n + k)
+                segment[line, col : col + k] = i
+                ends[i] = torch.tensor([line, col + k - 1])
+                col += k
         found: dict[str, torch.Tensor] = {}
 
         def read(hidden: torch.Tensor) -> None:
-            found["states"] = hidden[:, -1, :].detach().float().clone()
+            found["states"] = hidden[ends[:, 0], ends[:, 1], :].detach().float().clone()
             raise StopForward
 
+        cache = copy.deepcopy(self._cache)  # the forward pass appends to it
+        if lines > 1:
+            cache.batch_repeat_interleave(lines)
         with layer_hooks(self.host.layers, {layer: read}), contextlib.suppress(StopForward):
             self.host.model.model(
                 input_ids=ids,
-                attention_mask=attention,
+                attention_mask=self._mask(segment),
                 position_ids=positions,
                 past_key_values=cache,
                 use_cache=True,
             )
         return found["states"]
+
+    def _mask(self, segment: torch.Tensor) -> torch.Tensor:
+        """Additive ``[lines, 1, width, prefix + width]`` mask (0 = attend).
+
+        Every query sees the whole prefix (padding queries too, so no row of
+        the softmax is empty); a real token also sees the earlier tokens of
+        its own prompt. Additive rather than boolean, so eager attention
+        reads it the same way as SDPA.
+        """
+        lines, width = segment.shape
+        col = torch.arange(width)
+        own = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)
+        allowed = own & (col[None, :, None] >= col[None, None, :])
+        allowed = torch.cat([torch.ones((lines, width, len(self.ids)), dtype=torch.bool), allowed], dim=2)
+        dtype = self.host.model.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        return mask[:, None]

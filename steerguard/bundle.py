@@ -20,6 +20,12 @@ Tensors:
 - Every ``vector.*`` is oriented so that *adding* it (sign +1) steers toward
   safety: refusal for ``refusal``, away from the category's own features for
   ``category:<name>``.
+- A vector's manifest entry may carry ``prompt_gain``: the factor on its
+  delta over the prompt's positions of a *gated* row (AUTO/SCANS; generated
+  tokens get the plain delta). The gate decides at the probe layer, so such
+  a prompt is steered only from there on; the gain, calibrated with AUTO
+  itself, makes up for that. Explicit REFUSAL/CATEGORY rows steer the whole
+  prompt and use no gain.
 - ``alt.*`` (optional, written by ``steerguard calibrate``): directions that
   were computed but not chosen (``alt.refusal_mean`` difference of means,
   ``alt.refusal_contrastive``), kept for analysis and the evaluation's
@@ -181,6 +187,10 @@ class Bundle:
 
     def default_strength(self, name: str) -> float:
         return float(self._vector(name)["strength"])
+
+    def prompt_gain(self, name: str) -> float:
+        """Factor on vector ``name``'s delta over the prompt's positions (1 when not calibrated)."""
+        return float(self._vector(name).get("prompt_gain", 1.0))
 
     def _vector(self, name: str) -> dict[str, Any]:
         try:

@@ -89,13 +89,19 @@ class CalibrationConfig:
     max_benign_fpr: float = 0.02
     contrastive_prompts: int = 16
     norm_prompts: int = 48
-    tune_harmful: int = 20
-    tune_tokens: int = 24
-    strengths: tuple[float, ...] = (0.1, 0.125, 0.15, 0.175, 0.2)
+    tune_harmful: int = 64  # 24 gave a 100% refusal estimate for a setting at 81% on 64
+    # Directions searched (both are always computed and stored). Difference of
+    # means refused 0-4% at every strength on SmolLM2, so by default only the
+    # contrastive direction is searched; add "mean_difference" for other models.
+    search_variants: tuple[str, ...] = ("contrastive",)
+    tune_tokens: int = 48  # as many as the evaluation generates, so the judge sees the same openings
+    strengths: tuple[float, ...] = (0.1, 0.115, 0.13, 0.145, 0.16, 0.175)
+    # Gains on a gated row's prompt positions (see steerguard.model.steering), highest first.
+    prompt_gains: tuple[float, ...] = (1.5, 1.0)
     layer_counts: tuple[int, ...] = (3,)
     layer_band: tuple[float, float] = (0.3, 0.6)
     target_refusal: float = 0.9
-    max_ppl_ratio: float = 1.8
+    max_ppl_ratio: float = 1.9
     category_strength: float = 0.1  # fluent (ppl ratio ~1.7) on a spot check; 0.5 breaks the model
     batch_size: int = 16
     progress: bool = True
@@ -110,12 +116,14 @@ class TuneResult:
     refusal: float
     ppl_ratio: float
     samples: list[str] = field(default_factory=list)
+    prompt_gain: float = 1.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "variant": self.variant,
             "layers": self.layers,
             "strength": self.strength,
+            "prompt_gain": self.prompt_gain,
             "refusal_rate": round(self.refusal, 4),
             "ppl_ratio": round(self.ppl_ratio, 4),
         }
@@ -190,11 +198,18 @@ def _sample(items: Sequence[Example], n: int, seed: int) -> list[Example]:
     return random.Random(seed).sample(items, n)
 
 
-def _bundle_with(base: Bundle, direction: torch.Tensor, layers: Sequence[int], strength: float) -> Bundle:
-    """A copy of ``base`` whose refusal vector is ``direction`` at ``layers``/``strength``."""
+def _bundle_with(
+    base: Bundle, direction: torch.Tensor, layers: Sequence[int], strength: float, prompt_gain: float = 1.0
+) -> Bundle:
+    """A copy of ``base`` whose refusal vector is ``direction`` at ``layers``/``strength``/``prompt_gain``."""
     manifest = dict(base.manifest)
     vectors = dict(manifest["vectors"])
-    vectors[REFUSAL] = {**vectors.get(REFUSAL, {}), "layers": list(layers), "strength": float(strength)}
+    vectors[REFUSAL] = {
+        **vectors.get(REFUSAL, {}),
+        "layers": list(layers),
+        "strength": float(strength),
+        "prompt_gain": float(prompt_gain),
+    }
     manifest["vectors"] = vectors
     tensors = dict(base.tensors)
     tensors[f"vector.{REFUSAL}"] = direction
@@ -208,7 +223,15 @@ def tune_refusal(
     harmful: Sequence[Conversation],
     cfg: CalibrationConfig,
 ) -> tuple[TuneResult, list[TuneResult], float]:
-    """Search variant x layer set x strength with AUTO generation; returns (best, all tried, base ppl)."""
+    """Search variant x layer set x prompt gain x strength with AUTO generation.
+
+    Returns (best, all tried, unsteered perplexity). For each variant and
+    gain, strengths rise until the target refusal rate is met or fluency is
+    lost. Gains go from highest down, and a lower gain is tried only when a
+    higher one reached the target but lost fluency on the way (the prompt
+    gain is what buys refusals without the decode-time strength that costs
+    fluency). Among the settings that meet both limits, the most fluent wins.
+    """
     from steerguard.offline import generate_many, perplexity
     from steerguard.plan import Mode, SteeringRequest
 
@@ -219,21 +242,29 @@ def tune_refusal(
     tried: list[TuneResult] = []
     auto = [SteeringRequest(Mode.AUTO)] * len(harmful)
     for name, (direction, ranked) in variants.items():
+        if name not in cfg.search_variants:
+            continue
         for count in cfg.layer_counts:
             layers = sorted(ranked[:count])
-            for s in cfg.strengths:
-                b = _bundle_with(base, direction, layers, s)
-                outs = generate_many(host, b, harmful, auto, max_new_tokens=cfg.tune_tokens)
-                texts = [g.text for g in outs]
-                ppl = perplexity(host, harmful, [g.token_ids for g in outs])
-                r = TuneResult(name, layers, s, judge.refusal_rate(texts), ppl / base_ppl, texts[:3])
-                tried.append(r)
-                log.info("tune %s", r.as_dict())
-                if r.refusal >= cfg.target_refusal or r.ppl_ratio > cfg.max_ppl_ratio:
-                    break  # weakest strength that works, or fluency already lost
+            for gain in sorted(cfg.prompt_gains, reverse=True):
+                reached = False
+                for s in cfg.strengths:
+                    b = _bundle_with(base, direction, layers, s, gain)
+                    outs = generate_many(host, b, harmful, auto, max_new_tokens=cfg.tune_tokens)
+                    texts = [g.text for g in outs]
+                    ppl = perplexity(host, harmful, [g.token_ids for g in outs])
+                    refusal = judge.refusal_rate(texts)
+                    r = TuneResult(name, layers, s, refusal, ppl / base_ppl, texts[:3], gain)
+                    tried.append(r)
+                    log.info("tune %s", r.as_dict())
+                    reached = r.refusal >= cfg.target_refusal
+                    if reached or r.ppl_ratio > cfg.max_ppl_ratio:
+                        break  # weakest strength that works, or fluency already lost
+                if not reached or r.ppl_ratio <= cfg.max_ppl_ratio:
+                    break  # out of reach for lower gains, or met: a lower gain needs more strength
     ok = [t for t in tried if t.refusal >= cfg.target_refusal and t.ppl_ratio <= cfg.max_ppl_ratio]
     if ok:
-        best = min(ok, key=lambda t: (t.strength * len(t.layers), t.ppl_ratio))
+        best = min(ok, key=lambda t: (t.ppl_ratio, t.strength * len(t.layers)))
     else:
         fluent = [t for t in tried if t.ppl_ratio <= cfg.max_ppl_ratio] or tried
         best = max(fluent, key=lambda t: (t.refusal, -t.strength))
@@ -338,12 +369,6 @@ def calibrate(
         name: candidate_layers(proj, n_layers, count=max(cfg.layer_counts), lo=lo, hi=hi)
         for name, proj in projections.items()
     }
-    # In AUTO, layers below the probe layer cannot steer the prompt (the verdict
-    # is not known yet when they run), so also try the best layers at or after it.
-    after_probe = [p for p in projections["contrastive"] if p.layer >= probe_layer]
-    ranked["contrastive_after_probe"] = candidate_layers(
-        after_probe, n_layers, count=max(cfg.layer_counts), lo=lo, hi=max(hi, (probe_layer + 7) / n_layers)
-    )
     cat_vectors = category_directions(
         all_states[harmful_idx], [calib[i].category for i in harmful_idx], all_states[benign_idx], categories
     )
@@ -379,7 +404,6 @@ def calibrate(
     )
     variants = {
         "contrastive": (contrast_dir, ranked["contrastive"]),
-        "contrastive_after_probe": (contrast_dir, ranked["contrastive_after_probe"]),
         "mean_difference": (mean_dir, ranked["mean_difference"]),
     }
     best, tried, base_ppl = tune_refusal(host, base, variants, _convs(tune_h), cfg)
@@ -392,6 +416,7 @@ def calibrate(
         REFUSAL: {
             "layers": best.layers,
             "strength": best.strength,
+            "prompt_gain": best.prompt_gain,
             "method": best.variant,
             "orientation": "adding (sign +1) steers toward refusal",
         }
@@ -416,7 +441,9 @@ def calibrate(
         "chosen": best.as_dict(),
         "tried": [r.as_dict() for r in tried],
         "judge": "steerguard.judge (strict: explicit refusal in the opening, no pivot to compliance)",
-        "rule": f"weakest steering with refusal >= {cfg.target_refusal} and ppl ratio <= {cfg.max_ppl_ratio}",
+        "rule": (
+            f"most fluent steering with refusal >= {cfg.target_refusal} and ppl ratio <= {cfg.max_ppl_ratio}"
+        ),
     }
     manifest["vocab_projection"] = {name: [p.as_dict() for p in proj] for name, proj in projections.items()}
     manifest["data_sources"] = [s.as_dict() for s in data.sources]

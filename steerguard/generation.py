@@ -61,7 +61,7 @@ def prefill(
     host: ModelHost, batch: Batch, state: SteeringState, extra_layers: set[int] | None = None
 ) -> tuple[torch.Tensor, Any]:
     """Run the prompts; return last-position logits ``[B, vocab]`` and the KV cache."""
-    with apply_steering(host.layers, state, extra_layers):
+    with apply_steering(host.layers, state, extra_layers, prompt=True):
         out = host.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,

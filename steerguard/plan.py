@@ -101,8 +101,8 @@ class BatchPlan:
         self.requests = list(requests)
         self.hidden_size = hidden_size
         self.applied: list[Applied] = [Applied(r.mode) for r in requests]
-        self.state = SteeringState()
         n = len(requests)
+        self.state = SteeringState(prompt_gain=torch.ones(n))
         for i, r in enumerate(requests):
             if r.mode is Mode.REFUSAL:
                 self._add_row(i, REFUSAL, r.strength, 1.0, n)
@@ -135,6 +135,11 @@ class BatchPlan:
         a.strength = _resolved_strength(self.bundle, vector, strength)
         return deltas
 
+    def _set_gain(self, row: int, vector: str) -> None:
+        """A gated row's prompt misses the steering layers below the probe: the bundle's gain."""
+        assert self.state.prompt_gain is not None
+        self.state.prompt_gain[row] = self.bundle.prompt_gain(vector)
+
     def _decide(self, states: torch.Tensor) -> dict[int, torch.Tensor]:
         """Called once at the probe layer with every row's last-token state."""
         n = states.shape[0]
@@ -150,6 +155,7 @@ class BatchPlan:
             else:
                 continue
             a = self.applied[i]
+            self._set_gain(i, vector)
             deltas = self._row_deltas(vector, r.strength, sign)
             for layer, d in deltas.items():
                 if layer not in extra:

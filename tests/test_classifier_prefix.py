@@ -72,3 +72,22 @@ def test_rows_without_the_prefix_take_the_plain_path(host: ModelHost, tiny_bundl
     off = ClassifierCore(host, tiny_bundle, None, CoreConfig(share_prefix=False))
     assert off.prefix is None
     off.close()
+
+
+def test_mixed_lengths_are_packed_and_match_the_plain_forward(host: ModelHost, tiny_bundle: Bundle) -> None:
+    """One long prompt among short ones: suffixes share rows, states stay those of a plain pass."""
+    from classifier_service.packing import plan_lines
+
+    layer = tiny_bundle.probe_layer
+    prefix = SharedPrefix.for_host(host)
+    assert prefix is not None
+    texts = ["word " * 60, *PROMPTS, "short", "a bit longer than short", "x y z"]
+    rows = [host.token_ids(normalise_request(p)) for p in texts]
+    lengths = [len(r) - len(prefix) for r in rows]
+    plan = plan_lines(lengths, len(prefix), prefix._pair_weight)
+    assert len(plan.lines) < len(rows)  # some rows share a line
+    assert plan.tokens < len(rows) * max(lengths)  # less padding than a padded batch
+    assert sorted(i for line in plan.lines for i in line) == list(range(len(rows)))
+    torch.testing.assert_close(
+        prefix.last_token_states(rows, layer), plain(host, rows, layer), atol=1e-4, rtol=1e-4
+    )

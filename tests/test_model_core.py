@@ -135,3 +135,39 @@ def test_gated_decision_happens_in_the_prompt_pass(tiny_host) -> None:  # type: 
 def test_over_long_prompt_is_refused(tiny_host) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInput, match="over the limit"):
         tiny_host.encode([normalise_request("word " * 200)], max_tokens=50)
+
+
+def test_prompt_gain_scales_only_the_prompt_pass(tiny_host) -> None:  # type: ignore[no-untyped-def]
+    """``prompt_gain`` multiplies a row's delta over its prompt; decode steps get the plain delta."""
+    from steerguard.generation import decode_step, prefill
+    from steerguard.model.hooks import hidden_of
+
+    batch = tiny_host.encode([normalise_request(p) for p in PROMPTS])
+    h = tiny_host.identity.hidden_size
+    delta = torch.zeros((2, h))
+    delta[0] = torch.randn(h)
+    raw: list[torch.Tensor] = []  # layer 1's own output (this hook runs before the steering hook)
+    fed: list[torch.Tensor] = []  # what layer 2 receives (after steering)
+
+    def pre(_m, args, kwargs):  # type: ignore[no-untyped-def]
+        fed.append((args[0] if args else kwargs["hidden_states"]).clone())
+
+    handles = [
+        tiny_host.layers[1].register_forward_hook(lambda m, i, o: raw.append(hidden_of(o).clone())),
+        tiny_host.layers[2].register_forward_pre_hook(pre, with_kwargs=True),
+    ]
+    try:
+        state = SteeringState(deltas={1: delta.clone()}, prompt_gain=torch.tensor([3.0, 5.0]))
+        logits, cache = prefill(tiny_host, batch, state)
+        assert not state.in_prompt
+        positions = batch.position_ids[:, -1] + 1
+        mask = torch.cat([batch.attention_mask, batch.attention_mask.new_ones((2, 1))], dim=1)
+        decode_step(tiny_host, logits.argmax(-1), mask, positions, cache, state)
+    finally:
+        for handle in handles:
+            handle.remove()
+    (prompt_raw, step_raw), (prompt_fed, step_fed) = raw, fed
+    applied_prompt, applied_step = prompt_fed - prompt_raw, step_fed - step_raw
+    torch.testing.assert_close(applied_prompt[0], (3.0 * delta[0]).expand_as(applied_prompt[0]))
+    torch.testing.assert_close(applied_step[0], delta[0].expand_as(applied_step[0]))
+    assert torch.equal(prompt_fed[1], prompt_raw[1]) and torch.equal(step_fed[1], step_raw[1])

@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
         p, "--no-cache", action="store_true", default=False, help="recompute activations (no on-disk memo)"
     )
     add_flag(p, "--target-refusal", type=float, default=0.9, help="refusal rate the strength search aims for")
-    add_flag(p, "--max-ppl-ratio", type=float, default=1.8, help="largest steered/unsteered perplexity ratio")
+    add_flag(p, "--max-ppl-ratio", type=float, default=1.9, help="largest steered/unsteered perplexity ratio")
     p.set_defaults(func=guarded(main))
 
 
@@ -82,7 +82,8 @@ def main(args: argparse.Namespace) -> int:
         f"OOF FPR benign {cal['probe_oof_fpr_benign']:.3f} / borderline {cal['probe_oof_fpr_borderline']:.3f}"
     )
     print(
-        f"refusal vector: {ref['method']}, layers {ref['layers']}, strength {ref['strength']}, "
+        f"refusal vector: {ref['method']}, layers {ref['layers']}, strength {ref['strength']} "
+        f"(prompt gain {ref.get('prompt_gain', 1.0)}), "
         f"search refusal {cal['refusal_rate_search']:.2f}, ppl ratio {cal['ppl_ratio_search']:.2f}"
     )
     print(f"categories: {', '.join(m['categories']) or 'none'}")

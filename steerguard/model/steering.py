@@ -15,6 +15,12 @@ decode step, so no second forward pass is needed. Steering layers *below* the
 probe layer therefore leave the prompt positions unsteered for gated rows (the
 verdict is not known yet when they run) and steer the generated tokens.
 
+``prompt_gain`` (per row) scales the deltas on the prompt's positions only
+(the pass run with ``prompt=True``). A bundle sets it above 1 to make up, on
+the layers that can still steer the prompt, for the ones a gated row misses
+there; generated tokens always get the plain delta. A gain multiplies a
+delta, so a row with no delta stays exactly unsteered (``0 * g == 0``).
+
 Hooks exist only inside :func:`apply_steering` and are removed in ``finally``:
 after any request, failed or cancelled, the model is exactly unsteered.
 """
@@ -41,6 +47,8 @@ class SteeringState:
     probe_layer: int | None = None
     decide: Decider | None = None
     decided: bool = False
+    prompt_gain: torch.Tensor | None = None  # [batch]; None means 1 for every row
+    in_prompt: bool = False  # set by apply_steering(prompt=True) for the prompt's pass
 
     def add(self, layer: int, delta: torch.Tensor) -> None:
         """Accumulate a ``[batch, hidden]`` delta at ``layer``."""
@@ -58,6 +66,8 @@ class SteeringState:
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the given rows (continuous batching drops finished rows)."""
         self.deltas = {k: v.index_select(0, index) for k, v in self.deltas.items()}
+        if self.prompt_gain is not None:
+            self.prompt_gain = self.prompt_gain.index_select(0, index)
 
     def is_empty(self) -> bool:
         return not self.deltas and (self.decide is None or self.decided)
@@ -102,6 +112,8 @@ def _hook_for(state: SteeringState, layer: int) -> Callable[[torch.Tensor], torc
         if delta.device != hidden.device or delta.dtype != hidden.dtype:
             delta = delta.to(device=hidden.device, dtype=hidden.dtype)
             state.deltas[layer] = delta  # moved once, not every step
+        if state.in_prompt and state.prompt_gain is not None:
+            delta = delta * state.prompt_gain.to(device=delta.device, dtype=delta.dtype)[:, None]
         return hidden + delta[:, None, :]
 
     return fn
@@ -109,9 +121,20 @@ def _hook_for(state: SteeringState, layer: int) -> Callable[[torch.Tensor], torc
 
 @contextlib.contextmanager
 def apply_steering(
-    layers: nn.ModuleList, state: SteeringState, extra_layers: set[int] | None = None
+    layers: nn.ModuleList,
+    state: SteeringState,
+    extra_layers: set[int] | None = None,
+    *,
+    prompt: bool = False,
 ) -> Iterator[SteeringState]:
-    """Hook every layer that may steer (``extra_layers``: ones a decider may add)."""
+    """Hook every layer that may steer (``extra_layers``: ones a decider may add).
+
+    ``prompt=True`` for the pass over the prompt's positions (``prompt_gain`` applies).
+    """
     wanted = state.layers() | (extra_layers or set())
-    with layer_hooks(layers, {i: _hook_for(state, i) for i in sorted(wanted)}):
-        yield state
+    state.in_prompt = prompt
+    try:
+        with layer_hooks(layers, {i: _hook_for(state, i) for i in sorted(wanted)}):
+            yield state
+    finally:
+        state.in_prompt = False
