@@ -41,6 +41,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         max_prompt_tokens=args.max_prompt_tokens,
         max_batch_size=args.max_batch_size,
         max_batch_wait_ms=args.max_batch_wait_ms,
+        batch_wait_fraction=args.batch_wait_fraction,
         max_queue=args.max_queue,
         cache_prefix=args.cache_prefix,
         log_prompts=args.log_prompts,

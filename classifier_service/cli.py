@@ -39,7 +39,14 @@ def add_classifier_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(parser, "--max-batch-size", type=int, default=16, help="most prompts in one forward pass")
     add_flag(
-        parser, "--max-batch-wait-ms", type=float, default=10.0, help="longest wait to fill a forward pass"
+        parser, "--max-batch-wait-ms", type=float, default=50.0, help="longest wait to fill a forward pass"
+    )
+    add_flag(
+        parser,
+        "--batch-wait-fraction",
+        type=float,
+        default=0.1,
+        help="the wait is also capped at this share of the previous forward pass's time",
     )
     add_flag(parser, "--max-batch-requests", type=int, default=64, help="most requests in one ClassifyBatch")
     add_flag(parser, "--max-queue", type=int, default=1024, help="waiting prompts before RESOURCE_EXHAUSTED")

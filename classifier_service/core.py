@@ -51,7 +51,8 @@ class CoreConfig:
 
     max_prompt_tokens: int = 1024
     max_batch_size: int = 16
-    max_batch_wait_ms: float = 10.0
+    max_batch_wait_ms: float = 50.0
+    batch_wait_fraction: float = 0.1  # see classifier_service.batcher
     max_queue: int = 1024
     cache_prefix: str = DEFAULT_PREFIX
     log_prompts: bool = False
@@ -112,6 +113,7 @@ class ClassifierCore:
             max_batch_size=self.config.max_batch_size,
             max_wait_seconds=self.config.max_batch_wait_ms / 1000.0,
             max_queue=self.config.max_queue,
+            wait_fraction=self.config.batch_wait_fraction,
             after_batch=self._store,
             name="classifier-batcher",
         )

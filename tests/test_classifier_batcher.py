@@ -123,7 +123,12 @@ def test_returning_clients_are_waited_for() -> None:
     """After a batch of 3, the next batch waits (up to max_wait) for 3 jobs, not just the first."""
     rec = Recorder()
     rec.gate.clear()
-    b: MicroBatcher[int, int] = MicroBatcher(rec, max_batch_size=8, max_wait_seconds=0.3)
+
+    def slow(xs: list[int]) -> Sequence[int]:
+        time.sleep(0.15)  # a pass worth waiting for: the budget is min(0.3 s, 1.0 x 0.15 s)
+        return rec(xs)
+
+    b: MicroBatcher[int, int] = MicroBatcher(slow, max_batch_size=8, max_wait_seconds=0.3, wait_fraction=1.0)
     b.submit(0)
     assert rec.entered.wait(2)
     first = [b.submit(i) for i in (1, 2, 3)]
@@ -141,3 +146,26 @@ def test_returning_clients_are_waited_for() -> None:
     assert [f.result(3) for f in again] == [40, 50, 60]
     b.close()
     assert rec.batches == [[0], [1, 2, 3], [4, 5, 6]]
+
+
+def test_the_wait_is_a_share_of_the_last_forward_pass() -> None:
+    """A fast forward pass is not held up by the full max_wait for a client that never returns."""
+
+    def fast(xs: list[int]) -> Sequence[int]:
+        time.sleep(0.02)
+        return xs
+
+    b: MicroBatcher[int, int] = MicroBatcher(fast, max_batch_size=8, max_wait_seconds=2.0, wait_fraction=0.1)
+    assert b.wait_budget() == 2.0  # nothing measured yet: the configured bound
+    futures = [b.submit(i) for i in range(4)]
+    assert [f.result(5) for f in futures] == [0, 1, 2, 3]
+    assert 0.002 <= b.wait_budget() < 0.05  # a tenth of a ~20 ms pass
+    started = time.perf_counter()
+    assert b.submit(9).result(5) == 9  # expects ~4 jobs that never come
+    assert time.perf_counter() - started < 0.5  # not the 2 s max_wait
+    b.close()
+
+
+def test_wait_fraction_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="wait_fraction"):
+        MicroBatcher(lambda xs: xs, max_batch_size=2, max_wait_seconds=0.01, wait_fraction=-1)

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import grpc
 import pytest
@@ -71,10 +72,15 @@ def running(host: ModelHost, bundle: Bundle) -> Iterator[Running]:
     r.close()
 
 
-def request(prompt: str, mode: int = S.NONE, n: int = 12, **steering: object) -> steer_pb2.GenerateRequest:
-    return steer_pb2.GenerateRequest(
-        prompt=prompt, max_new_tokens=n, steering=steer_pb2.Steering(mode=mode, **steering)
-    )
+def request(
+    prompt: str,
+    mode: steer_pb2.Steering.Mode = S.NONE,
+    n: int = 12,
+    category: str = "",
+    strength: float = 0.0,
+) -> steer_pb2.GenerateRequest:
+    steering = steer_pb2.Steering(mode=mode, category=category, strength=strength)
+    return steer_pb2.GenerateRequest(prompt=prompt, max_new_tokens=n, steering=steering)
 
 
 def collect(
@@ -177,7 +183,7 @@ def test_request_joining_a_running_batch(running: Running) -> None:
 @pytest.mark.parametrize(
     ("req", "reason"),
     [
-        (request("hi", mode=7), "unknown steering mode"),
+        (request("hi", mode=cast(steer_pb2.Steering.Mode, 7)), "unknown steering mode"),
         (request("hi", S.CATEGORY, category="nope"), "unknown category"),
         (request("hi", S.REFUSAL, strength=9.0), "strength"),
         (request("hi", S.REFUSAL, strength=-1.0), "strength"),

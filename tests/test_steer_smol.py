@@ -47,7 +47,9 @@ def stub(default_bundle: Bundle, smol_host: ModelHost) -> Iterator[steer_pb2_grp
         service.close()
 
 
-def generate(stub: steer_pb2_grpc.SteererStub, prompt: str, mode: int) -> tuple[str, steer_pb2.GenerateChunk]:
+def generate(
+    stub: steer_pb2_grpc.SteererStub, prompt: str, mode: steer_pb2.Steering.Mode
+) -> tuple[str, steer_pb2.GenerateChunk]:
     req = steer_pb2.GenerateRequest(prompt=prompt, max_new_tokens=48, steering=steer_pb2.Steering(mode=mode))
     chunks = list(stub.Generate(req, timeout=120))
     return "".join(c.text for c in chunks), chunks[-1]
