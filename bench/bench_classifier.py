@@ -21,6 +21,9 @@ model forward does, so this says how much of the ceiling the serving path
 keeps. It also reports the model's largest matrix product at one prompt's
 tokens vs a batch's: that product's own speed-up bounds the ceiling.
 
+Also reported: the classifier's ``--dtype bfloat16`` against float32 in
+process (rows/s at batch 1 and 16, and how many verdicts differ).
+
 Variants are interleaved (alternating order) so drift in a shared machine's
 load hits both sides of a ratio alike. Misses use distinct prompts and
 servers without a cache. Redis is a ``redis-server`` started here on a free
@@ -382,6 +385,56 @@ def matmul_rates(core: ClassifierCore, n: int, clients: int) -> dict[str, Any]:
     }
 
 
+def bfloat16_vs_float32(
+    core: ClassifierCore, model: str | None, threads: int, n: int, clients: int, rounds: int
+) -> dict[str, Any]:
+    """The classifier's ``--dtype bfloat16`` vs float32, in process: rows/s and verdict agreement."""
+    from steerguard.verdict import verdicts_from_states
+
+    host = ModelHost.load(model, max_layers=core.host.loaded_layers, threads=threads, dtype="bfloat16")
+    half = ClassifierCore(host, core.bundle, None, core.config)
+    try:
+        rows = [core.host.token_ids(normalise_request(p)) for p in prompts(n, "dtype")]
+
+        def rate(c: ClassifierCore, size: int) -> float:
+            started = time.perf_counter()
+            for i in range(0, len(rows), size):
+                c._probe_states(rows[i : i + size])
+            return len(rows) / (time.perf_counter() - started)
+
+        half._probe_states(rows[:2])
+        rates: dict[str, list[float]] = {"f32_one": [], "bf16_one": [], "f32_batch": [], "bf16_batch": []}
+        for _ in range(rounds):
+            for key in rates:
+                which = core if key.startswith("f32") else half
+                rates[key].append(rate(which, 1 if key.endswith("one") else clients))
+        score = {
+            name: [v.score for v in verdicts_from_states(core.bundle, c._probe_states(rows))]
+            for name, c in (("f32", core), ("bf16", half))
+        }
+        t = core.bundle.threshold
+        flips = sum((a >= t) != (b >= t) for a, b in zip(score["f32"], score["bf16"], strict=True))
+
+        def speedup(size: str) -> float:
+            return statistics.median(
+                b / a for a, b in zip(rates[f"f32_{size}"], rates[f"bf16_{size}"], strict=True)
+            )
+
+        return {
+            "speedup_one": speedup("one"),
+            "speedup_batch": speedup("batch"),
+            "bf16_batching_ratio": statistics.median(
+                b / a for a, b in zip(rates["bf16_one"], rates["bf16_batch"], strict=True)
+            ),
+            "max_score_diff": max(abs(a - b) for a, b in zip(score["f32"], score["bf16"], strict=True)),
+            "verdict_flips": flips,
+            "prompts": len(rows),
+            "target": "reported (--dtype bfloat16)",
+        }
+    finally:
+        half.close()
+
+
 def minilm_baseline(core: ClassifierCore, n: int) -> dict[str, Any]:
     """In process, batch 1: probe miss (tokenise + early-exit forward + probe) vs MiniLM + LR."""
     import numpy as np
@@ -469,6 +522,7 @@ def main() -> int:
             early, early_core, n_tp, args.clients, rounds
         )
         results["matmul"] = matmul_rates(early_core, n_tp, args.clients)
+        results["bfloat16"] = bfloat16_vs_float32(early_core, model, args.threads, 64, args.clients, 3)
 
         print("3/4 cache hits over gRPC ...", flush=True)
         url = stack.enter_context(redis_url(args))
@@ -531,6 +585,13 @@ def report(r: dict[str, Any]) -> None:
         f"[info] matrix products ({m['weight_shape'][0]}x{m['weight_shape'][1]}): "
         f"{m['gflops_batch']:.0f} GFLOP/s at {m['tokens_batch']} tokens vs {m['gflops_one']:.0f} "
         f"at {m['tokens_one']} (one prompt) = {m['ratio']:.2f}x"
+    )
+    h = r["bfloat16"]
+    print(
+        f"[info] --dtype bfloat16 vs float32 (in process): {h['speedup_one']:.2f}x at batch 1, "
+        f"{h['speedup_batch']:.2f}x at batch {e['batch']} (batching {h['bf16_batching_ratio']:.2f}x); "
+        f"{h['verdict_flips']} verdict flips in {h['prompts']} prompts, "
+        f"max score difference {h['max_score_diff']:.3f}"
     )
     c = r["cache_hit"]
     print(

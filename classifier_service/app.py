@@ -35,7 +35,9 @@ def build_cache(args: argparse.Namespace) -> VerdictCache:
 def load_core(args: argparse.Namespace) -> ClassifierCore:
     """Bundle first (it says how many layers to load), then the truncated model."""
     bundle = Bundle.load(args.bundle)
-    host = ModelHost.load(args.model, max_layers=bundle.probe_layer + 1, threads=args.threads)
+    host = ModelHost.load(
+        args.model, max_layers=bundle.probe_layer + 1, threads=args.threads, dtype=args.dtype
+    )
     bundle.verify_model(host.identity)
     config = CoreConfig(
         max_prompt_tokens=args.max_prompt_tokens,
@@ -53,6 +55,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         model=host.identity.name,
         probe_layer=bundle.probe_layer,
         loaded_layers=host.loaded_layers,
+        dtype=args.dtype,
         model_layers=host.identity.num_layers,
         cache="redis" if args.redis_url else "memory",
     )

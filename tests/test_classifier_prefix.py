@@ -91,3 +91,26 @@ def test_mixed_lengths_are_packed_and_match_the_plain_forward(host: ModelHost, t
     torch.testing.assert_close(
         prefix.last_token_states(rows, layer), plain(host, rows, layer), atol=1e-4, rtol=1e-4
     )
+
+
+def test_bfloat16_states_follow_float32(host: ModelHost, tiny_model_dir: Path, tiny_bundle: Bundle) -> None:
+    """The classifier's --dtype bfloat16: same states within bf16 rounding, on both paths."""
+    half = ModelHost.load(tiny_model_dir, max_layers=tiny_bundle.probe_layer + 1, dtype="bfloat16")
+    assert half.model.dtype == torch.bfloat16
+    layer = tiny_bundle.probe_layer
+    rows = [host.token_ids(normalise_request(p)) for p in PROMPTS]
+    want = plain(host, rows, layer)
+    prefix = SharedPrefix.for_host(half)
+    assert prefix is not None
+    for got in (prefix.last_token_states(rows, layer), plain(half, rows, layer)):
+        assert got.dtype == torch.float32  # the probe always reads float32
+        cos = torch.nn.functional.cosine_similarity(got, want, dim=1)
+        assert float(cos.min()) > 0.999, cos
+        assert not torch.equal(got, want)  # really computed in bfloat16
+
+
+def test_an_unknown_dtype_is_refused(tiny_model_dir: Path) -> None:
+    from steerguard.errors import ModelError
+
+    with pytest.raises(ModelError, match="dtype must be one of float32, bfloat16"):
+        ModelHost.load(tiny_model_dir, dtype="float16")
