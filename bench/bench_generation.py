@@ -10,7 +10,8 @@ own :func:`steerguard.generation.prefill` / :func:`decode_step` and a
 - ``auto``: probe-gated inside the prompt pass, every row flagged or not as
   the probe decides (the serving path).
 
-Rounds alternate the configurations (none, refusal, auto, none, ...), so load
+Within a round the configurations run side by side, one forward pass each
+in turn (prefill, then every decode step, rotating who goes first), so load
 from other processes on a shared machine hits them alike; the reported
 tokens/s is each configuration's median over rounds; each ratio is the
 median of the per-round ratios.
@@ -27,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -45,7 +47,8 @@ PROMPTS = [
 ]
 
 
-def run_once(host, bundle, prompts, mode: str, tokens: int) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+def steps(host, bundle, prompts, mode: str, tokens: int) -> Iterator[float]:  # type: ignore[no-untyped-def]
+    """Generate ``tokens`` per row in ``mode``, yielding the seconds of each pass (prefill, then steps)."""
     from steerguard.generation import decode_step, prefill
     from steerguard.model.chat import normalise_request
     from steerguard.plan import BatchPlan, Mode, SteeringRequest
@@ -55,16 +58,32 @@ def run_once(host, bundle, prompts, mode: str, tokens: int) -> tuple[int, float]
     plan = BatchPlan(bundle, [SteeringRequest(Mode(mode))] * len(convs), host.identity.hidden_size)
     start = time.perf_counter()
     logits, cache = prefill(host, batch, plan.state, plan.extra_layers)
+    yield time.perf_counter() - start
     mask = batch.attention_mask
     positions = batch.position_ids[:, -1].clone()
     n = batch.size
     for _ in range(tokens - 1):
+        start = time.perf_counter()
         last = torch.argmax(logits, dim=-1)
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype)], dim=1)
         positions = positions + 1
         logits, cache = decode_step(host, last, mask, positions, cache, plan.state)
-    elapsed = time.perf_counter() - start
-    return n * tokens, elapsed
+        yield time.perf_counter() - start
+
+
+def interleaved(host, bundle, prompts, modes: list[str], tokens: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Seconds each mode took, its passes run in turn with the others' (rotating who goes first).
+
+    The shared machine's speed wanders by 10-20% over seconds; a whole
+    generation per mode in a row lets that land on one side of a ratio.
+    Alternating every forward pass leaves only drift faster than one pass.
+    """
+    runs = {m: steps(host, bundle, prompts, m, tokens) for m in modes}
+    spent = dict.fromkeys(modes, 0.0)
+    for i in range(tokens):
+        for m in modes[i % len(modes) :] + modes[: i % len(modes)]:
+            spent[m] += next(runs[m])
+    return spent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,17 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         bundle.verify_model(host.identity)
     prompts = (PROMPTS * ((args.batch + len(PROMPTS) - 1) // len(PROMPTS)))[: args.batch]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    run_once(host, bundle, prompts, modes[0], 4)  # warm-up
+    interleaved(host, bundle, prompts, modes, 4)  # warm-up
     rates: dict[str, list[float]] = {m: [] for m in modes}
-    for r in range(args.rounds):
-        # Alternate the order so neither side always runs first after a warm cache.
-        for m in modes if r % 2 == 0 else list(reversed(modes)):
-            toks, secs = run_once(host, bundle, prompts, m, args.tokens)
-            rates[m].append(toks / secs)
+    for _ in range(args.rounds):
+        for m, secs in interleaved(host, bundle, prompts, modes, args.tokens).items():
+            rates[m].append(len(prompts) * args.tokens / secs)
     med = {m: statistics.median(v) for m, v in rates.items()}
     base = med.get("none")
-    # Ratios are medians of per-round ratios: a round's configurations run back
-    # to back, so drift in the machine's load cancels instead of landing on one.
+    # Ratios are medians of per-round ratios: within a round the configurations'
+    # passes alternate, so drift in the machine's load cancels instead of landing on one.
     paired = (
         {m: statistics.median(a / b for a, b in zip(v, rates["none"], strict=True)) for m, v in rates.items()}
         if base

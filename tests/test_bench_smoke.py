@@ -1,0 +1,40 @@
+"""The benchmarks still run end to end (tiny random Llama, few samples): their numbers are for humans."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_bench(script: str, out: Path, *args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), "--tiny", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+
+def test_generation_bench_interleaves_every_mode(tmp_path: Path) -> None:
+    r = run_bench("bench_generation.py", tmp_path / "g.json", "--rounds", "2", "--tokens", "6")
+    rates = r["tokens_per_s_all"]
+    assert isinstance(rates, dict) and set(rates) == {"none", "refusal", "auto"}
+    assert all(len(v) == 2 and min(v) > 0 for v in rates.values())
+    ratios = r["ratio_vs_none"]
+    assert isinstance(ratios, dict) and ratios["none"] == 1.0 and all(v > 0 for v in ratios.values())
+
+
+def test_classifier_bench_reports_every_measurement(tmp_path: Path) -> None:
+    r = run_bench("bench_classifier.py", tmp_path / "c.json", "--quick")
+    for key in ("early_exit_vs_full", "micro_batching", "compute_ceiling", "matmul", "bfloat16", "cache_hit"):
+        assert key in r, key
+    batching = r["micro_batching"]
+    assert isinstance(batching, dict) and len(batching["round_ratios"]) == 2
+    assert batching["mean_batch_size"] > 1  # concurrent requests really shared forward passes
