@@ -148,6 +148,19 @@ def timed(fn: Callable[..., Any], *args: Any) -> float:
     return time.perf_counter() - started
 
 
+def rows_per_s(fn: Callable[[list[list[int]]], Any], rows: list[list[int]], size: int) -> float:
+    """In-process rate of ``fn`` over ``rows``, ``size`` rows per call."""
+    started = time.perf_counter()
+    for i in range(0, len(rows), size):
+        fn(rows[i : i + size])
+    return len(rows) / (time.perf_counter() - started)
+
+
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """Median of the per-round ratios (measurements of one round were taken together)."""
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
+
+
 def classify(stub: Any, prompt: str) -> Any:
     return stub.Classify(classifier_pb2.ClassifyRequest(prompt=prompt), timeout=120)
 
@@ -257,14 +270,7 @@ def batching(
         return len(ps) / wall
 
     def in_process(fn: Callable[[list[list[int]]], Any], size: int) -> Callable[[list[str]], float]:
-        def rate(ps: list[str]) -> float:
-            rows = [core.host.token_ids(normalise_request(p)) for p in ps]
-            started = time.perf_counter()
-            for i in range(0, len(rows), size):
-                fn(rows[i : i + size])
-            return len(rows) / (time.perf_counter() - started)
-
-        return rate
+        return lambda ps: rows_per_s(fn, [core.host.token_ids(normalise_request(p)) for p in ps], size)
 
     variants: dict[str, Callable[[list[str]], float]] = {
         "served_one": sequential,
@@ -280,7 +286,7 @@ def batching(
             rates[name].append(variants[name](prompts(n, f"{name}{r}-")))
 
     def ratio(num: str, den: str) -> float:
-        return statistics.median(a / b for a, b in zip(rates[num], rates[den], strict=True))
+        return paired_ratio(rates[num], rates[den])
 
     served = ratio("served_concurrent", "served_one")
     ceiling = ratio("inproc_packed", "inproc_one")
@@ -396,18 +402,13 @@ def bfloat16_vs_float32(
     try:
         rows = [core.host.token_ids(normalise_request(p)) for p in prompts(n, "dtype")]
 
-        def rate(c: ClassifierCore, size: int) -> float:
-            started = time.perf_counter()
-            for i in range(0, len(rows), size):
-                c._probe_states(rows[i : i + size])
-            return len(rows) / (time.perf_counter() - started)
-
         half._probe_states(rows[:2])
         rates: dict[str, list[float]] = {"f32_one": [], "bf16_one": [], "f32_batch": [], "bf16_batch": []}
         for _ in range(rounds):
             for key in rates:
                 which = core if key.startswith("f32") else half
-                rates[key].append(rate(which, 1 if key.endswith("one") else clients))
+                size = 1 if key.endswith("one") else clients
+                rates[key].append(rows_per_s(which._probe_states, rows, size))
         score = {
             name: [v.score for v in verdicts_from_states(core.bundle, c._probe_states(rows))]
             for name, c in (("f32", core), ("bf16", half))
@@ -415,17 +416,10 @@ def bfloat16_vs_float32(
         t = core.bundle.threshold
         flips = sum((a >= t) != (b >= t) for a, b in zip(score["f32"], score["bf16"], strict=True))
 
-        def speedup(size: str) -> float:
-            return statistics.median(
-                b / a for a, b in zip(rates[f"f32_{size}"], rates[f"bf16_{size}"], strict=True)
-            )
-
         return {
-            "speedup_one": speedup("one"),
-            "speedup_batch": speedup("batch"),
-            "bf16_batching_ratio": statistics.median(
-                b / a for a, b in zip(rates["bf16_one"], rates["bf16_batch"], strict=True)
-            ),
+            "speedup_one": paired_ratio(rates["bf16_one"], rates["f32_one"]),
+            "speedup_batch": paired_ratio(rates["bf16_batch"], rates["f32_batch"]),
+            "bf16_batching_ratio": paired_ratio(rates["bf16_batch"], rates["bf16_one"]),
             "max_score_diff": max(abs(a - b) for a, b in zip(score["f32"], score["bf16"], strict=True)),
             "verdict_flips": flips,
             "prompts": len(rows),

@@ -102,7 +102,7 @@ class BatchPlan:
         self.hidden_size = hidden_size
         self.applied: list[Applied] = [Applied(r.mode) for r in requests]
         n = len(requests)
-        self.state = SteeringState(prompt_gain=torch.ones(n))
+        self.state = SteeringState()
         for i, r in enumerate(requests):
             if r.mode is Mode.REFUSAL:
                 self._add_row(i, REFUSAL, r.strength, 1.0, n)
@@ -136,9 +136,17 @@ class BatchPlan:
         return deltas
 
     def _set_gain(self, row: int, vector: str) -> None:
-        """A gated row's prompt misses the steering layers below the probe: the bundle's gain."""
-        assert self.state.prompt_gain is not None
-        self.state.prompt_gain[row] = self.bundle.prompt_gain(vector)
+        """A gated row's prompt misses the steering layers below the probe: the bundle's gain.
+
+        Only gated rows get one, so a plan with none leaves the prompt pass's
+        deltas as they are (no multiply by ones).
+        """
+        gain = self.bundle.prompt_gain(vector)
+        if gain == 1.0:
+            return
+        if self.state.prompt_gain is None:
+            self.state.prompt_gain = torch.ones(len(self.requests))
+        self.state.prompt_gain[row] = gain
 
     def _decide(self, states: torch.Tensor) -> dict[int, torch.Tensor]:
         """Called once at the probe layer with every row's last-token state."""

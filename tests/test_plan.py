@@ -70,3 +70,18 @@ def test_scans_subtracts_refusal_for_safe(tiny_host, tiny_bundle) -> None:  # ty
     assert plan.applied[0].vector == "-refusal"
     assert plan.applied[0].verdict is not None and not plan.applied[0].verdict.unsafe
     assert isinstance(plan.state, SteeringState) and plan.state.decided
+
+
+def test_only_gated_rows_get_the_bundle_prompt_gain(tiny_host, tiny_bundle) -> None:  # type: ignore[no-untyped-def]
+    vectors = tiny_bundle.manifest["vectors"]
+    vectors["refusal"]["prompt_gain"] = 1.5
+    tiny_bundle.manifest["probe"]["threshold"] = 0.0  # every AUTO row is flagged
+    try:
+        plan, _ = run(tiny_host, tiny_bundle, [SteeringRequest(Mode.AUTO), SteeringRequest(Mode.REFUSAL)])
+        assert plan.state.prompt_gain is not None
+        assert plan.state.prompt_gain.tolist() == [1.5, 1.0]  # explicit REFUSAL steers the whole prompt
+        plan, _ = run(tiny_host, tiny_bundle, [SteeringRequest(Mode.REFUSAL)] * 2)
+        assert plan.state.prompt_gain is None  # nothing gated: the prompt pass multiplies nothing
+    finally:
+        vectors["refusal"].pop("prompt_gain")
+        tiny_bundle.manifest["probe"]["threshold"] = 0.5
