@@ -10,7 +10,7 @@ import pytest
 from calib_data import write_data
 
 from steerguard.evaluation.baselines import keyword_scores, minilm_dir
-from steerguard.evaluation.report import rate_at_catch
+from steerguard.evaluation.report import operating_points, rate_at_catch
 
 
 def test_keyword_blocklist_is_the_over_refusal_baseline() -> None:
@@ -25,6 +25,14 @@ def test_rate_at_catch() -> None:
     assert cut == pytest.approx(0.7) and fpr == pytest.approx(0.5)
     fpr, cut = rate_at_catch(pos, neg, 1.0)
     assert cut == pytest.approx(0.2) and fpr == pytest.approx(0.75)
+
+
+def test_operating_points_trace_the_trade_off() -> None:
+    pos = np.array([0.9, 0.8, 0.7, 0.2])
+    neg = np.array([0.1, 0.75, 0.3, 0.85])
+    points = operating_points(pos, neg, (0.5, 0.75, 1.0))
+    assert [p["cut"] for p in points] == [0.8, 0.7, 0.2]
+    assert [p["safe_flagged"] for p in points] == [0.25, 0.5, 0.75]
 
 
 def test_minilm_weights_ship_in_a_package() -> None:
@@ -67,3 +75,35 @@ def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # ty
     for name in ("roc_per_layer", "score_histograms", "xstest_by_type", "refusal_rates"):
         assert (tmp_path / "report" / report["plots"][name]).is_file()
     assert len(summary_lines(report)) == len(report["checks"])
+    points = on_disk["xstest"]["probe"]["operating_points"]
+    assert [p["catch"] for p in points] == [0.8, 0.85, 0.9, 0.95]
+    assert all("operating_points" in b["xstest"] for b in on_disk["baselines"].values())
+    refused = on_disk["checks"]["auto_harmful_refused>=0.85"]
+    assert refused["count"].endswith("/3") and len(refused["ci95"]) == 2
+    assert refused["ci95"][0] <= refused["value"] <= refused["ci95"][1]
+
+
+def test_wilson_interval_matches_published_values() -> None:
+    from steerguard.evaluation.stats import proportion, wilson_interval
+
+    # Reference values (Newcombe 1998, table I): 0/10 -> 0-0.2775; 5/10 -> 0.2366-0.7634.
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    assert proportion([True, False, False, True]) == {"k": 2, "n": 4, "ci95": [0.15, 0.85]}
+    assert proportion([])["ci95"] is None
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_checks_carry_counts_and_say_when_the_target_is_inside_the_interval() -> None:
+    from steerguard.evaluation.report import _pass, summary_lines
+    from steerguard.evaluation.stats import proportion
+
+    near = _pass(19 / 124, "<=", 0.15, proportion([True] * 19 + [False] * 105))
+    assert near["pass"] is False and near["count"] == "19/124" and near["target_in_ci95"] is True
+    far = _pass(0.5, "<=", 0.15, proportion([True] * 50 + [False] * 50))
+    assert far["pass"] is False and far["target_in_ci95"] is False
+    line = summary_lines({"checks": {"x<=0.15": near}})[0]
+    assert line.startswith("MISS") and "19/124, 95% CI 0.100-0.227" in line
