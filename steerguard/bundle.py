@@ -8,8 +8,12 @@ Layout of a bundle directory::
 Tensors:
 
 - ``probe.mean``/``probe.std`` ``[H]``: standardisation of the probe layer's
-  last-token state; ``probe.weight`` ``[H]``, ``probe.bias`` ``[1]``: logistic
-  unsafe probability on the standardised state (SafeSwitch-style probe).
+  last-token state. Then either (``manifest.probe.kind``)
+  ``logistic``: ``probe.weight`` ``[H]``, ``probe.bias`` ``[1]``, a logistic
+  unsafe probability on the standardised state; or ``mlp``:
+  ``probe.hidden.weight`` ``[K, H]``, ``probe.hidden.bias`` ``[K]``, exact
+  GELU, then ``probe.weight`` ``[K]``, ``probe.bias`` ``[1]`` (SafeSwitch-style
+  probe).
 - ``category.weight`` ``[C, H]``, ``category.bias`` ``[C]``: softmax category
   head on the same standardised state; row order = ``manifest.categories``.
 - ``vector.<name>`` ``[L, H]``: unit steering direction per layer for
@@ -122,6 +126,11 @@ class Bundle:
         if m.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"unsupported bundle format {m.get('format_version')!r}")
         need = ["probe.mean", "probe.std", "probe.weight", "probe.bias", "norms"]
+        kind = self.probe_kind
+        if kind == "mlp":
+            need += ["probe.hidden.weight", "probe.hidden.bias"]
+        elif kind != "logistic":
+            raise BundleError(f"unsupported probe kind {kind!r} (logistic or mlp)")
         if self.categories:
             need += ["category.weight", "category.bias"]
         missing = [k for k in need if k not in self.tensors]
@@ -162,6 +171,10 @@ class Bundle:
         return float(self.manifest["probe"]["threshold"])
 
     @property
+    def probe_kind(self) -> str:
+        return str(self.manifest.get("probe", {}).get("kind", "logistic"))
+
+    @property
     def categories(self) -> list[str]:
         return list(self.manifest.get("categories", []))
 
@@ -169,7 +182,10 @@ class Bundle:
         """Probe the probe layer's last-token states ``[B, H]``."""
         t = self.tensors
         z = (states.float() - t["probe.mean"]) / t["probe.std"]
-        unsafe = torch.sigmoid(z @ t["probe.weight"] + t["probe.bias"])
+        features = z
+        if self.probe_kind == "mlp":
+            features = torch.nn.functional.gelu(z @ t["probe.hidden.weight"].T + t["probe.hidden.bias"])
+        unsafe = torch.sigmoid(features @ t["probe.weight"] + t["probe.bias"])
         if self.categories:
             cats = torch.softmax(z @ t["category.weight"].T + t["category.bias"], dim=-1)
         else:

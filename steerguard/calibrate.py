@@ -83,6 +83,7 @@ class CalibrationConfig:
     # C, hard-negative weight and the hard-recall guard were compared by the
     # leave-one-XSTest-family-out estimate on calibration data (probe.family_holdout).
     probe_c: float = 0.05
+    probe_kind: str = "logistic"  # or "mlp"; see steerguard.probe.ProbeSpec for the comparison
     hard_weight: float = 3.0
     min_recall: float = 0.92
     min_hard_recall: float = 0.9
@@ -325,6 +326,7 @@ def calibrate(
         min_hard_recall=cfg.min_hard_recall,
         max_benign_fpr=cfg.max_benign_fpr,
         groups=[xstest_family(e.group) for e in calib],
+        kind=cfg.probe_kind,
     )
     probe_layer = fit.layer
     standard = (fit.probe.mean, fit.probe.std)
@@ -382,9 +384,9 @@ def calibrate(
         "probe": {
             "layer": probe_layer,
             "threshold": float(fit.threshold.threshold),
-            "kind": "logistic",
+            **fit.spec.describe(),
             "features": "last prompt token, standardised (probe.mean/probe.std)",
-            "c": cfg.probe_c,
+            "c": cfg.probe_c,  # the logistic C (layer selection always fits logistic probes)
             "hard_negative_weight": cfg.hard_weight,
             "threshold_rule": fit.threshold.rule,
             "oof": {**fit.threshold.as_dict(), "auroc": round(fit.oof_auroc, 6)},

@@ -1,6 +1,12 @@
-"""The SafeSwitch-style probe: logistic regression on the last prompt token's state.
+"""The SafeSwitch-style probe: a small classifier on the last prompt token's state.
 
 Why these choices:
+
+- The head is logistic by default; a one-hidden-layer MLP (an ensemble of
+  three merged into one network, as SafeSwitch's prober) is the alternative
+  (:class:`ProbeSpec`). The MLP can weigh a violent word against the kind of
+  request it sits in and was better on every calibration-only estimate, but
+  not on the held-out XSTest types (see :class:`ProbeSpec`).
 
 - Features are standardised (mean-centred, unit variance per dimension, on
   the training rows): the raw residual stream has a few huge outlier
@@ -102,6 +108,142 @@ def fit_binary(
     model = LogisticRegression(C=c, max_iter=2000, tol=1e-4)
     model.fit(z, labels, sample_weight=weights)
     return LinearProbe(mean, std, model.coef_[0].astype(np.float32), model.intercept_.astype(np.float32))
+
+
+@dataclass
+class MLPProbe:
+    """Standardisation, one GELU hidden layer and a logistic output, all float32 numpy.
+
+    An ensemble of independently initialised members is stored as *one* wider
+    network: their hidden units side by side and their output weights divided
+    by the member count, so the logit is the members' mean logit and serving
+    needs no notion of an ensemble.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    hidden_weight: np.ndarray  # [K, H]
+    hidden_bias: np.ndarray  # [K]
+    weight: np.ndarray  # [K]
+    bias: np.ndarray  # [1]
+
+    def standardise(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float32) - self.mean) / self.std
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        pre = torch.from_numpy(self.standardise(x) @ self.hidden_weight.T + self.hidden_bias)
+        hidden = torch.nn.functional.gelu(pre).numpy()  # torch's exact GELU, as Bundle.score uses
+        return hidden @ self.weight + self.bias
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Unsafe probability ``[N]``."""
+        return 1.0 / (1.0 + np.exp(-self.logits(x)))
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        arrays = {
+            "hidden.weight": self.hidden_weight,
+            "hidden.bias": self.hidden_bias,
+            "weight": self.weight,
+            "bias": self.bias.reshape(-1),
+        }
+        return {
+            f"{prefix}.{name}": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+            for name, a in arrays.items()
+        }
+
+
+Probe = LinearProbe | MLPProbe
+
+
+def fit_mlp(
+    x: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    hidden: int = 64,
+    members: int = 3,
+    weight_decay: float = 0.1,
+    dropout: float = 0.2,
+    epochs: int = 300,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> MLPProbe:
+    """Full-batch AdamW on weighted cross-entropy, ``members`` seeds merged into one network.
+
+    Dropout on the input and the hidden layer plus weight decay keep a
+    576-wide first layer from memorising ~2k prompts. The global torch RNG is
+    left as it was (``fork_rng``), so calibration stays reproducible.
+    """
+    mean, std = standardiser(x)
+    z = torch.from_numpy(((x - mean) / std).astype(np.float32))
+    y = torch.from_numpy(labels.astype(np.float32))
+    w = torch.from_numpy((np.ones(len(labels)) if weights is None else weights).astype(np.float32))
+    parts: list[tuple[torch.Tensor, ...]] = []
+    with torch.random.fork_rng():
+        for member in range(members):
+            torch.manual_seed(seed * 1009 + member)
+            first, last = torch.nn.Linear(z.shape[1], hidden), torch.nn.Linear(hidden, 1)
+            net = torch.nn.Sequential(
+                torch.nn.Dropout(dropout), first, torch.nn.GELU(), torch.nn.Dropout(dropout), last
+            )
+            opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+            for _ in range(epochs):
+                opt.zero_grad()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(net(z).squeeze(1), y, weight=w)
+                loss.backward()
+                opt.step()
+            parts.append(tuple(t.detach() for t in (first.weight, first.bias, last.weight[0], last.bias)))
+    stack = [torch.cat([p[i] for p in parts]).numpy() for i in range(3)]
+    bias = torch.stack([p[3] for p in parts]).mean(0).numpy()
+    return MLPProbe(mean, std, stack[0], stack[1], stack[2] / members, bias)
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """Which unsafe-probability head to fit, and its hyper-parameters.
+
+    On SmolLM2-135M the ``mlp`` head beat ``logistic`` on every
+    calibration-only estimate (out-of-fold AUROC 0.992 vs 0.987; ordinary
+    benign prompts flagged at the calibrated cut 1% vs 4%; leave-one-XSTest-
+    family-out AUROC 0.868 vs 0.846), and in the held-out evaluation it
+    halved `auto`'s benign refusals (1.7% vs 5.0%) and raised AUROC (0.998
+    vs 0.996). But on the held-out XSTest types it ranked no better (AUROC
+    0.923 vs 0.92) and its calibrated cut flagged 21% of the safe prompts
+    (logistic: 15.3%). ``logistic`` therefore stays the default; layer
+    selection always uses it (it is ~30x cheaper).
+    """
+
+    kind: str = "logistic"
+    c: float = 0.05
+    hidden: int = 64
+    members: int = 3
+    weight_decay: float = 0.1
+    dropout: float = 0.2
+    epochs: int = 300
+    seed: int = 0
+
+    def fit(self, x: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> Probe:
+        if self.kind == "logistic":
+            return fit_binary(x, labels, weights, c=self.c)
+        if self.kind == "mlp":
+            return fit_mlp(
+                x,
+                labels,
+                weights,
+                hidden=self.hidden,
+                members=self.members,
+                weight_decay=self.weight_decay,
+                dropout=self.dropout,
+                epochs=self.epochs,
+                seed=self.seed,
+            )
+        raise ValueError(f"unknown probe kind {self.kind!r} (logistic or mlp)")
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest fields that name the head (the logistic C is recorded by the caller)."""
+        if self.kind == "logistic":
+            return {"kind": "logistic"}
+        return {k: v for k, v in self.__dict__.items() if k not in {"c", "seed"}}
 
 
 def fit_categories(
@@ -233,7 +375,7 @@ class LayerScore:
 @dataclass
 class ProbeFit:
     layer: int
-    probe: LinearProbe
+    probe: Probe
     threshold: ThresholdChoice
     layer_scores: list[LayerScore] = field(default_factory=list)
     oof_scores: np.ndarray | None = None
@@ -241,6 +383,7 @@ class ProbeFit:
     c: float = 0.2
     hard_weight: float = 3.0
     family_holdout: dict[str, Any] = field(default_factory=dict)
+    spec: ProbeSpec = field(default_factory=lambda: ProbeSpec())
 
 
 def family_holdout(
@@ -250,7 +393,7 @@ def family_holdout(
     groups: Sequence[str | None],
     threshold: float,
     *,
-    c: float,
+    spec: ProbeSpec,
     hard_weight: float,
 ) -> dict[str, Any]:
     """Leave-one-family-out estimate of over-refusal on prompt types never trained on.
@@ -269,11 +412,12 @@ def family_holdout(
     for fam in families:
         train, test = g != fam, g == fam
         w = sample_weights(labels[train], kinds_arr[train].tolist(), hard_weight)
-        scores[test] = fit_binary(x[train], labels[train], w, c=c).predict(x[test])
+        scores[test] = spec.fit(x[train], labels[train], w).predict(x[test])
     m = g != ""
     flagged = scores >= threshold
     return {
         "families": families,
+        "auroc": round(auroc(labels[m], scores[m]), 6),
         "safe_flagged": round(rate(m & (labels == 0), flagged), 6),
         "unsafe_caught": round(rate(m & (labels == 1), flagged), 6),
     }
@@ -345,18 +489,19 @@ def out_of_fold(
     *,
     folds: int = 5,
     seed: int = 0,
-    c: float = 0.05,
+    spec: ProbeSpec | None = None,
     hard_weight: float = 3.0,
 ) -> np.ndarray:
     """Out-of-fold unsafe probabilities for every calibration row."""
     from sklearn.model_selection import StratifiedKFold
 
+    spec = spec or ProbeSpec(seed=seed)
     kinds_arr = np.array(list(kinds))
     strat = stratify_key(labels, kinds, min_count=folds)
     out = np.zeros(len(labels), dtype=np.float64)
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, strat):
         w = sample_weights(labels[train], kinds_arr[train].tolist(), hard_weight)
-        out[test] = fit_binary(x[train], labels[train], w, c=c).predict(x[test])
+        out[test] = spec.fit(x[train], labels[train], w).predict(x[test])
     return out
 
 
@@ -373,13 +518,19 @@ def fit_probe(
     max_benign_fpr: float = 0.02,
     layer: int | None = None,
     groups: Sequence[str | None] | None = None,
+    kind: str = "logistic",
 ) -> ProbeFit:
-    """Layer selection on validation, OOF threshold, then a final fit on every row."""
+    """Layer selection on validation (logistic), OOF threshold, then a final fit on every row.
+
+    ``kind`` picks the head fitted at the chosen layer (see :class:`ProbeSpec`);
+    the threshold and the family-holdout estimate are computed with that head.
+    """
     layer_scores: list[LayerScore] = []
     if layer is None:
         layer, layer_scores = select_layer(states, labels, kinds, seed=seed, c=c, hard_weight=hard_weight)
+    spec = ProbeSpec(kind=kind, c=c, seed=seed)
     x = states[layer]
-    oof = out_of_fold(x, labels, kinds, seed=seed, c=c, hard_weight=hard_weight)
+    oof = out_of_fold(x, labels, kinds, seed=seed, spec=spec, hard_weight=hard_weight)
     choice = choose_threshold(
         labels,
         oof,
@@ -389,11 +540,11 @@ def fit_probe(
         max_benign_fpr=max_benign_fpr,
     )
     w = sample_weights(labels, list(kinds), hard_weight)
-    probe = fit_binary(x, labels, w, c=c)
-    fit = ProbeFit(layer, probe, choice, layer_scores, oof, auroc(labels, oof), c, hard_weight)
+    probe = spec.fit(x, labels, w)
+    fit = ProbeFit(layer, probe, choice, layer_scores, oof, auroc(labels, oof), c, hard_weight, spec=spec)
     if groups is not None:
         fit.family_holdout = family_holdout(
-            x, labels, kinds, groups, choice.threshold, c=c, hard_weight=hard_weight
+            x, labels, kinds, groups, choice.threshold, spec=spec, hard_weight=hard_weight
         )
     return fit
 

@@ -87,9 +87,12 @@ def _synthetic(seed: int = 0) -> tuple[dict[int, np.ndarray], np.ndarray, list[s
     return states, labels, kinds
 
 
-def test_probe_picks_informative_layer_and_oof_threshold() -> None:
+@pytest.mark.parametrize("kind", ["mlp", "logistic"])
+def test_probe_picks_informative_layer_and_oof_threshold(kind: str) -> None:
     states, labels, kinds = _synthetic()
-    fit = fit_probe(states, labels, kinds, c=1.0)
+    fit = fit_probe(states, labels, kinds, c=1.0, kind=kind)
+    assert type(fit.probe).__name__ == {"mlp": "MLPProbe", "logistic": "LinearProbe"}[kind]
+    assert fit.spec.describe()["kind"] == kind
     assert fit.layer == 1
     assert {s.layer for s in fit.layer_scores} == {0, 1, 2}
     assert fit.oof_scores is not None and fit.oof_auroc > 0.95
@@ -189,6 +192,7 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
         strengths=(0.5, 1.0),
         layer_counts=(2,),
         progress=False,
+        probe_kind="mlp",  # the default bundle covers logistic; this covers the MLP head end to end
     )
     bundle = calibrate(data_root, host=tiny_host, config=cfg)
     bid = bundle.save(tmp_path / "b")
@@ -198,6 +202,9 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     assert 1 <= loaded.probe_layer < tiny_host.loaded_layers
     assert 0 < loaded.threshold < 1
     assert m["probe"]["layer_selection"] and m["probe"]["oof"]["rule"]
+    assert loaded.probe_kind == "mlp" and m["probe"]["members"] * m["probe"]["hidden"] == len(
+        loaded.tensors["probe.weight"]
+    )
     assert "refusal" in loaded.vector_names and loaded.vector_layers("refusal")
     assert set(loaded.categories) >= {"chemical_biological", "violence"}
     assert all(f"category:{c}" in loaded.vector_names for c in loaded.categories)

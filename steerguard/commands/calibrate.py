@@ -43,6 +43,14 @@ def register(subparsers: Any) -> None:
     add_flag(
         p, "--no-cache", action="store_true", default=False, help="recompute activations (no on-disk memo)"
     )
+    add_flag(
+        p,
+        "--probe",
+        default="logistic",
+        choices=("logistic", "mlp"),
+        help="unsafe-probability head: logistic regression (default) or a small MLP ensemble "
+        "(fewer benign false flags, more on XSTest-style borderline prompts; see the README)",
+    )
     add_flag(p, "--target-refusal", type=float, default=0.9, help="refusal rate the strength search aims for")
     add_flag(p, "--max-ppl-ratio", type=float, default=1.9, help="largest steered/unsteered perplexity ratio")
     p.set_defaults(func=guarded(main))
@@ -65,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
         include_copyright=args.include_copyright,
         target_refusal=args.target_refusal,
         max_ppl_ratio=args.max_ppl_ratio,
+        probe_kind=args.probe,
         batch_size=args.batch_size,
         progress=not args.quiet,
         use_cache=not args.no_cache,
