@@ -40,24 +40,47 @@ HARD_POSITIVE_KINDS = ("blunt_harmful", "xstest_unsafe")
 
 
 @dataclass
-class LinearProbe:
-    """Standardisation plus a logistic (or softmax) layer, all float32 numpy."""
+class ProbeHead:
+    """What every head shares: the stored standardisation, a sigmoid on the logits, export.
+
+    The bundle keeps ``probe.mean``/``probe.std`` beside the head's own
+    tensors, so serving standardises exactly as training did.
+    """
 
     mean: np.ndarray
     std: np.ndarray
-    weight: np.ndarray  # [H] (binary) or [C, H] (categories)
-    bias: np.ndarray  # [1] or [C]
 
     def standardise(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float32) - self.mean) / self.std
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        z = self.standardise(x)
-        return z @ self.weight.T + self.bias
+        raise NotImplementedError
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Unsafe probability ``[N]`` (binary probe)."""
         return 1.0 / (1.0 + np.exp(-self.logits(x)))
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The head's bundle tensors under ``prefix`` (the standardisation is stored by the caller)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _export(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {
+            f"{prefix}.{name}": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+            for name, a in arrays.items()
+        }
+
+
+@dataclass
+class LinearProbe(ProbeHead):
+    """Standardisation plus a logistic (or softmax) layer, all float32 numpy."""
+
+    weight: np.ndarray  # [H] (binary) or [C, H] (categories)
+    bias: np.ndarray  # [1] or [C]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.standardise(x) @ self.weight.T + self.bias
 
     def predict_classes(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities ``[N, C]`` (category head)."""
@@ -67,10 +90,7 @@ class LinearProbe:
         return e / e.sum(axis=1, keepdims=True)
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {
-            f"{prefix}.weight": torch.from_numpy(np.ascontiguousarray(self.weight, dtype=np.float32)),
-            f"{prefix}.bias": torch.from_numpy(np.ascontiguousarray(self.bias, dtype=np.float32).reshape(-1)),
-        }
+        return self._export(prefix, {"weight": self.weight, "bias": self.bias.reshape(-1)})
 
 
 def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +131,7 @@ def fit_binary(
 
 
 @dataclass
-class MLPProbe:
+class MLPProbe(ProbeHead):
     """Standardisation, one GELU hidden layer and a logistic output, all float32 numpy.
 
     An ensemble of independently initialised members is stored as *one* wider
@@ -120,39 +140,29 @@ class MLPProbe:
     needs no notion of an ensemble.
     """
 
-    mean: np.ndarray
-    std: np.ndarray
     hidden_weight: np.ndarray  # [K, H]
     hidden_bias: np.ndarray  # [K]
     weight: np.ndarray  # [K]
     bias: np.ndarray  # [1]
-
-    def standardise(self, x: np.ndarray) -> np.ndarray:
-        return (np.asarray(x, dtype=np.float32) - self.mean) / self.std
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         pre = torch.from_numpy(self.standardise(x) @ self.hidden_weight.T + self.hidden_bias)
         hidden = torch.nn.functional.gelu(pre).numpy()  # torch's exact GELU, as Bundle.score uses
         return hidden @ self.weight + self.bias
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Unsafe probability ``[N]``."""
-        return 1.0 / (1.0 + np.exp(-self.logits(x)))
-
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        arrays = {
-            "hidden.weight": self.hidden_weight,
-            "hidden.bias": self.hidden_bias,
-            "weight": self.weight,
-            "bias": self.bias.reshape(-1),
-        }
-        return {
-            f"{prefix}.{name}": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-            for name, a in arrays.items()
-        }
+        return self._export(
+            prefix,
+            {
+                "hidden.weight": self.hidden_weight,
+                "hidden.bias": self.hidden_bias,
+                "weight": self.weight,
+                "bias": self.bias.reshape(-1),
+            },
+        )
 
 
-Probe = LinearProbe | MLPProbe
+Probe = ProbeHead
 
 
 def fit_mlp(
