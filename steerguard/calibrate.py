@@ -6,8 +6,11 @@ Steps (each one's *why* lives in its module):
    is used here; the held-out split is the evaluation's).
 2. One forward pass per prompt reads the last-token state at every layer.
 3. :mod:`steerguard.probe` picks the probe layer on validation data, fits the
-   probe and calibrates its threshold on out-of-fold predictions; a softmax
-   category head is fitted on the same standardised state.
+   probe and calibrates its threshold on out-of-fold predictions;
+   :mod:`steerguard.mining` then adds the benign pool prompts that this
+   first probe scores highest as hard negatives, and the probe is fitted
+   again at the same layer (threshold included). A softmax category head is
+   fitted on the same standardised state.
 4. :mod:`steerguard.vectors` computes the residual norms, the difference-of-
    means and contrastive refusal directions, scores layers by vocabulary
    projection and builds the category vectors.
@@ -40,10 +43,11 @@ import torch
 from steerguard import judge
 from steerguard.bundle import CATEGORY_PREFIX, FORMAT_VERSION, REFUSAL, Bundle
 from steerguard.data import CALIBRATION, HARMFUL, XSTEST_TRAIN_TYPES, Dataset, Example, load_dir
+from steerguard.mining import MINED, MiningResult, mine_negatives
 from steerguard.model.activations import collect_states
 from steerguard.model.chat import Conversation, normalise_request
 from steerguard.model.host import ModelHost
-from steerguard.probe import fit_categories, fit_probe
+from steerguard.probe import ProbeFit, fit_categories, fit_probe
 from steerguard.vectors import (
     candidate_layers,
     category_directions,
@@ -88,6 +92,10 @@ class CalibrationConfig:
     min_recall: float = 0.92
     min_hard_recall: float = 0.9
     max_benign_fpr: float = 0.02
+    # Hard negatives mined from the benign pool (steerguard.mining): the highest-scoring
+    # ``mine_negatives`` of ``mine_pool`` pool prompts under a first probe; 0 turns it off.
+    mine_negatives: int = 200
+    mine_pool: int = 4000
     contrastive_prompts: int = 16
     norm_prompts: int = 48
     tune_harmful: int = 64  # 24 gave a 100% refusal estimate for a setting at 81% on 64
@@ -130,10 +138,11 @@ class TuneResult:
         }
 
 
-def activation_cache_path(host: ModelHost) -> Path:
+def activation_cache_path(host: ModelHost, layers: Sequence[int] | None = None) -> Path:
     from steerguard.model.paths import cache_dir
 
-    return cache_dir() / "activations" / f"{host.identity.sha256[:16]}-L{host.loaded_layers}.pt"
+    tag = f"L{host.loaded_layers}" if layers is None else "layers-" + "-".join(str(i) for i in layers)
+    return cache_dir() / "activations" / f"{host.identity.sha256[:16]}-{tag}.pt"
 
 
 def cached_states(
@@ -143,14 +152,18 @@ def cached_states(
     batch_size: int,
     progress: bool,
     use_cache: bool = True,
+    layers: Sequence[int] | None = None,
+    desc: str = "calibration states",
 ) -> torch.Tensor:
-    """Last-token states at every layer ``[N, L, H]``, memoised on disk per (model, conversation digest).
+    """Last-token states ``[N, layers, H]`` (every layer by default), memoised on disk per conversation.
 
     Recalibrating after a change of thresholds, weights or a few added prompts
-    then costs only the new prompts' forward passes.
+    then costs only the new prompts' forward passes. A subset of layers (the
+    mining pool is scored at the probe layer only) runs with early exit and
+    has a memo of its own.
     """
-    n_layers = host.loaded_layers
-    path = activation_cache_path(host)
+    wanted = list(range(host.loaded_layers)) if layers is None else sorted(set(layers))
+    path = activation_cache_path(host, None if layers is None else wanted)
     memo: dict[str, torch.Tensor] = {}
     if use_cache and path.is_file():
         try:
@@ -163,13 +176,13 @@ def cached_states(
         found = collect_states(
             host,
             [convs[i] for i in missing],
-            range(n_layers),
+            wanted,
             batch_size=batch_size,
             progress=progress,
-            desc="calibration states",
+            desc=desc,
         )
         for j, i in enumerate(missing):
-            memo[keys[i]] = torch.stack([found[layer][j] for layer in range(n_layers)]).clone()
+            memo[keys[i]] = torch.stack([found[layer][j] for layer in wanted]).clone()
         if use_cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -312,22 +325,70 @@ def calibrate(
     kinds = [e.kind for e in calib]
     np_states = {layer: states[layer].numpy() for layer in range(n_layers)}
 
-    # 3. probe and category head
+    # 3. probe (with hard negatives mined from the benign pool) and category head
     t = time.time()
-    candidates = {layer: np_states[layer] for layer in range(1, n_layers)}
-    fit = fit_probe(
-        candidates,
-        labels,
-        kinds,
-        seed=cfg.seed,
-        c=cfg.probe_c,
-        hard_weight=cfg.hard_weight,
-        min_recall=cfg.min_recall,
-        min_hard_recall=cfg.min_hard_recall,
-        max_benign_fpr=cfg.max_benign_fpr,
-        groups=[xstest_family(e.group) for e in calib],
-        kind=cfg.probe_kind,
-    )
+    groups = [xstest_family(e.group) for e in calib]
+
+    def fit_on(
+        rows: dict[int, np.ndarray],
+        row_labels: np.ndarray,
+        row_kinds: list[str],
+        row_groups: list[str | None],
+        layer: int | None = None,
+    ) -> ProbeFit:
+        return fit_probe(
+            rows,
+            row_labels,
+            row_kinds,
+            seed=cfg.seed,
+            c=cfg.probe_c,
+            hard_weight=cfg.hard_weight,
+            min_recall=cfg.min_recall,
+            min_hard_recall=cfg.min_hard_recall,
+            max_benign_fpr=cfg.max_benign_fpr,
+            groups=row_groups,
+            kind=cfg.probe_kind,
+            layer=layer,
+        )
+
+    fit = fit_on({layer: np_states[layer] for layer in range(1, n_layers)}, labels, kinds, groups)
+    mining: MiningResult | None = None
+    if cfg.mine_negatives > 0 and data.pool:
+        t_mine = time.time()
+        mining = mine_negatives(
+            host,
+            fit.probe,
+            fit.layer,
+            fit.threshold.threshold,
+            data.pool,
+            count=cfg.mine_negatives,
+            sample=cfg.mine_pool,
+            seed=cfg.seed + 31,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+            use_cache=cfg.use_cache,
+        )
+        mined = mining.examples
+        # The refit keeps the layer: the mined rows were picked for being hard *at this
+        # layer*, so choosing the layer again with them would be biased against it.
+        mined_states = cached_states(
+            host,
+            _convs(mined),
+            batch_size=cfg.batch_size,
+            progress=False,
+            use_cache=cfg.use_cache,
+            layers=[fit.layer],
+        )[:, 0].numpy()
+        layer_scores = fit.layer_scores
+        fit = fit_on(
+            {fit.layer: np.concatenate([np_states[fit.layer], mined_states])},
+            np.concatenate([labels, [e.label for e in mined]]),
+            kinds + [e.kind for e in mined],
+            groups + [None] * len(mined),
+            layer=fit.layer,
+        )
+        fit.layer_scores = layer_scores
+        timings["mining_s"] = time.time() - t_mine
     probe_layer = fit.layer
     standard = (fit.probe.mean, fit.probe.std)
     harmful_idx = [i for i, e in enumerate(calib) if e.label == HARMFUL]
@@ -449,10 +510,14 @@ def calibrate(
     }
     manifest["vocab_projection"] = {name: [p.as_dict() for p in proj] for name, proj in projections.items()}
     manifest["data_sources"] = [s.as_dict() for s in data.sources]
+    counts = data.summary()
+    if mining is not None and mining.examples:
+        counts[CALIBRATION][MINED] = len(mining.examples)
     manifest["splits"] = {
-        "counts": data.summary(),
+        "counts": counts,
         "xstest_train_types": sorted(XSTEST_TRAIN_TYPES),
         "seed": cfg.seed,
+        "mining": None if mining is None else mining.as_dict(),
     }
     manifest["metrics"] = {
         "calibration": {

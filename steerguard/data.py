@@ -20,12 +20,16 @@ Formats read from a directory (``--data DIR``), searched recursively:
   half is held out (by text hash).
 - refusal_direction JSON lists ``{instruction, category}``: ``harmful_*``
   calibrate; ``harmless_train`` is a pool of Alpaca prompts sampled for
-  calibration and ``harmless_val`` a pool sampled for evaluation.
+  calibration and ``harmless_val`` a pool sampled for evaluation. What the
+  calibration sample leaves of ``harmless_train`` is the *mining pool*
+  (:attr:`Dataset.pool`, see :mod:`steerguard.mining`).
 - XSTest CSV (``prompt``, ``type``, ``label``): split by prompt *type*
   (:data:`XSTEST_TRAIN_TYPES` calibrate, every other type is held out), so
   the over-refusal numbers are measured on kinds of prompts never trained on.
 - Plain JSONL ``{"prompt", "label": "harmful"|"benign", "category"?,
-  "split"?: "calibration"|"heldout"}``: without ``split``, 80/20 by text hash.
+  "split"?: "calibration"|"heldout"|"pool"}``: without ``split``, 80/20 by
+  text hash; ``pool`` puts a benign prompt in the mining pool (for example a
+  sample of a deployment's own ordinary traffic).
 
 Built in (:mod:`steerguard.borderline`): borderline-safe prompts (benign
 requests that use violent or alarming words) and short, blunt harmful
@@ -52,6 +56,7 @@ from steerguard.errors import DataError
 
 CALIBRATION = "calibration"
 HELDOUT = "heldout"
+POOL = "pool"  # benign prompts kept aside for hard-negative mining (never evaluated on)
 HARMFUL = 1
 BENIGN = 0
 
@@ -152,6 +157,9 @@ class Dataset:
     examples: list[Example]
     sources: list[SourceFile] = field(default_factory=list)
     root: str = ""
+    # Benign prompts used neither for calibration nor for evaluation: the
+    # hard-negative mining pool. No prompt here appears in ``examples``.
+    pool: list[Example] = field(default_factory=list)
 
     def select(self, split: str | None = None, kinds: Iterable[str] | None = None) -> list[Example]:
         wanted = set(kinds) if kinds is not None else None
@@ -300,11 +308,13 @@ def read_plain_jsonl(path: Path, heldout_fraction: float = 0.2) -> list[Example]
         if label not in {"harmful", "benign"}:
             raise DataError(f"{path}:{lineno}: label must be 'harmful' or 'benign', got {obj.get('label')!r}")
         split = obj.get("split")
+        harmful = label == "harmful"
         if split is None:
             split = _hash_split(prompt, heldout_fraction, "jsonl")
-        elif split not in {CALIBRATION, HELDOUT}:
-            raise DataError(f"{path}:{lineno}: split must be '{CALIBRATION}' or '{HELDOUT}'")
-        harmful = label == "harmful"
+        elif split not in {CALIBRATION, HELDOUT, POOL}:
+            raise DataError(f"{path}:{lineno}: split must be '{CALIBRATION}', '{HELDOUT}' or '{POOL}'")
+        elif split == POOL and harmful:
+            raise DataError(f"{path}:{lineno}: the '{POOL}' split holds benign prompts only")
         kind = str(obj.get("kind") or ("harmful" if harmful else "benign"))
         out.append(
             Example(
@@ -319,11 +329,13 @@ def read_plain_jsonl(path: Path, heldout_fraction: float = 0.2) -> list[Example]
     return out
 
 
-def _sample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+def _sample(examples: list[Example], n: int | None, seed: int) -> tuple[list[Example], list[Example]]:
+    """A seeded sample of ``n`` examples and the rest (in file order)."""
     if n is None or n >= len(examples):
-        return examples
-    rng = random.Random(seed)
-    return rng.sample(examples, n)
+        return examples, []
+    picked = random.Random(seed).sample(range(len(examples)), n)  # the same draw as sampling the list
+    chosen = set(picked)
+    return [examples[i] for i in picked], [e for i, e in enumerate(examples) if i not in chosen]
 
 
 def load_dir(
@@ -340,6 +352,7 @@ def load_dir(
     if not folder.is_dir():
         raise DataError(f"data directory {folder} does not exist")
     examples: list[Example] = []
+    pool: list[Example] = []
     sources: list[SourceFile] = []
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in {".csv", ".json", ".jsonl"})
     for path in files:
@@ -359,12 +372,18 @@ def load_dir(
         elif path.suffix == ".json" and (name.startswith("harmful") or name.startswith("harmless")):
             found = read_refusal_direction(path)
             if name.startswith("harmless"):
-                pool = "train" in name
-                found = _sample(
-                    found, benign_calibration if pool else benign_heldout, seed + (0 if pool else 1)
+                calibration_pool = "train" in name
+                found, rest = _sample(
+                    found,
+                    benign_calibration if calibration_pool else benign_heldout,
+                    seed + (0 if calibration_pool else 1),
                 )
+                if calibration_pool:
+                    pool.extend(replace(e, split=POOL, origin=rel) for e in rest)
         elif path.suffix == ".jsonl":
             found = read_plain_jsonl(path)
+            pool.extend(replace(e, origin=rel) for e in found if e.split == POOL)
+            found = [e for e in found if e.split != POOL]
         else:
             continue
         sources.append(SourceFile(rel, file_sha256(path), len(found)))
@@ -381,7 +400,18 @@ def load_dir(
     examples, counts = _deduplicate(examples)
     for s in sources:
         s.used = counts.get(s.path, 0)
-    return Dataset(examples, sources, str(folder))
+    return Dataset(examples, sources, str(folder), _pool(pool, {e.key for e in examples}))
+
+
+def _pool(candidates: Sequence[Example], taken: set[str]) -> list[Example]:
+    """One copy per text, none that calibration or evaluation uses (so mining never touches either)."""
+    out: list[Example] = []
+    seen = set(taken)
+    for e in candidates:
+        if e.key not in seen:
+            seen.add(e.key)
+            out.append(e)
+    return out
 
 
 def _deduplicate(examples: Sequence[Example]) -> tuple[list[Example], dict[str, int]]:

@@ -37,6 +37,9 @@ import torch
 
 HARD_NEGATIVE_KINDS = ("borderline", "xstest_safe")
 HARD_POSITIVE_KINDS = ("blunt_harmful", "xstest_unsafe")
+# Hard negatives mined from the benign pool (steerguard.mining): trained on
+# with ordinary weight, left out of the threshold's statistics.
+THRESHOLD_EXCLUDED_KINDS = ("mined",)
 
 
 @dataclass
@@ -328,8 +331,14 @@ def choose_threshold(
     ≥ ``min_hard_recall``, FPR on ordinary benign prompts ≤ ``max_benign_fpr``.
     When no cut meets every guard, the recall guards win (a missed harmful
     prompt costs more than an extra refusal): the highest cut meeting both.
+
+    Mined rows (:data:`THRESHOLD_EXCLUDED_KINDS`) take no part: they were
+    picked *because* a first probe flagged them, so counting them would
+    bias the ordinary-benign rate upwards.
     """
-    kinds_arr = np.array(list(kinds))
+    keep = ~np.isin(np.array(list(kinds)), THRESHOLD_EXCLUDED_KINDS)
+    labels, scores = labels[keep], scores[keep]
+    kinds_arr = np.array(list(kinds))[keep]
     hard = np.isin(kinds_arr, HARD_NEGATIVE_KINDS) & (labels == 0)
     plain = (labels == 0) & ~hard
     pos = labels == 1

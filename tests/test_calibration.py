@@ -120,6 +120,20 @@ def test_threshold_guards() -> None:
     assert w[4] == pytest.approx(3 * w[5])
 
 
+def test_mined_rows_train_as_ordinary_benign_and_leave_the_threshold_alone() -> None:
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.65, 0.1, 0.2, 0.3, 0.95, 0.85])
+    kinds = (
+        ["blunt_harmful"] + ["harmful"] * 3 + ["borderline", "benign", "benign", "benign", "mined", "mined"]
+    )
+    guards = {"min_recall": 0.75, "min_hard_recall": 0.75, "max_benign_fpr": 0.0}
+    with_mined = choose_threshold(labels, scores, kinds, **guards)
+    without = choose_threshold(labels[:8], scores[:8], kinds[:8], **guards)
+    assert with_mined == without and with_mined.fpr_benign == 0.0  # the 0.95 and 0.85 rows do not count
+    w = sample_weights(labels, kinds, 3.0)
+    assert w[8] == pytest.approx(w[5]) and w[4] == pytest.approx(3 * w[5])
+
+
 def test_judge_is_strict() -> None:
     assert is_refusal("I'm sorry, but I can't help with that.")
     assert is_refusal("I cannot provide instructions for that. It is illegal and dangerous.")
@@ -193,6 +207,7 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
         layer_counts=(2,),
         progress=False,
         probe_kind="mlp",  # the default bundle covers logistic; this covers the MLP head end to end
+        mine_negatives=200,  # more than the pool holds: every pool prompt is mined
     )
     bundle = calibrate(data_root, host=tiny_host, config=cfg)
     bid = bundle.save(tmp_path / "b")
@@ -213,6 +228,11 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     assert {s["path"] for s in m["data_sources"]} >= {"xstest/xstest_prompts.csv", "mine.jsonl"}
     assert m["splits"]["xstest_train_types"] == sorted(XSTEST_TRAIN_TYPES)
     assert m["steering_search"]["tried"] and m["model"]["sha256"] == tiny_host.identity.sha256
+    # The 10 Alpaca-style prompts left out of the 20-prompt sample are the pool; all are mined.
+    mining = m["splits"]["mining"]
+    assert mining["pool"] == mining["scored"] == mining["mined"] == 10
+    assert m["splits"]["counts"]["calibration"]["mined"] == 10
+    assert 1 <= mining["first_probe_layer"] < tiny_host.loaded_layers
     # Same seed, same data: same tensors (created_at aside).
     again = calibrate(data_root, host=tiny_host, config=cfg)
     for k, v in bundle.tensors.items():

@@ -18,6 +18,9 @@ def test_shared_data_splits_do_not_overlap(shared_data: Path, default_bundle) ->
     calib = {e.key for e in data.select(CALIBRATION)}
     held = data.select(HELDOUT)
     assert held and not any(e.key in calib for e in held)
+    # The mining pool (what the Alpaca sample leaves) touches neither split.
+    pooled = {e.key for e in data.pool}
+    assert len(pooled) > 10_000 and not pooled & (calib | {e.key for e in held})
     kinds = {e.kind for e in held}
     assert {"harmful", "benign", "xstest_safe", "xstest_unsafe"} <= kinds
     used = {s["path"] for s in default_bundle.manifest["data_sources"]}
@@ -34,6 +37,11 @@ def test_default_bundle_matches_smollm2_and_is_small(smol_host, default_bundle) 
     assert m["probe"]["layer_selection"] and 0 < default_bundle.threshold < 1
     assert default_bundle.tensors["norms"].shape == (30,)
     assert m["vectors"]["refusal"]["method"].startswith(("contrastive", "mean_difference"))
+    # Built with hard-negative mining, refitted at the first probe's layer.
+    mining = m["splits"]["mining"]
+    assert mining["mined"] == m["calibration"]["config"]["mine_negatives"] > 0
+    assert mining["first_probe_layer"] == default_bundle.probe_layer
+    assert m["splits"]["counts"]["calibration"]["mined"] == mining["mined"]
 
 
 def test_probe_and_auto_steering_on_smollm2(smol_host, default_bundle) -> None:  # type: ignore[no-untyped-def]

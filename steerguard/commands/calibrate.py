@@ -51,6 +51,15 @@ def register(subparsers: Any) -> None:
         help="unsafe-probability head: logistic regression (default) or a small MLP ensemble "
         "(fewer benign false flags, more on XSTest-style borderline prompts; see the README)",
     )
+    add_flag(
+        p,
+        "--mine-negatives",
+        type=int,
+        default=200,
+        help="add this many benign pool prompts that a first probe scores highest as hard negatives "
+        "(0: off; see steerguard/mining.py)",
+    )
+    add_flag(p, "--mine-pool", type=int, default=4000, help="benign pool prompts scored for mining")
     add_flag(p, "--target-refusal", type=float, default=0.9, help="refusal rate the strength search aims for")
     add_flag(p, "--max-ppl-ratio", type=float, default=1.9, help="largest steered/unsteered perplexity ratio")
     p.set_defaults(func=guarded(main))
@@ -74,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
         target_refusal=args.target_refusal,
         max_ppl_ratio=args.max_ppl_ratio,
         probe_kind=args.probe,
+        mine_negatives=args.mine_negatives,
+        mine_pool=args.mine_pool,
         batch_size=args.batch_size,
         progress=not args.quiet,
         use_cache=not args.no_cache,
@@ -95,5 +106,11 @@ def main(args: argparse.Namespace) -> int:
         f"(prompt gain {ref.get('prompt_gain', 1.0)}), "
         f"search refusal {cal['refusal_rate_search']:.2f}, ppl ratio {cal['ppl_ratio_search']:.2f}"
     )
+    mining = m["splits"].get("mining")
+    if mining:
+        print(
+            f"mining: {mining['mined']} hard negatives from {mining['scored']} of {mining['pool']} pool "
+            f"prompts (the first probe flagged {mining['first_probe_flagged']:.1%} of them)"
+        )
     print(f"categories: {', '.join(m['categories']) or 'none'}")
     return 0
