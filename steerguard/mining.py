@@ -19,10 +19,11 @@ threshold's statistics (they were chosen for being flagged, so they would
 bias the ordinary-benign rate; :data:`steerguard.probe.THRESHOLD_EXCLUDED_KINDS`).
 The probe is refitted at the first probe's layer: the mined rows are hard
 *for that layer*, so choosing the layer again with them is biased against
-it. Choosing it again moved SmolLM2's probe to layers 16 and 19, where
-`auto` steering loses the prompt positions of every steering layer below
-the probe, and the calibration search's refusal rate fell from 95% to 70%
-and 31%.
+it. It also matters for `auto`: a flagged prompt's positions miss the
+steering of every layer below the probe. In development variants, one that
+chose the layer again after mining put SmolLM2's probe at layer 19 and
+another (a different threshold rule) at 16, all within validation noise of
+15, and the calibration search's refusal rate fell from 95% to 31% and 70%.
 
 Measured on calibration data only, SmolLM2-135M, 200 mined of 4,000
 scored: ordinary prompts flagged out of fold 1.0% (4.0% without mining);
