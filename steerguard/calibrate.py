@@ -333,7 +333,7 @@ def calibrate(
         rows: dict[int, np.ndarray],
         row_labels: np.ndarray,
         row_kinds: list[str],
-        row_groups: list[str | None],
+        row_groups: list[str | None] | None,
         layer: int | None = None,
     ) -> ProbeFit:
         return fit_probe(
@@ -351,9 +351,16 @@ def calibrate(
             layer=layer,
         )
 
-    fit = fit_on({layer: np_states[layer] for layer in range(1, n_layers)}, labels, kinds, groups)
+    mine = cfg.mine_negatives > 0 and bool(data.pool)
+    # With mining the first fit is replaced, so its family-holdout estimate would be thrown away.
+    fit = fit_on(
+        {layer: np_states[layer] for layer in range(1, n_layers)},
+        labels,
+        kinds,
+        None if mine else groups,
+    )
     mining: MiningResult | None = None
-    if cfg.mine_negatives > 0 and data.pool:
+    if mine:
         t_mine = time.time()
         mining = mine_negatives(
             host,
