@@ -25,11 +25,11 @@ Tensors:
   safety: refusal for ``refusal``, away from the category's own features for
   ``category:<name>``.
 - A vector's manifest entry may carry ``prompt_gain``: the factor on its
-  delta over the prompt's positions of a *gated* row (AUTO/SCANS; generated
-  tokens get the plain delta). The gate decides at the probe layer, so such
-  a prompt is steered only from there on; the gain, calibrated with AUTO
-  itself, makes up for that. Explicit REFUSAL/CATEGORY rows steer the whole
-  prompt and use no gain.
+  delta over a steered row's prompt positions (explicit or gated; generated
+  tokens get the plain delta). Calibration tunes it with AUTO itself and
+  writes one for ``refusal`` only. Its steering layers start at the probe
+  layer, where the gate decides, so an explicit REFUSAL row and a flagged
+  AUTO row are steered the same way.
 - ``alt.*`` (optional, written by ``steerguard calibrate``): directions that
   were computed but not chosen (``alt.refusal_mean`` difference of means,
   ``alt.refusal_contrastive``), kept for analysis and the evaluation's

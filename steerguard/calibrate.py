@@ -13,7 +13,8 @@ Steps (each one's *why* lives in its module):
    fitted on the same standardised state.
 4. :mod:`steerguard.vectors` computes the residual norms, the difference-of-
    means and contrastive refusal directions, scores layers by vocabulary
-   projection and builds the category vectors.
+   projection (candidates from the probe layer up, which ``auto`` needs to
+   steer a flagged prompt's own positions) and builds the category vectors.
 5. A small generation search (AUTO mode, the real serving path) on a few
    calibration prompts picks the refusal variant, its layers and strength:
    the weakest steering that makes the strict judge see a refusal on at least
@@ -105,10 +106,15 @@ class CalibrationConfig:
     search_variants: tuple[str, ...] = ("contrastive",)
     tune_tokens: int = 48  # as many as the evaluation generates, so the judge sees the same openings
     strengths: tuple[float, ...] = (0.1, 0.115, 0.13, 0.145, 0.16, 0.175)
-    # Gains on a gated row's prompt positions (see steerguard.model.steering), highest first.
+    # Gains on a refusal-steered row's prompt positions (see steerguard.model.steering), highest first.
     prompt_gains: tuple[float, ...] = (1.5, 1.0)
     layer_counts: tuple[int, ...] = (3,)
-    layer_band: tuple[float, float] = (0.3, 0.6)
+    # Steering layers come from this band of depth and, when steer_from_probe, from the
+    # probe layer up: a layer below the probe cannot steer a gated prompt in ``auto``.
+    # With the probe at 16, layers [10, 15, 18] refused 70% in the search and
+    # [16, 19, 23] 94% (at a lower perplexity ratio, 1.55): hence a band reaching 0.8.
+    layer_band: tuple[float, float] = (0.3, 0.8)
+    steer_from_probe: bool = True
     target_refusal: float = 0.9
     max_ppl_ratio: float = 1.9
     category_strength: float = 0.1  # fluent (ppl ratio ~1.7) on a spot check; 0.5 breaks the model
@@ -436,7 +442,14 @@ def calibrate(
     }
     lo, hi = cfg.layer_band
     ranked = {
-        name: candidate_layers(proj, n_layers, count=max(cfg.layer_counts), lo=lo, hi=hi)
+        name: candidate_layers(
+            proj,
+            n_layers,
+            count=max(cfg.layer_counts),
+            lo=lo,
+            hi=hi,
+            floor=probe_layer if cfg.steer_from_probe else 0,
+        )
         for name, proj in projections.items()
     }
     cat_vectors = category_directions(

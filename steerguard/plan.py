@@ -106,6 +106,7 @@ class BatchPlan:
         for i, r in enumerate(requests):
             if r.mode is Mode.REFUSAL:
                 self._add_row(i, REFUSAL, r.strength, 1.0, n)
+                self._set_gain(i, REFUSAL)
             elif r.mode is Mode.CATEGORY:
                 self._add_row(i, CATEGORY_PREFIX + r.category, r.strength, 1.0, n)
         self.gated_rows = [i for i, r in enumerate(requests) if r.mode.gated]
@@ -136,10 +137,14 @@ class BatchPlan:
         return deltas
 
     def _set_gain(self, row: int, vector: str) -> None:
-        """A gated row's prompt misses the steering layers below the probe: the bundle's gain.
+        """The bundle's gain on the prompt positions of a row steered with ``vector``.
 
-        Only gated rows get one, so a plan with none leaves the prompt pass's
-        deltas as they are (no multiply by ones).
+        Every refusal-steered row gets it, explicit or gated: calibration
+        draws the steering layers from the probe layer up, so an explicit
+        REFUSAL row is steered exactly like a flagged AUTO row, and the gain
+        (prompt positions vs generated tokens) was tuned for that steering.
+        Rows without one leave the prompt pass's deltas as they are (a plan
+        with none multiplies nothing).
         """
         gain = self.bundle.prompt_gain(vector)
         if gain == 1.0:

@@ -192,13 +192,20 @@ def candidate_layers(
     lo: float = 0.3,
     hi: float = 0.6,
     spacing: int = 3,
+    floor: int = 0,
 ) -> list[int]:
-    """Layers ranked by projection score within the middle band of depth, at least ``spacing`` apart.
+    """Layers ranked by projection score within a band of depth, at least ``spacing`` apart.
 
     Returned best first. Spacing spreads the push over depth: adjacent layers
     carry nearly the same direction, and stacking them is what breaks fluency.
+    No layer below ``floor`` is returned: calibration passes the probe layer,
+    because in ``auto`` a gated prompt's positions have already passed the
+    layers below it (see :mod:`steerguard.model.steering`). When the band
+    holds no layer at or above ``floor``, every layer from ``floor`` up is a
+    candidate.
     """
-    band = [p for p in projections if lo * n_layers <= p.layer <= hi * n_layers]
+    above = [p for p in projections if p.layer >= floor]
+    band = [p for p in above if lo * n_layers <= p.layer <= hi * n_layers] or above
     chosen: list[int] = []
     for p in sorted(band, key=lambda p: p.score, reverse=True):
         if all(abs(p.layer - q) >= spacing for q in chosen):

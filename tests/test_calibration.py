@@ -193,6 +193,20 @@ def test_vectors_on_tiny_model(tiny_host) -> None:  # type: ignore[no-untyped-de
     assert float((cats["a"] * raw_a).sum()) < 0  # stored negated: adding steers away
 
 
+def test_candidate_layers_rank_within_band_from_the_floor_up() -> None:
+    from steerguard.vectors import LayerProjection, candidate_layers
+
+    scores = [0.1, 0.2, 9.0, 0.4, 0.5, 3.0, 0.3, 2.0, 8.0, 1.0]
+    proj = [LayerProjection(i, s, 0.0, 0.0, []) for i, s in enumerate(scores)]
+    # Band 2..8, best first, three apart: 2 (9.0), 8 (8.0), 5 (3.0).
+    assert candidate_layers(proj, 10, count=3, lo=0.2, hi=0.8) == [2, 8, 5]
+    # From layer 4 up: 2 is gone; 7 is too close to 8.
+    assert candidate_layers(proj, 10, count=3, lo=0.2, hi=0.8, floor=4) == [8, 5]
+    # A floor above the band falls back to every layer from the floor up.
+    assert candidate_layers(proj, 10, count=2, lo=0.2, hi=0.5, floor=7) == [8]
+    assert candidate_layers(proj, 10, count=2, lo=0.2, hi=0.5, floor=9) == [9]
+
+
 def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from steerguard.bundle import Bundle
     from steerguard.calibrate import CalibrationConfig, calibrate
@@ -221,6 +235,8 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
         loaded.tensors["probe.weight"]
     )
     assert "refusal" in loaded.vector_names and loaded.vector_layers("refusal")
+    # auto gates at the probe layer, so every steering layer sits at or above it.
+    assert min(loaded.vector_layers("refusal")) >= loaded.probe_layer
     assert set(loaded.categories) >= {"chemical_biological", "violence"}
     assert all(f"category:{c}" in loaded.vector_names for c in loaded.categories)
     assert {"alt.refusal_mean", "alt.refusal_contrastive"} <= set(loaded.tensors)

@@ -37,6 +37,8 @@ def test_default_bundle_matches_smollm2_and_is_small(smol_host, default_bundle) 
     assert m["probe"]["layer_selection"] and 0 < default_bundle.threshold < 1
     assert default_bundle.tensors["norms"].shape == (30,)
     assert m["vectors"]["refusal"]["method"].startswith(("contrastive", "mean_difference"))
+    # Steering layers from the probe layer up: auto can steer a flagged prompt at all of them.
+    assert min(default_bundle.vector_layers("refusal")) >= default_bundle.probe_layer
     # Built with hard-negative mining, refitted at the first probe's layer.
     mining = m["splits"]["mining"]
     assert mining["mined"] == m["calibration"]["config"]["mine_negatives"] > 0

@@ -72,16 +72,20 @@ def test_scans_subtracts_refusal_for_safe(tiny_host, tiny_bundle) -> None:  # ty
     assert isinstance(plan.state, SteeringState) and plan.state.decided
 
 
-def test_only_gated_rows_get_the_bundle_prompt_gain(tiny_host, tiny_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_refusal_rows_get_the_bundle_prompt_gain(tiny_host, tiny_bundle) -> None:  # type: ignore[no-untyped-def]
     vectors = tiny_bundle.manifest["vectors"]
     vectors["refusal"]["prompt_gain"] = 1.5
     tiny_bundle.manifest["probe"]["threshold"] = 0.0  # every AUTO row is flagged
     try:
         plan, _ = run(tiny_host, tiny_bundle, [SteeringRequest(Mode.AUTO), SteeringRequest(Mode.REFUSAL)])
         assert plan.state.prompt_gain is not None
-        assert plan.state.prompt_gain.tolist() == [1.5, 1.0]  # explicit REFUSAL steers the whole prompt
-        plan, _ = run(tiny_host, tiny_bundle, [SteeringRequest(Mode.REFUSAL)] * 2)
-        assert plan.state.prompt_gain is None  # nothing gated: the prompt pass multiplies nothing
+        # Explicit REFUSAL is steered like a flagged AUTO row, gain included.
+        assert plan.state.prompt_gain.tolist() == [1.5, 1.5]
+        plan, _ = run(tiny_host, tiny_bundle, [SteeringRequest(Mode.NONE), SteeringRequest(Mode.REFUSAL)])
+        assert plan.state.prompt_gain is not None and plan.state.prompt_gain.tolist() == [1.0, 1.5]
+        tiny_bundle.manifest["probe"]["threshold"] = 1.0  # no AUTO row is flagged
+        plan, _ = run(tiny_host, tiny_bundle, [SteeringRequest(Mode.AUTO), SteeringRequest(Mode.NONE)])
+        assert plan.state.prompt_gain is None  # nothing steered: the prompt pass multiplies nothing
     finally:
         vectors["refusal"].pop("prompt_gain")
         tiny_bundle.manifest["probe"]["threshold"] = 0.5

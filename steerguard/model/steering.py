@@ -13,13 +13,15 @@ prompt's own forward pass, with the last-token states there; the deltas it
 returns are applied from that layer on in the same pass and for every later
 decode step, so no second forward pass is needed. Steering layers *below* the
 probe layer therefore leave the prompt positions unsteered for gated rows (the
-verdict is not known yet when they run) and steer the generated tokens.
+verdict is not known yet when they run) and steer the generated tokens only;
+calibration draws its steering layers from the probe layer up for this reason.
 
 ``prompt_gain`` (per row) scales the deltas on the prompt's positions only
-(the pass run with ``prompt=True``). A bundle sets it above 1 to make up, on
-the layers that can still steer the prompt, for the ones a gated row misses
-there; generated tokens always get the plain delta. A gain multiplies a
-delta, so a row with no delta stays exactly unsteered (``0 * g == 0``).
+(the pass run with ``prompt=True``). Refusals depend mostly on the prompt
+positions and fluency mostly on the decode-time delta, so a gain above 1 buys
+refusals without the decode strength that costs perplexity; generated tokens
+always get the plain delta. A gain multiplies a delta, so a row with no delta
+stays exactly unsteered (``0 * g == 0``).
 
 Hooks exist only inside :func:`apply_steering` and are removed in ``finally``:
 after any request, failed or cancelled, the model is exactly unsteered.
