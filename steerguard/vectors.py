@@ -190,7 +190,7 @@ def candidate_layers(
     *,
     count: int = 3,
     lo: float = 0.3,
-    hi: float = 0.6,
+    hi: float = 0.8,
     spacing: int = 3,
     floor: int = 0,
 ) -> list[int]:
