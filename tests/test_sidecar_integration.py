@@ -256,8 +256,12 @@ async def test_steer_flag_and_shadow(stack: Stack, http: aiohttp.ClientSession) 
 
 
 async def test_upstream_down_is_502(stack: Stack, http: aiohttp.ClientSession) -> None:
-    async with sidecar(stack, upstream=f"http://127.0.0.1:{free_port()}") as url:
-        status, headers, raw = await post(http, url + CHAT, chat(stack.safe_prompt + " down"))
+    # The port stays bound (not listening) for the whole test: connections are refused,
+    # and neither the sidecar's own port-0 bind nor another process can be handed it.
+    with socket.socket() as down:
+        down.bind(("127.0.0.1", 0))
+        async with sidecar(stack, upstream=f"http://127.0.0.1:{down.getsockname()[1]}") as url:
+            status, headers, raw = await post(http, url + CHAT, chat(stack.safe_prompt + " down"))
     assert status == 502 and json.loads(raw)["error"]["code"] == "upstream_error"
 
 
