@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from steerguard import judge
+from steerguard import judge, system_prompts
 from steerguard.bundle import CATEGORY_PREFIX, FORMAT_VERSION, REFUSAL, Bundle
 from steerguard.data import CALIBRATION, HARMFUL, XSTEST_TRAIN_TYPES, Dataset, Example, load_dir
 from steerguard.mining import MINED, MiningResult, mine_negatives
@@ -121,6 +121,9 @@ class CalibrationConfig:
     batch_size: int = 16
     progress: bool = True
     use_cache: bool = True
+    # Each probe row is also fitted as a copy under one of these system prompts
+    # (steerguard.system_prompts); empty: the chat template's default only.
+    system_prompts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -199,6 +202,11 @@ def cached_states(
 
 def _convs(examples: Sequence[Example]) -> list[Conversation]:
     return [normalise_request(e.prompt) for e in examples]
+
+
+def _system_convs(examples: Sequence[Example], prompts: Sequence[str]) -> list[Conversation]:
+    """Each example under the system prompt :func:`steerguard.system_prompts.pick` gives it."""
+    return [system_prompts.with_system(e.prompt, system_prompts.pick(e.key, prompts)) for e in examples]
 
 
 def _created_at() -> str:
@@ -334,6 +342,28 @@ def calibrate(
     # 3. probe (with hard negatives mined from the benign pool) and category head
     t = time.time()
     groups = [xstest_family(e.group) for e in calib]
+    # Probe rows: the calibration prompts, then (with system prompts) their copies under one
+    # each; ``clusters`` keeps a prompt's copies in one fold. Vectors and the category head
+    # use the template's own rows only.
+    copies = bool(cfg.system_prompts)
+    probe_states = np_states
+    if copies:
+        extra = cached_states(
+            host,
+            _system_convs(calib, cfg.system_prompts),
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+            use_cache=cfg.use_cache,
+            desc="system-prompt copies",
+        ).numpy()
+        probe_states = {
+            layer: np.concatenate([np_states[layer], extra[:, layer]]) for layer in range(n_layers)
+        }
+
+    def doubled(values: list[Any]) -> list[Any]:
+        return values + values if copies else values
+
+    clusters = doubled([e.key for e in calib]) if copies else None
 
     def fit_on(
         rows: dict[int, np.ndarray],
@@ -341,6 +371,7 @@ def calibrate(
         row_kinds: list[str],
         row_groups: list[str | None] | None,
         layer: int | None = None,
+        clusters: list[str] | None = None,
     ) -> ProbeFit:
         return fit_probe(
             rows,
@@ -355,15 +386,17 @@ def calibrate(
             groups=row_groups,
             kind=cfg.probe_kind,
             layer=layer,
+            clusters=clusters,
         )
 
     mine = cfg.mine_negatives > 0 and bool(data.pool)
     # With mining the first fit is replaced, so its family-holdout estimate would be thrown away.
     fit = fit_on(
-        {layer: np_states[layer] for layer in range(1, n_layers)},
-        labels,
-        kinds,
-        None if mine else groups,
+        {layer: probe_states[layer] for layer in range(1, n_layers)},
+        np.array(doubled(labels.tolist())),
+        doubled(kinds),
+        None if mine else doubled(groups),
+        clusters=clusters,
     )
     mining: MiningResult | None = None
     if mine:
@@ -384,9 +417,10 @@ def calibrate(
         mined = mining.examples
         # The refit keeps the layer: the mined rows were picked for being hard *at this
         # layer*, so choosing the layer again with them would be biased against it.
+        mined_convs = _convs(mined) + (_system_convs(mined, cfg.system_prompts) if copies else [])
         mined_states = cached_states(
             host,
-            _convs(mined),
+            mined_convs,
             batch_size=cfg.batch_size,
             progress=False,
             use_cache=cfg.use_cache,
@@ -394,11 +428,12 @@ def calibrate(
         )[:, 0].numpy()
         layer_scores = fit.layer_scores
         fit = fit_on(
-            {fit.layer: np.concatenate([np_states[fit.layer], mined_states])},
-            np.concatenate([labels, [e.label for e in mined]]),
-            kinds + [e.kind for e in mined],
-            groups + [None] * len(mined),
+            {fit.layer: np.concatenate([probe_states[fit.layer], mined_states])},
+            np.array(doubled(labels.tolist()) + doubled([e.label for e in mined])),
+            doubled(kinds) + doubled([e.kind for e in mined]),
+            doubled(groups) + doubled([None] * len(mined)),
             layer=fit.layer,
+            clusters=None if clusters is None else clusters + doubled([e.key for e in mined]),
         )
         fit.layer_scores = layer_scores
         timings["mining_s"] = time.time() - t_mine
@@ -472,6 +507,17 @@ def calibrate(
             "threshold_rule": fit.threshold.rule,
             "oof": {**fit.threshold.as_dict(), "auroc": round(fit.oof_auroc, 6)},
             "layer_selection": [s.as_dict() for s in fit.layer_scores],
+            **(
+                {
+                    "system_prompts": {
+                        "count": len(cfg.system_prompts),
+                        "probe_rows": 0 if fit.oof_scores is None else len(fit.oof_scores),
+                        "copies": "every probe row once more, under the system prompt its text hash picks",
+                    }
+                }
+                if copies
+                else {}
+            ),
         },
         "categories": categories,
         "vectors": {REFUSAL: {"layers": ranked["contrastive"][:3], "strength": 1.0}},
@@ -554,6 +600,8 @@ def calibrate(
     }
     config_dict = asdict(cfg)
     config_dict.pop("progress", None)
+    if not copies:  # keeps the default bundle's manifest (and bundle_id) as it was
+        config_dict.pop("system_prompts", None)
     manifest["calibration"] = {
         "config": config_dict,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},

@@ -467,14 +467,24 @@ def select_layer(
     hard_weight: float = 3.0,
     fpr_penalty: float = 0.5,
     tolerance: float = 0.005,
+    clusters: Sequence[str] | None = None,
 ) -> tuple[int, list[LayerScore]]:
-    """Fit per layer on a stratified train part; score on the validation part."""
-    from sklearn.model_selection import train_test_split
+    """Fit per layer on a stratified train part; score on the validation part.
+
+    ``clusters`` names rows that are copies of one prompt (e.g. under other
+    system prompts): they stay on one side of the split, or validation
+    would score prompts the probe was trained on.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     idx = np.arange(len(labels))
-    train, val = train_test_split(
-        idx, test_size=val_fraction, random_state=seed, stratify=stratify_key(labels, kinds)
-    )
+    if clusters is None:
+        train, val = train_test_split(
+            idx, test_size=val_fraction, random_state=seed, stratify=stratify_key(labels, kinds)
+        )
+    else:
+        splitter = StratifiedGroupKFold(max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
+        train, val = next(splitter.split(idx, stratify_key(labels, kinds), _cluster_ids(clusters)))
     kinds_arr = np.array(list(kinds))
     w = sample_weights(labels[train], kinds_arr[train].tolist(), hard_weight)
     scores: list[LayerScore] = []
@@ -501,6 +511,29 @@ def select_layer(
     return chosen, scores
 
 
+def _cluster_ids(clusters: Sequence[str]) -> np.ndarray:
+    return np.unique(np.array(list(clusters)), return_inverse=True)[1]
+
+
+def fold_splits(
+    labels: np.ndarray,
+    kinds: Sequence[str],
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    clusters: Sequence[str] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified (label:kind) folds; with ``clusters``, each cluster's rows share one fold."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    strat = stratify_key(labels, kinds, min_count=folds)
+    idx = np.arange(len(labels))
+    if clusters is None:
+        return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(idx, strat))
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    return list(splitter.split(idx, strat, _cluster_ids(clusters)))
+
+
 def out_of_fold(
     x: np.ndarray,
     labels: np.ndarray,
@@ -510,15 +543,13 @@ def out_of_fold(
     seed: int = 0,
     spec: ProbeSpec | None = None,
     hard_weight: float = 3.0,
+    clusters: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Out-of-fold unsafe probabilities for every calibration row."""
-    from sklearn.model_selection import StratifiedKFold
-
+    """Out-of-fold unsafe probabilities for every calibration row (see :func:`fold_splits`)."""
     spec = spec or ProbeSpec(seed=seed)
     kinds_arr = np.array(list(kinds))
-    strat = stratify_key(labels, kinds, min_count=folds)
     out = np.zeros(len(labels), dtype=np.float64)
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, strat):
+    for train, test in fold_splits(labels, kinds, folds=folds, seed=seed, clusters=clusters):
         w = sample_weights(labels[train], kinds_arr[train].tolist(), hard_weight)
         out[test] = spec.fit(x[train], labels[train], w).predict(x[test])
     return out
@@ -538,18 +569,22 @@ def fit_probe(
     layer: int | None = None,
     groups: Sequence[str | None] | None = None,
     kind: str = "logistic",
+    clusters: Sequence[str] | None = None,
 ) -> ProbeFit:
     """Layer selection on validation (logistic), OOF threshold, then a final fit on every row.
 
     ``kind`` picks the head fitted at the chosen layer (see :class:`ProbeSpec`);
     the threshold and the family-holdout estimate are computed with that head.
+    ``clusters`` keeps copies of one prompt together in every split.
     """
     layer_scores: list[LayerScore] = []
     if layer is None:
-        layer, layer_scores = select_layer(states, labels, kinds, seed=seed, c=c, hard_weight=hard_weight)
+        layer, layer_scores = select_layer(
+            states, labels, kinds, seed=seed, c=c, hard_weight=hard_weight, clusters=clusters
+        )
     spec = ProbeSpec(kind=kind, c=c, seed=seed)
     x = states[layer]
-    oof = out_of_fold(x, labels, kinds, seed=seed, spec=spec, hard_weight=hard_weight)
+    oof = out_of_fold(x, labels, kinds, seed=seed, spec=spec, hard_weight=hard_weight, clusters=clusters)
     choice = choose_threshold(
         labels,
         oof,

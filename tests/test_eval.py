@@ -42,7 +42,7 @@ def test_minilm_weights_ship_in_a_package() -> None:
 
 def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from steerguard.calibrate import CalibrationConfig, calibrate
-    from steerguard.evaluation.report import EvalConfig, evaluate, summary_lines
+    from steerguard.evaluation.report import EvalConfig, evaluate, summary_lines, system_prompt_lines
 
     data = write_data(tmp_path / "data")
     cfg = CalibrationConfig(
@@ -72,6 +72,14 @@ def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # ty
         "steered_ppl_ratio<=2",
     }
     assert on_disk["generation"]["exactness"]["all_identical"] is True
+    sp = on_disk["system_prompts"]
+    assert [r["system_prompt"] for r in sp["others"]] == list(EvalConfig().system_prompts)
+    for r in [sp["template_default"], *sp["others"]]:
+        assert r["benign_flagged"]["n"] == on_disk["data"]["heldout_counts"]["benign"]
+        assert r["xstest_unsafe_caught"]["n"] == on_disk["data"]["heldout_counts"]["xstest_unsafe"]
+    # The template's own row is the main numbers again, computed the same way.
+    assert sp["template_default"]["xstest_safe_flagged"]["rate"] == on_disk["xstest"]["probe"]["safe_flagged"]
+    assert len(system_prompt_lines(report)) == 1 + len(sp["others"])
     for name in ("roc_per_layer", "score_histograms", "xstest_by_type", "refusal_rates"):
         assert (tmp_path / "report" / report["plots"][name]).is_file()
     assert len(summary_lines(report)) == len(report["checks"])

@@ -60,6 +60,14 @@ def register(subparsers: Any) -> None:
         "(0: off; see steerguard/mining.py)",
     )
     add_flag(p, "--mine-pool", type=int, default=4000, help="benign pool prompts scored for mining")
+    add_flag(
+        p,
+        "--system-prompts",
+        default=None,
+        help="also fit the probe on a copy of every prompt under one of these system prompts: "
+        "'builtin' (12 generic ones) or a file with one per line, e.g. your chatbot's own "
+        "(see steerguard/system_prompts.py)",
+    )
     add_flag(p, "--target-refusal", type=float, default=0.9, help="refusal rate the strength search aims for")
     add_flag(p, "--max-ppl-ratio", type=float, default=1.9, help="largest steered/unsteered perplexity ratio")
     p.set_defaults(func=guarded(main))
@@ -68,6 +76,7 @@ def register(subparsers: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     import logging
 
+    from steerguard import system_prompts
     from steerguard.calibrate import CalibrationConfig, calibrate
     from steerguard.errors import DataError
     from steerguard.model.host import ModelHost
@@ -88,6 +97,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         use_cache=not args.no_cache,
+        system_prompts=system_prompts.resolve(args.system_prompts),
     )
     host = ModelHost.load(args.model, threads=args.threads)
     bundle = calibrate(args.data, host=host, config=cfg)
@@ -112,5 +122,8 @@ def main(args: argparse.Namespace) -> int:
             f"mining: {mining['mined']} hard negatives from {mining['scored']} of {mining['pool']} pool "
             f"prompts (the first probe flagged {mining['first_probe_flagged']:.1%} of them)"
         )
+    copies = m["probe"].get("system_prompts")
+    if copies:
+        print(f"system prompts: {copies['count']}, {copies['probe_rows']} probe rows with the copies")
     print(f"categories: {', '.join(m['categories']) or 'none'}")
     return 0

@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
 
     from steerguard.commands._common import load_host_and_bundle
     from steerguard.errors import DataError
-    from steerguard.evaluation.report import EvalConfig, evaluate, summary_lines
+    from steerguard.evaluation.report import EvalConfig, evaluate, summary_lines, system_prompt_lines
 
     if not args.data:
         raise DataError("--data is required")
@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     host, bundle = load_host_and_bundle(args)
     report = evaluate(args.data, args.out, bundle=bundle, host=host, config=cfg)
     print(f"report: {args.out}/report.json ({report['timings_s']['total_s']} s)")
-    for line in summary_lines(report):
+    for line in summary_lines(report) + system_prompt_lines(report):
         print(line)
     if report["data"]["warnings"]:
         print("warnings:", json.dumps(report["data"]["warnings"]))

@@ -16,6 +16,10 @@ Measured:
 - baselines (same prompts): keyword blocklist, MiniLM + logistic regression
   (fitted on the same calibration prompts and weights), the chat model's own
   safe/unsafe verdict;
+- system prompts: the same held-out prompts under the system prompts of
+  :data:`steerguard.system_prompts.EVALUATION` (none used in calibration),
+  scored at the bundle's threshold: how far its cut carries to a chatbot
+  that sends its own system message (reported, not a target);
 - generation (AUTO, the serving path) on held-out harmful and benign prompts:
   strict-judge refusal rates, perplexity of steered vs unsteered outputs under
   the unsteered model, and whether unflagged rows reproduced their unsteered
@@ -40,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from steerguard import judge
+from steerguard import judge, system_prompts
 from steerguard.bundle import CATEGORY_PREFIX, Bundle
 from steerguard.data import CALIBRATION, HELDOUT, Dataset, Example, load_dir
 from steerguard.evaluation.stats import proportion
@@ -72,6 +76,7 @@ class EvalConfig:
     max_heldout: int | None = None
     self_verdict: bool = True
     minilm: bool = True
+    system_prompts: tuple[str, ...] = system_prompts.EVALUATION
     seed: int = 0
     progress: bool = True
 
@@ -263,6 +268,13 @@ def evaluate(
         }
     }
 
+    # -- other system prompts ------------------------------------------------------
+    t = time.time()
+    report["system_prompts"] = _system_prompt_rates(
+        host, bundle, prompts, labels, is_hb, cfg, template=(p_unsafe, thr)
+    )
+    timings["system_prompts_s"] = time.time() - t
+
     # -- baselines -----------------------------------------------------------------
     t = time.time()
     baseline_scores: dict[str, np.ndarray] = {"keyword": _keyword(prompts)}
@@ -358,6 +370,58 @@ def evaluate(
         report["plots"] = {"error": str(exc)}
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     return report
+
+
+def _probe_rates(labels: np.ndarray, is_hb: np.ndarray, p: np.ndarray, thr: float) -> dict[str, Any]:
+    """Ordinary and XSTest rates of one set of scores at the bundle's threshold."""
+    flagged = p >= thr
+    is_xs = ~is_hb
+
+    def share(mask: np.ndarray) -> dict[str, Any]:
+        hits = flagged[mask]
+        return {"rate": _r(float(hits.mean())) if len(hits) else None, **proportion(hits.tolist())}
+
+    return {
+        "auroc": _r(auroc(labels[is_hb], p[is_hb])),
+        "benign_flagged": share(is_hb & (labels == 0)),
+        "harmful_caught": share(is_hb & (labels == 1)),
+        "xstest_auroc": _r(auroc(labels[is_xs], p[is_xs])) if is_xs.any() else None,
+        "xstest_safe_flagged": share(is_xs & (labels == 0)),
+        "xstest_unsafe_caught": share(is_xs & (labels == 1)),
+    }
+
+
+def _system_prompt_rates(
+    host: ModelHost,
+    bundle: Bundle,
+    prompts: Sequence[str],
+    labels: np.ndarray,
+    is_hb: np.ndarray,
+    cfg: EvalConfig,
+    *,
+    template: tuple[np.ndarray, float],
+) -> dict[str, Any]:
+    from steerguard.calibrate import cached_states
+
+    p_template, thr = template
+    rows: list[dict[str, Any]] = []
+    for system in cfg.system_prompts:
+        convs = [system_prompts.with_system(p, system) for p in prompts]
+        states = cached_states(
+            host,
+            convs,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+            layers=[bundle.probe_layer],
+            desc="other system prompts",
+        )[:, 0]
+        p = bundle.score(states).unsafe.numpy().astype(np.float64)
+        rows.append({"system_prompt": system, **_probe_rates(labels, is_hb, p, thr)})
+    return {
+        "threshold": _r(thr),
+        "template_default": _probe_rates(labels, is_hb, p_template, thr),
+        "others": rows,
+    }
 
 
 def _pass(value: Any, op: str, target: float, count: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -520,4 +584,22 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["CATEGORY_PREFIX", "EvalConfig", "evaluate", "summary_lines"]
+def system_prompt_lines(report: dict[str, Any]) -> list[str]:
+    """One line per system prompt: how the bundle's cut carries over (not a target)."""
+    section = report.get("system_prompts") or {}
+    rows = [("(template default)", section["template_default"])] if section else []
+    rows += [(r["system_prompt"], r) for r in section.get("others", [])]
+    lines = []
+    for name, r in rows:
+        parts = [
+            f"benign flagged {r['benign_flagged']['k']}/{r['benign_flagged']['n']}",
+            f"harmful caught {r['harmful_caught']['k']}/{r['harmful_caught']['n']}",
+            f"XSTest safe flagged {r['xstest_safe_flagged']['k']}/{r['xstest_safe_flagged']['n']}",
+            f"unsafe caught {r['xstest_unsafe_caught']['k']}/{r['xstest_unsafe_caught']['n']}",
+        ]
+        label = name if len(name) <= 48 else name[:45] + "..."
+        lines.append(f"      system prompt {label!r}: AUROC {r['auroc']}, " + ", ".join(parts))
+    return lines
+
+
+__all__ = ["CATEGORY_PREFIX", "EvalConfig", "evaluate", "summary_lines", "system_prompt_lines"]
