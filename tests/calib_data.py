@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
+
+from steerguard.calibrate import CalibrationConfig
 
 
 def _csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
@@ -78,3 +81,21 @@ def write_data(root: Path) -> Path:
         + "\n"
     )
     return root
+
+
+def small_config(**overrides: Any) -> CalibrationConfig:
+    """A calibration that takes seconds on the tiny model and the files of :func:`write_data`."""
+    settings: dict[str, Any] = {
+        "benign_calibration": 20,
+        "benign_heldout": 8,
+        "contrastive_prompts": 3,
+        "norm_prompts": 4,
+        "tune_harmful": 2,
+        "tune_tokens": 2,
+        "strengths": (0.5,),
+        "layer_counts": (2,),
+        "progress": False,
+        "use_cache": False,
+    }
+    settings.update(overrides)
+    return CalibrationConfig(**settings)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from calib_data import write_data
+from calib_data import small_config, write_data
 
 from steerguard.evaluation.baselines import keyword_scores, minilm_dir
 from steerguard.evaluation.report import operating_points, rate_at_catch
@@ -41,22 +41,11 @@ def test_minilm_weights_ship_in_a_package() -> None:
 
 
 def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from steerguard.calibrate import CalibrationConfig, calibrate
+    from steerguard.calibrate import calibrate
     from steerguard.evaluation.report import EvalConfig, evaluate, summary_lines, system_prompt_lines
 
     data = write_data(tmp_path / "data")
-    cfg = CalibrationConfig(
-        benign_calibration=20,
-        benign_heldout=8,
-        contrastive_prompts=3,
-        norm_prompts=4,
-        tune_harmful=2,
-        tune_tokens=2,
-        strengths=(0.5,),
-        layer_counts=(2,),
-        progress=False,
-        use_cache=False,
-    )
+    cfg = small_config()
     bundle = calibrate(data, host=tiny_host, config=cfg)
     bundle.save(tmp_path / "bundle")
     ecfg = EvalConfig(gen_harmful=3, gen_benign=3, gen_modes_sample=2, max_new_tokens=3, progress=False)

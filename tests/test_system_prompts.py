@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from calib_data import write_data
+from calib_data import small_config, write_data
 
 from steerguard import system_prompts
 from steerguard.cli import main
@@ -64,23 +64,11 @@ def test_folds_keep_a_prompts_copies_together() -> None:
 
 
 def test_calibrate_with_system_prompts_doubles_the_probe_rows(tiny_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from steerguard.calibrate import CalibrationConfig, calibrate
+    from steerguard.calibrate import calibrate
 
     data = write_data(tmp_path / "data")
-    small = dict(
-        benign_calibration=20,
-        contrastive_prompts=3,
-        norm_prompts=4,
-        tune_harmful=2,
-        tune_tokens=2,
-        strengths=(0.5,),
-        layer_counts=(2,),
-        progress=False,
-        use_cache=False,
-        mine_negatives=0,
-    )
-    plain = calibrate(data, host=tiny_host, config=CalibrationConfig(**small))  # type: ignore[arg-type]
-    sys_cfg = CalibrationConfig(**small, system_prompts=("Be brief.", "You are a pirate."))  # type: ignore[arg-type]
+    plain = calibrate(data, host=tiny_host, config=small_config(mine_negatives=0))
+    sys_cfg = small_config(mine_negatives=0, system_prompts=("Be brief.", "You are a pirate."))
     copied = calibrate(data, host=tiny_host, config=sys_cfg)
     assert "system_prompts" not in plain.manifest["probe"]
     assert "system_prompts" not in plain.manifest["calibration"]["config"]
