@@ -105,7 +105,9 @@ class CalibrationConfig:
     # contrastive direction is searched; add "mean_difference" for other models.
     search_variants: tuple[str, ...] = ("contrastive",)
     tune_tokens: int = 48  # as many as the evaluation generates, so the judge sees the same openings
-    strengths: tuple[float, ...] = (0.1, 0.115, 0.13, 0.145, 0.16, 0.175)
+    # Up to 0.25: with the probe at layer 17 (system-prompt copies) steering starts at
+    # layer 19, and 0.175 (the earlier top) refused 81% in the search; 0.205 refused 91%.
+    strengths: tuple[float, ...] = tuple(round(0.1 + 0.015 * i, 3) for i in range(11))
     # Gains on a refusal-steered row's prompt positions (see steerguard.model.steering), highest first.
     prompt_gains: tuple[float, ...] = (1.5, 1.0)
     layer_counts: tuple[int, ...] = (3,)
@@ -123,7 +125,7 @@ class CalibrationConfig:
     use_cache: bool = True
     # Each probe row is also fitted as a copy under one of these system prompts
     # (steerguard.system_prompts); empty: the chat template's default only.
-    system_prompts: tuple[str, ...] = ()
+    system_prompts: tuple[str, ...] = system_prompts.BUILTIN
 
 
 @dataclass

@@ -1,18 +1,19 @@
 """System prompts for calibrating and measuring the probe beyond the template's default.
 
 Why: the probe reads the last prompt token's state, and a system message is
-part of the prompt. The default bundle (calibrated under the chat template's
-default system prompt) ranks held-out prompts about as well under the four
+part of the prompt. A bundle calibrated under the chat template's default
+system prompt only ranked held-out prompts about as well under the four
 :data:`EVALUATION` prompts below (AUROC 0.994–0.998 vs 0.998), but its cut
-no longer means the same thing there: it flagged 1–6% of ordinary benign
+no longer meant the same thing there: it flagged 1–6% of ordinary benign
 prompts instead of 2%, and of the held-out XSTest types it caught 44–99% of
 the unsafe prompts instead of 86% and flagged 14–82 of 124 safe ones instead
-of 21 (``steerguard eval``, 2026-12-02). Chatbots behind the sidecar
-often send their own system message, so calibration can add copies of its
-prompts under other system prompts (``steerguard calibrate --system-prompts
-builtin`` or a file with the deployment's own), and ``steerguard eval``
-measures the bundle under :data:`EVALUATION`, which calibration never uses.
-"""
+of 21 (``steerguard eval``, 2026-12-02). Chatbots behind the sidecar often
+send their own system message, so calibration by default also fits the probe
+on copies of its prompts under :data:`BUILTIN` (``--system-prompts builtin``;
+a file with the deployment's own, or ``none``). The default bundle, built that
+way, flags 0.5–1.8% of benign prompts and 5–37 of those 124 under
+:data:`EVALUATION`, which calibration never uses and ``steerguard eval``
+reports (2026-12-03)."""
 
 from __future__ import annotations
 
@@ -52,14 +53,14 @@ EVALUATION: tuple[str, ...] = (
 
 
 def resolve(spec: str | None) -> tuple[str, ...]:
-    """``builtin`` → :data:`BUILTIN`; otherwise a UTF-8 file with one system prompt per line."""
-    if not spec:
+    """``builtin`` → :data:`BUILTIN`; ``none`` → no copies; otherwise a UTF-8 file, one per line."""
+    if not spec or spec == "none":
         return ()
     if spec == "builtin":
         return BUILTIN
     path = Path(spec)
     if not path.is_file():
-        raise DataError(f"--system-prompts: {spec} is neither 'builtin' nor a file")
+        raise DataError(f"--system-prompts: {spec} is neither 'builtin', 'none' nor a file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:

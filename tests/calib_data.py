@@ -96,6 +96,7 @@ def small_config(**overrides: Any) -> CalibrationConfig:
         "layer_counts": (2,),
         "progress": False,
         "use_cache": False,
+        "system_prompts": (),  # copies are covered by tests/test_system_prompts.py
     }
     settings.update(overrides)
     return CalibrationConfig(**settings)

@@ -210,6 +210,7 @@ def test_candidate_layers_rank_within_band_from_the_floor_up() -> None:
 def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from steerguard.bundle import Bundle
     from steerguard.calibrate import CalibrationConfig, calibrate
+    from steerguard.system_prompts import BUILTIN
 
     cfg = CalibrationConfig(
         benign_calibration=20,
@@ -235,6 +236,11 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
         loaded.tensors["probe.weight"]
     )
     assert "refusal" in loaded.vector_names and loaded.vector_layers("refusal")
+    # By default every probe row is also fitted under one of the built-in system prompts.
+    copies = m["probe"]["system_prompts"]
+    n_calibration = sum(m["splits"]["counts"]["calibration"].values())
+    assert copies["count"] == len(BUILTIN) and copies["probe_rows"] >= 2 * n_calibration
+    assert list(m["calibration"]["config"]["system_prompts"]) == list(BUILTIN)
     # auto gates at the probe layer, so every steering layer sits at or above it.
     assert min(loaded.vector_layers("refusal")) >= loaded.probe_layer
     assert set(loaded.categories) >= {"chemical_biological", "violence"}

@@ -17,6 +17,7 @@ from steerguard.probe import fold_splits
 def test_resolve_builtin_and_a_file(tmp_path: Path) -> None:
     assert system_prompts.resolve("builtin") == system_prompts.BUILTIN
     assert system_prompts.resolve(None) == () and system_prompts.resolve("") == ()
+    assert system_prompts.resolve("none") == ()
     f = tmp_path / "sys.txt"
     f.write_text("You are Acme's bot.\n\n  You are Acme's bot.  \nBe brief.\n", encoding="utf-8")
     assert system_prompts.resolve(str(f)) == ("You are Acme's bot.", "Be brief.")
@@ -26,7 +27,7 @@ def test_resolve_builtin_and_a_file(tmp_path: Path) -> None:
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(DataError, match="UTF-8"):
         system_prompts.resolve(str(tmp_path / "bin.txt"))
-    with pytest.raises(DataError, match="neither 'builtin' nor a file"):
+    with pytest.raises(DataError, match="neither 'builtin', 'none' nor a file"):
         system_prompts.resolve(str(tmp_path / "missing.txt"))
 
 
@@ -103,5 +104,5 @@ def test_calibrate_cli_rejects_a_missing_system_prompt_file(
         ]
     )
     assert rc == 2
-    assert "neither 'builtin' nor a file" in capsys.readouterr().err
+    assert "neither 'builtin', 'none' nor a file" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()

@@ -63,10 +63,10 @@ def register(subparsers: Any) -> None:
     add_flag(
         p,
         "--system-prompts",
-        default=None,
+        default="builtin",
         help="also fit the probe on a copy of every prompt under one of these system prompts: "
-        "'builtin' (12 generic ones) or a file with one per line, e.g. your chatbot's own "
-        "(see steerguard/system_prompts.py)",
+        "'builtin' (default: 12 generic ones), a file with one per line, e.g. your chatbot's own, "
+        "or 'none' (the chat template's default system prompt only; see steerguard/system_prompts.py)",
     )
     add_flag(p, "--target-refusal", type=float, default=0.9, help="refusal rate the strength search aims for")
     add_flag(p, "--max-ppl-ratio", type=float, default=1.9, help="largest steered/unsteered perplexity ratio")
