@@ -49,6 +49,7 @@ from steerguard.model.activations import collect_states
 from steerguard.model.chat import Conversation, normalise_request
 from steerguard.model.host import ModelHost
 from steerguard.probe import ProbeFit, fit_categories, fit_probe
+from steerguard.system_prompts import BUILTIN as BUILTIN_SYSTEM_PROMPTS
 from steerguard.vectors import (
     candidate_layers,
     category_directions,
@@ -125,7 +126,7 @@ class CalibrationConfig:
     use_cache: bool = True
     # Each probe row is also fitted as a copy under one of these system prompts
     # (steerguard.system_prompts); empty: the chat template's default only.
-    system_prompts: tuple[str, ...] = system_prompts.BUILTIN
+    system_prompts: tuple[str, ...] = BUILTIN_SYSTEM_PROMPTS
 
 
 @dataclass
@@ -602,7 +603,9 @@ def calibrate(
     }
     config_dict = asdict(cfg)
     config_dict.pop("progress", None)
-    if not copies:  # keeps the default bundle's manifest (and bundle_id) as it was
+    # Without copies the manifest keeps the form it had before copies existed (no empty
+    # entry), so such bundles and their ids compare with earlier ones setting for setting.
+    if not copies:
         config_dict.pop("system_prompts", None)
     manifest["calibration"] = {
         "config": config_dict,
