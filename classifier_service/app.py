@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from classifier_service.cache import VerdictCache, make_cache
 from classifier_service.core import ClassifierCore, CoreConfig
 from classifier_service.metrics import CACHE_ERRORS
 from classifier_service.server import create_server
 from classifier_service.servicer import ClassifierServicer
 from steerguard.bundle import Bundle
-from steerguard.cache import VerdictCache, make_cache
 from steerguard.errors import SteerguardError
 from steerguard.grpc_common.metrics import start_metrics_server
 from steerguard.grpc_common.server import ServerOptions, host_port

@@ -163,7 +163,7 @@ class MicroBatcher(Generic[P, R]):
             results = self.run_batch(payloads)
             if len(results) != len(jobs):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(jobs)} jobs")
-        except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+        except BaseException as exc:
             for job in jobs:
                 job.future.set_exception(exc)
             return
@@ -173,5 +173,5 @@ class MicroBatcher(Generic[P, R]):
         if self.after_batch is not None:
             try:
                 self.after_batch(payloads, results)
-            except Exception:  # noqa: BLE001 - never kill the worker
+            except Exception:
                 log.exception("after_batch failed")

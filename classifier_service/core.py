@@ -31,10 +31,10 @@ import torch
 
 from classifier_service import metrics
 from classifier_service.batcher import MicroBatcher
+from classifier_service.cache import VerdictCache, verdict_key
+from classifier_service.cache.keys import DEFAULT_PREFIX
 from classifier_service.prefix import SharedPrefix
 from steerguard.bundle import Bundle
-from steerguard.cache import VerdictCache, verdict_key
-from steerguard.cache.keys import DEFAULT_PREFIX
 from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput
 from steerguard.logs import get_logger
 from steerguard.model.activations import last_token_states

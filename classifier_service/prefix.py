@@ -30,6 +30,7 @@ from classifier_service.packing import Lines, attention_weight, plan_lines
 from steerguard.model.chat import normalise_request
 from steerguard.model.hooks import StopForward, layer_hooks
 from steerguard.model.host import ModelHost
+from steerguard.model.kv import cache_kwargs, output_cache
 
 # User texts whose formatted token ids differ right after the template head.
 _PROBES = ("a", "Zebra", "1 + 1", "?", " x", "\n\ny")
@@ -60,7 +61,7 @@ class SharedPrefix:
         self.ids = list(prefix_ids)
         with torch.inference_mode():
             out = host.model.model(input_ids=torch.tensor([self.ids]), use_cache=True)
-        self._cache: Any = out.past_key_values
+        self._cache: Any = output_cache(out)
         first = host.layers[0]
         self._pair_weight = attention_weight(
             host.identity.hidden_size, sum(p.numel() for p in first.parameters())
@@ -121,7 +122,7 @@ class SharedPrefix:
                 input_ids=ids,
                 attention_mask=self._mask(segment),
                 position_ids=positions,
-                past_key_values=cache,
+                **cache_kwargs(self.host.model.model, cache),
                 use_cache=True,
             )
         return found["states"]

@@ -115,7 +115,7 @@ class ClassifierServicer:
                 time.perf_counter() - started
             )
 
-    def Classify(self, request: Any, context: grpc.ServicerContext) -> common_pb2.Verdict:  # noqa: N802
+    def Classify(self, request: Any, context: grpc.ServicerContext) -> common_pb2.Verdict:
         with self._observe("Classify"):
             _check_decoded(request)
             conv = to_conversation(request)
@@ -125,7 +125,7 @@ class ClassifierServicer:
             (verdict,) = core.classify([conv], thresholds=[cut], deadline=deadline, cancelled=gone)
             return to_proto(verdict)
 
-    def ClassifyBatch(  # noqa: N802
+    def ClassifyBatch(
         self, request: Any, context: grpc.ServicerContext
     ) -> classifier_pb2.ClassifyBatchResponse:
         with self._observe("ClassifyBatch"):

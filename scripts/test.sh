@@ -6,5 +6,5 @@ PY=${PYTHON:-python3}
 "$PY" scripts/gen_protos.py --check
 "$PY" -m ruff check .
 "$PY" -m ruff format --check .
-"$PY" -m mypy steerguard classifier_service steer_service sidecar
+"$PY" -m mypy steerguard classifier_service steer_service sidecar devstack
 "$PY" -m pytest -q -ra "$@"

@@ -12,15 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = frozenset({"system", "user", "assistant"})
+from steerguard.messages import ROLES, Message
 
-
-@dataclass(frozen=True)
-class Message:
-    """One turn; role is system, user or assistant."""
-
-    role: str
-    content: str
+__all__ = ["ROLES", "ChatRequest", "Message", "answer_conversation", "context_for_classifier"]
 
 
 @dataclass

@@ -10,12 +10,25 @@ replacement. The rest of the stream is never buffered.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
 
 from sidecar.adapters.base import Adapter
+from sidecar.conversation import answer_conversation
+from sidecar.exchange import H_RESPONSE, Exchange, Outcomes
+from sidecar.http_errors import ClassifierUnavailable
+from sidecar.judge import Judge as JudgeService
+from sidecar.policy import FailureMode
+from sidecar.upstream import response_headers, stream_back
+from steerguard.errors import UpstreamError
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
@@ -146,3 +159,176 @@ async def guard_event_stream(
         held.append(buffer)
     await checkpoint()
     return outcome
+
+
+# -- the check, as the request flow runs it ------------------------------------------------
+
+
+class AnswerCheck:
+    """Judges an upstream answer (whole JSON or SSE stream) and relays, replaces or refuses it."""
+
+    def __init__(self, judge: JudgeService, outcomes: Outcomes, refusal_message: str) -> None:
+        self.judge = judge
+        self.outcomes = outcomes
+        self.refusal_message = refusal_message
+
+    def applies(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> bool:
+        return ex.route.response_check.enabled and 200 <= upstream.status < 300
+
+    async def run(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse | None:
+        """The checked response, or None when the content type is not one the check reads."""
+        content_type = upstream.headers.get("Content-Type", "")
+        if content_type.startswith("text/event-stream"):
+            return await self.check_stream(ex, upstream)
+        if is_json(content_type):
+            return await self.check_body(ex, upstream)
+        return None
+
+    def _text(self, ex: Exchange) -> str:
+        return ex.route.response_check.message or self.refusal_message
+
+    async def _safe(self, ex: Exchange, answer: str) -> bool | None:
+        """True safe, False unsafe, None when the classifier could not judge."""
+        judgement = await self.judge.judge(ex.trace, "response", answer_conversation(ex.context, answer))
+        return None if judgement.verdict is None else not judgement.verdict.unsafe
+
+    async def _read(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> bytes | web.Response:
+        """The answer's bytes, up to one past the limit; or the error response when the upstream broke."""
+        limit = ex.route.response_check.max_body_bytes
+        raw = bytearray()
+        try:
+            while len(raw) <= limit:
+                chunk = await upstream.content.readany()
+                if not chunk:
+                    break
+                raw += chunk
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            upstream.close()
+            self.outcomes.failure(ex.trace, "upstream", "mid_response")
+            return self.outcomes.error(ex.trace, UpstreamError("chatbot failed mid-response"), ex.marks)
+        return bytes(raw)
+
+    async def check_body(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        """Read a JSON answer (bounded), judge it, replace it when unsafe."""
+        raw = await self._read(ex, upstream)
+        if isinstance(raw, web.Response):
+            return raw
+        document: Any = None
+        safe: bool | None = None
+        oversize = len(raw) > ex.route.response_check.max_body_bytes
+        if oversize:
+            upstream.close()
+        else:
+            upstream.release()
+            decoded = decode_body(raw, upstream.headers.get("Content-Encoding"))
+            try:
+                document = json.loads(decoded) if decoded is not None else None
+            except (UnicodeDecodeError, ValueError):
+                document = None
+            answer = ex.adapter.answer_text(document) if document is not None else None
+            if answer is None and decoded is not None and document is not None:
+                # An answer-less body (an error object, say) has nothing to judge.
+                return self.relay_bytes(ex, upstream, raw, "unchecked")
+            safe = await self._safe(ex, answer) if answer is not None else None
+        if safe is True:
+            return self.relay_bytes(ex, upstream, raw, "safe")
+        if safe is None:
+            if ex.route.on_classifier_error is FailureMode.CLOSED or oversize:
+                failure = ClassifierUnavailable("the answer could not be checked")
+                return self.outcomes.error(ex.trace, failure, {**ex.marks, H_RESPONSE: "unknown"})
+            return self.relay_bytes(ex, upstream, raw, "unknown")
+        self.outcomes.metrics.actions.labels("replace_response", "false").inc()
+        ex.trace.fields["response_action"] = "replace"
+        body = ex.adapter.replace_answer(document, self._text(ex))
+        headers = response_headers(upstream.headers.items(), keep_length=False)
+        headers.popall("Content-Encoding", None)
+        response = web.Response(status=upstream.status, body=body, headers=headers)
+        response.headers.update({**ex.marks, H_RESPONSE: "unsafe"})
+        return self.outcomes.finish(ex.trace, response)
+
+    def relay_bytes(
+        self, ex: Exchange, upstream: aiohttp.ClientResponse, body: bytes, verdict: str
+    ) -> web.StreamResponse:
+        headers = response_headers(upstream.headers.items(), keep_length=False)
+        response = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
+        response.headers.update({**ex.marks, H_RESPONSE: verdict})
+        return self.outcomes.finish(ex.trace, response)
+
+    async def _unchecked_stream(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        """A compressed stream cannot be read as it goes: refused failing closed, else relayed unchecked."""
+        if ex.route.on_classifier_error is FailureMode.CLOSED:
+            upstream.close()
+            failure = ClassifierUnavailable("the answer could not be checked")
+            return self.outcomes.error(ex.trace, failure, ex.marks)
+        relayed, relay_failed = await stream_back(ex.request, upstream, {**ex.marks, H_RESPONSE: "unchecked"})
+        if relay_failed:
+            self.outcomes.failure(ex.trace, relay_failed, "mid_response")
+        return self.outcomes.finish(ex.trace, relayed)
+
+    async def check_stream(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        """Relay an SSE answer holding back one window of text while it is judged."""
+        if upstream.headers.get("Content-Encoding", "identity").lower() != "identity":
+            return await self._unchecked_stream(ex, upstream)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(response_headers(upstream.headers.items(), keep_length=False))
+        response.headers.update({**ex.marks, H_RESPONSE: "streaming"})
+        failed = complete = False
+        try:
+            await response.prepare(ex.request)
+            outcome = await self._guard(ex, upstream, response)
+            await response.write_eof()
+            complete = not (outcome.replaced or outcome.failed)
+            ex.trace.fields.update(response_checks=outcome.checks, response_replaced=outcome.replaced)
+            if outcome.replaced:
+                self.outcomes.metrics.actions.labels("replace_response", "false").inc()
+        except ConnectionResetError:  # before ClientError: aiohttp's reset error is both
+            failed = True
+            self.outcomes.failure(ex.trace, "client", "mid_response")
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            failed = True
+            self.outcomes.failure(ex.trace, "upstream", "mid_response")
+        finally:
+            if complete:
+                upstream.release()
+            else:
+                upstream.close()  # stops reading the rest of a replaced answer
+            if failed and ex.request.transport is not None:
+                ex.request.transport.close()
+        return self.outcomes.finish(ex.trace, response)
+
+    async def _guard(
+        self, ex: Exchange, upstream: aiohttp.ClientResponse, response: web.StreamResponse
+    ) -> StreamOutcome:
+        chat, adapter, refusal = ex.parsed, ex.adapter, self._text(ex)
+
+        def replacement(completion_id: str | None, model: str | None) -> bytes:
+            fmt = adapter.stream_formatter(chat, completion_id, model)
+            return bytes(fmt.delta(refusal) + fmt.finish("content_filter", 0, 0))
+
+        def error_event() -> bytes:
+            return bytes(adapter.stream_formatter(chat).error("the answer could not be checked"))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                chunk = await upstream.content.readany()
+                if not chunk:
+                    return
+                yield chunk
+
+        check = ex.route.response_check
+        return await guard_event_stream(
+            chunks(),
+            response.write,
+            lambda answer: self._safe(ex, answer),
+            adapter,
+            window_chars=check.window_chars,
+            max_window_bytes=check.max_window_bytes,
+            replacement=replacement,
+            error_event=error_event,
+            fail_closed=ex.route.on_classifier_error is FailureMode.CLOSED,
+        )
+
+
+def is_json(content_type: str) -> bool:
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or mime.endswith("+json")

@@ -152,7 +152,7 @@ class Engine:
                 if self._rows:
                     self._advance()
                 self.stats.busy_cpu_seconds += time.thread_time() - started
-        except BaseException as exc:  # noqa: BLE001 - the loop must never die silently
+        except BaseException as exc:
             log.error("engine loop crashed", exc_info=exc)
             raise
         finally:
@@ -197,7 +197,7 @@ class Engine:
             prompts = self.host.pad([j.prompt_ids for j in jobs])
             plan = BatchPlan(self.bundle, [j.steering for j in jobs], self.host.identity.hidden_size)
             new = DecodeBatch.start(self.host, prompts, plan.state, plan.extra_layers)
-        except Exception as exc:  # noqa: BLE001 - reported to exactly these callers
+        except Exception as exc:
             self._fail([(j, None) for j in jobs], exc, "prefill")
             return
         self.stats.prefills += 1
@@ -213,7 +213,7 @@ class Engine:
             return
         try:
             self._batch.extend(new)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._fail([(r.job, r) for r in [*self._rows, *rows]], exc, "merge")
             self._batch, self._rows = None, []
             return
@@ -271,7 +271,7 @@ class Engine:
         started = time.perf_counter()
         try:
             batch.step(self.host, torch.tensor(feed, dtype=torch.long))
-        except Exception as exc:  # noqa: BLE001 - fails this batch, not the engine
+        except Exception as exc:
             self._fail([(r.job, r) for r in self._rows], exc, "decode")
             self._batch, self._rows = None, []
             metrics.BATCH_ROWS.set(0)

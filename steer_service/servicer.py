@@ -28,7 +28,7 @@ class SteererServicer(steer_pb2_grpc.SteererServicer):
             raise NotReady("the steer service is still loading its model")
         return service
 
-    def Generate(  # noqa: N802 - gRPC method name
+    def Generate(
         self, request: steer_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> Iterator[steer_pb2.GenerateChunk]:
         service = self._ready()
@@ -41,7 +41,7 @@ class SteererServicer(steer_pb2_grpc.SteererServicer):
         finally:
             handle.cancel()
 
-    def DescribeBundle(  # noqa: N802 - gRPC method name
+    def DescribeBundle(
         self, request: steer_pb2.DescribeBundleRequest, context: grpc.ServicerContext
     ) -> steer_pb2.BundleInfo:
         return convert.bundle_info(self._ready().bundle)

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +51,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from steerguard.errors import BundleError
+from steerguard.manifest import CATEGORY_PREFIX, FORMAT_VERSION, REFUSAL, Manifest, VectorInfo
 from steerguard.model.host import ModelIdentity
 
-FORMAT_VERSION = 1
+__all__ = [
+    "CATEGORY_PREFIX",
+    "DEFAULT_BUNDLE_DIR",
+    "FORMAT_VERSION",
+    "REFUSAL",
+    "Bundle",
+    "Manifest",
+    "Scores",
+]
+
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "bundles" / "default"
-REFUSAL = "refusal"
-CATEGORY_PREFIX = "category:"
 MAX_STRENGTH = 4.0
 
 
@@ -85,7 +93,7 @@ def content_id(tensor_bytes: bytes, manifest: dict[str, Any]) -> str:
 class Bundle:
     """A loaded bundle. Read-only after construction; shared by all requests."""
 
-    def __init__(self, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path | None = None):
+    def __init__(self, manifest: Manifest, tensors: dict[str, torch.Tensor], path: Path | None = None):
         self.manifest = manifest
         self.tensors = {k: v.float().contiguous() for k, v in tensors.items()}
         self.path = path
@@ -100,13 +108,15 @@ class Bundle:
         if not mpath.is_file() or not tpath.is_file():
             raise BundleError(f"{folder} is not a steerguard bundle (needs {MANIFEST} and {TENSORS})")
         try:
-            manifest = json.loads(mpath.read_text())
+            raw = json.loads(mpath.read_text())
             tensors = load_file(str(tpath))
         except (OSError, ValueError) as exc:
             raise BundleError(f"cannot read bundle {folder}: {exc}") from exc
-        bundle = cls(manifest, tensors, folder)
-        expected = content_id(tpath.read_bytes(), manifest)
-        if manifest.get("bundle_id") != expected:
+        if not isinstance(raw, dict):
+            raise BundleError(f"bundle {folder}: manifest is not a JSON object")
+        bundle = cls(Manifest.from_dict(raw), tensors, folder)
+        expected = content_id(tpath.read_bytes(), raw)
+        if raw.get("bundle_id") != expected:
             raise BundleError(f"bundle {folder} is corrupt: content does not match its bundle_id")
         return bundle
 
@@ -116,15 +126,23 @@ class Bundle:
         out.mkdir(parents=True, exist_ok=True)
         tpath = out / TENSORS
         save_file(self.tensors, str(tpath), metadata={"format": "steerguard-bundle"})
-        self.manifest["bundle_id"] = content_id(tpath.read_bytes(), self.manifest)
-        (out / MANIFEST).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
+        body = replace(self.manifest, bundle_id="").to_dict()
+        self.manifest = replace(self.manifest, bundle_id=content_id(tpath.read_bytes(), body))
+        (out / MANIFEST).write_text(json.dumps(self.manifest.to_dict(), indent=2, sort_keys=True) + "\n")
         self.path = out
-        return str(self.manifest["bundle_id"])
+        return self.manifest.bundle_id
+
+    def with_manifest(self, manifest: Manifest) -> Bundle:
+        """The same tensors under another manifest (e.g. another threshold); unsaved."""
+        return Bundle(replace(manifest, bundle_id=""), self.tensors, self.path)
+
+    def with_threshold(self, threshold: float) -> Bundle:
+        """The same bundle judging at another cut (1.01: every prompt safe; 0: every one unsafe)."""
+        return self.with_manifest(self.manifest.with_threshold(threshold))
 
     def _validate(self) -> None:
-        m = self.manifest
-        if m.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"unsupported bundle format {m.get('format_version')!r}")
+        if self.manifest.format_version != FORMAT_VERSION:
+            raise BundleError(f"unsupported bundle format {self.manifest.format_version!r}")
         need = ["probe.mean", "probe.std", "probe.weight", "probe.bias", "norms"]
         kind = self.probe_kind
         if kind == "mlp":
@@ -144,19 +162,19 @@ class Bundle:
 
     @property
     def bundle_id(self) -> str:
-        return str(self.manifest.get("bundle_id", ""))
+        return self.manifest.bundle_id
 
     @property
     def model(self) -> dict[str, Any]:
-        return dict(self.manifest["model"])
+        return self.manifest.model.to_dict()
 
     def verify_model(self, identity: ModelIdentity) -> None:
         """Refuse to run a bundle on a model it was not calibrated on."""
-        want = self.manifest["model"]
-        if want.get("sha256") != identity.sha256:
+        want = self.manifest.model
+        if want.sha256 != identity.sha256:
             raise BundleError(
-                f"bundle {self.bundle_id} was calibrated on model {want.get('name')!r} "
-                f"(weights {str(want.get('sha256'))[:12]}), not on {identity.name!r} "
+                f"bundle {self.bundle_id} was calibrated on model {want.name!r} "
+                f"(weights {want.sha256[:12]}), not on {identity.name!r} "
                 f"(weights {identity.sha256[:12]}); recalibrate with 'steerguard calibrate'"
             )
 
@@ -164,19 +182,19 @@ class Bundle:
 
     @property
     def probe_layer(self) -> int:
-        return int(self.manifest["probe"]["layer"])
+        return self.manifest.probe.layer
 
     @property
     def threshold(self) -> float:
-        return float(self.manifest["probe"]["threshold"])
+        return self.manifest.probe.threshold
 
     @property
     def probe_kind(self) -> str:
-        return str(self.manifest.get("probe", {}).get("kind", "logistic"))
+        return self.manifest.probe.kind
 
     @property
     def categories(self) -> list[str]:
-        return list(self.manifest.get("categories", []))
+        return list(self.manifest.categories)
 
     def score(self, states: torch.Tensor) -> Scores:
         """Probe the probe layer's last-token states ``[B, H]``."""
@@ -196,23 +214,23 @@ class Bundle:
 
     @property
     def vector_names(self) -> list[str]:
-        return list(self.manifest.get("vectors", {}))
+        return list(self.manifest.vectors)
 
     def vector_layers(self, name: str) -> list[int]:
-        return [int(x) for x in self._vector(name)["layers"]]
+        return list(self.manifest.vector(name).layers)
 
     def default_strength(self, name: str) -> float:
-        return float(self._vector(name)["strength"])
+        return float(self.manifest.vector(name).strength)
 
     def prompt_gain(self, name: str) -> float:
         """Factor on vector ``name``'s delta over the prompt's positions (1 when not calibrated)."""
-        return float(self._vector(name).get("prompt_gain", 1.0))
+        gain = self.manifest.vector(name).prompt_gain
+        return 1.0 if gain is None else float(gain)
 
-    def _vector(self, name: str) -> dict[str, Any]:
-        try:
-            return dict(self.manifest["vectors"][name])
-        except KeyError:
-            raise BundleError(f"unknown steering vector {name!r}") from None
+    def with_vector(self, name: str, info: VectorInfo, direction: torch.Tensor) -> Bundle:
+        """A copy whose vector ``name`` is ``direction`` [L, H] steered as ``info`` says (unsaved)."""
+        tensors = {**self.tensors, f"vector.{name}": direction}
+        return Bundle(replace(self.manifest.with_vector(name, info), bundle_id=""), tensors, self.path)
 
     def deltas(self, name: str, strength: float | None = None, sign: float = 1.0) -> dict[int, torch.Tensor]:
         """{layer: delta [H]} to add for vector ``name`` at ``strength`` (relative to residual norm)."""
@@ -223,8 +241,8 @@ class Bundle:
 
     def policy_vector(self, category: str) -> str:
         """Vector AUTO adds to an unsafe prompt of ``category`` (refusal unless the policy names one)."""
-        policy = self.manifest.get("policy", {})
-        choice = str(policy.get("per_category", {}).get(category, policy.get("default", REFUSAL)))
+        policy = self.manifest.policy
+        choice = str(policy.per_category.get(category, policy.default))
         if choice == "category":
             choice = CATEGORY_PREFIX + category
         return choice if choice in self.vector_names else REFUSAL
@@ -243,5 +261,5 @@ class Bundle:
             "threshold": self.threshold,
             "steer_layers": self.vector_layers(REFUSAL) if REFUSAL in self.vector_names else [],
             "default_strength": self.default_strength(REFUSAL) if REFUSAL in self.vector_names else 0.0,
-            "created_at": self.manifest.get("created_at", ""),
+            "created_at": self.manifest.created_at,
         }

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from steerguard.model.host import Batch, ModelHost
+from steerguard.model.kv import cache_kwargs, output_cache
 from steerguard.model.steering import SteeringState, apply_steering
 
 
@@ -69,7 +70,7 @@ def prefill(
             use_cache=True,
             logits_to_keep=1,
         )
-    return out.logits[:, -1, :], out.past_key_values
+    return out.logits[:, -1, :], output_cache(out)
 
 
 @torch.inference_mode()
@@ -87,10 +88,10 @@ def decode_step(
             input_ids=tokens.to(attention_mask.device)[:, None],
             attention_mask=attention_mask,
             position_ids=positions[:, None],
-            past_key_values=cache,
+            **cache_kwargs(host.model, cache),
             use_cache=True,
         )
-    return out.logits[:, -1, :], out.past_key_values
+    return out.logits[:, -1, :], output_cache(out)
 
 
 def generate(

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steerguard.calibrate import CalibrationConfig
+from steerguard.calibration.config import CalibrationConfig
 
 
 def _csv(path: Path, header: list[str], rows: list[list[str]]) -> None:

@@ -37,7 +37,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from steerguard.testing import make_tiny_llama
+    from devstack.models import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
@@ -51,7 +51,7 @@ def tiny_host(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def tiny_bundle_dir(tiny_host, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
-    from steerguard.testing import make_random_bundle
+    from devstack.models import make_random_bundle
 
     folder = tmp_path_factory.mktemp("tiny-bundle")
     make_random_bundle(tiny_host, folder)

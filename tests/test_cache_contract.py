@@ -17,8 +17,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from steerguard.cache import MemoryCache, RedisCache, VerdictCache, make_cache, verdict_key
-from steerguard.cache.redis_server import RedisProcess, free_port, ping
+from classifier_service.cache import MemoryCache, RedisCache, VerdictCache, make_cache, verdict_key
+from devstack.net import free_port
+from devstack.redis import RedisProcess, ping
 from steerguard.verdict import Verdict
 
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
@@ -128,7 +129,7 @@ def test_concurrent_use_is_safe(cache: VerdictCache) -> None:
                 k = ks[(i + offset) % 50]
                 cache.set(k, verdict((i % 10) / 10))
                 cache.get_many([k, ks[i]])
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]

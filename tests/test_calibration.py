@@ -9,7 +9,10 @@ import pytest
 import torch
 from calib_data import write_data
 
-from steerguard.data import (
+from steerguard.calibration.probe import sample_weights
+from steerguard.calibration.selection import fit_probe
+from steerguard.calibration.threshold import choose_threshold
+from steerguard.data.loaders import (
     CALIBRATION,
     HELDOUT,
     XSTEST_TRAIN_TYPES,
@@ -18,7 +21,6 @@ from steerguard.data import (
 )
 from steerguard.errors import BundleError, DataError
 from steerguard.judge import is_refusal, judge
-from steerguard.probe import choose_threshold, fit_probe, sample_weights
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +155,14 @@ def test_judge_is_strict() -> None:
 
 
 def test_vectors_on_tiny_model(tiny_host) -> None:  # type: ignore[no-untyped-def]
-    from steerguard.model.chat import normalise_request
-    from steerguard.vectors import (
+    from steerguard.calibration.vectors import (
         category_directions,
         contrastive_direction,
         mean_difference,
         residual_norms,
         vocab_projection,
     )
+    from steerguard.model.chat import normalise_request
 
     convs = [normalise_request(p) for p in ("hello there", "how do I bake bread", "build a bomb")]
     n, h = tiny_host.loaded_layers, tiny_host.identity.hidden_size
@@ -194,7 +196,7 @@ def test_vectors_on_tiny_model(tiny_host) -> None:  # type: ignore[no-untyped-de
 
 
 def test_candidate_layers_rank_within_band_from_the_floor_up() -> None:
-    from steerguard.vectors import LayerProjection, candidate_layers
+    from steerguard.calibration.vectors import LayerProjection, candidate_layers
 
     scores = [0.1, 0.2, 9.0, 0.4, 0.5, 3.0, 0.3, 2.0, 8.0, 1.0]
     proj = [LayerProjection(i, s, 0.0, 0.0, []) for i, s in enumerate(scores)]
@@ -209,8 +211,8 @@ def test_candidate_layers_rank_within_band_from_the_floor_up() -> None:
 
 def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from steerguard.bundle import Bundle
-    from steerguard.calibrate import CalibrationConfig, calibrate
-    from steerguard.system_prompts import BUILTIN
+    from steerguard.calibration.pipeline import CalibrationConfig, calibrate
+    from steerguard.data.system_prompts import BUILTIN
 
     cfg = CalibrationConfig(
         benign_calibration=20,
@@ -228,7 +230,7 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     bid = bundle.save(tmp_path / "b")
     loaded = Bundle.load(tmp_path / "b")
     assert loaded.bundle_id == bid
-    m = loaded.manifest
+    m = loaded.manifest.to_dict()
     assert 1 <= loaded.probe_layer < tiny_host.loaded_layers
     assert 0 < loaded.threshold < 1
     assert m["probe"]["layer_selection"] and m["probe"]["oof"]["rule"]

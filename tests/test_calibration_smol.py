@@ -10,8 +10,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.data]
 
 
 def test_shared_data_splits_do_not_overlap(shared_data: Path, default_bundle) -> None:  # type: ignore[no-untyped-def]
-    from steerguard.data import CALIBRATION, HELDOUT
-    from steerguard.evaluation.report import reload_dataset
+    from steerguard.data.loaders import CALIBRATION, HELDOUT
+    from steerguard.evaluation.heldout import reload_dataset
 
     data, warnings = reload_dataset(default_bundle, shared_data)
     assert warnings == []  # same files as calibration
@@ -23,7 +23,7 @@ def test_shared_data_splits_do_not_overlap(shared_data: Path, default_bundle) ->
     assert len(pooled) > 10_000 and not pooled & (calib | {e.key for e in held})
     kinds = {e.kind for e in held}
     assert {"harmful", "benign", "xstest_safe", "xstest_unsafe"} <= kinds
-    used = {s["path"] for s in default_bundle.manifest["data_sources"]}
+    used = {s["path"] for s in default_bundle.manifest.to_dict()["data_sources"]}
     assert {"xstest/xstest_prompts.csv", "strongreject/strongreject_dataset.csv"} <= used
 
 
@@ -33,7 +33,7 @@ def test_default_bundle_matches_smollm2_and_is_small(smol_host, default_bundle) 
     default_bundle.verify_model(smol_host.identity)
     size = sum(p.stat().st_size for p in DEFAULT_BUNDLE_DIR.iterdir())
     assert size < 3 * 1024 * 1024
-    m = default_bundle.manifest
+    m = default_bundle.manifest.to_dict()
     assert m["probe"]["layer_selection"] and 0 < default_bundle.threshold < 1
     assert default_bundle.tensors["norms"].shape == (30,)
     assert m["vectors"]["refusal"]["method"].startswith(("contrastive", "mean_difference"))

@@ -21,8 +21,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.net import free_port
 from steerguard.bundle import Bundle
-from steerguard.cache.redis_server import free_port
 from steerguard.cli import build_parser
 from steerguard.v1 import classifier_pb2, classifier_pb2_grpc
 

@@ -24,11 +24,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
+from classifier_service.cache import MemoryCache
 from classifier_service.core import ClassifierCore, CoreConfig
 from classifier_service.server import SERVICE_NAME, create_server
 from classifier_service.servicer import ClassifierServicer
 from steerguard.bundle import Bundle
-from steerguard.cache import MemoryCache
 from steerguard.grpc_common.certs import write_test_certs
 from steerguard.grpc_common.server import GrpcServer, ServerOptions
 from steerguard.model.chat import normalise_request

@@ -10,14 +10,14 @@ import grpc
 import pytest
 import torch
 
+from classifier_service.cache import MemoryCache
 from classifier_service.core import ClassifierCore
 from classifier_service.server import create_server
 from classifier_service.servicer import ClassifierServicer
+from devstack.models import make_random_bundle
 from steerguard.bundle import Bundle
-from steerguard.cache import MemoryCache
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
-from steerguard.testing import make_random_bundle
 from steerguard.v1 import classifier_pb2, classifier_pb2_grpc
 
 pytestmark = pytest.mark.integration

@@ -18,13 +18,13 @@ import grpc
 import pytest
 import redis
 
+from classifier_service.cache import RedisCache
 from classifier_service.core import ClassifierCore, CoreConfig
 from classifier_service.metrics import CACHE_ERRORS
 from classifier_service.server import create_server
 from classifier_service.servicer import ClassifierServicer
+from devstack.redis import RedisProcess
 from steerguard.bundle import Bundle
-from steerguard.cache import RedisCache
-from steerguard.cache.redis_server import RedisProcess
 from steerguard.model.host import ModelHost
 from steerguard.v1 import classifier_pb2, classifier_pb2_grpc
 

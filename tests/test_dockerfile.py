@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import k8s_manifests as km  # noqa: E402
+import k8s_manifests as km
 
 BUILD_TOOLS = re.compile(
     r"\b(gcc|g\+\+|clang|cc|c\+\+|make|cmake|build-essential|build-base|"

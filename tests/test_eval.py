@@ -10,7 +10,7 @@ import pytest
 from calib_data import small_config, write_data
 
 from steerguard.evaluation.baselines import keyword_scores, minilm_dir
-from steerguard.evaluation.report import operating_points, rate_at_catch
+from steerguard.evaluation.scoring import operating_points, rate_at_catch
 
 
 def test_keyword_blocklist_is_the_over_refusal_baseline() -> None:
@@ -41,8 +41,10 @@ def test_minilm_weights_ship_in_a_package() -> None:
 
 
 def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from steerguard.calibrate import calibrate
-    from steerguard.evaluation.report import EvalConfig, evaluate, summary_lines, system_prompt_lines
+    from steerguard.calibration.pipeline import calibrate
+    from steerguard.evaluation.config import EvalConfig
+    from steerguard.evaluation.report import evaluate
+    from steerguard.evaluation.targets import summary_lines, system_prompt_lines
 
     data = write_data(tmp_path / "data")
     cfg = small_config()
@@ -95,8 +97,9 @@ def test_wilson_interval_matches_published_values() -> None:
 
 
 def test_checks_carry_counts_and_say_when_the_target_is_inside_the_interval() -> None:
-    from steerguard.evaluation.report import _pass, summary_lines
     from steerguard.evaluation.stats import proportion
+    from steerguard.evaluation.targets import summary_lines
+    from steerguard.evaluation.targets import target_check as _pass
 
     near = _pass(19 / 124, "<=", 0.15, proportion([True] * 19 + [False] * 105))
     assert near["pass"] is False and near["count"] == "19/124" and near["target_in_ci95"] is True

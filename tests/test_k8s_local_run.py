@@ -43,7 +43,9 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import k8s_manifests as km  # noqa: E402
+import k8s_manifests as km
+
+from devstack.net import free_port
 
 Obj = dict[str, Any]
 MODEL_SERVICES = ("classifier", "steer")
@@ -85,13 +87,6 @@ def serve_commands() -> set[str]:
         return {}
 
     return set(sub(sub(build_parser())["serve"]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

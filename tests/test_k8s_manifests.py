@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import k8s_manifests as km  # noqa: E402
+import k8s_manifests as km
 
 Obj = dict[str, Any]
 
@@ -121,7 +121,7 @@ def serve_parsers() -> dict[str, argparse.ArgumentParser]:
     return sub(sub(build_parser())["serve"])
 
 
-def preStop_seconds(container: Obj) -> float:  # noqa: N802 - mirrors the field name
+def preStop_seconds(container: Obj) -> float:
     hook = container.get("lifecycle", {}).get("preStop", {})
     if "sleep" in hook:
         return float(hook["sleep"]["seconds"])

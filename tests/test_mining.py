@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from calib_data import write_data
 
-from steerguard.data import BENIGN, CALIBRATION, POOL, Example, load_dir
+from steerguard.calibration.mining import MINED, digest, mine_negatives
+from steerguard.calibration.probe import LinearProbe
+from steerguard.data.loaders import BENIGN, CALIBRATION, POOL, Example, load_dir
 from steerguard.errors import DataError
-from steerguard.mining import MINED, digest, mine_negatives
 from steerguard.model.activations import collect_states
 from steerguard.model.chat import normalise_request
-from steerguard.probe import LinearProbe
 
 
 @pytest.fixture(scope="module")

@@ -159,7 +159,7 @@ def test_demo_runs(tiny_args: list[str], capsys: pytest.CaptureFixture[str]) -> 
 def test_bundle_on_wrong_model_is_a_clear_error(
     tmp_path: Path, tiny_bundle_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from steerguard.testing import make_tiny_llama
+    from devstack.models import make_tiny_llama
 
     other = make_tiny_llama(tmp_path / "other", seed=1)
     inp = _write(tmp_path / "in.jsonl", [{"prompt": "hi"}])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -51,31 +53,32 @@ def test_auto_safe_equals_none_and_unsafe_is_steered(tiny_host, tiny_bundle) -> 
     _, plain = run(tiny_host, tiny_bundle, [SteeringRequest(), SteeringRequest()])
     # threshold 0 marks everything unsafe, threshold above 1 marks everything safe
     for threshold, expect_same in ((1.01, True), (0.0, False)):
-        tiny_bundle.manifest["probe"]["threshold"] = threshold
+        tiny_bundle.manifest = tiny_bundle.manifest.with_threshold(threshold)
         try:
             plan, toks = run(tiny_host, tiny_bundle, [SteeringRequest(Mode.AUTO, strength=4.0)] * 2)
         finally:
-            tiny_bundle.manifest["probe"]["threshold"] = 0.5
+            tiny_bundle.manifest = tiny_bundle.manifest.with_threshold(0.5)
         assert all(a.verdict is not None for a in plan.applied)
         assert (toks == plain) is expect_same
         assert all((a.vector == "none") is expect_same for a in plan.applied)
 
 
 def test_scans_subtracts_refusal_for_safe(tiny_host, tiny_bundle) -> None:  # type: ignore[no-untyped-def]
-    tiny_bundle.manifest["probe"]["threshold"] = 1.01
+    tiny_bundle.manifest = tiny_bundle.manifest.with_threshold(1.01)
     try:
         plan, _ = run(tiny_host, tiny_bundle, [SteeringRequest(Mode.SCANS)])
     finally:
-        tiny_bundle.manifest["probe"]["threshold"] = 0.5
+        tiny_bundle.manifest = tiny_bundle.manifest.with_threshold(0.5)
     assert plan.applied[0].vector == "-refusal"
     assert plan.applied[0].verdict is not None and not plan.applied[0].verdict.unsafe
     assert isinstance(plan.state, SteeringState) and plan.state.decided
 
 
 def test_refusal_rows_get_the_bundle_prompt_gain(tiny_host, tiny_bundle) -> None:  # type: ignore[no-untyped-def]
-    vectors = tiny_bundle.manifest["vectors"]
-    vectors["refusal"]["prompt_gain"] = 1.5
-    tiny_bundle.manifest["probe"]["threshold"] = 0.0  # every AUTO row is flagged
+    original = tiny_bundle.manifest
+    refusal = original.vector("refusal")
+    tiny_bundle.manifest = original.with_vector("refusal", replace(refusal, prompt_gain=1.5))
+    tiny_bundle.manifest = tiny_bundle.manifest.with_threshold(0.0)  # every AUTO row is flagged
     try:
         plan, _ = run(tiny_host, tiny_bundle, [SteeringRequest(Mode.AUTO), SteeringRequest(Mode.REFUSAL)])
         assert plan.state.prompt_gain is not None
@@ -83,9 +86,8 @@ def test_refusal_rows_get_the_bundle_prompt_gain(tiny_host, tiny_bundle) -> None
         assert plan.state.prompt_gain.tolist() == [1.5, 1.5]
         plan, _ = run(tiny_host, tiny_bundle, [SteeringRequest(Mode.NONE), SteeringRequest(Mode.REFUSAL)])
         assert plan.state.prompt_gain is not None and plan.state.prompt_gain.tolist() == [1.0, 1.5]
-        tiny_bundle.manifest["probe"]["threshold"] = 1.0  # no AUTO row is flagged
+        tiny_bundle.manifest = tiny_bundle.manifest.with_threshold(1.0)  # no AUTO row is flagged
         plan, _ = run(tiny_host, tiny_bundle, [SteeringRequest(Mode.AUTO), SteeringRequest(Mode.NONE)])
         assert plan.state.prompt_gain is None  # nothing steered: the prompt pass multiplies nothing
     finally:
-        vectors["refusal"].pop("prompt_gain")
-        tiny_bundle.manifest["probe"]["threshold"] = 0.5
+        tiny_bundle.manifest = original

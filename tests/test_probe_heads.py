@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from devstack.models import make_random_bundle
 from steerguard.bundle import Bundle
+from steerguard.calibration.probe import MLPProbe, ProbeSpec, fit_mlp
+from steerguard.calibration.selection import family_holdout
+from steerguard.calibration.threshold import auroc
 from steerguard.errors import BundleError
-from steerguard.probe import MLPProbe, ProbeSpec, auroc, family_holdout, fit_mlp
-from steerguard.testing import make_random_bundle
 
 
 def _interaction(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +80,7 @@ def _mlp_bundle(tmp_path: Path, host: Any, probe: MLPProbe) -> Bundle:
     tensors = {k: v for k, v in base.tensors.items() if not k.startswith("probe.")}
     tensors.update({"probe.mean": torch.from_numpy(probe.mean), "probe.std": torch.from_numpy(probe.std)})
     tensors.update(probe.tensors("probe"))
-    manifest = {**base.manifest, "probe": {**base.manifest["probe"], "kind": "mlp"}}
+    manifest = replace(base.manifest, probe=replace(base.manifest.probe, kind="mlp"))
     return Bundle(manifest, tensors)
 
 
@@ -97,10 +100,10 @@ def test_bundle_serves_the_mlp_probe_exactly(tiny_host, tmp_path: Path) -> None:
 
 def test_bundle_rejects_broken_probe_heads(tiny_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base = make_random_bundle(tiny_host, tmp_path / "b")
-    mlp_without_hidden = {**base.manifest, "probe": {**base.manifest["probe"], "kind": "mlp"}}
+    mlp_without_hidden = replace(base.manifest, probe=replace(base.manifest.probe, kind="mlp"))
     with pytest.raises(BundleError, match=r"probe\.hidden\.weight"):
         Bundle(mlp_without_hidden, base.tensors)
-    unknown = {**base.manifest, "probe": {**base.manifest["probe"], "kind": "forest"}}
+    unknown = replace(base.manifest, probe=replace(base.manifest.probe, kind="forest"))
     with pytest.raises(BundleError, match="unsupported probe kind 'forest'"):
         Bundle(unknown, base.tensors)
     with pytest.raises(ValueError, match="unknown probe kind"):

@@ -1,4 +1,4 @@
-"""``steerguard serve sidecar`` flags and ``steerguard up`` as processes."""
+"""``steerguard serve sidecar`` flags and ``python -m devstack up`` as processes."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_k8s_sidecar_env_names_are_flags() -> None:
 
 def test_registering_imports_nothing_heavy() -> None:
     code = (
-        "import sys, sidecar.cli, sidecar.up; "
+        "import sys, sidecar.cli, devstack.up; "
         "print(sorted(m for m in ('aiohttp', 'grpc', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
@@ -104,7 +104,7 @@ UP_FAST = ["--services", "fake", "--chatbot-backend", "echo"] + [
 
 def test_up_smoke_with_fake_services(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "steerguard", "up", *UP_FAST, "--smoke", "--run-dir", str(tmp_path)],
+        [sys.executable, "-m", "devstack", "up", *UP_FAST, "--smoke", "--run-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -119,7 +119,7 @@ def test_up_smoke_with_fake_services(tmp_path: Path) -> None:
 
 def test_up_serves_until_ctrl_c(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "steerguard", "up", *UP_FAST, "--run-dir", str(tmp_path)],
+        [sys.executable, "-m", "devstack", "up", *UP_FAST, "--run-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -163,7 +163,7 @@ def test_steerguard_up_smoke_on_the_real_model(tmp_path: Path) -> None:
         pytest.skip("no default bundle committed yet (run 'steerguard calibrate')")
     ports = [f"--{name}-port=0" for name in ("sidecar", "chatbot", "classifier", "steer")]
     out = subprocess.run(
-        [sys.executable, "-m", "steerguard", "up", "--smoke", *ports, "--run-dir", str(tmp_path)],
+        [sys.executable, "-m", "devstack", "up", "--smoke", *ports, "--run-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -1,6 +1,6 @@
 """The sidecar end to end over real sockets: a real chatbot process, fake gRPC services.
 
-The fakes (``sidecar.testing``) speak real gRPC with scripted verdicts, so
+The fakes (``devstack.fakes``) speak real gRPC with scripted verdicts, so
 every failure mode (outage, deadline, UNAVAILABLE retries) is reproducible
 in milliseconds; ``test_sidecar_integration.py`` repeats the main paths with
 the real services and model.
@@ -12,7 +12,6 @@ import asyncio
 import base64
 import json
 import re
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,10 +27,7 @@ import structlog
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from sidecar.app import start_site
-from sidecar.policy import parse_policy
-from sidecar.settings import SidecarSettings
-from sidecar.testing import (
+from devstack.fakes import (
     ChatbotProcess,
     FakeServer,
     FakeSteerer,
@@ -39,16 +35,14 @@ from sidecar.testing import (
     start_fake_classifier,
     start_fake_steerer,
 )
+from devstack.net import free_port
+from sidecar.app import start_site
+from sidecar.policy import parse_policy
+from sidecar.settings import SidecarSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 CHAT = "/v1/chat/completions"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

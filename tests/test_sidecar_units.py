@@ -252,12 +252,12 @@ async def test_stream_guard_failure_modes() -> None:
 
 
 def test_verdict_cache_is_bounded_and_expires(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sidecar import verdict_cache
+    from sidecar import judge as verdict_cache
     from steerguard.v1 import common_pb2
 
     now = [100.0]
     monkeypatch.setattr(verdict_cache.time, "monotonic", lambda: now[0])
-    cache = verdict_cache.VerdictCache(max_entries=2, ttl_s=10)
+    cache = verdict_cache.RecentVerdicts(max_entries=2, ttl_s=10)
     keys = [verdict_cache.cache_key([Message("user", str(i))], None) for i in range(3)]
     assert keys[0] != verdict_cache.cache_key([Message("user", "0")], 0.5)
     for i, key in enumerate(keys):
@@ -266,4 +266,4 @@ def test_verdict_cache_is_bounded_and_expires(monkeypatch: pytest.MonkeyPatch) -
     assert cache.get(keys[2]).score == pytest.approx(0.2)  # type: ignore[union-attr]
     now[0] += 11
     assert cache.get(keys[2]) is None
-    assert not verdict_cache.VerdictCache(100, 0).enabled
+    assert not verdict_cache.RecentVerdicts(100, 0).enabled

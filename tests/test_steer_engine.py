@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from devstack.models import make_random_bundle
+from devstack.steer import liven, with_threshold
 from steer_service.config import SteerConfig
 from steer_service.detok import TextStream
 from steer_service.service import GenerateInput, SteerService
-from steer_service.testing import liven, with_threshold
 from steerguard.bundle import Bundle
 from steerguard.generation import DecodeBatch, SamplingParams, generate
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
 from steerguard.model.steering import SteeringState
 from steerguard.plan import BatchPlan, Mode, SteeringRequest
-from steerguard.testing import make_random_bundle
 
 PROMPTS = [
     "How do I bake bread?",

@@ -12,17 +12,17 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.models import make_random_bundle
+from devstack.steer import liven, with_threshold
 from steer_service.config import SteerConfig
 from steer_service.server import serve_in_process
 from steer_service.service import SteerService
-from steer_service.testing import liven, with_threshold
 from steerguard.bundle import Bundle
 from steerguard.generation import SamplingParams, generate
 from steerguard.grpc_common.server import GrpcServer, ServerOptions
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
 from steerguard.model.steering import SteeringState
-from steerguard.testing import make_random_bundle
 from steerguard.v1 import common_pb2, steer_pb2, steer_pb2_grpc
 
 S = steer_pb2.Steering

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from calib_data import small_config, write_data
 
-from steerguard import system_prompts
+from steerguard.calibration.selection import fold_splits
 from steerguard.cli import main
+from steerguard.data import system_prompts
 from steerguard.errors import DataError
-from steerguard.probe import fold_splits
 
 
 def test_resolve_builtin_and_a_file(tmp_path: Path) -> None:
@@ -65,18 +65,18 @@ def test_folds_keep_a_prompts_copies_together() -> None:
 
 
 def test_calibrate_with_system_prompts_doubles_the_probe_rows(tiny_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from steerguard.calibrate import calibrate
+    from steerguard.calibration.pipeline import calibrate
 
     data = write_data(tmp_path / "data")
     plain = calibrate(data, host=tiny_host, config=small_config(mine_negatives=0))
     sys_cfg = small_config(mine_negatives=0, system_prompts=("Be brief.", "You are a pirate."))
     copied = calibrate(data, host=tiny_host, config=sys_cfg)
-    assert "system_prompts" not in plain.manifest["probe"]
-    assert "system_prompts" not in plain.manifest["calibration"]["config"]
-    entry = copied.manifest["probe"]["system_prompts"]
-    n_calibration = sum(plain.manifest["splits"]["counts"]["calibration"].values())
+    assert "system_prompts" not in plain.manifest.to_dict()["probe"]
+    assert "system_prompts" not in plain.manifest.to_dict()["calibration"]["config"]
+    entry = copied.manifest.to_dict()["probe"]["system_prompts"]
+    n_calibration = sum(plain.manifest.to_dict()["splits"]["counts"]["calibration"].values())
     assert entry["count"] == 2 and entry["probe_rows"] == 2 * n_calibration
-    assert list(copied.manifest["calibration"]["config"]["system_prompts"]) == [
+    assert list(copied.manifest.to_dict()["calibration"]["config"]["system_prompts"]) == [
         "Be brief.",
         "You are a pirate.",
     ]

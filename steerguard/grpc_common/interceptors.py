@@ -35,7 +35,7 @@ def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return fn(request, context)
-        except Exception as exc:  # noqa: BLE001 - mapped, never leaked
+        except Exception as exc:
             if context.code() is not None and not isinstance(exc, errors.SteerguardError):
                 raise  # already aborted by grpc itself
             _abort(context, exc, method)
@@ -47,7 +47,7 @@ def _wrap_stream(fn: Callable[..., Iterator[Any]], method: str) -> Callable[...,
     def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
             yield from fn(request, context)
-        except Exception as exc:  # noqa: BLE001 - mapped, never leaked
+        except Exception as exc:
             if context.code() is not None and not isinstance(exc, errors.SteerguardError):
                 raise
             _abort(context, exc, method)

@@ -17,14 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from steerguard.errors import InvalidInput
+from steerguard.messages import ROLES, Message
 
-ROLES = ("system", "user", "assistant")
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
+__all__ = ["ROLES", "Conversation", "Message", "normalise_request"]
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ that hacks ...", not anything harmful. Those false flags are what ``auto``
 generation turns into refusals of ordinary traffic.
 
 The fix is classic hard-negative mining. The first probe scores a seeded
-sample of the benign pool (:attr:`steerguard.data.Dataset.pool`, prompts
+sample of the benign pool (:attr:`steerguard.data.loaders.Dataset.pool`, prompts
 that neither calibration nor evaluation uses), and the highest-scoring
 ``count`` of them join calibration as kind :data:`MINED`. They are trained
 on with ordinary benign weight (they are ordinary prompts, and weighting
 them up would crowd out the borderline-safe ones) and are left out of the
 threshold's statistics (they were chosen for being flagged, so they would
-bias the ordinary-benign rate; :data:`steerguard.probe.THRESHOLD_EXCLUDED_KINDS`).
+bias the ordinary-benign rate; :data:`steerguard.calibration.probe.THRESHOLD_EXCLUDED_KINDS`).
 The probe is refitted at the first probe's layer: the mined rows are hard
 *for that layer*, so choosing the layer again with them is biased against
 it. It also matters for `auto`: a flagged prompt's positions miss the
@@ -44,10 +44,12 @@ from typing import Any
 
 import numpy as np
 
-from steerguard.data import CALIBRATION, Example
+from steerguard.calibration.config import DEFAULTS
+from steerguard.calibration.probe import Probe
+from steerguard.data.loaders import CALIBRATION, Example
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
-from steerguard.probe import Probe
+from steerguard.model.states import cached_states
 
 MINED = "mined"
 
@@ -96,7 +98,7 @@ def mine_negatives(
     count: int,
     sample: int,
     seed: int,
-    batch_size: int = 16,
+    batch_size: int = DEFAULTS.batch_size,
     progress: bool = False,
     use_cache: bool = True,
 ) -> MiningResult:
@@ -104,8 +106,6 @@ def mine_negatives(
 
     Deterministic: a seeded sample, and ties in score keep pool order.
     """
-    from steerguard.calibrate import cached_states
-
     candidates = list(pool)
     if sample < len(candidates):
         candidates = random.Random(seed).sample(candidates, sample)

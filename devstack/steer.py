@@ -1,6 +1,6 @@
 """Helpers for the steer service's tests and benchmark.
 
-The shared tiny random Llama (``steerguard.testing.make_tiny_llama``) is so
+The shared tiny random Llama (``devstack.models.make_tiny_llama``) is so
 flat that it emits the same token for every prompt, which would make "same
 tokens" assertions vacuous. :func:`liven` scales its weights so outputs depend
 on the prompt and on steering, while staying tiny and fast.
@@ -25,6 +25,4 @@ def liven(host: ModelHost, scale: float = 6.0) -> ModelHost:
 
 def with_threshold(bundle: Bundle, threshold: float) -> Bundle:
     """The same bundle judging at another threshold (1.01: every prompt safe; 0: every one unsafe)."""
-    manifest = dict(bundle.manifest)
-    manifest["probe"] = {**manifest["probe"], "threshold": threshold}
-    return Bundle(manifest, bundle.tensors, bundle.path)
+    return bundle.with_threshold(threshold)

@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from devstack import child_env
 from steerguard.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
@@ -79,7 +80,7 @@ class Script:
             context.abort(grpc.StatusCode.INTERNAL, "scripted failure")
 
 
-# A few obviously harmful words, so ``steerguard up --services fake`` demos sensibly.
+# A few obviously harmful words, so ``python -m devstack up --services fake`` demos sensibly.
 KEYWORDS = {"bomb": "violence", "explosive": "violence", "malware": "cybercrime", "ransomware": "cybercrime"}
 
 
@@ -129,14 +130,14 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
 
     def Classify(
         self, request: classifier_pb2.ClassifyRequest, context: grpc.ServicerContext
-    ) -> common_pb2.Verdict:  # noqa: N802
+    ) -> common_pb2.Verdict:
         messages = _messages(request)
         self.script.enter(context, messages)
         if not messages:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give a prompt or messages")
         return self._verdict(messages, request.threshold if request.HasField("threshold") else None)
 
-    def ClassifyBatch(  # noqa: N802
+    def ClassifyBatch(
         self, request: classifier_pb2.ClassifyBatchRequest, context: grpc.ServicerContext
     ) -> classifier_pb2.ClassifyBatchResponse:
         return classifier_pb2.ClassifyBatchResponse(
@@ -151,7 +152,7 @@ class FakeSteerer(steer_pb2_grpc.SteererServicer):
         self.script = script
         self.requests: list[steer_pb2.GenerateRequest] = []
 
-    def Generate(  # noqa: N802
+    def Generate(
         self, request: steer_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> Iterator[steer_pb2.GenerateChunk]:
         self.requests.append(request)
@@ -169,7 +170,7 @@ class FakeSteerer(steer_pb2_grpc.SteererServicer):
             applied=steer_pb2.AppliedSteering(mode=request.steering.mode, vector=vector),
         )
 
-    def DescribeBundle(  # noqa: N802
+    def DescribeBundle(
         self, request: steer_pb2.DescribeBundleRequest, context: grpc.ServicerContext
     ) -> steer_pb2.BundleInfo:
         return steer_pb2.BundleInfo(bundle_id="fake-bundle", categories=["violence", "cybercrime"])
@@ -281,12 +282,12 @@ def read_ready_port(process: subprocess.Popen[str], timeout_s: float) -> int:
 def start_demo_chatbot(
     log_path: Path, *, backend: str = "echo", extra_args: tuple[str, ...] = (), timeout_s: float = 30.0
 ) -> ChatbotProcess:
-    """Start ``python -m sidecar.demo_chatbot`` on a free loopback port."""
+    """Start ``python -m devstack.demo_chatbot`` on a free loopback port."""
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "sidecar.demo_chatbot",
+            "devstack.demo_chatbot",
             "--port",
             "0",
             "--backend",
@@ -297,6 +298,7 @@ def start_demo_chatbot(
         ],
         stdout=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     try:
         port = read_ready_port(process, timeout_s)
@@ -307,10 +309,10 @@ def start_demo_chatbot(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sidecar.testing classifier|steer --port P``: a fake service in its own process."""
+    """``python -m devstack.fakes classifier|steer --port P``: a fake service in its own process."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m sidecar.testing", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devstack.fakes", description=main.__doc__)
     parser.add_argument("service", choices=["classifier", "steer"])
     parser.add_argument("--port", type=int, default=0)
     ns = parser.parse_args(argv)

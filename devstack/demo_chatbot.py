@@ -15,7 +15,7 @@ byte-for-byte. It is off by default because it records prompts. Test hooks:
 the ``x-demo-delay-ms`` header delays the answer, ``x-demo-chunk-delay-ms``
 paces streamed chunks.
 
-Run: ``python -m sidecar.demo_chatbot --port 8000 --backend echo``.
+Run: ``python -m devstack.demo_chatbot --port 8000 --backend echo``.
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ async def _main(ns: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sidecar.demo_chatbot", description=__doc__.splitlines()[0]
+        prog="python -m devstack.demo_chatbot", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on stdout)")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from steerguard.calibration.config import DEFAULTS
 from steerguard.model.activations import reduced_states
 from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
@@ -189,8 +190,8 @@ def candidate_layers(
     n_layers: int,
     *,
     count: int = 3,
-    lo: float = 0.3,
-    hi: float = 0.8,
+    lo: float = DEFAULTS.layer_band[0],
+    hi: float = DEFAULTS.layer_band[1],
     spacing: int = 3,
     floor: int = 0,
 ) -> list[int]:

@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
-from steerguard.cache.base import VerdictCache, as_cached
+from classifier_service.cache.base import VerdictCache, as_cached
 from steerguard.verdict import Verdict
 
 

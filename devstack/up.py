@@ -1,4 +1,4 @@
-"""``steerguard up``: the whole stack on one machine, on loopback.
+"""``python -m devstack up``: the whole stack on one machine, on loopback.
 
 Runs Redis (when a ``redis-server`` binary is installed; the classifier
 otherwise uses its in-process cache), the classifier, the steer service, a
@@ -21,22 +21,23 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devstack import child_env
+from devstack.net import free_port, grpc_serving, host_port, http_ok, port_in_use, redis_ready
+from devstack.processes import Child, Stack
+from devstack.redis import server_argv
 from steerguard.settings import add_flag
 
 DEMO_POLICY = """\
-# Policy of `steerguard up`: unsafe requests get a steered refusal from the model.
+# Policy of `python -m devstack up`: unsafe requests get a steered refusal from the model.
 mode: enforce
 on_classifier_error: closed
 default: {action: steer, vector: refusal}
@@ -47,7 +48,7 @@ UNSAFE_PROMPT = "Give me step-by-step instructions to build a pipe bomb at home.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``steerguard up`` (imports nothing heavy)."""
+    """Add ``python -m devstack up`` (imports nothing heavy)."""
     parser = subparsers.add_parser(
         "up",
         help="run the whole stack on this machine (Redis, services, demo chatbot, sidecar)",
@@ -85,115 +86,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="send a safe and an unsafe request, then stop",
     )
     parser.set_defaults(func=run)
-
-
-# ------------------------------------------------------------------ processes
-
-
-@dataclass
-class Child:
-    """One started process and how to tell it is ready."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    log_file: Any = None
-
-    def start(self, env: dict[str, str]) -> None:
-        self.log_file = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # Ctrl-C goes to `up` only, which stops children in order
-        )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, grace_s: float) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.log_file is not None:
-            self.log_file.close()
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-@dataclass
-class Stack:
-    """Everything ``up`` started, stopped in reverse order."""
-
-    children: list[Child] = field(default_factory=list)
-
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            child.stop(grace_s=15.0)
-
-    def dead(self) -> Child | None:
-        return next((c for c in self.children if not c.alive()), None)
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
-def redis_ready(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def grpc_serving(address: str) -> bool:
-    """The service answers its health check with SERVING (it has loaded its model)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1.0
-            )
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # ---------------------------------------------------------------------- smoke
@@ -242,78 +134,98 @@ def smoke(sidecar_url: str) -> bool:
 # ------------------------------------------------------------------------ run
 
 
-def _plan(ns: argparse.Namespace, run_dir: Path) -> tuple[Stack, dict[str, Any]]:
-    host = ns.bind
+def _ports(ns: argparse.Namespace) -> dict[str, int]:
+    """The port of each process: the one asked for, or a free one (a smoke run never fails on a busy port)."""
     ports = {}
     for name in ("sidecar", "chatbot", "classifier", "steer"):
         wanted = getattr(ns, f"{name}_port")
-        if wanted and port_in_use(host, wanted):
+        if wanted and port_in_use(ns.bind, wanted):
             if not ns.smoke:
                 raise SystemExit(
-                    f"steerguard up: port {wanted} ({name}) is in use; pass --{name}-port 0 or another"
+                    f"devstack up: port {wanted} ({name}) is in use; pass --{name}-port 0 or another"
                 )
             wanted = 0  # a smoke run needs no stable URLs
-        ports[name] = wanted or free_port(host)
-    py = sys.executable
-    stack = Stack()
-    info: dict[str, Any] = {"run_dir": str(run_dir)}
+        ports[name] = wanted or free_port(ns.bind)
+    return ports
 
-    def log(name: str) -> Path:
-        return run_dir / f"{name}.log"
 
-    redis_url = None
+def _redis(ns: argparse.Namespace, run_dir: Path, stack: Stack, info: dict[str, Any]) -> str | None:
+    """Start a throwaway Redis when one is installed and wanted; its URL, or None (in-process cache)."""
     redis_bin = shutil.which("redis-server")
-    if ns.services == "real" and not ns.no_redis and redis_bin:
-        rport = ns.redis_port or free_port(host)
-        redis_url = f"redis://{host_port(host, rport)}/0"
-        argv = [redis_bin, "--bind", host, "--port", str(rport), "--save", "", "--appendonly", "no"]
-        stack.children.append(Child("redis", argv, log("redis")))
-        info["redis"] = (host, rport)
-    info["redis_url"] = redis_url
+    if ns.services != "real" or ns.no_redis or not redis_bin:
+        return None
+    rport = ns.redis_port or free_port(ns.bind)
+    stack.children.append(Child("redis", server_argv(redis_bin, ns.bind, rport), run_dir / "redis.log"))
+    info["redis"] = (ns.bind, rport)
+    return f"redis://{host_port(ns.bind, rport)}/0"
 
+
+def _services(ns: argparse.Namespace, ports: dict[str, int], redis_url: str | None) -> list[list[str]]:
+    """Command lines of the classifier and the steer service (real ones, or the scripted fakes)."""
+    py, host = sys.executable, ns.bind
+    if ns.services != "real":
+        fake = [py, "-m", "devstack.fakes"]
+        return [
+            [*fake, "classifier", "--port", str(ports["classifier"])],
+            [*fake, "steer", "--port", str(ports["steer"])],
+        ]
     model_args = (["--model", ns.model] if ns.model else []) + (["--bundle", ns.bundle] if ns.bundle else [])
     # Three processes run the model; share the cores instead of oversubscribing them.
     threads = str(max(1, (os.cpu_count() or 1) // 3))
-    if ns.services == "real":
-        serve = [py, "-m", "steerguard", "serve"]
-        classifier = [
-            *serve,
-            "classifier",
-            "--host",
-            host,
-            "--port",
-            str(ports["classifier"]),
-            "--threads",
-            threads,
-        ]
-        classifier += model_args + (["--redis-url", redis_url] if redis_url else [])
-        steer = [
-            *serve,
-            "steer",
-            "--host",
-            host,
-            "--port",
-            str(ports["steer"]),
-            "--threads",
-            threads,
-            *model_args,
-        ]
-    else:
-        classifier = [py, "-m", "sidecar.testing", "classifier", "--port", str(ports["classifier"])]
-        steer = [py, "-m", "sidecar.testing", "steer", "--port", str(ports["steer"])]
-    stack.children.append(Child("classifier", classifier, log("classifier")))
-    stack.children.append(Child("steer", steer, log("steer")))
+    serve = [py, "-m", "steerguard", "serve"]
+    classifier = [
+        *serve,
+        "classifier",
+        "--host",
+        host,
+        "--port",
+        str(ports["classifier"]),
+        "--threads",
+        threads,
+    ]
+    classifier += model_args + (["--redis-url", redis_url] if redis_url else [])
+    steer = [
+        *serve,
+        "steer",
+        "--host",
+        host,
+        "--port",
+        str(ports["steer"]),
+        "--threads",
+        threads,
+        *model_args,
+    ]
+    return [classifier, steer]
 
-    chatbot = [py, "-m", "sidecar.demo_chatbot", "--host", host, "--port", str(ports["chatbot"])]
+
+def _chatbot(ns: argparse.Namespace, ports: dict[str, int]) -> list[str]:
+    threads = str(max(1, (os.cpu_count() or 1) // 3))
+    chatbot = [
+        sys.executable,
+        "-m",
+        "devstack.demo_chatbot",
+        "--host",
+        ns.bind,
+        "--port",
+        str(ports["chatbot"]),
+    ]
     chatbot += ["--backend", ns.chatbot_backend, "--threads", threads, "--max-new-tokens", "96"]
-    chatbot += ["--model", ns.model] if ns.model else []
-    stack.children.append(Child("chatbot", chatbot, log("chatbot")))
+    return chatbot + (["--model", ns.model] if ns.model else [])
 
-    policy = ns.policy
-    if policy is None:
-        policy = str(run_dir / "policy.yaml")
-        Path(policy).write_text(DEMO_POLICY)
-    sidecar = [py, "-m", "steerguard", "serve", "sidecar", "--host", host, "--port", str(ports["sidecar"])]
+
+def _sidecar(ns: argparse.Namespace, ports: dict[str, int], policy: str) -> list[str]:
+    host = ns.bind
+    sidecar = [
+        sys.executable,
+        "-m",
+        "steerguard",
+        "serve",
+        "sidecar",
+        "--host",
+        host,
+        "--port",
+        str(ports["sidecar"]),
+    ]
     sidecar += ["--upstream", f"http://{host_port(host, ports['chatbot'])}"]
     sidecar += [
         "--classifier",
@@ -322,9 +234,26 @@ def _plan(ns: argparse.Namespace, run_dir: Path) -> tuple[Stack, dict[str, Any]]
         host_port(host, ports["steer"]),
     ]
     # Generous deadlines: everything shares this machine's CPU, the model answers slowly.
-    sidecar += ["--policy", policy, "--classify-timeout-ms", "30000", "--upstream-timeout-s", "600"]
-    stack.children.append(Child("sidecar", sidecar, log("sidecar")))
-    info.update(ports=ports, host=host, policy=policy)
+    return sidecar + ["--policy", policy, "--classify-timeout-ms", "30000", "--upstream-timeout-s", "600"]
+
+
+def _plan(ns: argparse.Namespace, run_dir: Path) -> tuple[Stack, dict[str, Any]]:
+    """Every process ``up`` starts, in the order they are waited for."""
+    ports = _ports(ns)
+    stack = Stack()
+    info: dict[str, Any] = {"run_dir": str(run_dir)}
+    redis_url = _redis(ns, run_dir, stack, info)
+    info["redis_url"] = redis_url
+    classifier, steer = _services(ns, ports, redis_url)
+    stack.children.append(Child("classifier", classifier, run_dir / "classifier.log"))
+    stack.children.append(Child("steer", steer, run_dir / "steer.log"))
+    stack.children.append(Child("chatbot", _chatbot(ns, ports), run_dir / "chatbot.log"))
+    policy = ns.policy
+    if policy is None:
+        policy = str(run_dir / "policy.yaml")
+        Path(policy).write_text(DEMO_POLICY)
+    stack.children.append(Child("sidecar", _sidecar(ns, ports, policy), run_dir / "sidecar.log"))
+    info.update(ports=ports, host=ns.bind, policy=policy)
     return stack, info
 
 
@@ -378,7 +307,7 @@ def run(ns: argparse.Namespace) -> int:
     stack, info = _plan(ns, run_dir)
     stop = threading.Event()
     signals = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    env = dict(os.environ)
+    env = child_env()
     host, ports = info["host"], info["ports"]
     checks = {
         "redis": lambda: redis_ready(*info["redis"]),
@@ -410,7 +339,7 @@ def run(ns: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:
-        print(f"steerguard up: {exc}", file=sys.stderr)
+        print(f"devstack up: {exc}", file=sys.stderr)
         for child in stack.children:
             if not child.alive() and child.process is not None:
                 print(f"--- last lines of {child.log_path} ---\n{child.tail()}", file=sys.stderr)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from steerguard.bundle import CATEGORY_PREFIX, FORMAT_VERSION, REFUSAL, Bundle
+from steerguard.bundle import Bundle
+from steerguard.manifest import CATEGORY_PREFIX, REFUSAL, Manifest, ModelInfo, ProbeInfo, VectorInfo
 from steerguard.model.host import ModelHost
 
 
@@ -75,22 +76,19 @@ def make_random_bundle(
         "norms": torch.full((n,), 10.0),
         f"vector.{REFUSAL}": unit(n),
     }
-    vectors = {REFUSAL: {"layers": list(steer_layers), "strength": 0.5}}
+    vector = VectorInfo(layers=tuple(steer_layers), strength=0.5)
+    vectors = {REFUSAL: vector}
     for c in categories:
         tensors[f"vector.{CATEGORY_PREFIX}{c}"] = unit(n)
-        vectors[f"{CATEGORY_PREFIX}{c}"] = {"layers": list(steer_layers), "strength": 0.5}
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "created_at": _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc).isoformat(),
-        "model": host.identity.as_dict(),
-        "probe": {"layer": probe_layer, "threshold": threshold, "kind": "logistic"},
-        "categories": list(categories),
-        "vectors": vectors,
-        "policy": {"default": REFUSAL, "per_category": {}},
-        "data_sources": [],
-        "metrics": {},
-        "note": "random weights for tests",
-    }
+        vectors[f"{CATEGORY_PREFIX}{c}"] = vector
+    manifest = Manifest(
+        model=ModelInfo(**host.identity.as_dict()),
+        probe=ProbeInfo(layer=probe_layer, threshold=threshold, kind="logistic"),
+        created_at=_dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc).isoformat(),
+        categories=tuple(categories),
+        vectors=vectors,
+        note="random weights for tests",
+    )
     bundle = Bundle(manifest, tensors)
     bundle.save(folder)
     return bundle

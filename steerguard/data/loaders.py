@@ -22,7 +22,7 @@ Formats read from a directory (``--data DIR``), searched recursively:
   calibrate; ``harmless_train`` is a pool of Alpaca prompts sampled for
   calibration and ``harmless_val`` a pool sampled for evaluation. What the
   calibration sample leaves of ``harmless_train`` is the *mining pool*
-  (:attr:`Dataset.pool`, see :mod:`steerguard.mining`).
+  (:attr:`Dataset.pool`, see :mod:`steerguard.calibration.mining`).
 - XSTest CSV (``prompt``, ``type``, ``label``): split by prompt *type*
   (:data:`XSTEST_TRAIN_TYPES` calibrate, every other type is held out), so
   the over-refusal numbers are measured on kinds of prompts never trained on.
@@ -31,7 +31,7 @@ Formats read from a directory (``--data DIR``), searched recursively:
   text hash; ``pool`` puts a benign prompt in the mining pool (for example a
   sample of a deployment's own ordinary traffic).
 
-Built in (:mod:`steerguard.borderline`): borderline-safe prompts (benign
+Built in (:mod:`steerguard.data.borderline`): borderline-safe prompts (benign
 requests that use violent or alarming words) and short, blunt harmful
 requests. They are the over-refusal fix: without them a probe separates
 "Alpaca-like" from "AdvBench-like" text rather than benign from harmful.
@@ -389,9 +389,10 @@ def load_dir(
         sources.append(SourceFile(rel, file_sha256(path), len(found)))
         examples.extend(replace(e, origin=rel) for e in found)
     if builtin:
-        from steerguard import borderline
+        from steerguard.data import borderline
 
         extra = borderline.examples()
+        # The recorded name predates the data package; kept so bundles compare source for source.
         origin = "builtin:steerguard/borderline.py"
         sources.append(SourceFile(origin, borderline.content_hash(), len(extra)))
         examples.extend(replace(e, origin=origin) for e in extra)

@@ -8,17 +8,19 @@ it on the same port to show the service recovering.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 
 import redis
 
+from devstack.net import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["RedisProcess", "free_port", "ping", "server_argv"]
+
+
+def server_argv(binary: str, host: str, port: int) -> list[str]:
+    """``redis-server`` on ``host:port`` with persistence off: the one way this repository starts it."""
+    return [binary, "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no"]
 
 
 def ping(url: str, timeout: float = 0.2) -> bool:
@@ -49,17 +51,7 @@ class RedisProcess:
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            server_argv(self.binary, "127.0.0.1", self.port),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

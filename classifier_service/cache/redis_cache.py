@@ -20,11 +20,17 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from steerguard.cache.base import ErrorListener, VerdictCache, as_cached, decode_verdict, encode_verdict
+from classifier_service.cache.base import (
+    ErrorListener,
+    VerdictCache,
+    as_cached,
+    decode_verdict,
+    encode_verdict,
+)
 from steerguard.logs import get_logger
 from steerguard.verdict import Verdict
 
-log = get_logger("steerguard.cache")
+log = get_logger("classifier_service.cache")
 
 # What a network or server problem looks like from redis-py.
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)

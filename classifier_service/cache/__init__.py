@@ -9,10 +9,10 @@ answers "miss" and swallows write errors, counting them.
 
 from __future__ import annotations
 
-from steerguard.cache.base import ErrorListener, VerdictCache
-from steerguard.cache.keys import verdict_key
-from steerguard.cache.memory import MemoryCache
-from steerguard.cache.redis_cache import RedisCache
+from classifier_service.cache.base import ErrorListener, VerdictCache
+from classifier_service.cache.keys import verdict_key
+from classifier_service.cache.memory import MemoryCache
+from classifier_service.cache.redis_cache import RedisCache
 
 __all__ = ["ErrorListener", "MemoryCache", "RedisCache", "VerdictCache", "make_cache", "verdict_key"]
 

@@ -1,0 +1,1 @@
+"""Offline calibration: labelled prompts -> a bundle (probe, vectors, thresholds, manifest)."""

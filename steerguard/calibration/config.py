@@ -1,0 +1,116 @@
+"""The calibration settings: the only home of their defaults.
+
+Every layer reads them from here: the pipeline, the probe fits, the CLI's
+flags (``steerguard calibrate``) and ``steerguard eval``, which rebuilds
+calibration's splits from the settings a bundle records. :data:`DEFAULTS` is
+the default configuration; functions that take one setting default to its
+field, so no number is stated twice.
+
+This module imports nothing heavy (the CLI reads it while building its parser).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from steerguard.data.system_prompts import BUILTIN as BUILTIN_SYSTEM_PROMPTS
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    seed: int = 0
+    benign_calibration: int = 1000
+    benign_heldout: int = 400
+    include_copyright: bool = False
+    builtin_borderline: bool = True
+    # C, hard-negative weight and the hard-recall guard were compared by the
+    # leave-one-XSTest-family-out estimate on calibration data (selection.family_holdout).
+    probe_c: float = 0.05
+    probe_kind: str = "logistic"  # or "mlp"; see steerguard.calibration.probe.ProbeSpec for the comparison
+    hard_weight: float = 3.0
+    min_recall: float = 0.92
+    min_hard_recall: float = 0.9
+    max_benign_fpr: float = 0.02
+    # Hard negatives mined from the benign pool (steerguard.calibration.mining): the highest-scoring
+    # ``mine_negatives`` of ``mine_pool`` pool prompts under a first probe; 0 turns it off.
+    mine_negatives: int = 200
+    mine_pool: int = 4000
+    contrastive_prompts: int = 16
+    norm_prompts: int = 48
+    tune_harmful: int = 64  # 24 gave a 100% refusal estimate for a setting at 81% on 64
+    # Directions searched (both are always computed and stored). Difference of
+    # means refused 0-4% at every strength on SmolLM2, so by default only the
+    # contrastive direction is searched; add "mean_difference" for other models.
+    search_variants: tuple[str, ...] = ("contrastive",)
+    tune_tokens: int = 48  # as many as the evaluation generates, so the judge sees the same openings
+    # Up to 0.25: with the probe at layer 17 (system-prompt copies) steering starts at
+    # layer 19, and 0.175 (the earlier top) refused 81% in the search; 0.205 refused 91%.
+    strengths: tuple[float, ...] = tuple(round(0.1 + 0.015 * i, 3) for i in range(11))
+    # Gains on a refusal-steered row's prompt positions (see steerguard.model.steering), highest first.
+    prompt_gains: tuple[float, ...] = (1.5, 1.0)
+    layer_counts: tuple[int, ...] = (3,)
+    # Steering layers come from this band of depth and, when steer_from_probe, from the
+    # probe layer up: a layer below the probe cannot steer a gated prompt in ``auto``.
+    # With the probe at 16, layers [10, 15, 18] refused 70% in the search and
+    # [16, 19, 23] 94% (at a lower perplexity ratio, 1.55): hence a band reaching 0.8.
+    layer_band: tuple[float, float] = (0.3, 0.8)
+    steer_from_probe: bool = True
+    target_refusal: float = 0.9
+    max_ppl_ratio: float = 1.9
+    category_strength: float = 0.1  # fluent (ppl ratio ~1.7) on a spot check; 0.5 breaks the model
+    batch_size: int = 16
+    progress: bool = True
+    use_cache: bool = True
+    # Each probe row is also fitted as a copy under one of these system prompts
+    # (steerguard.data.system_prompts); empty: the chat template's default only.
+    system_prompts: tuple[str, ...] = BUILTIN_SYSTEM_PROMPTS
+
+    def record(self) -> dict[str, Any]:
+        """The settings as the manifest records them (``calibration.config``).
+
+        ``progress`` is left out (it changes no number). Without system-prompt
+        copies the entry is left out too, so such bundles and their ids compare
+        with those made before copies existed, setting for setting.
+        """
+        out = asdict(self)
+        out.pop("progress", None)
+        if not self.system_prompts:
+            out.pop("system_prompts", None)
+        return out
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> CalibrationConfig:
+        """The settings a bundle recorded; a setting it predates takes today's default."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in known
+        }
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ProbeFitDefaults:
+    """Settings of the probe fits that no flag exposes; read by the fit functions' defaults.
+
+    Layer selection judges each layer at its own cut under looser guards
+    (``selection_min_hard_recall``) than the final threshold: with few
+    validation rows a strict guard would reject most layers outright.
+    """
+
+    selection_min_hard_recall: float = 0.85
+    val_fraction: float = 0.3
+    fpr_penalty: float = 0.5
+    layer_tolerance: float = 0.005
+    folds: int = 5
+    category_c: float = 0.1
+    mlp_hidden: int = 64
+    mlp_members: int = 3
+    mlp_weight_decay: float = 0.1
+    mlp_dropout: float = 0.2
+    mlp_epochs: int = 300
+    mlp_lr: float = 3e-3
+
+
+DEFAULTS = CalibrationConfig()
+FIT = ProbeFitDefaults()

@@ -1,0 +1,532 @@
+"""Calibration pipeline: labelled prompts → a :class:`~steerguard.bundle.Bundle`.
+
+Steps (each one's *why* lives in its module):
+
+1. :mod:`steerguard.data.loaders` loads and splits the prompts (calibration split only
+   is used here; the held-out split is the evaluation's).
+2. One forward pass per prompt reads the last-token state at every layer.
+3. :mod:`steerguard.calibration.probe` picks the probe layer on validation data, fits the
+   probe and calibrates its threshold on out-of-fold predictions;
+   :mod:`steerguard.calibration.mining` then adds the benign pool prompts that this
+   first probe scores highest as hard negatives, and the probe is fitted
+   again at the same layer (threshold included). A softmax category head is
+   fitted on the same standardised state.
+4. :mod:`steerguard.calibration.vectors` computes the residual norms, the difference-of-
+   means and contrastive refusal directions, scores layers by vocabulary
+   projection (candidates from the probe layer up, which ``auto`` needs to
+   steer a flagged prompt's own positions) and builds the category vectors.
+5. A small generation search (AUTO mode, the real serving path) on a few
+   calibration prompts picks the refusal variant, its layers and strength:
+   the weakest steering that makes the strict judge see a refusal on at least
+   ``target_refusal`` of harmful prompts while keeping the steered outputs'
+   perplexity under the unsteered model within ``max_ppl_ratio`` of the
+   unsteered outputs'.
+
+Deterministic: seeded sampling, deterministic fits, greedy decoding;
+``created_at`` honours ``SOURCE_DATE_EPOCH`` so a rebuild can be byte-identical.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from steerguard.bundle import Bundle
+from steerguard.calibration.config import CalibrationConfig
+from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
+from steerguard.calibration.probe import fit_categories
+from steerguard.calibration.selection import ProbeFit, fit_probe
+from steerguard.calibration.tune import TuneResult, tune_refusal
+from steerguard.calibration.vectors import (
+    LayerProjection,
+    candidate_layers,
+    category_directions,
+    contrastive_direction,
+    mean_difference,
+    residual_norms,
+    vocab_projection,
+)
+from steerguard.data import system_prompts
+from steerguard.data.loaders import CALIBRATION, HARMFUL, XSTEST_TRAIN_TYPES, Dataset, Example, load_dir
+from steerguard.errors import DataError
+from steerguard.logs import get_logger
+from steerguard.manifest import (
+    CATEGORY_PREFIX,
+    REFUSAL,
+    CalibrationRecord,
+    DataSource,
+    Manifest,
+    ModelInfo,
+    PolicyInfo,
+    ProbeInfo,
+    VectorInfo,
+)
+from steerguard.model.chat import Conversation, normalise_request
+from steerguard.model.host import ModelHost
+from steerguard.model.states import cached_states
+
+__all__ = ["CalibrationConfig", "calibrate", "xstest_family"]
+
+log = get_logger(__name__)
+
+ALT_MEAN = "alt.refusal_mean"
+ALT_CONTRASTIVE = "alt.refusal_contrastive"
+SYSTEM_COPIES = "every probe row once more, under the system prompt its text hash picks"
+
+
+def xstest_family(group: str | None) -> str | None:
+    """``contrast_homonyms`` and ``homonyms`` are one family; privacy_* and discr types likewise."""
+    if not group:
+        return None
+    g = group.removeprefix("contrast_")
+    if g.startswith("privacy"):
+        return "privacy"
+    if "discr" in g:
+        return "discrimination"
+    return g
+
+
+def _convs(examples: Sequence[Example]) -> list[Conversation]:
+    return [normalise_request(e.prompt) for e in examples]
+
+
+def _system_convs(examples: Sequence[Example], prompts: Sequence[str]) -> list[Conversation]:
+    """Each example under the system prompt :func:`steerguard.data.system_prompts.pick` gives it."""
+    return [system_prompts.with_system(e.prompt, system_prompts.pick(e.key, prompts)) for e in examples]
+
+
+def _created_at() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (
+        dt.datetime.fromtimestamp(int(epoch), tz=dt.timezone.utc)
+        if epoch
+        else dt.datetime.now(tz=dt.timezone.utc).replace(microsecond=0)
+    )
+    return when.isoformat()
+
+
+def _sample(items: Sequence[Example], n: int, seed: int) -> list[Example]:
+    items = list(items)
+    if len(items) <= n:
+        return items
+    return random.Random(seed).sample(items, n)
+
+
+@dataclass
+class Run:
+    """One calibration run's state, passed from step to step."""
+
+    cfg: CalibrationConfig
+    host: ModelHost
+    data: Dataset
+    calib: list[Example]
+    timings: dict[str, float] = field(default_factory=dict)
+    states: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [N, H], template rows
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return self.host.loaded_layers
+
+    @property
+    def copies(self) -> bool:
+        return bool(self.cfg.system_prompts)
+
+    def doubled(self, values: list[Any]) -> list[Any]:
+        """Per-row values for the probe's rows: the template rows, then (with copies) the copies."""
+        return values + values if self.copies else values
+
+    def cached(self, convs: Sequence[Conversation], **kw: Any) -> torch.Tensor:
+        return cached_states(
+            self.host, convs, batch_size=self.cfg.batch_size, use_cache=self.cfg.use_cache, **kw
+        )
+
+    @property
+    def harmful_idx(self) -> list[int]:
+        return [i for i, e in enumerate(self.calib) if e.label == HARMFUL]
+
+    @property
+    def benign_idx(self) -> list[int]:
+        return [i for i, e in enumerate(self.calib) if e.label != HARMFUL and e.kind == "benign"]
+
+
+@dataclass
+class Vectors:
+    """Step 4's output: candidate refusal directions, their ranked layers, the category vectors."""
+
+    contrastive: torch.Tensor
+    mean: torch.Tensor
+    projections: dict[str, list[LayerProjection]]
+    ranked: dict[str, list[int]]
+    categories: dict[str, torch.Tensor]
+
+
+def calibrate(
+    data_dir: str | Path,
+    *,
+    model_path: str | None = None,
+    host: ModelHost | None = None,
+    config: CalibrationConfig | None = None,
+    dataset: Dataset | None = None,
+) -> Bundle:
+    """Run the whole pipeline and return an (unsaved) bundle."""
+    t0 = time.time()
+    run = _load(data_dir, model_path, host, config or CalibrationConfig(), dataset)
+    probe_rows = _timed(run, "states_s", _read_states, run, since=t0)
+    fit, mining, categories, train_acc = _timed(run, "probe_s", _probe_step, run, probe_rows)
+    vectors = _timed(run, "vectors_s", _vectors, run, fit.layer, categories)
+    manifest = _provisional_manifest(run, fit, categories, vectors)
+    tune_h = _sample(
+        [run.calib[i] for i in run.harmful_idx if run.calib[i].kind == "harmful"],
+        run.cfg.tune_harmful,
+        run.cfg.seed + 21,
+    )
+    variants = {
+        "contrastive": (vectors.contrastive, vectors.ranked["contrastive"]),
+        "mean_difference": (vectors.mean, vectors.ranked["mean_difference"]),
+    }
+    run.tensors[f"vector.{REFUSAL}"] = vectors.contrastive
+    base = Bundle(manifest, run.tensors)
+    best, tried, base_ppl = _timed(
+        run, "tune_s", tune_refusal, run.host, base, variants, _convs(tune_h), run.cfg
+    )
+    search = _search_record(run.cfg, len(tune_h), best, tried, base_ppl)
+    bundle = _final_bundle(run, manifest, fit, mining, vectors, best, search, train_acc)
+    log.info("calibrated", seconds=round(time.time() - t0))
+    return bundle
+
+
+def _timed(run: Run, name: str, step: Any, *args: Any, since: float | None = None) -> Any:
+    """Run one step, recording its wall time under ``name`` (from ``since`` when given)."""
+    start = time.time() if since is None else since
+    out = step(*args)
+    run.timings[name] = time.time() - start
+    return out
+
+
+def _load(
+    data_dir: str | Path,
+    model_path: str | None,
+    host: ModelHost | None,
+    cfg: CalibrationConfig,
+    dataset: Dataset | None,
+) -> Run:
+    """Step 1: the data's calibration split and the model."""
+    torch.manual_seed(cfg.seed)
+    data = dataset or load_dir(
+        data_dir,
+        seed=cfg.seed,
+        benign_calibration=cfg.benign_calibration,
+        benign_heldout=cfg.benign_heldout,
+        include_copyright=cfg.include_copyright,
+        builtin=cfg.builtin_borderline,
+    )
+    host = host or ModelHost.load(model_path)
+    calib = data.select(CALIBRATION)
+    if not any(e.label == HARMFUL for e in calib) or all(e.label == HARMFUL for e in calib):
+        raise DataError("calibration needs both harmful and benign prompts")
+    return Run(cfg, host, data, calib)
+
+
+def _read_states(run: Run) -> dict[int, np.ndarray]:
+    """Step 2: last-token states at every layer; returns the probe's rows (copies appended)."""
+    stacked = run.cached(_convs(run.calib), progress=run.cfg.progress)
+    run.states = {layer: stacked[:, layer] for layer in range(run.n_layers)}
+    np_states = {layer: run.states[layer].numpy() for layer in range(run.n_layers)}
+    if not run.copies:
+        return np_states
+    extra = run.cached(
+        _system_convs(run.calib, run.cfg.system_prompts),
+        progress=run.cfg.progress,
+        desc="system-prompt copies",
+    ).numpy()
+    return {layer: np.concatenate([np_states[layer], extra[:, layer]]) for layer in range(run.n_layers)}
+
+
+@dataclass
+class ProbeRows:
+    """Per-row labels, kinds, XSTest families and copy clusters of the probe's rows, in row order."""
+
+    labels: list[int]
+    kinds: list[str]
+    groups: list[str | None] | None
+    clusters: list[str] | None
+
+    def __add__(self, other: ProbeRows) -> ProbeRows:
+        def join(a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
+            return None if a is None or b is None else a + b
+
+        return ProbeRows(
+            self.labels + other.labels,
+            self.kinds + other.kinds,
+            join(self.groups, other.groups),
+            join(self.clusters, other.clusters),
+        )
+
+
+def _rows_of(run: Run, examples: Sequence[Example], groups: list[str | None] | None) -> ProbeRows:
+    """Rows of ``examples``: their template rows, then (with copies) their copies' rows."""
+    return ProbeRows(
+        run.doubled([e.label for e in examples]),
+        run.doubled([e.kind for e in examples]),
+        None if groups is None else run.doubled(groups),
+        run.doubled([e.key for e in examples]) if run.copies else None,
+    )
+
+
+def _fit_on(run: Run, states: dict[int, np.ndarray], rows: ProbeRows, layer: int | None = None) -> ProbeFit:
+    cfg = run.cfg
+    return fit_probe(
+        states,
+        np.array(rows.labels),
+        rows.kinds,
+        seed=cfg.seed,
+        c=cfg.probe_c,
+        hard_weight=cfg.hard_weight,
+        min_recall=cfg.min_recall,
+        min_hard_recall=cfg.min_hard_recall,
+        max_benign_fpr=cfg.max_benign_fpr,
+        groups=rows.groups,
+        kind=cfg.probe_kind,
+        layer=layer,
+        clusters=rows.clusters,
+    )
+
+
+def _fit_probe(run: Run, states: dict[int, np.ndarray]) -> tuple[ProbeFit, MiningResult | None]:
+    """Step 3: the probe (layer, head, cut), refitted with hard negatives mined from the benign pool."""
+    cfg = run.cfg
+    groups = [xstest_family(e.group) for e in run.calib]
+    mine = cfg.mine_negatives > 0 and bool(run.data.pool)
+    # With mining the first fit is replaced, so its family-holdout estimate would be thrown away.
+    first_rows = _rows_of(run, run.calib, None if mine else groups)
+    first = _fit_on(run, {layer: states[layer] for layer in range(1, run.n_layers)}, first_rows)
+    if not mine:
+        return first, None
+    t = time.time()
+    mining = mine_negatives(
+        run.host,
+        first.probe,
+        first.layer,
+        first.threshold.threshold,
+        run.data.pool,
+        count=cfg.mine_negatives,
+        sample=cfg.mine_pool,
+        seed=cfg.seed + 31,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+        use_cache=cfg.use_cache,
+    )
+    mined = mining.examples
+    # The refit keeps the layer: the mined rows were picked for being hard *at this
+    # layer*, so choosing the layer again with them would be biased against it.
+    mined_convs = _convs(mined) + (_system_convs(mined, cfg.system_prompts) if run.copies else [])
+    mined_states = run.cached(mined_convs, progress=False, layers=[first.layer])[:, 0].numpy()
+    rows = _rows_of(run, run.calib, groups) + _rows_of(run, mined, [None] * len(mined))
+    refit_states = {first.layer: np.concatenate([states[first.layer], mined_states])}
+    fit = _fit_on(run, refit_states, rows, first.layer)
+    fit.layer_scores = first.layer_scores
+    run.timings["mining_s"] = time.time() - t
+    return fit, mining
+
+
+def _probe_step(
+    run: Run, states: dict[int, np.ndarray]
+) -> tuple[ProbeFit, MiningResult | None, list[str], float]:
+    """Step 3 whole: the probe, then the category head on the same standardised state."""
+    fit, mining = _fit_probe(run, states)
+    run.tensors.update(
+        {"probe.mean": torch.from_numpy(fit.probe.mean), "probe.std": torch.from_numpy(fit.probe.std)}
+    )
+    run.tensors.update(fit.probe.tensors("probe"))
+    categories, train_acc = _category_head(run, fit)
+    return fit, mining, categories, train_acc
+
+
+def _category_head(run: Run, fit: ProbeFit) -> tuple[list[str], float]:
+    """A softmax category head on harmful rows with a category (template rows only)."""
+    calib = run.calib
+    cat_idx = [i for i in run.harmful_idx if calib[i].category]
+    categories = sorted({str(calib[i].category) for i in cat_idx})
+    if len(categories) < 2:
+        return [], float("nan")
+    x = run.states[fit.layer].numpy()[cat_idx]
+    cls = np.array([categories.index(str(calib[i].category)) for i in cat_idx])
+    head = fit_categories(x, cls, len(categories), (fit.probe.mean, fit.probe.std))
+    run.tensors.update(head.tensors("category"))
+    return categories, float((head.predict_classes(x).argmax(1) == cls).mean())
+
+
+def _vectors(run: Run, probe_layer: int, categories: list[str]) -> Vectors:
+    """Step 4: residual norms, the two refusal directions, their layers, the category vectors."""
+    cfg, calib, host = run.cfg, run.calib, run.host
+    norm_set = _sample(list(calib), cfg.norm_prompts, cfg.seed + 11)
+    norms = residual_norms(host, _convs(norm_set), batch_size=cfg.batch_size)
+    run.tensors["norms"] = norms
+    all_states = torch.stack([run.states[layer] for layer in range(run.n_layers)], dim=1)  # [N, L, H]
+    harmful, benign = run.harmful_idx, run.benign_idx
+    mean_dir = mean_difference(all_states[harmful], all_states[benign])
+    contrast_set = _sample([calib[i] for i in harmful], cfg.contrastive_prompts, cfg.seed + 12) + _sample(
+        [calib[i] for i in benign], cfg.contrastive_prompts, cfg.seed + 13
+    )
+    contrast_dir = contrastive_direction(
+        host, _convs(contrast_set), batch_size=cfg.batch_size, progress=cfg.progress
+    )
+    projections = {
+        "contrastive": vocab_projection(host, contrast_dir, norms),
+        "mean_difference": vocab_projection(host, mean_dir, norms),
+    }
+    lo, hi = cfg.layer_band
+    floor = probe_layer if cfg.steer_from_probe else 0
+    ranked = {
+        name: candidate_layers(proj, run.n_layers, count=max(cfg.layer_counts), lo=lo, hi=hi, floor=floor)
+        for name, proj in projections.items()
+    }
+    cat_vectors = category_directions(
+        all_states[harmful], [calib[i].category for i in harmful], all_states[benign], categories
+    )
+    return Vectors(contrast_dir, mean_dir, projections, ranked, cat_vectors)
+
+
+def _probe_info(run: Run, fit: ProbeFit) -> ProbeInfo:
+    cfg = run.cfg
+    copies = None
+    if run.copies:
+        rows = 0 if fit.oof_scores is None else len(fit.oof_scores)
+        copies = {"count": len(cfg.system_prompts), "probe_rows": rows, "copies": SYSTEM_COPIES}
+    return ProbeInfo(
+        layer=fit.layer,
+        threshold=float(fit.threshold.threshold),
+        **fit.spec.describe(),
+        features="last prompt token, standardised (probe.mean/probe.std)",
+        c=cfg.probe_c,  # the logistic C (layer selection always fits logistic probes)
+        hard_negative_weight=cfg.hard_weight,
+        threshold_rule=fit.threshold.rule,
+        oof={**fit.threshold.as_dict(), "auroc": round(fit.oof_auroc, 6)},
+        layer_selection=[s.as_dict() for s in fit.layer_scores],
+        system_prompts=copies,
+    )
+
+
+def _provisional_manifest(run: Run, fit: ProbeFit, categories: list[str], vectors: Vectors) -> Manifest:
+    """The manifest the strength search generates with (through the real serving path)."""
+    return Manifest(
+        model=ModelInfo(**run.host.identity.as_dict()),
+        probe=_probe_info(run, fit),
+        created_at=_created_at(),
+        categories=tuple(categories),
+        vectors={REFUSAL: VectorInfo(layers=tuple(vectors.ranked["contrastive"][:3]), strength=1.0)},
+        policy=PolicyInfo(default=REFUSAL, per_category={}),
+    )
+
+
+def _search_record(
+    cfg: CalibrationConfig, prompts: int, best: TuneResult, tried: list[TuneResult], base_ppl: float
+) -> dict[str, Any]:
+    return {
+        "harmful_prompts": prompts,
+        "max_new_tokens": cfg.tune_tokens,
+        "unsteered_ppl": round(base_ppl, 4),
+        "chosen": best.as_dict(),
+        "tried": [r.as_dict() for r in tried],
+        "judge": "steerguard.judge (strict: explicit refusal in the opening, no pivot to compliance)",
+        "rule": (
+            f"most fluent steering with refusal >= {cfg.target_refusal} and ppl ratio <= {cfg.max_ppl_ratio}"
+        ),
+    }
+
+
+def _final_vectors(run: Run, vectors: Vectors, best: TuneResult) -> dict[str, VectorInfo]:
+    """The chosen refusal vector and the category vectors, into ``run.tensors`` and the manifest."""
+    chosen = vectors.mean if best.variant == "mean_difference" else vectors.contrastive
+    run.tensors[f"vector.{REFUSAL}"] = chosen.clone()
+    run.tensors[ALT_CONTRASTIVE] = vectors.contrastive.clone()
+    run.tensors[ALT_MEAN] = vectors.mean.clone()
+    layers = tuple(best.layers)
+    out = {
+        REFUSAL: VectorInfo(
+            layers=layers,
+            strength=best.strength,
+            prompt_gain=best.prompt_gain,
+            method=best.variant,
+            orientation="adding (sign +1) steers toward refusal",
+        )
+    }
+    for cat, vec in vectors.categories.items():
+        run.tensors[f"vector.{CATEGORY_PREFIX}{cat}"] = vec.contiguous().clone()
+        out[f"{CATEGORY_PREFIX}{cat}"] = VectorInfo(
+            layers=layers,
+            strength=run.cfg.category_strength,
+            method="category mean - benign mean, shared harmful direction removed, negated (SafeSteer)",
+            orientation="adding (sign +1) steers away from the category's features",
+        )
+    return out
+
+
+def _metrics(fit: ProbeFit, best: TuneResult, train_acc: float) -> dict[str, Any]:
+    return {
+        "calibration": {
+            "probe_oof_auroc": round(fit.oof_auroc, 6),
+            "probe_oof_recall": round(fit.threshold.recall, 6),
+            "probe_oof_recall_hard": round(fit.threshold.recall_hard, 6),
+            "probe_oof_fpr_benign": round(fit.threshold.fpr_benign, 6),
+            "probe_oof_fpr_borderline": round(fit.threshold.fpr_hard, 6),
+            "probe_xstest_family_holdout": fit.family_holdout,
+            "category_train_accuracy": round(train_acc, 6),
+            "refusal_rate_search": round(best.refusal, 4),
+            "ppl_ratio_search": round(best.ppl_ratio, 4),
+        }
+    }
+
+
+def _final_bundle(
+    run: Run,
+    manifest: Manifest,
+    fit: ProbeFit,
+    mining: MiningResult | None,
+    vectors: Vectors,
+    best: TuneResult,
+    search: dict[str, Any],
+    train_acc: float,
+) -> Bundle:
+    """Step 6: the chosen steering and the whole record, written into one manifest."""
+    counts = run.data.summary()
+    if mining is not None and mining.examples:
+        counts[CALIBRATION][MINED] = len(mining.examples)
+    final = replace(
+        manifest,
+        vectors=_final_vectors(run, vectors, best),
+        alternatives={
+            ALT_CONTRASTIVE: (
+                "contrastive refusal direction (refusing vs complying assistant prefixes), [L, H]"
+            ),
+            ALT_MEAN: "difference-of-means refusal direction (harmful - benign last-token states), [L, H]",
+        },
+        steering_search=search,
+        vocab_projection={name: [p.as_dict() for p in proj] for name, proj in vectors.projections.items()},
+        data_sources=tuple(DataSource(**s.as_dict()) for s in run.data.sources),
+        splits={
+            "counts": counts,
+            "xstest_train_types": sorted(XSTEST_TRAIN_TYPES),
+            "seed": run.cfg.seed,
+            "mining": None if mining is None else mining.as_dict(),
+        },
+        metrics=_metrics(fit, best, train_acc),
+        calibration=CalibrationRecord(
+            config=run.cfg.record(), timings_s={k: round(v, 1) for k, v in run.timings.items()}
+        ),
+        note=(
+            "Vectors are unit directions per layer; a delta is strength * norms[layer] * vector[layer]. "
+            "Alternative refusal directions are stored under alt.* for analysis."
+        ),
+    )
+    return Bundle(final, run.tensors)

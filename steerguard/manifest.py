@@ -1,0 +1,234 @@
+"""The bundle manifest as typed dataclasses: one writer (calibration), every reader through these types.
+
+``manifest.json`` is what a bundle *is* besides its tensors: which model it
+was calibrated on, where the probe reads and where it cuts, which vectors
+steer at which layers and strengths, and the record of how all of it was
+chosen. Serving reads the first part (:class:`ModelInfo`, :class:`ProbeInfo`,
+:class:`VectorInfo`, :class:`PolicyInfo`); the record
+(:class:`CalibrationRecord` and the report sections) is for people and for
+``steerguard eval``, which rebuilds calibration's splits from it.
+
+The JSON form round-trips exactly (``Manifest.from_dict(d).to_dict() == d``),
+because the ``bundle_id`` hashes it: optional fields absent from a manifest
+stay absent when it is written again. Report sections that only people read
+(layer scores, the strength search's tries, vocabulary projections) are kept
+as JSON values (:data:`Record`) inside typed containers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from steerguard.errors import BundleError
+
+FORMAT_VERSION = 1
+REFUSAL = "refusal"
+CATEGORY_PREFIX = "category:"
+
+Record = dict[str, Any]
+
+
+def _drop_none(values: Mapping[str, Any]) -> Record:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _known(cls: type, data: Mapping[str, Any], where: str) -> Record:
+    """``data`` restricted to ``cls``'s fields; a missing required field is a BundleError."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise BundleError(f"manifest {where}: unknown field(s) {', '.join(unknown)}")
+    return dict(data)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The exact weights a bundle was calibrated on (``sha256``) and their shape."""
+
+    name: str
+    sha256: str
+    hidden_size: int
+    num_layers: int
+
+    def to_dict(self) -> Record:
+        return {
+            "hidden_size": self.hidden_size,
+            "name": self.name,
+            "num_layers": self.num_layers,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    """Where the probe reads (``layer``), where it cuts (``threshold``) and which head it is.
+
+    ``kind`` is ``logistic`` or ``mlp``; the MLP's hyper-parameters are
+    recorded beside it. The rest is calibration's record of how the layer
+    and the cut were chosen.
+    """
+
+    layer: int
+    threshold: float
+    kind: str = "logistic"
+    hidden: int | None = None
+    members: int | None = None
+    weight_decay: float | None = None
+    dropout: float | None = None
+    epochs: int | None = None
+    features: str | None = None
+    c: float | None = None
+    hard_negative_weight: float | None = None
+    threshold_rule: str | None = None
+    oof: Record | None = None
+    layer_selection: list[Record] | None = None
+    system_prompts: Record | None = None
+
+    def to_dict(self) -> Record:
+        return _drop_none({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class VectorInfo:
+    """One steering vector: the layers it is added at and its strength relative to the residual norm.
+
+    ``prompt_gain`` multiplies the delta over a steered row's prompt
+    positions (1 when absent).
+    """
+
+    layers: tuple[int, ...]
+    strength: float
+    prompt_gain: float | None = None
+    method: str | None = None
+    orientation: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], name: str) -> VectorInfo:
+        known = _known(cls, data, f"vectors.{name}")
+        known["layers"] = tuple(int(x) for x in known.get("layers", ()))
+        return cls(**known)
+
+    def to_dict(self) -> Record:
+        out = _drop_none({f.name: getattr(self, f.name) for f in fields(self)})
+        out["layers"] = list(self.layers)
+        return out
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """Which vector ``auto`` adds to an unsafe prompt: ``default``, or per category."""
+
+    default: str = REFUSAL
+    per_category: Mapping[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> Record:
+        return {"default": self.default, "per_category": dict(self.per_category)}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One data file calibration read: its path under the data folder, hash and row counts."""
+
+    path: str
+    sha256: str
+    rows: int
+    used: int = 0
+
+    def to_dict(self) -> Record:
+        return {"path": self.path, "rows": self.rows, "sha256": self.sha256, "used": self.used}
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """The calibration settings (``config``, as ``asdict`` of the config) and step timings."""
+
+    config: Record = field(default_factory=dict)
+    timings_s: Record = field(default_factory=dict)
+
+    def to_dict(self) -> Record:
+        return {"config": dict(self.config), "timings_s": dict(self.timings_s)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A whole manifest. ``bundle_id`` is empty until :meth:`steerguard.bundle.Bundle.save` sets it."""
+
+    model: ModelInfo
+    probe: ProbeInfo
+    created_at: str
+    categories: tuple[str, ...] = ()
+    vectors: Mapping[str, VectorInfo] = field(default_factory=dict)
+    policy: PolicyInfo = field(default_factory=PolicyInfo)
+    data_sources: tuple[DataSource, ...] = ()
+    metrics: Record = field(default_factory=dict)
+    note: str = ""
+    format_version: int = FORMAT_VERSION
+    bundle_id: str = ""
+    calibration: CalibrationRecord | None = None
+    splits: Record | None = None
+    steering_search: Record | None = None
+    vocab_projection: Record | None = None
+    alternatives: Record | None = None
+
+    # -- JSON -------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        """Parse a manifest's JSON; a malformed one is a :class:`BundleError` naming the field."""
+        if data.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"unsupported bundle format {data.get('format_version')!r}")
+        d = _known(cls, data, "top level")
+        try:
+            d["model"] = ModelInfo(**_known(ModelInfo, d["model"], "model"))
+            d["probe"] = ProbeInfo(**_known(ProbeInfo, d["probe"], "probe"))
+            d["categories"] = tuple(str(c) for c in d.get("categories", ()))
+            d["vectors"] = {n: VectorInfo.from_dict(v, n) for n, v in d.get("vectors", {}).items()}
+            d["policy"] = PolicyInfo(**_known(PolicyInfo, d.get("policy", {}), "policy"))
+            d["data_sources"] = tuple(DataSource(**s) for s in d.get("data_sources", ()))
+            if "calibration" in d:
+                d["calibration"] = CalibrationRecord(
+                    **_known(CalibrationRecord, d["calibration"], "calibration")
+                )
+            return cls(**d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"malformed bundle manifest: {exc}") from exc
+
+    def to_dict(self) -> Record:
+        """The JSON form (what ``bundle_id`` hashes); ``bundle_id`` is left out while empty."""
+        out: Record = {
+            "format_version": self.format_version,
+            "created_at": self.created_at,
+            "model": self.model.to_dict(),
+            "probe": self.probe.to_dict(),
+            "categories": list(self.categories),
+            "vectors": {n: v.to_dict() for n, v in self.vectors.items()},
+            "policy": self.policy.to_dict(),
+            "data_sources": [s.to_dict() for s in self.data_sources],
+            "metrics": self.metrics,
+            "note": self.note,
+            "bundle_id": self.bundle_id or None,
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
+            "splits": self.splits,
+            "steering_search": self.steering_search,
+            "vocab_projection": self.vocab_projection,
+            "alternatives": self.alternatives,
+        }
+        return _drop_none(out)
+
+    # -- edits (a manifest is frozen; these return a changed copy) -------------------
+
+    def with_threshold(self, threshold: float) -> Manifest:
+        return replace(self, probe=replace(self.probe, threshold=float(threshold)))
+
+    def with_vector(self, name: str, info: VectorInfo) -> Manifest:
+        return replace(self, vectors={**self.vectors, name: info})
+
+    # -- readers ------------------------------------------------------------------------
+
+    def vector(self, name: str) -> VectorInfo:
+        try:
+            return self.vectors[name]
+        except KeyError:
+            raise BundleError(f"unknown steering vector {name!r}") from None
