@@ -11,8 +11,9 @@ from classifier_service.server import create_server
 from classifier_service.servicer import ClassifierServicer
 from steerguard.bundle import Bundle
 from steerguard.errors import SteerguardError
+from steerguard.grpc_common.addresses import host_port
 from steerguard.grpc_common.metrics import start_metrics_server
-from steerguard.grpc_common.server import ServerOptions, host_port
+from steerguard.grpc_common.server import ServerOptions
 from steerguard.grpc_common.shutdown import serve_until_signal
 from steerguard.logs import get_logger
 from steerguard.model.host import ModelHost

@@ -20,3 +20,15 @@ def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
     parts = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
     return env
+
+
+def console_script(name: str) -> str | None:
+    """The installed console script ``name``: beside this interpreter first (a virtualenv that was
+    never activated), then on ``PATH``."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)

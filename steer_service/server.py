@@ -19,8 +19,9 @@ from steer_service.config import SteerConfig
 from steer_service.service import SteerService
 from steer_service.servicer import SteererServicer
 from steerguard.errors import SteerguardError
+from steerguard.grpc_common.addresses import host_port
 from steerguard.grpc_common.metrics import start_metrics_server
-from steerguard.grpc_common.server import GrpcServer, ServerOptions, build_server, host_port
+from steerguard.grpc_common.server import GrpcServer, ServerOptions, build_server
 from steerguard.grpc_common.shutdown import serve_until_signal
 from steerguard.logs import configure_logging, get_logger
 from steerguard.v1 import steer_pb2, steer_pb2_grpc

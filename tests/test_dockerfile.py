@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import k8s_manifests as km
+
+from devstack import console_script
 
 BUILD_TOOLS = re.compile(
     r"\b(gcc|g\+\+|clang|cc|c\+\+|make|cmake|build-essential|build-base|"
@@ -144,8 +145,10 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 def test_entrypoint_and_default_cmd_run_here(dockerfile: km.Dockerfile) -> None:
     """ENTRYPOINT + CMD (what ``docker run IMAGE`` executes) works from this checkout's install."""
     argv = dockerfile.entrypoint() + dockerfile.cmd()
-    if shutil.which(argv[0]) is None:
+    found = console_script(argv[0])
+    if found is None:
         pytest.skip(f"{argv[0]} is not installed here (pip install -e .)")
+    argv[0] = found
     proc = _run(argv)
     assert proc.returncode == 0, proc.stderr
     assert "serve" in proc.stdout

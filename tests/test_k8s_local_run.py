@@ -45,6 +45,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import k8s_manifests as km
 
+from devstack import console_script
 from devstack.net import free_port
 
 Obj = dict[str, Any]
@@ -234,7 +235,7 @@ class LocalCluster:
     def executable(name: str) -> str:
         if name in {"python", "python3"}:
             return sys.executable  # the image's venv python; here, the test's interpreter
-        found = shutil.which(name)
+        found = console_script(name)
         assert found, f"{name} is not installed here"
         return found
 

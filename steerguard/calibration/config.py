@@ -14,16 +14,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from steerguard.data.loaders import SPLITS
 from steerguard.data.system_prompts import BUILTIN as BUILTIN_SYSTEM_PROMPTS
 
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    seed: int = 0
-    benign_calibration: int = 1000
-    benign_heldout: int = 400
-    include_copyright: bool = False
-    builtin_borderline: bool = True
+    seed: int = SPLITS.seed
+    benign_calibration: int = SPLITS.benign_calibration
+    benign_heldout: int = SPLITS.benign_heldout
+    include_copyright: bool = SPLITS.include_copyright
+    builtin_borderline: bool = SPLITS.builtin
     # C, hard-negative weight and the hard-recall guard were compared by the
     # leave-one-XSTest-family-out estimate on calibration data (selection.family_holdout).
     probe_c: float = 0.05

@@ -56,7 +56,7 @@ def register(subparsers: Any) -> None:
         default=DEFAULTS.probe_kind,
         choices=("logistic", "mlp"),
         help="unsafe-probability head: logistic regression (default) or a small MLP ensemble "
-        "(fewer benign false flags, more on XSTest-style borderline prompts; see the README)",
+        "(fewer benign false flags, more on XSTest-style borderline prompts; see docs/known-limits.md)",
     )
     add_flag(
         p,

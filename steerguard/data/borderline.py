@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 
-from steerguard.data.loaders import BENIGN, CALIBRATION, HARMFUL, Example
+from steerguard.data.examples import BENIGN, CALIBRATION, HARMFUL, Example
 
 BORDERLINE_SAFE: tuple[str, ...] = (
     # computing jargon

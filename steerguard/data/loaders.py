@@ -46,135 +46,45 @@ import csv
 import hashlib
 import json
 import random
-import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
+from steerguard.data import borderline
+from steerguard.data.examples import (
+    BENIGN,
+    CALIBRATION,
+    CATEGORY_MAP,
+    HARMFUL,
+    HELDOUT,
+    POOL,
+    XSTEST_TRAIN_TYPES,
+    Dataset,
+    Example,
+    SourceFile,
+    canonical_category,
+    normalise_text,
+    text_hash,
+)
 from steerguard.errors import DataError
 
-CALIBRATION = "calibration"
-HELDOUT = "heldout"
-POOL = "pool"  # benign prompts kept aside for hard-negative mining (never evaluated on)
-HARMFUL = 1
-BENIGN = 0
-
-# XSTest families (a safe type and its unsafe contrast) used for calibration.
-# Chosen before looking at any result, and never tuned: the other families
-# (safe_contexts, definitions, discrimination, historical_events) are held out.
-XSTEST_TRAIN_TYPES = frozenset(
-    {
-        "homonyms",
-        "contrast_homonyms",
-        "figurative_language",
-        "contrast_figurative_language",
-        "safe_targets",
-        "contrast_safe_targets",
-        "privacy_public",
-        "privacy_fictional",
-        "contrast_privacy",
-    }
-)
-
-# Source category names (lower-cased) -> shared taxonomy.
-CATEGORY_MAP = {
-    "chemical_biological": "chemical_biological",
-    "cybercrime_intrusion": "cybercrime",
-    "illegal": "illegal",
-    "illegal goods and services": "illegal",
-    "non-violent crimes": "illegal",
-    "misinformation_disinformation": "misinformation",
-    "disinformation and deception": "misinformation",
-    "harassment_bullying": "harassment",
-    "hate, harassment and discrimination": "harassment",
-    "harmful": "violence",
-    "violence": "violence",
-    "sexual content": "sexual",
-    "copyright": "copyright",
-}
-
-
-def canonical_category(name: str | None) -> str | None:
-    """Map a source's category onto the shared taxonomy (``None`` stays ``None``)."""
-    if name is None:
-        return None
-    text = str(name).strip()
-    if not text or text.lower() in {"none", "null", "nan"}:
-        return None
-    key = text.lower()
-    if key in CATEGORY_MAP:
-        return CATEGORY_MAP[key]
-    return re.sub(r"[^a-z0-9]+", "_", key).strip("_") or None
-
-
-def normalise_text(text: str) -> str:
-    """Key used to find the same prompt in two data sets."""
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
-def text_hash(text: str) -> int:
-    return int(hashlib.sha256(normalise_text(text).encode("utf-8")).hexdigest()[:12], 16)
-
-
-@dataclass(frozen=True)
-class Example:
-    """One labelled prompt.
-
-    ``kind``: harmful, benign, borderline (benign that looks alarming),
-    xstest_safe or xstest_unsafe; ``group``: the XSTest type, if any.
-    """
-
-    prompt: str
-    label: int
-    source: str
-    split: str
-    kind: str
-    category: str | None = None
-    group: str | None = None
-    origin: str = ""  # the SourceFile.path this came from
-
-    @property
-    def key(self) -> str:
-        return normalise_text(self.prompt)
-
-
-@dataclass
-class SourceFile:
-    path: str
-    sha256: str
-    rows: int
-    used: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "rows": self.rows, "used": self.used}
-
-
-@dataclass
-class Dataset:
-    """All examples from a data directory plus the provenance of each file."""
-
-    examples: list[Example]
-    sources: list[SourceFile] = field(default_factory=list)
-    root: str = ""
-    # Benign prompts used neither for calibration nor for evaluation: the
-    # hard-negative mining pool. No prompt here appears in ``examples``.
-    pool: list[Example] = field(default_factory=list)
-
-    def select(self, split: str | None = None, kinds: Iterable[str] | None = None) -> list[Example]:
-        wanted = set(kinds) if kinds is not None else None
-        return [
-            e
-            for e in self.examples
-            if (split is None or e.split == split) and (wanted is None or e.kind in wanted)
-        ]
-
-    def summary(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for e in self.examples:
-            out.setdefault(e.split, {}).setdefault(e.kind, 0)
-            out[e.split][e.kind] += 1
-        return out
+__all__ = [
+    "BENIGN",
+    "CALIBRATION",
+    "CATEGORY_MAP",
+    "HARMFUL",
+    "HELDOUT",
+    "POOL",
+    "SPLITS",
+    "XSTEST_TRAIN_TYPES",
+    "Dataset",
+    "Example",
+    "SourceFile",
+    "canonical_category",
+    "load_dir",
+    "normalise_text",
+    "text_hash",
+]
 
 
 def file_sha256(path: Path) -> str:
@@ -338,14 +248,32 @@ def _sample(examples: list[Example], n: int | None, seed: int) -> tuple[list[Exa
     return [examples[i] for i in picked], [e for i, e in enumerate(examples) if i not in chosen]
 
 
+@dataclass(frozen=True)
+class SplitDefaults:
+    """How many benign prompts each split samples, and what else is read: the data layer's defaults.
+
+    :class:`steerguard.calibration.config.CalibrationConfig` takes its own
+    defaults for these settings from here.
+    """
+
+    seed: int = 0
+    benign_calibration: int = 1000
+    benign_heldout: int = 400
+    include_copyright: bool = False
+    builtin: bool = True
+
+
+SPLITS = SplitDefaults()
+
+
 def load_dir(
     root: str | Path,
     *,
-    seed: int = 0,
-    benign_calibration: int = 1000,
-    benign_heldout: int = 400,
-    include_copyright: bool = False,
-    builtin: bool = True,
+    seed: int = SPLITS.seed,
+    benign_calibration: int = SPLITS.benign_calibration,
+    benign_heldout: int = SPLITS.benign_heldout,
+    include_copyright: bool = SPLITS.include_copyright,
+    builtin: bool = SPLITS.builtin,
 ) -> Dataset:
     """Read every known file under ``root`` and assign splits (see module docstring)."""
     folder = Path(root)
@@ -389,8 +317,6 @@ def load_dir(
         sources.append(SourceFile(rel, file_sha256(path), len(found)))
         examples.extend(replace(e, origin=rel) for e in found)
     if builtin:
-        from steerguard.data import borderline
-
         extra = borderline.examples()
         # The recorded name predates the data package; kept so bundles compare source for source.
         origin = "builtin:steerguard/borderline.py"

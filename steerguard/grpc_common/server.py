@@ -150,8 +150,3 @@ def build_server(
     out = GrpcServer(server, port, health_servicer, service_names)
     out.set_not_serving()
     return out
-
-
-def host_port(host: str, port: int) -> str:
-    """``host:port`` with IPv6 hosts bracketed."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
