@@ -5,7 +5,7 @@
 # Build (from the repository root):
 #   docker build -t steerguard:0.1.0-cpu .                              # CPU torch (default)
 #   docker build --build-arg VARIANT=cuda -t steerguard:0.1.0-cuda .    # CUDA torch, for GPU nodes
-#   docker build --build-arg VARIANT=light -t steerguard:0.1.0-light .  # sidecar only: no torch, no model
+#   docker build --build-arg VARIANT=light -t steerguard-light:0.1.0 .   # sidecar only: no torch, no model
 # Run locally (the image is what k8s/ deploys; Kubernetes passes only the args):
 #   docker run --rm -p 50051:50051 steerguard:0.1.0-cpu serve classifier
 #

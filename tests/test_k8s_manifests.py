@@ -565,8 +565,10 @@ def test_dev_overlay_is_small_and_cpu_only() -> None:
         assert d["spec"].get("replicas", 1) == 1, f"{km.ref(d)}: one replica in dev"
     for c in km.containers(objects):
         assert "nvidia.com/gpu" not in c.container["resources"].get("limits", {})
-    for _, c in steerguard_containers(objects):
-        assert c.container["image"].endswith("-cpu"), f"{c.name}: CPU image in dev"
+    for service, c in steerguard_containers(objects):
+        # The sidecar needs no torch: it runs the light image (the base install).
+        want = "steerguard-light:" if service == "sidecar" else "-cpu"
+        assert want in c.container["image"], f"{c.name}: {want} image in dev, not {c.container['image']}"
         assert "STEERGUARD_MODEL" not in km.container_env(objects, c.container), "the default small model"
 
 
@@ -583,7 +585,7 @@ def test_gpu_overlay_puts_steer_on_gpus() -> None:
     for service in ("classifier", "sidecar"):
         c = the(objects, service)
         assert "nvidia.com/gpu" not in c.container["resources"]["limits"]
-        assert c.container["image"].endswith("-cpu")
+        assert c.container["image"].endswith("-cpu" if service == "classifier" else "steerguard-light:0.1.0")
 
 
 # --- the policy ConfigMap -----------------------------------------------------------------

@@ -1,0 +1,49 @@
+"""The base install, as a new user gets it: a fresh virtualenv, ``pip install .``, no extras.
+
+The sidecar must run there without torch or any other package of the
+``model`` extra, and a model command must say which extra it needs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def light_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    venv = tmp_path_factory.mktemp("light") / "venv"
+    made = _run([sys.executable, "-m", "venv", str(venv)])
+    assert made.returncode == 0, made.stderr
+    pip = _run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(REPO)]
+    )
+    if pip.returncode != 0 and "No matching distribution" in pip.stderr:
+        pytest.skip(f"the package index is unreachable: {pip.stderr.strip().splitlines()[-1]}")
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    return venv
+
+
+def test_base_install_serves_the_sidecar_without_torch(light_venv: Path) -> None:
+    python = str(light_venv / "bin" / "python")
+    for heavy in ("torch", "transformers", "numpy", "sklearn"):
+        found = _run([python, "-c", f"import importlib.util as u; print(u.find_spec({heavy!r}) is None)"])
+        assert found.stdout.strip() == "True", f"{heavy} is installed by the base install"
+    helped = _run([str(light_venv / "bin" / "steerguard"), "serve", "sidecar", "--help"])
+    assert helped.returncode == 0, helped.stderr
+    assert "--upstream" in helped.stdout
+
+
+def test_base_install_names_the_extra_a_model_command_needs(light_venv: Path) -> None:
+    done = _run([str(light_venv / "bin" / "steerguard"), "classify", "--input", "-", "--output", "-"])
+    assert done.returncode == 2
+    assert "pip install 'steerguard[model]'" in done.stderr
