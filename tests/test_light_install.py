@@ -6,6 +6,7 @@ The sidecar must run there without torch or any other package of the
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +20,27 @@ def _run(argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess[s
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+# What `pip install .` reads (the image's build context, .dockerignore, holds the same).
+SOURCES = ("pyproject.toml", "README.md", "steerguard", "classifier_service", "steer_service", "sidecar")
+
+
 @pytest.fixture(scope="module")
 def light_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    venv = tmp_path_factory.mktemp("light") / "venv"
+    root = tmp_path_factory.mktemp("light")
+    source = root / "src"  # a copy, so the build leaves nothing in the checkout
+    source.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(
+                REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
+        else:
+            shutil.copy2(REPO / name, source / name)
+    venv = root / "venv"
     made = _run([sys.executable, "-m", "venv", str(venv)])
     assert made.returncode == 0, made.stderr
-    pip = _run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(REPO)]
-    )
+    python = str(venv / "bin" / "python")
+    pip = _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)])
     if pip.returncode != 0 and "No matching distribution" in pip.stderr:
         pytest.skip(f"the package index is unreachable: {pip.stderr.strip().splitlines()[-1]}")
     assert pip.returncode == 0, pip.stderr[-3000:]

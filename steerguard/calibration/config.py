@@ -12,9 +12,10 @@ This module imports nothing heavy (the CLI reads it while building its parser).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
-from steerguard.data.loaders import SPLITS
+from steerguard.data.loaders import SPLITS, Dataset, load_dir
 from steerguard.data.system_prompts import BUILTIN as BUILTIN_SYSTEM_PROMPTS
 
 
@@ -79,6 +80,17 @@ class CalibrationConfig:
         if not self.system_prompts:
             out.pop("system_prompts", None)
         return out
+
+    def load_data(self, root: str | Path) -> Dataset:
+        """The data under ``root``, split as these settings split it (calibration and eval agree)."""
+        return load_dir(
+            root,
+            seed=self.seed,
+            benign_calibration=self.benign_calibration,
+            benign_heldout=self.benign_heldout,
+            include_copyright=self.include_copyright,
+            builtin=self.builtin_borderline,
+        )
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> CalibrationConfig:

@@ -16,7 +16,7 @@ that neither calibration nor evaluation uses), and the highest-scoring
 on with ordinary benign weight (they are ordinary prompts, and weighting
 them up would crowd out the borderline-safe ones) and are left out of the
 threshold's statistics (they were chosen for being flagged, so they would
-bias the ordinary-benign rate; :data:`steerguard.calibration.probe.THRESHOLD_EXCLUDED_KINDS`).
+bias the ordinary-benign rate; :data:`steerguard.calibration.threshold.THRESHOLD_EXCLUDED_KINDS`).
 The probe is refitted at the first probe's layer: the mined rows are hard
 *for that layer*, so choosing the layer again with them is biased against
 it. It also matters for `auto`: a flagged prompt's positions miss the

@@ -56,7 +56,7 @@ from steerguard.calibration.vectors import (
     vocab_projection,
 )
 from steerguard.data import system_prompts
-from steerguard.data.loaders import CALIBRATION, HARMFUL, XSTEST_TRAIN_TYPES, Dataset, Example, load_dir
+from steerguard.data.loaders import CALIBRATION, HARMFUL, XSTEST_TRAIN_TYPES, Dataset, Example
 from steerguard.errors import DataError
 from steerguard.logs import get_logger
 from steerguard.manifest import (
@@ -222,14 +222,7 @@ def _load(
 ) -> Run:
     """Step 1: the data's calibration split and the model."""
     torch.manual_seed(cfg.seed)
-    data = dataset or load_dir(
-        data_dir,
-        seed=cfg.seed,
-        benign_calibration=cfg.benign_calibration,
-        benign_heldout=cfg.benign_heldout,
-        include_copyright=cfg.include_copyright,
-        builtin=cfg.builtin_borderline,
-    )
+    data = dataset or cfg.load_data(data_dir)
     host = host or ModelHost.load(model_path)
     calib = data.select(CALIBRATION)
     if not any(e.label == HARMFUL for e in calib) or all(e.label == HARMFUL for e in calib):

@@ -16,7 +16,7 @@ import numpy as np
 
 from steerguard.bundle import Bundle
 from steerguard.calibration.config import CalibrationConfig
-from steerguard.data.loaders import HELDOUT, Dataset, Example, load_dir
+from steerguard.data.loaders import HELDOUT, Dataset, Example
 from steerguard.evaluation.config import EvalConfig
 from steerguard.model.chat import Conversation, normalise_request
 
@@ -31,15 +31,7 @@ def subsample(items: list[Example], n: int | None, seed: int) -> list[Example]:
 def reload_dataset(bundle: Bundle, data_dir: str | Path) -> tuple[Dataset, list[str]]:
     """The splits calibration used (seed and sizes from the manifest) and any hash mismatches."""
     record = bundle.manifest.calibration.config if bundle.manifest.calibration is not None else {}
-    cfg = CalibrationConfig.from_record(record)
-    data = load_dir(
-        data_dir,
-        seed=cfg.seed,
-        benign_calibration=cfg.benign_calibration,
-        benign_heldout=cfg.benign_heldout,
-        include_copyright=cfg.include_copyright,
-        builtin=cfg.builtin_borderline,
-    )
+    data = CalibrationConfig.from_record(record).load_data(data_dir)
     recorded = {s.path: s.sha256 for s in bundle.manifest.data_sources}
     warnings = [
         f"{s.path}: hash differs from calibration's (splits may overlap)"
