@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from classifier_service.config import CoreConfig
 from steerguard.grpc_common.flags import add_common_service_flags
 from steerguard.settings import add_flag
 
@@ -24,10 +25,11 @@ DEFAULT_PORT = 50051
 
 
 def add_classifier_flags(parser: argparse.ArgumentParser) -> None:
+    core = CoreConfig()
     add_common_service_flags(parser, default_port=DEFAULT_PORT)
     add_flag(parser, "--redis-url", default=None, help="Redis verdict cache (default: in-process LRU)")
     add_flag(parser, "--cache-ttl", type=float, default=3600.0, help="verdict cache TTL in seconds")
-    add_flag(parser, "--cache-prefix", default="steerguard:verdict", help="Redis key prefix")
+    add_flag(parser, "--cache-prefix", default=core.cache_prefix, help="Redis key prefix")
     add_flag(parser, "--cache-size", type=int, default=10000, help="in-process cache entries (no Redis)")
     add_flag(parser, "--redis-timeout-ms", type=float, default=50.0, help="Redis socket timeout per call")
     add_flag(
@@ -45,19 +47,35 @@ def add_classifier_flags(parser: argparse.ArgumentParser) -> None:
         help="model precision; bfloat16 is ~1.8x faster on CPUs with AVX512-BF16 (verdicts matched "
         "float32 on 1011 of 1011 held-out prompts) but slower on CPUs without native bf16",
     )
-    add_flag(parser, "--max-batch-size", type=int, default=16, help="most prompts in one forward pass")
     add_flag(
-        parser, "--max-batch-wait-ms", type=float, default=50.0, help="longest wait to fill a forward pass"
+        parser,
+        "--max-batch-size",
+        type=int,
+        default=core.max_batch_size,
+        help="most prompts in one forward pass",
+    )
+    add_flag(
+        parser,
+        "--max-batch-wait-ms",
+        type=float,
+        default=core.max_batch_wait_ms,
+        help="longest wait to fill a forward pass",
     )
     add_flag(
         parser,
         "--batch-wait-fraction",
         type=float,
-        default=0.1,
+        default=core.batch_wait_fraction,
         help="the wait is also capped at this share of the previous forward pass's time",
     )
     add_flag(parser, "--max-batch-requests", type=int, default=64, help="most requests in one ClassifyBatch")
-    add_flag(parser, "--max-queue", type=int, default=1024, help="waiting prompts before RESOURCE_EXHAUSTED")
+    add_flag(
+        parser,
+        "--max-queue",
+        type=int,
+        default=core.max_queue,
+        help="waiting prompts before RESOURCE_EXHAUSTED",
+    )
 
 
 def register(subparsers: Any) -> None:

@@ -32,7 +32,7 @@ import torch
 from classifier_service import metrics
 from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
-from classifier_service.cache.keys import DEFAULT_PREFIX
+from classifier_service.config import CoreConfig
 from classifier_service.prefix import SharedPrefix
 from steerguard.bundle import Bundle
 from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput
@@ -43,20 +43,6 @@ from steerguard.model.host import ModelHost
 from steerguard.verdict import Verdict, verdicts_from_states
 
 log = get_logger("steerguard.classifier")
-
-
-@dataclass(frozen=True)
-class CoreConfig:
-    """Limits and batching knobs (the CLI fills this from flags)."""
-
-    max_prompt_tokens: int = 1024
-    max_batch_size: int = 16
-    max_batch_wait_ms: float = 50.0
-    batch_wait_fraction: float = 0.1  # see classifier_service.batcher
-    max_queue: int = 1024
-    cache_prefix: str = DEFAULT_PREFIX
-    log_prompts: bool = False
-    share_prefix: bool = True  # reuse the template prefix's key/value cache
 
 
 @dataclass

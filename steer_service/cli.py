@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from steer_service.config import SteerConfig
 from steerguard.grpc_common.flags import add_common_service_flags
 from steerguard.settings import add_flag
 
@@ -18,7 +19,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description="Serve steerguard.v1.Steerer: generation with steering chosen per request.",
     )
     add_common_service_flags(parser, default_port=DEFAULT_PORT)
-    add_flag(parser, "--max-batch-size", type=int, default=8, help="rows decoded together")
+    limits = SteerConfig()
+    add_flag(
+        parser, "--max-batch-size", type=int, default=limits.max_batch_size, help="rows decoded together"
+    )
     add_flag(
         parser,
         "--device",
@@ -26,12 +30,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default="auto",
         help="where the model runs (auto: CUDA when a GPU is visible)",
     )
-    add_flag(parser, "--max-new-tokens-cap", type=int, default=512, help="largest max_new_tokens accepted")
+    add_flag(
+        parser,
+        "--max-new-tokens-cap",
+        type=int,
+        default=limits.max_new_tokens_cap,
+        help="largest max_new_tokens accepted",
+    )
     add_flag(
         parser,
         "--max-queue",
         type=int,
-        default=64,
+        default=limits.max_queue,
         help="requests waiting for a row before RESOURCE_EXHAUSTED",
     )
     parser.set_defaults(func=_run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from steerguard.grpc_common.flags import MAX_PROMPT_TOKENS
+
 
 @dataclass(frozen=True)
 class SteerConfig:
@@ -18,7 +20,7 @@ class SteerConfig:
 
     max_batch_size: int = 8
     max_new_tokens_cap: int = 512
-    max_prompt_tokens: int = 1024
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS
     max_queue: int = 64
     max_temperature: float = 2.0
     log_prompts: bool = False

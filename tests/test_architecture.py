@@ -270,3 +270,20 @@ def test_a_model_command_without_the_model_extra_says_which_extra() -> None:
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "pip install 'steerguard[model]'" in done.stderr
+
+
+def test_service_flags_default_to_the_service_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("STEERGUARD_")]:
+        monkeypatch.delenv(key)
+    from classifier_service.config import CoreConfig
+    from steer_service.config import SteerConfig
+
+    serve = _subparser("serve")
+    sub = next(a for a in serve._actions if isinstance(a, argparse._SubParsersAction))
+    classifier = _defaults(sub.choices["classifier"])
+    for f in ("max_prompt_tokens", "max_batch_size", "max_batch_wait_ms", "batch_wait_fraction", "max_queue"):
+        assert classifier[f] == getattr(CoreConfig(), f), f
+    assert classifier["cache_prefix"] == CoreConfig().cache_prefix
+    steer = _defaults(sub.choices["steer"])
+    for f in ("max_prompt_tokens", "max_batch_size", "max_new_tokens_cap", "max_queue"):
+        assert steer[f] == getattr(SteerConfig(), f), f

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-DEFAULT_PREFIX = "steerguard:verdict"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -6,6 +6,9 @@ import argparse
 
 from steerguard.settings import add_flag
 
+# The longest prompt a service accepts, in tokens (both services' configs default to it).
+MAX_PROMPT_TOKENS = 1024
+
 
 def add_common_service_flags(parser: argparse.ArgumentParser, *, default_port: int) -> None:
     """Listening address, model/bundle, security, logging and shutdown flags."""
@@ -14,7 +17,9 @@ def add_common_service_flags(parser: argparse.ArgumentParser, *, default_port: i
     add_flag(parser, "--metrics-port", type=int, default=0, help="Prometheus /metrics HTTP port (0: off)")
     add_flag(parser, "--bundle", default=None, help="calibration bundle directory (default: the shipped one)")
     add_flag(parser, "--model", default=None, help="local Hugging Face model directory (default: SmolLM2)")
-    add_flag(parser, "--max-prompt-tokens", type=int, default=1024, help="longest prompt accepted")
+    add_flag(
+        parser, "--max-prompt-tokens", type=int, default=MAX_PROMPT_TOKENS, help="longest prompt accepted"
+    )
     add_flag(parser, "--max-message-bytes", type=int, default=4 * 1024 * 1024, help="gRPC message limit")
     add_flag(parser, "--auth-token", default=None, help="require 'authorization: Bearer <token>'")
     add_flag(parser, "--auth-token-file", default=None, help="read the bearer token from this file")

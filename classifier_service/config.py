@@ -1,0 +1,24 @@
+"""The classifier's limits and batching knobs: the one home of their defaults (the CLI reads them here).
+
+Imports nothing heavy, so ``steerguard serve classifier --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from steerguard.grpc_common.flags import MAX_PROMPT_TOKENS
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Limits and batching knobs (the CLI fills this from flags)."""
+
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS
+    max_batch_size: int = 16
+    max_batch_wait_ms: float = 50.0
+    batch_wait_fraction: float = 0.1  # see classifier_service.batcher
+    max_queue: int = 1024
+    cache_prefix: str = "steerguard:verdict"  # Redis keys: prefix:bundle_id:sha256 (cache.keys)
+    log_prompts: bool = False
+    share_prefix: bool = True  # reuse the template prefix's key/value cache
