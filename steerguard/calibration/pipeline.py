@@ -132,6 +132,24 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     states: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [N, H], template rows
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    # What the steps found, in order: the probe, its mining, the category head, the vectors,
+    # the steering search.
+    fitted: ProbeFit | None = None
+    mining: MiningResult | None = None
+    categories: list[str] = field(default_factory=list)
+    category_train_accuracy: float = float("nan")
+    found: Vectors | None = None
+    search: SearchOutcome | None = None
+
+    @property
+    def fit(self) -> ProbeFit:
+        assert self.fitted is not None, "the probe is fitted in step 3"
+        return self.fitted
+
+    @property
+    def vectors(self) -> Vectors:
+        assert self.found is not None, "the vectors are found in step 4"
+        return self.found
 
     @property
     def n_layers(self) -> int:
@@ -160,6 +178,16 @@ class Run:
 
 
 @dataclass
+class SearchOutcome:
+    """Step 5's output: the chosen steering, every setting tried, and what they were judged on."""
+
+    best: TuneResult
+    tried: list[TuneResult]
+    base_ppl: float
+    prompts: int
+
+
+@dataclass
 class Vectors:
     """Step 4's output: candidate refusal directions, their ranked layers, the category vectors."""
 
@@ -182,25 +210,11 @@ def calibrate(
     t0 = time.time()
     run = _load(data_dir, model_path, host, config or CalibrationConfig(), dataset)
     probe_rows = _timed(run, "states_s", _read_states, run, since=t0)
-    fit, mining, categories, train_acc = _timed(run, "probe_s", _probe_step, run, probe_rows)
-    vectors = _timed(run, "vectors_s", _vectors, run, fit.layer, categories)
-    manifest = _provisional_manifest(run, fit, categories, vectors)
-    tune_h = _sample(
-        [run.calib[i] for i in run.harmful_idx if run.calib[i].kind == "harmful"],
-        run.cfg.tune_harmful,
-        run.cfg.seed + 21,
-    )
-    variants = {
-        "contrastive": (vectors.contrastive, vectors.ranked["contrastive"]),
-        "mean_difference": (vectors.mean, vectors.ranked["mean_difference"]),
-    }
-    run.tensors[f"vector.{REFUSAL}"] = vectors.contrastive
-    base = Bundle(manifest, run.tensors)
-    best, tried, base_ppl = _timed(
-        run, "tune_s", tune_refusal, run.host, base, variants, _convs(tune_h), run.cfg
-    )
-    search = _search_record(run.cfg, len(tune_h), best, tried, base_ppl)
-    bundle = _final_bundle(run, manifest, fit, mining, vectors, best, search, train_acc)
+    _timed(run, "probe_s", _probe_step, run, probe_rows)
+    _timed(run, "vectors_s", _vectors, run)
+    manifest = _provisional_manifest(run)
+    _timed(run, "tune_s", _search, run, manifest)
+    bundle = _final_bundle(run, manifest)
     log.info("calibrated", seconds=round(time.time() - t0))
     return bundle
 
@@ -332,17 +346,15 @@ def _fit_probe(run: Run, states: dict[int, np.ndarray]) -> tuple[ProbeFit, Minin
     return fit, mining
 
 
-def _probe_step(
-    run: Run, states: dict[int, np.ndarray]
-) -> tuple[ProbeFit, MiningResult | None, list[str], float]:
+def _probe_step(run: Run, states: dict[int, np.ndarray]) -> None:
     """Step 3 whole: the probe, then the category head on the same standardised state."""
-    fit, mining = _fit_probe(run, states)
+    run.fitted, run.mining = _fit_probe(run, states)
+    fit = run.fit
     run.tensors.update(
         {"probe.mean": torch.from_numpy(fit.probe.mean), "probe.std": torch.from_numpy(fit.probe.std)}
     )
     run.tensors.update(fit.probe.tensors("probe"))
-    categories, train_acc = _category_head(run, fit)
-    return fit, mining, categories, train_acc
+    run.categories, run.category_train_accuracy = _category_head(run, fit)
 
 
 def _category_head(run: Run, fit: ProbeFit) -> tuple[list[str], float]:
@@ -359,9 +371,10 @@ def _category_head(run: Run, fit: ProbeFit) -> tuple[list[str], float]:
     return categories, float((head.predict_classes(x).argmax(1) == cls).mean())
 
 
-def _vectors(run: Run, probe_layer: int, categories: list[str]) -> Vectors:
+def _vectors(run: Run) -> None:
     """Step 4: residual norms, the two refusal directions, their layers, the category vectors."""
     cfg, calib, host = run.cfg, run.calib, run.host
+    probe_layer, categories = run.fit.layer, run.categories
     norm_set = _sample(list(calib), cfg.norm_prompts, cfg.seed + 11)
     norms = residual_norms(host, _convs(norm_set), batch_size=cfg.batch_size)
     run.tensors["norms"] = norms
@@ -387,7 +400,7 @@ def _vectors(run: Run, probe_layer: int, categories: list[str]) -> Vectors:
     cat_vectors = category_directions(
         all_states[harmful], [calib[i].category for i in harmful], all_states[benign], categories
     )
-    return Vectors(contrast_dir, mean_dir, projections, ranked, cat_vectors)
+    run.found = Vectors(contrast_dir, mean_dir, projections, ranked, cat_vectors)
 
 
 def _probe_info(run: Run, fit: ProbeFit) -> ProbeInfo:
@@ -410,27 +423,43 @@ def _probe_info(run: Run, fit: ProbeFit) -> ProbeInfo:
     )
 
 
-def _provisional_manifest(run: Run, fit: ProbeFit, categories: list[str], vectors: Vectors) -> Manifest:
+def _provisional_manifest(run: Run) -> Manifest:
     """The manifest the strength search generates with (through the real serving path)."""
     return Manifest(
         model=ModelInfo(**run.host.identity.as_dict()),
-        probe=_probe_info(run, fit),
+        probe=_probe_info(run, run.fit),
         created_at=_created_at(),
-        categories=tuple(categories),
-        vectors={REFUSAL: VectorInfo(layers=tuple(vectors.ranked["contrastive"][:3]), strength=1.0)},
+        categories=tuple(run.categories),
+        vectors={REFUSAL: VectorInfo(layers=tuple(run.vectors.ranked["contrastive"][:3]), strength=1.0)},
         policy=PolicyInfo(default=REFUSAL, per_category={}),
     )
 
 
-def _search_record(
-    cfg: CalibrationConfig, prompts: int, best: TuneResult, tried: list[TuneResult], base_ppl: float
-) -> dict[str, Any]:
+def _search(run: Run, manifest: Manifest) -> None:
+    """Step 5: the steering search, with AUTO generation on a sample of calibration's harmful prompts."""
+    vectors = run.vectors
+    tune_h = _sample(
+        [run.calib[i] for i in run.harmful_idx if run.calib[i].kind == "harmful"],
+        run.cfg.tune_harmful,
+        run.cfg.seed + 21,
+    )
+    variants = {
+        "contrastive": (vectors.contrastive, vectors.ranked["contrastive"]),
+        "mean_difference": (vectors.mean, vectors.ranked["mean_difference"]),
+    }
+    run.tensors[f"vector.{REFUSAL}"] = vectors.contrastive
+    base = Bundle(manifest, run.tensors)
+    best, tried, base_ppl = tune_refusal(run.host, base, variants, _convs(tune_h), run.cfg)
+    run.search = SearchOutcome(best, tried, base_ppl, len(tune_h))
+
+
+def _search_record(cfg: CalibrationConfig, search: SearchOutcome) -> dict[str, Any]:
     return {
-        "harmful_prompts": prompts,
+        "harmful_prompts": search.prompts,
         "max_new_tokens": cfg.tune_tokens,
-        "unsteered_ppl": round(base_ppl, 4),
-        "chosen": best.as_dict(),
-        "tried": [r.as_dict() for r in tried],
+        "unsteered_ppl": round(search.base_ppl, 4),
+        "chosen": search.best.as_dict(),
+        "tried": [r.as_dict() for r in search.tried],
         "judge": "steerguard.judge (strict: explicit refusal in the opening, no pivot to compliance)",
         "rule": (
             f"most fluent steering with refusal >= {cfg.target_refusal} and ppl ratio <= {cfg.max_ppl_ratio}"
@@ -465,7 +494,8 @@ def _final_vectors(run: Run, vectors: Vectors, best: TuneResult) -> dict[str, Ve
     return out
 
 
-def _metrics(fit: ProbeFit, best: TuneResult, train_acc: float) -> dict[str, Any]:
+def _metrics(run: Run, best: TuneResult) -> dict[str, Any]:
+    fit, train_acc = run.fit, run.category_train_accuracy
     return {
         "calibration": {
             "probe_oof_auroc": round(fit.oof_auroc, 6),
@@ -481,17 +511,10 @@ def _metrics(fit: ProbeFit, best: TuneResult, train_acc: float) -> dict[str, Any
     }
 
 
-def _final_bundle(
-    run: Run,
-    manifest: Manifest,
-    fit: ProbeFit,
-    mining: MiningResult | None,
-    vectors: Vectors,
-    best: TuneResult,
-    search: dict[str, Any],
-    train_acc: float,
-) -> Bundle:
+def _final_bundle(run: Run, manifest: Manifest) -> Bundle:
     """Step 6: the chosen steering and the whole record, written into one manifest."""
+    assert run.search is not None, "the steering search runs in step 5"
+    best, mining, vectors = run.search.best, run.mining, run.vectors
     counts = run.data.summary()
     if mining is not None and mining.examples:
         counts[CALIBRATION][MINED] = len(mining.examples)
@@ -504,7 +527,7 @@ def _final_bundle(
             ),
             ALT_MEAN: "difference-of-means refusal direction (harmful - benign last-token states), [L, H]",
         },
-        steering_search=search,
+        steering_search=_search_record(run.cfg, run.search),
         vocab_projection={name: [p.as_dict() for p in proj] for name, proj in vectors.projections.items()},
         data_sources=tuple(DataSource(**s.as_dict()) for s in run.data.sources),
         splits={
@@ -513,7 +536,7 @@ def _final_bundle(
             "seed": run.cfg.seed,
             "mining": None if mining is None else mining.as_dict(),
         },
-        metrics=_metrics(fit, best, train_acc),
+        metrics=_metrics(run, best),
         calibration=CalibrationRecord(
             config=run.cfg.record(), timings_s={k: round(v, 1) for k, v in run.timings.items()}
         ),
