@@ -18,7 +18,7 @@ from aiohttp import web
 from sidecar.adapters import adapter_for
 from sidecar.grpc_clients import ChannelSettings, ClassifierClient, SteerClient
 from sidecar.metrics import Metrics
-from sidecar.policy import Policy, Route
+from sidecar.policy import FailureMode, Policy, Route
 from sidecar.proxy import Proxy
 from sidecar.settings import SidecarSettings
 from sidecar.upstream import Upstream, UpstreamSettings
@@ -87,13 +87,27 @@ def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
+    # Readiness follows policy: a classifier outage makes the pod unready only when some route
+    # fails closed (its requests would all get 503). Fail-open routes keep serving, so the pod
+    # stays in its Service and reports itself degraded instead (header, body, metric): one
+    # classifier outage must not take every guarded app out of rotation.
+    fails_closed = any(r.on_classifier_error is FailureMode.CLOSED for r in policy.routes)
+
     async def readyz(request: web.Request) -> web.Response:
         now = time.monotonic()
         if now - readiness.checked_at > READY_TTL_S:
             readiness.ready = await request.app[PROXY_KEY].classifier.ready(timeout=0.5)
             readiness.checked_at = now
-        body = {"ready": readiness.ready, "classifier": "reachable" if readiness.ready else "unreachable"}
-        return web.json_response(body, status=200 if readiness.ready else 503)
+        reachable = readiness.ready
+        ready = reachable or not fails_closed
+        metrics.degraded.set(0 if reachable else 1)
+        body = {
+            "ready": ready,
+            "classifier": "reachable" if reachable else "unreachable",
+            "degraded": not reachable,
+        }
+        headers = {} if reachable else {"x-steerguard-degraded": "classifier-unreachable"}
+        return web.json_response(body, status=200 if ready else 503, headers=headers)
 
     async def metrics_handler(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})

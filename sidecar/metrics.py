@@ -7,7 +7,7 @@ Requests the sidecar answers itself are measured whole in ``request_duration``.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _FAST = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -69,6 +69,11 @@ class Metrics:
         )
         self.bad_requests = Counter(
             "steerguard_sidecar_bad_requests", "requests refused as malformed", ["status"], registry=r
+        )
+        self.degraded = Gauge(
+            "steerguard_sidecar_degraded",
+            "1 while the classifier is unreachable and fail-open routes forward unjudged traffic",
+            registry=r,
         )
 
     def render(self) -> bytes:

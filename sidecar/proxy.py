@@ -21,7 +21,7 @@ from sidecar.adapters.base import Adapter, ReplyMeta
 from sidecar.compat import deadline
 from sidecar.conversation import context_for_classifier
 from sidecar.decisions import decide
-from sidecar.exchange import H_ACTION, H_VERDICT, Exchange, Outcomes, Trace
+from sidecar.exchange import H_ACTION, H_FAILURE, H_VERDICT, Exchange, Outcomes, Trace
 from sidecar.grpc_clients import ClassifierClient, ServiceFailure, SteerClient, to_proto_messages
 from sidecar.http_errors import (
     ClassifierUnavailable,
@@ -139,21 +139,20 @@ class Proxy:
         return await self._act(ex, judgement.verdict)
 
     async def _unjudged(self, ex: Exchange, judgement: Judgement) -> web.StreamResponse:
-        """No verdict: the route's failure mode decides (closed: refuse; open: forward, marked)."""
+        """No verdict. Input the classifier refused to judge is the client's error (400), whatever the
+        route's failure mode: it is never forwarded unjudged. An unreachable or slow classifier
+        follows the route's ``on_classifier_error`` (closed: 503; open: forwarded, marked)."""
         closed = ex.route.on_classifier_error is FailureMode.CLOSED
-        refusal_marks = {H_VERDICT: "unknown", H_ACTION: "fail-closed"}
         if judgement.failure == INVALID:
             self.outcomes.failure(ex.trace, "classifier", "invalid")
-            if closed:
-                error = judgement.error or InvalidInput("the request could not be judged")
-                return self.outcomes.error(ex.trace, error, refusal_marks)
-            ex.mark("fail-open", "classifier-invalid")
-            return await self._forward(ex)
+            error = judgement.error or InvalidInput("the request could not be judged")
+            marks = {H_VERDICT: "unknown", H_ACTION: "refuse", H_FAILURE: "classifier-invalid"}
+            return self.outcomes.error(ex.trace, error, marks)
         if closed:
             self.metrics.actions.labels("fail_closed", "false").inc()
             reason = judgement.error.reason if judgement.error else judgement.failure
             failure = ClassifierUnavailable(f"request could not be checked: {reason}")
-            return self.outcomes.error(ex.trace, failure, refusal_marks)
+            return self.outcomes.error(ex.trace, failure, {H_VERDICT: "unknown", H_ACTION: "fail-closed"})
         self.metrics.actions.labels("fail_open", "false").inc()
         ex.mark("fail-open", f"classifier-{judgement.failure}")
         return await self._forward(ex)

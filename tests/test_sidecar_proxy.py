@@ -43,6 +43,7 @@ from sidecar.settings import SidecarSettings
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 CHAT = "/v1/chat/completions"
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +352,44 @@ async def test_fail_open_forwards_and_marks(chatbot, steerer, http) -> None:
         assert resp.headers["x-steerguard-verdict"] == "unknown"
         assert resp.headers["x-steerguard-action"] == "fail-open"
         assert resp.headers["x-steerguard-failure"] == "classifier-unavailable"
+        # Readiness follows policy: every route fails open, so the pod stays ready, marked degraded.
+        resp = await send(http, "GET", url + "/readyz")
+        assert resp.status == 200 and resp.json() == {
+            "ready": True,
+            "classifier": "unreachable",
+            "degraded": True,
+        }
+        assert resp.headers["x-steerguard-degraded"] == "classifier-unreachable"
+        resp = await send(http, "GET", url + "/metrics")
+        assert "steerguard_sidecar_degraded 1.0" in resp.body.decode()
     assert len(chatbot.received(marker)) == 1
+
+
+STRICT_JSON_CASES = {
+    "duplicate messages key": b'{"messages": [{"role": "user", "content": "hi"}], "messages": []}',
+    "lone surrogate": b'{"messages": [{"role": "user", "content": "\\ud800 MARK"}]}',
+    "NaN": b'{"messages": [{"role": "user", "content": "MARK"}], "temperature": NaN}',
+    "Infinity": b'{"messages": [{"role": "user", "content": "MARK"}], "temperature": Infinity}',
+    "1e999": b'{"messages": [{"role": "user", "content": "MARK"}], "temperature": 1e999}',
+    "deep nesting": b'{"messages": [{"role": "user", "content": "MARK"}], "x": '
+    + b"[" * 5000
+    + b"]" * 5000
+    + b"}",
+}
+
+
+async def test_ambiguous_or_hostile_json_is_a_400_never_forwarded(chatbot, classifier, steerer, http) -> None:
+    """What the guard judges must be what the upstream reads: no second parser may see other text."""
+    async with sidecar(chatbot, classifier, steerer[0], {"on_classifier_error": "open"}) as url:
+        for name, body in STRICT_JSON_CASES.items():
+            marker = uuid.uuid4().hex
+            resp = await send(
+                http, "POST", url + CHAT, data=body.replace(b"MARK", marker.encode()), headers=JSON_HEADERS
+            )
+            assert resp.status == 400, name
+            assert resp.json()["error"]["code"] == "invalid_request", name
+            assert chatbot.received(marker) == [], name
+    assert classifier.script.calls == []
 
 
 async def test_failure_mode_is_per_route(chatbot, steerer, http) -> None:
@@ -401,9 +439,12 @@ async def test_classifier_refusal_is_a_client_error(chatbot, classifier, steerer
         body = resp.json()
         assert resp.status == 400
     assert body["error"]["message"] == "scripted failure"
+    # Unjudgeable is not unavailable: a fail-open route refuses it too, and never forwards it.
+    marker = uuid.uuid4().hex
     async with sidecar(chatbot, classifier, steerer[0], {"on_classifier_error": "open"}) as url:
-        resp = await send(http, "POST", url + CHAT, json=chat_body("too long"))
-    assert resp.status == 200 and resp.headers["x-steerguard-failure"] == "classifier-invalid"
+        resp = await send(http, "POST", url + CHAT, json=chat_body(f"too long {marker}"))
+    assert resp.status == 400 and resp.headers["x-steerguard-failure"] == "classifier-invalid"
+    assert chatbot.received(marker) == []
 
 
 async def test_bearer_token_is_sent(chatbot, classifier, steerer, http) -> None:

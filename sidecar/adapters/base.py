@@ -96,14 +96,68 @@ class Adapter(Protocol):
         ...
 
 
+MAX_JSON_DEPTH = 64  # far deeper than any chat API nests; a deeper body is an attack on the parser
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Object hook: a key given twice is ambiguous (we would judge one, an upstream may read the other)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InvalidInput(f"request body repeats the key {key[:40]!r}")
+        out[key] = value
+    return out
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise InvalidInput("request body holds a number out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidInput(f"request body holds {name}, which JSON does not allow")
+
+
+def _check_strings(document: Any) -> None:
+    """Every string (keys too) is valid Unicode, and nothing nests deeper than :data:`MAX_JSON_DEPTH`."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidInput(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput("request body holds invalid Unicode (a lone surrogate)") from None
+        elif isinstance(value, dict):
+            stack.extend((k, depth) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def load_json_object(body: bytes) -> Any:
-    """Parse a request body, mapping every failure to a safe InvalidInput."""
+    """Parse a request body strictly, mapping every failure to a safe InvalidInput (a 400).
+
+    Stricter than ``json.loads``, because what the guard judges must be what
+    the upstream reads: a repeated key, a lone surrogate, ``NaN``/``Infinity``
+    or an out-of-range number may be read differently by another parser, and
+    deep nesting is an attack on the parser itself.
+    """
     try:
-        document = json.loads(body)
+        document = json.loads(
+            body, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite
+        )
+    except RecursionError:
+        raise InvalidInput(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError):
         raise InvalidInput("request body is not valid JSON") from None
     if not isinstance(document, dict):
         raise InvalidInput("request body must be a JSON object")
+    _check_strings(document)
     return document
 
 
