@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from sidecar.adapters import adapter_for
 from sidecar.grpc_clients import ChannelSettings, ClassifierClient, SteerClient
 from sidecar.metrics import Metrics
-from sidecar.policy import FailureMode, Policy, Route
+from sidecar.policy import FailureMode, Policy
 from sidecar.proxy import Proxy
+from sidecar.routing import Router
 from sidecar.settings import SidecarSettings
 from sidecar.upstream import Upstream, UpstreamSettings
 from steerguard.logs import configure_logging, get_logger
@@ -37,6 +38,25 @@ class _Readiness:
     checked_at: float = 0.0
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse at ERROR with a traceback that quotes the request's
+    bytes. A malformed request is the client's error, answered 400: counted, and logged as one
+    line naming the error's type, never its text."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+        self.log = get_logger("steerguard.sidecar")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        self.metrics.bad_requests.labels("400").inc()
+        self.log.info("malformed_http_request", status=400, error=type(exc).__name__)
+        return False
+
+
 def _channel(settings: SidecarSettings, address: str) -> ChannelSettings:
     return ChannelSettings(
         address=address,
@@ -51,6 +71,8 @@ def _channel(settings: SidecarSettings, address: str) -> ChannelSettings:
 def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
     """Build the application; clients are connected when it starts."""
     metrics = Metrics()
+    quiet = _MalformedRequests(metrics)
+    logging.getLogger("aiohttp.server").addFilter(quiet)
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[METRICS_KEY] = metrics
     readiness = _Readiness()
@@ -75,6 +97,7 @@ def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
         )
 
     async def stop(app: web.Application) -> None:
+        logging.getLogger("aiohttp.server").removeFilter(quiet)
         proxy = app.get(PROXY_KEY)
         if proxy is not None:
             await proxy.upstream.close()
@@ -115,31 +138,32 @@ def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/readyz", readyz, allow_head=True)
     app.router.add_get("/metrics", metrics_handler)
-    for route in policy.routes:
-        handler = _chat_handler(route)
-        for method in route.methods:
-            app.router.add_route(method, route.path, handler)
+    routes = Router(policy)
 
-    async def passthrough(request: web.Request) -> web.StreamResponse:
-        return await request.app[PROXY_KEY].passthrough(request)
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        """Every spelling of a chat path reaches its route (sidecar.routing); the rest is pass-through."""
+        proxy = request.app[PROXY_KEY]
+        found = routes.match(request.raw_path)
+        if found is None:
+            return await proxy.passthrough(request)
+        if request.method not in found.route.methods:
+            return proxy.wrong_method(request, found.route)
+        return await proxy.chat(request, found.route, found.adapter)
 
-    app.router.add_route("*", "/{tail:.*}", passthrough)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
-
-
-def _chat_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    adapter = adapter_for(route)
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return await request.app[PROXY_KEY].chat(request, route, adapter)
-
-    return handler
 
 
 async def start_site(settings: SidecarSettings, policy: Policy) -> tuple[web.AppRunner, int]:
     """Start serving; returns the runner and the bound port (useful with port 0)."""
+    # keepalive_timeout also bounds a new connection that never completes its headers
+    # (aiohttp arms it at connection start): a slow-header client cannot hold a socket forever.
     runner = web.AppRunner(
-        create_app(settings, policy), access_log=None, shutdown_timeout=settings.grace_s, handle_signals=False
+        create_app(settings, policy),
+        access_log=None,
+        shutdown_timeout=settings.grace_s,
+        handle_signals=False,
+        keepalive_timeout=settings.idle_timeout_s,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)

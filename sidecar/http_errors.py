@@ -35,6 +35,10 @@ class NotFound(InvalidInput):
     """No route (only when the policy refuses unknown paths; HTTP 404)."""
 
 
+class MethodNotAllowed(InvalidInput):
+    """A chat route asked with a method it does not take (HTTP 405)."""
+
+
 class UpstreamTimeout(UpstreamError):
     """The chatbot did not answer in time (HTTP 504)."""
 
@@ -49,6 +53,7 @@ _TABLE: list[tuple[type[SteerguardError], int, str]] = [
     (UnsupportedMediaType, 415, "unsupported_media_type"),
     (RequestTimeout, 408, "request_timeout"),
     (NotFound, 404, "not_found"),
+    (MethodNotAllowed, 405, "method_not_allowed"),
     (InvalidInput, 400, "invalid_request"),
     (Unauthenticated, 401, "unauthenticated"),
     (Overloaded, 429, "overloaded"),

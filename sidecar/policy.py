@@ -52,6 +52,9 @@ class Action(str, enum.Enum):
     FLAG = "flag"
 
 
+UNKNOWN_PATHS = ("read_only", "forward", "reject")
+
+
 class FailureMode(str, enum.Enum):
     """What a route does when the classifier cannot judge a request."""
 
@@ -126,7 +129,10 @@ class Policy:
     context_chars: int = 3000
     steer: SteerParams = field(default_factory=SteerParams)
     routes: tuple[Route, ...] = (Route(path="/v1/chat/completions"),)
-    unknown_paths: str = "forward"
+    # Paths no route names: read_only relays GET/HEAD/OPTIONS without a body and refuses any
+    # other request (404 naming this key), since a write to an unknown path may carry text
+    # no one judged; forward relays everything; reject refuses everything.
+    unknown_paths: str = "read_only"
 
     def rule_for(self, category: str) -> CategoryRule:
         """The rule for an unsafe verdict of ``category`` (the default when unlisted)."""
@@ -339,9 +345,9 @@ def parse_policy(data: Any) -> Policy:
     refusal = data.get("refusal_message", DEFAULT_REFUSAL)
     if not isinstance(refusal, str) or not refusal:
         raise PolicyError("policy.refusal_message: expected text")
-    unknown_paths = data.get("unknown_paths", "forward")
-    if unknown_paths not in {"forward", "reject"}:
-        raise PolicyError("policy.unknown_paths: expected forward or reject")
+    unknown_paths = data.get("unknown_paths", Policy.unknown_paths)
+    if unknown_paths not in UNKNOWN_PATHS:
+        raise PolicyError(f"policy.unknown_paths: expected {', '.join(UNKNOWN_PATHS)}")
     return Policy(
         shadow=mode == "shadow",
         default=_rule(data.get("default", "block"), "policy.default"),

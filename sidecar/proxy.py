@@ -25,6 +25,7 @@ from sidecar.exchange import H_ACTION, H_FAILURE, H_VERDICT, Exchange, Outcomes,
 from sidecar.grpc_clients import ClassifierClient, ServiceFailure, SteerClient, to_proto_messages
 from sidecar.http_errors import (
     ClassifierUnavailable,
+    MethodNotAllowed,
     NotFound,
     RequestTimeout,
     UnsupportedMediaType,
@@ -34,6 +35,7 @@ from sidecar.judge import INVALID, Judge, Judgement, RecentVerdicts
 from sidecar.metrics import Metrics
 from sidecar.policy import Action, FailureMode, Policy, Route
 from sidecar.response_check import AnswerCheck, is_json
+from sidecar.routing import SAFE_METHODS
 from sidecar.settings import SidecarSettings
 from sidecar.upstream import Upstream, raw_header_items, request_headers, stream_back
 from steerguard.errors import InvalidInput, PayloadTooLarge, SteerguardError, UpstreamError
@@ -94,11 +96,33 @@ class Proxy:
 
     # ----------------------------------------------------------- pass-through
 
+    def _refuse_unknown(self, request: web.Request) -> SteerguardError | None:
+        """Why the policy's ``unknown_paths`` refuses this request; None to relay it."""
+        mode = self.policy.unknown_paths
+        if mode == "forward":
+            return None
+        if mode == "reject":
+            return NotFound("no such route (policy unknown_paths: reject)")
+        if request.method in SAFE_METHODS and not request.body_exists:
+            return None
+        return NotFound(
+            f"no route takes {request.method} on this path; only GET, HEAD and OPTIONS without a body are "
+            "relayed to paths the policy does not name (set unknown_paths: forward in the policy to relay it)"
+        )
+
+    def wrong_method(self, request: web.Request, route: Route) -> web.StreamResponse:
+        """A chat path asked with another method: 405, never relayed (a GET with a body is a bypass)."""
+        trace = Trace(request.headers.get("x-request-id") or uuid.uuid4().hex, route.path)
+        allowed = ", ".join(route.methods)
+        error = MethodNotAllowed(f"{route.path} takes {allowed}")
+        return self.outcomes.error(trace, error, {"Allow": allowed})
+
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
-        """Any path without an adapter: relayed untouched (or refused when the policy says so)."""
+        """Any path without a route: relayed untouched, or refused as the policy says."""
         trace = Trace(request.headers.get("x-request-id") or uuid.uuid4().hex, "passthrough")
-        if self.policy.unknown_paths == "reject":
-            return self.outcomes.error(trace, NotFound("no such route"))
+        refused = self._refuse_unknown(request)
+        if refused is not None:
+            return self.outcomes.error(trace, refused)
         body = request.content if request.body_exists else None
         try:
             upstream = await self.upstream.send(

@@ -43,6 +43,13 @@ def add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--upstream-read-timeout-s", type=float, default=60.0, help="longest pause in a body")
     add_flag(parser, "--upstream-pool-size", type=int, default=512, help="keep-alive connections to the bot")
     add_flag(parser, "--client-timeout-s", type=float, default=30.0, help="time to receive a request body")
+    add_flag(
+        parser,
+        "--idle-timeout-s",
+        type=float,
+        default=30.0,
+        help="close a client connection idle this long, or still sending its headers",
+    )
     add_flag(parser, "--grace-seconds", type=float, default=10.0, help="drain time on SIGTERM")
     add_flag(parser, "--log-format", choices=["json", "console"], default="json", help="log renderer")
     add_flag(parser, "--log-level", default="info", help="log level")
@@ -73,6 +80,7 @@ class SidecarSettings:
     upstream_read_timeout_s: float = 60.0
     upstream_pool_size: int = 512
     client_timeout_s: float = 30.0
+    idle_timeout_s: float = 30.0
     grace_s: float = 10.0
     log_format: str = "json"
     log_level: str = "info"
@@ -119,6 +127,7 @@ class SidecarSettings:
             upstream_read_timeout_s=ns.upstream_read_timeout_s,
             upstream_pool_size=ns.upstream_pool_size,
             client_timeout_s=ns.client_timeout_s,
+            idle_timeout_s=ns.idle_timeout_s,
             grace_s=ns.grace_seconds,
             log_format=ns.log_format,
             log_level=ns.log_level,

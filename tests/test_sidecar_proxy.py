@@ -203,7 +203,7 @@ async def test_sse_stream_passes_through(chatbot, classifier, steerer, http) -> 
 
 async def test_other_paths_pass_through_untouched(chatbot, classifier, steerer, http) -> None:
     marker = uuid.uuid4().hex
-    async with sidecar(chatbot, classifier, steerer[0]) as url:
+    async with sidecar(chatbot, classifier, steerer[0], {"unknown_paths": "forward"}) as url:
         resp = await send(http, "PUT", url + f"/v1/files/{marker}?a=1", data=b"\x00\x01raw")
         payload = resp.json()
         assert resp.headers["x-demo-upstream"] == "1"
@@ -212,6 +212,55 @@ async def test_other_paths_pass_through_untouched(chatbot, classifier, steerer, 
         assert resp.status == 200
     assert payload["path"] == f"/v1/files/{marker}?a=1"
     assert classifier.script.calls == []
+
+
+async def test_unknown_paths_relay_only_reads_by_default(chatbot, classifier, steerer, http) -> None:
+    """Secure by default: a write to a path no route names may carry unjudged text."""
+    marker = uuid.uuid4().hex
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        resp = await send(http, "GET", url + f"/v1/models?m={marker}")
+        assert resp.status == 200 and resp.headers["x-demo-upstream"] == "1"
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            resp = await send(http, method, url + f"/v1/other/{marker}", json=chat_body(marker))
+            assert resp.status == 404, method
+            assert "unknown_paths" in resp.json()["error"]["message"]
+        resp = await send(http, "GET", url + f"/v1/other/{marker}", data=b"a body")
+        assert resp.status == 404
+    assert len(chatbot.received(marker)) == 0 and chatbot.requests()[-1]["method"] == "GET"
+
+
+# Every spelling of the chat path an upstream may route to its chat handler.
+PATH_SPELLINGS = [
+    "/v1/chat/completions/",
+    "//v1/chat/completions",
+    "/v1//chat/completions",
+    "/v1/./chat/completions",
+    "/v1/x/../chat/completions",
+    "/V1/chat/completions",
+    "/v1/chat/completions%2f",
+    "/v1/chat/completions;x",
+    "/v1/chat%2Fcompletions",
+    "/v1/chat/completions%252f",
+]
+
+
+async def test_every_spelling_of_the_chat_path_is_judged(chatbot, classifier, steerer, http) -> None:
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        for path in PATH_SPELLINGS:
+            marker = uuid.uuid4().hex
+            resp = await send(http, "POST", URL(url + path, encoded=True), json=chat_body(f"UNSAFE {marker}"))
+            assert resp.status == 200 and resp.headers["x-steerguard-action"] == "block", path
+            assert chatbot.received(marker) == [], path
+
+
+async def test_other_methods_on_a_chat_path_get_405(chatbot, classifier, steerer, http) -> None:
+    async with sidecar(chatbot, classifier, steerer[0], {"unknown_paths": "forward"}) as url:
+        for method in ("PUT", "PATCH", "GET", "DELETE"):
+            marker = uuid.uuid4().hex
+            resp = await send(http, method, url + CHAT, json=chat_body(f"UNSAFE {marker}"))
+            assert resp.status == 405, method
+            assert resp.headers["Allow"] == "POST"
+            assert chatbot.received(marker) == [], method
 
 
 # ----------------------------------------------------------- policy actions

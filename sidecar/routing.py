@@ -1,0 +1,63 @@
+"""Which route a request is for, decided on one normal form of its path.
+
+An upstream's HTTP stack may read ``/v1//chat/completions``,
+``/v1/./chat/completions``, ``/V1/chat/completions``, ``/v1/chat/completions/``,
+``/v1/chat/completions%2f`` or ``/v1/chat/completions;x`` as its chat route. So
+the sidecar matches routes on a normal form (percent-decoded, matrix
+parameters and dot segments resolved, repeated and trailing slashes dropped,
+lower case): every spelling of a chat path is judged, while the upstream
+still receives the request exactly as the client sent it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from sidecar.adapters import adapter_for
+from sidecar.adapters.base import Adapter
+from sidecar.policy import Policy, PolicyError, Route
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def canonical_path(raw_path: str) -> str:
+    """The normal form of a request path (the query string is not part of it)."""
+    path = raw_path.split("?", 1)[0].split("#", 1)[0]
+    for _ in range(3):  # %252f -> %2f -> /
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    segments: list[str] = []
+    for raw in path.replace("\\", "/").split("/"):
+        segment = raw.split(";", 1)[0].strip(" \t\r\n\x00\x0b\x0c").lower()
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return "/" + "/".join(segments)
+
+
+@dataclass(frozen=True)
+class Match:
+    route: Route
+    adapter: Adapter
+
+
+class Router:
+    """Chat routes by the normal form of their path."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._routes: dict[str, Match] = {}
+        for route in policy.routes:
+            key = canonical_path(route.path)
+            if key in self._routes and self._routes[key].route is not route:
+                raise PolicyError(f"policy.routes: {route.path} is the same path as another route")
+            self._routes[key] = Match(route, adapter_for(route))
+
+    def match(self, raw_path: str) -> Match | None:
+        return self._routes.get(canonical_path(raw_path))
