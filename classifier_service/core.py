@@ -34,6 +34,7 @@ from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
 from classifier_service.config import CoreConfig
 from classifier_service.prefix import SharedPrefix
+from classifier_service.windows import Windower, WindowSettings
 from steerguard.bundle import Bundle
 from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput
 from steerguard.logs import get_logger
@@ -94,6 +95,7 @@ class ClassifierCore:
         self._flights_lock = threading.RLock()
         self.forward_passes = 0
         self.prefix = SharedPrefix.for_host(host) if self.config.share_prefix else None
+        self.windows = self._windower()
         self.batcher: MicroBatcher[_Job, Verdict] = MicroBatcher(
             self._run_batch,
             max_batch_size=self.config.max_batch_size,
@@ -124,31 +126,70 @@ class ClassifierCore:
     ) -> list[Verdict]:
         """One verdict per conversation, in order.
 
-        ``deadline`` is a :func:`time.monotonic` instant; ``cancelled`` is a
-        fresh event the caller sets when its client goes away (the core sets
-        it too, to wake itself, once the answer is ready). ``label_rows``
-        prefixes input errors with ``requests[i]:`` (batch RPCs).
+        A conversation longer than the model's window is judged as the views
+        :mod:`classifier_service.windows` makes of it; its verdict is its
+        highest-scoring view's. ``deadline`` is a :func:`time.monotonic`
+        instant; ``cancelled`` is a fresh event the caller sets when its client
+        goes away (the core sets it too, to wake itself, once the answer is
+        ready). ``label_rows`` prefixes input errors with ``requests[i]:``
+        (batch RPCs).
         """
         if not convs:
             return []
-        keys = [self.key(c) for c in convs]
-        unique = list(dict.fromkeys(keys))
-        found = self._lookup(unique)
-        missing = [k for k in unique if found[k] is None]
-        if missing:
-            jobs = self._jobs(convs, keys, set(missing), label_rows)
-            found.update(self._compute(jobs, deadline, cancelled))
+        views = [self._views(conv, i if label_rows else None) for i, conv in enumerate(convs)]
+        flat = [v for vs in views for v in vs]
+        judged = iter(self._judge(flat, deadline, cancelled))
         out: list[Verdict] = []
-        for i, key in enumerate(keys):
-            verdict = found[key]
-            assert verdict is not None
+        for i, vs in enumerate(views):
+            verdict = max((next(judged) for _ in vs), key=lambda v: v.score)
             cut = thresholds[i] if thresholds is not None else None
             if cut is not None and cut != verdict.threshold:
                 verdict = verdict.at_threshold(cut)
             metrics.VERDICTS.labels(category=verdict.category if verdict.unsafe else "safe").inc()
             out.append(verdict)
-        self._log(convs, keys, out)
+        self._log(convs, out, [len(vs) for vs in views])
         return out
+
+    def _views(self, conv: Conversation, row: int | None) -> list[Conversation]:
+        try:
+            with self._tokenizer_lock:
+                return self.windows.views(conv)
+        except InvalidInput as exc:
+            if row is not None:
+                exc.reason = f"requests[{row}]: {exc.reason}"
+            raise
+
+    def _judge(
+        self, convs: Sequence[Conversation], deadline: float | None, cancelled: threading.Event | None
+    ) -> list[Verdict]:
+        """Verdicts of conversations that fit, from the cache or the model, in order."""
+        keys = [self.key(c) for c in convs]
+        unique = list(dict.fromkeys(keys))
+        found = self._lookup(unique)
+        missing = [k for k in unique if found[k] is None]
+        if missing:
+            jobs = self._jobs(convs, keys, set(missing))
+            found.update(self._compute(jobs, deadline, cancelled))
+        return [v for v in (found[k] for k in keys) if v is not None]
+
+    def _windower(self) -> Windower:
+        """The views of long conversations, sized to this model's window and tokenizer."""
+        from steerguard.model.chat import normalise_request
+
+        tok = self.host.tokenizer
+        settings = WindowSettings(
+            max_prompt_tokens=self.config.max_prompt_tokens,
+            max_total_tokens=self.config.max_total_tokens,
+            overlap_tokens=self.config.window_overlap_tokens,
+            framing_tokens=len(self.host.token_ids(normalise_request("x"))) + 8,
+            max_token_bytes=max(1, max(len(t) for t in tok.get_vocab())),
+        )
+        return Windower(
+            settings,
+            count=lambda conv: len(self.host.token_ids(conv)),
+            tokenize_text=lambda text: [int(i) for i in tok(text, add_special_tokens=False)["input_ids"]],
+            detokenize=lambda ids: str(tok.decode(ids)),
+        )
 
     def warm_up(self) -> None:
         """One forward pass before reporting SERVING (first-call allocations, lazy init)."""
@@ -179,19 +220,16 @@ class ClassifierCore:
         with self._tokenizer_lock:
             return self.host.token_ids(conv)
 
-    def _jobs(
-        self, convs: Sequence[Conversation], keys: list[str], missing: set[str], label_rows: bool
-    ) -> dict[str, _Job]:
+    def _jobs(self, convs: Sequence[Conversation], keys: list[str], missing: set[str]) -> dict[str, _Job]:
         """Tokenise every miss first, so an invalid request queues nothing."""
         limit = self.config.max_prompt_tokens
         jobs: dict[str, _Job] = {}
-        for i, (conv, key) in enumerate(zip(convs, keys, strict=True)):
+        for conv, key in zip(convs, keys, strict=True):
             if key not in missing or key in jobs:
                 continue
             ids = self._token_ids(conv)
-            if len(ids) > limit:
-                where = f"requests[{i}]: " if label_rows else ""
-                raise InvalidInput(f"{where}prompt is {len(ids)} tokens, over the limit of {limit}")
+            if len(ids) > limit:  # the views are sized to fit; this is a guard, not a path
+                raise InvalidInput(f"a view of the prompt is {len(ids)} tokens, over the limit of {limit}")
             jobs[key] = _Job(key, ids)
         return jobs
 
@@ -301,13 +339,14 @@ class ClassifierCore:
 
     # -- logs -----------------------------------------------------------------
 
-    def _log(self, convs: Sequence[Conversation], keys: list[str], verdicts: list[Verdict]) -> None:
+    def _log(self, convs: Sequence[Conversation], verdicts: list[Verdict], views: list[int]) -> None:
         """Digests only; raw text only with ``--log-prompts``."""
-        for conv, key, v in zip(convs, keys, verdicts, strict=True):
+        for conv, v, n in zip(convs, verdicts, views, strict=True):
             extra = {"prompt": conv.last_user_text} if self.config.log_prompts else {}
             log.debug(
                 "classified",
-                digest=key.rsplit(":", 1)[-1][:16],
+                digest=conv.digest()[:16],
+                views=n,
                 unsafe=v.unsafe,
                 category=v.category,
                 score=round(v.score, 4),

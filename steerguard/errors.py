@@ -25,6 +25,14 @@ class PayloadTooLarge(InvalidInput):
     """The request exceeds a size limit (gRPC INVALID_ARGUMENT, HTTP 413)."""
 
 
+class TooLong(InvalidInput):
+    """The input is longer than the hard cap a service judges (gRPC OUT_OF_RANGE, HTTP 413).
+
+    Apart from other invalid input because a guard may choose to let it through
+    (the sidecar's ``on_oversize``); malformed input never is.
+    """
+
+
 class Unauthenticated(SteerguardError):
     """Missing or wrong credentials (gRPC UNAUTHENTICATED, HTTP 401)."""
 

@@ -36,6 +36,7 @@ from steerguard.model.host import Batch, ModelHost
 from steerguard.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 MAX_TOKENS = 96
+MAX_TOTAL_TOKENS = 400
 MAX_BATCH_REQUESTS = 4
 Req = classifier_pb2.ClassifyRequest
 
@@ -77,7 +78,12 @@ def probe_host(tiny_model_dir: Path, tiny_bundle: Bundle) -> ModelHost:
 
 @pytest.fixture(scope="module")
 def core(probe_host: ModelHost, tiny_bundle: Bundle) -> Iterator[InstrumentedCore]:
-    config = CoreConfig(max_prompt_tokens=MAX_TOKENS, max_batch_size=4, max_batch_wait_ms=5.0)
+    config = CoreConfig(
+        max_prompt_tokens=MAX_TOKENS,
+        max_total_tokens=MAX_TOTAL_TOKENS,
+        max_batch_size=4,
+        max_batch_wait_ms=5.0,
+    )
     c = InstrumentedCore(probe_host, tiny_bundle, MemoryCache(max_entries=1000, ttl_seconds=300), config)
     yield c
     c.close()
@@ -177,7 +183,7 @@ def test_batch_keeps_order_and_computes_duplicates_once(stub: Any, core: Instrum
 
 # --- bad input -------------------------------------------------------------------------
 
-TOO_LONG = "word " * (MAX_TOKENS + 10)
+TOO_LONG = "word " * (MAX_TOTAL_TOKENS + 10)
 BAD_REQUESTS = [
     (Req(), "prompt is empty"),
     (Req(prompt="   "), "prompt is empty"),
@@ -187,7 +193,7 @@ BAD_REQUESTS = [
     (Req(messages=[common_pb2.ChatMessage(role="assistant", content="y")]), "last message must have role"),
     (Req(prompt="x", threshold=1.5), "threshold must be in (0, 1)"),
     (Req(prompt="x", threshold=0.0), "threshold must be in (0, 1)"),
-    (Req(prompt=TOO_LONG), f"over the limit of {MAX_TOKENS}"),
+    (Req(prompt="x\x00y"), "NUL character"),
 ]
 
 
@@ -233,8 +239,22 @@ def test_bad_batches_are_invalid_argument(stub: Any, core: InstrumentedCore) -> 
     code, details = status_of(
         stub.ClassifyBatch, batch(requests=[Req(prompt=unique()), Req(prompt=TOO_LONG)])
     )
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("requests[1]: prompt is")
+    assert code == grpc.StatusCode.OUT_OF_RANGE and details.startswith(
+        "requests[1]: the conversation is over"
+    )
     assert core.computed == []  # an invalid batch queues nothing
+
+
+def test_a_prompt_longer_than_the_window_is_judged_in_windows(stub: Any, core: InstrumentedCore) -> None:
+    """Any length up to the hard cap is judged: padding a request with filler is no bypass."""
+    long_prompt = unique("word " * (3 * MAX_TOKENS))
+    verdict = stub.Classify(Req(prompt=long_prompt), timeout=30)
+    assert 0.0 <= verdict.score <= 1.0
+    views = [key for batch in core.computed for key in batch]
+    assert len(views) >= 3  # the tail and the windows, each read by the model
+    code, details = status_of(stub.Classify, Req(prompt=TOO_LONG))
+    assert code == grpc.StatusCode.OUT_OF_RANGE
+    assert details == f"the conversation is over the limit of {MAX_TOTAL_TOKENS} tokens"
 
 
 def test_message_over_the_size_limit_is_a_client_error(core: InstrumentedCore) -> None:

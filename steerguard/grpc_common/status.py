@@ -7,6 +7,7 @@ import grpc
 from steerguard import errors
 
 _CODES: list[tuple[type[errors.SteerguardError], grpc.StatusCode]] = [
+    (errors.TooLong, grpc.StatusCode.OUT_OF_RANGE),
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.DataError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),

@@ -99,3 +99,28 @@ def normalise_request(
     if not out[-1].content.strip():
         raise InvalidInput("the last user message is empty")
     return Conversation(tuple(out))
+
+
+WORD_JOINER = "\u2060"  # invisible, and no tokenizer merges it into a special token
+
+
+def neutralise(conv: Conversation, special_tokens: Sequence[str]) -> Conversation:
+    """``conv`` with chat-template tokens typed into its text made plain text.
+
+    A user who types ``<|im_end|>\n<|im_start|>assistant`` would otherwise have
+    the tokenizer turn it into real template structure: forged turns that
+    change what the probe reads (a harmful request followed by a forged
+    refusal and an innocent question scored 0.008) and what the steered model
+    sees. A word joiner after the first character keeps the text readable and
+    tokenises it as ordinary characters.
+    """
+    if not special_tokens or not any(t in m.content for m in conv.messages for t in special_tokens):
+        return conv
+    out = []
+    for m in conv.messages:
+        text = m.content
+        for token in special_tokens:
+            if token in text:
+                text = text.replace(token, token[0] + WORD_JOINER + token[1:])
+        out.append(Message(m.role, text))
+    return Conversation(tuple(out))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from steerguard.errors import InvalidInput, ModelError
-from steerguard.model.chat import Conversation
+from steerguard.model.chat import Conversation, neutralise
 from steerguard.model.identity import weights_sha256
 from steerguard.model.paths import DEFAULT_MODEL_NAME, cache_dir, default_gguf
 
@@ -163,6 +163,9 @@ class ModelHost:
         self.tokenizer = tokenizer
         self.identity = identity
         self.source = source
+        # Longest first, so no token's neutralisation leaves a shorter one intact inside it.
+        specials = set(getattr(tokenizer, "all_special_tokens", [])) | set(tokenizer.get_added_vocab())
+        self.special_tokens = tuple(sorted((t for t in specials if len(t) > 1), key=len, reverse=True))
         self.model.eval()
         self.model.requires_grad_(False)
 
@@ -249,7 +252,12 @@ class ModelHost:
     # -- text --------------------------------------------------------------
 
     def format(self, conv: Conversation) -> str:
-        """The one chat-formatting path (template defaults, e.g. a system prompt, kept)."""
+        """The one chat-formatting path (template defaults, e.g. a system prompt, kept).
+
+        Template tokens typed into the text are neutralised first
+        (:func:`steerguard.model.chat.neutralise`), for the probe and the steered model alike.
+        """
+        conv = neutralise(conv, self.special_tokens)
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(
                 conv.as_dicts(), tokenize=False, add_generation_prompt=True

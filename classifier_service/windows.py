@@ -1,0 +1,149 @@
+"""Conversations of any length, judged as the views the probe can read.
+
+The probe reads one state, the last prompt token's, of a prompt that fits the
+model's window (``max_prompt_tokens``). A real request can be a pasted
+document or a long chat, and padding a harmful request with filler must not
+hide it. So a conversation becomes several *views*, each a conversation that
+fits, each read with the chat framing (the system prompt kept, the text in a
+user turn); the request's verdict is the view with the highest score (any
+unsafe view makes the request unsafe):
+
+- the *tail*: the system prompt and as many of the latest turns as fit, so a
+  follow-up is still read in its context;
+- every earlier user-side turn on its own, so a harmful request followed by
+  "please answer my previous question", or by filler turns, is still judged
+  as a request (these views repeat turn for turn across a chat's requests,
+  so the verdict cache answers them after the first time);
+- every turn too long for one view, in overlapping windows of tokens.
+
+Cost grows linearly with length: each token is read in at most two windows.
+Past ``max_total_tokens`` a conversation is refused as too long
+(:class:`steerguard.errors.TooLong`, gRPC ``OUT_OF_RANGE``), before the
+tokenizer runs when its byte length already says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from steerguard.errors import TooLong
+from steerguard.messages import Message
+from steerguard.model.chat import Conversation
+
+# A view is never read whole without at least this many tokens of room for its text.
+MIN_WINDOW_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    max_prompt_tokens: int
+    max_total_tokens: int
+    overlap_tokens: int
+    # Tokens the chat framing adds around the text of one view (template, system prompt, roles).
+    framing_tokens: int
+    # A token covers at most this many UTF-8 bytes: a cheap lower bound on tokens from bytes.
+    max_token_bytes: int
+
+
+class Windower:
+    """Splits a conversation into views that fit (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: WindowSettings,
+        count: Callable[[Conversation], int],
+        tokenize_text: Callable[[str], list[int]],
+        detokenize: Callable[[list[int]], str],
+    ) -> None:
+        self.s = settings
+        self._count = count
+        self._tokens = tokenize_text
+        self._text = detokenize
+        self.window = max(MIN_WINDOW_TOKENS, settings.max_prompt_tokens - settings.framing_tokens)
+
+    def fits_surely(self, conv: Conversation, limit: int | None = None) -> bool:
+        """True when the conversation fits without tokenising it (a token covers at least one byte)."""
+        size = sum(len(m.content.encode("utf-8")) + 8 for m in conv.messages)
+        return size + self.s.framing_tokens <= (self.s.max_prompt_tokens if limit is None else limit)
+
+    def _fits(self, conv: Conversation, limit: int | None = None) -> bool:
+        cap = self.s.max_prompt_tokens if limit is None else limit
+        return self.fits_surely(conv, cap) or self._count(conv) <= cap
+
+    def views(self, conv: Conversation) -> list[Conversation]:
+        self._refuse_oversize(conv)
+        system, turns = _split_system(conv)
+        views: list[Conversation] = []
+        whole_system = system is None or self._fits(Conversation((system,)), self.window // 2)
+        if system is not None and not whole_system:
+            # A system prompt too long to frame every view: judged on its own, in windows, and
+            # cut to its first half-window of tokens where it frames the others.
+            views.extend(self._alone(None, system.content, whole=False))
+            system = Message("system", self._text(self._tokens(system.content)[: self.window // 2]))
+        if len([m for m in turns if m.role == "user"]) > 1:
+            for turn in turns[:-1]:
+                if turn.role == "user" and turn.content.strip():
+                    views.extend(self._alone(system, turn.content))
+        if whole_system and self._fits(conv):
+            return [conv, *views] if views else [conv]
+        return [self._tail(system, turns), *views, *self._alone(system, turns[-1].content, whole=False)]
+
+    def _refuse_oversize(self, conv: Conversation) -> None:
+        limit = self.s.max_total_tokens
+        size = sum(len(m.content.encode("utf-8")) for m in conv.messages)
+        if size > limit * self.s.max_token_bytes:
+            raise TooLong(f"the conversation is over the limit of {limit} tokens")
+        if size > limit and sum(len(self._tokens(m.content)) for m in conv.messages) > limit:
+            raise TooLong(f"the conversation is over the limit of {limit} tokens")
+
+    def _room(self, system: Message | None) -> int:
+        """Tokens left for a view's text after the framing and the system prompt."""
+        taken = len(self._tokens(system.content)) if system is not None else 0
+        return max(MIN_WINDOW_TOKENS, self.window - taken)
+
+    def _alone(self, system: Message | None, text: str, *, whole: bool = True) -> list[Conversation]:
+        """``text`` as a user turn after the system prompt: whole when it fits, else in windows."""
+        head = (system,) if system is not None else ()
+        one = Conversation((*head, Message("user", text)))
+        if whole and self._fits(one):
+            return [one]
+        return [Conversation((*head, Message("user", c))) for c in self._chunks(text, self._room(system))]
+
+    def _chunks(self, text: str, room: int) -> list[str]:
+        """Overlapping windows of ``text``, ``room`` tokens each, decoded back to text."""
+        ids = self._tokens(text)
+        overlap = min(self.s.overlap_tokens, room // 2)
+        step = max(1, room - overlap)
+        starts = range(0, max(1, len(ids) - overlap), step)
+        chunks = [self._text(ids[i : i + room]) for i in starts]
+        return [c for c in chunks if c.strip()] or [text[:1] or " "]
+
+    def _tail(self, system: Message | None, turns: Sequence[Message]) -> Conversation:
+        """The system prompt and the latest turns that fit, ending with the latest user turn (or its
+        last window when even that is too long)."""
+        head = (system,) if system is not None else ()
+        kept: list[Message] = []
+        for turn in reversed(turns):
+            candidate = Conversation((*head, turn, *kept))
+            if self._count(candidate) > self.s.max_prompt_tokens:
+                break
+            kept.insert(0, turn)
+        if not kept or kept[-1] is not turns[-1]:
+            last = self._chunks(turns[-1].content, self._room(system))[-1]
+            return Conversation((*head, Message("user", last)))
+        while kept and kept[0].role != "user":  # a view starts with a user turn after the system
+            kept.pop(0)
+        return Conversation((*head, *kept))
+
+
+def _split_system(conv: Conversation) -> tuple[Message | None, list[Message]]:
+    """The first system message (kept in every view) and the other turns, in order.
+
+    Other system messages are turns like any other: read in the tail, and on
+    their own as user-side text when they come after the conversation began.
+    """
+    messages = list(conv.messages)
+    system = messages[0] if messages and messages[0].role == "system" else None
+    turns = messages[1:] if system is not None else messages
+    return system, [Message("user", m.content) if m.role == "system" else m for m in turns]
