@@ -106,14 +106,16 @@ def _messages(request: classifier_pb2.ClassifyRequest | steer_pb2.GenerateReques
 
 
 class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
-    """Judges the last message with :func:`judge`."""
+    """Judges every message with :func:`judge`; any unsafe one makes the conversation unsafe, as the
+    real classifier's views do (classifier_service.windows)."""
 
     def __init__(self, script: Script) -> None:
         self.script = script
         self._seen: set[tuple[tuple[str, str], ...]] = set()
 
     def _verdict(self, messages: list[tuple[str, str]], threshold: float | None) -> common_pb2.Verdict:
-        unsafe, category = judge(messages[-1][1] if messages else "")
+        found = [judge(text) for _, text in reversed(messages)]
+        unsafe, category = next((f for f in found if f[0]), (False, ""))
         key = tuple(messages)
         cached = key in self._seen
         self._seen.add(key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from steerguard.errors import TooLong
 from steerguard.messages import ROLES, Message
 
 __all__ = ["ROLES", "ChatRequest", "Message", "answer_conversation", "context_for_classifier"]
@@ -31,6 +32,8 @@ class ChatRequest:
     top_p: float | None = None
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Types of content parts that carry no text (images, audio): not judged, and reported.
+    unjudged: tuple[str, ...] = ()
 
     @property
     def prompt_chars(self) -> int:
@@ -42,25 +45,25 @@ class ChatRequest:
 
 
 def context_for_classifier(messages: list[Message], *, max_messages: int, max_chars: int) -> list[Message]:
-    """The turns up to the latest user message, oldest dropped past the budgets.
+    """Every turn with text, in order, as the classifier judges it.
 
-    System messages are kept ahead of other turns while they fit, because they
-    change how the conversation reads.
+    Nothing is dropped: the classifier judges a conversation of any length in
+    views (the system prompt first in each), so a budget here would only hide
+    turns. Turns after the latest user message (a system or assistant message
+    placed last) are judged as user-side turns, since the conversation the
+    classifier reads must end with one. Past ``max_messages`` or ``max_chars``
+    (the policy's hard caps) the request is too long to judge.
     """
-    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    kept = [m for m in messages if m.content.strip()]
+    last_user = max((i for i, m in enumerate(kept) if m.role == "user"), default=-1)
     if last_user < 0:
         return []
-    head = messages[: last_user + 1]
-    latest = head[-1]
-    kept: list[Message] = [latest]
-    budget = max_chars - len(latest.content)
-    for message in reversed(head[:-1]):
-        if len(kept) >= max_messages or len(message.content) > budget:
-            break
-        kept.append(message)
-        budget -= len(message.content)
-    kept.reverse()
-    return kept
+    out = [m if i <= last_user else Message("user", m.content) for i, m in enumerate(kept)]
+    if len(out) > max_messages or sum(len(m.content) for m in out) > max_chars:
+        raise TooLong(
+            f"the conversation is over the policy's limits ({max_messages} turns, {max_chars} characters)"
+        )
+    return out
 
 
 def answer_conversation(context: list[Message], answer: str) -> list[Message]:

@@ -33,6 +33,7 @@ H_SCORE = "x-steerguard-score"
 H_REQUEST_ID = "x-steerguard-request-id"
 H_FAILURE = "x-steerguard-failure"
 H_RESPONSE = "x-steerguard-response-verdict"
+H_UNJUDGED = "x-steerguard-unjudged"  # content parts with no text (images, audio), by type
 
 
 @dataclass
@@ -74,6 +75,8 @@ class Exchange:
         self.marks = verdict_headers(self.verdict, action, self.trace.request_id)
         if failure:
             self.marks[H_FAILURE] = failure
+        if self.chat is not None and self.chat.unjudged:
+            self.marks[H_UNJUDGED] = ",".join(sorted(set(self.chat.unjudged)))
         return self.marks
 
 

@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.conversation import Message
-from steerguard.errors import InvalidInput, UpstreamError
+from steerguard.errors import InvalidInput, TooLong, UpstreamError
 from steerguard.grpc_common.client import bearer_metadata, target_for
 from steerguard.v1 import (
     classifier_pb2,
@@ -118,6 +118,8 @@ def _failure(service: str, error: grpc.aio.AioRpcError) -> Exception:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         # Service reasons are safe to show by contract (steerguard.errors).
         return InvalidInput(error.details() or "invalid request")
+    if code == grpc.StatusCode.OUT_OF_RANGE:
+        return TooLong(error.details() or "the request is too long to judge")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ServiceFailure(service, "deadline", code.name)
     if code == grpc.StatusCode.UNAVAILABLE:

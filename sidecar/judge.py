@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from sidecar.conversation import Message
 from sidecar.exchange import Outcomes, Trace
 from sidecar.grpc_clients import ClassifierClient, ServiceFailure
-from steerguard.errors import InvalidInput, SteerguardError
+from steerguard.errors import InvalidInput, SteerguardError, TooLong
 from steerguard.v1 import common_pb2
 
 INVALID = "invalid"  # the failure kind of input the classifier refused to judge
+OVERSIZE = "oversize"  # ... of input longer than the classifier's hard cap (the route's on_oversize)
 
 
 def cache_key(messages: Sequence[Message], threshold: float | None) -> bytes:
@@ -136,8 +137,10 @@ class Judge:
             self.outcomes.failure(trace, "classifier", failure.kind)
             self.metrics.verdicts.labels(stage, "unknown", "").inc()
             return Judgement(None, failure.kind, failure)
+        except TooLong as exc:
+            return Judgement(None, OVERSIZE, exc)
         except InvalidInput as exc:
-            # The classifier refused the input (e.g. over its token limit): it cannot be judged.
+            # The classifier refused the input as malformed: it cannot be judged.
             return Judgement(None, INVALID, exc)
         finally:
             elapsed = time.perf_counter() - started

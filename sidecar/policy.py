@@ -7,6 +7,8 @@ loudly instead of silently allowing traffic. Example::
 
     mode: enforce                 # or shadow: forward everything, only record
     on_classifier_error: closed   # default for routes: closed (503) or open
+    on_oversize: block            # default for routes: input past the classifier's hard cap
+                                  # (32k tokens): block (413) or flag (forwarded, marked)
     refusal_message: "Sorry, I can't help with that."
     default: block                # unsafe category without a rule below
     categories:
@@ -53,6 +55,13 @@ class Action(str, enum.Enum):
 
 
 UNKNOWN_PATHS = ("read_only", "forward", "reject")
+
+
+class Oversize(str, enum.Enum):
+    """What a route does with input longer than the classifier's hard cap (it cannot be judged whole)."""
+
+    BLOCK = "block"  # 413, never forwarded
+    FLAG = "flag"  # forwarded, marked unjudged (x-steerguard-failure: oversize)
 
 
 class FailureMode(str, enum.Enum):
@@ -107,6 +116,7 @@ class Route:
     adapter: str = "openai"
     methods: tuple[str, ...] = ("POST",)
     on_classifier_error: FailureMode = FailureMode.CLOSED
+    on_oversize: Oversize = Oversize.BLOCK
     response_check: ResponseCheck = field(default_factory=ResponseCheck)
     prompt_pointer: str | None = None
     history_pointer: str | None = None
@@ -124,9 +134,10 @@ class Policy:
     categories: Mapping[str, CategoryRule] = field(default_factory=dict)
     refusal_message: str = DEFAULT_REFUSAL
     threshold: float | None = None
-    context_messages: int = 8
-    # Below the classifier's default 1024-token limit with room for the chat template.
-    context_chars: int = 3000
+    # Hard caps on what is sent to the classifier, which judges any length up to its own
+    # cap (32k tokens) in views; past either, the route's on_oversize applies.
+    context_messages: int = 1024
+    context_chars: int = 262144
     steer: SteerParams = field(default_factory=SteerParams)
     routes: tuple[Route, ...] = (Route(path="/v1/chat/completions"),)
     # Paths no route names: read_only relays GET/HEAD/OPTIONS without a body and refuses any
@@ -234,6 +245,7 @@ _ROUTE_KEYS = {
     "adapter",
     "methods",
     "on_classifier_error",
+    "on_oversize",
     "response_check",
     "prompt_pointer",
     "history_pointer",
@@ -243,7 +255,16 @@ _ROUTE_KEYS = {
 }
 
 
-def _route(value: Any, where: str, failure: FailureMode, check: ResponseCheck) -> Route:
+@dataclass(frozen=True)
+class _RouteDefaults:
+    """Top-level settings every route takes unless it names its own."""
+
+    failure: FailureMode
+    oversize: Oversize
+    check: ResponseCheck
+
+
+def _route(value: Any, where: str, defaults: _RouteDefaults) -> Route:
     data = _mapping(value, where)
     _expect(data, _ROUTE_KEYS, where)
     path = data.get("path")
@@ -262,11 +283,14 @@ def _route(value: Any, where: str, failure: FailureMode, check: ResponseCheck) -
         adapter=adapter,
         methods=tuple(m.upper() for m in methods),
         on_classifier_error=_enum(
-            FailureMode, data.get("on_classifier_error", failure.value), f"{where}.on_classifier_error"
+            FailureMode,
+            data.get("on_classifier_error", defaults.failure.value),
+            f"{where}.on_classifier_error",
         ),
-        response_check=_response_check(data["response_check"], f"{where}.response_check", check)
+        on_oversize=_enum(Oversize, data.get("on_oversize", defaults.oversize.value), f"{where}.on_oversize"),
+        response_check=_response_check(data["response_check"], f"{where}.response_check", defaults.check)
         if "response_check" in data
-        else check,
+        else defaults.check,
         prompt_pointer=_pointer(data.get("prompt_pointer"), f"{where}.prompt_pointer"),
         history_pointer=_pointer(data.get("history_pointer"), f"{where}.history_pointer"),
         response_pointer=_pointer(data.get("response_pointer"), f"{where}.response_pointer"),
@@ -290,6 +314,7 @@ def _route(value: Any, where: str, failure: FailureMode, check: ResponseCheck) -
 _TOP_KEYS = {
     "mode",
     "on_classifier_error",
+    "on_oversize",
     "refusal_message",
     "default",
     "categories",
@@ -335,7 +360,9 @@ def parse_policy(data: Any) -> Policy:
         raw_routes = [{"path": "/v1/chat/completions", "adapter": "openai"}]
     if not isinstance(raw_routes, list):
         raise PolicyError("policy.routes: expected a list")
-    routes = tuple(_route(r, f"policy.routes[{i}]", failure, check) for i, r in enumerate(raw_routes))
+    oversize = _enum(Oversize, data.get("on_oversize", Route.on_oversize.value), "policy.on_oversize")
+    defaults = _RouteDefaults(failure, oversize, check)
+    routes = tuple(_route(r, f"policy.routes[{i}]", defaults) for i, r in enumerate(raw_routes))
     seen: set[tuple[str, str]] = set()
     for route in routes:
         for method in route.methods:
@@ -354,8 +381,10 @@ def parse_policy(data: Any) -> Policy:
         categories=categories,
         refusal_message=refusal,
         threshold=threshold,
-        context_messages=_int(data.get("context_messages", 8), "policy.context_messages", low=1),
-        context_chars=_int(data.get("context_chars", 3000), "policy.context_chars", low=1),
+        context_messages=_int(
+            data.get("context_messages", Policy.context_messages), "policy.context_messages", low=1
+        ),
+        context_chars=_int(data.get("context_chars", Policy.context_chars), "policy.context_chars", low=1),
         steer=steer,
         routes=routes,
         unknown_paths=unknown_paths,

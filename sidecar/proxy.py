@@ -31,14 +31,14 @@ from sidecar.http_errors import (
     UnsupportedMediaType,
     status_of,
 )
-from sidecar.judge import INVALID, Judge, Judgement, RecentVerdicts
+from sidecar.judge import INVALID, OVERSIZE, Judge, Judgement, RecentVerdicts
 from sidecar.metrics import Metrics
-from sidecar.policy import Action, FailureMode, Policy, Route
+from sidecar.policy import Action, FailureMode, Oversize, Policy, Route
 from sidecar.response_check import AnswerCheck, is_json
 from sidecar.routing import SAFE_METHODS
 from sidecar.settings import SidecarSettings
 from sidecar.upstream import Upstream, raw_header_items, request_headers, stream_back
-from steerguard.errors import InvalidInput, PayloadTooLarge, SteerguardError, UpstreamError
+from steerguard.errors import InvalidInput, PayloadTooLarge, SteerguardError, TooLong, UpstreamError
 from steerguard.v1 import common_pb2, steer_pb2
 
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "": "stop"}
@@ -151,12 +151,20 @@ class Proxy:
             ex.chat = adapter.parse(ex.body)
         except SteerguardError as exc:
             return self.outcomes.error(ex.trace, exc)
-        ex.context = context_for_classifier(
-            ex.chat.messages, max_messages=self.policy.context_messages, max_chars=self.policy.context_chars
-        )
-        ex.trace.fields.update(
-            prompt_chars=ex.chat.prompt_chars, context_turns=len(ex.context), stream=ex.chat.stream
-        )
+        ex.trace.fields.update(prompt_chars=ex.chat.prompt_chars, stream=ex.chat.stream)
+        if ex.chat.unjudged:
+            # Parts with no text (images, audio) cannot be judged: counted and marked, never silent.
+            ex.trace.fields["unjudged_parts"] = list(ex.chat.unjudged)
+            self.metrics.failures.labels("classifier", "unjudged_part").inc()
+        try:
+            ex.context = context_for_classifier(
+                ex.chat.messages,
+                max_messages=self.policy.context_messages,
+                max_chars=self.policy.context_chars,
+            )
+        except TooLong as exc:
+            return await self._oversize(ex, Judgement(None, OVERSIZE, exc))
+        ex.trace.fields["context_turns"] = len(ex.context)
         judgement = await self.judge.judge(ex.trace, "request", ex.context)
         if judgement.verdict is None:
             return await self._unjudged(ex, judgement)
@@ -167,6 +175,8 @@ class Proxy:
         route's failure mode: it is never forwarded unjudged. An unreachable or slow classifier
         follows the route's ``on_classifier_error`` (closed: 503; open: forwarded, marked)."""
         closed = ex.route.on_classifier_error is FailureMode.CLOSED
+        if judgement.failure == OVERSIZE:
+            return await self._oversize(ex, judgement)
         if judgement.failure == INVALID:
             self.outcomes.failure(ex.trace, "classifier", "invalid")
             error = judgement.error or InvalidInput("the request could not be judged")
@@ -179,6 +189,18 @@ class Proxy:
             return self.outcomes.error(ex.trace, failure, {H_VERDICT: "unknown", H_ACTION: "fail-closed"})
         self.metrics.actions.labels("fail_open", "false").inc()
         ex.mark("fail-open", f"classifier-{judgement.failure}")
+        return await self._forward(ex)
+
+    async def _oversize(self, ex: Exchange, judgement: Judgement) -> web.StreamResponse:
+        """Longer than the classifier judges: the route's ``on_oversize``, visible either way."""
+        self.outcomes.failure(ex.trace, "classifier", OVERSIZE)
+        if ex.route.on_oversize is Oversize.BLOCK:
+            reason = judgement.error.reason if judgement.error else "the request is too long to judge"
+            error = PayloadTooLarge(f"{reason} (policy on_oversize: block)")
+            marks = {H_VERDICT: "unknown", H_ACTION: "block", H_FAILURE: OVERSIZE}
+            return self.outcomes.error(ex.trace, error, marks)
+        self.metrics.actions.labels("flag", "false").inc()
+        ex.mark("flag", OVERSIZE)
         return await self._forward(ex)
 
     async def _act(self, ex: Exchange, verdict: common_pb2.Verdict) -> web.StreamResponse:

@@ -15,7 +15,7 @@ from sidecar.http_errors import status_of
 from sidecar.policy import parse_policy
 from sidecar.response_check import decode_body, event_data, guard_event_stream, split_events
 from sidecar.upstream import request_headers, response_headers
-from steerguard.errors import InvalidInput, PayloadTooLarge, UpstreamError
+from steerguard.errors import InvalidInput, PayloadTooLarge, TooLong, UpstreamError
 
 META = ReplyMeta(verdict="unsafe", unsafe=True, category="violence", score=0.9, action="block")
 
@@ -67,9 +67,15 @@ def test_openai_parse() -> None:
         ],
     }
     chat = adapter.parse(json.dumps(body).encode())
-    assert chat.messages == [Message("system", "rules"), Message("user", "a\nb")]
+    # Every role is judged: a tool's output is user-side text; a part with no text is reported.
+    assert chat.messages == [
+        Message("system", "rules"),
+        Message("user", "a\nb"),
+        Message("user", "tool output"),
+    ]
+    assert chat.unjudged == ("image_url",)
     assert chat.stream and chat.include_usage and chat.max_tokens == 9 and chat.temperature == 0.5
-    assert chat.model == "gpt-x" and chat.prompt_chars == 3
+    assert chat.model == "gpt-x" and chat.prompt_chars == len("tool output")  # the latest user-side turn
 
 
 def test_openai_replies_have_the_api_shape() -> None:
@@ -126,18 +132,20 @@ def test_json_adapter() -> None:
             adapter.parse(bad)
 
 
-def test_context_keeps_latest_user_message_and_drops_oldest() -> None:
+def test_context_keeps_every_turn_and_judges_trailing_ones_as_user_turns() -> None:
     msgs = [Message("system", "s" * 10)] + [
         Message(r, f"{r}{i}" * 5) for i in range(6) for r in ("user", "assistant")
     ]
-    msgs.append(Message("assistant", "trailing prefill"))
-    ctx = context_for_classifier(msgs, max_messages=3, max_chars=10_000)
-    assert ctx[-1] == msgs[-3] and len(ctx) == 3
-    tight = context_for_classifier(msgs, max_messages=50, max_chars=len(msgs[-3].content))
-    assert tight == [msgs[-3]]
-    huge = [Message("user", "x" * 100)]
-    assert context_for_classifier(huge, max_messages=5, max_chars=10) == huge  # never dropped
+    msgs.append(Message("system", "a system message placed last"))
+    ctx = context_for_classifier(msgs, max_messages=50, max_chars=10_000)
+    assert ctx[:-2] == msgs[:-2]  # nothing dropped, the system prompt first
+    assert ctx[-2:] == [Message("user", msgs[-2].content), Message("user", msgs[-1].content)]
+    with pytest.raises(TooLong, match="over the policy's limits"):
+        context_for_classifier(msgs, max_messages=3, max_chars=10_000)
+    with pytest.raises(TooLong):
+        context_for_classifier(msgs, max_messages=50, max_chars=20)
     assert context_for_classifier([Message("assistant", "a")], max_messages=5, max_chars=10) == []
+    huge = [Message("user", "x" * 100)]
     assert answer_conversation(huge, "ans")[-1] == Message("user", "ans")
 
 

@@ -16,28 +16,81 @@ from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
-_ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# Tool and function results are not the user's words; they are left out of the context.
-_SKIPPED_ROLES = frozenset({"tool", "function"})
+# Every role is judged. Tool and function results are text the model will read and act on
+# (an injected instruction arrives this way), so they are judged as user-side turns.
+_ROLE_MAP = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "user",
+    "function": "user",
+}
+# Parts whose content is not text (an image, audio, a file): they cannot be judged, and the
+# request says so (ChatRequest.unjudged, the x-steerguard-unjudged header).
+_TEXT_KEYS = ("text", "input_text", "output_text", "refusal", "transcript")
 
 
-def _text_of(content: Any) -> str:
+def _part_text(part: Any, unjudged: list[str]) -> list[str]:
+    """Every text a content part carries, whatever its ``type`` (or none)."""
+    if isinstance(part, str):
+        return [part]
+    if not isinstance(part, dict):
+        raise InvalidInput("message content parts must be objects")
+    texts = [part[k] for k in _TEXT_KEYS if isinstance(part.get(k), str)]
+    if not texts:
+        unjudged.append(str(part.get("type") or "untyped"))
+    return texts
+
+
+def _text_of(content: Any, unjudged: list[str]) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts: list[str] = []
-        for part in content:
-            if not isinstance(part, dict):
-                raise InvalidInput("message content parts must be objects")
-            if part.get("type") == "text":
-                text = part.get("text")
-                if not isinstance(text, str):
-                    raise InvalidInput("a text content part has no text")
-                parts.append(text)
-        return "\n".join(parts)
+        return "\n".join(t for part in content for t in _part_text(part, unjudged))
     raise InvalidInput("message content must be a string or a list of parts")
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a JSON value (tool schemas, call arguments), depth-first."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _message(raw: Any, unjudged: list[str]) -> Message:
+    """One message with all its text: content, the author's ``name``, and tool-call arguments."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("role"), str):
+        raise InvalidInput("each message must be an object with a 'role'")
+    role = _ROLE_MAP.get(raw["role"])
+    if role is None:
+        raise InvalidInput("unknown message role")
+    texts = [_text_of(raw.get("content"), unjudged)]
+    if isinstance(raw.get("name"), str):
+        texts.insert(0, raw["name"])
+    for key in ("tool_calls", "function_call"):
+        texts.extend(_strings(raw.get(key)))
+    return Message(role, "\n".join(t for t in texts if t))
+
+
+def _extra_text(document: dict[str, Any]) -> list[Message]:
+    """Text outside ``messages`` an upstream may read: a top-level prompt, tool descriptions."""
+    extra: list[Message] = []
+    for key in ("prompt", "instructions", "input"):
+        texts = _strings(document.get(key))
+        if texts:
+            extra.append(Message("user", "\n".join(texts)))
+    for key in ("tools", "functions"):
+        texts = _strings(document.get(key))
+        if texts:
+            extra.append(Message("user", "\n".join(texts)))
+    return extra
 
 
 def _optional_number(document: dict[str, Any], key: str) -> float | None:
@@ -126,16 +179,11 @@ class OpenAIAdapter:
         raw_messages = document.get("messages")
         if not isinstance(raw_messages, list) or not raw_messages:
             raise InvalidInput("'messages' must be a non-empty list")
-        messages: list[Message] = []
-        for raw in raw_messages:
-            if not isinstance(raw, dict) or not isinstance(raw.get("role"), str):
-                raise InvalidInput("each message must be an object with a 'role'")
-            role = raw["role"]
-            if role in _SKIPPED_ROLES:
-                continue
-            if role not in _ROLE_MAP:
-                raise InvalidInput("unknown message role")
-            messages.append(Message(_ROLE_MAP[role], _text_of(raw.get("content"))))
+        unjudged: list[str] = []
+        messages = [_message(raw, unjudged) for raw in raw_messages]
+        # Text beside the messages comes first, after any leading system message: it frames them.
+        lead = 1 if messages and messages[0].role == "system" else 0
+        messages[lead:lead] = _extra_text(document)
         if not any(m.role == "user" and m.content.strip() for m in messages):
             raise InvalidInput("no user message with text to check")
         stream = document.get("stream", False)
@@ -158,6 +206,7 @@ class OpenAIAdapter:
             temperature=_optional_number(document, "temperature"),
             top_p=_optional_number(document, "top_p"),
             seed=_optional_int(document, "seed"),
+            unjudged=tuple(unjudged),
         )
 
     def reply(
