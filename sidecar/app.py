@@ -11,7 +11,6 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -30,12 +29,36 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 READY_TTL_S = 1.0
 
 
-@dataclass
 class _Readiness:
-    """Last classifier health result, cached briefly so probes do not hammer it."""
+    """``/readyz``: the classifier's health, cached briefly so probes do not hammer it.
 
-    ready: bool = False
-    checked_at: float = 0.0
+    Readiness follows policy: a classifier outage makes the pod unready only when
+    some route fails closed (its requests would all get 503). Fail-open routes keep
+    serving, so the pod stays in its Service and reports itself degraded instead
+    (header, body, metric): one classifier outage must not take every guarded app
+    out of rotation.
+    """
+
+    def __init__(self, policy: Policy, metrics: Metrics) -> None:
+        self.fails_closed = any(r.on_classifier_error is FailureMode.CLOSED for r in policy.routes)
+        self.metrics = metrics
+        self.reachable = False
+        self.checked_at = 0.0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        if now - self.checked_at > READY_TTL_S:
+            self.reachable = await request.app[PROXY_KEY].classifier.ready(timeout=0.5)
+            self.checked_at = now
+        ready = self.reachable or not self.fails_closed
+        self.metrics.degraded.set(0 if self.reachable else 1)
+        body = {
+            "ready": ready,
+            "classifier": "reachable" if self.reachable else "unreachable",
+            "degraded": not self.reachable,
+        }
+        headers = {} if self.reachable else {"x-steerguard-degraded": "classifier-unreachable"}
+        return web.json_response(body, status=200 if ready else 503, headers=headers)
 
 
 class _MalformedRequests(logging.Filter):
@@ -68,16 +91,12 @@ def _channel(settings: SidecarSettings, address: str) -> ChannelSettings:
     )
 
 
-def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
-    """Build the application; clients are connected when it starts."""
-    metrics = Metrics()
+def _lifecycle(app: web.Application, settings: SidecarSettings, policy: Policy, metrics: Metrics) -> None:
+    """Open the clients and the upstream pool on start-up (they need the loop); close them on clean-up."""
     quiet = _MalformedRequests(metrics)
-    logging.getLogger("aiohttp.server").addFilter(quiet)
-    app = web.Application(client_max_size=settings.max_body_bytes)
-    app[METRICS_KEY] = metrics
-    readiness = _Readiness()
 
     async def start(app: web.Application) -> None:
+        logging.getLogger("aiohttp.server").addFilter(quiet)
         upstream = Upstream(
             UpstreamSettings(
                 base_url=settings.upstream,
@@ -87,14 +106,9 @@ def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
                 pool_size=settings.upstream_pool_size,
             )
         )
-        app[PROXY_KEY] = Proxy(
-            settings,
-            policy,
-            ClassifierClient(_channel(settings, settings.classifier)),
-            SteerClient(_channel(settings, settings.steer)),
-            upstream,
-            metrics,
-        )
+        classifier = ClassifierClient(_channel(settings, settings.classifier))
+        steer = SteerClient(_channel(settings, settings.steer))
+        app[PROXY_KEY] = Proxy(settings, policy, classifier, steer, upstream, metrics)
 
     async def stop(app: web.Application) -> None:
         logging.getLogger("aiohttp.server").removeFilter(quiet)
@@ -107,36 +121,22 @@ def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
 
+
+def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
+    """Build the application; clients are connected when it starts."""
+    metrics = Metrics()
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[METRICS_KEY] = metrics
+    _lifecycle(app, settings, policy, metrics)
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
-
-    # Readiness follows policy: a classifier outage makes the pod unready only when some route
-    # fails closed (its requests would all get 503). Fail-open routes keep serving, so the pod
-    # stays in its Service and reports itself degraded instead (header, body, metric): one
-    # classifier outage must not take every guarded app out of rotation.
-    fails_closed = any(r.on_classifier_error is FailureMode.CLOSED for r in policy.routes)
-
-    async def readyz(request: web.Request) -> web.Response:
-        now = time.monotonic()
-        if now - readiness.checked_at > READY_TTL_S:
-            readiness.ready = await request.app[PROXY_KEY].classifier.ready(timeout=0.5)
-            readiness.checked_at = now
-        reachable = readiness.ready
-        ready = reachable or not fails_closed
-        metrics.degraded.set(0 if reachable else 1)
-        body = {
-            "ready": ready,
-            "classifier": "reachable" if reachable else "unreachable",
-            "degraded": not reachable,
-        }
-        headers = {} if reachable else {"x-steerguard-degraded": "classifier-unreachable"}
-        return web.json_response(body, status=200 if ready else 503, headers=headers)
 
     async def metrics_handler(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
     app.router.add_get("/healthz", healthz, allow_head=True)
-    app.router.add_get("/readyz", readyz, allow_head=True)
+    app.router.add_get("/readyz", _Readiness(policy, metrics).handle, allow_head=True)
     app.router.add_get("/metrics", metrics_handler)
     routes = Router(policy)
 

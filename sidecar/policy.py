@@ -55,6 +55,14 @@ class Action(str, enum.Enum):
 
 
 UNKNOWN_PATHS = ("read_only", "forward", "reject")
+ADAPTERS = ("openai", "completions", "responses", "anthropic", "json")
+# The routes a policy without `routes` guards: every OpenAI text route and Anthropic's Messages.
+DEFAULT_ROUTES = (
+    ("/v1/chat/completions", "openai"),
+    ("/v1/completions", "completions"),
+    ("/v1/responses", "responses"),
+    ("/v1/messages", "anthropic"),
+)
 
 
 class Oversize(str, enum.Enum):
@@ -139,7 +147,7 @@ class Policy:
     context_messages: int = 1024
     context_chars: int = 262144
     steer: SteerParams = field(default_factory=SteerParams)
-    routes: tuple[Route, ...] = (Route(path="/v1/chat/completions"),)
+    routes: tuple[Route, ...] = tuple(Route(path=p, adapter=a) for p, a in DEFAULT_ROUTES)
     # Paths no route names: read_only relays GET/HEAD/OPTIONS without a body and refuses any
     # other request (404 naming this key), since a write to an unknown path may carry text
     # no one judged; forward relays everything; reject refuses everything.
@@ -271,8 +279,8 @@ def _route(value: Any, where: str, defaults: _RouteDefaults) -> Route:
     if not isinstance(path, str) or not path.startswith("/"):
         raise PolicyError(f"{where}.path: expected a path starting with '/'")
     adapter = data.get("adapter", "openai")
-    if adapter not in {"openai", "json"}:
-        raise PolicyError(f"{where}.adapter: expected openai or json")
+    if adapter not in ADAPTERS:
+        raise PolicyError(f"{where}.adapter: expected one of {', '.join(ADAPTERS)}")
     methods = data.get("methods", ["POST"])
     if isinstance(methods, str):
         methods = [methods]
@@ -357,7 +365,7 @@ def parse_policy(data: Any) -> Policy:
             raise PolicyError("policy.threshold: must be strictly between 0 and 1")
     raw_routes = data.get("routes")
     if raw_routes is None:
-        raw_routes = [{"path": "/v1/chat/completions", "adapter": "openai"}]
+        raw_routes = [{"path": path, "adapter": adapter} for path, adapter in DEFAULT_ROUTES]
     if not isinstance(raw_routes, list):
         raise PolicyError("policy.routes: expected a list")
     oversize = _enum(Oversize, data.get("on_oversize", Route.on_oversize.value), "policy.on_oversize")

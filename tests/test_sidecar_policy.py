@@ -32,11 +32,18 @@ routes:
 """
 
 
-def test_default_policy_blocks_unsafe_on_the_openai_route() -> None:
+def test_default_policy_blocks_unsafe_on_every_text_route() -> None:
     policy = load_policy(None)
     assert not policy.shadow
-    assert [r.path for r in policy.routes] == ["/v1/chat/completions"]
-    assert policy.routes[0].on_classifier_error is FailureMode.CLOSED
+    assert [(r.path, r.adapter) for r in policy.routes] == [
+        ("/v1/chat/completions", "openai"),
+        ("/v1/completions", "completions"),
+        ("/v1/responses", "responses"),
+        ("/v1/messages", "anthropic"),
+    ]
+    assert policy.routes == parse_policy({}).routes  # the dataclass and the parser agree
+    assert all(r.on_classifier_error is FailureMode.CLOSED for r in policy.routes)
+    assert policy.unknown_paths == "read_only"
     assert not policy.routes[0].response_check.enabled
     assert decide(policy, True, "anything").action is Action.BLOCK
     assert decide(policy, False, "").action is Action.ALLOW

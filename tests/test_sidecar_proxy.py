@@ -888,3 +888,92 @@ async def test_parts_with_no_text_are_marked_unjudged(chatbot, classifier, steer
     async with sidecar(chatbot, classifier, steerer[0]) as url:
         resp = await send(http, "POST", url + CHAT, json=body)
         assert resp.status == 200 and resp.headers["x-steerguard-unjudged"] == "image_url"
+
+
+# ------------------------------------------------ every OpenAI route and Anthropic's Messages
+
+
+def _route_bodies(text: str) -> dict[str, dict[str, Any]]:
+    return {
+        "/v1/completions": {"model": "m", "prompt": ["Say hi.", text]},
+        "/v1/responses": {
+            "model": "m",
+            "instructions": "Be brief.",
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": text}]}],
+        },
+        "/v1/messages": {
+            "model": "m",
+            "max_tokens": 16,
+            "system": [{"type": "text", "text": "Be brief."}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}],
+        },
+    }
+
+
+def _answer(path: str, document: dict[str, Any]) -> str:
+    if path == "/v1/completions":
+        return str(document["choices"][0]["text"])
+    if path == "/v1/responses":
+        return str(document["output"][0]["content"][0]["text"])
+    return str(document["content"][0]["text"])
+
+
+async def test_every_text_route_is_judged_and_answered_in_its_own_shape(
+    chatbot, classifier, steerer, http
+) -> None:
+    policy = {"refusal_message": "No."}
+    async with sidecar(chatbot, classifier, steerer[0], policy) as url:
+        for path, body in _route_bodies(f"UNSAFE {(marker := uuid.uuid4().hex)}").items():
+            resp = await send(http, "POST", url + path, json=body)
+            assert resp.status == 200 and resp.headers["x-steerguard-action"] == "block", path
+            assert _answer(path, resp.json()) == "No.", path
+            streamed = await send(http, "POST", url + path, json={**body, "stream": True})
+            assert streamed.headers["Content-Type"].startswith("text/event-stream"), path
+            assert b"No." in streamed.body, path
+        for path, body in _route_bodies(f"hello {marker}").items():
+            resp = await send(http, "POST", url + path, json=body)
+            assert resp.status == 200 and resp.headers["x-steerguard-verdict"] == "safe", path
+    assert len(chatbot.received(marker)) == 3  # only the safe ones reached the upstream
+
+
+async def test_anthropic_stream_events_have_the_api_shape(chatbot, classifier, steerer, http) -> None:
+    body = {**_route_bodies("UNSAFE stream")["/v1/messages"], "stream": True}
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        resp = await send(http, "POST", url + "/v1/messages", json=body)
+    names = re.findall(rb"^event: (\S+)$", resp.body, re.M)
+    assert names == [
+        b"message_start",
+        b"content_block_start",
+        b"content_block_delta",
+        b"content_block_stop",
+        b"message_delta",
+        b"message_stop",
+    ]
+
+
+async def test_hidden_text_on_the_other_routes_is_judged(chatbot, classifier, steerer, http) -> None:
+    marker = uuid.uuid4().hex
+    harmful = f"UNSAFE {marker}"
+    hidden = {
+        "/v1/completions": {"model": "m", "prompt": "Say hi.", "suffix": harmful},
+        "/v1/responses": {"model": "m", "instructions": harmful, "input": "hello"},
+        "/v1/messages": {
+            "model": "m",
+            "max_tokens": 8,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "1", "content": harmful}],
+                },
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "Do what the tool said."},
+            ],
+        },
+    }
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        for path, body in hidden.items():
+            resp = await send(http, "POST", url + path, json=body)
+            assert resp.headers["x-steerguard-action"] == "block", path
+        resp = await send(http, "POST", url + "/v1/completions", json={"model": "m", "prompt": [1, 2, 3]})
+        assert resp.status == 400 and "token-id" in resp.json()["error"]["message"]
+    assert chatbot.received(marker) == []

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
+from sidecar.adapters.fields import optional_int, optional_number, strings, text_of
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
@@ -26,42 +27,6 @@ _ROLE_MAP = {
     "tool": "user",
     "function": "user",
 }
-# Parts whose content is not text (an image, audio, a file): they cannot be judged, and the
-# request says so (ChatRequest.unjudged, the x-steerguard-unjudged header).
-_TEXT_KEYS = ("text", "input_text", "output_text", "refusal", "transcript")
-
-
-def _part_text(part: Any, unjudged: list[str]) -> list[str]:
-    """Every text a content part carries, whatever its ``type`` (or none)."""
-    if isinstance(part, str):
-        return [part]
-    if not isinstance(part, dict):
-        raise InvalidInput("message content parts must be objects")
-    texts = [part[k] for k in _TEXT_KEYS if isinstance(part.get(k), str)]
-    if not texts:
-        unjudged.append(str(part.get("type") or "untyped"))
-    return texts
-
-
-def _text_of(content: Any, unjudged: list[str]) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(t for part in content for t in _part_text(part, unjudged))
-    raise InvalidInput("message content must be a string or a list of parts")
-
-
-def _strings(value: Any) -> list[str]:
-    """Every string inside a JSON value (tool schemas, call arguments), depth-first."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
 
 
 def _message(raw: Any, unjudged: list[str]) -> Message:
@@ -71,11 +36,11 @@ def _message(raw: Any, unjudged: list[str]) -> Message:
     role = _ROLE_MAP.get(raw["role"])
     if role is None:
         raise InvalidInput("unknown message role")
-    texts = [_text_of(raw.get("content"), unjudged)]
+    texts = [text_of(raw.get("content"), unjudged)]
     if isinstance(raw.get("name"), str):
         texts.insert(0, raw["name"])
     for key in ("tool_calls", "function_call"):
-        texts.extend(_strings(raw.get(key)))
+        texts.extend(strings(raw.get(key)))
     return Message(role, "\n".join(t for t in texts if t))
 
 
@@ -83,32 +48,14 @@ def _extra_text(document: dict[str, Any]) -> list[Message]:
     """Text outside ``messages`` an upstream may read: a top-level prompt, tool descriptions."""
     extra: list[Message] = []
     for key in ("prompt", "instructions", "input"):
-        texts = _strings(document.get(key))
+        texts = strings(document.get(key))
         if texts:
             extra.append(Message("user", "\n".join(texts)))
     for key in ("tools", "functions"):
-        texts = _strings(document.get(key))
+        texts = strings(document.get(key))
         if texts:
             extra.append(Message("user", "\n".join(texts)))
     return extra
-
-
-def _optional_number(document: dict[str, Any], key: str) -> float | None:
-    value = document.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInput(f"'{key}' must be a number")
-    return float(value)
-
-
-def _optional_int(document: dict[str, Any], key: str) -> int | None:
-    value = document.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"'{key}' must be an integer")
-    return value
 
 
 def new_completion_id() -> str:
@@ -193,9 +140,9 @@ class OpenAIAdapter:
         if not isinstance(options, dict):
             raise InvalidInput("'stream_options' must be an object")
         model = document.get("model")
-        max_tokens = _optional_int(document, "max_completion_tokens")
+        max_tokens = optional_int(document, "max_completion_tokens")
         if max_tokens is None:
-            max_tokens = _optional_int(document, "max_tokens")
+            max_tokens = optional_int(document, "max_tokens")
         return ChatRequest(
             messages=messages,
             document=document,
@@ -203,9 +150,9 @@ class OpenAIAdapter:
             include_usage=bool(options.get("include_usage", False)),
             model=model if isinstance(model, str) else None,
             max_tokens=max_tokens,
-            temperature=_optional_number(document, "temperature"),
-            top_p=_optional_number(document, "top_p"),
-            seed=_optional_int(document, "seed"),
+            temperature=optional_number(document, "temperature"),
+            top_p=optional_number(document, "top_p"),
+            seed=optional_int(document, "seed"),
             unjudged=tuple(unjudged),
         )
 

@@ -1,0 +1,139 @@
+"""OpenAI's legacy ``POST /v1/completions``: a prompt string (or a list of them), no messages.
+
+Every prompt in a list is judged, and so is a ``suffix``. Prompts given as
+token ids cannot be read as text and are refused (400): the guard never
+forwards what it cannot judge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
+from sidecar.adapters.fields import optional_int, optional_number
+from sidecar.adapters.sse import data_event, loads_event, new_id, now
+from sidecar.conversation import ChatRequest, Message
+from steerguard.errors import InvalidInput
+
+
+def _prompts(document: dict[str, Any]) -> list[str]:
+    prompt = document.get("prompt")
+    items: list[Any] = prompt if isinstance(prompt, list) else [prompt]
+    if not items or not all(isinstance(p, str) for p in items):
+        raise InvalidInput("'prompt' must be text or a list of texts (token-id prompts cannot be judged)")
+    texts = [str(p) for p in items if str(p).strip()]
+    if isinstance(document.get("suffix"), str) and document["suffix"].strip():
+        texts.append(document["suffix"])
+    if not texts:
+        raise InvalidInput("no prompt text to check")
+    return texts
+
+
+class CompletionsStreamFormatter:
+    """``text_completion`` chunks followed by ``data: [DONE]``."""
+
+    def __init__(self, request: ChatRequest, completion_id: str | None = None, model: str | None = None):
+        self._id = completion_id or new_id("cmpl-")
+        self._model = model or request.model or "steerguard"
+        self._created = now()
+
+    def _chunk(self, text: str, finish_reason: str | None) -> bytes:
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+        payload = {
+            "id": self._id,
+            "object": "text_completion",
+            "created": self._created,
+            "model": self._model,
+        }
+        return data_event({**payload, "choices": [choice]})
+
+    def start(self) -> bytes:
+        return b""
+
+    def delta(self, text: str) -> bytes:
+        return self._chunk(text, None)
+
+    def finish(self, reason: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> bytes:
+        return self._chunk("", reason) + b"data: [DONE]\n\n"
+
+    def error(self, reason: str) -> bytes:
+        return data_event({"error": {"message": reason, "type": "server_error"}}) + b"data: [DONE]\n\n"
+
+
+class CompletionsAdapter:
+    """``POST /v1/completions``, streaming or not."""
+
+    name = "completions"
+    streaming_content_type = "text/event-stream"
+
+    def parse(self, body: bytes) -> ChatRequest:
+        document = load_json_object(body)
+        stream = document.get("stream", False)
+        if not isinstance(stream, bool):
+            raise InvalidInput("'stream' must be true or false")
+        model = document.get("model")
+        return ChatRequest(
+            messages=[Message("user", text) for text in _prompts(document)],
+            document=document,
+            stream=stream,
+            model=model if isinstance(model, str) else None,
+            max_tokens=optional_int(document, "max_tokens"),
+            temperature=optional_number(document, "temperature"),
+            top_p=optional_number(document, "top_p"),
+            seed=optional_int(document, "seed"),
+        )
+
+    def reply(
+        self,
+        request: ChatRequest,
+        text: str,
+        meta: ReplyMeta,
+        *,
+        finish_reason: str = "stop",
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> Reply:
+        payload = {
+            "id": new_id("cmpl-"),
+            "object": "text_completion",
+            "created": now(),
+            "model": request.model or "steerguard",
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        return Reply(body=dumps(payload))
+
+    def stream_formatter(
+        self, request: ChatRequest, completion_id: str | None = None, model: str | None = None
+    ) -> CompletionsStreamFormatter:
+        return CompletionsStreamFormatter(request, completion_id, model)
+
+    def answer_text(self, document: Any) -> str | None:
+        choices = document.get("choices") if isinstance(document, dict) else None
+        if not isinstance(choices, list):
+            return None
+        texts = [c["text"] for c in choices if isinstance(c, dict) and isinstance(c.get("text"), str)]
+        return "\n\n".join(texts) if texts else None
+
+    def replace_answer(self, document: Any, text: str) -> bytes:
+        for choice in document.get("choices", []):
+            if isinstance(choice, dict):
+                choice["text"] = text
+                choice["finish_reason"] = "content_filter"
+        return dumps(document)
+
+    def stream_answer_delta(self, event_data: bytes) -> str | None:
+        payload = loads_event(event_data)
+        return self.answer_text(payload) if isinstance(payload, dict) else None
+
+    @staticmethod
+    def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:
+        payload = loads_event(event_data)
+        if not isinstance(payload, dict):
+            return None, None
+        cid, model = payload.get("id"), payload.get("model")
+        return (cid if isinstance(cid, str) else None, model if isinstance(model, str) else None)

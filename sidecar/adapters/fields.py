@@ -1,0 +1,73 @@
+"""Reading request fields the same way in every adapter: text wherever it is, numbers strictly.
+
+A guard must judge every text an upstream may read, so text is collected from
+content parts whatever their ``type`` (or none), from nested tool schemas and
+call arguments; a part with no text (an image, audio) is reported as
+unjudged rather than silently skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from steerguard.errors import InvalidInput
+
+# Parts whose content is not text (an image, audio, a file): they cannot be judged, and the
+# request says so (ChatRequest.unjudged, the x-steerguard-unjudged header).
+_TEXT_KEYS = ("text", "input_text", "output_text", "refusal", "transcript")
+
+
+def part_text(part: Any, unjudged: list[str]) -> list[str]:
+    """Every text a content part carries, whatever its ``type`` (or none)."""
+    if isinstance(part, str):
+        return [part]
+    if not isinstance(part, dict):
+        raise InvalidInput("message content parts must be objects")
+    texts = [part[k] for k in _TEXT_KEYS if isinstance(part.get(k), str)]
+    nested = part.get("content")  # a tool result's own content parts
+    if isinstance(nested, (str, list)):
+        texts.append(text_of(nested, unjudged))
+    for key in ("input", "output", "arguments"):  # tool use input, function call output/arguments
+        texts.extend(strings(part.get(key)))
+    if not texts:
+        unjudged.append(str(part.get("type") or "untyped"))
+    return texts
+
+
+def text_of(content: Any, unjudged: list[str]) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(t for part in content for t in part_text(part, unjudged))
+    raise InvalidInput("message content must be a string or a list of parts")
+
+
+def strings(value: Any) -> list[str]:
+    """Every string inside a JSON value (tool schemas, call arguments), depth-first."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return []
+
+
+def optional_number(document: dict[str, Any], key: str) -> float | None:
+    value = document.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"'{key}' must be a number")
+    return float(value)
+
+
+def optional_int(document: dict[str, Any], key: str) -> int | None:
+    value = document.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"'{key}' must be an integer")
+    return value
