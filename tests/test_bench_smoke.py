@@ -38,3 +38,20 @@ def test_classifier_bench_reports_every_measurement(tmp_path: Path) -> None:
     batching = r["micro_batching"]
     assert isinstance(batching, dict) and len(batching["round_ratios"]) == 2
     assert batching["mean_batch_size"] > 1  # concurrent requests really shared forward passes
+
+
+def test_overhead_bench_measures_both_paths_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "o.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_overhead.py"), "--requests", "20", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for path in ("chat", "passthrough"):
+        assert result[path]["direct"]["p50_ms"] > 0 and result[path]["sidecar"]["p50_ms"] > 0
+    # The two-write upstream's delayed-ACK stall (~40 ms) is gone on the sidecar's leg.
+    assert result["chat"]["sidecar"]["p50_ms"] < result["chat"]["direct"]["p50_ms"] + 3.0
