@@ -53,5 +53,6 @@ def test_overhead_bench_measures_both_paths_side_by_side(tmp_path: Path) -> None
     result = json.loads(out.read_text())
     for path in ("chat", "passthrough"):
         assert result[path]["direct"]["p50_ms"] > 0 and result[path]["sidecar"]["p50_ms"] > 0
-    # The two-write upstream's delayed-ACK stall (~40 ms) is gone on the sidecar's leg.
-    assert result["chat"]["sidecar"]["p50_ms"] < result["chat"]["direct"]["p50_ms"] + 3.0
+    # The two-write upstream stalls a plain keep-alive client ~40 ms on each response (delayed ACK);
+    # the sidecar's leg acknowledges at once, so a guarded call stays far below that stall.
+    assert result["chat"]["sidecar"]["p50_ms"] < 10.0
