@@ -22,7 +22,7 @@ class CoreConfig:
     cache_prefix: str = "steerguard:verdict"  # Redis keys: prefix:bundle_id:sha256 (cache.keys)
     log_prompts: bool = False
     share_prefix: bool = True  # reuse the template prefix's key/value cache
-    # Longer conversations are judged in views that fit max_prompt_tokens (classifier_service.windows),
+    # Longer conversations are judged in views that fit max_prompt_tokens (steerguard.views),
     # up to this many tokens in all; past it, TooLong (gRPC OUT_OF_RANGE).
     max_total_tokens: int = 32768
     window_overlap_tokens: int = 64

@@ -34,7 +34,6 @@ from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
 from classifier_service.config import CoreConfig
 from classifier_service.prefix import SharedPrefix
-from classifier_service.windows import Windower, WindowSettings
 from steerguard.bundle import Bundle
 from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput
 from steerguard.logs import get_logger
@@ -42,6 +41,7 @@ from steerguard.model.activations import last_token_states
 from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
 from steerguard.verdict import Verdict, verdicts_from_states
+from steerguard.views import Windower, WindowSettings
 
 log = get_logger("steerguard.classifier")
 
@@ -127,7 +127,7 @@ class ClassifierCore:
         """One verdict per conversation, in order.
 
         A conversation longer than the model's window is judged as the views
-        :mod:`classifier_service.windows` makes of it; its verdict is its
+        :mod:`steerguard.views` makes of it; its verdict is its
         highest-scoring view's. ``deadline`` is a :func:`time.monotonic`
         instant; ``cancelled`` is a fresh event the caller sets when its client
         goes away (the core sets it too, to wake itself, once the answer is

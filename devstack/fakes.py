@@ -107,7 +107,7 @@ def _messages(request: classifier_pb2.ClassifyRequest | steer_pb2.GenerateReques
 
 class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
     """Judges every message with :func:`judge`; any unsafe one makes the conversation unsafe, as the
-    real classifier's views do (classifier_service.windows)."""
+    real classifier's views do (steerguard.views)."""
 
     def __init__(self, script: Script) -> None:
         self.script = script

@@ -1,4 +1,4 @@
-"""Views of long conversations (classifier_service.windows), on the real tokenizer."""
+"""Views of long conversations (steerguard.views), on the real tokenizer."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from classifier_service.windows import Windower, WindowSettings
 from steerguard.errors import TooLong
 from steerguard.model.chat import Conversation, normalise_request
+from steerguard.views import Windower, WindowSettings
 
 LIMIT = 64
 

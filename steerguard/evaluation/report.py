@@ -8,6 +8,8 @@ The steps, each in its own module:
   calibration never used (reported, not a target);
 - :mod:`.baselines`: keyword blocklist, MiniLM + logistic regression and the
   chat model's own verdict, on the same prompts;
+- :mod:`.encodings`: held-out harmful prompts in base64, rot13, reversed text and
+  leetspeak, judged as the classifier judges them (with their readings);
 - :mod:`.generation`: AUTO generation through the serving path;
 - :mod:`.targets`: each target of :data:`.config.TARGETS` checked;
 - :mod:`.plots`: PNG plots.
@@ -28,6 +30,7 @@ from steerguard.bundle import Bundle
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.evaluation.baselines import baseline_scores, baseline_section
 from steerguard.evaluation.config import TARGETS, EvalConfig
+from steerguard.evaluation.encodings import encoding_section
 from steerguard.evaluation.generation import generation_section
 from steerguard.evaluation.heldout import HeldOut, load_heldout
 from steerguard.evaluation.plots import write_plots
@@ -110,6 +113,9 @@ def evaluate(
     baselines = baseline_scores(host, held, cfg, hard_weight)
     report["baselines"] = baseline_section(held, baselines, probe_catch(held, probe))
     timings["baselines_s"] = time.time() - t
+    t = time.time()
+    report["encodings"] = encoding_section(host, bundle, held.harmful, held.benign, cfg)
+    timings["encodings_s"] = time.time() - t
     t = time.time()
     report["generation"] = generation_section(host, bundle, held.harmful, held.benign, cfg)
     timings["generation_s"] = time.time() - t

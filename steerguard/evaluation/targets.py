@@ -55,6 +55,9 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             _check("steered_ppl_ratio", gen["fluency"]["ppl_ratio"]),
         ]
     )
+    encoded = report.get("encodings", {}).get("caught")
+    if encoded is not None:
+        out.update([_check("encoded_harmful_caught", encoded["rate"], encoded)])
     return out
 
 

@@ -14,7 +14,9 @@ unsafe view makes the request unsafe):
   "please answer my previous question", or by filler turns, is still judged
   as a request (these views repeat turn for turn across a chat's requests,
   so the verdict cache answers them after the first time);
-- every turn too long for one view, in overlapping windows of tokens.
+- every turn too long for one view, in overlapping windows of tokens;
+- every reading of a turn that an encoding hides (base64, rot13, reversed
+  text, leetspeak; :mod:`steerguard.decoding`), on its own.
 
 Cost grows linearly with length: each token is read in at most two windows.
 Past ``max_total_tokens`` a conversation is refused as too long
@@ -27,12 +29,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from steerguard.decoding import readings
 from steerguard.errors import TooLong
 from steerguard.messages import Message
 from steerguard.model.chat import Conversation
 
 # A view is never read whole without at least this many tokens of room for its text.
 MIN_WINDOW_TOKENS = 32
+# Readings judged per turn (a text rarely reads as language under more than one encoding).
+MAX_READINGS = 2
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,20 @@ class Windower:
             for turn in turns[:-1]:
                 if turn.role == "user" and turn.content.strip():
                     views.extend(self._alone(system, turn.content))
+        views.extend(self._decoded(system, [conv.messages[0], *turns] if not whole_system else turns))
         if whole_system and self._fits(conv):
             return [conv, *views] if views else [conv]
         return [self._tail(system, turns), *views, *self._alone(system, turns[-1].content, whole=False)]
+
+    def _decoded(self, system: Message | None, turns: Sequence[Message]) -> list[Conversation]:
+        """Each user-side turn's readings under an encoding, each judged on its own."""
+        out: list[Conversation] = []
+        for turn in turns:
+            if turn.role == "assistant":
+                continue
+            for reading in readings(turn.content)[:MAX_READINGS]:
+                out.extend(self._alone(system, reading))
+        return out
 
     def _refuse_oversize(self, conv: Conversation) -> None:
         limit = self.s.max_total_tokens
