@@ -26,3 +26,4 @@ class CoreConfig:
     # up to this many tokens in all; past it, TooLong (gRPC OUT_OF_RANGE).
     max_total_tokens: int = 32768
     window_overlap_tokens: int = 64
+    identify_language: bool = True  # name each request's language in its verdict (steerguard.language)

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -34,6 +34,7 @@ from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
 from classifier_service.config import CoreConfig
 from classifier_service.prefix import SharedPrefix
+from steerguard import language
 from steerguard.bundle import Bundle
 from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput
 from steerguard.logs import get_logger
@@ -141,7 +142,7 @@ class ClassifierCore:
         judged = iter(self._judge(flat, deadline, cancelled))
         out: list[Verdict] = []
         for i, vs in enumerate(views):
-            verdict = max((next(judged) for _ in vs), key=lambda v: v.score)
+            verdict = self._with_language(convs[i], max((next(judged) for _ in vs), key=lambda v: v.score))
             cut = thresholds[i] if thresholds is not None else None
             if cut is not None and cut != verdict.threshold:
                 verdict = verdict.at_threshold(cut)
@@ -149,6 +150,14 @@ class ClassifierCore:
             out.append(verdict)
         self._log(convs, out, [len(vs) for vs in views])
         return out
+
+    def _with_language(self, conv: Conversation, verdict: Verdict) -> Verdict:
+        """The verdict naming the request's language and whether the bundle was calibrated for it."""
+        if not self.config.identify_language:
+            return verdict
+        lang = language.detect(language.user_side_text(conv))
+        calibrated = lang == language.UNDETERMINED or lang in self.bundle.manifest.calibrated_languages
+        return replace(verdict, language=lang, language_calibrated=calibrated)
 
     def _views(self, conv: Conversation, row: int | None) -> list[Conversation]:
         try:
@@ -197,6 +206,8 @@ class ClassifierCore:
 
         ids = self._token_ids(normalise_request("Hello"))
         self._probe_states([ids, ids[:-1]])
+        if self.config.identify_language:
+            language.detect("Loading the language model once, before the first request.")
 
     def close(self) -> None:
         """Finish queued work, then release the cache."""

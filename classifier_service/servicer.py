@@ -63,6 +63,8 @@ def to_proto(verdict: Verdict) -> common_pb2.Verdict:
         cached=verdict.cached,
         bundle_id=verdict.bundle_id,
         threshold=verdict.threshold,
+        language=verdict.language,
+        language_calibrated=verdict.language_calibrated,
     )
 
 

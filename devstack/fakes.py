@@ -116,6 +116,8 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
     def _verdict(self, messages: list[tuple[str, str]], threshold: float | None) -> common_pb2.Verdict:
         found = [judge(text) for _, text in reversed(messages)]
         unsafe, category = next((f for f in found if f[0]), (False, ""))
+        # "LANG:xx" in a message names its language; the fake bundle is calibrated for English.
+        lang = next((t.split("LANG:", 1)[1][:2] for _, t in messages if "LANG:" in t), "en")
         key = tuple(messages)
         cached = key in self._seen
         self._seen.add(key)
@@ -128,6 +130,8 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
             cached=cached,
             bundle_id="fake-bundle",
             threshold=threshold if threshold is not None else 0.5,
+            language=lang,
+            language_calibrated=lang == "en",
         )
 
     def Classify(

@@ -33,6 +33,7 @@ H_SCORE = "x-steerguard-score"
 H_REQUEST_ID = "x-steerguard-request-id"
 H_FAILURE = "x-steerguard-failure"
 H_RESPONSE = "x-steerguard-response-verdict"
+H_LANGUAGE = "x-steerguard-language"  # e.g. "fr (uncalibrated)"
 H_UNJUDGED = "x-steerguard-unjudged"  # content parts with no text (images, audio), by type
 
 
@@ -87,6 +88,9 @@ def verdict_headers(verdict: common_pb2.Verdict | None, action: str, request_id:
         headers = {H_VERDICT: "unsafe" if verdict.unsafe else "safe", H_SCORE: f"{verdict.score:.4f}"}
         if verdict.unsafe and verdict.category:
             headers[H_CATEGORY] = verdict.category
+        if verdict.language:
+            suffix = "" if verdict.language_calibrated else " (uncalibrated)"
+            headers[H_LANGUAGE] = verdict.language + suffix
     headers[H_ACTION] = action
     headers[H_REQUEST_ID] = request_id
     return headers

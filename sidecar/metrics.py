@@ -70,6 +70,12 @@ class Metrics:
         self.bad_requests = Counter(
             "steerguard_sidecar_bad_requests", "requests refused as malformed", ["status"], registry=r
         )
+        self.uncalibrated_languages = Counter(
+            "steerguard_sidecar_uncalibrated_languages",
+            "requests in a language the bundle was not calibrated for, by language and on_language",
+            ["language", "policy"],
+            registry=r,
+        )
         self.degraded = Gauge(
             "steerguard_sidecar_degraded",
             "1 while the classifier is unreachable and fail-open routes forward unjudged traffic",

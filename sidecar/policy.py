@@ -9,6 +9,7 @@ loudly instead of silently allowing traffic. Example::
     on_classifier_error: closed   # default for routes: closed (503) or open
     on_oversize: block            # default for routes: input past the classifier's hard cap
                                   # (32k tokens): block (413) or flag (forwarded, marked)
+    on_language: judge            # a language the bundle was not calibrated for: judge, flag, block
     refusal_message: "Sorry, I can't help with that."
     default: block                # unsafe category without a rule below
     categories:
@@ -55,6 +56,9 @@ class Action(str, enum.Enum):
 
 
 UNKNOWN_PATHS = ("read_only", "forward", "reject")
+# What a request in a language the bundle was not calibrated for gets: its verdict as it is
+# (judge), forwarded marked even when safe (flag), or the refusal (block).
+ON_LANGUAGE = ("judge", "flag", "block")
 ADAPTERS = ("openai", "completions", "responses", "anthropic", "json")
 # The routes a policy without `routes` guards: every OpenAI text route and Anthropic's Messages.
 DEFAULT_ROUTES = (
@@ -152,6 +156,7 @@ class Policy:
     # other request (404 naming this key), since a write to an unknown path may carry text
     # no one judged; forward relays everything; reject refuses everything.
     unknown_paths: str = "read_only"
+    on_language: str = "judge"
 
     def rule_for(self, category: str) -> CategoryRule:
         """The rule for an unsafe verdict of ``category`` (the default when unlisted)."""
@@ -333,6 +338,7 @@ _TOP_KEYS = {
     "response_check",
     "routes",
     "unknown_paths",
+    "on_language",
 }
 
 
@@ -380,6 +386,9 @@ def parse_policy(data: Any) -> Policy:
     refusal = data.get("refusal_message", DEFAULT_REFUSAL)
     if not isinstance(refusal, str) or not refusal:
         raise PolicyError("policy.refusal_message: expected text")
+    on_language = data.get("on_language", Policy.on_language)
+    if on_language not in ON_LANGUAGE:
+        raise PolicyError(f"policy.on_language: expected {', '.join(ON_LANGUAGE)}")
     unknown_paths = data.get("unknown_paths", Policy.unknown_paths)
     if unknown_paths not in UNKNOWN_PATHS:
         raise PolicyError(f"policy.unknown_paths: expected {', '.join(UNKNOWN_PATHS)}")
@@ -396,6 +405,7 @@ def parse_policy(data: Any) -> Policy:
         steer=steer,
         routes=routes,
         unknown_paths=unknown_paths,
+        on_language=on_language,
     )
 
 

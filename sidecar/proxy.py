@@ -14,13 +14,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from aiohttp import web
 
 from sidecar.adapters.base import Adapter, ReplyMeta
 from sidecar.compat import deadline
 from sidecar.conversation import context_for_classifier
-from sidecar.decisions import decide
+from sidecar.decisions import Decision, decide
 from sidecar.exchange import H_ACTION, H_FAILURE, H_VERDICT, Exchange, Outcomes, Trace
 from sidecar.grpc_clients import ClassifierClient, ServiceFailure, SteerClient, to_proto_messages
 from sidecar.http_errors import (
@@ -203,10 +204,27 @@ class Proxy:
         ex.mark("flag", OVERSIZE)
         return await self._forward(ex)
 
+    def _decide(self, verdict: common_pb2.Verdict) -> Decision:
+        """The policy's decision; a language the bundle was not calibrated for follows ``on_language``."""
+        decision = decide(self.policy, verdict.unsafe, verdict.category)
+        if verdict.language_calibrated or not verdict.language:
+            return decision
+        self.metrics.uncalibrated_languages.labels(verdict.language, self.policy.on_language).inc()
+        wanted = {"block": Action.BLOCK, "flag": Action.FLAG}.get(self.policy.on_language)
+        if (
+            wanted is None
+            or decision.intended not in (Action.ALLOW, Action.FLAG)
+            or decision.intended is wanted
+        ):
+            return decision
+        if decision.shadow:  # shadow mode forwards everything; it records what would have happened
+            return replace(decision, intended=wanted)
+        return replace(decision, action=wanted, intended=wanted)
+
     async def _act(self, ex: Exchange, verdict: common_pb2.Verdict) -> web.StreamResponse:
         """A verdict: the policy's decision for it (shadow, block, steer, or forward)."""
         ex.verdict = verdict
-        ex.decision = decision = decide(self.policy, verdict.unsafe, verdict.category)
+        ex.decision = decision = self._decide(verdict)
         self.metrics.actions.labels(decision.intended.value, str(decision.shadow).lower()).inc()
         ex.trace.fields.update(
             verdict="unsafe" if verdict.unsafe else "safe",

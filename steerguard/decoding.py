@@ -18,17 +18,18 @@ import re
 
 # Frequent English function words: a text "reads like language" by how many of its words are here.
 _COMMON_WORDS = """
-a an the and or but if of to in on at by for with from as is are was were be been being do does did
-how what why when where who which that this these those it its i you he she we they me my your our
+an the and or but if of to in on at by for with from as is are was were be been being do does did
+how what why when where who which that this these those it its you he she we they me my your our
 their not no can could should would will make get give tell write help need want step steps
 """
 COMMON = frozenset(_COMMON_WORDS.split())
-_WORD = re.compile(r"[A-Za-z]+")
+_EDGES = re.compile(r"^\W+|\W+$")
 _B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 _LEET = str.maketrans(
     {"4": "a", "@": "a", "3": "e", "1": "i", "!": "i", "0": "o", "5": "s", "$": "s", "7": "t", "+": "t"}
 )
-MIN_WORDS = 3
+MIN_WORDS = 4
+MIN_COMMON = 2  # a reading must hold at least two common words: one can be chance in noise
 # A reading counts when it reads clearly more like language: at least this share of common words,
 # and this much more than the text as written (a hex id in plain English must not count).
 MIN_WORDINESS = 0.25
@@ -36,11 +37,16 @@ MIN_GAIN = 0.2
 
 
 def wordiness(text: str) -> float:
-    """Share of a text's words that are common English words (0 for a text with too few words)."""
-    words = [w.lower() for w in _WORD.findall(text)]
-    if len(words) < MIN_WORDS:
+    """Share of a text's words that are common English words (0 for a text with too few words).
+
+    Words are the whitespace-separated tokens, so a decoding that only turns
+    noise into other noise (a hex id into letters) cannot gain words.
+    """
+    words = [_EDGES.sub("", token).lower() for token in text.split()]
+    hits = sum(w in COMMON for w in words)
+    if len(words) < MIN_WORDS or hits < MIN_COMMON:
         return 0.0
-    return sum(w in COMMON for w in words) / len(words)
+    return hits / len(words)
 
 
 def _printable(text: str) -> bool:

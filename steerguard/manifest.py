@@ -26,6 +26,8 @@ from steerguard.errors import BundleError
 FORMAT_VERSION = 1
 REFUSAL = "refusal"
 CATEGORY_PREFIX = "category:"
+# Bundles that record no languages were calibrated on the English data sets only.
+ENGLISH_ONLY = ("en",)
 
 Record = dict[str, Any]
 
@@ -171,6 +173,7 @@ class Manifest:
     steering_search: Record | None = None
     vocab_projection: Record | None = None
     alternatives: Record | None = None
+    languages: tuple[str, ...] | None = None  # ISO 639-1 codes calibration covered; None: ENGLISH_ONLY
 
     # -- JSON -------------------------------------------------------------------
 
@@ -187,6 +190,8 @@ class Manifest:
             d["vectors"] = {n: VectorInfo.from_dict(v, n) for n, v in d.get("vectors", {}).items()}
             d["policy"] = PolicyInfo(**_known(PolicyInfo, d.get("policy", {}), "policy"))
             d["data_sources"] = tuple(DataSource(**s) for s in d.get("data_sources", ()))
+            if "languages" in d:
+                d["languages"] = tuple(str(x) for x in d["languages"])
             if "calibration" in d:
                 d["calibration"] = CalibrationRecord(
                     **_known(CalibrationRecord, d["calibration"], "calibration")
@@ -214,10 +219,15 @@ class Manifest:
             "steering_search": self.steering_search,
             "vocab_projection": self.vocab_projection,
             "alternatives": self.alternatives,
+            "languages": list(self.languages) if self.languages is not None else None,
         }
         return _drop_none(out)
 
     # -- edits (a manifest is frozen; these return a changed copy) -------------------
+
+    @property
+    def calibrated_languages(self) -> tuple[str, ...]:
+        return self.languages if self.languages is not None else ENGLISH_ONLY
 
     def with_threshold(self, threshold: float) -> Manifest:
         return replace(self, probe=replace(self.probe, threshold=float(threshold)))

@@ -19,6 +19,10 @@ class Verdict:
     threshold: float = 0.5
     bundle_id: str = ""
     cached: bool = False
+    # Set per request, never cached (steerguard.language): the request's language, and
+    # whether the bundle was calibrated for it.
+    language: str = ""
+    language_calibrated: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {

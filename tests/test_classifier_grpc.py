@@ -474,3 +474,14 @@ def test_parallel_clients_all_get_answers(server: GrpcServer) -> None:
 
 def _unused(_: Batch) -> None:  # keeps the Batch import honest for type checkers
     return None
+
+
+def test_verdicts_name_the_language_and_whether_the_bundle_covers_it(stub: Any) -> None:
+    french = stub.Classify(
+        Req(prompt=unique("Comment puis-je faire du pain à la maison ce soir ?")), timeout=30
+    )
+    assert french.language == "fr" and not french.language_calibrated
+    english = stub.Classify(Req(prompt=unique("How can I bake a loaf of bread at home tonight?")), timeout=30)
+    assert english.language == "en" and english.language_calibrated
+    short = stub.Classify(Req(prompt=unique("ok")), timeout=30)
+    assert short.language == "und" and short.language_calibrated

@@ -977,3 +977,26 @@ async def test_hidden_text_on_the_other_routes_is_judged(chatbot, classifier, st
         resp = await send(http, "POST", url + "/v1/completions", json={"model": "m", "prompt": [1, 2, 3]})
         assert resp.status == 400 and "token-id" in resp.json()["error"]["message"]
     assert chatbot.received(marker) == []
+
+
+async def test_uncalibrated_languages_follow_on_language(chatbot, classifier, steerer, http) -> None:
+    marker = uuid.uuid4().hex
+    french = f"LANG:fr Comment faire du pain ? {marker}"
+    async with sidecar(chatbot, classifier, steerer[0]) as url:  # judge (default): the verdict stands
+        resp = await send(http, "POST", url + CHAT, json=chat_body(french))
+        assert resp.headers["x-steerguard-action"] == "allow"
+        assert resp.headers["x-steerguard-language"] == "fr (uncalibrated)"
+        english = await send(http, "POST", url + CHAT, json=chat_body(f"hello {marker}"))
+        assert english.headers["x-steerguard-language"] == "en"
+    async with sidecar(chatbot, classifier, steerer[0], {"on_language": "flag"}) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body(french))
+        assert resp.headers["x-steerguard-action"] == "flag"
+    async with sidecar(chatbot, classifier, steerer[0], {"on_language": "block"}) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body(f"{french} blocked"))
+        assert resp.headers["x-steerguard-action"] == "block"
+        metrics = (await send(http, "GET", url + "/metrics")).body.decode()
+    assert 'steerguard_sidecar_uncalibrated_languages_total{language="fr",policy="block"} 1.0' in metrics
+    assert len(chatbot.received(marker)) == 3  # judge, its English twin, and flag; never the block
+    async with sidecar(chatbot, classifier, steerer[0], {"on_language": "block", "mode": "shadow"}) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body(french))
+        assert resp.headers["x-steerguard-action"] == "shadow"  # shadow mode only records

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from steerguard import language
 from steerguard.bundle import Bundle
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
@@ -61,6 +62,7 @@ from steerguard.errors import DataError
 from steerguard.logs import get_logger
 from steerguard.manifest import (
     CATEGORY_PREFIX,
+    ENGLISH_ONLY,
     REFUSAL,
     CalibrationRecord,
     DataSource,
@@ -494,6 +496,18 @@ def _final_vectors(run: Run, vectors: Vectors, best: TuneResult) -> dict[str, Ve
     return out
 
 
+def _languages(examples: Sequence[Example], share: float = 0.05) -> tuple[str, ...]:
+    """The languages of at least ``share`` of the calibration prompts: what the bundle is calibrated for."""
+    counts: dict[str, int] = {}
+    for e in examples:
+        code = language.detect(e.prompt)
+        if code != language.UNDETERMINED:
+            counts[code] = counts.get(code, 0) + 1
+    total = sum(counts.values())
+    found = tuple(sorted(c for c, n in counts.items() if total and n / total >= share))
+    return found or ENGLISH_ONLY
+
+
 def _metrics(run: Run, best: TuneResult) -> dict[str, Any]:
     fit, train_acc = run.fit, run.category_train_accuracy
     return {
@@ -537,6 +551,7 @@ def _final_bundle(run: Run, manifest: Manifest) -> Bundle:
             "mining": None if mining is None else mining.as_dict(),
         },
         metrics=_metrics(run, best),
+        languages=_languages(run.calib),
         calibration=CalibrationRecord(
             config=run.cfg.record(), timings_s={k: round(v, 1) for k, v in run.timings.items()}
         ),

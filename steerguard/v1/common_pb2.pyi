@@ -15,7 +15,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("score", "unsafe", "category", "category_scores", "cached", "bundle_id", "threshold")
+    __slots__ = ("score", "unsafe", "category", "category_scores", "cached", "bundle_id", "threshold", "language", "language_calibrated")
     class CategoryScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,8 @@ class Verdict(_message.Message):
     CACHED_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_CALIBRATED_FIELD_NUMBER: _ClassVar[int]
     score: float
     unsafe: bool
     category: str
@@ -37,4 +39,6 @@ class Verdict(_message.Message):
     cached: bool
     bundle_id: str
     threshold: float
-    def __init__(self, score: _Optional[float] = ..., unsafe: _Optional[bool] = ..., category: _Optional[str] = ..., category_scores: _Optional[_Mapping[str, float]] = ..., cached: _Optional[bool] = ..., bundle_id: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
+    language: str
+    language_calibrated: bool
+    def __init__(self, score: _Optional[float] = ..., unsafe: _Optional[bool] = ..., category: _Optional[str] = ..., category_scores: _Optional[_Mapping[str, float]] = ..., cached: _Optional[bool] = ..., bundle_id: _Optional[str] = ..., threshold: _Optional[float] = ..., language: _Optional[str] = ..., language_calibrated: _Optional[bool] = ...) -> None: ...
