@@ -1,0 +1,101 @@
+"""Cost of length: classifying a 4k-token prompt against a 512-token one, side by side in one run.
+
+A prompt longer than the model's window is judged in views (steerguard.views):
+the tail and overlapping windows, read in one batched forward pass. Reported:
+median wall time of a cache-miss classification at each length (interleaved
+rounds, fresh text each time so the verdict cache never answers), the ratio,
+and the views each length took. Target: 4k costs at most 5x 512.
+
+    python bench/bench_length.py [--rounds 5] [--tiny] [--out reports/bench/length.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from classifier_service.config import CoreConfig  # noqa: E402
+from classifier_service.core import ClassifierCore  # noqa: E402
+from steerguard.bundle import Bundle  # noqa: E402
+from steerguard.logs import configure_logging  # noqa: E402
+from steerguard.model.chat import normalise_request  # noqa: E402
+from steerguard.model.host import ModelHost  # noqa: E402
+
+_PROSE = """
+the report describes how the committee reviewed annual budgets for schools parks roads and
+libraries across the region and recommends steady funding with careful audits every spring
+"""
+WORDS = tuple(_PROSE.split())
+
+
+def document(host: ModelHost, tokens: int, rng: random.Random) -> str:
+    """Ordinary prose of about ``tokens`` tokens (fresh words each call: never a cache hit)."""
+    words: list[str] = []
+    while len(host.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]) < tokens:
+        words.extend(rng.choice(WORDS) for _ in range(64))
+    return " ".join(words)
+
+
+def load(tiny: bool) -> tuple[ModelHost, Bundle]:
+    if not tiny:
+        bundle = Bundle.load()
+        return ModelHost.load(None, max_layers=bundle.probe_layer + 1), bundle
+    from devstack.models import make_random_bundle, make_tiny_llama
+
+    folder = Path(tempfile.mkdtemp())
+    host = ModelHost.load(make_tiny_llama(folder / "model"))
+    return host, make_random_bundle(host, folder / "bundle")
+
+
+def measure(rounds: int, tiny: bool) -> dict[str, object]:
+    host, bundle = load(tiny)
+    core = ClassifierCore(host, bundle, None, CoreConfig())
+    core.warm_up()
+    rng = random.Random(0)
+    lengths = {"512": 512, "4096": 4096}
+    times: dict[str, list[float]] = {k: [] for k in lengths}
+    views: dict[str, int] = {}
+    for _ in range(rounds):
+        for name, tokens in lengths.items():
+            conv = normalise_request(document(host, tokens, rng))
+            views[name] = len(core.windows.views(conv))
+            started = time.perf_counter()
+            core.classify([conv])
+            times[name].append(time.perf_counter() - started)
+    core.close()
+    p50 = {k: statistics.median(v) for k, v in times.items()}
+    ratio = p50["4096"] / p50["512"]
+    return {
+        "p50_s": {k: round(v, 4) for k, v in p50.items()},
+        "views": views,
+        "ratio_4096_vs_512": round(ratio, 3),
+        "target": {"ratio_max": 5.0, "pass": ratio <= 5.0},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke run)")
+    parser.add_argument("--out", default="reports/bench/length.json")
+    ns = parser.parse_args()
+    configure_logging("json", "warning")
+    result = measure(ns.rounds, ns.tiny)
+    out = Path(ns.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
