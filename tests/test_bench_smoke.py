@@ -56,3 +56,11 @@ def test_overhead_bench_measures_both_paths_side_by_side(tmp_path: Path) -> None
     # The two-write upstream stalls a plain keep-alive client ~40 ms on each response (delayed ACK);
     # the sidecar's leg acknowledges at once, so a guarded call stays far below that stall.
     assert result["chat"]["sidecar"]["p50_ms"] < 10.0
+
+
+def test_length_bench_reads_a_long_prompt_in_several_views(tmp_path: Path) -> None:
+    r = run_bench("bench_length.py", tmp_path / "l.json", "--rounds", "1")
+    views = r["views"]
+    assert isinstance(views, dict) and views["512"] == 1 and views["4096"] > 3
+    ratio = r["ratio_4096_vs_512"]
+    assert isinstance(ratio, float) and ratio > 1.0
