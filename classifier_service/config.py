@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from steerguard.grpc_common.flags import MAX_PROMPT_TOKENS
+from steerguard.views import MAX_TOTAL_TOKENS, OVERLAP_TOKENS
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,6 @@ class CoreConfig:
     share_prefix: bool = True  # reuse the template prefix's key/value cache
     # Longer conversations are judged in views that fit max_prompt_tokens (steerguard.views),
     # up to this many tokens in all; past it, TooLong (gRPC OUT_OF_RANGE).
-    max_total_tokens: int = 32768
-    window_overlap_tokens: int = 64
+    max_total_tokens: int = MAX_TOTAL_TOKENS
+    window_overlap_tokens: int = OVERLAP_TOKENS
     identify_language: bool = True  # name each request's language in its verdict (steerguard.language)

@@ -42,7 +42,7 @@ from steerguard.model.activations import last_token_states
 from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
 from steerguard.verdict import Verdict, verdicts_from_states
-from steerguard.views import Windower, WindowSettings
+from steerguard.views import Windower
 
 log = get_logger("steerguard.classifier")
 
@@ -183,22 +183,8 @@ class ClassifierCore:
 
     def _windower(self) -> Windower:
         """The views of long conversations, sized to this model's window and tokenizer."""
-        from steerguard.model.chat import normalise_request
-
-        tok = self.host.tokenizer
-        settings = WindowSettings(
-            max_prompt_tokens=self.config.max_prompt_tokens,
-            max_total_tokens=self.config.max_total_tokens,
-            overlap_tokens=self.config.window_overlap_tokens,
-            framing_tokens=len(self.host.token_ids(normalise_request("x"))) + 8,
-            max_token_bytes=max(1, max(len(t) for t in tok.get_vocab())),
-        )
-        return Windower(
-            settings,
-            count=lambda conv: len(self.host.token_ids(conv)),
-            tokenize_text=lambda text: [int(i) for i in tok(text, add_special_tokens=False)["input_ids"]],
-            detokenize=lambda ids: str(tok.decode(ids)),
-        )
+        c = self.config
+        return Windower.for_host(self.host, c.max_prompt_tokens, c.max_total_tokens, c.window_overlap_tokens)
 
     def warm_up(self) -> None:
         """One forward pass before reporting SERVING (first-call allocations, lazy init)."""

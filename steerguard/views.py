@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from steerguard.decoding import readings
 from steerguard.errors import TooLong
@@ -36,6 +37,9 @@ from steerguard.model.chat import Conversation
 
 # A view is never read whole without at least this many tokens of room for its text.
 MIN_WINDOW_TOKENS = 32
+# The defaults of the classifier's CoreConfig and of the evaluation, stated here once.
+MAX_TOTAL_TOKENS = 32768
+OVERLAP_TOKENS = 64
 # Readings judged per turn (a text rarely reads as language under more than one encoding).
 MAX_READINGS = 2
 
@@ -53,6 +57,32 @@ class WindowSettings:
 
 class Windower:
     """Splits a conversation into views that fit (see the module docstring)."""
+
+    @classmethod
+    def for_host(
+        cls,
+        host: Any,
+        max_prompt_tokens: int,
+        max_total_tokens: int = MAX_TOTAL_TOKENS,
+        overlap_tokens: int = OVERLAP_TOKENS,
+    ) -> Windower:
+        """Views sized to ``host``'s tokenizer and chat template (a :class:`ModelHost`)."""
+        from steerguard.model.chat import normalise_request
+
+        tok = host.tokenizer
+        settings = WindowSettings(
+            max_prompt_tokens=max_prompt_tokens,
+            max_total_tokens=max_total_tokens,
+            overlap_tokens=overlap_tokens,
+            framing_tokens=len(host.token_ids(normalise_request("x"))) + 8,
+            max_token_bytes=max(1, max(len(t) for t in tok.get_vocab())),
+        )
+        return cls(
+            settings,
+            count=lambda conv: len(host.token_ids(conv)),
+            tokenize_text=lambda text: [int(i) for i in tok(text, add_special_tokens=False)["input_ids"]],
+            detokenize=lambda ids: str(tok.decode(ids)),
+        )
 
     def __init__(
         self,

@@ -10,6 +10,8 @@ The steps, each in its own module:
   chat model's own verdict, on the same prompts;
 - :mod:`.encodings`: held-out harmful prompts in base64, rot13, reversed text and
   leetspeak, judged as the classifier judges them (with their readings);
+- :mod:`.shapes`: multi-turn chats and long documents built from the held-out
+  split, judged through the classifier's views;
 - :mod:`.generation`: AUTO generation through the serving path;
 - :mod:`.targets`: each target of :data:`.config.TARGETS` checked;
 - :mod:`.plots`: PNG plots.
@@ -41,6 +43,7 @@ from steerguard.evaluation.scoring import (
     system_prompt_section,
     xstest_section,
 )
+from steerguard.evaluation.shapes import shape_section
 from steerguard.evaluation.targets import checks
 from steerguard.logs import get_logger
 from steerguard.model.activations import collect_states
@@ -116,6 +119,9 @@ def evaluate(
     t = time.time()
     report["encodings"] = encoding_section(host, bundle, held.harmful, held.benign, cfg)
     timings["encodings_s"] = time.time() - t
+    t = time.time()
+    report["shapes"] = shape_section(host, bundle, held, cfg)
+    timings["shapes_s"] = time.time() - t
     t = time.time()
     report["generation"] = generation_section(host, bundle, held.harmful, held.benign, cfg)
     timings["generation_s"] = time.time() - t

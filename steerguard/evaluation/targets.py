@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from steerguard.evaluation.config import TARGETS, Target
+from steerguard.evaluation.config import SHAPES, TARGETS, Target
 
 
 def target_check(value: Any, op: str, target: float, count: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -58,6 +58,11 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     encoded = report.get("encodings", {}).get("caught")
     if encoded is not None:
         out.update([_check("encoded_harmful_caught", encoded["rate"], encoded)])
+    for shape in SHAPES:
+        rates = report.get("shapes", {}).get(shape, {})
+        for metric, rate in rates.items():
+            if f"{shape}_{metric}" in TARGETS:
+                out.update([_check(f"{shape}_{metric}", rate["rate"], rate)])
     return out
 
 
