@@ -51,6 +51,7 @@ class Script:
     fail_unavailable: int = 0
     abort_code: grpc.StatusCode | None = None
     fail_after: int | None = None
+    require_token: str | None = None
     calls: list[list[tuple[str, str]]] = field(default_factory=list)
     metadata: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -59,10 +60,20 @@ class Script:
         """Back to answering normally, with no record."""
         with self.lock:
             self.delay_s, self.fail_unavailable, self.abort_code, self.fail_after = 0.0, 0, None, None
+            self.require_token = None
             self.calls.clear()
             self.metadata.clear()
 
+    def authorize(self, context: grpc.ServicerContext) -> None:
+        """Like the real services: a wrong or missing bearer token is UNAUTHENTICATED (health stays open)."""
+        if self.require_token is None:
+            return
+        sent = dict(context.invocation_metadata()).get("authorization")
+        if sent != f"Bearer {self.require_token}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
     def enter(self, context: grpc.ServicerContext, messages: list[tuple[str, str]]) -> None:
+        self.authorize(context)
         with self.lock:
             self.calls.append(messages)
             self.metadata.append({k: str(v) for k, v in context.invocation_metadata()})
@@ -146,6 +157,7 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
     def ClassifyBatch(
         self, request: classifier_pb2.ClassifyBatchRequest, context: grpc.ServicerContext
     ) -> classifier_pb2.ClassifyBatchResponse:
+        self.script.authorize(context)
         return classifier_pb2.ClassifyBatchResponse(
             verdicts=[self._verdict(_messages(r), None) for r in request.requests]
         )

@@ -42,22 +42,20 @@ class _Readiness:
     def __init__(self, policy: Policy, metrics: Metrics) -> None:
         self.fails_closed = any(r.on_classifier_error is FailureMode.CLOSED for r in policy.routes)
         self.metrics = metrics
-        self.reachable = False
+        self.state = "unreachable"
         self.checked_at = 0.0
 
     async def handle(self, request: web.Request) -> web.Response:
         now = time.monotonic()
         if now - self.checked_at > READY_TTL_S:
-            self.reachable = await request.app[PROXY_KEY].classifier.ready(timeout=0.5)
+            self.state = await request.app[PROXY_KEY].classifier.ready(timeout=0.5)
             self.checked_at = now
-        ready = self.reachable or not self.fails_closed
-        self.metrics.degraded.set(0 if self.reachable else 1)
-        body = {
-            "ready": ready,
-            "classifier": "reachable" if self.reachable else "unreachable",
-            "degraded": not self.reachable,
-        }
-        headers = {} if self.reachable else {"x-steerguard-degraded": "classifier-unreachable"}
+        reachable = self.state == "reachable"
+        # A refused token is a misconfiguration, not an outage: never ready, whatever the policy.
+        ready = reachable or (self.state == "unreachable" and not self.fails_closed)
+        self.metrics.degraded.set(0 if reachable else 1)
+        body = {"ready": ready, "classifier": self.state, "degraded": not reachable}
+        headers = {} if reachable else {"x-steerguard-degraded": f"classifier-{self.state}"}
         return web.json_response(body, status=200 if ready else 503, headers=headers)
 
 

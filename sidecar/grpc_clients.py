@@ -162,9 +162,25 @@ class ClassifierClient:
         except grpc.aio.AioRpcError as exc:
             raise _failure("classifier", exc) from None
 
-    async def ready(self, timeout: float) -> bool:
-        """True when the classifier answers its health check."""
-        return await _health(self._channel, self._metadata, timeout)
+    async def ready(self, timeout: float) -> str:
+        """``reachable``, ``unreachable``, or ``unauthenticated`` (it answers, but refuses our token).
+
+        Health checks are open to any caller (kubelet probes carry no token), so
+        an authenticated call follows: an empty ``ClassifyBatch``, which the
+        classifier refuses as invalid without running the model. A sidecar
+        started with a wrong or missing token would otherwise report ready
+        while every request failed.
+        """
+        if not await _health(self._channel, self._metadata, timeout):
+            return "unreachable"
+        try:
+            await self._stub.ClassifyBatch(
+                classifier_pb2.ClassifyBatchRequest(), timeout=timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                return "unauthenticated"
+        return "reachable"
 
     async def close(self) -> None:
         await self._channel.close()

@@ -504,6 +504,19 @@ async def test_bearer_token_is_sent(chatbot, classifier, steerer, http) -> None:
     assert classifier.script.metadata[-1]["authorization"] == "Bearer s3cret"
 
 
+async def test_a_refused_token_is_never_ready(chatbot, classifier, steerer, http) -> None:
+    """Health checks are open to anyone; readiness also proves the token is accepted."""
+    classifier.script.require_token = "s3cret"
+    policy = {"on_classifier_error": "open"}  # even a fail-open sidecar must not look ready
+    async with sidecar(chatbot, classifier, steerer[0], policy, auth_token="wrong") as url:
+        resp = await send(http, "GET", url + "/readyz")
+        assert resp.status == 503 and resp.json()["classifier"] == "unauthenticated"
+        assert resp.headers["x-steerguard-degraded"] == "classifier-unauthenticated"
+    async with sidecar(chatbot, classifier, steerer[0], policy, auth_token="s3cret") as url:
+        resp = await send(http, "GET", url + "/readyz")
+        assert resp.status == 200 and resp.json()["classifier"] == "reachable"
+
+
 # --------------------------------------------------------- upstream failures
 
 
