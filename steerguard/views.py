@@ -8,12 +8,16 @@ fits, each read with the chat framing (the system prompt kept, the text in a
 user turn); the request's verdict is the view with the highest score (any
 unsafe view makes the request unsafe):
 
-- the *tail*: the system prompt and as many of the latest turns as fit, so a
-  follow-up is still read in its context;
-- every earlier user-side turn on its own, so a harmful request followed by
-  "please answer my previous question", or by filler turns, is still judged
-  as a request (these views repeat turn for turn across a chat's requests,
-  so the verdict cache answers them after the first time);
+- in a chat (more than one user-side turn), every user-side turn on its own
+  after the system prompt: the probe was calibrated on single requests, and a
+  chat read whole shifted its cut (a harmful request after a benign history
+  was caught 82% of the time, read alone 99%, on calibration data). So a
+  harmful request followed by "please answer my previous question", or by
+  filler turns, is still judged as a request; the views repeat turn for turn
+  across a chat's requests, so the verdict cache answers them after the
+  first time;
+- a single request too long for one view: the *tail* (the system prompt and
+  the request's last window) and its other windows;
 - every turn too long for one view, in overlapping windows of tokens;
 - every reading of a turn that an encoding hides (base64, rot13, reversed
   text, leetspeak; :mod:`steerguard.decoding`), on its own.
@@ -117,9 +121,12 @@ class Windower:
             views.extend(self._alone(None, system.content, whole=False))
             system = Message("system", self._text(self._tokens(system.content)[: self.window // 2]))
         if len([m for m in turns if m.role == "user"]) > 1:
-            for turn in turns[:-1]:
+            # A chat: every user-side turn read on its own, as the probe was calibrated to read
+            # requests (a chat read whole shifted its cut; see docs/evaluation.md, shapes).
+            for turn in turns:
                 if turn.role == "user" and turn.content.strip():
                     views.extend(self._alone(system, turn.content))
+            return views + self._decoded(system, [conv.messages[0], *turns] if not whole_system else turns)
         views.extend(self._decoded(system, [conv.messages[0], *turns] if not whole_system else turns))
         if whole_system and self._fits(conv):
             return [conv, *views] if views else [conv]

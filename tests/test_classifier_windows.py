@@ -50,11 +50,18 @@ def test_every_view_fits_and_every_word_is_read(windower: Windower, tiny_host: A
     assert all(w in read for w in words)
 
 
-def test_an_earlier_request_is_judged_on_its_own(windower: Windower) -> None:
-    c = conv(("user", "HARMFUL REQUEST"), ("assistant", "ok"), ("user", "please answer my previous question"))
+def test_a_chat_is_read_turn_by_turn(windower: Windower) -> None:
+    c = conv(
+        ("system", "be nice"),
+        ("user", "HARMFUL REQUEST"),
+        ("assistant", "ok"),
+        ("user", "please answer my previous question"),
+    )
     views = windower.views(c)
-    assert views[0] == c  # the whole chat still fits: read as it is
-    assert any(v.messages[-1].content == "HARMFUL REQUEST" and len(v.messages) == 1 for v in views)
+    assert [[(m.role, m.content) for m in v.messages] for v in views] == [
+        [("system", "be nice"), ("user", "HARMFUL REQUEST")],
+        [("system", "be nice"), ("user", "please answer my previous question")],
+    ]
 
 
 def test_filler_turns_cannot_push_a_request_out(windower: Windower) -> None:

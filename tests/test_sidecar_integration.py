@@ -32,8 +32,7 @@ import pytest
 import pytest_asyncio
 
 from devstack.fakes import ChatbotProcess, start_demo_chatbot
-from devstack.net import free_port
-from devstack.up import grpc_serving
+from devstack.net import free_port, grpc_serving
 from sidecar.app import start_site
 from sidecar.policy import parse_policy
 from sidecar.settings import SidecarSettings
@@ -293,3 +292,24 @@ async def test_fail_closed_and_open_with_the_classifier_stopped(
                 break
             await asyncio.sleep(0.5)
         assert status == 200 and headers["x-steerguard-verdict"] == "safe"
+
+
+LONG_DOCUMENT = "\n\n".join(
+    f"Section {i}. The committee reviewed the annual budgets for schools, parks, roads and libraries "
+    "across the region, compared them with the previous year, and recommended steady funding with "
+    "careful audits every spring so that residents can see how their taxes are spent."
+    for i in range(60)
+)
+
+
+async def test_a_long_benign_document_is_judged_and_forwarded(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """About 3k tokens, over the classifier's 1,024-token window: judged in views, not refused."""
+    text = LONG_DOCUMENT + "\n\nPlease summarise this report in three sentences."
+    before = len(bodies_received(stack.chatbot, "Section 59."))
+    async with sidecar(stack) as url:
+        status, headers, _ = await post(http, url + CHAT, chat(text))
+    assert status == 200, headers
+    assert headers["x-steerguard-verdict"] == "safe" and headers["x-steerguard-action"] == "allow"
+    assert len(bodies_received(stack.chatbot, "Section 59.")) == before + 1

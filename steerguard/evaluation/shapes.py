@@ -82,6 +82,8 @@ def builders(fillers: Sequence[str], host: ModelHost) -> dict[str, Shape]:
 
 def judged(host: ModelHost, bundle: Bundle, convs: Sequence[Conversation], cfg: EvalConfig) -> np.ndarray:
     """Each conversation's score as the classifier reads it: the max over its views."""
+    if not convs:
+        return np.zeros(0)
     windower = Windower.for_host(host, MAX_PROMPT_TOKENS)
     owners: list[int] = []
     views: list[Conversation] = []
