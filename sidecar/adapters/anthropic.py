@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
-from sidecar.adapters.fields import optional_int, optional_number, strings, text_of
-from sidecar.adapters.sse import loads_event, named_event, new_id
+from sidecar.adapters.fields import optional_int, optional_number, stream_and_model, strings, text_of
+from sidecar.adapters.sse import identity, loads_event, named_event, new_id
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
@@ -110,17 +110,14 @@ class AnthropicAdapter:
 
     def parse(self, body: bytes) -> ChatRequest:
         document = load_json_object(body)
-        stream = document.get("stream", False)
-        if not isinstance(stream, bool):
-            raise InvalidInput("'stream' must be true or false")
+        stream, model = stream_and_model(document)
         unjudged: list[str] = []
         messages = _messages(document, unjudged)
-        model = document.get("model")
         return ChatRequest(
             messages=messages,
             document=document,
             stream=stream,
-            model=model if isinstance(model, str) else None,
+            model=model,
             max_tokens=optional_int(document, "max_tokens"),
             temperature=optional_number(document, "temperature"),
             top_p=optional_number(document, "top_p"),
@@ -177,9 +174,5 @@ class AnthropicAdapter:
 
     @staticmethod
     def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:
-        payload = loads_event(event_data)
-        message = payload.get("message") if isinstance(payload, dict) else None
-        if not isinstance(message, dict):
-            return None, None
-        mid, model = message.get("id"), message.get("model")
-        return (mid if isinstance(mid, str) else None, model if isinstance(model, str) else None)
+        """The upstream's id and model, to keep them in replacement events."""
+        return identity(event_data, "message")

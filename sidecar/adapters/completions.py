@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
-from sidecar.adapters.fields import optional_int, optional_number
-from sidecar.adapters.sse import data_event, loads_event, new_id, now
+from sidecar.adapters.fields import optional_int, optional_number, stream_and_model
+from sidecar.adapters.sse import data_event, identity, loads_event, new_id, now
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
@@ -68,15 +68,12 @@ class CompletionsAdapter:
 
     def parse(self, body: bytes) -> ChatRequest:
         document = load_json_object(body)
-        stream = document.get("stream", False)
-        if not isinstance(stream, bool):
-            raise InvalidInput("'stream' must be true or false")
-        model = document.get("model")
+        stream, model = stream_and_model(document)
         return ChatRequest(
             messages=[Message("user", text) for text in _prompts(document)],
             document=document,
             stream=stream,
-            model=model if isinstance(model, str) else None,
+            model=model,
             max_tokens=optional_int(document, "max_tokens"),
             temperature=optional_number(document, "temperature"),
             top_p=optional_number(document, "top_p"),
@@ -132,8 +129,5 @@ class CompletionsAdapter:
 
     @staticmethod
     def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:
-        payload = loads_event(event_data)
-        if not isinstance(payload, dict):
-            return None, None
-        cid, model = payload.get("id"), payload.get("model")
-        return (cid if isinstance(cid, str) else None, model if isinstance(model, str) else None)
+        """The upstream's id and model, to keep them in replacement events."""
+        return identity(event_data)

@@ -71,3 +71,12 @@ def optional_int(document: dict[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"'{key}' must be an integer")
     return value
+
+
+def stream_and_model(document: dict[str, Any]) -> tuple[bool, str | None]:
+    """A request's ``stream`` flag (strictly a boolean) and its ``model`` name, if any."""
+    stream = document.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidInput("'stream' must be true or false")
+    model = document.get("model")
+    return stream, model if isinstance(model, str) else None

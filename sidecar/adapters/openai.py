@@ -13,7 +13,8 @@ import uuid
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
-from sidecar.adapters.fields import optional_int, optional_number, strings, text_of
+from sidecar.adapters.fields import optional_int, optional_number, stream_and_model, strings, text_of
+from sidecar.adapters.sse import identity
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
@@ -133,13 +134,10 @@ class OpenAIAdapter:
         messages[lead:lead] = _extra_text(document)
         if not any(m.role == "user" and m.content.strip() for m in messages):
             raise InvalidInput("no user message with text to check")
-        stream = document.get("stream", False)
-        if not isinstance(stream, bool):
-            raise InvalidInput("'stream' must be true or false")
+        stream, model = stream_and_model(document)
         options = document.get("stream_options") or {}
         if not isinstance(options, dict):
             raise InvalidInput("'stream_options' must be an object")
-        model = document.get("model")
         max_tokens = optional_int(document, "max_completion_tokens")
         if max_tokens is None:
             max_tokens = optional_int(document, "max_tokens")
@@ -148,7 +146,7 @@ class OpenAIAdapter:
             document=document,
             stream=stream,
             include_usage=bool(options.get("include_usage", False)),
-            model=model if isinstance(model, str) else None,
+            model=model,
             max_tokens=max_tokens,
             temperature=optional_number(document, "temperature"),
             top_p=optional_number(document, "top_p"),
@@ -226,11 +224,4 @@ class OpenAIAdapter:
     @staticmethod
     def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:
         """The upstream's completion id and model, to keep them in replacement events."""
-        try:
-            payload = json.loads(event_data)
-        except (UnicodeDecodeError, ValueError):
-            return None, None
-        if not isinstance(payload, dict):
-            return None, None
-        cid, model = payload.get("id"), payload.get("model")
-        return (cid if isinstance(cid, str) else None, model if isinstance(model, str) else None)
+        return identity(event_data)

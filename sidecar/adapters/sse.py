@@ -34,3 +34,15 @@ def loads_event(event_data: bytes) -> Any:
         return json.loads(event_data)
     except (UnicodeDecodeError, ValueError):
         return None
+
+
+def identity(event_data: bytes, key: str | None = None) -> tuple[str | None, str | None]:
+    """The upstream's id and model in one streaming event (under ``key`` when the API nests them),
+    kept in the events that replace an unsafe answer."""
+    payload = loads_event(event_data)
+    if key is not None and isinstance(payload, dict):
+        payload = payload.get(key)
+    if not isinstance(payload, dict):
+        return None, None
+    rid, model = payload.get("id"), payload.get("model")
+    return (rid if isinstance(rid, str) else None, model if isinstance(model, str) else None)

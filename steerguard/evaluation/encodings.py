@@ -22,11 +22,10 @@ from steerguard.data.loaders import Example
 from steerguard.decoding import readings
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import subsample
-from steerguard.evaluation.scoring import r
+from steerguard.evaluation.scoring import max_over_views, r
 from steerguard.evaluation.stats import proportion
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
-from steerguard.model.states import cached_states
 
 _LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7"})
 ENCODINGS: dict[str, Callable[[str], str]] = {
@@ -39,24 +38,8 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
 
 def judged_scores(host: ModelHost, bundle: Bundle, texts: Sequence[str], cfg: EvalConfig) -> np.ndarray:
     """Each text's unsafe score as the classifier reads it: the max over the text and its readings."""
-    owners: list[int] = []
-    views: list[str] = []
-    for i, text in enumerate(texts):
-        for view in [text, *readings(text)[:2]]:
-            owners.append(i)
-            views.append(view)
-    states = cached_states(
-        host,
-        [normalise_request(v) for v in views],
-        batch_size=cfg.batch_size,
-        progress=cfg.progress,
-        layers=[bundle.probe_layer],
-        desc="encoded prompts",
-    )[:, 0]
-    scores = bundle.score(states).unsafe.numpy().astype(np.float64)
-    best = np.zeros(len(texts))
-    np.maximum.at(best, np.array(owners), scores)
-    return best
+    views = [[normalise_request(v) for v in [text, *readings(text)[:2]]] for text in texts]
+    return max_over_views(host, bundle, views, cfg, "encoded prompts")
 
 
 def encoding_section(

@@ -22,6 +22,7 @@ from steerguard.data import system_prompts
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import HeldOut
 from steerguard.evaluation.stats import proportion
+from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
 from steerguard.model.states import cached_states
 
@@ -194,3 +195,24 @@ def system_prompt_section(
         "template_default": probe_rates(labels, is_hb, probe.p_unsafe, probe.threshold),
         "others": rows,
     }
+
+
+def max_over_views(
+    host: ModelHost, bundle: Bundle, views: Sequence[Sequence[Conversation]], cfg: EvalConfig, desc: str
+) -> np.ndarray:
+    """One score per item: the highest unsafe score among its views, as the classifier decides."""
+    owners = [i for i, item in enumerate(views) for _ in item]
+    if not owners:
+        return np.zeros(len(views))
+    states = cached_states(
+        host,
+        [v for item in views for v in item],
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+        layers=[bundle.probe_layer],
+        desc=desc,
+    )[:, 0]
+    scores = bundle.score(states).unsafe.numpy().astype(np.float64)
+    best = np.zeros(len(views))
+    np.maximum.at(best, np.array(owners), scores)
+    return best

@@ -32,12 +32,11 @@ from steerguard.bundle import Bundle
 from steerguard.data.loaders import Example
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import HeldOut, subsample
-from steerguard.evaluation.scoring import r
+from steerguard.evaluation.scoring import max_over_views, r
 from steerguard.evaluation.stats import proportion
 from steerguard.grpc_common.flags import MAX_PROMPT_TOKENS
 from steerguard.model.chat import Conversation, normalise_request
 from steerguard.model.host import ModelHost
-from steerguard.model.states import cached_states
 from steerguard.views import Windower
 
 REPLIES = (
@@ -82,27 +81,8 @@ def builders(fillers: Sequence[str], host: ModelHost) -> dict[str, Shape]:
 
 def judged(host: ModelHost, bundle: Bundle, convs: Sequence[Conversation], cfg: EvalConfig) -> np.ndarray:
     """Each conversation's score as the classifier reads it: the max over its views."""
-    if not convs:
-        return np.zeros(0)
     windower = Windower.for_host(host, MAX_PROMPT_TOKENS)
-    owners: list[int] = []
-    views: list[Conversation] = []
-    for i, conv in enumerate(convs):
-        for view in windower.views(conv):
-            owners.append(i)
-            views.append(view)
-    states = cached_states(
-        host,
-        views,
-        batch_size=cfg.batch_size,
-        progress=cfg.progress,
-        layers=[bundle.probe_layer],
-        desc="shapes",
-    )[:, 0]
-    scores = bundle.score(states).unsafe.numpy().astype(np.float64)
-    best = np.zeros(len(convs))
-    np.maximum.at(best, np.array(owners), scores)
-    return best
+    return max_over_views(host, bundle, [windower.views(c) for c in convs], cfg, "shapes")
 
 
 def _rates(flags: dict[str, list[bool]]) -> dict[str, Any]:
