@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
-from sidecar.adapters.fields import optional_int, optional_number, stream_and_model
+from sidecar.adapters.fields import chat_request
 from sidecar.adapters.sse import data_event, identity, loads_event, new_id, now
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
@@ -68,17 +68,7 @@ class CompletionsAdapter:
 
     def parse(self, body: bytes) -> ChatRequest:
         document = load_json_object(body)
-        stream, model = stream_and_model(document)
-        return ChatRequest(
-            messages=[Message("user", text) for text in _prompts(document)],
-            document=document,
-            stream=stream,
-            model=model,
-            max_tokens=optional_int(document, "max_tokens"),
-            temperature=optional_number(document, "temperature"),
-            top_p=optional_number(document, "top_p"),
-            seed=optional_int(document, "seed"),
-        )
+        return chat_request(document, [Message("user", text) for text in _prompts(document)])
 
     def reply(
         self,

@@ -8,8 +8,10 @@ unjudged rather than silently skipped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
 # Parts whose content is not text (an image, audio, a file): they cannot be judged, and the
@@ -80,3 +82,27 @@ def stream_and_model(document: dict[str, Any]) -> tuple[bool, str | None]:
         raise InvalidInput("'stream' must be true or false")
     model = document.get("model")
     return stream, model if isinstance(model, str) else None
+
+
+def chat_request(
+    document: dict[str, Any],
+    messages: list[Message],
+    *,
+    max_tokens_key: str = "max_tokens",
+    unjudged: Sequence[str] = (),
+    include_usage: bool = False,
+) -> ChatRequest:
+    """The parsed request every adapter returns: messages plus the sampling fields the APIs share."""
+    stream, model = stream_and_model(document)
+    return ChatRequest(
+        messages=messages,
+        document=document,
+        stream=stream,
+        include_usage=include_usage,
+        model=model,
+        max_tokens=optional_int(document, max_tokens_key),
+        temperature=optional_number(document, "temperature"),
+        top_p=optional_number(document, "top_p"),
+        seed=optional_int(document, "seed"),
+        unjudged=tuple(unjudged),
+    )

@@ -13,7 +13,11 @@ import uuid
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
-from sidecar.adapters.fields import optional_int, optional_number, stream_and_model, strings, text_of
+from sidecar.adapters.fields import (
+    chat_request,
+    strings,
+    text_of,
+)
 from sidecar.adapters.sse import identity
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
@@ -134,24 +138,16 @@ class OpenAIAdapter:
         messages[lead:lead] = _extra_text(document)
         if not any(m.role == "user" and m.content.strip() for m in messages):
             raise InvalidInput("no user message with text to check")
-        stream, model = stream_and_model(document)
         options = document.get("stream_options") or {}
         if not isinstance(options, dict):
             raise InvalidInput("'stream_options' must be an object")
-        max_tokens = optional_int(document, "max_completion_tokens")
-        if max_tokens is None:
-            max_tokens = optional_int(document, "max_tokens")
-        return ChatRequest(
-            messages=messages,
-            document=document,
-            stream=stream,
+        newer = document.get("max_completion_tokens") is not None
+        return chat_request(
+            document,
+            messages,
+            max_tokens_key="max_completion_tokens" if newer else "max_tokens",
+            unjudged=unjudged,
             include_usage=bool(options.get("include_usage", False)),
-            model=model,
-            max_tokens=max_tokens,
-            temperature=optional_number(document, "temperature"),
-            top_p=optional_number(document, "top_p"),
-            seed=optional_int(document, "seed"),
-            unjudged=tuple(unjudged),
         )
 
     def reply(

@@ -11,7 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
-from sidecar.adapters.fields import optional_int, optional_number, stream_and_model, strings, text_of
+from sidecar.adapters.fields import (
+    chat_request,
+    strings,
+    text_of,
+)
 from sidecar.adapters.sse import identity, loads_event, named_event, new_id, now
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
@@ -105,19 +109,9 @@ class ResponsesAdapter:
 
     def parse(self, body: bytes) -> ChatRequest:
         document = load_json_object(body)
-        stream, model = stream_and_model(document)
         unjudged: list[str] = []
         messages = _messages(document, unjudged)
-        return ChatRequest(
-            messages=messages,
-            document=document,
-            stream=stream,
-            model=model,
-            max_tokens=optional_int(document, "max_output_tokens"),
-            temperature=optional_number(document, "temperature"),
-            top_p=optional_number(document, "top_p"),
-            unjudged=tuple(unjudged),
-        )
+        return chat_request(document, messages, max_tokens_key="max_output_tokens", unjudged=unjudged)
 
     def reply(
         self,
