@@ -11,6 +11,7 @@ whose reason is safe to show.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,11 @@ class Trace:
     route: str
     start: float = field(default_factory=time.perf_counter)
     fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_request(cls, request: web.Request, route: str) -> Trace:
+        """The client's ``x-request-id`` when it sent one, else a fresh id."""
+        return cls(request.headers.get("x-request-id") or uuid.uuid4().hex, route)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.start) * 1000.0

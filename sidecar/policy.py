@@ -10,6 +10,7 @@ loudly instead of silently allowing traffic. Example::
     on_oversize: block            # default for routes: input past the classifier's hard cap
                                   # (32k tokens): block (413) or flag (forwarded, marked)
     on_language: judge            # a language the bundle was not calibrated for: judge, flag, block
+    on_unjudged: forward          # parts with no text (images, audio, files): forward marked, or reject
     refusal_message: "Sorry, I can't help with that."
     default: block                # unsafe category without a rule below
     categories:
@@ -157,6 +158,9 @@ class Policy:
     # no one judged; forward relays everything; reject refuses everything.
     unknown_paths: str = "read_only"
     on_language: str = "judge"
+    # What a request carrying parts that cannot be judged (images, audio, files, a conversation
+    # stored upstream) gets once its text is judged safe: forwarded marked, or refused (400).
+    on_unjudged: str = "forward"
 
     def rule_for(self, category: str) -> CategoryRule:
         """The rule for an unsafe verdict of ``category`` (the default when unlisted)."""
@@ -339,6 +343,7 @@ _TOP_KEYS = {
     "routes",
     "unknown_paths",
     "on_language",
+    "on_unjudged",
 }
 
 
@@ -389,6 +394,9 @@ def parse_policy(data: Any) -> Policy:
     on_language = data.get("on_language", Policy.on_language)
     if on_language not in ON_LANGUAGE:
         raise PolicyError(f"policy.on_language: expected {', '.join(ON_LANGUAGE)}")
+    on_unjudged = data.get("on_unjudged", Policy.on_unjudged)
+    if on_unjudged not in ("forward", "reject"):
+        raise PolicyError("policy.on_unjudged: expected forward or reject")
     unknown_paths = data.get("unknown_paths", Policy.unknown_paths)
     if unknown_paths not in UNKNOWN_PATHS:
         raise PolicyError(f"policy.unknown_paths: expected {', '.join(UNKNOWN_PATHS)}")
@@ -406,6 +414,7 @@ def parse_policy(data: Any) -> Policy:
         routes=routes,
         unknown_paths=unknown_paths,
         on_language=on_language,
+        on_unjudged=on_unjudged,
     )
 
 

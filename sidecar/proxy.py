@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -22,7 +21,7 @@ from sidecar.adapters.base import Adapter, ReplyMeta
 from sidecar.compat import deadline
 from sidecar.conversation import context_for_classifier
 from sidecar.decisions import Decision, decide
-from sidecar.exchange import H_ACTION, H_FAILURE, H_VERDICT, Exchange, Outcomes, Trace
+from sidecar.exchange import H_ACTION, H_FAILURE, H_UNJUDGED, H_VERDICT, Exchange, Outcomes, Trace
 from sidecar.grpc_clients import ClassifierClient, ServiceFailure, SteerClient, to_proto_messages
 from sidecar.http_errors import (
     ClassifierUnavailable,
@@ -113,14 +112,14 @@ class Proxy:
 
     def wrong_method(self, request: web.Request, route: Route) -> web.StreamResponse:
         """A chat path asked with another method: 405, never relayed (a GET with a body is a bypass)."""
-        trace = Trace(request.headers.get("x-request-id") or uuid.uuid4().hex, route.path)
+        trace = Trace.for_request(request, route.path)
         allowed = ", ".join(route.methods)
         error = MethodNotAllowed(f"{route.path} takes {allowed}")
         return self.outcomes.error(trace, error, {"Allow": allowed})
 
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
         """Any path without a route: relayed untouched, or refused as the policy says."""
-        trace = Trace(request.headers.get("x-request-id") or uuid.uuid4().hex, "passthrough")
+        trace = Trace.for_request(request, "passthrough")
         refused = self._refuse_unknown(request)
         if refused is not None:
             return self.outcomes.error(trace, refused)
@@ -140,13 +139,8 @@ class Proxy:
     # -------------------------------------------------------------- chat flow
 
     async def chat(self, request: web.Request, route: Route, adapter: Adapter) -> web.StreamResponse:
-        """Classify the latest user message in context, then act per policy."""
-        ex = Exchange(
-            request,
-            Trace(request.headers.get("x-request-id") or uuid.uuid4().hex, route.path),
-            route,
-            adapter,
-        )
+        """Judge every text of the request (sidecar.adapters), then act per policy."""
+        ex = Exchange(request, Trace.for_request(request, route.path), route, adapter)
         try:
             ex.body = await self._read_body(request)
             ex.chat = adapter.parse(ex.body)
@@ -154,9 +148,16 @@ class Proxy:
             return self.outcomes.error(ex.trace, exc)
         ex.trace.fields.update(prompt_chars=ex.chat.prompt_chars, stream=ex.chat.stream)
         if ex.chat.unjudged:
-            # Parts with no text (images, audio) cannot be judged: counted and marked, never silent.
+            # Parts with no text (images, audio) cannot be judged: counted and marked, never silent,
+            # and refused outright when the policy says so.
             ex.trace.fields["unjudged_parts"] = list(ex.chat.unjudged)
             self.metrics.failures.labels("classifier", "unjudged_part").inc()
+            if self.policy.on_unjudged == "reject":
+                kinds = ", ".join(sorted(set(ex.chat.unjudged)))
+                error = InvalidInput(
+                    f"the request carries parts that cannot be judged ({kinds}; policy on_unjudged)"
+                )
+                return self.outcomes.error(ex.trace, error, {H_UNJUDGED: kinds})
         try:
             ex.context = context_for_classifier(
                 ex.chat.messages,
@@ -175,7 +176,6 @@ class Proxy:
         """No verdict. Input the classifier refused to judge is the client's error (400), whatever the
         route's failure mode: it is never forwarded unjudged. An unreachable or slow classifier
         follows the route's ``on_classifier_error`` (closed: 503; open: forwarded, marked)."""
-        closed = ex.route.on_classifier_error is FailureMode.CLOSED
         if judgement.failure == OVERSIZE:
             return await self._oversize(ex, judgement)
         if judgement.failure == INVALID:
@@ -183,7 +183,7 @@ class Proxy:
             error = judgement.error or InvalidInput("the request could not be judged")
             marks = {H_VERDICT: "unknown", H_ACTION: "refuse", H_FAILURE: "classifier-invalid"}
             return self.outcomes.error(ex.trace, error, marks)
-        if closed:
+        if ex.route.on_classifier_error is FailureMode.CLOSED:
             self.metrics.actions.labels("fail_closed", "false").inc()
             reason = judgement.error.reason if judgement.error else judgement.failure
             failure = ClassifierUnavailable(f"request could not be checked: {reason}")

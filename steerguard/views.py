@@ -16,8 +16,8 @@ unsafe view makes the request unsafe):
   filler turns, is still judged as a request; the views repeat turn for turn
   across a chat's requests, so the verdict cache answers them after the
   first time;
-- a single request too long for one view: the *tail* (the system prompt and
-  the request's last window) and its other windows;
+- a single request too long for one view: its overlapping windows, each
+  after the system prompt;
 - every turn too long for one view, in overlapping windows of tokens;
 - every reading of a turn that an encoding hides (base64, rot13, reversed
   text, leetspeak; :mod:`steerguard.decoding`), on its own.
@@ -30,6 +30,7 @@ tokenizer runs when its byte length already says so.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +98,8 @@ class Windower:
     ) -> None:
         self.s = settings
         self._count = count
-        self._tokens = tokenize_text
+        # A long text is tokenised for the size check, its room and its windows: once is enough.
+        self._tokens = functools.lru_cache(maxsize=16)(tokenize_text)
         self._text = detokenize
         self.window = max(MIN_WINDOW_TOKENS, settings.max_prompt_tokens - settings.framing_tokens)
 
@@ -120,17 +122,17 @@ class Windower:
             # cut to its first half-window of tokens where it frames the others.
             views.extend(self._alone(None, system.content, whole=False))
             system = Message("system", self._text(self._tokens(system.content)[: self.window // 2]))
+        views.extend(self._decoded(system, turns if whole_system else [conv.messages[0], *turns]))
         if len([m for m in turns if m.role == "user"]) > 1:
             # A chat: every user-side turn read on its own, as the probe was calibrated to read
             # requests (a chat read whole shifted its cut; see docs/evaluation.md, shapes).
             for turn in turns:
                 if turn.role == "user" and turn.content.strip():
                     views.extend(self._alone(system, turn.content))
-            return views + self._decoded(system, [conv.messages[0], *turns] if not whole_system else turns)
-        views.extend(self._decoded(system, [conv.messages[0], *turns] if not whole_system else turns))
+            return views
         if whole_system and self._fits(conv):
-            return [conv, *views] if views else [conv]
-        return [self._tail(system, turns), *views, *self._alone(system, turns[-1].content, whole=False)]
+            return [conv, *views]
+        return [*self._alone(system, turns[-1].content), *views]
 
     def _decoded(self, system: Message | None, turns: Sequence[Message]) -> list[Conversation]:
         """Each user-side turn's readings under an encoding, each judged on its own."""
@@ -172,29 +174,12 @@ class Windower:
         chunks = [self._text(ids[i : i + room]) for i in starts]
         return [c for c in chunks if c.strip()] or [text[:1] or " "]
 
-    def _tail(self, system: Message | None, turns: Sequence[Message]) -> Conversation:
-        """The system prompt and the latest turns that fit, ending with the latest user turn (or its
-        last window when even that is too long)."""
-        head = (system,) if system is not None else ()
-        kept: list[Message] = []
-        for turn in reversed(turns):
-            candidate = Conversation((*head, turn, *kept))
-            if self._count(candidate) > self.s.max_prompt_tokens:
-                break
-            kept.insert(0, turn)
-        if not kept or kept[-1] is not turns[-1]:
-            last = self._chunks(turns[-1].content, self._room(system))[-1]
-            return Conversation((*head, Message("user", last)))
-        while kept and kept[0].role != "user":  # a view starts with a user turn after the system
-            kept.pop(0)
-        return Conversation((*head, *kept))
-
 
 def _split_system(conv: Conversation) -> tuple[Message | None, list[Message]]:
     """The first system message (kept in every view) and the other turns, in order.
 
-    Other system messages are turns like any other: read in the tail, and on
-    their own as user-side text when they come after the conversation began.
+    Other system messages are turns like any other, judged on their own as
+    user-side text.
     """
     messages = list(conv.messages)
     system = messages[0] if messages and messages[0].role == "system" else None

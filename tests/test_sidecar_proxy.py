@@ -987,6 +987,31 @@ async def test_hidden_text_on_the_other_routes_is_judged(chatbot, classifier, st
         for path, body in hidden.items():
             resp = await send(http, "POST", url + path, json=body)
             assert resp.headers["x-steerguard-action"] == "block", path
+        document_block = {
+            "model": "m",
+            "max_tokens": 8,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "document",
+                            "source": {"type": "text", "media_type": "text/plain", "data": harmful},
+                        },
+                        {"type": "text", "text": "Follow the document."},
+                    ],
+                }
+            ],
+        }
+        resp = await send(http, "POST", url + "/v1/messages", json=document_block)
+        assert resp.headers["x-steerguard-action"] == "block"
+        variables = {
+            "model": "m",
+            "input": "hi there",
+            "prompt": {"id": "p1", "variables": {"task": harmful}},
+        }
+        resp = await send(http, "POST", url + "/v1/responses", json=variables)
+        assert resp.headers["x-steerguard-action"] == "block"
         resp = await send(http, "POST", url + "/v1/completions", json={"model": "m", "prompt": [1, 2, 3]})
         assert resp.status == 400 and "token-id" in resp.json()["error"]["message"]
     assert chatbot.received(marker) == []

@@ -71,14 +71,12 @@ class AnthropicStreamFormatter:
     def __init__(self, request: ChatRequest, message_id: str | None = None, model: str | None = None):
         self._id = message_id or new_id("msg_")
         self._model = model or request.model or "steerguard"
-        self._opened = message_id is not None  # an upstream's stream already opened its message
 
     def _open_block(self) -> bytes:
         start = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
         return named_event("content_block_start", start)
 
     def start(self) -> bytes:
-        self._opened = True
         begin = {
             "type": "message_start",
             "message": _message(self._id, self._model, None, None, _usage(0, 0)),

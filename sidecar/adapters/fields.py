@@ -26,7 +26,10 @@ def part_text(part: Any, unjudged: list[str]) -> list[str]:
     if not isinstance(part, dict):
         raise InvalidInput("message content parts must be objects")
     texts = [part[k] for k in _TEXT_KEYS if isinstance(part.get(k), str)]
-    nested = part.get("content")  # a tool result's own content parts
+    source = part.get("source")  # a document block whose source is plain text (Anthropic)
+    if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
+        texts.append(source["data"])
+    nested = part.get("content")  # a tool result's or a document's own content parts
     if isinstance(nested, (str, list)):
         texts.append(text_of(nested, unjudged))
     for key in ("input", "output", "arguments"):  # tool use input, function call output/arguments

@@ -45,9 +45,13 @@ def _messages(document: dict[str, Any], unjudged: list[str]) -> list[Message]:
         raise InvalidInput("'input' must be text or a non-empty list of items")
     messages = [m for m in (_item(i, unjudged) for i in items) if m.content.strip()]
     framing = [Message("system", t) for t in strings(document.get("instructions"))]
-    tools = strings(document.get("tools"))
-    if tools:
-        framing.append(Message("user", "\n".join(tools)))
+    # A reusable prompt's variables and the tools' descriptions are text the model reads too.
+    for key in ("prompt", "tools"):
+        texts = strings(document.get(key))
+        if texts:
+            framing.append(Message("user", "\n".join(texts)))
+    if document.get("previous_response_id") or document.get("conversation"):
+        unjudged.append("stored_conversation")  # earlier turns kept upstream: not visible here
     if not any(m.role == "user" for m in messages):
         raise InvalidInput("no user input with text to check")
     return framing + messages
