@@ -179,7 +179,9 @@ class ClassifierCore:
         if missing:
             jobs = self._jobs(convs, keys, set(missing))
             found.update(self._compute(jobs, deadline, cancelled))
-        return [v for v in (found[k] for k in keys) if v is not None]
+        verdicts = [found[k] for k in keys]
+        assert all(v is not None for v in verdicts), "every view has a verdict, cached or computed"
+        return [v for v in verdicts if v is not None]
 
     def _windower(self) -> Windower:
         """The views of long conversations, sized to this model's window and tokenizer."""
