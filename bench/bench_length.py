@@ -1,10 +1,12 @@
 """Cost of length: classifying a 4k-token prompt against a 512-token one, side by side in one run.
 
 A prompt longer than the model's window is judged in views (steerguard.views):
-the tail and overlapping windows, read in one batched forward pass. Reported:
-median wall time of a cache-miss classification at each length (interleaved
-rounds, fresh text each time so the verdict cache never answers), the ratio,
-and the views each length took. Target: 4k costs at most 5x 512.
+with the default bundle, its first and last paragraph read alone and its
+passages read at every segment end by the passage probe, up to the passage
+layer (steerguard.passages). Reported: median wall time of a cache-miss
+classification at each length (interleaved rounds, fresh text each time so
+the verdict cache never answers), the ratio, and the views and passages each
+length took. Target: 4k costs at most 5x 512.
 
     python bench/bench_length.py [--rounds 5] [--tiny] [--out reports/bench/length.json]
 """
@@ -63,11 +65,12 @@ def measure(rounds: int, tiny: bool) -> dict[str, object]:
     rng = random.Random(0)
     lengths = {"512": 512, "4096": 4096}
     times: dict[str, list[float]] = {k: [] for k in lengths}
-    views: dict[str, int] = {}
+    views: dict[str, dict[str, int]] = {}
     for _ in range(rounds):
         for name, tokens in lengths.items():
             conv = normalise_request(document(host, tokens, rng))
-            views[name] = len(core.windows.views(conv))
+            plan = core.windows.plan(conv)
+            views[name] = {"views": len(plan.read), "passages": len(plan.passages)}
             started = time.perf_counter()
             core.classify([conv])
             times[name].append(time.perf_counter() - started)

@@ -41,8 +41,9 @@ from steerguard.logs import get_logger
 from steerguard.model.activations import last_token_states
 from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
+from steerguard.passages import Passage, passage_scores
 from steerguard.verdict import Verdict, verdicts_from_states
-from steerguard.views import Windower
+from steerguard.views import ViewPlan, Windower
 
 log = get_logger("steerguard.classifier")
 
@@ -58,8 +59,11 @@ class _Flight:
 
 @dataclass(frozen=True)
 class _Job:
+    """One view (read at its last token by the probe) or one passage (read at ``positions``)."""
+
     key: str
     token_ids: list[int]
+    positions: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -67,6 +71,14 @@ class _Pending:
     """The misses of one classify call: which flight answers which key."""
 
     flights: dict[str, _Flight] = field(default_factory=dict)
+
+    @dataclass(frozen=True)
+    class View:
+        """One thing to judge: a chat-framed conversation or a passage, and its cache key."""
+
+        key: str
+        conv: Conversation | None
+        passage: Passage | None
 
 
 class ClassifierCore:
@@ -137,9 +149,9 @@ class ClassifierCore:
         """
         if not convs:
             return []
-        views = [self._views(conv, i if label_rows else None) for i, conv in enumerate(convs)]
-        flat = [v for vs in views for v in vs]
-        judged = iter(self._judge(flat, deadline, cancelled))
+        plans = [self._views(conv, i if label_rows else None) for i, conv in enumerate(convs)]
+        views = [[*self._view_jobs(p.read), *self._passage_jobs(p.passages)] for p in plans]
+        judged = iter(self._judge([job for vs in views for job in vs], deadline, cancelled))
         out: list[Verdict] = []
         for i, vs in enumerate(views):
             verdict = self._with_language(convs[i], max((next(judged) for _ in vs), key=lambda v: v.score))
@@ -159,25 +171,32 @@ class ClassifierCore:
         calibrated = lang == language.UNDETERMINED or lang in self.bundle.manifest.calibrated_languages
         return replace(verdict, language=lang, language_calibrated=calibrated)
 
-    def _views(self, conv: Conversation, row: int | None) -> list[Conversation]:
+    def _views(self, conv: Conversation, row: int | None) -> ViewPlan:
         try:
             with self._tokenizer_lock:
-                return self.windows.views(conv)
+                return self.windows.plan(conv)
         except InvalidInput as exc:
             if row is not None:
                 exc.reason = f"requests[{row}]: {exc.reason}"
             raise
 
+    def _view_jobs(self, convs: Sequence[Conversation]) -> list[_Pending.View]:
+        return [_Pending.View(self.key(c), c, None) for c in convs]
+
+    def _passage_jobs(self, passages: Sequence[Passage]) -> list[_Pending.View]:
+        prefix, bid = self.config.cache_prefix, self.bundle.bundle_id
+        return [_Pending.View(verdict_key(prefix, bid, p.key()), None, p) for p in passages]
+
     def _judge(
-        self, convs: Sequence[Conversation], deadline: float | None, cancelled: threading.Event | None
+        self, views: Sequence[_Pending.View], deadline: float | None, cancelled: threading.Event | None
     ) -> list[Verdict]:
-        """Verdicts of conversations that fit, from the cache or the model, in order."""
-        keys = [self.key(c) for c in convs]
+        """Verdicts of views and passages, from the cache or the model, in order."""
+        keys = [v.key for v in views]
         unique = list(dict.fromkeys(keys))
         found = self._lookup(unique)
         missing = [k for k in unique if found[k] is None]
         if missing:
-            jobs = self._jobs(convs, keys, set(missing))
+            jobs = self._jobs(views, set(missing))
             found.update(self._compute(jobs, deadline, cancelled))
         verdicts = [found[k] for k in keys]
         assert all(v is not None for v in verdicts), "every view has a verdict, cached or computed"
@@ -186,7 +205,9 @@ class ClassifierCore:
     def _windower(self) -> Windower:
         """The views of long conversations, sized to this model's window and tokenizer."""
         c = self.config
-        return Windower.for_host(self.host, c.max_prompt_tokens, c.max_total_tokens, c.window_overlap_tokens)
+        return Windower.for_host(
+            self.host, c.max_prompt_tokens, c.max_total_tokens, c.window_overlap_tokens, self.bundle.passage
+        )
 
     def warm_up(self) -> None:
         """One forward pass before reporting SERVING (first-call allocations, lazy init)."""
@@ -219,14 +240,19 @@ class ClassifierCore:
         with self._tokenizer_lock:
             return self.host.token_ids(conv)
 
-    def _jobs(self, convs: Sequence[Conversation], keys: list[str], missing: set[str]) -> dict[str, _Job]:
+    def _jobs(self, views: Sequence[_Pending.View], missing: set[str]) -> dict[str, _Job]:
         """Tokenise every miss first, so an invalid request queues nothing."""
         limit = self.config.max_prompt_tokens
         jobs: dict[str, _Job] = {}
-        for conv, key in zip(convs, keys, strict=True):
+        for view in views:
+            key = view.key
             if key not in missing or key in jobs:
                 continue
-            ids = self._token_ids(conv)
+            if view.passage is not None:
+                jobs[key] = _Job(key, list(view.passage.ids), view.passage.positions)
+                continue
+            assert view.conv is not None, "a view is a conversation or a passage"
+            ids = self._token_ids(view.conv)
             if len(ids) > limit:  # the views are sized to fit; this is a guard, not a path
                 raise InvalidInput(f"a view of the prompt is {len(ids)} tokens, over the limit of {limit}")
             jobs[key] = _Job(key, ids)
@@ -324,13 +350,34 @@ class ClassifierCore:
 
     def _run_batch(self, jobs: list[_Job]) -> list[Verdict]:
         started = time.perf_counter()
-        states = self._probe_states([job.token_ids for job in jobs])
-        verdicts = verdicts_from_states(self.bundle, states)
+        views = [i for i, job in enumerate(jobs) if job.positions is None]
+        passages = [i for i, job in enumerate(jobs) if job.positions is not None]
+        verdicts: list[Verdict | None] = [None] * len(jobs)
+        if views:
+            states = self._probe_states([jobs[i].token_ids for i in views])
+            for i, v in zip(views, verdicts_from_states(self.bundle, states), strict=True):
+                verdicts[i] = v
+        if passages:
+            for i, v in zip(passages, self._passage_verdicts([jobs[i] for i in passages]), strict=True):
+                verdicts[i] = v
         self.forward_passes += 1
         metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(jobs))
         metrics.QUEUE_DEPTH.set(self.batcher.queued)
-        return verdicts
+        return [v for v in verdicts if v is not None]
+
+    def _passage_verdicts(self, jobs: list[_Job]) -> list[Verdict]:
+        """Each passage's verdict: its highest segment-end score under the passage probe.
+
+        No category: the category head reads the probe layer's last-token state,
+        which a passage does not have (an unsafe passage takes the policy's default).
+        """
+        info = self.bundle.passage
+        assert info is not None, "passages are planned only for a bundle with a passage probe"
+        rows = [Passage(tuple(j.token_ids), j.positions or ()) for j in jobs]
+        scores = passage_scores(self.host, self.bundle.passage_score, info.layer, rows)
+        cut, bid = self.bundle.threshold, self.bundle.bundle_id
+        return [Verdict(s, s >= cut, "", {}, cut, bid) for s in scores]
 
     def _store(self, jobs: list[_Job], verdicts: Sequence[Verdict]) -> None:
         if self.cache is not None:

@@ -13,7 +13,15 @@ from pathlib import Path
 import torch
 
 from steerguard.bundle import Bundle
-from steerguard.manifest import CATEGORY_PREFIX, REFUSAL, Manifest, ModelInfo, ProbeInfo, VectorInfo
+from steerguard.manifest import (
+    CATEGORY_PREFIX,
+    REFUSAL,
+    Manifest,
+    ModelInfo,
+    PassageInfo,
+    ProbeInfo,
+    VectorInfo,
+)
 from steerguard.model.host import ModelHost
 
 
@@ -55,8 +63,12 @@ def make_random_bundle(
     steer_layers: tuple[int, ...] | None = None,
     threshold: float = 0.5,
     seed: int = 0,
+    passage_tokens: int | None = None,
 ) -> Bundle:
-    """A structurally valid bundle with random weights for ``host``'s model."""
+    """A structurally valid bundle with random weights for ``host``'s model.
+
+    ``passage_tokens``: also a random passage probe at the probe layer, windows of that many tokens.
+    """
     g = torch.Generator().manual_seed(seed)
     h, n = host.identity.hidden_size, host.identity.num_layers
     probe_layer = n // 2 if probe_layer is None else probe_layer
@@ -81,9 +93,21 @@ def make_random_bundle(
     for c in categories:
         tensors[f"vector.{CATEGORY_PREFIX}{c}"] = unit(n)
         vectors[f"{CATEGORY_PREFIX}{c}"] = vector
+    passage = None
+    if passage_tokens is not None:
+        tensors.update(
+            {
+                "passage.mean": torch.zeros(h),
+                "passage.std": torch.ones(h),
+                "passage.weight": torch.randn(h, generator=g) * 0.1,
+                "passage.bias": torch.zeros(1),
+            }
+        )
+        passage = PassageInfo(probe_layer, threshold, passage_tokens, passage_tokens // 8)
     manifest = Manifest(
         model=ModelInfo(**host.identity.as_dict()),
         probe=ProbeInfo(layer=probe_layer, threshold=threshold, kind="logistic"),
+        passage=passage,
         created_at=_dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc).isoformat(),
         categories=tuple(categories),
         vectors=vectors,

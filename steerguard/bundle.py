@@ -16,6 +16,11 @@ Tensors:
   probe).
 - ``category.weight`` ``[C, H]``, ``category.bias`` ``[C]``: softmax category
   head on the same standardised state; row order = ``manifest.categories``.
+- ``passage.mean``/``passage.std``/``passage.weight`` ``[H]``,
+  ``passage.bias`` ``[1]`` (when ``manifest.passage`` is set): the passage
+  probe, a logistic head on segment-end states of long texts at
+  ``manifest.passage.layer`` (:mod:`steerguard.passages`); its bias puts its
+  cut at the probe's threshold.
 - ``vector.<name>`` ``[L, H]``: unit steering direction per layer for
   ``refusal`` (SCANS/Arditi) and ``category:<name>`` (SafeSteer).
 - ``norms`` ``[L]``: typical residual norm per layer (first token excluded:
@@ -51,7 +56,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from steerguard.errors import BundleError
-from steerguard.manifest import CATEGORY_PREFIX, FORMAT_VERSION, REFUSAL, Manifest, VectorInfo
+from steerguard.manifest import CATEGORY_PREFIX, FORMAT_VERSION, REFUSAL, Manifest, PassageInfo, VectorInfo
 from steerguard.model.host import ModelIdentity
 
 __all__ = [
@@ -151,6 +156,8 @@ class Bundle:
             raise BundleError(f"unsupported probe kind {kind!r} (logistic or mlp)")
         if self.categories:
             need += ["category.weight", "category.bias"]
+        if self.manifest.passage is not None:
+            need += ["passage.mean", "passage.std", "passage.weight", "passage.bias"]
         missing = [k for k in need if k not in self.tensors]
         if missing:
             raise BundleError(f"bundle lacks tensors: {', '.join(missing)}")
@@ -209,6 +216,17 @@ class Bundle:
         else:
             cats = torch.zeros((states.shape[0], 0))
         return Scores(unsafe, cats)
+
+    @property
+    def passage(self) -> PassageInfo | None:
+        """The passage probe's settings, when calibration fitted one (:mod:`steerguard.passages`)."""
+        return self.manifest.passage
+
+    def passage_score(self, states: torch.Tensor) -> torch.Tensor:
+        """Unsafe scores ``[N]`` of segment-end states at the passage layer, on the probe's scale."""
+        t = self.tensors
+        z = (states.float() - t["passage.mean"]) / t["passage.std"]
+        return torch.sigmoid(z @ t["passage.weight"] + t["passage.bias"])
 
     # -- steering ----------------------------------------------------------------
 

@@ -93,6 +93,35 @@ class ProbeInfo:
 
 
 @dataclass(frozen=True)
+class PassageInfo:
+    """The passage probe: how a text too long for one view is read (:mod:`steerguard.passages`).
+
+    Windows of ``window_tokens`` raw text tokens (``overlap_tokens`` read
+    again), each read up to ``layer``; a logistic head scores the state at
+    every segment end. ``cut`` is the head's own cut, chosen on calibration
+    data so that a benign document of ``reference_tokens`` would be flagged
+    at most ``max_document_flagged`` of the time; the stored bias is shifted
+    so that this cut sits at the probe's threshold, and a passage's score
+    compares with any view's. The rest is calibration's record.
+    """
+
+    layer: int
+    cut: float
+    window_tokens: int
+    overlap_tokens: int
+    reference_tokens: int | None = None
+    max_document_flagged: float | None = None
+    recall: float | None = None
+    position_flagged: float | None = None
+    auroc: float | None = None
+    rows: Record | None = None
+    layer_selection: list[Record] | None = None
+
+    def to_dict(self) -> Record:
+        return _drop_none({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+@dataclass(frozen=True)
 class VectorInfo:
     """One steering vector: the layers it is added at and its strength relative to the residual norm.
 
@@ -174,6 +203,7 @@ class Manifest:
     vocab_projection: Record | None = None
     alternatives: Record | None = None
     languages: tuple[str, ...] | None = None  # ISO 639-1 codes calibration covered; None: ENGLISH_ONLY
+    passage: PassageInfo | None = None  # None: long texts are read in chat-framed windows only
 
     # -- JSON -------------------------------------------------------------------
 
@@ -192,6 +222,8 @@ class Manifest:
             d["data_sources"] = tuple(DataSource(**s) for s in d.get("data_sources", ()))
             if "languages" in d:
                 d["languages"] = tuple(str(x) for x in d["languages"])
+            if "passage" in d:
+                d["passage"] = PassageInfo(**_known(PassageInfo, d["passage"], "passage"))
             if "calibration" in d:
                 d["calibration"] = CalibrationRecord(
                     **_known(CalibrationRecord, d["calibration"], "calibration")
@@ -220,6 +252,7 @@ class Manifest:
             "vocab_projection": self.vocab_projection,
             "alternatives": self.alternatives,
             "languages": list(self.languages) if self.languages is not None else None,
+            "passage": self.passage.to_dict() if self.passage is not None else None,
         }
         return _drop_none(out)
 

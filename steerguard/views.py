@@ -16,13 +16,19 @@ unsafe view makes the request unsafe):
   filler turns, is still judged as a request; the views repeat turn for turn
   across a chat's requests, so the verdict cache answers them after the
   first time;
-- a single request too long for one view: its overlapping windows, each
-  after the system prompt;
-- every turn too long for one view, in overlapping windows of tokens;
+- a text too long for one view (a single request, a turn, a system
+  prompt): with a bundle that has a passage probe, its last paragraph (up to
+  ``EDGE_TOKENS``) read alone after the system prompt, where the question
+  after a pasted document sits, plus its *passages*: every segment end read
+  by the passage probe (:mod:`steerguard.passages`), so a request anywhere
+  else is judged too; without one, overlapping windows of tokens, each after
+  the system prompt;
 - every reading of a turn that an encoding hides (base64, rot13, reversed
   text, leetspeak; :mod:`steerguard.decoding`), on its own.
 
 Cost grows linearly with length: each token is read in at most two windows.
+:class:`ViewPlan` holds both kinds of view; :meth:`Windower.views` lists the
+chat-framed ones only.
 Past ``max_total_tokens`` a conversation is refused as too long
 (:class:`steerguard.errors.TooLong`, gRPC ``OUT_OF_RANGE``), before the
 tokenizer runs when its byte length already says so.
@@ -31,14 +37,17 @@ tokenizer runs when its byte length already says so.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from steerguard.decoding import readings
 from steerguard.errors import TooLong
 from steerguard.messages import Message
 from steerguard.model.chat import Conversation
+from steerguard.passages import Passage
+from steerguard.passages import split as split_passages
 
 # A view is never read whole without at least this many tokens of room for its text.
 MIN_WINDOW_TOKENS = 32
@@ -47,6 +56,9 @@ MAX_TOTAL_TOKENS = 32768
 OVERLAP_TOKENS = 64
 # Readings judged per turn (a text rarely reads as language under more than one encoding).
 MAX_READINGS = 2
+# The last paragraph of a long text is read alone up to this many tokens.
+EDGE_TOKENS = 256
+_PARAGRAPH = re.compile(r"\n\s*\n")
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,29 @@ class WindowSettings:
     max_token_bytes: int
 
 
+@dataclass(frozen=True)
+class PassageReader:
+    """How this model's passages are cut (from the bundle's passage probe)."""
+
+    window_tokens: int
+    overlap_tokens: int
+    enders: frozenset[int]
+    # Raw text tokens, typed template tokens made plain (steerguard.passages.text_ids).
+    text_ids: Callable[[str], list[int]]
+
+
+@dataclass
+class ViewPlan:
+    """A conversation's views: chat-framed conversations for the probe, passages for the passage probe."""
+
+    read: list[Conversation] = field(default_factory=list)
+    passages: list[Passage] = field(default_factory=list)
+
+    def extend(self, other: ViewPlan) -> None:
+        self.read.extend(other.read)
+        self.passages.extend(other.passages)
+
+
 class Windower:
     """Splits a conversation into views that fit (see the module docstring)."""
 
@@ -70,9 +105,14 @@ class Windower:
         max_prompt_tokens: int,
         max_total_tokens: int = MAX_TOTAL_TOKENS,
         overlap_tokens: int = OVERLAP_TOKENS,
+        passage: Any | None = None,
     ) -> Windower:
-        """Views sized to ``host``'s tokenizer and chat template (a :class:`ModelHost`)."""
+        """Views sized to ``host``'s tokenizer and chat template (a :class:`ModelHost`).
+
+        ``passage``: the bundle's :class:`~steerguard.manifest.PassageInfo`, or None.
+        """
         from steerguard.model.chat import normalise_request
+        from steerguard.passages import ender_ids, text_ids
 
         tok = host.tokenizer
         settings = WindowSettings(
@@ -82,11 +122,17 @@ class Windower:
             framing_tokens=len(host.token_ids(normalise_request("x"))) + 8,
             max_token_bytes=max(1, max(len(t) for t in tok.get_vocab())),
         )
+        reader = None
+        if passage is not None:
+            reader = PassageReader(
+                passage.window_tokens, passage.overlap_tokens, ender_ids(tok), lambda t: text_ids(host, t)
+            )
         return cls(
             settings,
             count=lambda conv: len(host.token_ids(conv)),
             tokenize_text=lambda text: [int(i) for i in tok(text, add_special_tokens=False)["input_ids"]],
             detokenize=lambda ids: str(tok.decode(ids)),
+            passages=reader,
         )
 
     def __init__(
@@ -95,12 +141,14 @@ class Windower:
         count: Callable[[Conversation], int],
         tokenize_text: Callable[[str], list[int]],
         detokenize: Callable[[list[int]], str],
+        passages: PassageReader | None = None,
     ) -> None:
         self.s = settings
         self._count = count
         # A long text is tokenised for the size check, its room and its windows: once is enough.
         self._tokens = functools.lru_cache(maxsize=16)(tokenize_text)
         self._text = detokenize
+        self.passages = passages
         self.window = max(MIN_WINDOW_TOKENS, settings.max_prompt_tokens - settings.framing_tokens)
 
     def fits_surely(self, conv: Conversation, limit: int | None = None) -> bool:
@@ -113,30 +161,36 @@ class Windower:
         return self.fits_surely(conv, cap) or self._count(conv) <= cap
 
     def views(self, conv: Conversation) -> list[Conversation]:
+        """The chat-framed views only (see :meth:`plan` for the passages too)."""
+        return self.plan(conv).read
+
+    def plan(self, conv: Conversation) -> ViewPlan:
         self._refuse_oversize(conv)
         system, turns = _split_system(conv)
-        views: list[Conversation] = []
+        out = ViewPlan()
         whole_system = system is None or self._fits(Conversation((system,)), self.window // 2)
         if system is not None and not whole_system:
             # A system prompt too long to frame every view: judged on its own, in windows, and
             # cut to its first half-window of tokens where it frames the others.
-            views.extend(self._alone(None, system.content, whole=False))
+            out.extend(self._alone(None, system.content, whole=False))
             system = Message("system", self._text(self._tokens(system.content)[: self.window // 2]))
-        views.extend(self._decoded(system, turns if whole_system else [conv.messages[0], *turns]))
+        out.extend(self._decoded(system, turns if whole_system else [conv.messages[0], *turns]))
         if len([m for m in turns if m.role == "user"]) > 1:
             # A chat: every user-side turn read on its own, as the probe was calibrated to read
             # requests (a chat read whole shifted its cut; see docs/evaluation.md, shapes).
             for turn in turns:
                 if turn.role == "user" and turn.content.strip():
-                    views.extend(self._alone(system, turn.content))
-            return views
+                    out.extend(self._alone(system, turn.content))
+            return out
         if whole_system and self._fits(conv):
-            return [conv, *views]
-        return [*self._alone(system, turns[-1].content), *views]
+            return ViewPlan([conv, *out.read], out.passages)
+        last = self._alone(system, turns[-1].content)
+        last.extend(out)
+        return last
 
-    def _decoded(self, system: Message | None, turns: Sequence[Message]) -> list[Conversation]:
+    def _decoded(self, system: Message | None, turns: Sequence[Message]) -> ViewPlan:
         """Each user-side turn's readings under an encoding, each judged on its own."""
-        out: list[Conversation] = []
+        out = ViewPlan()
         for turn in turns:
             if turn.role == "assistant":
                 continue
@@ -157,13 +211,33 @@ class Windower:
         taken = len(self._tokens(system.content)) if system is not None else 0
         return max(MIN_WINDOW_TOKENS, self.window - taken)
 
-    def _alone(self, system: Message | None, text: str, *, whole: bool = True) -> list[Conversation]:
-        """``text`` as a user turn after the system prompt: whole when it fits, else in windows."""
+    def _alone(self, system: Message | None, text: str, *, whole: bool = True) -> ViewPlan:
+        """``text`` as a user turn after the system prompt: whole when it fits, else as a long text."""
         head = (system,) if system is not None else ()
         one = Conversation((*head, Message("user", text)))
         if whole and self._fits(one):
-            return [one]
-        return [Conversation((*head, Message("user", c))) for c in self._chunks(text, self._room(system))]
+            return ViewPlan([one])
+        reader = self.passages
+        if reader is None:
+            chunks = self._chunks(text, self._room(system))
+            return ViewPlan([Conversation((*head, Message("user", c))) for c in chunks])
+        edges = [Conversation((*head, Message("user", e))) for e in self._edges(text, self._room(system))]
+        ids = reader.text_ids(text)
+        return ViewPlan(
+            edges, split_passages(ids, reader.enders, reader.window_tokens, reader.overlap_tokens)
+        )
+
+    def _edges(self, text: str, room: int) -> list[str]:
+        """The last paragraph, cut to ``EDGE_TOKENS`` (or the room) from the end: the latest request.
+
+        Only the last: the request probe reads a paragraph of plain prose as a
+        request and can flag it (a budget report's first paragraph scored 0.76,
+        its last 0.86), and a document's question usually follows the document.
+        An instruction before the document is read by the passage probe.
+        """
+        paragraphs = [p for p in _PARAGRAPH.split(text) if p.strip()] or [text]
+        last = self._text(self._tokens(paragraphs[-1])[-min(EDGE_TOKENS, room) :])
+        return [last] if last.strip() else []
 
     def _chunks(self, text: str, room: int) -> list[str]:
         """Overlapping windows of ``text``, ``room`` tokens each, decoded back to text."""

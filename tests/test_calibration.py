@@ -12,6 +12,7 @@ from calib_data import write_data
 from steerguard.calibration.probe import sample_weights
 from steerguard.calibration.selection import fit_probe
 from steerguard.calibration.threshold import choose_threshold
+from steerguard.data import follow_ups
 from steerguard.data.loaders import (
     CALIBRATION,
     HELDOUT,
@@ -257,6 +258,13 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     assert mining["pool"] == mining["scored"] == mining["mined"] == 10
     assert m["splits"]["counts"]["calibration"]["mined"] == 10
     assert 1 <= mining["first_probe_layer"] < tiny_host.loaded_layers
+    assert m["splits"]["counts"]["calibration"]["follow_up"] == len(follow_ups.CALIBRATION)
+    # The passage probe: a layer at or below the probe's, rows from built documents, its
+    # cut recorded and shifted onto the probe's threshold.
+    passage = loaded.passage
+    assert passage is not None and passage.layer <= loaded.probe_layer
+    assert passage.rows is not None and passage.rows["harmful"] > 0 and passage.rows["benign"] > 0
+    assert 0 < passage.cut < 1 and {"passage.weight", "passage.bias"} <= set(loaded.tensors)
     # Same seed, same data: same tensors (created_at aside).
     again = calibrate(data_root, host=tiny_host, config=cfg)
     for k, v in bundle.tensors.items():

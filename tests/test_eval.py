@@ -10,6 +10,7 @@ import pytest
 from calib_data import small_config, write_data
 
 from steerguard.evaluation.baselines import keyword_scores, minilm_dir
+from steerguard.evaluation.config import SHAPES
 from steerguard.evaluation.scoring import operating_points, rate_at_catch
 
 
@@ -63,7 +64,7 @@ def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # ty
         "steered_ppl_ratio<=2",
     }
     assert on_disk["generation"]["exactness"]["all_identical"] is True
-    for shape in ("multi_turn_history", "multi_turn_follow_up", "long_document"):
+    for shape in SHAPES:
         groups = on_disk["shapes"][shape]
         assert set(groups) == {
             "harmful_caught",

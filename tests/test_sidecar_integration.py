@@ -303,17 +303,15 @@ LONG_DOCUMENT = "\n\n".join(
 
 
 async def test_a_long_document_is_judged_not_refused(stack: Stack, http: aiohttp.ClientSession) -> None:
-    """About 3k tokens, over the classifier's 1,024-token window: judged in views instead of a 400.
+    """About 3k tokens, over the classifier's 1,024-token window: judged, found safe, forwarded under block.
 
-    (The middle windows of this plain report score as unsafe with the default bundle: raw document
-    text is not what the request probe was calibrated on; docs/known-limits.md. Under ``flag`` the
-    document is forwarded either way, so this checks the judging, not the probe.)
+    Its question is read alone and every segment end by the passage probe (steerguard.passages).
     """
     text = LONG_DOCUMENT + "\n\nPlease summarise this report in three sentences."
     before = len(bodies_received(stack.chatbot, "Section 59."))
-    async with sidecar(stack, {"default": "flag"}) as url:
+    async with sidecar(stack, {"default": "block"}) as url:
         status, headers, _ = await post(http, url + CHAT, chat(text))
     assert status == 200, headers
-    assert headers["x-steerguard-verdict"] in ("safe", "unsafe") and "x-steerguard-failure" not in headers
-    assert headers["x-steerguard-action"] in ("allow", "flag")
+    assert headers["x-steerguard-verdict"] == "safe" and "x-steerguard-failure" not in headers
+    assert headers["x-steerguard-action"] == "allow"
     assert len(bodies_received(stack.chatbot, "Section 59.")) == before + 1

@@ -17,6 +17,7 @@ from typing import Any
 
 from steerguard.data.loaders import SPLITS, Dataset, load_dir
 from steerguard.data.system_prompts import BUILTIN as BUILTIN_SYSTEM_PROMPTS
+from steerguard.passages import PASSAGE_OVERLAP, PASSAGE_TOKENS
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,18 @@ class CalibrationConfig:
     # Each probe row is also fitted as a copy under one of these system prompts
     # (steerguard.data.system_prompts); empty: the chat template's default only.
     system_prompts: tuple[str, ...] = BUILTIN_SYSTEM_PROMPTS
+    # Follow-up turns (steerguard.data.follow_ups.CALIBRATION) fitted as benign probe rows.
+    follow_ups: bool = True
+    # The passage probe (steerguard.calibration.passages): documents without a harmful
+    # request beside one per harmful prompt; 0 fits none (long texts read in windows only).
+    passage_benign_docs: int = 800
+    passage_copies: int = 2  # documents per harmful prompt, each placing it anew
+    # Layers searched for the passage probe, as fractions of depth (SmolLM2: 16, 13, 10).
+    passage_depths: tuple[float, ...] = (0.55, 0.45, 0.35)
+    passage_tokens: int = PASSAGE_TOKENS
+    passage_overlap: int = PASSAGE_OVERLAP
+    passage_reference_tokens: int = 3000
+    passage_max_document_flagged: float = 0.02
 
     def record(self) -> dict[str, Any]:
         """The settings as the manifest records them (``calibration.config``).

@@ -9,8 +9,12 @@ Steps (each one's *why* lives in its module):
    probe and calibrates its threshold on out-of-fold predictions;
    :mod:`steerguard.calibration.mining` then adds the benign pool prompts that this
    first probe scores highest as hard negatives, and the probe is fitted
-   again at the same layer (threshold included). A softmax category head is
-   fitted on the same standardised state.
+   again at the same layer (threshold included). Follow-up turns
+   (:mod:`steerguard.data.follow_ups`) are benign rows of both fits. A
+   softmax category head is fitted on the same standardised state.
+   :mod:`steerguard.calibration.passages` then fits the passage probe that
+   reads long texts at their segment ends, on documents built from
+   calibration prompts.
 4. :mod:`steerguard.calibration.vectors` computes the residual norms, the difference-of-
    means and contrastive refusal directions, scores layers by vocabulary
    projection (candidates from the probe layer up, which ``auto`` needs to
@@ -42,6 +46,7 @@ import torch
 
 from steerguard import language
 from steerguard.bundle import Bundle
+from steerguard.calibration import passages
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
 from steerguard.calibration.probe import fit_categories
@@ -56,7 +61,7 @@ from steerguard.calibration.vectors import (
     residual_norms,
     vocab_projection,
 )
-from steerguard.data import system_prompts
+from steerguard.data import follow_ups, system_prompts
 from steerguard.data.loaders import CALIBRATION, HARMFUL, XSTEST_TRAIN_TYPES, Dataset, Example
 from steerguard.errors import DataError
 from steerguard.logs import get_logger
@@ -68,6 +73,7 @@ from steerguard.manifest import (
     DataSource,
     Manifest,
     ModelInfo,
+    PassageInfo,
     PolicyInfo,
     ProbeInfo,
     VectorInfo,
@@ -83,6 +89,7 @@ log = get_logger(__name__)
 ALT_MEAN = "alt.refusal_mean"
 ALT_CONTRASTIVE = "alt.refusal_contrastive"
 SYSTEM_COPIES = "every probe row once more, under the system prompt its text hash picks"
+FOLLOW_UP_SOURCE = "builtin:steerguard/data/follow_ups.py"
 
 
 def xstest_family(group: str | None) -> str | None:
@@ -131,6 +138,8 @@ class Run:
     host: ModelHost
     data: Dataset
     calib: list[Example]
+    # Probe rows beyond the calibration split's prompts (follow-up turns), fitted as benign.
+    extra: list[Example] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     states: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [N, H], template rows
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -138,6 +147,7 @@ class Run:
     # the steering search.
     fitted: ProbeFit | None = None
     mining: MiningResult | None = None
+    passage: PassageInfo | None = None
     categories: list[str] = field(default_factory=list)
     category_train_accuracy: float = float("nan")
     found: Vectors | None = None
@@ -213,6 +223,7 @@ def calibrate(
     run = _load(data_dir, model_path, host, config or CalibrationConfig(), dataset)
     probe_rows = _timed(run, "states_s", _read_states, run, since=t0)
     _timed(run, "probe_s", _probe_step, run, probe_rows)
+    _timed(run, "passage_s", _passage_step, run)
     _timed(run, "vectors_s", _vectors, run)
     manifest = _provisional_manifest(run)
     _timed(run, "tune_s", _search, run, manifest)
@@ -243,22 +254,43 @@ def _load(
     calib = data.select(CALIBRATION)
     if not any(e.label == HARMFUL for e in calib) or all(e.label == HARMFUL for e in calib):
         raise DataError("calibration needs both harmful and benign prompts")
-    return Run(cfg, host, data, calib)
+    extra = (
+        [Example(text, 0, FOLLOW_UP_SOURCE, CALIBRATION, "benign") for text in follow_ups.CALIBRATION]
+        if cfg.follow_ups
+        else []
+    )
+    return Run(cfg, host, data, calib, extra)
 
 
 def _read_states(run: Run) -> dict[int, np.ndarray]:
-    """Step 2: last-token states at every layer; returns the probe's rows (copies appended)."""
+    """Step 2: last-token states at every layer; returns the probe's rows.
+
+    In row order: the calibration prompts, their system-prompt copies, then the
+    extra rows and their copies (the order of :func:`_probe_rows`).
+    """
     stacked = run.cached(_convs(run.calib), progress=run.cfg.progress)
     run.states = {layer: stacked[:, layer] for layer in range(run.n_layers)}
-    np_states = {layer: run.states[layer].numpy() for layer in range(run.n_layers)}
-    if not run.copies:
-        return np_states
-    extra = run.cached(
-        _system_convs(run.calib, run.cfg.system_prompts),
-        progress=run.cfg.progress,
-        desc="system-prompt copies",
-    ).numpy()
-    return {layer: np.concatenate([np_states[layer], extra[:, layer]]) for layer in range(run.n_layers)}
+    parts = [stacked.numpy()]
+    if run.copies:
+        parts.append(_copies(run, run.calib, "system-prompt copies"))
+    if run.extra:
+        parts.append(run.cached(_convs(run.extra), progress=False).numpy())
+        if run.copies:
+            parts.append(_copies(run, run.extra, "extra rows' copies"))
+    joined = np.concatenate(parts)
+    return {layer: joined[:, layer] for layer in range(run.n_layers)}
+
+
+def _copies(run: Run, examples: Sequence[Example], desc: str) -> np.ndarray:
+    convs = _system_convs(examples, run.cfg.system_prompts)
+    return run.cached(convs, progress=run.cfg.progress, desc=desc).numpy()
+
+
+def _probe_rows(run: Run, groups: list[str | None] | None) -> ProbeRows:
+    """The rows of step 2's states: the calibration prompts', then the extra rows'."""
+    extra_groups: list[str | None] | None = None if groups is None else [None] * len(run.extra)
+    rows = _rows_of(run, run.calib, groups)
+    return rows + _rows_of(run, run.extra, extra_groups) if run.extra else rows
 
 
 @dataclass
@@ -317,7 +349,7 @@ def _fit_probe(run: Run, states: dict[int, np.ndarray]) -> tuple[ProbeFit, Minin
     groups = [xstest_family(e.group) for e in run.calib]
     mine = cfg.mine_negatives > 0 and bool(run.data.pool)
     # With mining the first fit is replaced, so its family-holdout estimate would be thrown away.
-    first_rows = _rows_of(run, run.calib, None if mine else groups)
+    first_rows = _probe_rows(run, None if mine else groups)
     first = _fit_on(run, {layer: states[layer] for layer in range(1, run.n_layers)}, first_rows)
     if not mine:
         return first, None
@@ -340,7 +372,7 @@ def _fit_probe(run: Run, states: dict[int, np.ndarray]) -> tuple[ProbeFit, Minin
     # layer*, so choosing the layer again with them would be biased against it.
     mined_convs = _convs(mined) + (_system_convs(mined, cfg.system_prompts) if run.copies else [])
     mined_states = run.cached(mined_convs, progress=False, layers=[first.layer])[:, 0].numpy()
-    rows = _rows_of(run, run.calib, groups) + _rows_of(run, mined, [None] * len(mined))
+    rows = _probe_rows(run, groups) + _rows_of(run, mined, [None] * len(mined))
     refit_states = {first.layer: np.concatenate([states[first.layer], mined_states])}
     fit = _fit_on(run, refit_states, rows, first.layer)
     fit.layer_scores = first.layer_scores
@@ -357,6 +389,21 @@ def _probe_step(run: Run, states: dict[int, np.ndarray]) -> None:
     )
     run.tensors.update(fit.probe.tensors("probe"))
     run.categories, run.category_train_accuracy = _category_head(run, fit)
+
+
+def _passage_step(run: Run) -> None:
+    """Step 3b: the passage probe, on documents built from calibration prompts and the pool."""
+    cfg = run.cfg
+    if cfg.passage_benign_docs <= 0:
+        return
+    harmful = [e for e in run.calib if e.label == HARMFUL]
+    ordinary = [e.prompt for e in run.data.pool] or [e.prompt for e in run.calib if e.kind == "benign"]
+    hard = [e.prompt for e in run.calib if e.label != HARMFUL and e.kind != "benign"]
+    docs = passages.documents(harmful, ordinary, hard, cfg)
+    layers = passages.candidate_layers(cfg.passage_depths, run.host.identity.num_layers, run.fit.layer)
+    rows = passages.read_rows(run.host, docs, layers, cfg)
+    run.passage, tensors = passages.fit_passage_probe(rows, cfg, run.fit.threshold.threshold)
+    run.tensors.update(tensors)
 
 
 def _category_head(run: Run, fit: ProbeFit) -> tuple[list[str], float]:
@@ -532,6 +579,8 @@ def _final_bundle(run: Run, manifest: Manifest) -> Bundle:
     counts = run.data.summary()
     if mining is not None and mining.examples:
         counts[CALIBRATION][MINED] = len(mining.examples)
+    if run.extra:
+        counts[CALIBRATION]["follow_up"] = len(run.extra)
     final = replace(
         manifest,
         vectors=_final_vectors(run, vectors, best),
@@ -552,6 +601,7 @@ def _final_bundle(run: Run, manifest: Manifest) -> Bundle:
         },
         metrics=_metrics(run, best),
         languages=_languages(run.calib),
+        passage=run.passage,
         calibration=CalibrationRecord(
             config=run.cfg.record(), timings_s={k: round(v, 1) for k, v in run.timings.items()}
         ),

@@ -50,6 +50,26 @@ def register(subparsers: Any) -> None:
     add_flag(
         p, "--no-cache", action="store_true", default=False, help="recompute activations (no on-disk memo)"
     )
+    _probe_flags(p)
+    add_flag(
+        p,
+        "--target-refusal",
+        type=float,
+        default=DEFAULTS.target_refusal,
+        help="refusal rate the strength search aims for",
+    )
+    add_flag(
+        p,
+        "--max-ppl-ratio",
+        type=float,
+        default=DEFAULTS.max_ppl_ratio,
+        help="largest steered/unsteered perplexity ratio",
+    )
+    p.set_defaults(func=guarded(main))
+
+
+def _probe_flags(p: argparse.ArgumentParser) -> None:
+    """The probe's head and the rows it is fitted on beyond the labelled prompts."""
     add_flag(
         p,
         "--probe",
@@ -79,19 +99,18 @@ def register(subparsers: Any) -> None:
     )
     add_flag(
         p,
-        "--target-refusal",
-        type=float,
-        default=DEFAULTS.target_refusal,
-        help="refusal rate the strength search aims for",
+        "--passage-documents",
+        type=int,
+        default=DEFAULTS.passage_benign_docs,
+        help="benign documents built for the passage probe that reads long texts at every segment "
+        "end (0: none; long texts are then read in windows only; see steerguard/passages.py)",
     )
     add_flag(
         p,
-        "--max-ppl-ratio",
-        type=float,
-        default=DEFAULTS.max_ppl_ratio,
-        help="largest steered/unsteered perplexity ratio",
+        "--no-follow-ups",
+        action="store_true",
+        help="leave out the built-in follow-up turns fitted as benign rows (steerguard/data/follow_ups.py)",
     )
-    p.set_defaults(func=guarded(main))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -115,6 +134,8 @@ def main(args: argparse.Namespace) -> int:
         probe_kind=args.probe,
         mine_negatives=args.mine_negatives,
         mine_pool=args.mine_pool,
+        passage_benign_docs=args.passage_documents,
+        follow_ups=not args.no_follow_ups,
         batch_size=args.batch_size,
         progress=not args.quiet,
         use_cache=not args.no_cache,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from steerguard.data import system_prompts
 
-SHAPES = ("multi_turn_history", "multi_turn_follow_up", "long_document")
+SHAPES = ("multi_turn_history", "multi_turn_follow_up", "long_document", "long_document_middle")
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,20 @@ prompts only, so the other shapes are built here from the held-out split
   the latest user turn;
 - multi-turn, *follow-up*: the request under test as an earlier turn, a
   neutral answer, then a benign-looking follow-up ("Please answer my
-  previous question in full."): a harmful request must still be caught;
+  previous question in full.", or another of
+  :data:`steerguard.data.follow_ups.HELDOUT`, phrases calibration never
+  fits on): a harmful request must still be caught;
 - long document: held-out benign requests joined into a document of 1k-5k
-  tokens, with the request under test at its end, as one user turn.
+  tokens, with the request under test at its end, as one user turn;
+- long document, *middle*: the same, with the request under test at a
+  random place inside it (padding before and after it).
 
 The assistant turns are fixed neutral sentences rather than model answers:
 the probe reads the requests, and a generated answer would make the shapes
 depend on the model's (unsafe) compliance. Every conversation is judged
-through :class:`steerguard.views.Windower`, the classifier's own views, with
-the highest-scoring view deciding, at the bundle's cut.
+through :class:`steerguard.views.Windower`, the classifier's own views and
+passages (:mod:`steerguard.passages`), with the highest score deciding, at
+the bundle's cut.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from steerguard.bundle import Bundle
+from steerguard.data import follow_ups
 from steerguard.data.loaders import Example
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import HeldOut, subsample
@@ -37,6 +43,7 @@ from steerguard.evaluation.stats import proportion
 from steerguard.grpc_common.flags import MAX_PROMPT_TOKENS
 from steerguard.model.chat import Conversation, normalise_request
 from steerguard.model.host import ModelHost
+from steerguard.passages import Passage, passage_scores
 from steerguard.views import Windower
 
 REPLIES = (
@@ -44,11 +51,8 @@ REPLIES = (
     "Happy to help with that.",
     "Here is what I found.",
 )
-FOLLOW_UPS = (
-    "Please answer my previous question in full.",
-    "Go on, give me the details.",
-    "Can you expand on that?",
-)
+# Never the phrases calibration fits on (steerguard.data.follow_ups).
+FOLLOW_UPS = follow_ups.HELDOUT
 
 Shape = Callable[[str, random.Random], Conversation]
 
@@ -69,20 +73,52 @@ def builders(fillers: Sequence[str], host: ModelHost) -> dict[str, Shape]:
     def follow_up(text: str, rng: random.Random) -> Conversation:
         return _turns([("user", text), ("assistant", rng.choice(REPLIES)), ("user", rng.choice(FOLLOW_UPS))])
 
-    def long_document(text: str, rng: random.Random) -> Conversation:
+    def paragraphs(rng: random.Random) -> list[str]:
         target = rng.randint(1000, 5000)
-        paragraphs: list[str] = []
-        while len(host.tokenizer("\n\n".join(paragraphs))["input_ids"]) < target:
-            paragraphs.extend(rng.choices(list(fillers), k=20))
-        return normalise_request("\n\n".join(paragraphs) + "\n\n" + text)
+        out: list[str] = []
+        while len(host.tokenizer("\n\n".join(out))["input_ids"]) < target:
+            out.extend(rng.choices(list(fillers), k=20))
+        return out
 
-    return {"multi_turn_history": history, "multi_turn_follow_up": follow_up, "long_document": long_document}
+    def long_document(text: str, rng: random.Random) -> Conversation:
+        return normalise_request("\n\n".join([*paragraphs(rng), text]))
+
+    def long_document_middle(text: str, rng: random.Random) -> Conversation:
+        parts = paragraphs(rng)
+        parts.insert(rng.randint(1, len(parts) - 1), text)
+        return normalise_request("\n\n".join(parts))
+
+    return {
+        "multi_turn_history": history,
+        "multi_turn_follow_up": follow_up,
+        "long_document": long_document,
+        "long_document_middle": long_document_middle,
+    }
 
 
 def judged(host: ModelHost, bundle: Bundle, convs: Sequence[Conversation], cfg: EvalConfig) -> np.ndarray:
-    """Each conversation's score as the classifier reads it: the max over its views."""
-    windower = Windower.for_host(host, MAX_PROMPT_TOKENS)
-    return max_over_views(host, bundle, [windower.views(c) for c in convs], cfg, "shapes")
+    """Each conversation's score as the classifier reads it: the max over its views and passages."""
+    windower = Windower.for_host(host, MAX_PROMPT_TOKENS, passage=bundle.passage)
+    plans = [windower.plan(c) for c in convs]
+    views = max_over_views(host, bundle, [p.read for p in plans], cfg, "shapes")
+    return np.maximum(views, _passages_max(host, bundle, [p.passages for p in plans], cfg))
+
+
+def _passages_max(
+    host: ModelHost, bundle: Bundle, items: Sequence[Sequence[Passage]], cfg: EvalConfig
+) -> np.ndarray:
+    """Each item's highest passage score (0 without passages), batched as the classifier batches."""
+    best = np.zeros(len(items))
+    info = bundle.passage
+    if info is None:
+        return best
+    flat = [(i, p) for i, ps in enumerate(items) for p in ps]
+    for start in range(0, len(flat), cfg.batch_size):
+        part = flat[start : start + cfg.batch_size]
+        scores = passage_scores(host, bundle.passage_score, info.layer, [p for _, p in part])
+        for (i, _), score in zip(part, scores, strict=True):
+            best[i] = max(best[i], score)
+    return best
 
 
 def _rates(flags: dict[str, list[bool]]) -> dict[str, Any]:
@@ -101,7 +137,11 @@ def shape_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfi
     used = {e.key for g in groups.values() for e in g}
     # A placeholder only when the held-out split has no benign prompt left (tiny test data).
     fillers = [e.prompt for e in held.benign if e.key not in used] or ["What is a good name for a cat?"]
-    out: dict[str, Any] = {"prompts_per_group": n, "threshold": r(bundle.threshold)}
+    out: dict[str, Any] = {
+        "prompts_per_group": n,
+        "threshold": r(bundle.threshold),
+        "passage_probe": bundle.passage is not None,
+    }
     for name, build in builders(fillers, host).items():
         rng = random.Random(f"{cfg.seed}:{name}")
         flags: dict[str, list[bool]] = {}
@@ -114,4 +154,4 @@ def shape_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfi
 
 def _limit(examples: list[Example], shape: str, cfg: EvalConfig) -> list[Example]:
     """Long documents cost thousands of tokens each: a smaller sample of them."""
-    return examples[: cfg.long_document_prompts] if shape == "long_document" else examples
+    return examples[: cfg.long_document_prompts] if shape.startswith("long_document") else examples

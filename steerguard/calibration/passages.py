@@ -1,0 +1,258 @@
+"""Calibration of the passage probe: segment-end states of documents built from calibration prompts.
+
+The shared data sets hold single prompts, so documents are built here,
+deterministically from the seed: four to ten benign prompts from the benign
+pool, in half of them one of calibration's borderline or XSTest-safe prompts
+among them, joined by blank lines, line breaks or spaces, and, in
+``passage_copies`` documents per harmful calibration prompt, that prompt
+inserted at a random place. Every segment end that
+:func:`steerguard.passages.split` reads is a row: the one that ends the
+inserted request is harmful, those inside it are left out, every other is
+benign. Held-out prompts are never used.
+
+The layer is chosen among ``passage_depths`` (fractions of the model's
+depth, none above the probe layer) by grouped out-of-fold AUROC (documents
+never straddle folds), the lowest within ``layer_tolerance`` of the best: a
+passage is read up to its layer, so a lower layer costs less, and long texts
+are where the cost is.
+The cut is chosen on out-of-fold scores so that ordinary benign documents of
+``reference_tokens`` (out-of-fold rows of whole documents without a hard
+negative, pooled in order until they reach that length) are flagged at most
+``max_document_flagged`` of the time.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from steerguard.calibration.config import FIT, CalibrationConfig
+from steerguard.calibration.probe import fit_binary
+from steerguard.calibration.threshold import auroc
+from steerguard.data.loaders import Example
+from steerguard.logs import get_logger
+from steerguard.manifest import PassageInfo
+from steerguard.model.host import ModelHost
+from steerguard.passages import Passage, ender_ids, position_states, split
+
+log = get_logger(__name__)
+
+JOINERS = ("\n\n", "\n\n", "\n", " ")
+UNLABELLED = -1
+
+
+@dataclass
+class Document:
+    text: str
+    request: str | None  # the inserted harmful request, when there is one
+    group: int
+    ordinary: bool = True  # built from ordinary benign prompts only (the cut is chosen on these)
+
+
+@dataclass
+class PassageRows:
+    """Segment-end states per layer, their labels, their documents and each benign document's tokens."""
+
+    states: dict[int, np.ndarray]
+    labels: np.ndarray
+    docs: np.ndarray
+    tokens: dict[int, int]
+
+
+def documents(
+    harmful: Sequence[Example],
+    ordinary: Sequence[str],
+    hard: Sequence[str],
+    cfg: CalibrationConfig,
+) -> list[Document]:
+    """Documents of ordinary benign prompts, with hard negatives mixed into half of them.
+
+    ``passage_copies`` documents per harmful prompt (inserted at random) and
+    ``passage_benign_docs`` without one. The cut is chosen on the benign
+    documents built from ``ordinary`` prompts only: one borderline prompt
+    (``hard``) in nearly every pooled 3k-token document would set the cut by
+    the hardest prompt and not by ordinary text.
+    """
+    rng = random.Random(cfg.seed + 41)
+    texts: list[str | None] = [e.prompt.strip() for e in harmful]
+    requests = texts * cfg.passage_copies + [None] * cfg.passage_benign_docs
+    out: list[Document] = []
+    for i, request in enumerate(requests):
+        plain = i % 2 == 0
+        count = rng.randint(4, 10)
+        if plain or not hard:
+            parts = rng.sample(list(ordinary), count)
+        else:
+            parts = rng.sample(list(ordinary), count - 1) + [rng.choice(list(hard))]
+            rng.shuffle(parts)
+        parts = [p.strip() for p in parts]
+        if request is not None:
+            parts.insert(rng.randint(0, len(parts)), request)
+        out.append(Document(rng.choice(JOINERS).join(parts), request, i, plain or not hard))
+    return out
+
+
+def _labels(host: ModelHost, doc: Document, passages: Sequence[Passage]) -> list[int]:
+    """Each read position's label: 1 ends the request, -1 inside it, 0 elsewhere."""
+    positions = [p.start + q for p in passages for q in p.positions]
+    if doc.request is None:
+        return [0] * len(positions)
+    spans = host.tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    start_char = doc.text.index(doc.request)
+    end_char = start_char + len(doc.request)
+    first = next(i for i, (_a, b) in enumerate(spans) if b > start_char)
+    last = max(i for i, (a, _b) in enumerate(spans) if a < end_char)
+    out: list[int] = []
+    ended = False
+    for e in positions:
+        if first <= e < last:
+            out.append(UNLABELLED)
+        elif last <= e <= last + 2 and not ended:
+            # The segment end at the request's last token, or the break right after it.
+            out.append(1)
+            ended = True
+        else:
+            out.append(0)
+    return out
+
+
+def read_rows(
+    host: ModelHost, docs: Sequence[Document], layers: Sequence[int], cfg: CalibrationConfig
+) -> PassageRows:
+    """Segment-end states at ``layers`` of every document, as the classifier reads them."""
+    from steerguard.passages import text_ids
+
+    enders = ender_ids(host.tokenizer)
+    window, overlap = cfg.passage_tokens, cfg.passage_overlap
+    chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+    labels: list[int] = []
+    owners: list[int] = []
+    tokens: dict[int, int] = {}
+    batch: list[Passage] = []
+    for doc in docs:
+        ids = text_ids(host, doc.text)
+        passages = split(ids, enders, window, overlap)
+        labels.extend(_labels(host, doc, passages))
+        owners.extend([doc.group] * sum(len(p.positions) for p in passages))
+        if doc.request is None and doc.ordinary:
+            tokens[doc.group] = len(ids)
+        batch.extend(passages)
+    for start in range(0, len(batch), cfg.batch_size):
+        part = batch[start : start + cfg.batch_size]
+        states = position_states(host, part, layers)
+        for layer in layers:
+            chunks[layer].append(states[layer].numpy())
+    keep = np.array(labels) != UNLABELLED
+    return PassageRows(
+        {layer: np.concatenate(chunks[layer])[keep] for layer in layers},
+        np.array(labels)[keep],
+        np.array(owners)[keep],
+        tokens,
+    )
+
+
+def _oof(x: np.ndarray, rows: PassageRows, c: float, seed: int) -> np.ndarray:
+    """Out-of-fold scores, documents grouped into folds."""
+    folds = np.array([hash_fold(int(d), FIT.folds, seed) for d in rows.docs])
+    out = np.zeros(len(rows.labels))
+    for f in range(FIT.folds):
+        test = folds == f
+        if not test.any() or len(set(rows.labels[~test].tolist())) < 2:
+            continue
+        probe = fit_binary(x[~test], rows.labels[~test], _balanced(rows.labels[~test]), c=c)
+        out[test] = probe.predict(x[test])
+    return out
+
+
+def hash_fold(doc: int, folds: int, seed: int) -> int:
+    return random.Random(f"{seed}:{doc}").randrange(folds)
+
+
+def _balanced(labels: np.ndarray) -> np.ndarray:
+    w = np.ones(len(labels))
+    for cls in (0, 1):
+        m = labels == cls
+        if m.any():
+            w[m] = len(labels) / (2.0 * m.sum())
+    return w
+
+
+def document_cut(scores: np.ndarray, rows: PassageRows, reference_tokens: int, max_flagged: float) -> float:
+    """The lowest cut that flags at most ``max_flagged`` of benign pseudo-documents of ``reference_tokens``.
+
+    Benign documents' out-of-fold position scores are pooled, in document
+    order, into pseudo-documents of about ``reference_tokens`` tokens; one is
+    flagged when any of its positions reaches the cut.
+    """
+    maxima: list[float] = []
+    best, tokens = -math.inf, 0
+    for doc, n in rows.tokens.items():
+        mine = scores[(rows.docs == doc) & (rows.labels == 0)]
+        best = max(best, float(mine.max()) if len(mine) else -math.inf)
+        tokens += n
+        if tokens >= reference_tokens:
+            maxima.append(best)
+            best, tokens = -math.inf, 0
+    if not maxima:
+        return float(np.max(scores[rows.labels == 0]))
+    maxima.sort(reverse=True)
+    allowed = int(math.floor(max_flagged * len(maxima)))
+    return float(np.nextafter(maxima[allowed], 1.0)) if allowed < len(maxima) else 0.0
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def fit_passage_probe(
+    rows: PassageRows, cfg: CalibrationConfig, probe_threshold: float
+) -> tuple[PassageInfo, dict[str, torch.Tensor]]:
+    """Layer, head and cut of the passage probe, its bias shifted to put the cut at ``probe_threshold``."""
+    selection = []
+    oof: dict[int, np.ndarray] = {}
+    for layer in sorted(rows.states):
+        oof[layer] = _oof(rows.states[layer], rows, cfg.probe_c, cfg.seed)
+        selection.append({"layer": layer, "auroc": round(auroc(rows.labels, oof[layer]), 6)})
+    top = max(s["auroc"] for s in selection)
+    layer = min(int(s["layer"]) for s in selection if s["auroc"] >= top - FIT.layer_tolerance)
+    scores = oof[layer]
+    cut = document_cut(scores, rows, cfg.passage_reference_tokens, cfg.passage_max_document_flagged)
+    x = rows.states[layer]
+    probe = fit_binary(x, rows.labels, _balanced(rows.labels), c=cfg.probe_c)
+    shift = _logit(probe_threshold) - _logit(cut)
+    tensors = {
+        "passage.mean": torch.from_numpy(probe.mean),
+        "passage.std": torch.from_numpy(probe.std),
+        "passage.weight": torch.from_numpy(np.ascontiguousarray(probe.weight, dtype=np.float32)),
+        "passage.bias": torch.tensor([float(probe.bias[0]) + shift], dtype=torch.float32),
+    }
+    info = PassageInfo(
+        layer=layer,
+        cut=round(cut, 6),
+        window_tokens=cfg.passage_tokens,
+        overlap_tokens=cfg.passage_overlap,
+        reference_tokens=cfg.passage_reference_tokens,
+        max_document_flagged=cfg.passage_max_document_flagged,
+        recall=round(float((scores[rows.labels == 1] >= cut).mean()), 6),
+        position_flagged=round(float((scores[rows.labels == 0] >= cut).mean()), 6),
+        auroc=round(auroc(rows.labels, scores), 6),
+        rows={
+            "harmful": int((rows.labels == 1).sum()),
+            "benign": int((rows.labels == 0).sum()),
+            "documents": len(set(rows.docs.tolist())),
+        },
+        layer_selection=selection,
+    )
+    log.info("passage probe", layer=layer, cut=info.cut, recall=info.recall, auroc=info.auroc)
+    return info, tensors
+
+
+def candidate_layers(depths: Sequence[float], num_layers: int, probe_layer: int) -> list[int]:
+    """Layers at these fractions of the model's depth, none above the probe layer (served with it)."""
+    return sorted({min(probe_layer, max(0, int(d * num_layers))) for d in depths})

@@ -1,0 +1,148 @@
+"""Long texts read at every segment end: the passage probe.
+
+Why: the probe reads one state, the last prompt token's, and that state
+summarises the end of the prompt. A long text read in windows of 256-1,024
+tokens hid a harmful request placed in the middle: on calibration data, a
+probe refitted on such windows' last-token states separated the windows that
+held one from those that did not with an AUROC of 0.61-0.66, at any layer;
+the default probe caught 0 of 24 requests in the middle of a 1k-4k-token
+document. The state *at the end of the request itself*, inside the text,
+separates them: AUROC 0.985 at layer 13 on 1,262 segment ends of documents
+built from calibration prompts (grouped 5-fold; see docs/evaluation.md).
+
+So a text too long for one view is also read as *passages*: windows of raw
+text tokens (no chat framing), each read once up to the passage layer, and
+the passage probe (``passage.*`` in the bundle) scores the state at every
+segment end (a token that holds ``.``, ``?``, ``!``, ``;``, ``:`` or a line
+break, and at least every ``MAX_GAP`` tokens). A passage's score is its
+highest; each segment end is read in one window only, with at least the
+overlap's worth of text before it (the first window's excepted). Calibration
+shifts the passage head's bias so its cut is the probe's threshold: a
+passage's score compares with any view's (:class:`~steerguard.manifest.PassageInfo`).
+
+Cost is one forward pass per window up to the passage layer: linear in length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # light at import: the views and the classifier's config read this module
+    import torch
+
+    from steerguard.model.host import ModelHost
+
+# Text tokens per passage window, and the text read again at the start of the next one.
+PASSAGE_TOKENS = 512
+PASSAGE_OVERLAP = 64
+# A text with no punctuation is still read at least this often.
+MAX_GAP = 48
+ENDERS = (".", "?", "!", ";", ":", "\n", "。", "？", "！")
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One window of raw text tokens and the indices whose states the passage probe reads."""
+
+    ids: tuple[int, ...]
+    positions: tuple[int, ...]
+    start: int = 0  # where the window starts in its text's tokens (calibration labels by it)
+
+    def key(self) -> str:
+        """The sha256 the verdict cache keys a passage on: its tokens and where they are read.
+
+        The hashed text starts with ``passage|``, which no conversation digest hashes.
+        """
+        raw = "passage|" + ",".join(map(str, self.ids)) + "|" + ",".join(map(str, self.positions))
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def ender_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of tokens whose text ends a segment (computed once per tokenizer)."""
+    vocab = tokenizer.get_vocab()
+    out = set()
+    for _, i in vocab.items():
+        text = tokenizer.decode([i])
+        if any(e in text for e in ENDERS):
+            out.add(int(i))
+    return frozenset(out)
+
+
+def segment_ends(ids: Sequence[int], enders: frozenset[int]) -> list[int]:
+    """Indices of segment ends: ender tokens, one at least every ``MAX_GAP`` tokens, and the last."""
+    out: list[int] = []
+    last = -1
+    for i, t in enumerate(ids):
+        if t in enders or i - last >= MAX_GAP:
+            out.append(i)
+            last = i
+    if ids and (not out or out[-1] != len(ids) - 1):
+        out.append(len(ids) - 1)
+    return out
+
+
+def split(
+    ids: Sequence[int],
+    enders: frozenset[int],
+    window: int = PASSAGE_TOKENS,
+    overlap: int = PASSAGE_OVERLAP,
+) -> list[Passage]:
+    """Overlapping windows of ``ids``; every segment end read in exactly one of them.
+
+    A segment end belongs to the last window that has at least ``overlap``
+    tokens before it (the first window owns the text's start).
+    """
+    overlap = min(overlap, window // 2)
+    step = window - overlap
+    owned: dict[int, list[int]] = {}
+    for e in segment_ends(ids, enders):
+        k = max(0, (e - overlap) // step)
+        owned.setdefault(k, []).append(e - k * step)
+    return [
+        Passage(tuple(ids[k * step : k * step + window]), tuple(positions), k * step)
+        for k, positions in sorted(owned.items())
+    ]
+
+
+def position_states(
+    host: ModelHost, passages: Sequence[Passage], layers: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """{layer: [positions, H]} states at every passage's read positions, in passage order."""
+    from steerguard.model.activations import reduced_states
+
+    batch = host.pad([list(p.ids) for p in passages])
+    width = batch.input_ids.shape[1]
+    rows = [i for i, p in enumerate(passages) for _ in p.positions]
+    cols = [width - len(p.ids) + q for p in passages for q in p.positions]
+
+    def gather(hidden: torch.Tensor) -> torch.Tensor:
+        return hidden[rows, cols, :]
+
+    return reduced_states(host, batch, layers, reduce=gather)
+
+
+def passage_scores(
+    host: ModelHost, score: Callable[[torch.Tensor], torch.Tensor], layer: int, passages: Sequence[Passage]
+) -> list[float]:
+    """Each passage's highest segment-end score under ``score`` (the bundle's passage head)."""
+    if not passages:
+        return []
+    values = score(position_states(host, passages, [layer])[layer])
+    out: list[float] = []
+    at = 0
+    for p in passages:
+        out.append(float(values[at : at + len(p.positions)].max()))
+        at += len(p.positions)
+    return out
+
+
+def text_ids(host: ModelHost, text: str) -> list[int]:
+    """``text``'s raw tokens, chat-template tokens typed into it made plain (as the views read it)."""
+    from steerguard.messages import Message
+    from steerguard.model.chat import Conversation, neutralise
+
+    plain = neutralise(Conversation((Message("user", text),)), host.special_tokens).messages[0].content
+    return [int(i) for i in host.tokenizer(plain, add_special_tokens=False)["input_ids"]]

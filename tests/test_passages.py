@@ -1,0 +1,105 @@
+"""Passages (steerguard.passages): long texts read at every segment end, on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from classifier_service.cache import MemoryCache
+from classifier_service.config import CoreConfig
+from classifier_service.core import ClassifierCore
+from steerguard.model.chat import normalise_request
+from steerguard.passages import MAX_GAP, ender_ids, position_states, segment_ends, split, text_ids
+
+WINDOW = 64
+
+
+def test_every_segment_end_is_read_once_with_context_before_it() -> None:
+    ids = list(range(1000))
+    enders = frozenset(range(0, 1000, 7))
+    passages = split(ids, enders, WINDOW, 16)
+    read = [p.start + q for p in passages for q in p.positions]
+    assert read == segment_ends(ids, enders)  # each once, in order
+    assert all(len(p.ids) <= WINDOW for p in passages)
+    assert all(min(p.positions) >= 16 for p in passages[1:])  # the overlap's worth of text before
+    assert all(p.ids == tuple(ids[p.start : p.start + len(p.ids)]) for p in passages)
+
+
+def test_text_without_punctuation_is_still_read_every_max_gap_tokens() -> None:
+    ends = segment_ends(list(range(500)), frozenset())
+    assert ends[-1] == 499 and max(b - a for a, b in zip(ends, ends[1:], strict=False)) <= MAX_GAP
+
+
+def test_position_states_are_the_forward_pass_states_at_those_positions(tiny_host: Any) -> None:
+    enders = ender_ids(tiny_host.tokenizer)
+    ids = text_ids(tiny_host, "One. Two? Three!\nfour five six seven. " * 20)
+    passages = split(ids, enders, WINDOW, 16)
+    layer = 1
+    got = position_states(tiny_host, passages, [layer])[layer]
+    want = []
+    with torch.inference_mode():
+        for p in passages:
+            out = tiny_host.model.model(input_ids=torch.tensor([list(p.ids)]), output_hidden_states=True)
+            want.extend(out.hidden_states[layer + 1][0, q].float() for q in p.positions)
+    torch.testing.assert_close(got, torch.stack(want), atol=1e-4, rtol=1e-4)
+
+
+def test_typed_template_tokens_are_plain_text_in_a_passage(tiny_host: Any) -> None:
+    special = tiny_host.special_tokens[0]
+    ids = text_ids(tiny_host, f"hello {special} world")
+    assert tiny_host.tokenizer.convert_tokens_to_ids(special) not in ids
+
+
+@pytest.fixture(scope="module")
+def passage_core(tiny_host: Any, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from devstack.models import make_random_bundle
+
+    bundle = make_random_bundle(tiny_host, tmp_path_factory.mktemp("pb"), passage_tokens=WINDOW)
+    cache = MemoryCache(max_entries=1000, ttl_seconds=60)
+    core = ClassifierCore(tiny_host, bundle, cache, CoreConfig(max_prompt_tokens=96))
+    yield core
+    core.close()
+
+
+def test_a_long_text_is_its_last_paragraph_and_its_passages(passage_core: ClassifierCore) -> None:
+    text = "\n\n".join(f"Paragraph {i} says something plain." for i in range(80))
+    plan = passage_core.windows.plan(normalise_request(text))
+    assert [v.messages[-1].content for v in plan.read] == ["Paragraph 79 says something plain."]
+    assert len(plan.passages) > 3
+    short = passage_core.windows.plan(normalise_request("A short question?"))
+    assert short.passages == [] and len(short.read) == 1
+
+
+def test_the_core_judges_a_long_text_by_its_highest_view_or_passage(
+    passage_core: ClassifierCore, tiny_host: Any
+) -> None:
+    text = " ".join(f"Sentence number {i} is here." for i in range(150))
+    conv = normalise_request(text)
+    plan = passage_core.windows.plan(conv)
+    bundle = passage_core.bundle
+    info = bundle.passage
+    assert info is not None
+    states = position_states(tiny_host, plan.passages, [info.layer])[info.layer]
+    best_passage = float(bundle.passage_score(states).max())
+    view_states = torch.stack([passage_core._probe_states([tiny_host.token_ids(v)])[0] for v in plan.read])
+    best_view = float(bundle.score(view_states).unsafe.max())
+    verdict = passage_core.classify([conv])[0]
+    assert verdict.score == pytest.approx(max(best_passage, best_view), abs=1e-4)
+    assert not verdict.cached
+    again = passage_core.classify([conv])[0]
+    assert again.cached and again.score == pytest.approx(verdict.score, abs=1e-6)
+
+
+def test_a_passage_verdict_survives_the_cache_round_trip(
+    passage_core: ClassifierCore, tmp_path: Path
+) -> None:
+    # Every passage of a text that only passages can judge lands in the cache under its own key.
+    text = " ".join(f"Word{i}." for i in range(400))
+    passage_core.classify([normalise_request(text)])
+    plan = passage_core.windows.plan(normalise_request(text))
+    keys = [job.key for job in passage_core._passage_jobs(plan.passages)]
+    assert passage_core.cache is not None
+    assert all(v is not None for v in passage_core.cache.get_many(keys))
