@@ -55,7 +55,7 @@ def load(tiny: bool) -> tuple[ModelHost, Bundle]:
 
     folder = Path(tempfile.mkdtemp())
     host = ModelHost.load(make_tiny_llama(folder / "model"))
-    return host, make_random_bundle(host, folder / "bundle")
+    return host, make_random_bundle(host, folder / "bundle", passage_tokens=128)
 
 
 def measure(rounds: int, tiny: bool) -> dict[str, object]:
