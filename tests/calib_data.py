@@ -97,8 +97,6 @@ def small_config(**overrides: Any) -> CalibrationConfig:
         "progress": False,
         "use_cache": False,
         "system_prompts": (),  # copies are covered by tests/test_system_prompts.py
-        "passage_benign_docs": 40,
-        "passage_copies": 1,
     }
     settings.update(overrides)
     return CalibrationConfig(**settings)
