@@ -36,6 +36,11 @@ def _drop_none(values: Mapping[str, Any]) -> Record:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _fields_record(entry: Any) -> Record:
+    """A manifest entry's fields as JSON, the unset ones left out."""
+    return _drop_none({f.name: getattr(entry, f.name) for f in fields(entry)})
+
+
 def _known(cls: type, data: Mapping[str, Any], where: str) -> Record:
     """``data`` restricted to ``cls``'s fields; a missing required field is a BundleError."""
     names = {f.name for f in fields(cls)}
@@ -89,7 +94,7 @@ class ProbeInfo:
     system_prompts: Record | None = None
 
     def to_dict(self) -> Record:
-        return _drop_none({f.name: getattr(self, f.name) for f in fields(self)})
+        return _fields_record(self)
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ class PassageInfo:
     layer_selection: list[Record] | None = None
 
     def to_dict(self) -> Record:
-        return _drop_none({f.name: getattr(self, f.name) for f in fields(self)})
+        return _fields_record(self)
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,7 @@ class VectorInfo:
         return cls(**known)
 
     def to_dict(self) -> Record:
-        out = _drop_none({f.name: getattr(self, f.name) for f in fields(self)})
+        out = _fields_record(self)
         out["layers"] = list(self.layers)
         return out
 
