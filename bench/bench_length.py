@@ -1,9 +1,8 @@
 """Cost of length: classifying a 4k-token prompt against a 512-token one, side by side in one run.
 
 A prompt longer than the model's window is judged in views (steerguard.views):
-with the default bundle, its first and last paragraph read alone and its
-passages read at every segment end by the passage probe, up to the passage
-layer (steerguard.passages). Reported: median wall time of a cache-miss
+with the default bundle, its passages read at every segment end by the
+passage probe, up to the passage layer (steerguard.passages). Reported: median wall time of a cache-miss
 classification at each length (interleaved rounds, fresh text each time so
 the verdict cache never answers), the ratio, and the views and passages each
 length took. Target: 4k costs at most 5x 512.

@@ -59,11 +59,11 @@ class _Flight:
 
 @dataclass(frozen=True)
 class _Job:
-    """One view (read at its last token by the probe) or one passage (read at ``positions``)."""
+    """One view (read at its last token by the probe) or one passage (read by the passage probe)."""
 
     key: str
     token_ids: list[int]
-    positions: tuple[int, ...] | None = None
+    passage: Passage | None = None
 
 
 @dataclass
@@ -249,7 +249,7 @@ class ClassifierCore:
             if key not in missing or key in jobs:
                 continue
             if view.passage is not None:
-                jobs[key] = _Job(key, list(view.passage.ids), view.passage.positions)
+                jobs[key] = _Job(key, list(view.passage.ids), view.passage)
                 continue
             assert view.conv is not None, "a view is a conversation or a passage"
             ids = self._token_ids(view.conv)
@@ -350,8 +350,8 @@ class ClassifierCore:
 
     def _run_batch(self, jobs: list[_Job]) -> list[Verdict]:
         started = time.perf_counter()
-        views = [i for i, job in enumerate(jobs) if job.positions is None]
-        passages = [i for i, job in enumerate(jobs) if job.positions is not None]
+        views = [i for i, job in enumerate(jobs) if job.passage is None]
+        passages = [i for i, job in enumerate(jobs) if job.passage is not None]
         verdicts: list[Verdict | None] = [None] * len(jobs)
         if views:
             states = self._probe_states([jobs[i].token_ids for i in views])
@@ -374,7 +374,7 @@ class ClassifierCore:
         """
         info = self.bundle.passage
         assert info is not None, "passages are planned only for a bundle with a passage probe"
-        rows = [Passage(tuple(j.token_ids), j.positions or ()) for j in jobs]
+        rows = [j.passage for j in jobs if j.passage is not None]
         scores = passage_scores(self.host, self.bundle.passage_score, info.layer, rows)
         cut, bid = self.bundle.threshold, self.bundle.bundle_id
         return [Verdict(s, s >= cut, "", {}, cut, bid) for s in scores]

@@ -97,9 +97,9 @@ def make_random_bundle(
     if passage_tokens is not None:
         tensors.update(
             {
-                "passage.mean": torch.zeros(h),
-                "passage.std": torch.ones(h),
-                "passage.weight": torch.randn(h, generator=g) * 0.1,
+                "passage.mean": torch.zeros(2 * h),
+                "passage.std": torch.ones(2 * h),
+                "passage.weight": torch.randn(2 * h, generator=g) * 0.1,
                 "passage.bias": torch.zeros(1),
             }
         )

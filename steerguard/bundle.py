@@ -16,9 +16,10 @@ Tensors:
   probe).
 - ``category.weight`` ``[C, H]``, ``category.bias`` ``[C]``: softmax category
   head on the same standardised state; row order = ``manifest.categories``.
-- ``passage.mean``/``passage.std``/``passage.weight`` ``[H]``,
+- ``passage.mean``/``passage.std``/``passage.weight`` ``[2H]``,
   ``passage.bias`` ``[1]`` (when ``manifest.passage`` is set): the passage
-  probe, a logistic head on segment-end states of long texts at
+  probe, a logistic head on segment ends of long texts (the end's state and
+  its segment's mean state) at
   ``manifest.passage.layer`` (:mod:`steerguard.passages`); its bias puts its
   cut at the probe's threshold.
 - ``vector.<name>`` ``[L, H]``: unit steering direction per layer for
@@ -161,9 +162,22 @@ class Bundle:
         missing = [k for k in need if k not in self.tensors]
         if missing:
             raise BundleError(f"bundle lacks tensors: {', '.join(missing)}")
+        self._validate_passage()
         for name in self.vector_names:
             if f"vector.{name}" not in self.tensors:
                 raise BundleError(f"bundle lacks vector {name!r}")
+
+    def _validate_passage(self) -> None:
+        """A passage head reads a segment end's state and its segment's mean side by side."""
+        if self.manifest.passage is None:
+            return
+        width = 2 * self.tensors["probe.mean"].numel()
+        if self.tensors["passage.weight"].numel() != width:
+            raise BundleError(
+                f"the passage probe reads {self.tensors['passage.weight'].numel()} features, not "
+                f"{width} (a segment end's state and its segment's mean); "
+                "recalibrate with 'steerguard calibrate'"
+            )
 
     # -- identity -------------------------------------------------------------
 
@@ -223,7 +237,11 @@ class Bundle:
         return self.manifest.passage
 
     def passage_score(self, states: torch.Tensor) -> torch.Tensor:
-        """Unsafe scores ``[N]`` of segment-end states at the passage layer, on the probe's scale."""
+        """Unsafe scores ``[N]`` of segment ends at the passage layer, on the probe's scale.
+
+        ``states``: ``[N, 2H]``, each end's state then its segment's mean
+        (:func:`steerguard.passages.position_states`).
+        """
         t = self.tensors
         z = (states.float() - t["passage.mean"]) / t["passage.std"]
         return torch.sigmoid(z @ t["passage.weight"] + t["passage.bias"])

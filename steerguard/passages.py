@@ -12,9 +12,15 @@ built from calibration prompts (grouped 5-fold; see docs/evaluation.md).
 
 So a text too long for one view is also read as *passages*: windows of raw
 text tokens (no chat framing), each read once up to the passage layer, and
-the passage probe (``passage.*`` in the bundle) scores the state at every
-segment end (a token that holds ``.``, ``?``, ``!``, ``;``, ``:`` or a line
-break, and at least every ``MAX_GAP`` tokens). A passage's score is its
+the passage probe (``passage.*`` in the bundle) scores every segment end (a
+token that holds ``.``, ``?``, ``!``, ``;``, ``:`` or a line break, and at
+least every ``MAX_GAP`` tokens) by two states side by side: the state at the
+end, and the mean of the states over the segment it ends. The end's state
+carries what the text has said so far; the segment's mean carries what this
+sentence says, which is what tells a request inside a benign document apart
+(out-of-fold AUROC 0.993 -> 0.997 at layer 13 on calibration documents, and
+at the cut that flags no ordinary document, 63% -> 79% of inserted requests
+caught; docs/calibration.md). A passage's score is its
 highest; each segment end is read in one window only, with at least the
 overlap's worth of text before it (the first window's excepted). Calibration
 shifts the passage head's bias so its cut is the probe's threshold: a
@@ -49,14 +55,16 @@ class Passage:
 
     ids: tuple[int, ...]
     positions: tuple[int, ...]
+    starts: tuple[int, ...]  # where each position's segment begins in the window
     start: int = 0  # where the window starts in its text's tokens (calibration labels by it)
 
     def key(self) -> str:
-        """The sha256 the verdict cache keys a passage on: its tokens and where they are read.
+        """The sha256 the verdict cache keys a passage on: its tokens and the segments read.
 
         The hashed text starts with ``passage|``, which no conversation digest hashes.
         """
-        raw = "passage|" + ",".join(map(str, self.ids)) + "|" + ",".join(map(str, self.positions))
+        spans = ",".join(f"{a}-{b}" for a, b in zip(self.starts, self.positions, strict=True))
+        raw = "passage|" + ",".join(map(str, self.ids)) + "|" + spans
         return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -97,29 +105,51 @@ def split(
     """
     overlap = min(overlap, window // 2)
     step = window - overlap
-    owned: dict[int, list[int]] = {}
+    owned: dict[int, list[tuple[int, int]]] = {}
+    begin = 0
     for e in segment_ends(ids, enders):
         k = max(0, (e - overlap) // step)
-        owned.setdefault(k, []).append(e - k * step)
+        owned.setdefault(k, []).append((max(0, begin - k * step), e - k * step))
+        begin = e + 1
     return [
-        Passage(tuple(ids[k * step : k * step + window]), tuple(positions), k * step)
-        for k, positions in sorted(owned.items())
+        Passage(
+            tuple(ids[k * step : k * step + window]),
+            tuple(e for _, e in spans),
+            tuple(b for b, _ in spans),
+            k * step,
+        )
+        for k, spans in sorted(owned.items())
     ]
 
 
 def position_states(
     host: ModelHost, passages: Sequence[Passage], layers: Sequence[int]
 ) -> dict[int, torch.Tensor]:
-    """{layer: [positions, H]} states at every passage's read positions, in passage order."""
+    """{layer: [positions, 2H]} what the passage probe reads, in passage order.
+
+    Per segment end: the state at the end, then the mean state over its
+    segment (``starts[i]`` to ``positions[i]``, both included).
+    """
+    import torch
+
     from steerguard.model.activations import reduced_states
 
     batch = host.pad([list(p.ids) for p in passages])
     width = batch.input_ids.shape[1]
+    real = batch.attention_mask.to(torch.float64)[..., None]  # left padding adds nothing to a mean
     rows = [i for i, p in enumerate(passages) for _ in p.positions]
-    cols = [width - len(p.ids) + q for p in passages for q in p.positions]
+    ends = [width - len(p.ids) + q for p in passages for q in p.positions]
+    begins = [width - len(p.ids) + b for p in passages for b in p.starts]
 
     def gather(hidden: torch.Tensor) -> torch.Tensor:
-        return hidden[rows, cols, :]
+        # total[:, j] sums the states before j, in float64 so differences keep their digits
+        total = torch.nn.functional.pad(
+            (hidden.double() * real.to(hidden.device)).cumsum(dim=1), (0, 0, 1, 0)
+        )
+        sums = total[rows, [e + 1 for e in ends], :] - total[rows, begins, :]
+        counts = torch.tensor([e + 1 - b for b, e in zip(begins, ends, strict=True)], dtype=torch.float64)
+        means = (sums / counts[:, None].to(sums.device)).to(hidden.dtype)
+        return torch.cat([hidden[rows, ends, :], means], dim=1)
 
     return reduced_states(host, batch, layers, reduce=gather)
 

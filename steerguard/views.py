@@ -17,12 +17,15 @@ unsafe view makes the request unsafe):
   across a chat's requests, so the verdict cache answers them after the
   first time;
 - a text too long for one view (a single request, a turn, a system
-  prompt): with a bundle that has a passage probe, its last paragraph (up to
-  ``EDGE_TOKENS``) read alone after the system prompt, where the question
-  after a pasted document sits, plus its *passages*: every segment end read
-  by the passage probe (:mod:`steerguard.passages`), so a request anywhere
-  else is judged too; without one, overlapping windows of tokens, each after
-  the system prompt;
+  prompt): with a bundle that has a passage probe, its *passages*, every
+  segment end read by the passage probe in the text before it
+  (:mod:`steerguard.passages`), so a request anywhere in the text, its end
+  included, is judged in context as the chatbot reads it; without one,
+  overlapping windows of tokens, each after the system prompt. No part of a
+  long text is read alone by the request probe: it reads a paragraph of
+  plain prose as a request and flags it (the last paragraph of a budget
+  report scored 0.86, cut 0.315), so a pasted document that ends without a
+  question was blocked (docs/known-limits.md);
 - every reading of a turn that an encoding hides (base64, rot13, reversed
   text, leetspeak; :mod:`steerguard.decoding`), on its own.
 
@@ -37,7 +40,6 @@ tokenizer runs when its byte length already says so.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,9 +58,6 @@ MAX_TOTAL_TOKENS = 32768
 OVERLAP_TOKENS = 64
 # Readings judged per turn (a text rarely reads as language under more than one encoding).
 MAX_READINGS = 2
-# The last paragraph of a long text is read alone up to this many tokens.
-EDGE_TOKENS = 256
-_PARAGRAPH = re.compile(r"\n\s*\n")
 
 
 @dataclass(frozen=True)
@@ -221,23 +220,8 @@ class Windower:
         if reader is None:
             chunks = self._chunks(text, self._room(system))
             return ViewPlan([Conversation((*head, Message("user", c))) for c in chunks])
-        edges = [Conversation((*head, Message("user", e))) for e in self._edges(text, self._room(system))]
         ids = reader.text_ids(text)
-        return ViewPlan(
-            edges, split_passages(ids, reader.enders, reader.window_tokens, reader.overlap_tokens)
-        )
-
-    def _edges(self, text: str, room: int) -> list[str]:
-        """The last paragraph, cut to ``EDGE_TOKENS`` (or the room) from the end: the latest request.
-
-        Only the last: the request probe reads a paragraph of plain prose as a
-        request and can flag it (a budget report's first paragraph scored 0.76,
-        its last 0.86), and a document's question usually follows the document.
-        An instruction before the document is read by the passage probe.
-        """
-        paragraphs = [p for p in _PARAGRAPH.split(text) if p.strip()] or [text]
-        last = self._text(self._tokens(paragraphs[-1])[-min(EDGE_TOKENS, room) :])
-        return [last] if last.strip() else []
+        return ViewPlan([], split_passages(ids, reader.enders, reader.window_tokens, reader.overlap_tokens))
 
     def _chunks(self, text: str, room: int) -> list[str]:
         """Overlapping windows of ``text``, ``room`` tokens each, decoded back to text."""

@@ -11,7 +11,8 @@ import torch
 from classifier_service.cache import MemoryCache
 from classifier_service.config import CoreConfig
 from classifier_service.core import ClassifierCore
-from steerguard.model.chat import normalise_request
+from steerguard.messages import Message
+from steerguard.model.chat import Conversation, normalise_request
 from steerguard.passages import MAX_GAP, ender_ids, position_states, segment_ends, split, text_ids
 
 WINDOW = 64
@@ -28,22 +29,38 @@ def test_every_segment_end_is_read_once_with_context_before_it() -> None:
     assert all(p.ids == tuple(ids[p.start : p.start + len(p.ids)]) for p in passages)
 
 
+def test_each_segment_starts_after_the_previous_end_or_at_its_window() -> None:
+    ids = list(range(1000))
+    enders = frozenset(range(0, 1000, 7))
+    ends = segment_ends(ids, enders)
+    previous = {e: (ends[i - 1] + 1 if i else 0) for i, e in enumerate(ends)}
+    for p in split(ids, enders, WINDOW, 16):
+        for b, q in zip(p.starts, p.positions, strict=True):
+            assert b == max(0, previous[p.start + q] - p.start) and b <= q
+
+
 def test_text_without_punctuation_is_still_read_every_max_gap_tokens() -> None:
     ends = segment_ends(list(range(500)), frozenset())
     assert ends[-1] == 499 and max(b - a for a, b in zip(ends, ends[1:], strict=False)) <= MAX_GAP
 
 
-def test_position_states_are_the_forward_pass_states_at_those_positions(tiny_host: Any) -> None:
+def test_position_states_are_the_end_state_and_segment_mean_of_the_forward_pass(tiny_host: Any) -> None:
+    # Passages of unequal length share a left-padded batch; padding must not reach any mean.
     enders = ender_ids(tiny_host.tokenizer)
     ids = text_ids(tiny_host, "One. Two? Three!\nfour five six seven. " * 20)
     passages = split(ids, enders, WINDOW, 16)
+    assert len({len(p.ids) for p in passages}) > 1
     layer = 1
     got = position_states(tiny_host, passages, [layer])[layer]
     want = []
     with torch.inference_mode():
         for p in passages:
             out = tiny_host.model.model(input_ids=torch.tensor([list(p.ids)]), output_hidden_states=True)
-            want.extend(out.hidden_states[layer + 1][0, q].float() for q in p.positions)
+            hidden = out.hidden_states[layer + 1][0].float()
+            want.extend(
+                torch.cat([hidden[q], hidden[b : q + 1].mean(0)])
+                for b, q in zip(p.starts, p.positions, strict=True)
+            )
     torch.testing.assert_close(got, torch.stack(want), atol=1e-4, rtol=1e-4)
 
 
@@ -64,11 +81,11 @@ def passage_core(tiny_host: Any, tmp_path_factory: pytest.TempPathFactory):  # t
     core.close()
 
 
-def test_a_long_text_is_its_last_paragraph_and_its_passages(passage_core: ClassifierCore) -> None:
+def test_a_long_text_is_read_as_passages_only(passage_core: ClassifierCore) -> None:
+    # Its end included: the request probe would read a closing paragraph of prose as a request.
     text = "\n\n".join(f"Paragraph {i} says something plain." for i in range(80))
     plan = passage_core.windows.plan(normalise_request(text))
-    assert [v.messages[-1].content for v in plan.read] == ["Paragraph 79 says something plain."]
-    assert len(plan.passages) > 3
+    assert plan.read == [] and len(plan.passages) > 3
     short = passage_core.windows.plan(normalise_request("A short question?"))
     assert short.passages == [] and len(short.read) == 1
 
@@ -76,9 +93,11 @@ def test_a_long_text_is_its_last_paragraph_and_its_passages(passage_core: Classi
 def test_the_core_judges_a_long_text_by_its_highest_view_or_passage(
     passage_core: ClassifierCore, tiny_host: Any
 ) -> None:
+    # A chat: its short question is a view, its long pasted turn is passages.
     text = " ".join(f"Sentence number {i} is here." for i in range(150))
-    conv = normalise_request(text)
+    conv = Conversation((Message("user", text), Message("assistant", "Noted."), Message("user", "Now what?")))
     plan = passage_core.windows.plan(conv)
+    assert plan.read and plan.passages
     bundle = passage_core.bundle
     info = bundle.passage
     assert info is not None

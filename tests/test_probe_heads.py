@@ -108,3 +108,11 @@ def test_bundle_rejects_broken_probe_heads(tiny_host, tmp_path: Path) -> None:  
         Bundle(unknown, base.tensors)
     with pytest.raises(ValueError, match="unknown probe kind"):
         ProbeSpec(kind="forest").fit(np.zeros((4, 2)), np.array([0, 1, 0, 1]))
+
+
+def test_bundle_rejects_a_passage_head_that_reads_only_the_end_state(tiny_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base = make_random_bundle(tiny_host, tmp_path / "b", passage_tokens=64)
+    h = tiny_host.identity.hidden_size
+    old = {**base.tensors, "passage.weight": base.tensors["passage.weight"][:h]}
+    with pytest.raises(BundleError, match="segment's mean"):
+        Bundle(base.manifest, old)

@@ -72,10 +72,13 @@ class CalibrationConfig:
     follow_ups: bool = True
     # The passage probe (steerguard.calibration.passages): documents without a harmful
     # request beside one per harmful prompt; 0 fits none (long texts read in windows only).
-    passage_benign_docs: int = 800
-    passage_copies: int = 2  # documents per harmful prompt, each placing it anew
-    # Layers searched for the passage probe, as fractions of depth (SmolLM2: 16, 13, 10).
-    passage_depths: tuple[float, ...] = (0.55, 0.45, 0.35)
+    passage_benign_docs: int = 1400
+    passage_copies: int = 3  # documents per harmful prompt, each placing it anew
+    # Benign prompts per document, drawn uniformly (4-60: about 40-600 tokens).
+    passage_prompts: tuple[int, int] = (4, 60)
+    # Layers searched for the passage probe, as fractions of depth (SmolLM2: 13, 10).
+    passage_depths: tuple[float, ...] = (0.45, 0.35)
+    passage_c: float = 0.01  # the passage head's L2 strength (logistic C)
     passage_tokens: int = PASSAGE_TOKENS
     passage_overlap: int = PASSAGE_OVERLAP
     passage_reference_tokens: int = 3000

@@ -1,8 +1,8 @@
 """Calibration of the passage probe: segment-end states of documents built from calibration prompts.
 
 The shared data sets hold single prompts, so documents are built here,
-deterministically from the seed: four to ten benign prompts from the benign
-pool, in half of them one of calibration's borderline or XSTest-safe prompts
+deterministically from the seed: ``passage_prompts`` (4-60) benign prompts
+from the benign pool, in half of them one of calibration's borderline or XSTest-safe prompts
 among them, joined by blank lines, line breaks or spaces, and, in
 ``passage_copies`` documents per harmful calibration prompt, that prompt
 inserted at a random place. Every segment end that
@@ -84,7 +84,7 @@ def documents(
     out: list[Document] = []
     for i, request in enumerate(requests):
         plain = i % 2 == 0
-        count = rng.randint(4, 10)
+        count = min(rng.randint(*cfg.passage_prompts), len(ordinary))
         if plain or not hard:
             parts = rng.sample(list(ordinary), count)
         else:
@@ -217,14 +217,14 @@ def fit_passage_probe(
     selection = []
     oof: dict[int, np.ndarray] = {}
     for layer in sorted(rows.states):
-        oof[layer] = _oof(rows.states[layer], rows, cfg.probe_c, cfg.seed)
+        oof[layer] = _oof(rows.states[layer], rows, cfg.passage_c, cfg.seed)
         selection.append({"layer": layer, "auroc": round(auroc(rows.labels, oof[layer]), 6)})
     top = max(s["auroc"] for s in selection)
     layer = min(int(s["layer"]) for s in selection if s["auroc"] >= top - FIT.layer_tolerance)
     scores = oof[layer]
     cut = document_cut(scores, rows, cfg.passage_reference_tokens, cfg.passage_max_document_flagged)
     x = rows.states[layer]
-    probe = fit_binary(x, rows.labels, _balanced(rows.labels), c=cfg.probe_c)
+    probe = fit_binary(x, rows.labels, _balanced(rows.labels), c=cfg.passage_c)
     shift = _logit(probe_threshold) - _logit(cut)
     tensors = {
         "passage.mean": torch.from_numpy(probe.mean),
