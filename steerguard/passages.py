@@ -10,17 +10,18 @@ document. The state *at the end of the request itself*, inside the text,
 separates them: AUROC 0.985 at layer 13 on 1,262 segment ends of documents
 built from calibration prompts (grouped 5-fold; see docs/evaluation.md).
 
-So a text too long for one view is also read as *passages*: windows of raw
+So a text too long for one view is read as *passages*: windows of raw
 text tokens (no chat framing), each read once up to the passage layer, and
 the passage probe (``passage.*`` in the bundle) scores every segment end (a
 token that holds ``.``, ``?``, ``!``, ``;``, ``:`` or a line break, and at
 least every ``MAX_GAP`` tokens) by two states side by side: the state at the
 end, and the mean of the states over the segment it ends. The end's state
 carries what the text has said so far; the segment's mean carries what this
-sentence says, which is what tells a request inside a benign document apart
-(out-of-fold AUROC 0.993 -> 0.997 at layer 13 on calibration documents, and
-at the cut that flags no ordinary document, 63% -> 79% of inserted requests
-caught; docs/calibration.md). A passage's score is its
+sentence says, which is what tells a request inside a benign document apart.
+On the same calibration documents, grouped out of fold, at a cut that flags
+at most 2% of ordinary 3k-token documents, the end state alone caught 57% of
+the inserted requests at layer 13; end and mean side by side, 84% at layer
+13 and 79% at layer 10 (docs/calibration.md). A passage's score is its
 highest; each segment end is read in one window only, with at least the
 overlap's worth of text before it (the first window's excepted). Calibration
 shifts the passage head's bias so its cut is the probe's threshold: a

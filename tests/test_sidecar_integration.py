@@ -305,13 +305,15 @@ LONG_DOCUMENT = "\n\n".join(
 async def test_a_long_document_is_judged_not_refused(stack: Stack, http: aiohttp.ClientSession) -> None:
     """About 3k tokens, over the classifier's 1,024-token window: judged, found safe, forwarded under block.
 
-    Its question is read alone and every segment end by the passage probe (steerguard.passages).
+    With a question after it and without one: every segment end is read by the passage probe
+    (steerguard.passages); a closing paragraph of prose is never read alone as a request.
     """
-    text = LONG_DOCUMENT + "\n\nPlease summarise this report in three sentences."
+    texts = [LONG_DOCUMENT + "\n\nPlease summarise this report in three sentences.", LONG_DOCUMENT]
     before = len(bodies_received(stack.chatbot, "Section 59."))
     async with sidecar(stack, {"default": "block"}) as url:
-        status, headers, _ = await post(http, url + CHAT, chat(text))
-    assert status == 200, headers
-    assert headers["x-steerguard-verdict"] == "safe" and "x-steerguard-failure" not in headers
-    assert headers["x-steerguard-action"] == "allow"
-    assert len(bodies_received(stack.chatbot, "Section 59.")) == before + 1
+        for text in texts:
+            status, headers, _ = await post(http, url + CHAT, chat(text))
+            assert status == 200, headers
+            assert headers["x-steerguard-verdict"] == "safe" and "x-steerguard-failure" not in headers
+            assert headers["x-steerguard-action"] == "allow"
+    assert len(bodies_received(stack.chatbot, "Section 59.")) == before + len(texts)
