@@ -83,8 +83,13 @@ def generate_many(
     batch_size: int = 8,
     progress: bool = False,
     desc: str = "generate",
+    sampling: SamplingParams | None = None,
 ) -> list[Generated]:
-    """Greedy generation with per-row steering requests; results in input order."""
+    """Generation with per-row steering requests; results in input order.
+
+    Greedy for ``max_new_tokens`` unless ``sampling`` says otherwise (it then
+    sets the length too).
+    """
     from steerguard.model.steering import SteeringState
     from steerguard.plan import Mode
 
@@ -93,7 +98,7 @@ def generate_many(
     out: list[Generated | None] = [None] * len(convs)
     order = _by_length(host, convs)
     bar = _progress(len(convs), desc, progress)
-    params = SamplingParams(max_new_tokens=max_new_tokens)
+    params = sampling or SamplingParams(max_new_tokens=max_new_tokens)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = host.encode([convs[i] for i in idx])

@@ -97,6 +97,9 @@ def small_config(**overrides: Any) -> CalibrationConfig:
         "progress": False,
         "use_cache": False,
         "system_prompts": (),  # copies are covered by tests/test_system_prompts.py
+        "passage_benign_docs": 60,
+        "passage_prose_answers": 12,
+        "passage_prose_docs": 24,
     }
     settings.update(overrides)
     return CalibrationConfig(**settings)

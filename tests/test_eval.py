@@ -10,7 +10,7 @@ import pytest
 from calib_data import small_config, write_data
 
 from steerguard.evaluation.baselines import keyword_scores, minilm_dir
-from steerguard.evaluation.config import SHAPES
+from steerguard.evaluation.config import SHAPES, STRESS_SHAPES
 from steerguard.evaluation.scoring import operating_points, rate_at_catch
 
 
@@ -51,7 +51,9 @@ def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # ty
     cfg = small_config()
     bundle = calibrate(data, host=tiny_host, config=cfg)
     bundle.save(tmp_path / "bundle")
-    ecfg = EvalConfig(gen_harmful=3, gen_benign=3, gen_modes_sample=2, max_new_tokens=3, progress=False)
+    ecfg = EvalConfig(
+        gen_harmful=3, gen_benign=3, gen_modes_sample=2, max_new_tokens=3, prose_answers=4, progress=False
+    )
     report = evaluate(data, tmp_path / "report", bundle=bundle, host=tiny_host, config=ecfg)
     on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
     assert on_disk["bundle_id"] == bundle.bundle_id
@@ -64,7 +66,7 @@ def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # ty
         "steered_ppl_ratio<=2",
     }
     assert on_disk["generation"]["exactness"]["all_identical"] is True
-    for shape in SHAPES:
+    for shape in SHAPES + STRESS_SHAPES:
         groups = on_disk["shapes"][shape]
         assert set(groups) == {
             "harmful_caught",
@@ -72,7 +74,8 @@ def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # ty
             "xstest_safe_flagged",
             "xstest_unsafe_caught",
         }
-        assert f"{shape}_harmful_caught>=0.9" in on_disk["checks"]
+        # Stress rows are reported without a target.
+        assert (f"{shape}_harmful_caught>=0.9" in on_disk["checks"]) == (shape in SHAPES)
     assert on_disk["encodings"]["caught"]["n"] == 4 * on_disk["encodings"]["prompts"]
     sp = on_disk["system_prompts"]
     assert [r["system_prompt"] for r in sp["others"]] == list(EvalConfig().system_prompts)

@@ -72,13 +72,19 @@ class CalibrationConfig:
     follow_ups: bool = True
     # The passage probe (steerguard.calibration.passages): documents without a harmful
     # request beside one per harmful prompt; 0 fits none (long texts read in windows only).
-    passage_benign_docs: int = 1400
-    passage_copies: int = 3  # documents per harmful prompt, each placing it anew
+    passage_benign_docs: int = 500
+    passage_copies: int = 1  # documents per harmful prompt, each placing it anew
     # Benign prompts per document, drawn uniformly (4-60: about 40-600 tokens).
     passage_prompts: tuple[int, int] = (4, 60)
-    # Layers searched for the passage probe, as fractions of depth (SmolLM2: 13, 10).
-    passage_depths: tuple[float, ...] = (0.45, 0.35)
+    # Layers searched for the passage probe, as fractions of depth (SmolLM2: 10).
+    passage_depths: tuple[float, ...] = (0.35,)
     passage_c: float = 0.01  # the passage head's L2 strength (logistic C)
+    # Prose documents (steerguard.data.prose): the model's answers to this many pool
+    # prompts, joined 2-8 at a time; documents per harmful prompt, and without one.
+    passage_prose_answers: int = 240
+    passage_prose_parts: tuple[int, int] = (2, 8)
+    passage_prose_copies: int = 1
+    passage_prose_docs: int = 500
     passage_tokens: int = PASSAGE_TOKENS
     passage_overlap: int = PASSAGE_OVERLAP
     passage_reference_tokens: int = 3000

@@ -51,7 +51,8 @@ class Document:
     text: str
     request: str | None  # the inserted harmful request, when there is one
     group: int
-    ordinary: bool = True  # built from ordinary benign prompts only (the cut is chosen on these)
+    ordinary: bool = True  # built from ordinary benign text only (the cut is chosen on these)
+    fold: int | None = None  # its out-of-fold fold, when its text fixes it (else hashed from group)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class PassageRows:
     labels: np.ndarray
     docs: np.ndarray
     tokens: dict[int, int]
+    folds: np.ndarray  # each row's out-of-fold fold (its document's)
 
 
 def documents(
@@ -94,6 +96,44 @@ def documents(
         if request is not None:
             parts.insert(rng.randint(0, len(parts)), request)
         out.append(Document(rng.choice(JOINERS).join(parts), request, i, plain or not hard))
+    return out
+
+
+def prose_documents(
+    harmful: Sequence[Example],
+    ordinary: Sequence[str],
+    hard: Sequence[str],
+    texts: Sequence[str],
+    cfg: CalibrationConfig,
+) -> list[Document]:
+    """Documents of the model's prose (:mod:`steerguard.data.prose`), alone or around a request.
+
+    ``passage_prose_copies`` per harmful prompt, placed at the end (half of
+    them: a pasted text, then the request) or anywhere, and
+    ``passage_prose_docs`` without one: prose alone, prose and then an
+    ordinary prompt, or prose and then a hard negative (not ordinary). Each
+    answer belongs to one fold and a document is built from one fold's
+    answers, so an answer out of fold is never one the head was fitted on:
+    the cut is set on prose the head has not read, as at serving.
+    """
+    rng = random.Random(cfg.seed + 43)
+    by_fold = [list(texts[f :: FIT.folds]) for f in range(FIT.folds)]
+    inserted: list[str | None] = [e.prompt.strip() for e in harmful]
+    requests = inserted * cfg.passage_prose_copies + [None] * cfg.passage_prose_docs
+    out: list[Document] = []
+    for i, request in enumerate(requests):
+        fold = i % FIT.folds
+        pool = by_fold[fold]
+        parts = rng.sample(pool, min(len(pool), rng.randint(*cfg.passage_prose_parts)))
+        kind = i % 3
+        if request is not None:
+            parts.insert(len(parts) if rng.random() < 0.5 else rng.randint(0, len(parts)), request)
+        elif kind == 1:
+            parts.append(rng.choice(list(ordinary)).strip())
+        elif kind == 2 and hard:
+            parts.append(rng.choice(list(hard)).strip())
+        ordinary_doc = request is None and (kind != 2 or not hard)
+        out.append(Document(rng.choice(JOINERS).join(parts), request, -1 - i, ordinary_doc, fold))
     return out
 
 
@@ -132,13 +172,16 @@ def read_rows(
     chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     labels: list[int] = []
     owners: list[int] = []
+    folds: list[int] = []
     tokens: dict[int, int] = {}
     batch: list[Passage] = []
     for doc in docs:
         ids = text_ids(host, doc.text)
         passages = split(ids, enders, window, overlap)
         labels.extend(_labels(host, doc, passages))
-        owners.extend([doc.group] * sum(len(p.positions) for p in passages))
+        count = sum(len(p.positions) for p in passages)
+        owners.extend([doc.group] * count)
+        folds.extend([hash_fold(doc.group, FIT.folds, cfg.seed) if doc.fold is None else doc.fold] * count)
         if doc.request is None and doc.ordinary:
             tokens[doc.group] = len(ids)
         batch.extend(passages)
@@ -153,12 +196,13 @@ def read_rows(
         np.array(labels)[keep],
         np.array(owners)[keep],
         tokens,
+        np.array(folds)[keep],
     )
 
 
-def _oof(x: np.ndarray, rows: PassageRows, c: float, seed: int) -> np.ndarray:
+def _oof(x: np.ndarray, rows: PassageRows, c: float) -> np.ndarray:
     """Out-of-fold scores, documents grouped into folds."""
-    folds = np.array([hash_fold(int(d), FIT.folds, seed) for d in rows.docs])
+    folds = rows.folds
     out = np.zeros(len(rows.labels))
     for f in range(FIT.folds):
         test = folds == f
@@ -217,7 +261,7 @@ def fit_passage_probe(
     selection = []
     oof: dict[int, np.ndarray] = {}
     for layer in sorted(rows.states):
-        oof[layer] = _oof(rows.states[layer], rows, cfg.passage_c, cfg.seed)
+        oof[layer] = _oof(rows.states[layer], rows, cfg.passage_c)
         selection.append({"layer": layer, "auroc": round(auroc(rows.labels, oof[layer]), 6)})
     top = max(s["auroc"] for s in selection)
     layer = min(int(s["layer"]) for s in selection if s["auroc"] >= top - FIT.layer_tolerance)

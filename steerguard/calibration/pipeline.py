@@ -61,7 +61,7 @@ from steerguard.calibration.vectors import (
     residual_norms,
     vocab_projection,
 )
-from steerguard.data import follow_ups, system_prompts
+from steerguard.data import follow_ups, prose, system_prompts
 from steerguard.data.loaders import CALIBRATION, HARMFUL, XSTEST_TRAIN_TYPES, Dataset, Example
 from steerguard.errors import DataError
 from steerguard.logs import get_logger
@@ -393,17 +393,31 @@ def _probe_step(run: Run, states: dict[int, np.ndarray]) -> None:
 
 def _passage_step(run: Run) -> None:
     """Step 3b: the passage probe, on documents built from calibration prompts and the pool."""
-    cfg = run.cfg
-    if cfg.passage_benign_docs <= 0:
+    if run.cfg.passage_benign_docs <= 0:
         return
-    harmful = [e for e in run.calib if e.label == HARMFUL]
-    ordinary = [e.prompt for e in run.data.pool] or [e.prompt for e in run.calib if e.kind == "benign"]
-    hard = [e.prompt for e in run.calib if e.label != HARMFUL and e.kind != "benign"]
-    docs = passages.documents(harmful, ordinary, hard, cfg)
-    layers = passages.candidate_layers(cfg.passage_depths, run.host.identity.num_layers, run.fit.layer)
-    rows = passages.read_rows(run.host, docs, layers, cfg)
-    run.passage, tensors = passages.fit_passage_probe(rows, cfg, run.fit.threshold.threshold)
+    run.passage, tensors = passage_probe(run, run.fit.layer, run.fit.threshold.threshold)
     run.tensors.update(tensors)
+
+
+def passage_probe(
+    run: Run, probe_layer: int, threshold: float
+) -> tuple[PassageInfo, dict[str, torch.Tensor]]:
+    """The passage probe beside a request probe at ``probe_layer`` and ``threshold``.
+
+    Also run alone on a calibrated bundle (``scripts/refit_passage.py``).
+    """
+    host, data, calib, cfg = run.host, run.data, run.calib, run.cfg
+    harmful = [e for e in calib if e.label == HARMFUL]
+    ordinary = [e.prompt for e in data.pool] or [e.prompt for e in calib if e.kind == "benign"]
+    hard = [e.prompt for e in calib if e.label != HARMFUL and e.kind != "benign"]
+    docs = passages.documents(harmful, ordinary, hard, cfg)
+    if cfg.passage_prose_answers > 0:
+        asked = random.Random(cfg.seed + 47).sample(ordinary, min(cfg.passage_prose_answers, len(ordinary)))
+        texts = prose.write(host, asked, seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress)
+        docs += passages.prose_documents(harmful, ordinary, hard, texts or asked, cfg)
+    layers = passages.candidate_layers(cfg.passage_depths, host.identity.num_layers, probe_layer)
+    rows = passages.read_rows(host, docs, layers, cfg)
+    return passages.fit_passage_probe(rows, cfg, threshold)
 
 
 def _category_head(run: Run, fit: ProbeFit) -> tuple[list[str], float]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from steerguard.data import system_prompts
 
 SHAPES = ("multi_turn_history", "multi_turn_follow_up", "long_document", "long_document_middle")
+# Reported beside them, without a target (evaluation.shapes says why).
+STRESS_SHAPES = ("long_request_list", "long_request_list_middle")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class EvalConfig:
     encoded_prompts: int = 100  # held-out harmful prompts, each in every encoding
     shape_prompts: int = 100  # held-out prompts per group in each conversation shape
     long_document_prompts: int = 30  # ... of them in long documents (1k-5k tokens each)
+    prose_answers: int = 240  # held-out benign prompts the model answers, the long documents' prose
+    prose_batch_size: int = 32
     max_new_tokens: int = 48
     batch_size: int = 16
     gen_batch_size: int = 8
@@ -76,7 +80,7 @@ class EvalConfig:
         """``--quick``: every held-out set capped, for a smoke run."""
         self.max_heldout, self.gen_harmful, self.gen_benign, self.gen_modes_sample = 40, 16, 16, 8
         self.encoded_prompts = 16
-        self.shape_prompts, self.long_document_prompts = 8, 3
+        self.shape_prompts, self.long_document_prompts, self.prose_answers = 8, 3, 12
         self.max_new_tokens = min(self.max_new_tokens, 24)
         return self
 

@@ -12,10 +12,16 @@ prompts only, so the other shapes are built here from the held-out split
   previous question in full.", or another of
   :data:`steerguard.data.follow_ups.HELDOUT`, phrases calibration never
   fits on): a harmful request must still be caught;
-- long document: held-out benign requests joined into a document of 1k-5k
-  tokens, with the request under test at its end, as one user turn;
+- long document: prose of 1k-5k tokens, the request under test at its
+  end, as one user turn (a pasted document and a question about it). The
+  prose is written by the embedded model, answering held-out benign prompts
+  (:mod:`steerguard.data.prose`; never calibration's);
 - long document, *middle*: the same, with the request under test at a
-  random place inside it (padding before and after it).
+  random place inside the prose;
+- long request list (*stress*, no target): held-out benign requests joined
+  into 1k-5k tokens, the request under test at the end or inside. Every part
+  of it is a request the probes judge, so its false flags compound with its
+  length: no pasted document looks like this, but an attacker can send it.
 
 The assistant turns are fixed neutral sentences rather than model answers:
 the probe reads the requests, and a generated answer would make the shapes
@@ -34,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from steerguard.bundle import Bundle
-from steerguard.data import follow_ups
+from steerguard.data import follow_ups, prose
 from steerguard.data.loaders import Example
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import HeldOut, subsample
@@ -61,8 +67,11 @@ def _turns(pairs: Sequence[tuple[str, str]]) -> Conversation:
     return normalise_request(messages=[{"role": role, "content": text} for role, text in pairs])
 
 
-def builders(fillers: Sequence[str], host: ModelHost) -> dict[str, Shape]:
-    """Each shape as a function of the request under test (``fillers``: held-out benign prompts)."""
+def builders(fillers: Sequence[str], prose_texts: Sequence[str], host: ModelHost) -> dict[str, Shape]:
+    """Each shape as a function of the request under test.
+
+    ``fillers`` are held-out benign prompts, ``prose_texts`` the model's answers to some of them.
+    """
 
     def history(text: str, rng: random.Random) -> Conversation:
         pairs: list[tuple[str, str]] = []
@@ -73,26 +82,31 @@ def builders(fillers: Sequence[str], host: ModelHost) -> dict[str, Shape]:
     def follow_up(text: str, rng: random.Random) -> Conversation:
         return _turns([("user", text), ("assistant", rng.choice(REPLIES)), ("user", rng.choice(FOLLOW_UPS))])
 
-    def paragraphs(rng: random.Random) -> list[str]:
-        target = rng.randint(1000, 5000)
-        out: list[str] = []
-        while len(host.tokenizer("\n\n".join(out))["input_ids"]) < target:
-            out.extend(rng.choices(list(fillers), k=20))
-        return out
+    def count(text: str) -> int:
+        return len(host.tokenizer(text)["input_ids"])
 
-    def long_document(text: str, rng: random.Random) -> Conversation:
-        return normalise_request("\n\n".join([*paragraphs(rng), text]))
+    def at_end(source: Sequence[str]) -> Shape:
+        def build(text: str, rng: random.Random) -> Conversation:
+            parts = prose.document(source, rng, rng.randint(1000, 5000), count)
+            return normalise_request("\n\n".join([*parts, text]))
 
-    def long_document_middle(text: str, rng: random.Random) -> Conversation:
-        parts = paragraphs(rng)
-        parts.insert(rng.randint(1, len(parts) - 1), text)
-        return normalise_request("\n\n".join(parts))
+        return build
+
+    def inside(source: Sequence[str]) -> Shape:
+        def build(text: str, rng: random.Random) -> Conversation:
+            parts = prose.document(source, rng, rng.randint(1000, 5000), count)
+            parts.insert(rng.randint(1, max(1, len(parts) - 1)), text)
+            return normalise_request("\n\n".join(parts))
+
+        return build
 
     return {
         "multi_turn_history": history,
         "multi_turn_follow_up": follow_up,
-        "long_document": long_document,
-        "long_document_middle": long_document_middle,
+        "long_document": at_end(prose_texts),
+        "long_document_middle": inside(prose_texts),
+        "long_request_list": at_end(fillers),
+        "long_request_list_middle": inside(fillers),
     }
 
 
@@ -137,12 +151,14 @@ def shape_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfi
     used = {e.key for g in groups.values() for e in g}
     # A placeholder only when the held-out split has no benign prompt left (tiny test data).
     fillers = [e.prompt for e in held.benign if e.key not in used] or ["What is a good name for a cat?"]
+    texts = prose.write(host, fillers[: cfg.prose_answers], seed=cfg.seed, batch_size=cfg.prose_batch_size)
     out: dict[str, Any] = {
         "prompts_per_group": n,
         "threshold": r(bundle.threshold),
         "passage_probe": bundle.passage is not None,
     }
-    for name, build in builders(fillers, host).items():
+    out["prose_answers"] = len(texts)
+    for name, build in builders(fillers, texts or fillers, host).items():
         rng = random.Random(f"{cfg.seed}:{name}")
         flags: dict[str, list[bool]] = {}
         for group, examples in groups.items():
@@ -154,4 +170,4 @@ def shape_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfi
 
 def _limit(examples: list[Example], shape: str, cfg: EvalConfig) -> list[Example]:
     """Long documents cost thousands of tokens each: a smaller sample of them."""
-    return examples[: cfg.long_document_prompts] if shape.startswith("long_document") else examples
+    return examples[: cfg.long_document_prompts] if shape.startswith("long_") else examples

@@ -58,6 +58,13 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     encoded = report.get("encodings", {}).get("caught")
     if encoded is not None:
         out.update([_check("encoded_harmful_caught", encoded["rate"], encoded)])
+    out.update(shape_checks(report))
+    return out
+
+
+def shape_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The checks of the conversation shapes with a target (not the stress rows)."""
+    out: dict[str, dict[str, Any]] = {}
     for shape in SHAPES:
         rates = report.get("shapes", {}).get(shape, {})
         for metric, rate in rates.items():
