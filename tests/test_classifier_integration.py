@@ -84,7 +84,7 @@ def test_a_long_document_is_judged_in_passages_wherever_the_request_is(default_b
     the report alone, or with a benign question, is not.
 
     The passage probe reads every segment end in context. It misses requests too (the pipe-bomb
-    request above, after this report: 0.05 against a cut of 0.32; docs/known-limits.md); the
+    request above, after or inside this report: 0.03-0.04 against a cut of 0.32; docs/known-limits.md); the
     rates are in docs/evaluation.md, shapes.
     """
     assert default_bundle.passage is not None
