@@ -98,8 +98,8 @@ def small_config(**overrides: Any) -> CalibrationConfig:
         "use_cache": False,
         "system_prompts": (),  # copies are covered by tests/test_system_prompts.py
         "passage_benign_docs": 60,
-        "passage_prose_answers": 12,
-        "passage_prose_docs": 24,
+        "passage_prose_answers": 4,
+        "passage_prose_docs": 12,
     }
     settings.update(overrides)
     return CalibrationConfig(**settings)
