@@ -129,9 +129,9 @@ def prose_documents(
         if request is not None:
             parts.insert(len(parts) if rng.random() < 0.5 else rng.randint(0, len(parts)), request)
         elif kind == 1:
-            parts.append(rng.choice(list(ordinary)).strip())
+            parts.append(rng.choice(ordinary).strip())
         elif kind == 2 and hard:
-            parts.append(rng.choice(list(hard)).strip())
+            parts.append(rng.choice(hard).strip())
         ordinary_doc = request is None and (kind != 2 or not hard)
         out.append(Document(rng.choice(JOINERS).join(parts), request, -1 - i, ordinary_doc, fold))
     return out
