@@ -36,12 +36,14 @@ from classifier_service.config import CoreConfig
 from classifier_service.prefix import SharedPrefix
 from steerguard import language
 from steerguard.bundle import Bundle
-from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput
+from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput, TooLong
 from steerguard.logs import get_logger
+from steerguard.messages import Message
 from steerguard.model.activations import last_token_states
 from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
-from steerguard.passages import Passage, passage_scores
+from steerguard.passages import Passage, ender_ids, passage_scores, text_ids
+from steerguard.responses import AnswerRead, answer_windows, position_scores
 from steerguard.verdict import Verdict, verdicts_from_states
 from steerguard.views import ViewPlan, Windower
 
@@ -59,11 +61,12 @@ class _Flight:
 
 @dataclass(frozen=True)
 class _Job:
-    """One view (read at its last token by the probe) or one passage (read by the passage probe)."""
+    """One view (read at its last token by the probe), passage or answer window (by their heads)."""
 
     key: str
     token_ids: list[int]
     passage: Passage | None = None
+    answer: AnswerRead | None = None
 
 
 @dataclass
@@ -74,11 +77,12 @@ class _Pending:
 
     @dataclass(frozen=True)
     class View:
-        """One thing to judge: a chat-framed conversation or a passage, and its cache key."""
+        """One thing to judge: a chat-framed conversation, a passage or an answer window; its cache key."""
 
         key: str
         conv: Conversation | None
         passage: Passage | None
+        answer: AnswerRead | None = None
 
 
 class ClassifierCore:
@@ -109,6 +113,8 @@ class ClassifierCore:
         self.forward_passes = 0
         self.prefix = SharedPrefix.for_host(host) if self.config.share_prefix else None
         self.windows = self._windower()
+        # Segment-end tokens (a pass over the vocabulary), for the response probe's reads.
+        self._enders = ender_ids(host.tokenizer) if bundle.response is not None else frozenset()
         self.batcher: MicroBatcher[_Job, Verdict] = MicroBatcher(
             self._run_batch,
             max_batch_size=self.config.max_batch_size,
@@ -132,6 +138,7 @@ class ClassifierCore:
         self,
         convs: Sequence[Conversation],
         *,
+        answers: Sequence[str | None] | None = None,
         thresholds: Sequence[float | None] | None = None,
         deadline: float | None = None,
         cancelled: threading.Event | None = None,
@@ -141,7 +148,9 @@ class ClassifierCore:
 
         A conversation longer than the model's window is judged as the views
         :mod:`steerguard.views` makes of it; its verdict is its
-        highest-scoring view's. ``deadline`` is a :func:`time.monotonic`
+        highest-scoring view's. Where ``answers`` gives an answer, the verdict
+        judges that answer as the assistant's reply to the conversation
+        (:meth:`_answer_plan`). ``deadline`` is a :func:`time.monotonic`
         instant; ``cancelled`` is a fresh event the caller sets when its client
         goes away (the core sets it too, to wake itself, once the answer is
         ready). ``label_rows`` prefixes input errors with ``requests[i]:``
@@ -149,8 +158,15 @@ class ClassifierCore:
         """
         if not convs:
             return []
-        plans = [self._views(conv, i if label_rows else None) for i, conv in enumerate(convs)]
-        views = [[*self._view_jobs(p.read), *self._passage_jobs(p.passages)] for p in plans]
+        replies = answers if answers is not None else [None] * len(convs)
+        plans = [
+            self._views(conv, reply, i if label_rows else None)
+            for i, (conv, reply) in enumerate(zip(convs, replies, strict=True))
+        ]
+        views = [
+            [*self._view_jobs(p.read), *self._passage_jobs(p.passages), *self._answer_jobs(p.answers)]
+            for p in plans
+        ]
         judged = iter(self._judge([job for vs in views for job in vs], deadline, cancelled))
         out: list[Verdict] = []
         for i, vs in enumerate(views):
@@ -171,14 +187,34 @@ class ClassifierCore:
         calibrated = lang == language.UNDETERMINED or lang in self.bundle.manifest.calibrated_languages
         return replace(verdict, language=lang, language_calibrated=calibrated)
 
-    def _views(self, conv: Conversation, row: int | None) -> ViewPlan:
+    def _views(self, conv: Conversation, answer: str | None, row: int | None) -> ViewPlan:
         try:
             with self._tokenizer_lock:
-                return self.windows.plan(conv)
+                return self.windows.plan(conv) if answer is None else self._answer_plan(conv, answer)
         except InvalidInput as exc:
             if row is not None:
                 exc.reason = f"requests[{row}]: {exc.reason}"
             raise
+
+    def _answer_plan(self, conv: Conversation, answer: str) -> ViewPlan:
+        """An answer's windows under the response probe (any length, linear cost).
+
+        A bundle without a response probe judges the answer as the prompt
+        probe reads a request: in a user turn after the conversation.
+        """
+        if self.bundle.response is None:
+            return self.windows.plan(Conversation((*conv.messages, Message("user", answer))))
+        limit = self.config.max_total_tokens
+        if len(answer) > limit * self.windows.s.max_token_bytes:
+            raise TooLong(f"the answer is over the limit of {limit} tokens")
+        ids = text_ids(self.host, answer)
+        if len(ids) > limit:
+            raise TooLong(f"the answer is over the limit of {limit} tokens")
+        return ViewPlan(answers=answer_windows(self.host, conv, ids, self._enders))
+
+    def _answer_jobs(self, reads: Sequence[AnswerRead]) -> list[_Pending.View]:
+        prefix, bid = self.config.cache_prefix, self.bundle.bundle_id
+        return [_Pending.View(verdict_key(prefix, bid, r.key()), None, None, r) for r in reads]
 
     def _view_jobs(self, convs: Sequence[Conversation]) -> list[_Pending.View]:
         return [_Pending.View(self.key(c), c, None) for c in convs]
@@ -250,6 +286,9 @@ class ClassifierCore:
                 continue
             if view.passage is not None:
                 jobs[key] = _Job(key, list(view.passage.ids), view.passage)
+                continue
+            if view.answer is not None:
+                jobs[key] = _Job(key, [*view.answer.prefix, *view.answer.answer], answer=view.answer)
                 continue
             assert view.conv is not None, "a view is a conversation or a passage"
             ids = self._token_ids(view.conv)
@@ -350,16 +389,18 @@ class ClassifierCore:
 
     def _run_batch(self, jobs: list[_Job]) -> list[Verdict]:
         started = time.perf_counter()
-        views = [i for i, job in enumerate(jobs) if job.passage is None]
+        views = [i for i, job in enumerate(jobs) if job.passage is None and job.answer is None]
         passages = [i for i, job in enumerate(jobs) if job.passage is not None]
+        answers = [i for i, job in enumerate(jobs) if job.answer is not None]
         verdicts: list[Verdict | None] = [None] * len(jobs)
         if views:
             states = self._probe_states([jobs[i].token_ids for i in views])
             for i, v in zip(views, verdicts_from_states(self.bundle, states), strict=True):
                 verdicts[i] = v
-        if passages:
-            for i, v in zip(passages, self._passage_verdicts([jobs[i] for i in passages]), strict=True):
-                verdicts[i] = v
+        for rows, judge in ((passages, self._passage_verdicts), (answers, self._answer_verdicts)):
+            if rows:
+                for i, v in zip(rows, judge([jobs[i] for i in rows]), strict=True):
+                    verdicts[i] = v
         self.forward_passes += 1
         metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(jobs))
@@ -376,6 +417,16 @@ class ClassifierCore:
         assert info is not None, "passages are planned only for a bundle with a passage probe"
         rows = [j.passage for j in jobs if j.passage is not None]
         scores = passage_scores(self.host, self.bundle.passage_score, info.layer, rows)
+        cut, bid = self.bundle.threshold, self.bundle.bundle_id
+        return [Verdict(s, s >= cut, "", {}, cut, bid) for s in scores]
+
+    def _answer_verdicts(self, jobs: list[_Job]) -> list[Verdict]:
+        """Each answer window's verdict: its highest segment-end score under the response probe.
+
+        No category, as for passages: the category head reads a request's state.
+        """
+        reads = [j.answer for j in jobs if j.answer is not None]
+        scores = [max(s) for s in position_scores(self.host, self.bundle, reads, batch_size=len(reads))]
         cut, bid = self.bundle.threshold, self.bundle.bundle_id
         return [Verdict(s, s >= cut, "", {}, cut, bid) for s in scores]
 

@@ -23,7 +23,7 @@ from classifier_service.core import ClassifierCore
 from classifier_service.wire import BadRequest
 from steerguard.errors import InvalidInput, NotReady, SteerguardError
 from steerguard.grpc_common.status import status_for
-from steerguard.model.chat import Conversation, normalise_request
+from steerguard.model.chat import Conversation, check_text, normalise_request
 from steerguard.v1 import classifier_pb2, common_pb2
 from steerguard.verdict import Verdict
 
@@ -41,6 +41,16 @@ def to_conversation(request: classifier_pb2.ClassifyRequest, where: str = "") ->
             [{"role": m.role, "content": m.content} for m in request.messages] if has_messages else None
         )
         return normalise_request(prompt=request.prompt or None, messages=messages)
+    except InvalidInput as exc:
+        raise InvalidInput(where + exc.reason) from None
+
+
+def answer_of(request: classifier_pb2.ClassifyRequest, where: str = "") -> str | None:
+    """The answer to judge, or None when the request judges its conversation (``answer`` unset)."""
+    if not request.answer:
+        return None
+    try:
+        return check_text(request.answer, "answer")
     except InvalidInput as exc:
         raise InvalidInput(where + exc.reason) from None
 
@@ -121,10 +131,13 @@ class ClassifierServicer:
         with self._observe("Classify"):
             _check_decoded(request)
             conv = to_conversation(request)
+            answer = answer_of(request)
             cut = threshold_of(request)
             core = self._ready()
             deadline, gone = self._call_limits(context)
-            (verdict,) = core.classify([conv], thresholds=[cut], deadline=deadline, cancelled=gone)
+            (verdict,) = core.classify(
+                [conv], answers=[answer], thresholds=[cut], deadline=deadline, cancelled=gone
+            )
             return to_proto(verdict)
 
     def ClassifyBatch(
@@ -138,10 +151,11 @@ class ClassifierServicer:
             if n > self.max_batch_requests:
                 raise InvalidInput(f"batch has {n} requests, over the limit of {self.max_batch_requests}")
             convs = [to_conversation(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
+            answers = [answer_of(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
             cuts = [threshold_of(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
             core = self._ready()
             deadline, gone = self._call_limits(context)
             verdicts = core.classify(
-                convs, thresholds=cuts, deadline=deadline, cancelled=gone, label_rows=True
+                convs, answers=answers, thresholds=cuts, deadline=deadline, cancelled=gone, label_rows=True
             )
             return classifier_pb2.ClassifyBatchResponse(verdicts=[to_proto(v) for v in verdicts])

@@ -46,6 +46,7 @@ def _mirror_classes() -> tuple[type[Message], type[Message]]:
         label=f.LABEL_REPEATED,
         type_name=".steerguard.wire.ChatMessage",
     )
+    req.field.add(name="answer", number=4, type=f.TYPE_BYTES, label=f.LABEL_OPTIONAL)
     batch = fdp.message_type.add(name="ClassifyBatchRequest")
     batch.field.add(
         name="requests",
@@ -74,8 +75,9 @@ def _not_utf8(value: bytes) -> bool:
 
 
 def _bad_field(req: Any, where: str) -> str | None:
-    if _not_utf8(req.prompt):
-        return f"{where}prompt is not valid UTF-8"
+    for name in ("prompt", "answer"):
+        if _not_utf8(getattr(req, name)):
+            return f"{where}{name} is not valid UTF-8"
     for i, m in enumerate(req.messages):
         for name in ("role", "content"):
             if _not_utf8(getattr(m, name)):

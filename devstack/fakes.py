@@ -111,9 +111,13 @@ def judge(text: str) -> tuple[bool, str]:
 
 
 def _messages(request: classifier_pb2.ClassifyRequest | steer_pb2.GenerateRequest) -> list[tuple[str, str]]:
-    if request.prompt:
-        return [("user", request.prompt)]
-    return [(m.role, m.content) for m in request.messages]
+    """The request's turns; a classify request's answer last, under the role ``answer``."""
+    turns = [("user", request.prompt)] if request.prompt else [(m.role, m.content) for m in request.messages]
+    answer = getattr(request, "answer", "")
+    return [*turns, (ANSWER, answer)] if answer else turns
+
+
+ANSWER = "answer"
 
 
 class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
@@ -125,7 +129,9 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
         self._seen: set[tuple[tuple[str, str], ...]] = set()
 
     def _verdict(self, messages: list[tuple[str, str]], threshold: float | None) -> common_pb2.Verdict:
-        found = [judge(text) for _, text in reversed(messages)]
+        # An answer is judged alone, as the real classifier judges it (not its request).
+        judged = messages[-1:] if messages and messages[-1][0] == ANSWER else messages
+        found = [judge(text) for _, text in reversed(judged)]
         unsafe, category = next((f for f in found if f[0]), (False, ""))
         # "LANG:xx" in a message names its language; the fake bundle is calibrated for English.
         lang = next((t.split("LANG:", 1)[1][:2] for _, t in messages if "LANG:" in t), "en")

@@ -20,9 +20,11 @@ from steerguard.manifest import (
     ModelInfo,
     PassageInfo,
     ProbeInfo,
+    ResponseInfo,
     VectorInfo,
 )
 from steerguard.model.host import ModelHost
+from steerguard.responses import FEATURES
 
 
 def make_tiny_llama(folder: str | Path, *, layers: int = 4, hidden: int = 64, seed: int = 0) -> Path:
@@ -64,10 +66,12 @@ def make_random_bundle(
     threshold: float = 0.5,
     seed: int = 0,
     passage_tokens: int | None = None,
+    response: bool = False,
 ) -> Bundle:
     """A structurally valid bundle with random weights for ``host``'s model.
 
     ``passage_tokens``: also a random passage probe at the probe layer, windows of that many tokens.
+    ``response``: also a random response probe at the probe layer.
     """
     g = torch.Generator().manual_seed(seed)
     h, n = host.identity.hidden_size, host.identity.num_layers
@@ -104,10 +108,20 @@ def make_random_bundle(
             }
         )
         passage = PassageInfo(probe_layer, threshold, passage_tokens, passage_tokens // 8)
+    if response:
+        tensors.update(
+            {
+                "response.mean": torch.zeros(2 * h),
+                "response.std": torch.ones(2 * h),
+                "response.weight": torch.randn(2 * h, generator=g) * 0.1,
+                "response.bias": torch.zeros(1),
+            }
+        )
     manifest = Manifest(
         model=ModelInfo(**host.identity.as_dict()),
         probe=ProbeInfo(layer=probe_layer, threshold=threshold, kind="logistic"),
         passage=passage,
+        response=ResponseInfo(probe_layer, threshold, FEATURES) if response else None,
         created_at=_dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc).isoformat(),
         categories=tuple(categories),
         vectors=vectors,

@@ -12,40 +12,17 @@ manifest records those settings and the step's time.
 
 from __future__ import annotations
 
-import time
-from dataclasses import fields, replace
+from typing import Any
 
 import bundle_args  # scripts/, on the path when a script runs
 
-from steerguard.bundle import Bundle
-from steerguard.calibration.config import CalibrationConfig
-from steerguard.calibration.pipeline import _load, passage_probe
-from steerguard.manifest import CalibrationRecord
+from steerguard.calibration.pipeline import passage_probe
 
 
-def main() -> None:
-    args = bundle_args.parse(__doc__)
-    bundle = Bundle.load(args.bundle)
-    record = bundle.manifest.calibration or CalibrationRecord()
-    today = CalibrationConfig()
-    cfg = replace(
-        CalibrationConfig.from_record(dict(record.config)),
-        **{f.name: getattr(today, f.name) for f in fields(today) if f.name.startswith("passage_")},
-    )
-    run = _load(args.data, None, None, cfg, None)
-    bundle.verify_model(run.host.identity)
-    start = time.time()
+def step(run: Any, bundle: Any, cfg: Any) -> bundle_args.StepResult:
     info, tensors = passage_probe(run, bundle.probe_layer, bundle.threshold)
-    timings = {**record.timings_s, "passage_s": round(time.time() - start, 1)}
-    manifest = replace(
-        bundle.manifest,
-        passage=info,
-        calibration=CalibrationRecord(config=cfg.record(), timings_s=timings),
-        bundle_id="",
-    )
-    fresh = Bundle(manifest, {**bundle.tensors, **tensors})
-    print(fresh.save(args.out))
+    return {"passage": info}, tensors
 
 
 if __name__ == "__main__":
-    main()
+    bundle_args.rerun_step(__doc__, "passage_", "passage_s", step)

@@ -15,7 +15,7 @@ from typing import Any
 from steerguard.errors import TooLong
 from steerguard.messages import ROLES, Message
 
-__all__ = ["ROLES", "ChatRequest", "Message", "answer_conversation", "context_for_classifier"]
+__all__ = ["ROLES", "ChatRequest", "Message", "context_for_classifier"]
 
 
 @dataclass
@@ -64,15 +64,3 @@ def context_for_classifier(messages: list[Message], *, max_messages: int, max_ch
             f"the conversation is over the policy's limits ({max_messages} turns, {max_chars} characters)"
         )
     return out
-
-
-def answer_conversation(context: list[Message], answer: str) -> list[Message]:
-    """What the classifier judges for a response check.
-
-    The classifier's contract (``steerguard.model.chat.normalise_request``)
-    requires the conversation to end with a user turn, because the probe reads
-    the state after the last user message. So the answer is put in that last
-    slot, after the conversation that led to it: the probe then judges the
-    answer's content in context.
-    """
-    return [*context, Message("user", answer)]

@@ -152,9 +152,15 @@ class ClassifierClient:
         self._metadata = _metadata(settings.token)
 
     async def classify(
-        self, messages: Sequence[Message], *, timeout: float, threshold: float | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        timeout: float,
+        threshold: float | None = None,
+        answer: str | None = None,
     ) -> common_pb2.Verdict:
-        request = classifier_pb2.ClassifyRequest(messages=to_proto_messages(messages))
+        """The verdict on ``messages``, or on ``answer`` as the assistant's reply to them."""
+        request = classifier_pb2.ClassifyRequest(messages=to_proto_messages(messages), answer=answer or "")
         if threshold is not None:
             request.threshold = threshold
         try:

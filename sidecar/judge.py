@@ -33,9 +33,9 @@ INVALID = "invalid"  # the failure kind of input the classifier refused to judge
 OVERSIZE = "oversize"  # ... of input longer than the classifier's hard cap (the route's on_oversize)
 
 
-def cache_key(messages: Sequence[Message], threshold: float | None) -> bytes:
-    """sha256 of the exact conversation and threshold the classifier would see."""
-    canon = json.dumps([[m.role, m.content] for m in messages] + [threshold], ensure_ascii=False)
+def cache_key(messages: Sequence[Message], threshold: float | None, answer: str | None = None) -> bytes:
+    """sha256 of the exact conversation, answer and threshold the classifier would see."""
+    canon = json.dumps([[m.role, m.content] for m in messages] + [threshold, answer], ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).digest()
 
 
@@ -111,26 +111,29 @@ class Judge:
         self.threshold = threshold
         self.memo = memo
 
-    async def judge(self, trace: Trace, stage: str, messages: list[Message]) -> Judgement:
-        key = cache_key(messages, self.threshold) if self.memo.enabled else b""
+    async def judge(
+        self, trace: Trace, stage: str, messages: list[Message], answer: str | None = None
+    ) -> Judgement:
+        """The verdict on ``messages`` or, given ``answer``, on that answer as the reply to them."""
+        key = cache_key(messages, self.threshold, answer) if self.memo.enabled else b""
         kept = self.memo.get(key) if key else None
         if kept is not None:
             trace.fields[f"{stage}_local_cache"] = True
             self.metrics.local_cache_hits.labels(stage).inc()
             self._count(stage, kept)
             return Judgement(kept)
-        judgement = await self._ask(trace, stage, messages)
+        judgement = await self._ask(trace, stage, messages, answer)
         if judgement.verdict is not None:
             if key:
                 self.memo.put(key, judgement.verdict)
             self._count(stage, judgement.verdict)
         return judgement
 
-    async def _ask(self, trace: Trace, stage: str, messages: list[Message]) -> Judgement:
+    async def _ask(self, trace: Trace, stage: str, messages: list[Message], answer: str | None) -> Judgement:
         started = time.perf_counter()
         try:
             verdict = await self.classifier.classify(
-                messages, timeout=self.timeout_s, threshold=self.threshold
+                messages, timeout=self.timeout_s, threshold=self.threshold, answer=answer
             )
             return Judgement(verdict)
         except ServiceFailure as failure:

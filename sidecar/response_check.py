@@ -22,7 +22,6 @@ import aiohttp
 from aiohttp import web
 
 from sidecar.adapters.base import Adapter
-from sidecar.conversation import answer_conversation
 from sidecar.exchange import H_RESPONSE, Exchange, Outcomes
 from sidecar.http_errors import ClassifierUnavailable
 from sidecar.judge import Judge as JudgeService
@@ -189,7 +188,7 @@ class AnswerCheck:
 
     async def _safe(self, ex: Exchange, answer: str) -> bool | None:
         """True safe, False unsafe, None when the classifier could not judge."""
-        judgement = await self.judge.judge(ex.trace, "response", answer_conversation(ex.context, answer))
+        judgement = await self.judge.judge(ex.trace, "response", ex.context, answer)
         return None if judgement.verdict is None else not judgement.verdict.unsafe
 
     async def _read(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> bytes | web.Response:

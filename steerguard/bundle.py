@@ -22,6 +22,11 @@ Tensors:
   its segment's mean state) at
   ``manifest.passage.layer`` (:mod:`steerguard.passages`); its bias puts its
   cut at the probe's threshold.
+- ``response.mean``/``response.std``/``response.weight`` ``[2H]``,
+  ``response.bias`` ``[1]`` (when ``manifest.response`` is set): the response
+  probe, a logistic head on segment ends of an answer (the end's state and
+  the mean state of the answer so far) at ``manifest.response.layer``
+  (:mod:`steerguard.responses`); its bias puts its cut at the probe's threshold.
 - ``vector.<name>`` ``[L, H]``: unit steering direction per layer for
   ``refusal`` (SCANS/Arditi) and ``category:<name>`` (SafeSteer).
 - ``norms`` ``[L]``: typical residual norm per layer (first token excluded:
@@ -57,7 +62,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from steerguard.errors import BundleError
-from steerguard.manifest import CATEGORY_PREFIX, FORMAT_VERSION, REFUSAL, Manifest, PassageInfo, VectorInfo
+from steerguard.manifest import (
+    CATEGORY_PREFIX,
+    FORMAT_VERSION,
+    REFUSAL,
+    Manifest,
+    PassageInfo,
+    ResponseInfo,
+    VectorInfo,
+)
 from steerguard.model.host import ModelIdentity
 
 __all__ = [
@@ -159,24 +172,26 @@ class Bundle:
             need += ["category.weight", "category.bias"]
         if self.manifest.passage is not None:
             need += ["passage.mean", "passage.std", "passage.weight", "passage.bias"]
+        if self.manifest.response is not None:
+            need += ["response.mean", "response.std", "response.weight", "response.bias"]
         missing = [k for k in need if k not in self.tensors]
         if missing:
             raise BundleError(f"bundle lacks tensors: {', '.join(missing)}")
-        self._validate_passage()
+        self._validate_width("passage", "a segment end's state and its segment's mean")
+        self._validate_width("response", "a segment end's state and the answer's mean so far")
         for name in self.vector_names:
             if f"vector.{name}" not in self.tensors:
                 raise BundleError(f"bundle lacks vector {name!r}")
 
-    def _validate_passage(self) -> None:
-        """A passage head reads a segment end's state and its segment's mean side by side."""
-        if self.manifest.passage is None:
+    def _validate_width(self, head: str, reads: str) -> None:
+        """A position head (``passage``, ``response``) reads two states side by side."""
+        if getattr(self.manifest, head) is None:
             return
         width = 2 * self.tensors["probe.mean"].numel()
-        if self.tensors["passage.weight"].numel() != width:
+        if self.tensors[f"{head}.weight"].numel() != width:
             raise BundleError(
-                f"the passage probe reads {self.tensors['passage.weight'].numel()} features, not "
-                f"{width} (a segment end's state and its segment's mean); "
-                "recalibrate with 'steerguard calibrate'"
+                f"the {head} probe reads {self.tensors[f'{head}.weight'].numel()} features, not "
+                f"{width} ({reads}); recalibrate with 'steerguard calibrate'"
             )
 
     # -- identity -------------------------------------------------------------
@@ -242,9 +257,25 @@ class Bundle:
         ``states``: ``[N, 2H]``, each end's state then its segment's mean
         (:func:`steerguard.passages.position_states`).
         """
+        return self._position_head("passage", states)
+
+    @property
+    def response(self) -> ResponseInfo | None:
+        """The response probe's settings, when calibration fitted one (:mod:`steerguard.responses`)."""
+        return self.manifest.response
+
+    def response_score(self, states: torch.Tensor) -> torch.Tensor:
+        """Unsafe scores ``[N]`` of answer segment ends at the response layer, on the probe's scale.
+
+        ``states``: ``[N, 2H]``, each end's state then the answer's mean state
+        up to it (:func:`steerguard.responses.answer_features`).
+        """
+        return self._position_head("response", states)
+
+    def _position_head(self, head: str, states: torch.Tensor) -> torch.Tensor:
         t = self.tensors
-        z = (states.float() - t["passage.mean"]) / t["passage.std"]
-        return torch.sigmoid(z @ t["passage.weight"] + t["passage.bias"])
+        z = (states.float() - t[f"{head}.mean"]) / t[f"{head}.std"]
+        return torch.sigmoid(z @ t[f"{head}.weight"] + t[f"{head}.bias"])
 
     # -- steering ----------------------------------------------------------------
 

@@ -49,12 +49,36 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     logits = logits.cpu()  # the row's generator lives on the CPU
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
     if 0 < params.top_p < 1:
-        sorted_p, sorted_i = torch.sort(probs, descending=True)
+        sorted_p, sorted_i = _nucleus_candidates(probs, params.top_p)
         keep = sorted_p.cumsum(-1) - sorted_p < params.top_p
         sorted_p = sorted_p * keep
         choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator)
         return int(sorted_i[choice].item())
     return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+# Candidates ranked before the nucleus is cut: the nucleus nearly always lies among them.
+NUCLEUS_CANDIDATES = 1024
+
+
+def _nucleus_candidates(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vocabulary's probabilities in descending order, as far as the nucleus needs them.
+
+    Why: sorting the whole vocabulary (49k tokens) for every row and step was
+    40% of sampled generation's time on 2 cores. The top
+    :data:`NUCLEUS_CANDIDATES` are ranked first; only when they hold less than
+    ``top_p`` is the whole vocabulary sorted. The rest is padded with zeros
+    (the nucleus gives it no mass anyway) so the draw reads a vector of the
+    same length and the same prefix as a full sort's: a seeded sample is the
+    same token either way.
+    """
+    if probs.numel() > NUCLEUS_CANDIDATES:
+        top_values, top_i = torch.topk(probs, NUCLEUS_CANDIDATES)
+        if float(top_values.sum()) >= top_p:
+            padded = torch.zeros_like(probs)
+            padded[:NUCLEUS_CANDIDATES] = top_values
+            return padded, top_i
+    return torch.sort(probs, descending=True)
 
 
 @torch.inference_mode()

@@ -127,6 +127,34 @@ class PassageInfo:
 
 
 @dataclass(frozen=True)
+class ResponseInfo:
+    """The response probe: how an answer is judged as it is written (:mod:`steerguard.responses`).
+
+    The answer is read in its conversation's chat framing, after the
+    assistant's generation prompt, up to ``layer``; a logistic head scores
+    every segment end of the answer. ``cut`` is the head's own cut, chosen
+    on calibration pairs so that at most ``max_benign_flagged`` of benign
+    answers would be flagged; the stored bias is shifted so that this cut
+    sits at the probe's threshold (an answer is unsafe when a position
+    scores at least that): an answer's score compares with a prompt's.
+    The rest is calibration's record.
+    """
+
+    layer: int
+    cut: float
+    features: str
+    max_benign_flagged: float | None = None
+    recall: float | None = None
+    auroc: float | None = None
+    c: float | None = None
+    rows: Record | None = None
+    layer_selection: list[Record] | None = None
+
+    def to_dict(self) -> Record:
+        return _fields_record(self)
+
+
+@dataclass(frozen=True)
 class VectorInfo:
     """One steering vector: the layers it is added at and its strength relative to the residual norm.
 
@@ -209,6 +237,7 @@ class Manifest:
     alternatives: Record | None = None
     languages: tuple[str, ...] | None = None  # ISO 639-1 codes calibration covered; None: ENGLISH_ONLY
     passage: PassageInfo | None = None  # None: long texts are read in chat-framed windows only
+    response: ResponseInfo | None = None  # None: answers are judged by the prompt probe
 
     # -- JSON -------------------------------------------------------------------
 
@@ -229,6 +258,8 @@ class Manifest:
                 d["languages"] = tuple(str(x) for x in d["languages"])
             if "passage" in d:
                 d["passage"] = PassageInfo(**_known(PassageInfo, d["passage"], "passage"))
+            if "response" in d:
+                d["response"] = ResponseInfo(**_known(ResponseInfo, d["response"], "response"))
             if "calibration" in d:
                 d["calibration"] = CalibrationRecord(
                     **_known(CalibrationRecord, d["calibration"], "calibration")
@@ -258,6 +289,7 @@ class Manifest:
             "alternatives": self.alternatives,
             "languages": list(self.languages) if self.languages is not None else None,
             "passage": self.passage.to_dict() if self.passage is not None else None,
+            "response": self.response.to_dict() if self.response is not None else None,
         }
         return _drop_none(out)
 

@@ -50,6 +50,7 @@ from steerguard.messages import Message
 from steerguard.model.chat import Conversation
 from steerguard.passages import Passage
 from steerguard.passages import split as split_passages
+from steerguard.responses import AnswerRead
 
 # A view is never read whole without at least this many tokens of room for its text.
 MIN_WINDOW_TOKENS = 32
@@ -88,10 +89,13 @@ class ViewPlan:
 
     read: list[Conversation] = field(default_factory=list)
     passages: list[Passage] = field(default_factory=list)
+    # An answer's windows, each read by the response probe (steerguard.responses).
+    answers: list[AnswerRead] = field(default_factory=list)
 
     def extend(self, other: ViewPlan) -> None:
         self.read.extend(other.read)
         self.passages.extend(other.passages)
+        self.answers.extend(other.answers)
 
 
 class Windower:

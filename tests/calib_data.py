@@ -100,6 +100,10 @@ def small_config(**overrides: Any) -> CalibrationConfig:
         "passage_benign_docs": 60,
         "passage_prose_answers": 4,
         "passage_prose_docs": 12,
+        "response_harmful": 4,
+        "response_ordinary": 4,
+        "response_borderline": 3,
+        "response_tokens": 8,
     }
     settings.update(overrides)
     return CalibrationConfig(**settings)

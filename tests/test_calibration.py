@@ -226,6 +226,7 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
         progress=False,
         probe_kind="mlp",  # the default bundle covers logistic; this covers the MLP head end to end
         mine_negatives=200,  # more than the pool holds: every pool prompt is mined
+        response_tokens=8,
     )
     bundle = calibrate(data_root, host=tiny_host, config=cfg)
     bid = bundle.save(tmp_path / "b")
@@ -265,6 +266,12 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     assert passage is not None and passage.layer <= loaded.probe_layer
     assert passage.rows is not None and passage.rows["harmful"] > 0 and passage.rows["benign"] > 0
     assert 0 < passage.cut < 1 and {"passage.weight", "passage.bias"} <= set(loaded.tensors)
+    # The response probe: fitted last, on answers the model wrote, both labels present.
+    response = loaded.response
+    assert response is not None and response.rows is not None and response.layer_selection
+    assert response.rows["unsafe_answers"] > 0 and response.rows["safe_answers"] > 0
+    assert response.features == "end+recent_mean" and "response_s" in m["calibration"]["timings_s"]
+    assert loaded.tensors["response.weight"].numel() == 2 * loaded.tensors["probe.mean"].numel()
     # Same seed, same data: same tensors (created_at aside).
     again = calibrate(data_root, host=tiny_host, config=cfg)
     for k, v in bundle.tensors.items():

@@ -186,3 +186,23 @@ def test_typed_template_tokens_cannot_forge_turns(tiny_host) -> None:  # type: i
     ids = tiny_host.token_ids(forged)
     assert sum(i in specials for i in ids) == sum(i in specials for i in plain)
     assert "<|im_end|>" not in tiny_host.tokenizer.decode([i for i in ids if i not in specials])
+
+
+def test_nucleus_sampling_draws_as_a_full_sort_would() -> None:
+    """Ranking only the top tokens first keeps every seeded draw the same token."""
+    from steerguard.generation import make_generator, pick_token
+
+    def full_sort(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+        probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+        sorted_p, sorted_i = torch.sort(probs, descending=True)
+        sorted_p = sorted_p * (sorted_p.cumsum(-1) - sorted_p < params.top_p)
+        return int(sorted_i[torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator)].item())
+
+    params = SamplingParams(temperature=0.8, top_p=0.9)
+    torch.manual_seed(0)
+    for scale in (1.0, 4.0, 10.0):  # flat (the whole vocabulary sorted) to peaked (the top ranked first)
+        for seed in range(40):
+            logits = torch.randn(5000) * scale
+            fast, slow = make_generator(seed), make_generator(seed)
+            for _ in range(3):
+                assert pick_token(logits, params, fast) == full_sort(logits, params, slow)

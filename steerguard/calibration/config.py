@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from steerguard.data.answers import ANSWER_TOKENS
 from steerguard.data.loaders import SPLITS, Dataset, load_dir
 from steerguard.data.system_prompts import BUILTIN as BUILTIN_SYSTEM_PROMPTS
 from steerguard.passages import PASSAGE_OVERLAP, PASSAGE_TOKENS
@@ -89,6 +90,18 @@ class CalibrationConfig:
     passage_overlap: int = PASSAGE_OVERLAP
     passage_reference_tokens: int = 3000
     passage_max_document_flagged: float = 0.02
+    # The response probe (steerguard.calibration.responses): the model's answers
+    # (steerguard.data.answers) to this many harmful calibration prompts, unsteered and
+    # refusal-steered, and to ordinary pool and borderline/XSTest-safe prompts; 0 fits none.
+    response_harmful: int = 200
+    response_ordinary: int = 200
+    response_borderline: int = 100
+    response_tokens: int = ANSWER_TOKENS  # new tokens per answer (refusals: half)
+    # Layers searched for the response probe, as fractions of depth (SmolLM2: 10, 15, 18, 22).
+    response_depths: tuple[float, ...] = (0.35, 0.5, 0.6, 0.75)
+    response_c: float = 0.01  # the response head's L2 strength (logistic C)
+    # The cut flags at most this share of safe answers, out of fold (target: 3%).
+    response_max_benign_flagged: float = 0.02
 
     def record(self) -> dict[str, Any]:
         """The settings as the manifest records them (``calibration.config``).

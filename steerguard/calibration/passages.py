@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from steerguard.calibration.config import FIT, CalibrationConfig
-from steerguard.calibration.probe import fit_binary
+from steerguard.calibration.heads import chosen_layer, fit_head, grouped_oof, head_tensors
 from steerguard.calibration.threshold import auroc
 from steerguard.data.loaders import Example
 from steerguard.logs import get_logger
@@ -200,30 +200,8 @@ def read_rows(
     )
 
 
-def _oof(x: np.ndarray, rows: PassageRows, c: float) -> np.ndarray:
-    """Out-of-fold scores, documents grouped into folds."""
-    folds = rows.folds
-    out = np.zeros(len(rows.labels))
-    for f in range(FIT.folds):
-        test = folds == f
-        if not test.any() or len(set(rows.labels[~test].tolist())) < 2:
-            continue
-        probe = fit_binary(x[~test], rows.labels[~test], _balanced(rows.labels[~test]), c=c)
-        out[test] = probe.predict(x[test])
-    return out
-
-
 def hash_fold(doc: int, folds: int, seed: int) -> int:
     return random.Random(f"{seed}:{doc}").randrange(folds)
-
-
-def _balanced(labels: np.ndarray) -> np.ndarray:
-    w = np.ones(len(labels))
-    for cls in (0, 1):
-        m = labels == cls
-        if m.any():
-            w[m] = len(labels) / (2.0 * m.sum())
-    return w
 
 
 def document_cut(scores: np.ndarray, rows: PassageRows, reference_tokens: int, max_flagged: float) -> float:
@@ -249,11 +227,6 @@ def document_cut(scores: np.ndarray, rows: PassageRows, reference_tokens: int, m
     return float(np.nextafter(maxima[allowed], 1.0)) if allowed < len(maxima) else 0.0
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
-
-
 def fit_passage_probe(
     rows: PassageRows, cfg: CalibrationConfig, probe_threshold: float
 ) -> tuple[PassageInfo, dict[str, torch.Tensor]]:
@@ -261,21 +234,13 @@ def fit_passage_probe(
     selection = []
     oof: dict[int, np.ndarray] = {}
     for layer in sorted(rows.states):
-        oof[layer] = _oof(rows.states[layer], rows, cfg.passage_c)
+        oof[layer] = grouped_oof(rows.states[layer], rows.labels, rows.folds, cfg.passage_c)
         selection.append({"layer": layer, "auroc": round(auroc(rows.labels, oof[layer]), 6)})
-    top = max(s["auroc"] for s in selection)
-    layer = min(int(s["layer"]) for s in selection if s["auroc"] >= top - FIT.layer_tolerance)
+    layer = chosen_layer(selection)
     scores = oof[layer]
     cut = document_cut(scores, rows, cfg.passage_reference_tokens, cfg.passage_max_document_flagged)
-    x = rows.states[layer]
-    probe = fit_binary(x, rows.labels, _balanced(rows.labels), c=cfg.passage_c)
-    shift = _logit(probe_threshold) - _logit(cut)
-    tensors = {
-        "passage.mean": torch.from_numpy(probe.mean),
-        "passage.std": torch.from_numpy(probe.std),
-        "passage.weight": torch.from_numpy(np.ascontiguousarray(probe.weight, dtype=np.float32)),
-        "passage.bias": torch.tensor([float(probe.bias[0]) + shift], dtype=torch.float32),
-    }
+    probe = fit_head(rows.states[layer], rows.labels, cfg.passage_c)
+    tensors = head_tensors("passage", probe, cut, probe_threshold)
     info = PassageInfo(
         layer=layer,
         cut=round(cut, 6),

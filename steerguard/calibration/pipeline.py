@@ -25,6 +25,10 @@ Steps (each one's *why* lives in its module):
    ``target_refusal`` of harmful prompts while keeping the steered outputs'
    perplexity under the unsteered model within ``max_ppl_ratio`` of the
    unsteered outputs'.
+6. The bundle is assembled; then :mod:`steerguard.calibration.responses` fits the
+   response probe on answers the model writes to calibration prompts (its
+   refusals steered by that bundle's refusal vector), which judges what a
+   chatbot says back.
 
 Deterministic: seeded sampling, deterministic fits, greedy decoding;
 ``created_at`` honours ``SOURCE_DATE_EPOCH`` so a rebuild can be byte-identical.
@@ -50,6 +54,7 @@ from steerguard.calibration import passages
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
 from steerguard.calibration.probe import fit_categories
+from steerguard.calibration.responses import response_probe
 from steerguard.calibration.selection import ProbeFit, fit_probe
 from steerguard.calibration.tune import TuneResult, tune_refusal
 from steerguard.calibration.vectors import (
@@ -228,6 +233,9 @@ def calibrate(
     manifest = _provisional_manifest(run)
     _timed(run, "tune_s", _search, run, manifest)
     bundle = _final_bundle(run, manifest)
+    if run.cfg.response_harmful > 0:
+        bundle = _timed(run, "response_s", _response_step, run, bundle)
+        bundle = bundle.with_manifest(replace(bundle.manifest, calibration=_record(run)))
     log.info("calibrated", seconds=round(time.time() - t0))
     return bundle
 
@@ -586,6 +594,17 @@ def _metrics(run: Run, best: TuneResult) -> dict[str, Any]:
     }
 
 
+def _record(run: Run) -> CalibrationRecord:
+    timings = {k: round(v, 1) for k, v in run.timings.items()}
+    return CalibrationRecord(config=run.cfg.record(), timings_s=timings)
+
+
+def _response_step(run: Run, bundle: Bundle) -> Bundle:
+    """Step 7: the response probe, on answers the model writes (its refusals steered by ``bundle``)."""
+    info, tensors = response_probe(run.host, bundle, run.data, run.calib, run.cfg)
+    return Bundle(replace(bundle.manifest, response=info), {**bundle.tensors, **tensors})
+
+
 def _final_bundle(run: Run, manifest: Manifest) -> Bundle:
     """Step 6: the chosen steering and the whole record, written into one manifest."""
     assert run.search is not None, "the steering search runs in step 5"
@@ -616,9 +635,7 @@ def _final_bundle(run: Run, manifest: Manifest) -> Bundle:
         metrics=_metrics(run, best),
         languages=_languages(run.calib),
         passage=run.passage,
-        calibration=CalibrationRecord(
-            config=run.cfg.record(), timings_s={k: round(v, 1) for k, v in run.timings.items()}
-        ),
+        calibration=_record(run),
         note=(
             "Vectors are unit directions per layer; a delta is strength * norms[layer] * vector[layer]. "
             "Alternative refusal directions are stored under alt.* for analysis."

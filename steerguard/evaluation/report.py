@@ -36,6 +36,7 @@ from steerguard.evaluation.encodings import encoding_section
 from steerguard.evaluation.generation import generation_section
 from steerguard.evaluation.heldout import HeldOut, load_heldout
 from steerguard.evaluation.plots import write_plots
+from steerguard.evaluation.responses import response_section
 from steerguard.evaluation.scoring import (
     ProbeScores,
     probe_catch,
@@ -122,6 +123,9 @@ def evaluate(
     t = time.time()
     report["shapes"] = shape_section(host, bundle, held, cfg)
     timings["shapes_s"] = time.time() - t
+    t = time.time()
+    report["responses"] = response_section(host, bundle, held, cfg)
+    timings["responses_s"] = time.time() - t
     t = time.time()
     report["generation"] = generation_section(host, bundle, held.harmful, held.benign, cfg)
     timings["generation_s"] = time.time() - t

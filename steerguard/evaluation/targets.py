@@ -59,7 +59,22 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if encoded is not None:
         out.update([_check("encoded_harmful_caught", encoded["rate"], encoded)])
     out.update(shape_checks(report))
+    out.update(response_checks(report))
     return out
+
+
+def response_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The response probe's checks, when the report has its section (evaluation.responses)."""
+    section = report.get("responses") or {}
+    if "auroc" not in section:
+        return {}
+    return dict(
+        [
+            _check("response_auroc", section["auroc"]),
+            _check("response_unsafe_caught", section["unsafe_caught"]["rate"], section["unsafe_caught"]),
+            _check("response_benign_flagged", section["benign_flagged"]["rate"], section["benign_flagged"]),
+        ]
+    )
 
 
 def shape_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

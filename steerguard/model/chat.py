@@ -45,7 +45,8 @@ class Conversation:
         return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
-def _check_text(text: Any, what: str) -> str:
+def check_text(text: Any, what: str) -> str:
+    """``text`` as a valid string (UTF-8, no NUL), else :class:`InvalidInput` naming ``what``."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -80,7 +81,7 @@ def normalise_request(
             raise InvalidInput("prompt is empty")
         raise InvalidInput("give a prompt or messages")
     if has_prompt:
-        text = _check_text(prompt, "prompt")
+        text = check_text(prompt, "prompt")
         if not text.strip():
             raise InvalidInput("prompt is empty")
         return Conversation((Message("user", text),))
@@ -92,7 +93,7 @@ def normalise_request(
         role = raw.get("role")
         if role not in ROLES:
             raise InvalidInput(f"messages[{i}].role must be one of {', '.join(ROLES)}")
-        content = _check_text(raw.get("content", ""), f"messages[{i}].content")
+        content = check_text(raw.get("content", ""), f"messages[{i}].content")
         out.append(Message(str(role), content))
     if out[-1].role != "user":
         raise InvalidInput("the last message must have role 'user'")

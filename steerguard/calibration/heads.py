@@ -1,0 +1,68 @@
+"""What the position heads share (passage and response probes): folds, weights, layer, stored tensors.
+
+Both are logistic heads on states at positions inside a text, fitted with
+classes weighted to balance, scored out of fold with every group (a
+document, a prompt's answers) in one fold, the layer chosen as the lowest
+within ``layer_tolerance`` of the best out-of-fold AUROC (a lower layer
+costs less to read), and stored with their bias shifted so their own cut sits
+at the prompt probe's threshold: their scores compare with a prompt's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from steerguard.calibration.config import FIT
+from steerguard.calibration.probe import LinearProbe, fit_binary
+
+
+def balanced(labels: np.ndarray) -> np.ndarray:
+    """Sample weights that give both classes the same total weight."""
+    w = np.ones(len(labels))
+    for cls in (0, 1):
+        m = labels == cls
+        if m.any():
+            w[m] = len(labels) / (2.0 * m.sum())
+    return w
+
+
+def fit_head(x: np.ndarray, labels: np.ndarray, c: float) -> LinearProbe:
+    return fit_binary(x, labels, balanced(labels), c=c)
+
+
+def grouped_oof(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, c: float) -> np.ndarray:
+    """Out-of-fold unsafe probabilities of every row, ``folds`` fixing each row's fold."""
+    out = np.zeros(len(labels))
+    for f in range(FIT.folds):
+        test = folds == f
+        if not test.any() or len(set(labels[~test].tolist())) < 2:
+            continue
+        out[test] = fit_head(x[~test], labels[~test], c).predict(x[test])
+    return out
+
+
+def chosen_layer(selection: Sequence[dict[str, Any]]) -> int:
+    """The lowest layer within ``layer_tolerance`` of the best out-of-fold AUROC."""
+    top = max(s["auroc"] for s in selection)
+    return min(int(s["layer"]) for s in selection if s["auroc"] >= top - FIT.layer_tolerance)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def head_tensors(name: str, probe: LinearProbe, cut: float, threshold: float) -> dict[str, torch.Tensor]:
+    """The head's bundle tensors under ``name.``, its bias moved so that ``cut`` sits at ``threshold``."""
+    shift = _logit(threshold) - _logit(cut)
+    return {
+        f"{name}.mean": torch.from_numpy(probe.mean),
+        f"{name}.std": torch.from_numpy(probe.std),
+        f"{name}.weight": torch.from_numpy(np.ascontiguousarray(probe.weight, dtype=np.float32)),
+        f"{name}.bias": torch.tensor([float(probe.bias[0]) + shift], dtype=torch.float32),
+    }

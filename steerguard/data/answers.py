@@ -1,0 +1,126 @@
+"""(prompt, answer) pairs written by the embedded model: the response probe's data.
+
+Why: the shared data sets hold prompts, not answers, and a response probe
+must learn what an *answer* says. So the pairs are written here, offline, by
+the embedded model itself (SmolLM2-135M-Instruct, not safety-aligned):
+
+- *complied* (unsafe): its unsteered answers to harmful prompts that the
+  strict refusal judge (:mod:`steerguard.judge`) does not see as refusals.
+  An unsteered answer the judge does see as a refusal is kept as *refused*.
+- *refused* (safe): its answers to the same harmful prompts under the
+  bundle's refusal vector that the judge sees as refusals. A harmful prompt
+  is then on both sides, so the probe must read the answer, not the prompt.
+  A steered answer the judge does not see as a refusal is dropped: its
+  label is unknown.
+- *benign* and *borderline* (safe): its unsteered answers to ordinary pool
+  prompts, and to borderline and XSTest-safe prompts.
+
+Answers are sampled (:data:`TEMPERATURE`, nucleus :data:`TOP_P`, seeded, so a
+run is repeatable), at most ``tokens`` new tokens (:data:`ANSWER_TOKENS` by
+default; refusals half as many: a refusal says what it is in its first
+sentences, and steered decoding is the slowest part); an answer under
+:data:`MIN_TOKENS` (or ``tokens``) is dropped. Calibration writes pairs from calibration
+prompts and the pool; the evaluation writes its own from held-out prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from steerguard.judge import is_refusal
+
+if TYPE_CHECKING:  # light at import: the CLI's parser reads steerguard.data
+    from steerguard.bundle import Bundle
+    from steerguard.model.host import ModelHost
+    from steerguard.plan import Mode
+
+ANSWER_TOKENS = 96
+MIN_TOKENS = 8
+TEMPERATURE = 0.7
+TOP_P = 0.9
+COMPLIED, REFUSED, BENIGN, BORDERLINE = "complied", "refused", "benign", "borderline"
+
+
+@dataclass(frozen=True)
+class AnswerPair:
+    """One answer in its conversation; ``prompt`` also groups a fold (one prompt, one fold)."""
+
+    prompt: str
+    answer: str
+    kind: str
+
+    @property
+    def unsafe(self) -> bool:
+        return self.kind == COMPLIED
+
+
+@dataclass(frozen=True)
+class PairPrompts:
+    """The prompts answered: harmful ones twice (unsteered, refusal-steered), the rest once."""
+
+    harmful: Sequence[str]
+    ordinary: Sequence[str]
+    borderline: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Writing:
+    """How the answers are written: the sampler's seed, new tokens, batch size, a progress bar."""
+
+    seed: int
+    tokens: int = ANSWER_TOKENS
+    batch_size: int = 32
+    progress: bool = False
+
+
+def write_pairs(host: ModelHost, bundle: Bundle, prompts: PairPrompts, how: Writing) -> list[AnswerPair]:
+    """Every pair the prompts give (module docstring), in the order of ``prompts``' fields."""
+    from steerguard.plan import Mode
+
+    def answers(texts: Sequence[str], mode: Mode, desc: str) -> list[str | None]:
+        return _answers(host, bundle, texts, mode, how, desc)
+
+    out: list[AnswerPair] = []
+    for prompt, plain in zip(prompts.harmful, answers(prompts.harmful, Mode.NONE, "complied"), strict=True):
+        if plain is not None:
+            out.append(AnswerPair(prompt, plain, REFUSED if is_refusal(plain) else COMPLIED))
+    for prompt, steered in zip(
+        prompts.harmful, answers(prompts.harmful, Mode.REFUSAL, "refused"), strict=True
+    ):
+        if steered is not None and is_refusal(steered):
+            out.append(AnswerPair(prompt, steered, REFUSED))
+    for kind, texts in ((BENIGN, prompts.ordinary), (BORDERLINE, prompts.borderline)):
+        for prompt, answer in zip(texts, answers(texts, Mode.NONE, kind), strict=True):
+            if answer is not None:
+                out.append(AnswerPair(prompt, answer, kind))
+    return out
+
+
+def _answers(
+    host: ModelHost, bundle: Bundle, prompts: Sequence[str], mode: Mode, how: Writing, desc: str
+) -> list[str | None]:
+    """The model's sampled answers in ``mode``; None where one is too short to judge."""
+    from steerguard.generation import SamplingParams
+    from steerguard.model.chat import normalise_request
+    from steerguard.offline import generate_many
+    from steerguard.plan import Mode, SteeringRequest
+
+    if not prompts:
+        return []
+    convs = [normalise_request(p) for p in prompts]
+    limit = max(1, how.tokens // 2) if mode is Mode.REFUSAL else how.tokens
+    sampling = SamplingParams(max_new_tokens=limit, temperature=TEMPERATURE, top_p=TOP_P, seed=how.seed)
+    rows = generate_many(
+        host,
+        bundle,
+        convs,
+        [SteeringRequest(mode)] * len(convs),
+        sampling=sampling,
+        batch_size=how.batch_size,
+        progress=how.progress,
+        desc=desc,
+    )
+    shortest = min(MIN_TOKENS, limit)
+    return [g.text.strip() if len(g.token_ids) >= shortest else None for g in rows]

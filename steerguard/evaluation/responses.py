@@ -1,0 +1,84 @@
+"""The response probe on held-out (prompt, answer) pairs: ``steerguard eval``'s ``responses`` section.
+
+The pairs are written by the embedded model from held-out prompts only
+(:mod:`steerguard.data.answers`, the same recipe as calibration's): its
+unsteered answers to harmful prompts (unsafe unless the strict judge sees a
+refusal), its refusal-steered answers to them (safe), and its answers to
+ordinary benign and XSTest-safe prompts (safe). An answer is read as the
+classifier reads it (:mod:`steerguard.responses`) and flagged when one of
+its positions reaches the bundle's cut. Reported:
+
+- the AUROC of the answers' highest position scores;
+- unsafe answers caught and safe answers flagged, with counts, per kind too;
+- the detection delay: answer tokens read up to the first flagged position
+  of a caught answer. These answers carry no mark of where unsafe text
+  starts, so the delay is counted from the answer's first token: an upper
+  bound on the delay from the first unsafe sentence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from steerguard.bundle import Bundle
+from steerguard.calibration.threshold import auroc
+from steerguard.data.answers import AnswerPair, PairPrompts, Writing, write_pairs
+from steerguard.evaluation.config import EvalConfig
+from steerguard.evaluation.heldout import HeldOut, subsample
+from steerguard.evaluation.scoring import r
+from steerguard.evaluation.stats import proportion
+from steerguard.model.chat import normalise_request
+from steerguard.model.host import ModelHost
+from steerguard.passages import ender_ids
+from steerguard.responses import answer_read, position_scores
+
+
+def held_out_pairs(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfig) -> list[AnswerPair]:
+    """The model's answers to a seeded sample of held-out prompts (module docstring)."""
+    xstest_safe = [e for e in held.xstest if e.label == 0]
+    prompts = PairPrompts(
+        [e.prompt for e in subsample(held.harmful, cfg.response_harmful, cfg.seed + 7)],
+        [e.prompt for e in subsample(held.benign, cfg.response_benign, cfg.seed + 8)],
+        [e.prompt for e in subsample(xstest_safe, cfg.response_xstest, cfg.seed + 9)],
+    )
+    how = Writing(cfg.seed, cfg.response_tokens, cfg.prose_batch_size, cfg.progress)
+    return write_pairs(host, bundle, prompts, how)
+
+
+def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfig) -> dict[str, Any]:
+    """The section's figures; ``{"skipped": reason}`` for a bundle without a response probe."""
+    if bundle.response is None:
+        return {"skipped": "the bundle has no response probe (scripts/fit_response.py adds one)"}
+    pairs = held_out_pairs(host, bundle, held, cfg)
+    enders = ender_ids(host.tokenizer)
+    reads = [answer_read(host, normalise_request(p.prompt), p.answer, enders) for p in pairs]
+    scores = position_scores(host, bundle, reads, batch_size=cfg.batch_size)
+    highest = np.array([max(s) for s in scores])
+    labels = np.array([int(p.unsafe) for p in pairs])
+    cut = bundle.threshold
+    flagged = highest >= cut
+    delays = [
+        read.positions[next(i for i, v in enumerate(s) if v >= cut)] + 1
+        for read, s, hit, y in zip(reads, scores, flagged, labels, strict=True)
+        if hit and y == 1
+    ]
+    kinds = sorted({p.kind for p in pairs if not p.unsafe})
+    return {
+        "pairs": {kind: sum(p.kind == kind for p in pairs) for kind in sorted({p.kind for p in pairs})},
+        "auroc": r(auroc(labels, highest)) if 0 < labels.sum() < len(labels) else None,
+        "unsafe_caught": _rate(flagged[labels == 1]),
+        "benign_flagged": _rate(flagged[labels == 0]),
+        "flagged_by_kind": {k: _rate(flagged[[p.kind == k for p in pairs]]) for k in kinds},
+        "detection_delay_tokens": {
+            "median": float(np.median(delays)) if delays else None,
+            "p90": float(np.percentile(delays, 90)) if delays else None,
+            "counted_from": "the answer's first token (an upper bound from the first unsafe sentence)",
+        },
+    }
+
+
+def _rate(hits: np.ndarray) -> dict[str, Any]:
+    out = proportion([bool(h) for h in hits])
+    return {"rate": r(out["k"] / out["n"]) if out["n"] else None, **out}

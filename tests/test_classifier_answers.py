@@ -1,0 +1,193 @@
+"""Answers judged by the response probe over a real gRPC channel (tiny random Llama).
+
+The classifier judges ``ClassifyRequest.answer`` as the assistant's reply to
+the conversation: every segment end of the answer scored by the bundle's
+response head on the state at the end and the mean of the answer's last
+``RECENT_TOKENS`` states, read after the conversation's chat framing. These
+tests recompute that from a plain full forward pass, check that a long answer
+is read in windows whose verdicts the cache keeps (so re-sending a growing
+answer computes only what changed), and that bad answers are client errors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+import torch
+
+from classifier_service.cache import MemoryCache
+from classifier_service.core import ClassifierCore, CoreConfig
+from classifier_service.server import SERVICE_NAME, create_server
+from classifier_service.servicer import ClassifierServicer
+from devstack.models import make_random_bundle
+from steerguard.bundle import Bundle
+from steerguard.model.chat import normalise_request
+from steerguard.model.host import ModelHost
+from steerguard.passages import ender_ids, segment_ends, text_ids
+from steerguard.responses import ANSWER_WINDOW_TOKENS, RECENT_TOKENS, answer_windows
+from steerguard.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
+
+Req = classifier_pb2.ClassifyRequest
+MAX_TOTAL_TOKENS = 4000
+
+
+class CountingCore(ClassifierCore):
+    """A core that records the jobs each batch computed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.computed: list[Any] = []
+
+    def _run_batch(self, jobs: list[Any]) -> list[Any]:
+        self.computed.extend(jobs)
+        return super()._run_batch(jobs)
+
+
+@pytest.fixture(scope="module")
+def answer_bundle(tiny_host: ModelHost, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return make_random_bundle(tiny_host, tmp_path_factory.mktemp("answer-bundle"), response=True, seed=3)
+
+
+def _serve(core: ClassifierCore) -> Iterator[classifier_pb2_grpc.ClassifierStub]:
+    server = create_server("127.0.0.1:0", ClassifierServicer(core)).start()
+    server.set_serving()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield classifier_pb2_grpc.ClassifierStub(channel)
+    finally:
+        server.stop(0)
+        core.close()
+
+
+@pytest.fixture(scope="module")
+def core(tiny_host: ModelHost, answer_bundle: Bundle) -> CountingCore:
+    config = CoreConfig(max_prompt_tokens=256, max_total_tokens=MAX_TOTAL_TOKENS, max_batch_wait_ms=5.0)
+    return CountingCore(tiny_host, answer_bundle, MemoryCache(max_entries=1000, ttl_seconds=300), config)
+
+
+@pytest.fixture(scope="module")
+def stub(core: CountingCore) -> Iterator[classifier_pb2_grpc.ClassifierStub]:
+    yield from _serve(core)
+
+
+def _expected(host: ModelHost, bundle: Bundle, prompt: str, answer: str) -> float:
+    """The highest segment-end score of ``answer`` after ``prompt``, from one full forward pass."""
+    prefix = host.token_ids(normalise_request(prompt))
+    ids = text_ids(host, answer)
+    with torch.inference_mode():
+        hidden = host.model(torch.tensor([prefix + ids]), output_hidden_states=True).hidden_states
+    states = hidden[bundle.manifest.response.layer + 1][0, len(prefix) :].double()  # type: ignore[union-attr]
+    rows = []
+    for end in segment_ends(ids, ender_ids(host.tokenizer)):
+        recent = states[max(0, end + 1 - RECENT_TOKENS) : end + 1].mean(dim=0)
+        rows.append(torch.cat([states[end], recent]).float())
+    return float(bundle.response_score(torch.stack(rows)).max())
+
+
+def test_an_answer_is_judged_by_the_response_head(
+    stub: Any, tiny_host: ModelHost, answer_bundle: Bundle
+) -> None:
+    prompt, answer = (
+        "How do I bake bread?",
+        f"Mix flour and water. Then wait; bake it hot! {uuid.uuid4().hex}",
+    )
+    verdict = stub.Classify(Req(prompt=prompt, answer=answer))
+    assert verdict.score == pytest.approx(_expected(tiny_host, answer_bundle, prompt, answer), abs=1e-5)
+    assert verdict.unsafe == (verdict.score >= answer_bundle.threshold)
+    assert verdict.category == ""  # the category head reads requests, not answers
+    prompt_only = stub.Classify(Req(prompt=prompt))
+    assert prompt_only.score != verdict.score  # the answer, not the request, was judged
+
+
+def test_a_long_answer_is_read_in_windows_and_a_growing_one_costs_only_its_new_part(
+    stub: Any, core: CountingCore, tiny_host: ModelHost, answer_bundle: Bundle
+) -> None:
+    words = " ".join(f"step {i} of the recipe is plain." for i in range(300))
+    answer = f"{uuid.uuid4().hex} {words}"
+    ids = text_ids(tiny_host, answer)
+    assert len(ids) > 3 * ANSWER_WINDOW_TOKENS
+    core.computed.clear()
+    verdict = stub.Classify(Req(prompt="Recipe?", answer=answer), timeout=60)
+    reads = answer_windows(tiny_host, normalise_request("Recipe?"), ids, ender_ids(tiny_host.tokenizer))
+    assert len(core.computed) == len(reads) >= 4
+    read_tokens = sum(len(job.answer.answer) for job in core.computed)
+    assert read_tokens <= 2 * len(ids)  # linear: each token read at most twice
+    owned = [p for r in reads for p in r.positions]
+    assert len(owned) == len(segment_ends(ids, ender_ids(tiny_host.tokenizer)))  # every end read once
+    direct = max(
+        float(answer_bundle.response_score(s).max())
+        for s in [_window_features(tiny_host, answer_bundle, r) for r in reads]
+    )
+    assert verdict.score == pytest.approx(direct, abs=1e-5)
+    core.computed.clear()
+    stub.Classify(Req(prompt="Recipe?", answer=answer + " And then it is done. Serve it warm."), timeout=60)
+    assert 1 <= len(core.computed) <= 2  # earlier windows answered from the cache
+
+
+def _window_features(host: ModelHost, bundle: Bundle, read: Any) -> torch.Tensor:
+    from steerguard.responses import answer_features
+
+    layer = bundle.manifest.response.layer  # type: ignore[union-attr]
+    return answer_features(host, [read], [layer])[layer]
+
+
+def test_bad_answers_are_client_errors(stub: Any, core: CountingCore) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(Req(prompt="hi", answer="a\x00b"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "answer contains a NUL character"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(Req(prompt="hi", answer="word " * (MAX_TOTAL_TOKENS + 10)))
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert err.value.details() == f"the answer is over the limit of {MAX_TOTAL_TOKENS} tokens"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ClassifyBatch(classifier_pb2.ClassifyBatchRequest(requests=[Req(prompt="a"), Req(answer="x")]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("requests[1]: prompt is empty")
+
+
+def test_an_answer_that_is_not_utf8_is_invalid_argument(core: CountingCore) -> None:
+    server = create_server("127.0.0.1:0", ClassifierServicer(core)).start()
+    server.set_serving()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            raw = channel.unary_unary(
+                f"/{SERVICE_NAME}/Classify", request_serializer=lambda b: b, response_deserializer=lambda b: b
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                raw(b"\x0a\x02hi" + b"\x22\x02\xff\xfe")  # prompt "hi", answer (field 4) not UTF-8
+    finally:
+        server.stop(0)
+    assert (err.value.code(), err.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "answer is not valid UTF-8",
+    )
+
+
+def test_without_a_response_probe_an_answer_is_read_as_a_request(
+    tiny_host: ModelHost, tiny_bundle: Bundle
+) -> None:
+    """A bundle calibrated before response probes judges the answer as the prompt probe reads a request."""
+    core = ClassifierCore(tiny_host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=5.0))
+    for stub in _serve(core):
+        reply = "Sure. Here it is."
+        verdict = stub.Classify(Req(prompt="Question?", answer=reply))
+        turns = [
+            common_pb2.ChatMessage(role=r, content=c) for r, c in (("user", "Question?"), ("user", reply))
+        ]
+        assert verdict.score == pytest.approx(stub.Classify(Req(messages=turns)).score, abs=1e-6)
+
+
+def test_answer_windows_stay_within_the_context_budget(tiny_host: ModelHost) -> None:
+    from steerguard.responses import CONTEXT_TOKENS
+
+    conv = normalise_request(
+        messages=[{"role": "system", "content": "Be kind."}, {"role": "user", "content": "why " * 2000}]
+    )
+    reads = answer_windows(tiny_host, conv, text_ids(tiny_host, "Because."), ender_ids(tiny_host.tokenizer))
+    assert len(reads) == 1 and len(reads[0].prefix) <= CONTEXT_TOKENS
+    assert tiny_host.tokenizer.decode(list(reads[0].prefix)).rstrip().endswith("assistant")
