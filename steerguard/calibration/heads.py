@@ -52,6 +52,13 @@ def chosen_layer(selection: Sequence[dict[str, Any]]) -> int:
     return min(int(s["layer"]) for s in selection if s["auroc"] >= top - FIT.layer_tolerance)
 
 
+def lowest_cut(benign: Sequence[float] | np.ndarray, max_flagged: float) -> float:
+    """The lowest cut that flags at most ``max_flagged`` of these benign units' highest scores."""
+    ranked = np.sort(np.asarray(benign, dtype=np.float64))[::-1]
+    allowed = int(math.floor(max_flagged * len(ranked)))
+    return float(np.nextafter(ranked[allowed], 1.0)) if allowed < len(ranked) else 0.0
+
+
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from steerguard.calibration.config import FIT, CalibrationConfig
-from steerguard.calibration.heads import chosen_layer, fit_head, grouped_oof, head_tensors
+from steerguard.calibration.heads import chosen_layer, fit_head, grouped_oof, head_tensors, lowest_cut
 from steerguard.calibration.threshold import auroc
 from steerguard.data.loaders import Example
 from steerguard.logs import get_logger
@@ -222,9 +222,7 @@ def document_cut(scores: np.ndarray, rows: PassageRows, reference_tokens: int, m
             best, tokens = -math.inf, 0
     if not maxima:
         return float(np.max(scores[rows.labels == 0]))
-    maxima.sort(reverse=True)
-    allowed = int(math.floor(max_flagged * len(maxima)))
-    return float(np.nextafter(maxima[allowed], 1.0)) if allowed < len(maxima) else 0.0
+    return lowest_cut(maxima, max_flagged)
 
 
 def fit_passage_probe(

@@ -18,7 +18,6 @@ a prompt's (and a route's own threshold moves both alike).
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from steerguard.calibration.config import FIT, CalibrationConfig
-from steerguard.calibration.heads import chosen_layer, fit_head, grouped_oof, head_tensors
+from steerguard.calibration.heads import chosen_layer, fit_head, grouped_oof, head_tensors, lowest_cut
 from steerguard.calibration.passages import candidate_layers
 from steerguard.calibration.threshold import auroc
 from steerguard.data.answers import AnswerPair, PairPrompts, Writing, write_pairs
@@ -93,13 +92,6 @@ def answer_maxima(scores: np.ndarray, rows: ResponseRows) -> np.ndarray:
     return out
 
 
-def answer_cut(maxima: np.ndarray, labels: np.ndarray, max_flagged: float) -> float:
-    """The lowest cut that flags at most ``max_flagged`` of safe answers."""
-    safe = np.sort(maxima[labels == 0])[::-1]
-    allowed = int(math.floor(max_flagged * len(safe)))
-    return float(np.nextafter(safe[allowed], 1.0)) if allowed < len(safe) else 0.0
-
-
 def fit_response_probe(
     rows: ResponseRows, cfg: CalibrationConfig, probe_threshold: float
 ) -> tuple[ResponseInfo, dict[str, torch.Tensor]]:
@@ -111,7 +103,7 @@ def fit_response_probe(
         maxima[layer] = answer_maxima(grouped_oof(rows.states[layer], y, folds, cfg.response_c), rows)
         selection.append({"layer": layer, "auroc": round(auroc(rows.labels, maxima[layer]), 6)})
     layer = chosen_layer(selection)
-    cut = answer_cut(maxima[layer], rows.labels, cfg.response_max_benign_flagged)
+    cut = lowest_cut(maxima[layer][rows.labels == 0], cfg.response_max_benign_flagged)
     probe = fit_head(rows.states[layer], y, cfg.response_c)
     tensors = head_tensors("response", probe, cut, probe_threshold)
     unsafe = maxima[layer][rows.labels == 1]
