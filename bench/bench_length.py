@@ -13,7 +13,6 @@ length took. Target: 4k costs at most 5x 512.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from report import save  # noqa: E402  (bench/, on the path when a benchmark runs)
 
 from classifier_service.config import CoreConfig  # noqa: E402
 from classifier_service.core import ClassifierCore  # noqa: E402
@@ -92,10 +93,7 @@ def main() -> int:
     ns = parser.parse_args()
     configure_logging("json", "warning")
     result = measure(ns.rounds, ns.tiny)
-    out = Path(ns.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, ns.out)
     return 0
 
 

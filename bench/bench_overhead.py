@@ -28,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from report import save  # noqa: E402  (bench/, on the path when a benchmark runs)
+
 from devstack.fakes import start_fake_classifier, start_fake_steerer  # noqa: E402
 from sidecar.app import start_site  # noqa: E402
 from sidecar.policy import parse_policy  # noqa: E402
@@ -126,10 +128,7 @@ def main() -> int:
     ns = parser.parse_args()
     configure_logging("json", "warning")
     result = asyncio.run(measure(ns.requests))
-    out = Path(ns.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, ns.out)
     return 0
 
 

@@ -48,6 +48,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         max_queue=args.max_queue,
         cache_prefix=args.cache_prefix,
         log_prompts=args.log_prompts,
+        max_streams=args.max_streams,
     )
     core = ClassifierCore(host, bundle, build_cache(args), config)
     log.info(

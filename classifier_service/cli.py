@@ -76,6 +76,13 @@ def add_classifier_flags(parser: argparse.ArgumentParser) -> None:
         default=core.max_queue,
         help="waiting prompts before RESOURCE_EXHAUSTED",
     )
+    add_flag(
+        parser,
+        "--max-streams",
+        type=int,
+        default=core.max_streams,
+        help="open ClassifyStream calls before RESOURCE_EXHAUSTED (each holds a thread and one window)",
+    )
 
 
 def register(subparsers: Any) -> None:

@@ -27,4 +27,7 @@ class CoreConfig:
     # up to this many tokens in all; past it, TooLong (gRPC OUT_OF_RANGE).
     max_total_tokens: int = MAX_TOTAL_TOKENS
     window_overlap_tokens: int = OVERLAP_TOKENS
+    # Open ClassifyStream calls (each holds a server thread, of 64, and up to
+    # context + one answer window of keys and values: ~40 MB for SmolLM2 at layer 18).
+    max_streams: int = 32
     identify_language: bool = True  # name each request's language in its verdict (steerguard.language)

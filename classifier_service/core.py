@@ -20,23 +20,25 @@ computation nobody waits for any more is cancelled before it reaches the model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from classifier_service import metrics
+from classifier_service.answer_stream import AnswerStream, Locks
 from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
 from classifier_service.config import CoreConfig
 from classifier_service.prefix import SharedPrefix
 from steerguard import language
 from steerguard.bundle import Bundle
-from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput, TooLong
+from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput, Overloaded, TooLong
 from steerguard.logs import get_logger
 from steerguard.messages import Message
 from steerguard.model.activations import last_token_states
@@ -107,6 +109,9 @@ class ClassifierCore:
         if not bundle.bundle_id:
             raise BundleError("the bundle has no bundle_id (save it before serving)")
         self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe to share
+        # The batcher's worker and the answer streams take turns on the model (hooks are shared).
+        self._model_lock = threading.Lock()
+        self._streams = threading.BoundedSemaphore(self.config.max_streams)
         self._flights: dict[str, _Flight] = {}
         # Re-entrant: a future's done-callbacks may run in the thread holding it.
         self._flights_lock = threading.RLock()
@@ -178,6 +183,54 @@ class ClassifierCore:
             out.append(verdict)
         self._log(convs, out, [len(vs) for vs in views])
         return out
+
+    @contextlib.contextmanager
+    def answer_stream(
+        self, conv: Conversation, threshold: float | None = None
+    ) -> Iterator[Callable[[str], Verdict]]:
+        """A judge for an answer to ``conv`` that arrives in pieces (``ClassifyStream``).
+
+        Each call reads the answer's next text and returns the verdict on the
+        answer so far (the highest score yet: once unsafe, it stays unsafe).
+        With a response probe, a stream keeps its keys and values
+        (:class:`~classifier_service.answer_stream.AnswerStream`), so each
+        call costs only its own tokens; without one, each call judges the
+        whole answer so far with :meth:`classify`. At most
+        ``config.max_streams`` are open at once (``Overloaded`` past that);
+        leaving the block frees the stream's memory.
+        """
+        if not self._streams.acquire(blocking=False):
+            raise Overloaded(f"{self.config.max_streams} answer streams are open; try again later")
+        metrics.OPEN_STREAMS.inc()
+        try:
+            read = self._stream_reader(conv)
+            cut = self.bundle.threshold if threshold is None else threshold
+
+            def judge(text: str) -> Verdict:
+                score = read(text)
+                return Verdict(score, score >= cut, "", {}, cut, self.bundle_id)
+
+            yield judge
+        finally:
+            metrics.OPEN_STREAMS.dec()
+            self._streams.release()
+
+    def _stream_reader(self, conv: Conversation) -> Callable[[str], float]:
+        """``read(text) -> highest score so far`` for one answer stream."""
+        if self.bundle.response is not None:
+            locks = Locks(self._tokenizer_lock, self._model_lock)
+            return AnswerStream(self.host, self.bundle, conv, self._enders, locks).feed
+        parts: list[str] = []
+        best = [0.0]
+
+        def whole(text: str) -> float:
+            if text:
+                parts.append(text)
+                (verdict,) = self.classify([conv], answers=["".join(parts)])
+                best[0] = max(best[0], verdict.score)
+            return best[0]
+
+        return whole
 
     def _with_language(self, conv: Conversation, verdict: Verdict) -> Verdict:
         """The verdict naming the request's language and whether the bundle was calibrated for it."""
@@ -388,6 +441,10 @@ class ClassifierCore:
         return out
 
     def _run_batch(self, jobs: list[_Job]) -> list[Verdict]:
+        with self._model_lock:
+            return self._run_locked(jobs)
+
+    def _run_locked(self, jobs: list[_Job]) -> list[Verdict]:
         started = time.perf_counter()
         views = [i for i, job in enumerate(jobs) if job.passage is None and job.answer is None]
         passages = [i for i, job in enumerate(jobs) if job.passage is not None]

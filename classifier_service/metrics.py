@@ -26,6 +26,7 @@ FORWARD_SECONDS = Histogram(
     "Time of one batched forward pass up to the probe layer",
     buckets=LATENCY_BUCKETS,
 )
+OPEN_STREAMS = Gauge("steerguard_classifier_open_streams", "ClassifyStream calls open now")
 QUEUE_DEPTH = Gauge("steerguard_classifier_queue_depth", "Requests waiting for a forward pass")
 CACHE_HITS = Counter("steerguard_classifier_cache_hits_total", "Verdicts answered from the cache")
 CACHE_MISSES = Counter("steerguard_classifier_cache_misses_total", "Verdicts not in the cache")

@@ -12,7 +12,11 @@ from __future__ import annotations
 import grpc
 
 from classifier_service.servicer import ClassifierServicer
-from classifier_service.wire import decode_classify_batch_request, decode_classify_request
+from classifier_service.wire import (
+    decode_answer_chunk,
+    decode_classify_batch_request,
+    decode_classify_request,
+)
 from steerguard.grpc_common.server import GrpcServer, ServerOptions, build_server
 from steerguard.v1 import classifier_pb2, common_pb2
 
@@ -30,6 +34,11 @@ def add_classifier_to_server(servicer: ClassifierServicer, server: grpc.Server) 
             servicer.ClassifyBatch,
             request_deserializer=decode_classify_batch_request,
             response_serializer=classifier_pb2.ClassifyBatchResponse.SerializeToString,
+        ),
+        "ClassifyStream": grpc.stream_stream_rpc_method_handler(
+            servicer.ClassifyStream,
+            request_deserializer=decode_answer_chunk,
+            response_serializer=common_pb2.Verdict.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -13,7 +13,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -83,8 +83,15 @@ def _check_decoded(request: Any) -> None:
         raise InvalidInput(request.reason)
 
 
+def chunk_text(chunk: classifier_pb2.AnswerChunk, first: bool) -> str:
+    """A stream chunk's answer text; only the first chunk may carry the conversation."""
+    if not first and (chunk.prompt or len(chunk.messages) or chunk.HasField("threshold")):
+        raise InvalidInput("only a stream's first chunk carries prompt, messages or threshold")
+    return check_text(chunk.text, "text") if chunk.text else ""
+
+
 class ClassifierServicer:
-    """Implements ``Classify`` and ``ClassifyBatch`` over a :class:`ClassifierCore`."""
+    """Implements ``Classify``, ``ClassifyBatch`` and ``ClassifyStream`` over a :class:`ClassifierCore`."""
 
     def __init__(self, core: ClassifierCore | None = None, *, max_batch_requests: int = 64) -> None:
         self.core = core
@@ -159,3 +166,26 @@ class ClassifierServicer:
                 convs, answers=answers, thresholds=cuts, deadline=deadline, cancelled=gone, label_rows=True
             )
             return classifier_pb2.ClassifyBatchResponse(verdicts=[to_proto(v) for v in verdicts])
+
+    def ClassifyStream(
+        self, chunks: Iterable[Any], context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.Verdict]:
+        """One verdict per chunk, on the answer so far; the stream's memory goes when the call ends.
+
+        The call ends when the client closes its side, cancels, or its deadline
+        passes (gRPC then stops reading and sending, which closes this generator).
+        """
+        with self._observe("ClassifyStream"):
+            chunk_iter = iter(chunks)
+            first = next(chunk_iter, None)
+            if first is None:
+                return
+            _check_decoded(first)
+            conv = to_conversation(first)
+            cut = threshold_of(first)
+            text = chunk_text(first, first=True)
+            with self._ready().answer_stream(conv, cut) as judge:
+                yield to_proto(judge(text))
+                for chunk in chunk_iter:
+                    _check_decoded(chunk)
+                    yield to_proto(judge(chunk_text(chunk, first=False)))

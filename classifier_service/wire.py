@@ -74,9 +74,10 @@ def _not_utf8(value: bytes) -> bool:
     return False
 
 
-def _bad_field(req: Any, where: str) -> str | None:
-    for name in ("prompt", "answer"):
-        if _not_utf8(getattr(req, name)):
+def _bad_field(req: Any, where: str, answer: str = "answer") -> str | None:
+    """The first string field of ``req`` that is not UTF-8 (field 4 is called ``answer``)."""
+    for field, name in (("prompt", "prompt"), ("answer", answer)):
+        if _not_utf8(getattr(req, field)):
             return f"{where}{name} is not valid UTF-8"
     for i, m in enumerate(req.messages):
         for name in ("role", "content"):
@@ -91,6 +92,16 @@ def _explain_request(data: bytes) -> str:
     except DecodeError:
         return "request is not a valid steerguard.v1.ClassifyRequest message"
     return _bad_field(mirror, "") or "request is not a valid steerguard.v1.ClassifyRequest message"
+
+
+def _explain_chunk(data: bytes) -> str:
+    """``AnswerChunk`` shares ``ClassifyRequest``'s wire format, its field 4 named ``text``."""
+    generic = "request is not a valid steerguard.v1.AnswerChunk message"
+    try:
+        mirror = _MirrorRequest.FromString(data)
+    except DecodeError:
+        return generic
+    return _bad_field(mirror, "", answer="text") or generic
 
 
 def _explain_batch(data: bytes) -> str:
@@ -117,3 +128,4 @@ def _lenient(parse: Callable[[bytes], Any], explain: Callable[[bytes], str]) -> 
 
 decode_classify_request = _lenient(classifier_pb2.ClassifyRequest.FromString, _explain_request)
 decode_classify_batch_request = _lenient(classifier_pb2.ClassifyBatchRequest.FromString, _explain_batch)
+decode_answer_chunk = _lenient(classifier_pb2.AnswerChunk.FromString, _explain_chunk)

@@ -52,6 +52,8 @@ class Script:
     abort_code: grpc.StatusCode | None = None
     fail_after: int | None = None
     require_token: str | None = None
+    stream_unimplemented: bool = False  # ClassifyStream answers UNIMPLEMENTED, as an older classifier
+    stream_chunks: int = 0  # ClassifyStream chunks judged
     calls: list[list[tuple[str, str]]] = field(default_factory=list)
     metadata: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -60,7 +62,7 @@ class Script:
         """Back to answering normally, with no record."""
         with self.lock:
             self.delay_s, self.fail_unavailable, self.abort_code, self.fail_after = 0.0, 0, None, None
-            self.require_token = None
+            self.require_token, self.stream_unimplemented, self.stream_chunks = None, False, 0
             self.calls.clear()
             self.metadata.clear()
 
@@ -110,10 +112,12 @@ def judge(text: str) -> tuple[bool, str]:
     return True, "violence"
 
 
-def _messages(request: classifier_pb2.ClassifyRequest | steer_pb2.GenerateRequest) -> list[tuple[str, str]]:
+def _messages(
+    request: classifier_pb2.ClassifyRequest | classifier_pb2.AnswerChunk | steer_pb2.GenerateRequest,
+) -> list[tuple[str, str]]:
     """The request's turns; a classify request's answer last, under the role ``answer``."""
     turns = [("user", request.prompt)] if request.prompt else [(m.role, m.content) for m in request.messages]
-    answer = getattr(request, "answer", "")
+    answer = getattr(request, "answer", "") or getattr(request, "text", "")
     return [*turns, (ANSWER, answer)] if answer else turns
 
 
@@ -167,6 +171,27 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
         return classifier_pb2.ClassifyBatchResponse(
             verdicts=[self._verdict(_messages(r), None) for r in request.requests]
         )
+
+    def ClassifyStream(
+        self, chunks: Iterator[classifier_pb2.AnswerChunk], context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.Verdict]:
+        """One verdict per chunk on the answer so far (kept whole: a fake), unsafe once unsafe."""
+        if self.script.stream_unimplemented:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        turns: list[tuple[str, str]] = []
+        answer, threshold, worst = "", None, None
+        for i, chunk in enumerate(chunks):
+            if i == 0:
+                turns = _messages(chunk)[:-1] if chunk.text else _messages(chunk)
+                threshold = chunk.threshold if chunk.HasField("threshold") else None
+            answer += chunk.text
+            messages = [*turns, (ANSWER, answer)]
+            self.script.enter(context, messages)
+            with self.script.lock:
+                self.script.stream_chunks += 1
+            verdict = self._verdict(messages, threshold)
+            worst = verdict if worst is None or verdict.unsafe else worst
+            yield worst
 
 
 class FakeSteerer(steer_pb2_grpc.SteererServicer):

@@ -12,6 +12,7 @@ show a client.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -150,6 +151,8 @@ class ClassifierClient:
         self._channel = open_channel(settings)
         self._stub = classifier_pb2_grpc.ClassifierStub(self._channel)
         self._metadata = _metadata(settings.token)
+        # Set once the classifier answered ClassifyStream with UNIMPLEMENTED (sidecar.judge.AnswerJudge).
+        self.stream_unimplemented = False
 
     async def classify(
         self,
@@ -167,6 +170,15 @@ class ClassifierClient:
             return await self._stub.Classify(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise _failure("classifier", exc) from None
+
+    def answer_stream(
+        self, messages: Sequence[Message], *, threshold: float | None = None
+    ) -> AnswerStreamCall:
+        """A ``ClassifyStream`` call for one answer to ``messages`` (opened on its first check)."""
+        first = classifier_pb2.AnswerChunk(messages=to_proto_messages(messages))
+        if threshold is not None:
+            first.threshold = threshold
+        return AnswerStreamCall(lambda: self._stub.ClassifyStream(metadata=self._metadata), first)
 
     async def ready(self, timeout: float) -> str:
         """``reachable``, ``unreachable``, or ``unauthenticated`` (it answers, but refuses our token).
@@ -190,6 +202,44 @@ class ClassifierClient:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+class AnswerStreamCall:
+    """One answer's ``ClassifyStream``: each check sends the answer's new text and reads the verdict.
+
+    The call has no deadline of its own (an answer may stream for minutes);
+    each check has ``timeout``, and a check that times out cancels the call.
+    :meth:`close` cancels it too, which frees the classifier's stream.
+    """
+
+    def __init__(self, open_call: Any, first: classifier_pb2.AnswerChunk) -> None:
+        self._open = open_call
+        self._call: Any = None
+        self._first: classifier_pb2.AnswerChunk | None = first
+
+    async def judge(self, text: str, *, timeout: float) -> common_pb2.Verdict:
+        """The verdict on the answer so far, after ``text``."""
+        chunk, self._first = self._first or classifier_pb2.AnswerChunk(), None
+        chunk.text = text
+        try:
+            if self._call is None:
+                self._call = self._open()
+            await asyncio.wait_for(self._call.write(chunk), timeout)
+            reply = await asyncio.wait_for(self._call.read(), timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("classifier", exc) from None
+        except asyncio.TimeoutError:
+            self.close()
+            raise ServiceFailure("classifier", "deadline", "DEADLINE_EXCEEDED") from None
+        except asyncio.InvalidStateError:  # written to after the call ended
+            raise ServiceFailure("classifier", "error", "ENDED") from None
+        if reply is grpc.aio.EOF:
+            raise ServiceFailure("classifier", "error", "ENDED")
+        return reply  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
 
 
 class SteerClient:

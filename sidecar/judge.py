@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from sidecar.conversation import Message
@@ -120,22 +120,27 @@ class Judge:
         if kept is not None:
             trace.fields[f"{stage}_local_cache"] = True
             self.metrics.local_cache_hits.labels(stage).inc()
-            self._count(stage, kept)
+            self.count(stage, kept)
             return Judgement(kept)
-        judgement = await self._ask(trace, stage, messages, answer)
+        call = self.classifier.classify(
+            messages, timeout=self.timeout_s, threshold=self.threshold, answer=answer
+        )
+        judgement = await self.ask(trace, stage, call)
         if judgement.verdict is not None:
             if key:
                 self.memo.put(key, judgement.verdict)
-            self._count(stage, judgement.verdict)
+            self.count(stage, judgement.verdict)
         return judgement
 
-    async def _ask(self, trace: Trace, stage: str, messages: list[Message], answer: str | None) -> Judgement:
+    def answer_stream(self, trace: Trace, messages: list[Message]) -> AnswerJudge:
+        """Verdicts on one streamed answer to ``messages``, check by check (``ClassifyStream``)."""
+        return AnswerJudge(self, trace, messages)
+
+    async def ask(self, trace: Trace, stage: str, call: Awaitable[common_pb2.Verdict]) -> Judgement:
+        """The verdict ``call`` gives, or why there is none (counted, timed)."""
         started = time.perf_counter()
         try:
-            verdict = await self.classifier.classify(
-                messages, timeout=self.timeout_s, threshold=self.threshold, answer=answer
-            )
-            return Judgement(verdict)
+            return Judgement(await call)
         except ServiceFailure as failure:
             self.outcomes.failure(trace, "classifier", failure.kind)
             self.metrics.verdicts.labels(stage, "unknown", "").inc()
@@ -150,6 +155,50 @@ class Judge:
             self.metrics.classify_latency.labels(stage).observe(elapsed)
             trace.fields[f"{stage}_classify_ms"] = round(elapsed * 1000.0, 3)
 
-    def _count(self, stage: str, verdict: common_pb2.Verdict) -> None:
+    def count(self, stage: str, verdict: common_pb2.Verdict) -> None:
         label = "unsafe" if verdict.unsafe else "safe"
         self.metrics.verdicts.labels(stage, label, verdict.category if verdict.unsafe else "").inc()
+
+
+class AnswerJudge:
+    """One streamed answer's checks over one ``ClassifyStream`` call.
+
+    Each check sends only the text since the last one. After a check fails
+    (the classifier unreachable or too slow) the call is gone and later checks
+    fail too: the route's failure policy then decides, as for any unjudged text.
+    A classifier without ``ClassifyStream`` (an older release during a rolling
+    upgrade answers ``UNIMPLEMENTED``) is sent the whole answer so far at every
+    check instead, as before the RPC existed; the client remembers that.
+    """
+
+    def __init__(self, judge: Judge, trace: Trace, messages: list[Message]) -> None:
+        self._judge, self._trace, self._messages = judge, trace, messages
+        self._call = judge.classifier.answer_stream(messages, threshold=judge.threshold)
+        self._failed = False
+        # The answer so far, kept only when the classifier cannot stream.
+        self._resend: list[str] | None = [] if judge.classifier.stream_unimplemented else None
+
+    async def safe(self, text: str) -> bool | None:
+        """True when the answer so far is safe, False unsafe, None when it could not be judged."""
+        if self._resend is not None:
+            self._resend.append(text)
+            whole = await self._judge.judge(self._trace, "response", self._messages, "".join(self._resend))
+            return None if whole.verdict is None else not whole.verdict.unsafe
+        if self._failed:
+            return None
+        judgement = await self._judge.ask(
+            self._trace, "response", self._call.judge(text, timeout=self._judge.timeout_s)
+        )
+        if judgement.verdict is None:
+            self._call.close()
+            if isinstance(judgement.error, ServiceFailure) and judgement.error.code == "UNIMPLEMENTED":
+                self._judge.classifier.stream_unimplemented = True
+                self._resend = []
+                return await self.safe(text)
+            self._failed = True
+            return None
+        self._judge.count("response", judgement.verdict)
+        return not judgement.verdict.unsafe
+
+    def close(self) -> None:
+        self._call.close()

@@ -3,9 +3,11 @@
 Whole responses are read (bounded), judged once and replaced when unsafe.
 Server-sent-event streams are relayed event by event, but at most a window of
 answer text (``window_chars``, and ``max_window_bytes`` of events) is held
-back: each time the window fills, the answer so far is judged; safe releases
-the held events unchanged, unsafe drops them and ends the stream with a
-replacement. The rest of the stream is never buffered.
+back: each time the window fills, its text goes to the classifier's
+``ClassifyStream`` call for this answer, which keeps what it has read (so each
+check costs only the new text, and an answer of any length can be judged);
+safe releases the held events unchanged, unsafe drops them and ends the stream
+with a replacement. Neither the answer nor the rest of the stream is buffered.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def decode_body(body: bytes, encoding: str | None) -> bytes | None:
     return None
 
 
-# judge(answer_so_far) -> True safe, False unsafe, None could not judge.
+# judge(new_text) -> True when the answer so far is safe, False unsafe, None could not judge.
 Judge = Callable[[str], Awaitable[bool | None]]
 
 
@@ -101,7 +103,7 @@ async def guard_event_stream(
     held: list[bytes] = []
     held_bytes = 0
     pending_chars = 0
-    answer: list[str] = []
+    pending: list[str] = []  # answer text held back, not yet judged
     ident: tuple[str | None, str | None] = (None, None)
     buffer = b""
 
@@ -110,7 +112,8 @@ async def guard_event_stream(
         nonlocal held, held_bytes, pending_chars
         if pending_chars:
             outcome.checks += 1
-            safe = await judge("".join(answer))
+            safe = await judge("".join(pending))
+            pending.clear()
             if safe is False:
                 outcome.replaced = True
                 await write(replacement(*ident))
@@ -137,7 +140,7 @@ async def guard_event_stream(
                     ident = identity(data)
                 text = adapter.stream_answer_delta(data)
                 if text:
-                    answer.append(text)
+                    pending.append(text)
                     pending_chars += len(text)
             held.append(event)
             held_bytes += len(event)
@@ -315,17 +318,21 @@ class AnswerCheck:
                 yield chunk
 
         check = ex.route.response_check
-        return await guard_event_stream(
-            chunks(),
-            response.write,
-            lambda answer: self._safe(ex, answer),
-            adapter,
-            window_chars=check.window_chars,
-            max_window_bytes=check.max_window_bytes,
-            replacement=replacement,
-            error_event=error_event,
-            fail_closed=ex.route.on_classifier_error is FailureMode.CLOSED,
-        )
+        stream = self.judge.answer_stream(ex.trace, ex.context)
+        try:
+            return await guard_event_stream(
+                chunks(),
+                response.write,
+                stream.safe,
+                adapter,
+                window_chars=check.window_chars,
+                max_window_bytes=check.max_window_bytes,
+                replacement=replacement,
+                error_event=error_event,
+                fail_closed=ex.route.on_classifier_error is FailureMode.CLOSED,
+            )
+        finally:
+            stream.close()
 
 
 def is_json(content_type: str) -> bool:

@@ -22,7 +22,8 @@ alone separated unsafe from safe answers worse (AUROC 0.92 vs 0.96 at layer
 on answers of 96 tokens, but a long benign answer would dilute it: the
 recent mean judges a harmful part of a long answer as it would judge it
 alone. A position needs only its last :data:`RECENT_TOKENS` tokens besides
-the model's own context, so an answer can be read in overlapping windows.
+the model's own context, so an answer can be read in overlapping windows
+(:data:`ANSWER_WINDOW_TOKENS`, :data:`WINDOW_OVERLAP_TOKENS`).
 """
 
 from __future__ import annotations
@@ -43,8 +44,14 @@ if TYPE_CHECKING:  # light at import: the sidecar and the classifier's config re
 FEATURES = "end+recent_mean"
 RECENT_TOKENS = 64
 # An answer longer than this is read in windows of this many of its tokens, each after the
-# conversation's context, overlapping by RECENT_TOKENS so that every position's recent mean is whole.
-ANSWER_WINDOW_TOKENS = 512
+# conversation's context, overlapping by WINDOW_OVERLAP_TOKENS: a window's positions are scored
+# only after that much of the answer, so every position's recent mean is whole and the model has
+# read well into the text. Why so much: the state shortly after a window's abrupt start misleads
+# the head. On a 6.5k-token benign report (built for the streaming tests, not evaluation data),
+# 64-token overlaps flagged positions 65-106 tokens into 4 of 15 windows (scores up to 0.75, cut
+# 0.32); with 192 or 256 tokens before every scored position the highest score was 0.02.
+ANSWER_WINDOW_TOKENS = 1024
+WINDOW_OVERLAP_TOKENS = 256
 # The context each window is read after: the conversation, or when it is longer than this,
 # its latest user turn's tail (with the system prompt when that still fits).
 CONTEXT_TOKENS = 384
@@ -77,15 +84,15 @@ def answer_windows(
 ) -> list[AnswerRead]:
     """An answer of any length as the classifier reads it: whole, or in overlapping windows.
 
-    Cost is linear in its length: each token is read at most twice, each
-    window after at most :data:`CONTEXT_TOKENS` of context.
+    Cost is linear in its length: each token is read at most twice (4/3
+    times on average), each window after at most :data:`CONTEXT_TOKENS` of context.
     """
     from steerguard.passages import segment_ends, split
 
     prefix = tuple(context_ids(host, conv))
     if len(answer_ids) <= ANSWER_WINDOW_TOKENS:
         return [AnswerRead(prefix, tuple(answer_ids), tuple(segment_ends(answer_ids, enders)))]
-    windows = split(answer_ids, enders, ANSWER_WINDOW_TOKENS, RECENT_TOKENS)
+    windows = split(answer_ids, enders, ANSWER_WINDOW_TOKENS, WINDOW_OVERLAP_TOKENS)
     return [AnswerRead(prefix, w.ids, w.positions) for w in windows]
 
 

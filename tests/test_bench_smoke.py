@@ -65,3 +65,14 @@ def test_length_bench_reads_a_long_prompt_in_passages(tmp_path: Path) -> None:
     assert views["4096"]["views"] == 0 and views["4096"]["passages"] > 3
     ratio = r["ratio_4096_vs_512"]
     assert isinstance(ratio, float) and ratio > 1.0
+
+
+def test_answer_stream_bench_measures_both_ways_side_by_side(tmp_path: Path) -> None:
+    r = run_bench("bench_answer_stream.py", tmp_path / "s.json", "--rounds", "1")
+    checks = r["checks"]
+    assert isinstance(checks, dict) and checks["2000"] > 5 * checks["200"]
+    for way in ("stream", "resend"):
+        result = r[way]
+        assert isinstance(result, dict) and result["ratio_2000_vs_200"] > 1
+        assert result["first_check_ms_p50"] > 0
+    assert isinstance(r["target"], dict) and r["target"]["ratio_max"] == 12.0

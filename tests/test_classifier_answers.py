@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 import torch
+from serving import serve_core
 
 from classifier_service.cache import MemoryCache
 from classifier_service.core import ClassifierCore, CoreConfig
@@ -32,7 +33,7 @@ from steerguard.responses import ANSWER_WINDOW_TOKENS, RECENT_TOKENS, answer_win
 from steerguard.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 Req = classifier_pb2.ClassifyRequest
-MAX_TOTAL_TOKENS = 4000
+MAX_TOTAL_TOKENS = 6000
 
 
 class CountingCore(ClassifierCore):
@@ -52,15 +53,7 @@ def answer_bundle(tiny_host: ModelHost, tmp_path_factory: pytest.TempPathFactory
     return make_random_bundle(tiny_host, tmp_path_factory.mktemp("answer-bundle"), response=True, seed=3)
 
 
-def _serve(core: ClassifierCore) -> Iterator[classifier_pb2_grpc.ClassifierStub]:
-    server = create_server("127.0.0.1:0", ClassifierServicer(core)).start()
-    server.set_serving()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield classifier_pb2_grpc.ClassifierStub(channel)
-    finally:
-        server.stop(0)
-        core.close()
+_serve = serve_core
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +99,7 @@ def test_an_answer_is_judged_by_the_response_head(
 def test_a_long_answer_is_read_in_windows_and_a_growing_one_costs_only_its_new_part(
     stub: Any, core: CountingCore, tiny_host: ModelHost, answer_bundle: Bundle
 ) -> None:
-    words = " ".join(f"step {i} of the recipe is plain." for i in range(300))
+    words = " ".join(f"step {i} of the recipe is plain." for i in range(400))
     answer = f"{uuid.uuid4().hex} {words}"
     ids = text_ids(tiny_host, answer)
     assert len(ids) > 3 * ANSWER_WINDOW_TOKENS

@@ -6,34 +6,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import torch
+from serving import serve_core
 
 from classifier_service.cache import MemoryCache
 from classifier_service.core import ClassifierCore
-from classifier_service.server import create_server
-from classifier_service.servicer import ClassifierServicer
 from devstack.models import make_random_bundle
 from steerguard.bundle import Bundle
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
-from steerguard.v1 import classifier_pb2, classifier_pb2_grpc
+from steerguard.v1 import classifier_pb2
 
 pytestmark = pytest.mark.integration
 PROBE_LAYER = 8
 
 
 def _serve(host: ModelHost, bundle: Bundle) -> Iterator[Any]:
-    core = ClassifierCore(host, bundle, MemoryCache(max_entries=100, ttl_seconds=60))
-    server = create_server("127.0.0.1:0", ClassifierServicer(core)).start()
-    server.set_serving()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
-            yield classifier_pb2_grpc.ClassifierStub(ch)
-    finally:
-        server.stop(0)
-        core.close()
+    yield from serve_core(ClassifierCore(host, bundle, MemoryCache(max_entries=100, ttl_seconds=60)))
 
 
 def test_early_exit_on_smollm2_matches_a_full_forward(smol_host: ModelHost, tmp_path: Path) -> None:

@@ -648,9 +648,15 @@ async def test_response_check_replaces_unsafe_answer(chatbot, classifier, steere
     assert kept["choices"][0]["message"]["content"] == "You said: tell me nice things"
 
 
-async def test_response_check_on_a_stream_holds_back_a_window(chatbot, classifier, steerer, http) -> None:
+@pytest.mark.parametrize("streams", [True, False], ids=["ClassifyStream", "older-classifier"])
+async def test_response_check_on_a_stream_holds_back_a_window(
+    chatbot, classifier, steerer, http, streams
+) -> None:
+    """Window by window over ClassifyStream; a classifier without it gets the whole answer so far."""
     policy = {"response_check": {"enabled": True, "window_chars": 16, "message": "Answer withheld."}}
     safe_words = " ".join(f"word{i}" for i in range(20))
+    classifier.script.reset()
+    classifier.script.stream_unimplemented = not streams
     async with sidecar(chatbot, classifier, steerer[0], policy) as url:
         prompt = f"{safe_words} UNS4FE end"
         resp = await send(http, "POST", url + CHAT, json=chat_body(prompt, stream=True))
@@ -666,6 +672,8 @@ async def test_response_check_on_a_stream_holds_back_a_window(chatbot, classifie
     assert events[-2]["choices"][0]["finish_reason"] == "content_filter"
     assert sse_text(clean) == f"You said: {safe_words}"
     assert len(classifier.script.calls) > 4  # judged window by window
+    assert (classifier.script.stream_chunks > 4) == streams
+    classifier.script.reset()
 
 
 async def test_response_check_fail_closed_and_open(chatbot, classifier, steerer, http) -> None:

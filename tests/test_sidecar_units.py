@@ -237,7 +237,7 @@ async def _run_guard(
 async def test_stream_guard_releases_safe_windows_unchanged() -> None:
     outcome, out, judged = await _run_guard(["abcd", "efgh", "ij"], [True])
     assert out == b"".join(_sse(["abcd", "efgh", "ij"]))
-    assert judged == ["abcd", "abcdefgh", "abcdefghij"]
+    assert judged == ["abcd", "efgh", "ij"]  # each check sends only the new text (ClassifyStream)
     assert outcome.checks == 3 and not outcome.replaced
 
 

@@ -76,6 +76,9 @@ class EvalConfig:
     response_benign: int = 64
     response_xstest: int = 48
     response_tokens: int = ANSWER_TOKENS  # new tokens per answer (refusals: half)
+    # Hold-backs (characters of answer the sidecar holds while judging) whose leaked tokens are
+    # reported; the sidecar's default is sidecar.policy.ResponseCheck.window_chars.
+    response_hold_backs: tuple[int, ...] = (64, 128, 256, 512)
     max_new_tokens: int = 48
     batch_size: int = 16
     gen_batch_size: int = 8

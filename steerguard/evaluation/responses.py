@@ -13,11 +13,17 @@ its positions reaches the bundle's cut. Reported:
 - the detection delay: answer tokens read up to the first flagged position
   of a caught answer. These answers carry no mark of where unsafe text
   starts, so the delay is counted from the answer's first token: an upper
-  bound on the delay from the first unsafe sentence.
+  bound on the delay from the first unsafe sentence;
+- tokens released to the client per hold-back: the sidecar judges the
+  answer each time it has held back ``H`` characters and releases a window
+  only once it is judged safe, so a caught answer leaks the windows before
+  the one holding its first flagged position (whole windows; a stream also
+  scores the last token at every check, which can only catch earlier).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -32,7 +38,7 @@ from steerguard.evaluation.stats import proportion
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
 from steerguard.passages import ender_ids
-from steerguard.responses import answer_read, position_scores
+from steerguard.responses import AnswerRead, answer_read, position_scores
 
 
 def held_out_pairs(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfig) -> list[AnswerPair]:
@@ -59,11 +65,12 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
     labels = np.array([int(p.unsafe) for p in pairs])
     cut = bundle.threshold
     flagged = highest >= cut
-    delays = [
-        read.positions[next(i for i, v in enumerate(s) if v >= cut)] + 1
+    caught = [
+        (read, read.positions[next(i for i, v in enumerate(s) if v >= cut)])
         for read, s, hit, y in zip(reads, scores, flagged, labels, strict=True)
         if hit and y == 1
     ]
+    delays = [first + 1 for _, first in caught]
     kinds = sorted({p.kind for p in pairs if not p.unsafe})
     return {
         "pairs": {kind: sum(p.kind == kind for p in pairs) for kind in sorted({p.kind for p in pairs})},
@@ -76,7 +83,32 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
             "p90": float(np.percentile(delays, 90)) if delays else None,
             "counted_from": "the answer's first token (an upper bound from the first unsafe sentence)",
         },
+        "released_tokens": released_tokens(host, caught, cfg.response_hold_backs),
     }
+
+
+def released_tokens(
+    host: ModelHost, caught: list[tuple[AnswerRead, int]], hold_backs: tuple[int, ...]
+) -> dict[str, Any]:
+    """Per hold-back: tokens of caught unsafe answers that reach the client (module docstring)."""
+    ends = [_char_ends(host, read) for read, _ in caught]
+    out: dict[str, Any] = {}
+    for hold in hold_backs:
+        leaked = []
+        for token_ends, (_, first) in zip(ends, caught, strict=True):
+            released_chars = (math.ceil(token_ends[first] / hold) - 1) * hold
+            leaked.append(sum(end <= released_chars for end in token_ends))
+        out[str(hold)] = {
+            "median": float(np.median(leaked)) if leaked else None,
+            "p90": float(np.percentile(leaked, 90)) if leaked else None,
+            "none_released": r(sum(n == 0 for n in leaked) / len(leaked)) if leaked else None,
+        }
+    return out
+
+
+def _char_ends(host: ModelHost, read: AnswerRead) -> list[int]:
+    """Where each answer token ends in the answer's text, in characters."""
+    return [len(host.tokenizer.decode(list(read.answer[: i + 1]))) for i in range(len(read.answer))]
 
 
 def _rate(hits: np.ndarray) -> dict[str, Any]:

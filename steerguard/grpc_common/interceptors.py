@@ -66,7 +66,11 @@ def _rewrap(
         return grpc.unary_stream_rpc_method_handler(
             wrap(handler.unary_stream, method), handler.request_deserializer, handler.response_serializer
         )
-    return handler  # client-streaming RPCs are not used by steerguard
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            wrap(handler.stream_stream, method), handler.request_deserializer, handler.response_serializer
+        )
+    return handler  # client-streaming RPCs with one reply are not used by steerguard
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -77,7 +81,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
-        if handler.unary_stream:
+        if handler.unary_stream or handler.stream_stream:
             return _rewrap(handler, _wrap_stream, method)
         return _rewrap(handler, _wrap_unary, method)
 
@@ -94,6 +98,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
+                deny, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
                 deny, handler.request_deserializer, handler.response_serializer
             )
         return grpc.unary_unary_rpc_method_handler(

@@ -35,3 +35,17 @@ def output_cache(output: Any) -> Any:
     if NEW in fields:
         return getattr(output, NEW)
     return getattr(output, OLD)
+
+
+def crop(cache: Any, length: int) -> None:
+    """Keep the first ``length`` positions of ``cache`` (drop what was read after them).
+
+    ``Cache.crop`` took the length to keep before transformers 5.x and takes
+    the (negative) number of positions to drop since; which one is read from
+    its signature.
+    """
+    current = int(cache.get_seq_length())
+    if length >= current:
+        return
+    params = inspect.signature(cache.crop).parameters
+    cache.crop(length if "max_length" in params else length - current)

@@ -45,6 +45,11 @@ class ClassifierStub:
                 request_serializer=steerguard_dot_v1_dot_classifier__pb2.ClassifyBatchRequest.SerializeToString,
                 response_deserializer=steerguard_dot_v1_dot_classifier__pb2.ClassifyBatchResponse.FromString,
                 _registered_method=True)
+        self.ClassifyStream = channel.stream_stream(
+                '/steerguard.v1.Classifier/ClassifyStream',
+                request_serializer=steerguard_dot_v1_dot_classifier__pb2.AnswerChunk.SerializeToString,
+                response_deserializer=steerguard_dot_v1_dot_common__pb2.Verdict.FromString,
+                _registered_method=True)
 
 
 class ClassifierServicer:
@@ -62,6 +67,17 @@ class ClassifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClassifyStream(self, request_iterator, context):
+        """Judges an answer as it is written: one Verdict per chunk, on the answer so
+        far (once unsafe, it stays unsafe). The service keeps what it has read
+        (the response layer's keys and values, bounded by one window), so each
+        chunk costs only its own tokens. Needs a bundle with a response probe for
+        that; without one, each chunk judges the whole answer so far.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClassifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +90,11 @@ def add_ClassifierServicer_to_server(servicer, server):
                     servicer.ClassifyBatch,
                     request_deserializer=steerguard_dot_v1_dot_classifier__pb2.ClassifyBatchRequest.FromString,
                     response_serializer=steerguard_dot_v1_dot_classifier__pb2.ClassifyBatchResponse.SerializeToString,
+            ),
+            'ClassifyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClassifyStream,
+                    request_deserializer=steerguard_dot_v1_dot_classifier__pb2.AnswerChunk.FromString,
+                    response_serializer=steerguard_dot_v1_dot_common__pb2.Verdict.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +151,33 @@ class Classifier:
             '/steerguard.v1.Classifier/ClassifyBatch',
             steerguard_dot_v1_dot_classifier__pb2.ClassifyBatchRequest.SerializeToString,
             steerguard_dot_v1_dot_classifier__pb2.ClassifyBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/steerguard.v1.Classifier/ClassifyStream',
+            steerguard_dot_v1_dot_classifier__pb2.AnswerChunk.SerializeToString,
+            steerguard_dot_v1_dot_common__pb2.Verdict.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,164 @@
+"""Cost of judging a streamed answer: 2,000 tokens against 200, side by side in one run.
+
+The sidecar judges a streamed answer each time it has held back a window of
+``window_chars`` characters (the policy's default hold-back). Two ways of
+judging are measured on the same fresh answers (interleaved rounds, new words
+each time so no cache answers):
+
+- ``stream``: ``ClassifyStream``, what the sidecar uses (the classifier keeps
+  the answer's keys and values; each check reads only its new tokens);
+- ``resend``: ``Classify`` with the whole answer so far at every check (the
+  windows' verdicts cached, so only the last window is read again).
+
+Reported per way: median wall time of all checks of one answer at each length,
+the ratio 2,000 / 200 (target: at most 12 for the stream), and the first
+check's time, which is what the check adds to the client's time to first
+token (the sidecar releases nothing before the first window is judged). The
+core is called in-process: a gRPC round trip adds about a millisecond per check.
+
+    python bench/bench_answer_stream.py [--rounds 5] [--tiny] [--out reports/bench/answer_stream.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from report import save  # noqa: E402  (bench/, on the path when a benchmark runs)
+
+from classifier_service.cache import MemoryCache  # noqa: E402
+from classifier_service.config import CoreConfig  # noqa: E402
+from classifier_service.core import ClassifierCore  # noqa: E402
+from sidecar.policy import ResponseCheck  # noqa: E402
+from steerguard.bundle import Bundle  # noqa: E402
+from steerguard.logs import configure_logging  # noqa: E402
+from steerguard.model.chat import Conversation, normalise_request  # noqa: E402
+from steerguard.model.host import ModelHost  # noqa: E402
+
+_PROSE = """
+the answer explains how the committee reviewed annual budgets for schools, parks, roads and
+libraries across the region. it recommends steady funding; careful audits come every spring!
+"""
+WORDS = tuple(_PROSE.split())
+LENGTHS = {"200": 200, "2000": 2000}
+TARGET_RATIO = 12.0
+
+
+def answer_text(host: ModelHost, tokens: int, rng: random.Random) -> str:
+    """Ordinary prose of ``tokens`` tokens, cut to exactly that many (fresh words each call)."""
+    words: list[str] = []
+    while len(host.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]) < tokens:
+        words.extend(rng.choice(WORDS) for _ in range(32))
+    ids = host.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"][:tokens]
+    return str(host.tokenizer.decode(ids))
+
+
+def load(tiny: bool) -> tuple[ModelHost, Bundle]:
+    if not tiny:
+        bundle = Bundle.load()
+        deepest = max(bundle.probe_layer, bundle.response.layer if bundle.response else 0)
+        return ModelHost.load(None, max_layers=deepest + 1), bundle
+    from devstack.models import make_random_bundle, make_tiny_llama
+
+    folder = Path(tempfile.mkdtemp())
+    host = ModelHost.load(make_tiny_llama(folder / "model"))
+    return host, make_random_bundle(host, folder / "bundle", response=True)
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def judge_stream(core: ClassifierCore, conv: Conversation, pieces: list[str]) -> float:
+    """All checks of one answer over an answer stream; the first check's seconds."""
+    started = time.perf_counter()
+    first = 0.0
+    with core.answer_stream(conv) as judge:
+        for piece in pieces:
+            judge(piece)
+            first = first or time.perf_counter() - started
+    return first
+
+
+def judge_resend(core: ClassifierCore, conv: Conversation, pieces: list[str]) -> float:
+    """All checks of one answer, each sending the whole answer so far; the first check's seconds."""
+    started = time.perf_counter()
+    first = 0.0
+    for i in range(len(pieces)):
+        core.classify([conv], answers=["".join(pieces[: i + 1])])
+        first = first or time.perf_counter() - started
+    return first
+
+
+WAYS: dict[str, Callable[[ClassifierCore, Conversation, list[str]], float]] = {
+    "stream": judge_stream,
+    "resend": judge_resend,
+}
+
+
+def measure(rounds: int, tiny: bool, window_chars: int) -> dict[str, object]:
+    host, bundle = load(tiny)
+    core = ClassifierCore(host, bundle, MemoryCache(max_entries=10_000, ttl_seconds=600), CoreConfig())
+    core.warm_up()
+    rng = random.Random(0)
+    total: dict[str, dict[str, list[float]]] = {w: {k: [] for k in LENGTHS} for w in WAYS}
+    first: dict[str, list[float]] = {w: [] for w in WAYS}
+    checks: dict[str, int] = {}
+    for _ in range(rounds):
+        for name, tokens in LENGTHS.items():
+            for way, run in WAYS.items():
+                conv = normalise_request(f"Tell me about the regional budget ({rng.random():.6f}).")
+                pieces = _pieces(answer_text(host, tokens, rng), window_chars)
+                checks[name] = len(pieces)
+                started = time.perf_counter()
+                first[way].append(run(core, conv, pieces))
+                total[way][name].append(time.perf_counter() - started)
+    core.close()
+    return report(total, first, checks, window_chars)
+
+
+def report(
+    total: dict[str, dict[str, list[float]]],
+    first: dict[str, list[float]],
+    checks: dict[str, int],
+    window_chars: int,
+) -> dict[str, object]:
+    out: dict[str, object] = {"window_chars": window_chars, "checks": checks}
+    for way, times in total.items():
+        p50 = {k: statistics.median(v) for k, v in times.items()}
+        out[way] = {
+            "p50_s": {k: round(v, 4) for k, v in p50.items()},
+            "ratio_2000_vs_200": round(p50["2000"] / p50["200"], 3),
+            "first_check_ms_p50": round(1000 * statistics.median(first[way]), 2),
+        }
+    stream = out["stream"]
+    assert isinstance(stream, dict)
+    ratio = float(stream["ratio_2000_vs_200"])
+    out["target"] = {"ratio_max": TARGET_RATIO, "pass": ratio <= TARGET_RATIO}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke run)")
+    parser.add_argument("--window-chars", type=int, default=ResponseCheck.window_chars)
+    parser.add_argument("--out", default="reports/bench/answer_stream.json")
+    ns = parser.parse_args()
+    configure_logging("json", "warning")
+    result = measure(ns.rounds, ns.tiny, ns.window_chars)
+    save(result, ns.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
