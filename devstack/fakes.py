@@ -177,6 +177,9 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
     ) -> Iterator[common_pb2.Verdict]:
         """One verdict per chunk on the answer so far (kept whole: a fake), unsafe once unsafe."""
         if self.script.stream_unimplemented:
+            # Read the first chunk, as gRPC does before it finds no handler: aborting earlier
+            # races the client's first write and is reported as INTERNAL now and then.
+            next(iter(chunks), None)
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         turns: list[tuple[str, str]] = []
         answer, threshold, worst = "", None, None

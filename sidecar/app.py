@@ -15,16 +15,18 @@ import time
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from sidecar.audit import AuditTrail
 from sidecar.grpc_clients import ChannelSettings, ClassifierClient, SteerClient
 from sidecar.metrics import Metrics
-from sidecar.policy import FailureMode, Policy
+from sidecar.policy import Policy
 from sidecar.proxy import Proxy
-from sidecar.routing import Router
+from sidecar.reload import LivePolicy
 from sidecar.settings import SidecarSettings
 from sidecar.upstream import Upstream, UpstreamSettings
 from steerguard.logs import configure_logging, get_logger
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
+LIVE_KEY = web.AppKey("policy", LivePolicy)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 READY_TTL_S = 1.0
 
@@ -39,8 +41,8 @@ class _Readiness:
     out of rotation.
     """
 
-    def __init__(self, policy: Policy, metrics: Metrics) -> None:
-        self.fails_closed = any(r.on_classifier_error is FailureMode.CLOSED for r in policy.routes)
+    def __init__(self, live: LivePolicy, metrics: Metrics) -> None:
+        self.live = live
         self.metrics = metrics
         self.state = "unreachable"
         self.checked_at = 0.0
@@ -52,7 +54,7 @@ class _Readiness:
             self.checked_at = now
         reachable = self.state == "reachable"
         # A refused token is a misconfiguration, not an outage: never ready, whatever the policy.
-        ready = reachable or (self.state == "unreachable" and not self.fails_closed)
+        ready = reachable or (self.state == "unreachable" and not self.live.current.fails_closed)
         self.metrics.degraded.set(0 if reachable else 1)
         body = {"ready": ready, "classifier": self.state, "degraded": not reachable}
         headers = {} if reachable else {"x-steerguard-degraded": f"classifier-{self.state}"}
@@ -89,8 +91,12 @@ def _channel(settings: SidecarSettings, address: str) -> ChannelSettings:
     )
 
 
-def _lifecycle(app: web.Application, settings: SidecarSettings, policy: Policy, metrics: Metrics) -> None:
-    """Open the clients and the upstream pool on start-up (they need the loop); close them on clean-up."""
+WATCH_KEY = web.AppKey("policy-watch", asyncio.Task[None])
+
+
+def _lifecycle(app: web.Application, settings: SidecarSettings, metrics: Metrics) -> None:
+    """Open the clients and the upstream pool on start-up (they need the loop), and watch the
+    policy file; close them on clean-up."""
     quiet = _MalformedRequests(metrics)
 
     async def start(app: web.Application) -> None:
@@ -106,15 +112,22 @@ def _lifecycle(app: web.Application, settings: SidecarSettings, policy: Policy, 
         )
         classifier = ClassifierClient(_channel(settings, settings.classifier))
         steer = SteerClient(_channel(settings, settings.steer))
-        app[PROXY_KEY] = Proxy(settings, policy, classifier, steer, upstream, metrics)
+        audit = AuditTrail(settings.audit, metrics)
+        audit.start()
+        app[PROXY_KEY] = Proxy(settings, classifier, steer, upstream, metrics, audit)
+        app[WATCH_KEY] = asyncio.create_task(app[LIVE_KEY].watch(settings.policy_poll_s))
 
     async def stop(app: web.Application) -> None:
         logging.getLogger("aiohttp.server").removeFilter(quiet)
+        watch = app.get(WATCH_KEY)
+        if watch is not None:
+            watch.cancel()
         proxy = app.get(PROXY_KEY)
         if proxy is not None:
             await proxy.upstream.close()
             await proxy.classifier.close()
             await proxy.steer.close()
+            await proxy.outcomes.audit.close()
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
@@ -125,7 +138,8 @@ def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
     metrics = Metrics()
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[METRICS_KEY] = metrics
-    _lifecycle(app, settings, policy, metrics)
+    live = app[LIVE_KEY] = LivePolicy(policy, settings.policy_file, metrics)
+    _lifecycle(app, settings, metrics)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -134,19 +148,21 @@ def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
         return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
     app.router.add_get("/healthz", healthz, allow_head=True)
-    app.router.add_get("/readyz", _Readiness(policy, metrics).handle, allow_head=True)
+    app.router.add_get("/readyz", _Readiness(live, metrics).handle, allow_head=True)
     app.router.add_get("/metrics", metrics_handler)
-    routes = Router(policy)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
-        """Every spelling of a chat path reaches its route (sidecar.routing); the rest is pass-through."""
-        proxy = request.app[PROXY_KEY]
-        found = routes.match(request.raw_path)
+        """Every spelling of a chat path reaches its route (sidecar.routing); the rest is pass-through.
+
+        The policy version is read once here: the request finishes on it whatever reloads meanwhile.
+        """
+        proxy, version = request.app[PROXY_KEY], live.current
+        found = version.router.match(request.raw_path)
         if found is None:
-            return await proxy.passthrough(request)
+            return await proxy.passthrough(request, version)
         if request.method not in found.route.methods:
             return proxy.wrong_method(request, found.route)
-        return await proxy.chat(request, found.route, found.adapter)
+        return await proxy.chat(request, found.route, found.adapter, version)
 
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
@@ -178,6 +194,7 @@ async def _serve(settings: SidecarSettings, policy: Policy) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, runner.app[LIVE_KEY].reload_now)
     log.info(
         "listening",
         host=settings.host,

@@ -18,11 +18,13 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.adapters.base import Adapter
+from sidecar.audit import AuditTrail
+from sidecar.audit import event as audit_event
 from sidecar.conversation import ChatRequest, Message
 from sidecar.decisions import Decision
 from sidecar.http_errors import error_response, status_of
 from sidecar.metrics import Metrics
-from sidecar.policy import Route
+from sidecar.policy import Policy, Route
 from steerguard.errors import SteerguardError
 from steerguard.logs import get_logger
 from steerguard.v1 import common_pb2
@@ -46,6 +48,7 @@ class Trace:
     route: str
     start: float = field(default_factory=time.perf_counter)
     fields: dict[str, Any] = field(default_factory=dict)
+    prompt_hmac: str = ""  # for the audit event only (sidecar.audit), never logged
 
     @classmethod
     def for_request(cls, request: web.Request, route: str) -> Trace:
@@ -64,6 +67,7 @@ class Exchange:
     trace: Trace
     route: Route
     adapter: Adapter
+    policy: Policy  # the version in force when the request arrived (sidecar.reload swaps versions)
     body: bytes = b""
     chat: ChatRequest | None = None
     context: list[Message] = field(default_factory=list)
@@ -105,8 +109,9 @@ def verdict_headers(verdict: common_pb2.Verdict | None, action: str, request_id:
 class Outcomes:
     """How every request ends: counted, logged once, errors answered with a safe reason."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, audit: AuditTrail) -> None:
         self.metrics = metrics
+        self.audit = audit
         self.log = get_logger("steerguard.sidecar")
 
     def finish(self, trace: Trace, response: web.StreamResponse, **fields: Any) -> web.StreamResponse:
@@ -121,6 +126,8 @@ class Outcomes:
             total_ms=round(trace.elapsed_ms(), 3),
             **trace.fields,
         )
+        fields = {**trace.fields, "prompt_hmac": trace.prompt_hmac}
+        self.audit.record(audit_event(trace.request_id, trace.route, response.status, fields))
         return response
 
     def error(

@@ -115,12 +115,15 @@ def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
 
 
 def _failure(service: str, error: grpc.aio.AioRpcError) -> Exception:
-    code = error.code()
+    return _failure_of(service, error.code(), error.details())
+
+
+def _failure_of(service: str, code: grpc.StatusCode, details: str | None) -> Exception:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         # Service reasons are safe to show by contract (steerguard.errors).
-        return InvalidInput(error.details() or "invalid request")
+        return InvalidInput(details or "invalid request")
     if code == grpc.StatusCode.OUT_OF_RANGE:
-        return TooLong(error.details() or "the request is too long to judge")
+        return TooLong(details or "the request is too long to judge")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ServiceFailure(service, "deadline", code.name)
     if code == grpc.StatusCode.UNAVAILABLE:
@@ -231,10 +234,10 @@ class AnswerStreamCall:
         except asyncio.TimeoutError:
             self.close()
             raise ServiceFailure("classifier", "deadline", "DEADLINE_EXCEEDED") from None
-        except asyncio.InvalidStateError:  # written to after the call ended
-            raise ServiceFailure("classifier", "error", "ENDED") from None
+        except asyncio.InvalidStateError:  # written to after the call ended: its status says why
+            raise _failure_of("classifier", await self._call.code(), await self._call.details()) from None
         if reply is grpc.aio.EOF:
-            raise ServiceFailure("classifier", "error", "ENDED")
+            raise _failure_of("classifier", await self._call.code(), await self._call.details())
         return reply  # type: ignore[no-any-return]
 
     def close(self) -> None:

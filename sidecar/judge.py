@@ -101,30 +101,35 @@ class Judge:
         outcomes: Outcomes,
         *,
         timeout_s: float,
-        threshold: float | None,
         memo: RecentVerdicts,
     ) -> None:
         self.classifier = classifier
         self.outcomes = outcomes
         self.metrics = outcomes.metrics
         self.timeout_s = timeout_s
-        self.threshold = threshold
         self.memo = memo
 
     async def judge(
-        self, trace: Trace, stage: str, messages: list[Message], answer: str | None = None
+        self,
+        trace: Trace,
+        stage: str,
+        messages: list[Message],
+        answer: str | None = None,
+        *,
+        threshold: float | None = None,
     ) -> Judgement:
-        """The verdict on ``messages`` or, given ``answer``, on that answer as the reply to them."""
-        key = cache_key(messages, self.threshold, answer) if self.memo.enabled else b""
+        """The verdict on ``messages`` or, given ``answer``, on that answer as the reply to them.
+
+        ``threshold``: the policy's, when it sets one (the bundle's otherwise).
+        """
+        key = cache_key(messages, threshold, answer) if self.memo.enabled else b""
         kept = self.memo.get(key) if key else None
         if kept is not None:
             trace.fields[f"{stage}_local_cache"] = True
             self.metrics.local_cache_hits.labels(stage).inc()
             self.count(stage, kept)
             return Judgement(kept)
-        call = self.classifier.classify(
-            messages, timeout=self.timeout_s, threshold=self.threshold, answer=answer
-        )
+        call = self.classifier.classify(messages, timeout=self.timeout_s, threshold=threshold, answer=answer)
         judgement = await self.ask(trace, stage, call)
         if judgement.verdict is not None:
             if key:
@@ -132,9 +137,9 @@ class Judge:
             self.count(stage, judgement.verdict)
         return judgement
 
-    def answer_stream(self, trace: Trace, messages: list[Message]) -> AnswerJudge:
+    def answer_stream(self, trace: Trace, messages: list[Message], threshold: float | None) -> AnswerJudge:
         """Verdicts on one streamed answer to ``messages``, check by check (``ClassifyStream``)."""
-        return AnswerJudge(self, trace, messages)
+        return AnswerJudge(self, trace, messages, threshold)
 
     async def ask(self, trace: Trace, stage: str, call: Awaitable[common_pb2.Verdict]) -> Judgement:
         """The verdict ``call`` gives, or why there is none (counted, timed)."""
@@ -171,9 +176,9 @@ class AnswerJudge:
     check instead, as before the RPC existed; the client remembers that.
     """
 
-    def __init__(self, judge: Judge, trace: Trace, messages: list[Message]) -> None:
-        self._judge, self._trace, self._messages = judge, trace, messages
-        self._call = judge.classifier.answer_stream(messages, threshold=judge.threshold)
+    def __init__(self, judge: Judge, trace: Trace, messages: list[Message], threshold: float | None) -> None:
+        self._judge, self._trace, self._messages, self._threshold = judge, trace, messages, threshold
+        self._call = judge.classifier.answer_stream(messages, threshold=threshold)
         self._failed = False
         # The answer so far, kept only when the classifier cannot stream.
         self._resend: list[str] | None = [] if judge.classifier.stream_unimplemented else None
@@ -182,7 +187,10 @@ class AnswerJudge:
         """True when the answer so far is safe, False unsafe, None when it could not be judged."""
         if self._resend is not None:
             self._resend.append(text)
-            whole = await self._judge.judge(self._trace, "response", self._messages, "".join(self._resend))
+            answer = "".join(self._resend)
+            whole = await self._judge.judge(
+                self._trace, "response", self._messages, answer, threshold=self._threshold
+            )
             return None if whole.verdict is None else not whole.verdict.unsafe
         if self._failed:
             return None

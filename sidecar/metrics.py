@@ -19,6 +19,18 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.config_reloads = Counter(
+            "steerguard_config_reloads",
+            "policy file reloads: ok (in force) or invalid (the old policy kept)",
+            ["result"],
+            registry=r,
+        )
+        self.audit_events = Counter(
+            "steerguard_sidecar_audit_events",
+            "audit events: written, failed (Redis refused them) or dropped (queue full)",
+            ["result"],
+            registry=r,
+        )
         self.requests = Counter(
             "steerguard_sidecar_requests",
             "HTTP requests by route kind and status",

@@ -18,6 +18,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from sidecar.adapters.base import Adapter, ReplyMeta
+from sidecar.audit import AuditTrail, conversation_hmac
 from sidecar.compat import deadline
 from sidecar.conversation import context_for_classifier
 from sidecar.decisions import Decision, decide
@@ -34,6 +35,7 @@ from sidecar.http_errors import (
 from sidecar.judge import INVALID, OVERSIZE, Judge, Judgement, RecentVerdicts
 from sidecar.metrics import Metrics
 from sidecar.policy import Action, FailureMode, Oversize, Policy, Route
+from sidecar.reload import PolicyVersion
 from sidecar.response_check import AnswerCheck, is_json
 from sidecar.routing import SAFE_METHODS
 from sidecar.settings import SidecarSettings
@@ -50,28 +52,26 @@ class Proxy:
     def __init__(
         self,
         settings: SidecarSettings,
-        policy: Policy,
         classifier: ClassifierClient,
         steer: SteerClient,
         upstream: Upstream,
         metrics: Metrics,
+        audit: AuditTrail,
     ) -> None:
         self.settings = settings
-        self.policy = policy
         self.classifier = classifier
         self.steer = steer
         self.upstream = upstream
         self.metrics = metrics
-        self.outcomes = Outcomes(metrics)
+        self.outcomes = Outcomes(metrics, audit)
         memo = RecentVerdicts(settings.verdict_cache_size, settings.verdict_cache_ttl_s)
         self.judge = Judge(
             classifier,
             self.outcomes,
             timeout_s=settings.classify_timeout_s,
-            threshold=policy.threshold,
             memo=memo,
         )
-        self.answers = AnswerCheck(self.judge, self.outcomes, policy.refusal_message)
+        self.answers = AnswerCheck(self.judge, self.outcomes)
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The request body, refusing wrong types, oversized and slow bodies before parsing."""
@@ -96,9 +96,9 @@ class Proxy:
 
     # ----------------------------------------------------------- pass-through
 
-    def _refuse_unknown(self, request: web.Request) -> SteerguardError | None:
+    def _refuse_unknown(self, request: web.Request, policy: Policy) -> SteerguardError | None:
         """Why the policy's ``unknown_paths`` refuses this request; None to relay it."""
-        mode = self.policy.unknown_paths
+        mode = policy.unknown_paths
         if mode == "forward":
             return None
         if mode == "reject":
@@ -117,10 +117,11 @@ class Proxy:
         error = MethodNotAllowed(f"{route.path} takes {allowed}")
         return self.outcomes.error(trace, error, {"Allow": allowed})
 
-    async def passthrough(self, request: web.Request) -> web.StreamResponse:
+    async def passthrough(self, request: web.Request, version: PolicyVersion) -> web.StreamResponse:
         """Any path without a route: relayed untouched, or refused as the policy says."""
         trace = Trace.for_request(request, "passthrough")
-        refused = self._refuse_unknown(request)
+        trace.fields["policy_version"] = version.digest
+        refused = self._refuse_unknown(request, version.policy)
         if refused is not None:
             return self.outcomes.error(trace, refused)
         body = request.content if request.body_exists else None
@@ -138,9 +139,13 @@ class Proxy:
 
     # -------------------------------------------------------------- chat flow
 
-    async def chat(self, request: web.Request, route: Route, adapter: Adapter) -> web.StreamResponse:
-        """Judge every text of the request (sidecar.adapters), then act per policy."""
-        ex = Exchange(request, Trace.for_request(request, route.path), route, adapter)
+    async def chat(
+        self, request: web.Request, route: Route, adapter: Adapter, version: PolicyVersion
+    ) -> web.StreamResponse:
+        """Judge every text of the request (sidecar.adapters), then act per the policy ``route`` is from."""
+        policy = version.policy
+        ex = Exchange(request, Trace.for_request(request, route.path), route, adapter, policy)
+        ex.trace.fields["policy_version"] = version.digest
         try:
             ex.body = await self._read_body(request)
             ex.chat = adapter.parse(ex.body)
@@ -152,7 +157,7 @@ class Proxy:
             # and refused outright when the policy says so.
             ex.trace.fields["unjudged_parts"] = list(ex.chat.unjudged)
             self.metrics.failures.labels("classifier", "unjudged_part").inc()
-            if self.policy.on_unjudged == "reject":
+            if policy.on_unjudged == "reject":
                 kinds = ", ".join(sorted(set(ex.chat.unjudged)))
                 error = InvalidInput(
                     f"the request carries parts that cannot be judged ({kinds}; policy on_unjudged)"
@@ -161,13 +166,15 @@ class Proxy:
         try:
             ex.context = context_for_classifier(
                 ex.chat.messages,
-                max_messages=self.policy.context_messages,
-                max_chars=self.policy.context_chars,
+                max_messages=policy.context_messages,
+                max_chars=policy.context_chars,
             )
         except TooLong as exc:
             return await self._oversize(ex, Judgement(None, OVERSIZE, exc))
         ex.trace.fields["context_turns"] = len(ex.context)
-        judgement = await self.judge.judge(ex.trace, "request", ex.context)
+        if self.outcomes.audit.enabled:
+            ex.trace.prompt_hmac = conversation_hmac(self.outcomes.audit.salt, ex.context)
+        judgement = await self.judge.judge(ex.trace, "request", ex.context, threshold=policy.threshold)
         if judgement.verdict is None:
             return await self._unjudged(ex, judgement)
         return await self._act(ex, judgement.verdict)
@@ -204,13 +211,13 @@ class Proxy:
         ex.mark("flag", OVERSIZE)
         return await self._forward(ex)
 
-    def _decide(self, verdict: common_pb2.Verdict) -> Decision:
+    def _decide(self, policy: Policy, verdict: common_pb2.Verdict) -> Decision:
         """The policy's decision; a language the bundle was not calibrated for follows ``on_language``."""
-        decision = decide(self.policy, verdict.unsafe, verdict.category)
+        decision = decide(policy, verdict.unsafe, verdict.category)
         if verdict.language_calibrated or not verdict.language:
             return decision
-        self.metrics.uncalibrated_languages.labels(verdict.language, self.policy.on_language).inc()
-        wanted = {"block": Action.BLOCK, "flag": Action.FLAG}.get(self.policy.on_language)
+        self.metrics.uncalibrated_languages.labels(verdict.language, policy.on_language).inc()
+        wanted = {"block": Action.BLOCK, "flag": Action.FLAG}.get(policy.on_language)
         if (
             wanted is None
             or decision.intended not in (Action.ALLOW, Action.FLAG)
@@ -224,13 +231,14 @@ class Proxy:
     async def _act(self, ex: Exchange, verdict: common_pb2.Verdict) -> web.StreamResponse:
         """A verdict: the policy's decision for it (shadow, block, steer, or forward)."""
         ex.verdict = verdict
-        ex.decision = decision = self._decide(verdict)
+        ex.decision = decision = self._decide(ex.policy, verdict)
         self.metrics.actions.labels(decision.intended.value, str(decision.shadow).lower()).inc()
         ex.trace.fields.update(
             verdict="unsafe" if verdict.unsafe else "safe",
             score=round(verdict.score, 4),
             category=verdict.category if verdict.unsafe else "",
             cached=verdict.cached,
+            bundle_id=verdict.bundle_id,
             action=decision.intended.value,
             shadow=decision.shadow,
         )
@@ -286,7 +294,7 @@ class Proxy:
     def _block(self, ex: Exchange, *, fallback: str | None = None) -> web.StreamResponse:
         """A refusal in the upstream's shape, status 200; the upstream is never called."""
         rule = ex.decision.rule if ex.decision else None
-        text = rule.message if rule and rule.message else self.policy.refusal_message
+        text = rule.message if rule and rule.message else ex.policy.refusal_message
         chat = ex.parsed
         if chat.stream:
             fmt = ex.adapter.stream_formatter(chat)
@@ -303,7 +311,7 @@ class Proxy:
         return self.outcomes.finish(ex.trace, response)
 
     def _generate_request(self, ex: Exchange) -> steer_pb2.GenerateRequest:
-        params, chat, verdict = self.policy.steer, ex.parsed, ex.verdict
+        params, chat, verdict = ex.policy.steer, ex.parsed, ex.verdict
         assert verdict is not None
         max_new = (
             params.max_new_tokens if chat.max_tokens is None else min(chat.max_tokens, params.max_new_tokens)

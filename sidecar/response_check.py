@@ -169,10 +169,9 @@ async def guard_event_stream(
 class AnswerCheck:
     """Judges an upstream answer (whole JSON or SSE stream) and relays, replaces or refuses it."""
 
-    def __init__(self, judge: JudgeService, outcomes: Outcomes, refusal_message: str) -> None:
+    def __init__(self, judge: JudgeService, outcomes: Outcomes) -> None:
         self.judge = judge
         self.outcomes = outcomes
-        self.refusal_message = refusal_message
 
     def applies(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> bool:
         return ex.route.response_check.enabled and 200 <= upstream.status < 300
@@ -187,11 +186,13 @@ class AnswerCheck:
         return None
 
     def _text(self, ex: Exchange) -> str:
-        return ex.route.response_check.message or self.refusal_message
+        return ex.route.response_check.message or ex.policy.refusal_message
 
     async def _safe(self, ex: Exchange, answer: str) -> bool | None:
         """True safe, False unsafe, None when the classifier could not judge."""
-        judgement = await self.judge.judge(ex.trace, "response", ex.context, answer)
+        judgement = await self.judge.judge(
+            ex.trace, "response", ex.context, answer, threshold=ex.policy.threshold
+        )
         return None if judgement.verdict is None else not judgement.verdict.unsafe
 
     async def _read(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> bytes | web.Response:
@@ -318,7 +319,7 @@ class AnswerCheck:
                 yield chunk
 
         check = ex.route.response_check
-        stream = self.judge.answer_stream(ex.trace, ex.context)
+        stream = self.judge.answer_stream(ex.trace, ex.context, ex.policy.threshold)
         try:
             return await guard_event_stream(
                 chunks(),

@@ -15,6 +15,18 @@ from steerguard.errors import InvalidInput
 from steerguard.settings import add_flag
 
 
+@dataclass(frozen=True)
+class AuditSettings:
+    """Where audit events go (sidecar.audit): a Redis Stream, stdout, or nowhere (both unset)."""
+
+    redis_url: str | None = None
+    stream: str = "steerguard:audit"
+    # XADD MAXLEN ~: about this many events kept (~0.4 GB of Redis at ~400 bytes each)
+    maxlen: int = 1_000_000
+    stdout: bool = False
+    salt_file: str | None = None  # the HMAC key of the events' prompt hashes (a Secret)
+
+
 def add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``steerguard serve sidecar`` (names are relied on by the k8s manifests)."""
     add_flag(parser, "--host", default="0.0.0.0", help="address to listen on")
@@ -23,6 +35,13 @@ def add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--classifier", default="127.0.0.1:50051", help="classifier service HOST:PORT")
     add_flag(parser, "--steer", default="127.0.0.1:50052", help="steer service HOST:PORT")
     add_flag(parser, "--policy", default=None, help="policy file (YAML or JSON); default: block all unsafe")
+    add_flag(
+        parser,
+        "--policy-poll-s",
+        type=float,
+        default=SidecarSettings.policy_poll_s,
+        help="read the policy file again when it changes, checked this often (0: only on SIGHUP)",
+    )
     add_flag(parser, "--auth-token", default=None, help="bearer token sent to the services")
     add_flag(parser, "--auth-token-file", default=None, help="read the bearer token from this file")
     add_flag(parser, "--tls-ca", default=None, help="CA bundle (PEM): use TLS toward the services")
@@ -50,6 +69,14 @@ def add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="close a client connection idle this long, or still sending its headers",
     )
+    audit = AuditSettings()
+    add_flag(parser, "--audit-redis-url", default=None, help="write an audit event per request to this Redis")
+    add_flag(parser, "--audit-stream", default=audit.stream, help="the Redis Stream audit events go to")
+    add_flag(parser, "--audit-maxlen", type=int, default=audit.maxlen, help="about this many events kept")
+    add_flag(
+        parser, "--audit-stdout", action="store_true", help="write audit events to stdout (no Redis URL)"
+    )
+    add_flag(parser, "--audit-salt-file", default=None, help="secret key of the audit events' prompt hashes")
     add_flag(parser, "--grace-seconds", type=float, default=10.0, help="drain time on SIGTERM")
     add_flag(parser, "--log-format", choices=["json", "console"], default="json", help="log renderer")
     add_flag(parser, "--log-level", default="info", help="log level")
@@ -65,6 +92,8 @@ class SidecarSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     policy_file: str | None = None
+    policy_poll_s: float = 2.0  # sidecar.reload
+    audit: AuditSettings = AuditSettings()
     auth_token: str | None = None
     tls_ca: str | None = None
     tls_server_name: str | None = None
@@ -112,6 +141,14 @@ class SidecarSettings:
             host=ns.host,
             port=ns.port,
             policy_file=ns.policy,
+            policy_poll_s=ns.policy_poll_s,
+            audit=AuditSettings(
+                redis_url=ns.audit_redis_url,
+                stream=ns.audit_stream,
+                maxlen=ns.audit_maxlen,
+                stdout=ns.audit_stdout,
+                salt_file=ns.audit_salt_file,
+            ),
             auth_token=token or None,
             tls_ca=ns.tls_ca,
             tls_server_name=ns.tls_server_name,

@@ -30,6 +30,7 @@ TOP_LEVEL: tuple[Register, ...] = (
     generate.register,
     evaluate.register,
     demo.register,
+    sidecar_cli.register_audit,
 )
 SERVE: tuple[Register, ...] = (classifier_cli.register, steer_cli.register, sidecar_cli.register)
 # Packages of the ``model`` extra; a command that needs one names the extra to install.

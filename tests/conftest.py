@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +86,30 @@ def default_bundle():  # type: ignore[no-untyped-def]
 @pytest.fixture()
 def anyio_backend() -> Iterator[str]:
     yield "asyncio"
+
+
+@pytest.fixture()
+def redis_proc() -> Iterator[Any]:
+    """A ``redis-server`` of the test's own on a free port (never the machine's), stopped after."""
+    from devstack.redis import RedisProcess
+
+    try:
+        proc = RedisProcess().start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        pytest.skip(f"cannot start redis-server: {exc}")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def fake_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    """The fake classifier (gRPC) and the demo chatbot process (echo): a sidecar's peers."""
+    from devstack.fakes import start_demo_chatbot, start_fake_classifier
+
+    classifier, _ = start_fake_classifier()
+    chatbot = start_demo_chatbot(tmp_path_factory.mktemp("chatbot") / "chatbot.jsonl")
+    try:
+        yield classifier, chatbot
+    finally:
+        chatbot.stop()
+        classifier.stop()

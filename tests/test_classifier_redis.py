@@ -32,16 +32,6 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture()
-def redis_proc() -> Iterator[RedisProcess]:
-    try:
-        proc = RedisProcess().start()
-    except (FileNotFoundError, RuntimeError) as exc:
-        pytest.skip(f"cannot start redis-server: {exc}")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture()
 def stack(
     redis_proc: RedisProcess, tiny_model_dir: Path, tiny_bundle: Bundle
 ) -> Iterator[tuple[int, ClassifierCore]]:
