@@ -65,8 +65,7 @@ def answer_text(host: ModelHost, tokens: int, rng: random.Random) -> str:
 def load(tiny: bool) -> tuple[ModelHost, Bundle]:
     if not tiny:
         bundle = Bundle.load()
-        deepest = max(bundle.probe_layer, bundle.response.layer if bundle.response else 0)
-        return ModelHost.load(None, max_layers=deepest + 1), bundle
+        return ModelHost.load(None, max_layers=bundle.classifier_layers), bundle
     from devstack.models import make_random_bundle, make_tiny_llama
 
     folder = Path(tempfile.mkdtemp())

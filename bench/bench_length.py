@@ -50,7 +50,7 @@ def document(host: ModelHost, tokens: int, rng: random.Random) -> str:
 def load(tiny: bool) -> tuple[ModelHost, Bundle]:
     if not tiny:
         bundle = Bundle.load()
-        return ModelHost.load(None, max_layers=bundle.probe_layer + 1), bundle
+        return ModelHost.load(None, max_layers=bundle.classifier_layers), bundle
     from devstack.models import make_random_bundle, make_tiny_llama
 
     folder = Path(tempfile.mkdtemp())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from classifier_service.cache import VerdictCache, make_cache
 from classifier_service.core import ClassifierCore, CoreConfig
@@ -10,7 +11,7 @@ from classifier_service.metrics import CACHE_ERRORS
 from classifier_service.server import create_server
 from classifier_service.servicer import ClassifierServicer
 from steerguard.bundle import Bundle
-from steerguard.errors import SteerguardError
+from steerguard.errors import InvalidInput, SteerguardError
 from steerguard.grpc_common.addresses import host_port
 from steerguard.grpc_common.metrics import start_metrics_server
 from steerguard.grpc_common.server import ServerOptions
@@ -19,6 +20,19 @@ from steerguard.logs import get_logger
 from steerguard.model.host import ModelHost
 
 log = get_logger("steerguard.classifier")
+
+
+def read_secret(path: str | None) -> bytes | None:
+    """A secret file's bytes (surrounding whitespace dropped); None without a file."""
+    if not path:
+        return None
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read secret file {path}: {exc.strerror}") from None
+    if not secret:
+        raise InvalidInput(f"secret file {path} is empty")
+    return secret
 
 
 def build_cache(args: argparse.Namespace) -> VerdictCache:
@@ -37,7 +51,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
     """Bundle first (it says how many layers to load), then the truncated model."""
     bundle = Bundle.load(args.bundle)
     host = ModelHost.load(
-        args.model, max_layers=bundle.probe_layer + 1, threads=args.threads, dtype=args.dtype
+        args.model, max_layers=bundle.classifier_layers, threads=args.threads, dtype=args.dtype
     )
     bundle.verify_model(host.identity)
     config = CoreConfig(
@@ -47,6 +61,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         batch_wait_fraction=args.batch_wait_fraction,
         max_queue=args.max_queue,
         cache_prefix=args.cache_prefix,
+        cache_key_secret=read_secret(args.cache_key_secret_file),
         log_prompts=args.log_prompts,
         max_streams=args.max_streams,
     )

@@ -30,6 +30,12 @@ def add_classifier_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--redis-url", default=None, help="Redis verdict cache (default: in-process LRU)")
     add_flag(parser, "--cache-ttl", type=float, default=3600.0, help="verdict cache TTL in seconds")
     add_flag(parser, "--cache-prefix", default=core.cache_prefix, help="Redis key prefix")
+    add_flag(
+        parser,
+        "--cache-key-secret-file",
+        default=None,
+        help="secret for keyed (HMAC) cache keys, shared by replicas; without it keys are bare sha256",
+    )
     add_flag(parser, "--cache-size", type=int, default=10000, help="in-process cache entries (no Redis)")
     add_flag(parser, "--redis-timeout-ms", type=float, default=50.0, help="Redis socket timeout per call")
     add_flag(

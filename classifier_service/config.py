@@ -20,7 +20,8 @@ class CoreConfig:
     max_batch_wait_ms: float = 50.0
     batch_wait_fraction: float = 0.1  # see classifier_service.batcher
     max_queue: int = 1024
-    cache_prefix: str = "steerguard:verdict"  # Redis keys: prefix:bundle_id:sha256 (cache.keys)
+    cache_prefix: str = "steerguard:verdict"  # Redis keys: prefix:bundle_id:hash (cache.keys)
+    cache_key_secret: bytes | None = None  # keyed hashes (HMAC) in cache keys (cache.keys)
     log_prompts: bool = False
     share_prefix: bool = True  # reuse the template prefix's key/value cache
     # Longer conversations are judged in views that fit max_prompt_tokens (steerguard.views),

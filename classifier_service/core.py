@@ -101,10 +101,10 @@ class ClassifierCore:
         self.bundle = bundle
         self.cache = cache
         self.config = config or CoreConfig()
-        if bundle.probe_layer >= host.loaded_layers:
+        if bundle.classifier_layers > host.loaded_layers:
             raise BundleError(
-                f"bundle probes layer {bundle.probe_layer} but the model was loaded with "
-                f"{host.loaded_layers} layers (load at least probe_layer + 1)"
+                f"bundle reads layers up to {bundle.classifier_layers - 1} but the model was loaded with "
+                f"{host.loaded_layers} layers (load at least {bundle.classifier_layers})"
             )
         if not bundle.bundle_id:
             raise BundleError("the bundle has no bundle_id (save it before serving)")
@@ -137,7 +137,11 @@ class ClassifierCore:
         return self.bundle.bundle_id
 
     def key(self, conv: Conversation) -> str:
-        return verdict_key(self.config.cache_prefix, self.bundle.bundle_id, conv.digest())
+        return self._key(conv.digest())
+
+    def _key(self, digest: str) -> str:
+        c = self.config
+        return verdict_key(c.cache_prefix, self.bundle.bundle_id, digest, c.cache_key_secret)
 
     def classify(
         self,
@@ -266,15 +270,13 @@ class ClassifierCore:
         return ViewPlan(answers=answer_windows(self.host, conv, ids, self._enders))
 
     def _answer_jobs(self, reads: Sequence[AnswerRead]) -> list[_Pending.View]:
-        prefix, bid = self.config.cache_prefix, self.bundle.bundle_id
-        return [_Pending.View(verdict_key(prefix, bid, r.key()), None, None, r) for r in reads]
+        return [_Pending.View(self._key(r.key()), None, None, r) for r in reads]
 
     def _view_jobs(self, convs: Sequence[Conversation]) -> list[_Pending.View]:
         return [_Pending.View(self.key(c), c, None) for c in convs]
 
     def _passage_jobs(self, passages: Sequence[Passage]) -> list[_Pending.View]:
-        prefix, bid = self.config.cache_prefix, self.bundle.bundle_id
-        return [_Pending.View(verdict_key(prefix, bid, p.key()), None, p) for p in passages]
+        return [_Pending.View(self._key(p.key()), None, p) for p in passages]
 
     def _judge(
         self, views: Sequence[_Pending.View], deadline: float | None, cancelled: threading.Event | None

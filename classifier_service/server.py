@@ -35,6 +35,11 @@ def add_classifier_to_server(servicer: ClassifierServicer, server: grpc.Server) 
             request_deserializer=decode_classify_batch_request,
             response_serializer=classifier_pb2.ClassifyBatchResponse.SerializeToString,
         ),
+        "DescribeBundle": grpc.unary_unary_rpc_method_handler(
+            servicer.DescribeBundle,
+            request_deserializer=common_pb2.DescribeBundleRequest.FromString,
+            response_serializer=common_pb2.BundleInfo.SerializeToString,
+        ),
         "ClassifyStream": grpc.stream_stream_rpc_method_handler(
             servicer.ClassifyStream,
             request_deserializer=decode_answer_chunk,

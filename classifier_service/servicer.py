@@ -22,6 +22,7 @@ from classifier_service import metrics
 from classifier_service.core import ClassifierCore
 from classifier_service.wire import BadRequest
 from steerguard.errors import InvalidInput, NotReady, SteerguardError
+from steerguard.grpc_common.describe import bundle_info
 from steerguard.grpc_common.status import status_for
 from steerguard.model.chat import Conversation, check_text, normalise_request
 from steerguard.v1 import classifier_pb2, common_pb2
@@ -166,6 +167,10 @@ class ClassifierServicer:
                 convs, answers=answers, thresholds=cuts, deadline=deadline, cancelled=gone, label_rows=True
             )
             return classifier_pb2.ClassifyBatchResponse(verdicts=[to_proto(v) for v in verdicts])
+
+    def DescribeBundle(self, request: Any, context: grpc.ServicerContext) -> common_pb2.BundleInfo:
+        """The bundle served (the sidecar checks the steer service serves the same one)."""
+        return bundle_info(self._ready().bundle)
 
     def ClassifyStream(
         self, chunks: Iterable[Any], context: grpc.ServicerContext

@@ -52,6 +52,7 @@ class Script:
     abort_code: grpc.StatusCode | None = None
     fail_after: int | None = None
     require_token: str | None = None
+    bundle_id: str = "fake-bundle"  # what DescribeBundle names
     stream_unimplemented: bool = False  # ClassifyStream answers UNIMPLEMENTED, as an older classifier
     stream_chunks: int = 0  # ClassifyStream chunks judged
     calls: list[list[tuple[str, str]]] = field(default_factory=list)
@@ -63,6 +64,7 @@ class Script:
         with self.lock:
             self.delay_s, self.fail_unavailable, self.abort_code, self.fail_after = 0.0, 0, None, None
             self.require_token, self.stream_unimplemented, self.stream_chunks = None, False, 0
+            self.bundle_id = "fake-bundle"
             self.calls.clear()
             self.metadata.clear()
 
@@ -172,6 +174,14 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
             verdicts=[self._verdict(_messages(r), None) for r in request.requests]
         )
 
+    def DescribeBundle(
+        self, request: common_pb2.DescribeBundleRequest, context: grpc.ServicerContext
+    ) -> common_pb2.BundleInfo:
+        self.script.authorize(context)
+        return common_pb2.BundleInfo(
+            bundle_id=self.script.bundle_id, categories=sorted(set(KEYWORDS.values()))
+        )
+
     def ClassifyStream(
         self, chunks: Iterator[classifier_pb2.AnswerChunk], context: grpc.ServicerContext
     ) -> Iterator[common_pb2.Verdict]:
@@ -223,9 +233,9 @@ class FakeSteerer(steer_pb2_grpc.SteererServicer):
         )
 
     def DescribeBundle(
-        self, request: steer_pb2.DescribeBundleRequest, context: grpc.ServicerContext
-    ) -> steer_pb2.BundleInfo:
-        return steer_pb2.BundleInfo(bundle_id="fake-bundle", categories=["violence", "cybercrime"])
+        self, request: common_pb2.DescribeBundleRequest, context: grpc.ServicerContext
+    ) -> common_pb2.BundleInfo:
+        return common_pb2.BundleInfo(bundle_id=self.script.bundle_id, categories=["violence", "cybercrime"])
 
 
 @dataclass

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from sidecar.audit import AuditTrail
+from sidecar.bundles import BundleCheck
 from sidecar.grpc_clients import ChannelSettings, ClassifierClient, SteerClient
 from sidecar.metrics import Metrics
 from sidecar.policy import Policy
@@ -55,8 +56,10 @@ class _Readiness:
         reachable = self.state == "reachable"
         # A refused token is a misconfiguration, not an outage: never ready, whatever the policy.
         ready = reachable or (self.state == "unreachable" and not self.live.current.fails_closed)
+        bundles = request.app[PROXY_KEY].bundles
+        ready = ready and not bundles.refusing  # --bundle-mismatch refuse: out of the Service
         self.metrics.degraded.set(0 if reachable else 1)
-        body = {"ready": ready, "classifier": self.state, "degraded": not reachable}
+        body = {"ready": ready, "classifier": self.state, "degraded": not reachable, "bundles": bundles.state}
         headers = {} if reachable else {"x-steerguard-degraded": f"classifier-{self.state}"}
         return web.json_response(body, status=200 if ready else 503, headers=headers)
 
@@ -92,6 +95,7 @@ def _channel(settings: SidecarSettings, address: str) -> ChannelSettings:
 
 
 WATCH_KEY = web.AppKey("policy-watch", asyncio.Task[None])
+BUNDLES_WATCH_KEY = web.AppKey("bundle-watch", asyncio.Task[None])
 
 
 def _lifecycle(app: web.Application, settings: SidecarSettings, metrics: Metrics) -> None:
@@ -114,14 +118,17 @@ def _lifecycle(app: web.Application, settings: SidecarSettings, metrics: Metrics
         steer = SteerClient(_channel(settings, settings.steer))
         audit = AuditTrail(settings.audit, metrics)
         audit.start()
-        app[PROXY_KEY] = Proxy(settings, classifier, steer, upstream, metrics, audit)
+        bundles = BundleCheck(classifier, steer, settings.bundle_mismatch, metrics, settings.bundle_check_s)
+        app[PROXY_KEY] = Proxy(settings, classifier, steer, upstream, metrics, audit, bundles)
         app[WATCH_KEY] = asyncio.create_task(app[LIVE_KEY].watch(settings.policy_poll_s))
+        app[BUNDLES_WATCH_KEY] = asyncio.create_task(bundles.watch())
 
     async def stop(app: web.Application) -> None:
         logging.getLogger("aiohttp.server").removeFilter(quiet)
-        watch = app.get(WATCH_KEY)
-        if watch is not None:
-            watch.cancel()
+        for key in (WATCH_KEY, BUNDLES_WATCH_KEY):
+            task = app.get(key)
+            if task is not None:
+                task.cancel()
         proxy = app.get(PROXY_KEY)
         if proxy is not None:
             await proxy.upstream.close()

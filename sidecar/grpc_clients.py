@@ -147,6 +147,16 @@ async def _health(channel: grpc.aio.Channel, metadata: Any, timeout: float) -> b
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+async def _describe(stub: Any, service: str, metadata: Any, timeout: float) -> common_pb2.BundleInfo:
+    try:
+        info: common_pb2.BundleInfo = await stub.DescribeBundle(
+            common_pb2.DescribeBundleRequest(), timeout=timeout, metadata=metadata
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise _failure(service, exc) from None
+    return info
+
+
 class ClassifierClient:
     """``Classifier.Classify`` with a deadline."""
 
@@ -173,6 +183,10 @@ class ClassifierClient:
             return await self._stub.Classify(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise _failure("classifier", exc) from None
+
+    async def describe(self, timeout: float) -> common_pb2.BundleInfo:
+        """The bundle the classifier serves."""
+        return await _describe(self._stub, "classifier", self._metadata, timeout)
 
     def answer_stream(
         self, messages: Sequence[Message], *, threshold: float | None = None
@@ -267,6 +281,10 @@ class SteerClient:
 
     async def ready(self, timeout: float) -> bool:
         return await _health(self._channel, self._metadata, timeout)
+
+    async def describe(self, timeout: float) -> common_pb2.BundleInfo:
+        """The bundle the steer service serves."""
+        return await _describe(self._stub, "steer", self._metadata, timeout)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -47,6 +47,10 @@ class ClassifierUnavailable(SteerguardError):
     """Fail-closed refusal when the classifier cannot judge (HTTP 503)."""
 
 
+class BundleMismatch(SteerguardError):
+    """The classifier and the steer service serve different bundles, and the sidecar refuses (HTTP 503)."""
+
+
 # Most specific first.
 _TABLE: list[tuple[type[SteerguardError], int, str]] = [
     (PayloadTooLarge, 413, "payload_too_large"),
@@ -59,6 +63,7 @@ _TABLE: list[tuple[type[SteerguardError], int, str]] = [
     (Overloaded, 429, "overloaded"),
     (NotReady, 503, "not_ready"),
     (ClassifierUnavailable, 503, "classifier_unavailable"),
+    (BundleMismatch, 503, "bundle_mismatch"),
     (UpstreamTimeout, 504, "upstream_timeout"),
     (DeadlineExceeded, 504, "deadline_exceeded"),
     (UpstreamError, 502, "upstream_error"),

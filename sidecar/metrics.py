@@ -31,6 +31,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.bundle_mismatch = Gauge(
+            "steerguard_sidecar_bundle_mismatch",
+            "1 while the classifier and the steer service serve different bundles (sidecar.bundles)",
+            registry=r,
+        )
         self.requests = Counter(
             "steerguard_sidecar_requests",
             "HTTP requests by route kind and status",

@@ -19,12 +19,14 @@ from aiohttp import web
 
 from sidecar.adapters.base import Adapter, ReplyMeta
 from sidecar.audit import AuditTrail, conversation_hmac
+from sidecar.bundles import BundleCheck
 from sidecar.compat import deadline
 from sidecar.conversation import context_for_classifier
 from sidecar.decisions import Decision, decide
 from sidecar.exchange import H_ACTION, H_FAILURE, H_UNJUDGED, H_VERDICT, Exchange, Outcomes, Trace
 from sidecar.grpc_clients import ClassifierClient, ServiceFailure, SteerClient, to_proto_messages
 from sidecar.http_errors import (
+    BundleMismatch,
     ClassifierUnavailable,
     MethodNotAllowed,
     NotFound,
@@ -57,8 +59,10 @@ class Proxy:
         upstream: Upstream,
         metrics: Metrics,
         audit: AuditTrail,
+        bundles: BundleCheck,
     ) -> None:
         self.settings = settings
+        self.bundles = bundles
         self.classifier = classifier
         self.steer = steer
         self.upstream = upstream
@@ -146,6 +150,10 @@ class Proxy:
         policy = version.policy
         ex = Exchange(request, Trace.for_request(request, route.path), route, adapter, policy)
         ex.trace.fields["policy_version"] = version.digest
+        if self.bundles.refusing:
+            classifier, steer = self.bundles.ids
+            reason = f"the classifier serves bundle {classifier} and the steer service {steer}"
+            return self.outcomes.error(ex.trace, BundleMismatch(reason))
         try:
             ex.body = await self._read_body(request)
             ex.chat = adapter.parse(ex.body)

@@ -27,6 +27,10 @@ class AuditSettings:
     salt_file: str | None = None  # the HMAC key of the events' prompt hashes (a Secret)
 
 
+# What the sidecar does when the classifier and the steer service serve different bundles.
+BUNDLE_MISMATCH_MODES = ("warn", "refuse")
+
+
 def add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``steerguard serve sidecar`` (names are relied on by the k8s manifests)."""
     add_flag(parser, "--host", default="0.0.0.0", help="address to listen on")
@@ -69,6 +73,20 @@ def add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="close a client connection idle this long, or still sending its headers",
     )
+    add_flag(
+        parser,
+        "--bundle-mismatch",
+        choices=BUNDLE_MISMATCH_MODES,
+        default=SidecarSettings.bundle_mismatch,
+        help="classifier and steer service on different bundles: warn, or refuse chat requests (503)",
+    )
+    add_flag(
+        parser,
+        "--bundle-check-s",
+        type=float,
+        default=SidecarSettings.bundle_check_s,
+        help="how often the two services' bundles are compared",
+    )
     audit = AuditSettings()
     add_flag(parser, "--audit-redis-url", default=None, help="write an audit event per request to this Redis")
     add_flag(parser, "--audit-stream", default=audit.stream, help="the Redis Stream audit events go to")
@@ -94,6 +112,8 @@ class SidecarSettings:
     policy_file: str | None = None
     policy_poll_s: float = 2.0  # sidecar.reload
     audit: AuditSettings = AuditSettings()
+    bundle_mismatch: str = "warn"  # sidecar.bundles
+    bundle_check_s: float = 30.0
     auth_token: str | None = None
     tls_ca: str | None = None
     tls_server_name: str | None = None
@@ -142,6 +162,8 @@ class SidecarSettings:
             port=ns.port,
             policy_file=ns.policy,
             policy_poll_s=ns.policy_poll_s,
+            bundle_mismatch=ns.bundle_mismatch,
+            bundle_check_s=ns.bundle_check_s,
             audit=AuditSettings(
                 redis_url=ns.audit_redis_url,
                 stream=ns.audit_stream,

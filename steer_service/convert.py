@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from steer_service.jobs import Chunk
 from steer_service.service import GenerateInput
-from steerguard.bundle import Bundle
 from steerguard.errors import InvalidInput
 from steerguard.plan import Applied, Mode, SteeringRequest
 from steerguard.v1 import common_pb2, steer_pb2
@@ -75,19 +74,3 @@ def chunk_to_proto(chunk: Chunk) -> steer_pb2.GenerateChunk:
         if chunk.applied.verdict is not None:
             out.verdict.CopyFrom(verdict_to_proto(chunk.applied.verdict))
     return out
-
-
-def bundle_info(bundle: Bundle) -> steer_pb2.BundleInfo:
-    info = bundle.info()
-    model = dict(info.get("model", {}))
-    return steer_pb2.BundleInfo(
-        bundle_id=str(info["bundle_id"]),
-        model_id=str(model.get("name", "")),
-        model_sha256=str(model.get("sha256", "")),
-        categories=list(info["categories"]),
-        probe_layer=int(info["probe_layer"]),
-        steer_layers=[int(x) for x in info["steer_layers"]],
-        threshold=float(info["threshold"]),
-        default_strength=float(info["default_strength"]),
-        created_at=str(info.get("created_at", "")),
-    )

@@ -15,7 +15,8 @@ import grpc
 from steer_service import convert
 from steer_service.service import SteerService
 from steerguard.errors import NotReady
-from steerguard.v1 import steer_pb2, steer_pb2_grpc
+from steerguard.grpc_common.describe import bundle_info
+from steerguard.v1 import common_pb2, steer_pb2, steer_pb2_grpc
 
 
 class SteererServicer(steer_pb2_grpc.SteererServicer):
@@ -42,6 +43,6 @@ class SteererServicer(steer_pb2_grpc.SteererServicer):
             handle.cancel()
 
     def DescribeBundle(
-        self, request: steer_pb2.DescribeBundleRequest, context: grpc.ServicerContext
-    ) -> steer_pb2.BundleInfo:
-        return convert.bundle_info(self._ready().bundle)
+        self, request: common_pb2.DescribeBundleRequest, context: grpc.ServicerContext
+    ) -> common_pb2.BundleInfo:
+        return bundle_info(self._ready().bundle)

@@ -221,6 +221,12 @@ class Bundle:
         return self.manifest.probe.layer
 
     @property
+    def classifier_layers(self) -> int:
+        """Layers the classifier must load: through the deepest its probes read."""
+        heads = [self.passage.layer if self.passage else 0, self.response.layer if self.response else 0]
+        return max(self.probe_layer, *heads) + 1
+
+    @property
     def threshold(self) -> float:
         return self.manifest.probe.threshold
 

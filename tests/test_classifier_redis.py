@@ -25,6 +25,7 @@ from classifier_service.server import create_server
 from classifier_service.servicer import ClassifierServicer
 from devstack.redis import RedisProcess
 from steerguard.bundle import Bundle
+from steerguard.errors import InvalidInput
 from steerguard.model.host import ModelHost
 from steerguard.v1 import classifier_pb2, classifier_pb2_grpc
 
@@ -114,3 +115,38 @@ def test_no_request_fails_while_redis_stops_and_comes_back(
     assert core.cache.errors >= 1  # the outage was counted
     assert any(by_phase["back"][len(by_phase["back"]) // 2 :])  # and Redis serves hits again after it
     assert redis.Redis.from_url(redis_proc.url).dbsize() > 0
+
+
+def test_with_a_secret_keys_are_keyed_hashes(
+    redis_proc: RedisProcess, tiny_model_dir: Path, tiny_bundle: Bundle, tmp_path: Path
+) -> None:
+    """Reading Redis is not enough to confirm a guessed prompt: its sha256 is not in any key."""
+    import hashlib
+    import hmac
+
+    from classifier_service.app import read_secret
+    from steerguard.model.chat import normalise_request
+
+    secret_file = tmp_path / "cache-key"
+    secret_file.write_text("k3y-from-a-secret\n")
+    secret = read_secret(str(secret_file))
+    assert secret == b"k3y-from-a-secret"
+    host = ModelHost.load(tiny_model_dir, max_layers=tiny_bundle.classifier_layers)
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    config = CoreConfig(cache_prefix=prefix, max_batch_wait_ms=1.0, cache_key_secret=secret)
+    core = ClassifierCore(host, tiny_bundle, RedisCache(redis_proc.url, ttl_seconds=300), config)
+    prompt = f"guess me {uuid.uuid4().hex}"
+    try:
+        (first,) = core.classify([normalise_request(prompt)])
+        (again,) = core.classify([normalise_request(prompt)])
+    finally:
+        core.close()
+    assert again.cached and not first.cached
+    (key,) = [k.decode() for k in redis.Redis.from_url(redis_proc.url).keys(f"{prefix}:*")]
+    digest = normalise_request(prompt).digest()
+    assert key.split(":")[-1] != digest  # a bare sha256 of the guess finds nothing
+    assert key.split(":")[-1] == hmac.new(secret, digest.encode(), hashlib.sha256).hexdigest()
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(InvalidInput, match="is empty"):
+        read_secret(str(empty))

@@ -230,3 +230,11 @@ def test_without_a_response_probe_each_chunk_judges_the_answer_so_far(
         assert [v.score for v in verdicts] == pytest.approx(
             [max(so_far[: i + 1]) for i in range(3)], abs=1e-6
         )
+
+
+def test_describe_bundle_names_the_bundle_served(stub: Any, answer_bundle: Bundle) -> None:
+    from steerguard.v1 import common_pb2
+
+    info = stub.DescribeBundle(common_pb2.DescribeBundleRequest(), timeout=10)
+    assert info.bundle_id == answer_bundle.bundle_id and info.probe_layer == answer_bundle.probe_layer
+    assert list(info.categories) == answer_bundle.categories

@@ -38,6 +38,7 @@ NON_FLAG_ENV = {"STEERGUARD_CACHE_DIR"}
 # The longest cold start (dequantising the model on a slow node) the startupProbe must allow.
 MIN_STARTUP_SECONDS = 300
 SIDECAR_LABEL = ("steerguard.io/sidecar", "true")
+GUARDED_NAMESPACE_LABEL = ("steerguard.io/guarded", "true")
 
 
 def _need_kubectl() -> None:
@@ -474,7 +475,15 @@ def test_only_sidecars_reach_the_services(objects: list[Obj]) -> None:
         for peer in peers:
             assert "podSelector" in peer and "ipBlock" not in peer, f"{c.name}: peer {peer}"
             assert peer["podSelector"].get("matchLabels") == dict([SIDECAR_LABEL]), f"{c.name}: peer {peer}"
+            # Namespace and pod label together: a pod's own label alone, set by whoever runs it
+            # in any namespace, admits nothing.
+            wanted = dict([GUARDED_NAMESPACE_LABEL])
+            assert peer.get("namespaceSelector", {}).get("matchLabels") == wanted, f"{c.name}: peer {peer}"
         assert any(km.label_selector_matches(p["podSelector"], km.pod_labels(sidecar_pod)) for p in peers)
+        (ns,) = [
+            n for n in km.of_kind(objects, "Namespace") if n["metadata"]["name"] == namespace(sidecar_pod)
+        ]
+        assert any(km.label_selector_matches(p["namespaceSelector"], ns["metadata"]["labels"]) for p in peers)
 
 
 def test_only_the_classifier_reaches_redis(objects: list[Obj]) -> None:

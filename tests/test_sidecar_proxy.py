@@ -408,6 +408,7 @@ async def test_fail_open_forwards_and_marks(chatbot, steerer, http) -> None:
             "ready": True,
             "classifier": "unreachable",
             "degraded": True,
+            "bundles": "unknown",  # nobody to ask
         }
         assert resp.headers["x-steerguard-degraded"] == "classifier-unreachable"
         resp = await send(http, "GET", url + "/metrics")
@@ -1046,3 +1047,37 @@ async def test_uncalibrated_languages_follow_on_language(chatbot, classifier, st
     async with sidecar(chatbot, classifier, steerer[0], {"on_language": "block", "mode": "shadow"}) as url:
         resp = await send(http, "POST", url + CHAT, json=chat_body(french))
         assert resp.headers["x-steerguard-action"] == "shadow"  # shadow mode only records
+
+
+# ------------------------------------------------------------ bundle consistency
+
+
+async def test_bundle_mismatch_warns_or_refuses(chatbot, classifier, steerer, http) -> None:
+    """The classifier and the steer service must serve one bundle: warned by default, refused on request."""
+
+    async def wait_for(url: str, state: str) -> dict[str, Any]:
+        for _ in range(50):
+            resp = await send(http, "GET", url + "/readyz")
+            if resp.json()["bundles"] == state:
+                return resp.json()
+            await asyncio.sleep(0.1)
+        pytest.fail(f"bundles never became {state}")
+
+    async with sidecar(chatbot, classifier, steerer[0], bundle_check_s=0.1) as url:
+        assert (await wait_for(url, "match"))["ready"] is True
+        classifier.script.bundle_id = "sg-other"
+        assert (await wait_for(url, "mismatch"))["ready"] is True  # warn: still serving
+        assert (await send(http, "POST", url + CHAT, json=chat_body("hello"))).status == 200
+        metrics = (await send(http, "GET", url + "/metrics")).body.decode()
+        assert "steerguard_sidecar_bundle_mismatch 1.0" in metrics
+    async with sidecar(chatbot, classifier, steerer[0], bundle_check_s=0.1, bundle_mismatch="refuse") as url:
+        ready = await wait_for(url, "mismatch")
+        assert ready["ready"] is False
+        resp = await send(http, "POST", url + CHAT, json=chat_body("hello"))
+        assert resp.status == 503 and resp.json()["error"]["code"] == "bundle_mismatch"
+        assert (
+            "sg-other" in resp.json()["error"]["message"] and "fake-bundle" in resp.json()["error"]["message"]
+        )
+        classifier.script.bundle_id = "fake-bundle"  # the rollout finishes
+        assert (await wait_for(url, "match"))["ready"] is True
+        assert (await send(http, "POST", url + CHAT, json=chat_body("hello"))).status == 200

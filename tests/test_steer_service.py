@@ -92,7 +92,7 @@ def collect(
 
 
 def test_describe_bundle_and_health(running: Running, bundle: Bundle) -> None:
-    info = running.stub.DescribeBundle(steer_pb2.DescribeBundleRequest())
+    info = running.stub.DescribeBundle(common_pb2.DescribeBundleRequest())
     assert info.bundle_id == bundle.bundle_id and info.model_sha256 == bundle.model["sha256"]
     assert list(info.categories) == bundle.categories and list(info.steer_layers) == [1, 2]
     assert info.probe_layer == bundle.probe_layer and info.threshold == pytest.approx(1.01)

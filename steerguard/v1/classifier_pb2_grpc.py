@@ -50,6 +50,11 @@ class ClassifierStub:
                 request_serializer=steerguard_dot_v1_dot_classifier__pb2.AnswerChunk.SerializeToString,
                 response_deserializer=steerguard_dot_v1_dot_common__pb2.Verdict.FromString,
                 _registered_method=True)
+        self.DescribeBundle = channel.unary_unary(
+                '/steerguard.v1.Classifier/DescribeBundle',
+                request_serializer=steerguard_dot_v1_dot_common__pb2.DescribeBundleRequest.SerializeToString,
+                response_deserializer=steerguard_dot_v1_dot_common__pb2.BundleInfo.FromString,
+                _registered_method=True)
 
 
 class ClassifierServicer:
@@ -78,6 +83,12 @@ class ClassifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeBundle(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClassifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +106,11 @@ def add_ClassifierServicer_to_server(servicer, server):
                     servicer.ClassifyStream,
                     request_deserializer=steerguard_dot_v1_dot_classifier__pb2.AnswerChunk.FromString,
                     response_serializer=steerguard_dot_v1_dot_common__pb2.Verdict.SerializeToString,
+            ),
+            'DescribeBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeBundle,
+                    request_deserializer=steerguard_dot_v1_dot_common__pb2.DescribeBundleRequest.FromString,
+                    response_serializer=steerguard_dot_v1_dot_common__pb2.BundleInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +194,33 @@ class Classifier:
             '/steerguard.v1.Classifier/ClassifyStream',
             steerguard_dot_v1_dot_classifier__pb2.AnswerChunk.SerializeToString,
             steerguard_dot_v1_dot_common__pb2.Verdict.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steerguard.v1.Classifier/DescribeBundle',
+            steerguard_dot_v1_dot_common__pb2.DescribeBundleRequest.SerializeToString,
+            steerguard_dot_v1_dot_common__pb2.BundleInfo.FromString,
             options,
             channel_credentials,
             insecure,

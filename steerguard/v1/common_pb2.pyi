@@ -1,7 +1,7 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -42,3 +42,29 @@ class Verdict(_message.Message):
     language: str
     language_calibrated: bool
     def __init__(self, score: _Optional[float] = ..., unsafe: _Optional[bool] = ..., category: _Optional[str] = ..., category_scores: _Optional[_Mapping[str, float]] = ..., cached: _Optional[bool] = ..., bundle_id: _Optional[str] = ..., threshold: _Optional[float] = ..., language: _Optional[str] = ..., language_calibrated: _Optional[bool] = ...) -> None: ...
+
+class DescribeBundleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BundleInfo(_message.Message):
+    __slots__ = ("bundle_id", "model_id", "model_sha256", "categories", "probe_layer", "steer_layers", "threshold", "default_strength", "created_at")
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    PROBE_LAYER_FIELD_NUMBER: _ClassVar[int]
+    STEER_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    model_id: str
+    model_sha256: str
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    probe_layer: int
+    steer_layers: _containers.RepeatedScalarFieldContainer[int]
+    threshold: float
+    default_strength: float
+    created_at: str
+    def __init__(self, bundle_id: _Optional[str] = ..., model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., probe_layer: _Optional[int] = ..., steer_layers: _Optional[_Iterable[int]] = ..., threshold: _Optional[float] = ..., default_strength: _Optional[float] = ..., created_at: _Optional[str] = ...) -> None: ...

@@ -75,29 +75,3 @@ class GenerateChunk(_message.Message):
     verdict: _common_pb2.Verdict
     applied: AppliedSteering
     def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., verdict: _Optional[_Union[_common_pb2.Verdict, _Mapping]] = ..., applied: _Optional[_Union[AppliedSteering, _Mapping]] = ...) -> None: ...
-
-class DescribeBundleRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class BundleInfo(_message.Message):
-    __slots__ = ("bundle_id", "model_id", "model_sha256", "categories", "probe_layer", "steer_layers", "threshold", "default_strength", "created_at")
-    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
-    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
-    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
-    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
-    PROBE_LAYER_FIELD_NUMBER: _ClassVar[int]
-    STEER_LAYERS_FIELD_NUMBER: _ClassVar[int]
-    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
-    DEFAULT_STRENGTH_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
-    bundle_id: str
-    model_id: str
-    model_sha256: str
-    categories: _containers.RepeatedScalarFieldContainer[str]
-    probe_layer: int
-    steer_layers: _containers.RepeatedScalarFieldContainer[int]
-    threshold: float
-    default_strength: float
-    created_at: str
-    def __init__(self, bundle_id: _Optional[str] = ..., model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., probe_layer: _Optional[int] = ..., steer_layers: _Optional[_Iterable[int]] = ..., threshold: _Optional[float] = ..., default_strength: _Optional[float] = ..., created_at: _Optional[str] = ...) -> None: ...

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from steerguard.v1 import common_pb2 as steerguard_dot_v1_dot_common__pb2
 from steerguard.v1 import steer_pb2 as steerguard_dot_v1_dot_steer__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -41,8 +42,8 @@ class SteererStub:
                 _registered_method=True)
         self.DescribeBundle = channel.unary_unary(
                 '/steerguard.v1.Steerer/DescribeBundle',
-                request_serializer=steerguard_dot_v1_dot_steer__pb2.DescribeBundleRequest.SerializeToString,
-                response_deserializer=steerguard_dot_v1_dot_steer__pb2.BundleInfo.FromString,
+                request_serializer=steerguard_dot_v1_dot_common__pb2.DescribeBundleRequest.SerializeToString,
+                response_deserializer=steerguard_dot_v1_dot_common__pb2.BundleInfo.FromString,
                 _registered_method=True)
 
 
@@ -71,8 +72,8 @@ def add_SteererServicer_to_server(servicer, server):
             ),
             'DescribeBundle': grpc.unary_unary_rpc_method_handler(
                     servicer.DescribeBundle,
-                    request_deserializer=steerguard_dot_v1_dot_steer__pb2.DescribeBundleRequest.FromString,
-                    response_serializer=steerguard_dot_v1_dot_steer__pb2.BundleInfo.SerializeToString,
+                    request_deserializer=steerguard_dot_v1_dot_common__pb2.DescribeBundleRequest.FromString,
+                    response_serializer=steerguard_dot_v1_dot_common__pb2.BundleInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -127,8 +128,8 @@ class Steerer:
             request,
             target,
             '/steerguard.v1.Steerer/DescribeBundle',
-            steerguard_dot_v1_dot_steer__pb2.DescribeBundleRequest.SerializeToString,
-            steerguard_dot_v1_dot_steer__pb2.BundleInfo.FromString,
+            steerguard_dot_v1_dot_common__pb2.DescribeBundleRequest.SerializeToString,
+            steerguard_dot_v1_dot_common__pb2.BundleInfo.FromString,
             options,
             channel_credentials,
             insecure,
