@@ -8,9 +8,10 @@ from pathlib import Path
 from classifier_service.cache import VerdictCache, make_cache
 from classifier_service.core import ClassifierCore, CoreConfig
 from classifier_service.metrics import CACHE_ERRORS
+from classifier_service.reload import BundleReload
 from classifier_service.server import create_server
 from classifier_service.servicer import ClassifierServicer
-from steerguard.bundle import Bundle
+from steerguard.bundle import DEFAULT_BUNDLE_DIR, Bundle
 from steerguard.errors import InvalidInput, SteerguardError
 from steerguard.grpc_common.addresses import host_port
 from steerguard.grpc_common.metrics import start_metrics_server
@@ -99,5 +100,16 @@ def serve(args: argparse.Namespace) -> int:
     servicer.attach(core)
     server.set_serving()
     log.info("classifier serving", port=server.port)
-    serve_until_signal(server, options.grace_seconds, on_stop=core.close)
+    folder = core.bundle.path or DEFAULT_BUNDLE_DIR
+    reload = BundleReload(
+        folder, servicer, core.host, lambda b: ClassifierCore(core.host, b, core.cache, core.config)
+    )
+
+    def stop() -> None:
+        if servicer.core is not None:
+            servicer.core.close()
+
+    serve_until_signal(
+        server, options.grace_seconds, on_stop=stop, on_reload=reload.check, reload_every_s=args.bundle_poll_s
+    )
     return 0

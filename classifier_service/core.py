@@ -108,9 +108,10 @@ class ClassifierCore:
             )
         if not bundle.bundle_id:
             raise BundleError("the bundle has no bundle_id (save it before serving)")
-        self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe to share
-        # The batcher's worker and the answer streams take turns on the model (hooks are shared).
-        self._model_lock = threading.Lock()
+        self._tokenizer_lock = host.tokenizer_lock  # shared with any other core on this host
+        # The batcher's worker and the answer streams (of this core and of one being swapped out)
+        # take turns on the model: hooks are shared.
+        self._model_lock = host.forward_lock
         self._streams = threading.BoundedSemaphore(self.config.max_streams)
         self._flights: dict[str, _Flight] = {}
         # Re-entrant: a future's done-callbacks may run in the thread holding it.
@@ -305,14 +306,15 @@ class ClassifierCore:
         from steerguard.model.chat import normalise_request
 
         ids = self._token_ids(normalise_request("Hello"))
-        self._probe_states([ids, ids[:-1]])
+        with self._model_lock:
+            self._probe_states([ids, ids[:-1]])
         if self.config.identify_language:
             language.detect("Loading the language model once, before the first request.")
 
-    def close(self) -> None:
-        """Finish queued work, then release the cache."""
+    def close(self, *, release_cache: bool = True) -> None:
+        """Finish queued work, then release the cache (unless a new core shares it)."""
         self.batcher.close()
-        if self.cache is not None:
+        if self.cache is not None and release_cache:
             self.cache.close()
 
     # -- steps ----------------------------------------------------------------

@@ -44,3 +44,8 @@ VERDICTS = Counter(
     "Verdicts returned, by category ('safe' for safe prompts)",
     ["category"],
 )
+CONFIG_RELOADS = Counter(
+    "steerguard_config_reloads_total",
+    "bundle reloads: ok (serving the new bundle) or invalid (the old one kept)",
+    ["result"],
+)

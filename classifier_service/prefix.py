@@ -59,7 +59,7 @@ class SharedPrefix:
             raise ValueError("empty prefix")
         self.host = host
         self.ids = list(prefix_ids)
-        with torch.inference_mode():
+        with torch.inference_mode(), host.forward_lock:  # another core may be serving on this host
             out = host.model.model(input_ids=torch.tensor([self.ids]), use_cache=True)
         self._cache: Any = output_cache(out)
         first = host.layers[0]

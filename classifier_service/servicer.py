@@ -20,8 +20,9 @@ import grpc
 
 from classifier_service import metrics
 from classifier_service.core import ClassifierCore
+from classifier_service.slot import CoreSlot
 from classifier_service.wire import BadRequest
-from steerguard.errors import InvalidInput, NotReady, SteerguardError
+from steerguard.errors import InvalidInput, SteerguardError
 from steerguard.grpc_common.describe import bundle_info
 from steerguard.grpc_common.status import status_for
 from steerguard.model.chat import Conversation, check_text, normalise_request
@@ -95,17 +96,19 @@ class ClassifierServicer:
     """Implements ``Classify``, ``ClassifyBatch`` and ``ClassifyStream`` over a :class:`ClassifierCore`."""
 
     def __init__(self, core: ClassifierCore | None = None, *, max_batch_requests: int = 64) -> None:
-        self.core = core
+        self.slot = CoreSlot(core)
         self.max_batch_requests = max_batch_requests
 
-    def attach(self, core: ClassifierCore) -> None:
-        """Start answering (called once the model and bundle are loaded)."""
-        self.core = core
+    @property
+    def core(self) -> ClassifierCore | None:
+        return self.slot.current
 
-    def _ready(self) -> ClassifierCore:
-        if self.core is None:
-            raise NotReady("the classifier is still loading its model")
-        return self.core
+    def attach(self, core: ClassifierCore) -> ClassifierCore | None:
+        """Answer with ``core`` (once the model and bundle are loaded, and at each bundle reload).
+
+        Returns the core it replaces, which closes when the calls still using it end.
+        """
+        return self.slot.replace(core)
 
     @staticmethod
     def _call_limits(context: grpc.ServicerContext) -> tuple[float | None, threading.Event]:
@@ -141,11 +144,11 @@ class ClassifierServicer:
             conv = to_conversation(request)
             answer = answer_of(request)
             cut = threshold_of(request)
-            core = self._ready()
             deadline, gone = self._call_limits(context)
-            (verdict,) = core.classify(
-                [conv], answers=[answer], thresholds=[cut], deadline=deadline, cancelled=gone
-            )
+            with self.slot.lease() as core:
+                (verdict,) = core.classify(
+                    [conv], answers=[answer], thresholds=[cut], deadline=deadline, cancelled=gone
+                )
             return to_proto(verdict)
 
     def ClassifyBatch(
@@ -161,16 +164,22 @@ class ClassifierServicer:
             convs = [to_conversation(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
             answers = [answer_of(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
             cuts = [threshold_of(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
-            core = self._ready()
             deadline, gone = self._call_limits(context)
-            verdicts = core.classify(
-                convs, answers=answers, thresholds=cuts, deadline=deadline, cancelled=gone, label_rows=True
-            )
+            with self.slot.lease() as core:
+                verdicts = core.classify(
+                    convs,
+                    answers=answers,
+                    thresholds=cuts,
+                    deadline=deadline,
+                    cancelled=gone,
+                    label_rows=True,
+                )
             return classifier_pb2.ClassifyBatchResponse(verdicts=[to_proto(v) for v in verdicts])
 
     def DescribeBundle(self, request: Any, context: grpc.ServicerContext) -> common_pb2.BundleInfo:
         """The bundle served (the sidecar checks the steer service serves the same one)."""
-        return bundle_info(self._ready().bundle)
+        with self.slot.lease() as core:
+            return bundle_info(core.bundle)
 
     def ClassifyStream(
         self, chunks: Iterable[Any], context: grpc.ServicerContext
@@ -189,7 +198,7 @@ class ClassifierServicer:
             conv = to_conversation(first)
             cut = threshold_of(first)
             text = chunk_text(first, first=True)
-            with self._ready().answer_stream(conv, cut) as judge:
+            with self.slot.lease() as core, core.answer_stream(conv, cut) as judge:
                 yield to_proto(judge(text))
                 for chunk in chunk_iter:
                     _check_decoded(chunk)

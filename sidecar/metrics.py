@@ -19,23 +19,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.config_reloads = Counter(
-            "steerguard_config_reloads",
-            "policy file reloads: ok (in force) or invalid (the old policy kept)",
-            ["result"],
-            registry=r,
-        )
-        self.audit_events = Counter(
-            "steerguard_sidecar_audit_events",
-            "audit events: written, failed (Redis refused them) or dropped (queue full)",
-            ["result"],
-            registry=r,
-        )
-        self.bundle_mismatch = Gauge(
-            "steerguard_sidecar_bundle_mismatch",
-            "1 while the classifier and the steer service serve different bundles (sidecar.bundles)",
-            registry=r,
-        )
+        self._operations(r)
         self.requests = Counter(
             "steerguard_sidecar_requests",
             "HTTP requests by route kind and status",
@@ -96,6 +80,26 @@ class Metrics:
         self.degraded = Gauge(
             "steerguard_sidecar_degraded",
             "1 while the classifier is unreachable and fail-open routes forward unjudged traffic",
+            registry=r,
+        )
+
+    def _operations(self, r: CollectorRegistry) -> None:
+        """Series of the sidecar's own operation: reloads, the audit trail, bundle consistency."""
+        self.config_reloads = Counter(
+            "steerguard_config_reloads",
+            "policy file reloads: ok (in force) or invalid (the old policy kept)",
+            ["result"],
+            registry=r,
+        )
+        self.audit_events = Counter(
+            "steerguard_sidecar_audit_events",
+            "audit events: written, failed (Redis refused them) or dropped (queue full)",
+            ["result"],
+            registry=r,
+        )
+        self.bundle_mismatch = Gauge(
+            "steerguard_sidecar_bundle_mismatch",
+            "1 while the classifier and the steer service serve different bundles (sidecar.bundles)",
             registry=r,
         )
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,11 @@ class ModelHost:
         self.special_tokens = tuple(sorted((t for t in specials if len(t) > 1), key=len, reverse=True))
         self.model.eval()
         self.model.requires_grad_(False)
+        # One forward pass with hooks at a time: layer hooks are registered on the shared modules,
+        # so two passes at once would read each other's layers. Servers that run passes from more
+        # than one thread (two cores during a bundle swap, answer streams) take it.
+        self.forward_lock = threading.Lock()
+        self.tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
 
     @classmethod
     def load(
