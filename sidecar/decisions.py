@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.policy import Action, CategoryRule, Policy
+from sidecar.policy import Action, CategoryRule, Policy, Route
+from steerguard.v1 import common_pb2
 
 
 @dataclass(frozen=True)
@@ -18,10 +19,39 @@ class Decision:
 
 
 def decide(policy: Policy, unsafe: bool, category: str) -> Decision:
-    """Safe -> allow; unsafe -> the category's rule; shadow mode always allows."""
+    """Safe -> allow; unsafe -> the category's rule; shadow mode (policy-wide or the rule's) allows."""
     if not unsafe:
         return Decision(Action.ALLOW, Action.ALLOW, None, policy.shadow)
     rule = policy.rule_for(category)
-    if policy.shadow:
+    if policy.shadow or rule.shadow:
         return Decision(Action.ALLOW, rule.action, rule, True)
     return Decision(rule.action, rule.action, rule, False)
+
+
+def likeliest_category(verdict: common_pb2.Verdict) -> str:
+    """The category the classifier finds most likely, judged unsafe or not ("" without categories)."""
+    scores = dict(verdict.category_scores)
+    return max(scores, key=scores.__getitem__) if scores else ""
+
+
+def threshold_for(policy: Policy, route: Route, verdict: common_pb2.Verdict) -> float:
+    """The cut in force: the likeliest category's, else the route's, else the policy's, else the bundle's.
+
+    Why per category: false flags fall far more on some topics than others,
+    so a team loosens one category (or tightens one) without moving the rest.
+    """
+    rule = policy.categories.get(likeliest_category(verdict))
+    for cut in (rule.threshold if rule else None, route.threshold, policy.threshold):
+        if cut is not None:
+            return cut
+    return float(verdict.threshold)
+
+
+def at_threshold(verdict: common_pb2.Verdict, cut: float) -> common_pb2.Verdict:
+    """The verdict taken at ``cut`` (the score and category scores are the classifier's own)."""
+    out = common_pb2.Verdict()
+    out.CopyFrom(verdict)
+    out.unsafe = verdict.score >= cut
+    out.category = likeliest_category(verdict) if out.unsafe else ""
+    out.threshold = cut
+    return out

@@ -36,6 +36,7 @@ H_SCORE = "x-steerguard-score"
 H_REQUEST_ID = "x-steerguard-request-id"
 H_FAILURE = "x-steerguard-failure"
 H_RESPONSE = "x-steerguard-response-verdict"
+H_THRESHOLD = "x-steerguard-threshold"  # the cut in force (sidecar.decisions.threshold_for)
 H_LANGUAGE = "x-steerguard-language"  # e.g. "fr (uncalibrated)"
 H_UNJUDGED = "x-steerguard-unjudged"  # content parts with no text (images, audio), by type
 
@@ -96,6 +97,7 @@ def verdict_headers(verdict: common_pb2.Verdict | None, action: str, request_id:
         headers = {H_VERDICT: "unknown"}
     else:
         headers = {H_VERDICT: "unsafe" if verdict.unsafe else "safe", H_SCORE: f"{verdict.score:.4f}"}
+        headers[H_THRESHOLD] = f"{verdict.threshold:.4f}"
         if verdict.unsafe and verdict.category:
             headers[H_CATEGORY] = verdict.category
         if verdict.language:

@@ -128,6 +128,8 @@ def _failure_of(service: str, code: grpc.StatusCode, details: str | None) -> Exc
         return ServiceFailure(service, "deadline", code.name)
     if code == grpc.StatusCode.UNAVAILABLE:
         return ServiceFailure(service, "unavailable", code.name)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ServiceFailure(service, "overloaded", code.name)
     return ServiceFailure(service, "error", code.name)
 
 

@@ -47,6 +47,22 @@ class ClassifierUnavailable(SteerguardError):
     """Fail-closed refusal when the classifier cannot judge (HTTP 503)."""
 
 
+class ClassifierOverloaded(ClassifierUnavailable):
+    """Fail-closed refusal while the classifier sheds load (HTTP 503, ``classifier_overloaded``)."""
+
+
+class ClassifierDeadline(ClassifierUnavailable):
+    """Fail-closed refusal when the verdict did not come within the deadline (HTTP 504)."""
+
+
+def classifier_failure(kind: str, reason: str) -> ClassifierUnavailable:
+    """The fail-closed error for a failure kind (sidecar.policy.FAILURE_KINDS)."""
+    cls = {"overloaded": ClassifierOverloaded, "deadline": ClassifierDeadline}.get(
+        kind, ClassifierUnavailable
+    )
+    return cls(reason)
+
+
 class BundleMismatch(SteerguardError):
     """The classifier and the steer service serve different bundles, and the sidecar refuses (HTTP 503)."""
 
@@ -62,6 +78,8 @@ _TABLE: list[tuple[type[SteerguardError], int, str]] = [
     (Unauthenticated, 401, "unauthenticated"),
     (Overloaded, 429, "overloaded"),
     (NotReady, 503, "not_ready"),
+    (ClassifierOverloaded, 503, "classifier_overloaded"),
+    (ClassifierDeadline, 504, "classifier_deadline"),
     (ClassifierUnavailable, 503, "classifier_unavailable"),
     (BundleMismatch, 503, "bundle_mismatch"),
     (UpstreamTimeout, 504, "upstream_timeout"),

@@ -6,17 +6,19 @@ is YAML (JSON is valid YAML), validated strictly at start-up so a typo fails
 loudly instead of silently allowing traffic. Example::
 
     mode: enforce                 # or shadow: forward everything, only record
-    on_classifier_error: closed   # default for routes: closed (503) or open
+    on_classifier_error: closed   # default for routes: closed (503) or open; or per kind:
+                                  # {unavailable: closed, deadline: open, overloaded: open}
     on_oversize: block            # default for routes: input past the classifier's hard cap
                                   # (32k tokens): block (413) or flag (forwarded, marked)
     on_language: judge            # a language the bundle was not calibrated for: judge, flag, block
     on_unjudged: forward          # parts with no text (images, audio, files): forward marked, or reject
     refusal_message: "Sorry, I can't help with that."
+    threshold: 0.4                # the cut for every request (default: the bundle's)
     default: block                # unsafe category without a rule below
     categories:
       cybercrime: {action: steer, vector: category}
-      self_harm: {action: steer, vector: refusal}
-      misinformation: flag
+      self_harm: {action: steer, vector: refusal, threshold: 0.25}   # more sensitive
+      misinformation: {action: flag, threshold: 0.7, shadow: true}   # less; only recorded
     steer: {max_new_tokens: 200, temperature: 0.0}
     response_check: {enabled: false, window_chars: 256}
     routes:
@@ -28,6 +30,13 @@ loudly instead of silently allowing traffic. Example::
         response_pointer: /answer
         reply_template: {answer: "{{reply}}", flagged: "{{unsafe}}"}
         on_classifier_error: open
+        threshold: 0.3            # this route's cut (a category's own cut still wins)
+
+The cut in force for a request is its likeliest category's ``threshold``,
+else its route's, else the policy's, else the bundle's; the sidecar takes
+the classifier's score at that cut (``sidecar.decisions``) and reports it in
+``x-steerguard-threshold``. A rule with ``shadow: true`` records what it
+would do and forwards the request, as ``mode: shadow`` does for all.
 """
 
 from __future__ import annotations
@@ -84,6 +93,33 @@ class FailureMode(str, enum.Enum):
     OPEN = "open"
 
 
+# Why the classifier gave no verdict: unreachable, too slow for the call's deadline, or
+# shedding load (RESOURCE_EXHAUSTED). Each is reported apart and may fail open or closed.
+FAILURE_KINDS = ("unavailable", "deadline", "overloaded")
+
+
+@dataclass(frozen=True)
+class OnClassifierError:
+    """A route's failure mode per kind: ``on_classifier_error: closed`` or ``{deadline: open, ...}``."""
+
+    unavailable: FailureMode = FailureMode.CLOSED
+    deadline: FailureMode = FailureMode.CLOSED
+    overloaded: FailureMode = FailureMode.CLOSED
+
+    @classmethod
+    def every(cls, mode: FailureMode) -> OnClassifierError:
+        return cls(mode, mode, mode)
+
+    def mode_for(self, kind: str) -> FailureMode:
+        """The mode for a failure kind; any other failure (an internal error) as ``unavailable``."""
+        return getattr(self, kind) if kind in FAILURE_KINDS else self.unavailable
+
+    @property
+    def closed_on_outage(self) -> bool:
+        """An unreachable classifier refuses this route's requests (readiness follows it)."""
+        return self.unavailable is FailureMode.CLOSED
+
+
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that request."
 
 
@@ -95,6 +131,9 @@ class CategoryRule:
     vector: str = "refusal"
     strength: float = 0.0
     message: str | None = None
+    # Sensitivity for requests whose most likely category is this one (sidecar.decisions).
+    threshold: float | None = None
+    shadow: bool = False  # record what the rule would do, forward the request
 
 
 @dataclass(frozen=True)
@@ -128,7 +167,7 @@ class Route:
     path: str
     adapter: str = "openai"
     methods: tuple[str, ...] = ("POST",)
-    on_classifier_error: FailureMode = FailureMode.CLOSED
+    on_classifier_error: OnClassifierError = field(default_factory=OnClassifierError)
     on_oversize: Oversize = Oversize.BLOCK
     response_check: ResponseCheck = field(default_factory=ResponseCheck)
     prompt_pointer: str | None = None
@@ -136,6 +175,7 @@ class Route:
     response_pointer: str | None = None
     reply_template: Any = None
     reply_content_type: str = "application/json"
+    threshold: float | None = None  # this route's sensitivity (below a category's, above the policy's)
 
 
 @dataclass(frozen=True)
@@ -209,7 +249,7 @@ def _rule(value: Any, where: str) -> CategoryRule:
     if isinstance(value, str):
         value = {"action": value}
     data = _mapping(value, where)
-    _expect(data, {"action", "vector", "strength", "message"}, where)
+    _expect(data, {"action", "vector", "strength", "message", "threshold", "shadow"}, where)
     action = _enum(Action, data.get("action", "block"), f"{where}.action")
     vector = data.get("vector", "refusal")
     if vector not in {"refusal", "category"}:
@@ -218,7 +258,33 @@ def _rule(value: Any, where: str) -> CategoryRule:
     message = data.get("message")
     if message is not None and not isinstance(message, str):
         raise PolicyError(f"{where}.message: expected text")
-    return CategoryRule(action=action, vector=vector, strength=strength, message=message)
+    shadow = data.get("shadow", False)
+    if not isinstance(shadow, bool):
+        raise PolicyError(f"{where}.shadow: expected true or false")
+    threshold = _threshold(data.get("threshold"), f"{where}.threshold")
+    return CategoryRule(action, vector, strength, message, threshold, shadow)
+
+
+def _threshold(value: Any, where: str) -> float | None:
+    """A cut strictly between 0 and 1, or None when unset."""
+    if value is None:
+        return None
+    cut = _number(value, where, low=0.0, high=1.0)
+    if cut in (0.0, 1.0):
+        raise PolicyError(f"{where}: must be strictly between 0 and 1")
+    return cut
+
+
+def _on_error(value: Any, where: str, base: OnClassifierError) -> OnClassifierError:
+    """``closed``/``open`` for every kind, or a mapping of kinds (the rest keep ``base``)."""
+    if value is None:
+        return base
+    if isinstance(value, str):
+        return OnClassifierError.every(_enum(FailureMode, value, where))
+    data = _mapping(value, where)
+    _expect(data, set(FAILURE_KINDS), where)
+    kinds = {k: _enum(FailureMode, data[k], f"{where}.{k}") for k in FAILURE_KINDS if k in data}
+    return replace(base, **kinds)
 
 
 def _response_check(value: Any, where: str, base: ResponseCheck) -> ResponseCheck:
@@ -269,6 +335,7 @@ _ROUTE_KEYS = {
     "response_pointer",
     "reply_template",
     "reply_content_type",
+    "threshold",
 }
 
 
@@ -276,7 +343,7 @@ _ROUTE_KEYS = {
 class _RouteDefaults:
     """Top-level settings every route takes unless it names its own."""
 
-    failure: FailureMode
+    failure: OnClassifierError
     oversize: Oversize
     check: ResponseCheck
 
@@ -299,10 +366,8 @@ def _route(value: Any, where: str, defaults: _RouteDefaults) -> Route:
         path=path,
         adapter=adapter,
         methods=tuple(m.upper() for m in methods),
-        on_classifier_error=_enum(
-            FailureMode,
-            data.get("on_classifier_error", defaults.failure.value),
-            f"{where}.on_classifier_error",
+        on_classifier_error=_on_error(
+            data.get("on_classifier_error"), f"{where}.on_classifier_error", defaults.failure
         ),
         on_oversize=_enum(Oversize, data.get("on_oversize", defaults.oversize.value), f"{where}.on_oversize"),
         response_check=_response_check(data["response_check"], f"{where}.response_check", defaults.check)
@@ -313,6 +378,7 @@ def _route(value: Any, where: str, defaults: _RouteDefaults) -> Route:
         response_pointer=_pointer(data.get("response_pointer"), f"{where}.response_pointer"),
         reply_template=data.get("reply_template"),
         reply_content_type=str(data.get("reply_content_type", "application/json")),
+        threshold=_threshold(data.get("threshold"), f"{where}.threshold"),
     )
     if adapter == "json":
         if route.prompt_pointer is None:
@@ -356,7 +422,7 @@ def parse_policy(data: Any) -> Policy:
     mode = data.get("mode", "enforce")
     if mode not in {"enforce", "shadow"}:
         raise PolicyError("policy.mode: expected enforce or shadow")
-    failure = _enum(FailureMode, data.get("on_classifier_error", "closed"), "policy.on_classifier_error")
+    failure = _on_error(data.get("on_classifier_error"), "policy.on_classifier_error", OnClassifierError())
     check = _response_check(data.get("response_check", False), "policy.response_check", ResponseCheck())
     categories = {
         str(name): _rule(rule, f"policy.categories.{name}")
@@ -369,11 +435,7 @@ def parse_policy(data: Any) -> Policy:
         temperature=_number(steer_data.get("temperature", 0.0), "policy.steer.temperature", low=0.0),
         top_p=_number(steer_data.get("top_p", 1.0), "policy.steer.top_p", low=0.0, high=1.0),
     )
-    threshold = data.get("threshold")
-    if threshold is not None:
-        threshold = _number(threshold, "policy.threshold", low=0.0, high=1.0)
-        if threshold in (0.0, 1.0):
-            raise PolicyError("policy.threshold: must be strictly between 0 and 1")
+    threshold = _threshold(data.get("threshold"), "policy.threshold")
     raw_routes = data.get("routes")
     if raw_routes is None:
         raw_routes = [{"path": path, "adapter": adapter} for path, adapter in DEFAULT_ROUTES]

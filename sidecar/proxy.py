@@ -22,16 +22,16 @@ from sidecar.audit import AuditTrail, conversation_hmac
 from sidecar.bundles import BundleCheck
 from sidecar.compat import deadline
 from sidecar.conversation import context_for_classifier
-from sidecar.decisions import Decision, decide
+from sidecar.decisions import Decision, at_threshold, decide, threshold_for
 from sidecar.exchange import H_ACTION, H_FAILURE, H_UNJUDGED, H_VERDICT, Exchange, Outcomes, Trace
 from sidecar.grpc_clients import ClassifierClient, ServiceFailure, SteerClient, to_proto_messages
 from sidecar.http_errors import (
     BundleMismatch,
-    ClassifierUnavailable,
     MethodNotAllowed,
     NotFound,
     RequestTimeout,
     UnsupportedMediaType,
+    classifier_failure,
     status_of,
 )
 from sidecar.judge import INVALID, OVERSIZE, Judge, Judgement, RecentVerdicts
@@ -198,10 +198,10 @@ class Proxy:
             error = judgement.error or InvalidInput("the request could not be judged")
             marks = {H_VERDICT: "unknown", H_ACTION: "refuse", H_FAILURE: "classifier-invalid"}
             return self.outcomes.error(ex.trace, error, marks)
-        if ex.route.on_classifier_error is FailureMode.CLOSED:
+        if ex.route.on_classifier_error.mode_for(judgement.failure) is FailureMode.CLOSED:
             self.metrics.actions.labels("fail_closed", "false").inc()
             reason = judgement.error.reason if judgement.error else judgement.failure
-            failure = ClassifierUnavailable(f"request could not be checked: {reason}")
+            failure = classifier_failure(judgement.failure, f"request could not be checked: {reason}")
             return self.outcomes.error(ex.trace, failure, {H_VERDICT: "unknown", H_ACTION: "fail-closed"})
         self.metrics.actions.labels("fail_open", "false").inc()
         ex.mark("fail-open", f"classifier-{judgement.failure}")
@@ -237,8 +237,8 @@ class Proxy:
         return replace(decision, action=wanted, intended=wanted)
 
     async def _act(self, ex: Exchange, verdict: common_pb2.Verdict) -> web.StreamResponse:
-        """A verdict: the policy's decision for it (shadow, block, steer, or forward)."""
-        ex.verdict = verdict
+        """A verdict at the threshold in force: the decision for it (shadow, block, steer, forward)."""
+        ex.verdict = verdict = at_threshold(verdict, threshold_for(ex.policy, ex.route, verdict))
         ex.decision = decision = self._decide(ex.policy, verdict)
         self.metrics.actions.labels(decision.intended.value, str(decision.shadow).lower()).inc()
         ex.trace.fields.update(
@@ -247,6 +247,7 @@ class Proxy:
             category=verdict.category if verdict.unsafe else "",
             cached=verdict.cached,
             bundle_id=verdict.bundle_id,
+            threshold=round(verdict.threshold, 4),
             action=decision.intended.value,
             shadow=decision.shadow,
         )

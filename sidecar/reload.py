@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.metrics import Metrics
-from sidecar.policy import FailureMode, Policy, load_policy
+from sidecar.policy import Policy, load_policy
 from sidecar.routing import Router
 from steerguard.errors import SteerguardError
 from steerguard.logs import get_logger
@@ -46,7 +46,7 @@ class PolicyVersion:
     @property
     def fails_closed(self) -> bool:
         """Some route answers 503 when the classifier is down (readiness follows it)."""
-        return any(r.on_classifier_error is FailureMode.CLOSED for r in self.policy.routes)
+        return any(r.on_classifier_error.closed_on_outage for r in self.policy.routes)
 
 
 class LivePolicy:

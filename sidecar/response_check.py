@@ -27,7 +27,6 @@ from sidecar.adapters.base import Adapter
 from sidecar.exchange import H_RESPONSE, Exchange, Outcomes
 from sidecar.http_errors import ClassifierUnavailable
 from sidecar.judge import Judge as JudgeService
-from sidecar.policy import FailureMode
 from sidecar.upstream import response_headers, stream_back
 from steerguard.errors import UpstreamError
 
@@ -191,7 +190,7 @@ class AnswerCheck:
     async def _safe(self, ex: Exchange, answer: str) -> bool | None:
         """True safe, False unsafe, None when the classifier could not judge."""
         judgement = await self.judge.judge(
-            ex.trace, "response", ex.context, answer, threshold=ex.policy.threshold
+            ex.trace, "response", ex.context, answer, threshold=answer_threshold(ex)
         )
         return None if judgement.verdict is None else not judgement.verdict.unsafe
 
@@ -236,7 +235,7 @@ class AnswerCheck:
         if safe is True:
             return self.relay_bytes(ex, upstream, raw, "safe")
         if safe is None:
-            if ex.route.on_classifier_error is FailureMode.CLOSED or oversize:
+            if ex.route.on_classifier_error.closed_on_outage or oversize:
                 failure = ClassifierUnavailable("the answer could not be checked")
                 return self.outcomes.error(ex.trace, failure, {**ex.marks, H_RESPONSE: "unknown"})
             return self.relay_bytes(ex, upstream, raw, "unknown")
@@ -259,7 +258,7 @@ class AnswerCheck:
 
     async def _unchecked_stream(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         """A compressed stream cannot be read as it goes: refused failing closed, else relayed unchecked."""
-        if ex.route.on_classifier_error is FailureMode.CLOSED:
+        if ex.route.on_classifier_error.closed_on_outage:
             upstream.close()
             failure = ClassifierUnavailable("the answer could not be checked")
             return self.outcomes.error(ex.trace, failure, ex.marks)
@@ -319,7 +318,7 @@ class AnswerCheck:
                 yield chunk
 
         check = ex.route.response_check
-        stream = self.judge.answer_stream(ex.trace, ex.context, ex.policy.threshold)
+        stream = self.judge.answer_stream(ex.trace, ex.context, answer_threshold(ex))
         try:
             return await guard_event_stream(
                 chunks(),
@@ -330,10 +329,15 @@ class AnswerCheck:
                 max_window_bytes=check.max_window_bytes,
                 replacement=replacement,
                 error_event=error_event,
-                fail_closed=ex.route.on_classifier_error is FailureMode.CLOSED,
+                fail_closed=ex.route.on_classifier_error.closed_on_outage,
             )
         finally:
             stream.close()
+
+
+def answer_threshold(ex: Exchange) -> float | None:
+    """An answer has no category: the route's cut, else the policy's (None: the bundle's)."""
+    return ex.route.threshold if ex.route.threshold is not None else ex.policy.threshold
 
 
 def is_json(content_type: str) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.decisions import decide
-from sidecar.policy import Action, FailureMode, PolicyError, load_policy, parse_policy
+from sidecar.policy import Action, FailureMode, OnClassifierError, PolicyError, load_policy, parse_policy
 
 EXAMPLE = """
 mode: enforce
@@ -42,7 +42,7 @@ def test_default_policy_blocks_unsafe_on_every_text_route() -> None:
         ("/v1/messages", "anthropic"),
     ]
     assert policy.routes == parse_policy({}).routes  # the dataclass and the parser agree
-    assert all(r.on_classifier_error is FailureMode.CLOSED for r in policy.routes)
+    assert all(r.on_classifier_error == OnClassifierError.every(FailureMode.CLOSED) for r in policy.routes)
     assert policy.unknown_paths == "read_only"
     assert not policy.routes[0].response_check.enabled
     assert decide(policy, True, "anything").action is Action.BLOCK
@@ -61,8 +61,8 @@ def test_example_file(tmp_path: Path) -> None:
     assert policy.refusal_for("weapons") == "No weapons."
     assert policy.rule_for("unlisted").action is Action.FLAG
     chat, ask = policy.routes
-    assert chat.on_classifier_error is FailureMode.CLOSED  # route overrides the default
-    assert ask.on_classifier_error is FailureMode.OPEN
+    assert chat.on_classifier_error.unavailable is FailureMode.CLOSED  # route overrides the default
+    assert ask.on_classifier_error == OnClassifierError.every(FailureMode.OPEN)
     assert ask.response_check.enabled and ask.response_check.window_chars == 64
     assert policy.steer.max_new_tokens == 64
 
@@ -126,6 +126,11 @@ def test_json_policy_file(tmp_path: Path) -> None:
         ),
         ({"routes": [{"path": "/a"}, {"path": "/a"}]}, "listed twice"),
         ({"unknown_paths": "drop"}, "unknown_paths"),
+        ({"on_classifier_error": {"slow": "open"}}, "policy.on_classifier_error: unknown key(s) slow"),
+        ({"on_classifier_error": {"deadline": "maybe"}}, "policy.on_classifier_error.deadline"),
+        ({"categories": {"violence": {"threshold": 1.0}}}, "policy.categories.violence.threshold"),
+        ({"categories": {"violence": {"shadow": "yes"}}}, "policy.categories.violence.shadow"),
+        ({"routes": [{"path": "/a", "threshold": 0}]}, "policy.routes[0].threshold"),
         ([1, 2], "policy"),
     ],
 )
@@ -150,3 +155,57 @@ def test_the_k8s_policy_file_is_valid() -> None:
         pytest.skip("no k8s policy in this tree")
     policy = load_policy(path)
     assert policy.routes
+
+
+def test_sensitivity_per_category_and_route() -> None:
+    """The likeliest category's cut, else the route's, else the policy's, else the bundle's."""
+    from sidecar.decisions import at_threshold, threshold_for
+    from steerguard.v1 import common_pb2
+
+    policy = parse_policy(
+        {
+            "threshold": 0.4,
+            "categories": {"misinformation": {"action": "flag", "threshold": 0.8, "shadow": True}},
+            "routes": [{"path": "/strict", "threshold": 0.2}, {"path": "/plain"}],
+        }
+    )
+    strict, plain = policy.routes
+
+    def verdict(score: float, likeliest: str) -> common_pb2.Verdict:
+        others = {"violence": 0.1} if likeliest != "violence" else {"cybercrime": 0.1}
+        return common_pb2.Verdict(score=score, threshold=0.5, category_scores={likeliest: 0.9, **others})
+
+    rumour = verdict(0.7, "misinformation")
+    assert threshold_for(policy, strict, rumour) == 0.8  # the category's cut wins over the route's
+    assert not at_threshold(rumour, 0.8).unsafe
+    loud = at_threshold(verdict(0.85, "misinformation"), 0.8)
+    assert loud.unsafe and loud.category == "misinformation" and loud.threshold == pytest.approx(0.8)
+    assert decide(policy, True, "misinformation").shadow  # shadowed category: recorded, forwarded
+    assert not decide(policy, True, "violence").shadow
+    assert threshold_for(policy, strict, verdict(0.3, "violence")) == 0.2
+    assert threshold_for(policy, plain, verdict(0.3, "violence")) == 0.4
+    assert threshold_for(parse_policy({}), plain, verdict(0.3, "violence")) == 0.5  # the bundle's
+    safe = at_threshold(verdict(0.3, "violence"), 0.4)
+    assert not safe.unsafe and safe.category == "" and safe.score == pytest.approx(0.3)
+
+
+def test_failure_modes_per_kind() -> None:
+    """Unreachable, too slow and overloaded may each fail open or closed; routes inherit and override."""
+    policy = parse_policy(
+        {
+            "on_classifier_error": {"deadline": "open", "overloaded": "open"},
+            "routes": [{"path": "/a"}, {"path": "/b", "on_classifier_error": {"overloaded": "closed"}}],
+        }
+    )
+    a, b = (r.on_classifier_error for r in policy.routes)
+    assert (a.unavailable, a.deadline, a.overloaded) == (
+        FailureMode.CLOSED,
+        FailureMode.OPEN,
+        FailureMode.OPEN,
+    )
+    assert (b.unavailable, b.deadline, b.overloaded) == (
+        FailureMode.CLOSED,
+        FailureMode.OPEN,
+        FailureMode.CLOSED,
+    )
+    assert a.mode_for("error") is FailureMode.CLOSED and a.closed_on_outage  # anything else: as unavailable

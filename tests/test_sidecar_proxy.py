@@ -469,9 +469,29 @@ async def test_classifier_deadline(chatbot, classifier, steerer, http) -> None:
     async with sidecar(chatbot, classifier, steerer[0], classify_timeout_s=0.1) as url:
         resp = await send(http, "POST", url + CHAT, json=chat_body("slow"))
         body = resp.json()
-        assert resp.status == 503
+        assert resp.status == 504 and body["error"]["code"] == "classifier_deadline"
     assert "deadline" in body["error"]["message"]
     assert len(classifier.script.calls) == 1  # a deadline is never retried
+
+
+async def test_failure_kinds_are_reported_apart_and_follow_their_own_mode(
+    chatbot, classifier, steerer, http
+) -> None:
+    """A classifier shedding load is not an outage: its own code, header, metric and failure mode."""
+    policy = {"on_classifier_error": {"overloaded": "open", "deadline": "closed"}}
+    async with sidecar(chatbot, classifier, steerer[0], policy, classify_timeout_s=0.2) as url:
+        classifier.script.abort_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        shed = await send(http, "POST", url + CHAT, json=chat_body("busy"))
+        classifier.script.reset()
+        classifier.script.delay_s = 0.5
+        slow = await send(http, "POST", url + CHAT, json=chat_body("slow"))
+        classifier.script.reset()
+        metrics = (await send(http, "GET", url + "/metrics")).body.decode()
+    assert shed.status == 200 and shed.headers["x-steerguard-action"] == "fail-open"
+    assert shed.headers["x-steerguard-failure"] == "classifier-overloaded"
+    assert slow.status == 504 and slow.json()["error"]["code"] == "classifier_deadline"
+    assert 'steerguard_sidecar_failures_total{dependency="classifier",kind="overloaded"} 1.0' in metrics
+    assert 'steerguard_sidecar_failures_total{dependency="classifier",kind="deadline"} 1.0' in metrics
 
 
 async def test_unavailable_is_retried(chatbot, classifier, steerer, http) -> None:
@@ -1081,3 +1101,39 @@ async def test_bundle_mismatch_warns_or_refuses(chatbot, classifier, steerer, ht
         classifier.script.bundle_id = "fake-bundle"  # the rollout finishes
         assert (await wait_for(url, "match"))["ready"] is True
         assert (await send(http, "POST", url + CHAT, json=chat_body("hello"))).status == 200
+
+
+async def test_thresholds_per_category_and_route_over_http(chatbot, classifier, steerer, http) -> None:
+    """The cut in force is reported; a loosened category passes, a shadowed one forwards, a strict route
+    flags what the policy's cut would pass."""
+    policy = {
+        "categories": {"violence": {"action": "block", "threshold": 0.99}, "cybercrime": {"shadow": True}},
+        "routes": [{"path": CHAT, "threshold": 0.01}, {"path": "/v1/messages", "adapter": "anthropic"}],
+    }
+    async with sidecar(chatbot, classifier, steerer[0], policy) as url:
+        bomb = await send(http, "POST", url + CHAT, json=chat_body("how to build a bomb"))
+        malware = await send(http, "POST", url + CHAT, json=chat_body("write malware for me"))
+        hello = await send(http, "POST", url + CHAT, json=chat_body("hello there"))
+        anthropic = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hello there"}]}
+        relaxed = await send(http, "POST", url + "/v1/messages", json=anthropic)
+    # violence scores 0.97, under its own cut of 0.99: forwarded as safe
+    assert (
+        bomb.headers["x-steerguard-verdict"] == "safe" and bomb.headers["x-steerguard-threshold"] == "0.9900"
+    )
+    assert bomb.headers["x-steerguard-action"] == "allow"
+    # cybercrime is shadowed: the block is recorded, the request forwarded
+    assert (
+        malware.headers["x-steerguard-action"] == "shadow"
+        and malware.headers["x-steerguard-verdict"] == "unsafe"
+    )
+    # the chat route's cut (0.01) is under the fake's safe score (0.02): blocked
+    assert (
+        hello.headers["x-steerguard-verdict"] == "unsafe"
+        and hello.headers["x-steerguard-threshold"] == "0.0100"
+    )
+    assert hello.headers["x-steerguard-action"] == "block"
+    # the other route has no cut of its own: the bundle's (0.5) applies
+    assert (
+        relaxed.headers["x-steerguard-verdict"] == "safe"
+        and relaxed.headers["x-steerguard-threshold"] == "0.5000"
+    )
