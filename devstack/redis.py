@@ -10,12 +10,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import redis
 
 from devstack.net import free_port
 
-__all__ = ["RedisProcess", "free_port", "ping", "server_argv"]
+__all__ = ["RedisProcess", "SentinelSetup", "free_port", "ping", "server_argv"]
 
 
 def server_argv(binary: str, host: str, port: int) -> list[str]:
@@ -37,12 +38,15 @@ def ping(url: str, timeout: float = 0.2) -> bool:
 class RedisProcess:
     """``redis-server --port P --save '' --appendonly no``, started and stopped by us."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, binary: str | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         found = binary or shutil.which("redis-server")
         if found is None:
             raise FileNotFoundError("redis-server is not installed")
         self.binary = found
         self.port = port or free_port()
+        self.extra = extra  # e.g. ("--replicaof", "127.0.0.1", "6380")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,7 +55,7 @@ class RedisProcess:
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
         self.proc = subprocess.Popen(
-            server_argv(self.binary, "127.0.0.1", self.port),
+            [*server_argv(self.binary, "127.0.0.1", self.port), *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -79,3 +83,76 @@ class RedisProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SentinelSetup:
+    """A master, one replica and one Sentinel (quorum 1, quick failover): managed Redis in miniature.
+
+    The Sentinel is ``redis-server CONF --sentinel`` (what ``redis-sentinel`` is), with its
+    config in ``folder`` (Sentinel rewrites it). ``url`` is the cache's
+    ``redis+sentinel://`` URL for the service ``SERVICE``.
+    """
+
+    SERVICE = "steerguard"
+
+    def __init__(self, folder: Path) -> None:
+        self.master = RedisProcess()
+        self.replica = RedisProcess(extra=("--replicaof", "127.0.0.1", str(self.master.port)))
+        self.port = free_port()
+        self.conf = folder / "sentinel.conf"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.SERVICE}/0"
+
+    def start(self, timeout: float = 20.0) -> SentinelSetup:
+        self.master.start()
+        self.replica.start()
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\n"
+            f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.SERVICE} 500\n"
+            f"sentinel failover-timeout {self.SERVICE} 3000\n"
+        )
+        self.proc = subprocess.Popen(
+            [self.master.binary, str(self.conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while self.master_port() != self.master.port or not self._replicated():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("redis sentinel setup did not come up")
+            time.sleep(0.1)
+        return self
+
+    def master_port(self) -> int | None:
+        """The port the Sentinel names as the master now (None: it cannot be asked)."""
+        try:
+            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5, decode_responses=True)
+            try:
+                found = client.execute_command("SENTINEL", "get-master-addr-by-name", self.SERVICE)
+            finally:
+                client.close()
+        except (redis.RedisError, OSError):
+            return None
+        return int(found[1]) if found else None
+
+    def _replicated(self) -> bool:
+        try:
+            info = redis.Redis(host="127.0.0.1", port=self.replica.port, socket_timeout=0.5).info(
+                "replication"
+            )
+        except (redis.RedisError, OSError):
+            return False
+        return bool(info.get("master_link_status") == "up")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=5)
+            self.proc = None
+        self.replica.stop()
+        self.master.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -190,3 +191,36 @@ def test_stop_drains_in_flight_calls() -> None:
         with pytest.raises(grpc.RpcError) as err:
             stub.Classify(classifier_pb2.ClassifyRequest(prompt="ok"), timeout=2)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_named_tokens_give_callers_their_own_credentials_and_series(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    from steerguard.grpc_common.interceptors import parse_tokens
+    from steerguard.grpc_common.server import read_token
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("web:tok-web-1\nbatch-jobs:tok-batch-2\n")
+    assert set(parse_tokens(read_token(None, str(tokens)) or "").values()) == {"web", "batch-jobs"}
+    assert parse_tokens("a1b2c3") == {b"Bearer a1b2c3": "default"}  # one bare token, as before
+
+    def calls(caller: str) -> float:
+        labels = {"caller": caller, "method": "/steerguard.v1.Classifier/Classify"}
+        return REGISTRY.get_sample_value("steerguard_grpc_calls_total", labels) or 0.0
+
+    srv = start(ServerOptions(auth_token=read_token(None, str(tokens))))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = classifier_pb2_grpc.ClassifierStub(ch)
+            req = classifier_pb2.ClassifyRequest(prompt="ok")
+            before = calls("web"), calls("batch-jobs")
+            stub.Classify(req, metadata=(("authorization", "Bearer tok-web-1"),))
+            stub.Classify(req, metadata=(("authorization", "Bearer tok-batch-2"),))
+            stub.Classify(req, metadata=(("authorization", "Bearer tok-batch-2"),))
+            assert (calls("web") - before[0], calls("batch-jobs") - before[1]) == (1.0, 2.0)
+            for wrong in ("Bearer web:tok-web-1", "Bearer tok-web-1x", "tok-web-1"):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Classify(req, metadata=(("authorization", wrong),))
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        srv.stop(0)

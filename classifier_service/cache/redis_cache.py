@@ -15,10 +15,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from classifier_service.cache.base import (
     ErrorListener,
@@ -34,6 +36,52 @@ log = get_logger("classifier_service.cache")
 
 # What a network or server problem looks like from redis-py.
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+def connect(url: str, timeout_seconds: float, max_connections: int) -> tuple[redis.Redis, str]:
+    """A client for ``url`` and where it points (never its password), for the log.
+
+    ``redis://`` and ``rediss://`` (TLS; ``?ssl_ca_certs=...`` and the other
+    redis-py URL options apply) are redis-py's own. ``redis+sentinel://[:PASSWORD@]
+    HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`` asks those Sentinels for the
+    master of SERVICE and follows it across failovers (redis-py's
+    ``Sentinel.master_for``). Every call has the socket timeout and no
+    client retries: a failure opens the circuit breaker instead.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_seconds,
+        "socket_connect_timeout": timeout_seconds,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+        "max_connections": max_connections,
+    }
+    parts = urlsplit(url)
+    if parts.scheme != SENTINEL_SCHEME:
+        client = redis.Redis.from_url(url, **options)
+        kwargs = client.connection_pool.connection_kwargs
+        return client, f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    sentinels = [
+        (h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1]) if ":" in h else 26379) for h in hosts.split(",")
+    ]
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError(f"{SENTINEL_SCHEME} URL needs the monitored service's name: .../SERVICE[/DB]")
+    db = int(path[1]) if len(path) > 1 else 0
+    timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
+    sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts, **timeouts)
+    master = sentinel.master_for(
+        path[0], db=db, password=unquote(parts.password) if parts.password else None, **options
+    )
+    return master, f"sentinel {path[0]} via {hosts}"
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return (host, int(port)) if host else (text, 26379)  # Sentinel's default port
 
 
 class RedisCache(VerdictCache):
@@ -56,17 +104,7 @@ class RedisCache(VerdictCache):
         self._lock = threading.Lock()
         self._down_until: float | None = None  # None: Redis is believed up
         self._ttl_ms = max(1, int(round(ttl_seconds * 1000)))
-        self.client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            max_connections=max_connections,
-        )
-        # The URL may carry a password: log only where it points.
-        kwargs = self.client.connection_pool.connection_kwargs
-        self.where = f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+        self.client, self.where = connect(url, timeout_seconds, max_connections)
 
     @property
     def available(self) -> bool:

@@ -9,10 +9,12 @@ never sees internals.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from prometheus_client import Counter
 
 from steerguard import errors
 from steerguard.grpc_common.status import status_for
@@ -86,11 +88,41 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         return _rewrap(handler, _wrap_unary, method)
 
 
+_NAMED = re.compile(r"^([a-z][a-z0-9_-]{0,62}):(\S+)$")
+CALLS = Counter(
+    "steerguard_grpc_calls_total",
+    "authenticated RPCs by caller (the token's name) and method",
+    ["caller", "method"],
+)
+
+
+def parse_tokens(text: str) -> dict[bytes, str]:
+    """``{expected authorization header: caller name}`` from a token or a token file's text.
+
+    A file whose every line is ``NAME:TOKEN`` gives each caller its own
+    credential (and its own series in ``steerguard_grpc_calls_total``);
+    anything else is one token, named ``default``.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    named = [_NAMED.match(line) for line in lines]
+    if lines and all(named):
+        return {f"Bearer {m.group(2)}".encode(): m.group(1) for m in named if m}
+    return {f"Bearer {text.strip()}".encode(): "default"}
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Require ``authorization: Bearer <token>`` on every RPC but health and reflection."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, tokens: str) -> None:
+        self._expected = parse_tokens(tokens)
+
+    def caller(self, given: bytes) -> str | None:
+        """The caller a header belongs to; every token is compared, in constant time each."""
+        found = None
+        for expected, name in self._expected.items():
+            if hmac.compare_digest(given, expected):
+                found = name
+        return found
 
     def _deny(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         def deny(_request: Any, context: grpc.ServicerContext) -> Any:
@@ -113,7 +145,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None or details.method.startswith(OPEN_SERVICES):
             return handler
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        given_b = given.encode() if isinstance(given, str) else bytes(given)
-        if hmac.compare_digest(given_b, self._expected):
-            return handler
-        return self._deny(handler)
+        caller = self.caller(given.encode() if isinstance(given, str) else bytes(given))
+        if caller is None:
+            return self._deny(handler)
+        CALLS.labels(caller=caller, method=details.method).inc()
+        return handler
