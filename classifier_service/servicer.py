@@ -67,17 +67,7 @@ def threshold_of(request: classifier_pb2.ClassifyRequest, where: str = "") -> fl
 
 
 def to_proto(verdict: Verdict) -> common_pb2.Verdict:
-    return common_pb2.Verdict(
-        score=verdict.score,
-        unsafe=verdict.unsafe,
-        category=verdict.category,
-        category_scores=verdict.category_scores,
-        cached=verdict.cached,
-        bundle_id=verdict.bundle_id,
-        threshold=verdict.threshold,
-        language=verdict.language,
-        language_calibrated=verdict.language_calibrated,
-    )
+    return verdict.to_proto()
 
 
 def _check_decoded(request: Any) -> None:

@@ -45,15 +45,7 @@ def generate_input(request: steer_pb2.GenerateRequest) -> GenerateInput:
 
 
 def verdict_to_proto(v: Verdict) -> common_pb2.Verdict:
-    return common_pb2.Verdict(
-        score=v.score,
-        unsafe=v.unsafe,
-        category=v.category,
-        category_scores=dict(v.category_scores),
-        cached=v.cached,
-        bundle_id=v.bundle_id,
-        threshold=v.threshold,
-    )
+    return v.to_proto()
 
 
 def applied_to_proto(a: Applied) -> steer_pb2.AppliedSteering:

@@ -1,13 +1,18 @@
-"""The probe's judgement of one request, shared by the CLI and both services."""
+"""The probe's judgement of one request, shared by the CLI, both services and the light client.
+
+Light at import (no torch): ``steerguard.client`` hands these to callers.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from steerguard.bundle import Bundle
+    from steerguard.bundle import Bundle
+    from steerguard.v1 import common_pb2
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,37 @@ class Verdict:
             category_scores={str(k): float(v) for k, v in dict(data.get("category_scores", {})).items()},
             threshold=float(data["threshold"]),
             bundle_id=str(data.get("bundle_id", "")),
+        )
+
+    def to_proto(self) -> common_pb2.Verdict:
+        """As ``steerguard.v1.Verdict`` (both services answer with it)."""
+        from steerguard.v1 import common_pb2
+
+        return common_pb2.Verdict(
+            score=self.score,
+            unsafe=self.unsafe,
+            category=self.category,
+            category_scores=dict(self.category_scores),
+            cached=self.cached,
+            bundle_id=self.bundle_id,
+            threshold=self.threshold,
+            language=self.language,
+            language_calibrated=self.language_calibrated,
+        )
+
+    @classmethod
+    def from_proto(cls, v: common_pb2.Verdict) -> Verdict:
+        """A ``steerguard.v1.Verdict`` as received over gRPC."""
+        return cls(
+            score=v.score,
+            unsafe=v.unsafe,
+            category=v.category,
+            category_scores=dict(v.category_scores),
+            threshold=v.threshold,
+            bundle_id=v.bundle_id,
+            cached=v.cached,
+            language=v.language,
+            language_calibrated=v.language_calibrated,
         )
 
     def at_threshold(self, threshold: float) -> Verdict:

@@ -12,13 +12,19 @@ from classifier_service.servicer import ClassifierServicer
 from steerguard.v1 import classifier_pb2_grpc
 
 
-def serve_core(core: ClassifierCore) -> Iterator[classifier_pb2_grpc.ClassifierStub]:
-    """Yield a stub over a real channel to ``core``; stop the server and close the core after."""
+def serve_address(core: ClassifierCore) -> Iterator[str]:
+    """Yield ``127.0.0.1:PORT`` of a server answering with ``core``; stop it and close the core after."""
     server = create_server("127.0.0.1:0", ClassifierServicer(core)).start()
     server.set_serving()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield classifier_pb2_grpc.ClassifierStub(channel)
+        yield f"127.0.0.1:{server.port}"
     finally:
         server.stop(0)
         core.close()
+
+
+def serve_core(core: ClassifierCore) -> Iterator[classifier_pb2_grpc.ClassifierStub]:
+    """Yield a stub over a real channel to ``core``."""
+    for address in serve_address(core):
+        with grpc.insecure_channel(address) as channel:
+            yield classifier_pb2_grpc.ClassifierStub(channel)

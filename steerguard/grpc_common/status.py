@@ -25,3 +25,15 @@ def status_for(exc: errors.SteerguardError) -> grpc.StatusCode:
         if isinstance(exc, cls):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+# What a client raises for a status (the first class listed for it); anything else: UpstreamError.
+_ERRORS: dict[grpc.StatusCode, type[errors.SteerguardError]] = {}
+for _cls, _code in reversed(_CODES):
+    _ERRORS[_code] = _cls
+_ERRORS[grpc.StatusCode.UNAVAILABLE] = errors.UpstreamError  # unreachable or not yet loaded
+
+
+def error_for(code: grpc.StatusCode, details: str | None) -> errors.SteerguardError:
+    """The :mod:`steerguard.errors` class a client raises for a status; the service's reason kept."""
+    return _ERRORS.get(code, errors.UpstreamError)(details or code.name.lower().replace("_", " "))
