@@ -53,6 +53,8 @@ class Script:
     fail_after: int | None = None
     require_token: str | None = None
     bundle_id: str = "fake-bundle"  # what DescribeBundle names
+    # The categories DescribeBundle lists (the sidecar refuses policy rules for any other).
+    categories: tuple[str, ...] = ("cybercrime", "fraud", "violence", "weapons")
     stream_unimplemented: bool = False  # ClassifyStream answers UNIMPLEMENTED, as an older classifier
     stream_chunks: int = 0  # ClassifyStream chunks judged
     calls: list[list[tuple[str, str]]] = field(default_factory=list)
@@ -178,9 +180,7 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
         self, request: common_pb2.DescribeBundleRequest, context: grpc.ServicerContext
     ) -> common_pb2.BundleInfo:
         self.script.authorize(context)
-        return common_pb2.BundleInfo(
-            bundle_id=self.script.bundle_id, categories=sorted(set(KEYWORDS.values()))
-        )
+        return common_pb2.BundleInfo(bundle_id=self.script.bundle_id, categories=list(self.script.categories))
 
     def ClassifyStream(
         self, chunks: Iterator[classifier_pb2.AnswerChunk], context: grpc.ServicerContext
@@ -235,7 +235,7 @@ class FakeSteerer(steer_pb2_grpc.SteererServicer):
     def DescribeBundle(
         self, request: common_pb2.DescribeBundleRequest, context: grpc.ServicerContext
     ) -> common_pb2.BundleInfo:
-        return common_pb2.BundleInfo(bundle_id=self.script.bundle_id, categories=["violence", "cybercrime"])
+        return common_pb2.BundleInfo(bundle_id=self.script.bundle_id, categories=list(self.script.categories))
 
 
 @dataclass

@@ -10,16 +10,17 @@ import asyncio
 import json
 import logging
 import signal
+import sys
 import time
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from sidecar.audit import AuditTrail
-from sidecar.bundles import BundleCheck
+from sidecar.bundles import BundleCheck, check_categories
 from sidecar.grpc_clients import ChannelSettings, ClassifierClient, SteerClient
 from sidecar.metrics import Metrics
-from sidecar.policy import Policy
+from sidecar.policy import Policy, PolicyError
 from sidecar.proxy import Proxy
 from sidecar.reload import LivePolicy
 from sidecar.settings import SidecarSettings
@@ -120,6 +121,12 @@ def _lifecycle(app: web.Application, settings: SidecarSettings, metrics: Metrics
         audit.start()
         bundles = BundleCheck(classifier, steer, settings.bundle_mismatch, metrics, settings.bundle_check_s)
         app[PROXY_KEY] = Proxy(settings, classifier, steer, upstream, metrics, audit, bundles)
+        live = app[LIVE_KEY]
+        live.validate = lambda policy: check_categories(policy, bundles.categories, bundles.ids[0])
+        await bundles.check(
+            timeout=1.0
+        )  # a policy rule the bundle cannot fire stops start-up, when it can be told
+        live.validate(live.current.policy)
         app[WATCH_KEY] = asyncio.create_task(app[LIVE_KEY].watch(settings.policy_poll_s))
         app[BUNDLES_WATCH_KEY] = asyncio.create_task(bundles.watch())
 
@@ -194,9 +201,14 @@ async def start_site(settings: SidecarSettings, policy: Policy) -> tuple[web.App
     return runner, port
 
 
-async def _serve(settings: SidecarSettings, policy: Policy) -> None:
+async def _serve(settings: SidecarSettings, policy: Policy) -> int:
     log = get_logger("steerguard.sidecar")
-    runner, port = await start_site(settings, policy)
+    try:
+        runner, port = await start_site(settings, policy)
+    except PolicyError as exc:
+        log.error("cannot start the sidecar", reason=exc.reason)
+        print(f"steerguard serve sidecar: {exc.reason}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -217,9 +229,10 @@ async def _serve(settings: SidecarSettings, policy: Policy) -> None:
     log.info("stopping", grace_s=settings.grace_s)
     await runner.cleanup()
     log.info("stopped")
+    return 0
 
 
-def serve(settings: SidecarSettings, policy: Policy) -> None:
+def serve(settings: SidecarSettings, policy: Policy) -> int:
     """Run until SIGTERM/SIGINT, then drain for up to ``grace_s``."""
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(_serve(settings, policy))
+    return asyncio.run(_serve(settings, policy))

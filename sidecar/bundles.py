@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 from sidecar.grpc_clients import ClassifierClient, SteerClient
 from sidecar.metrics import Metrics
+from sidecar.policy import Policy, PolicyError
 from sidecar.settings import BUNDLE_MISMATCH_MODES
 from steerguard.errors import SteerguardError
 from steerguard.logs import get_logger
@@ -40,6 +42,7 @@ class BundleCheck:
         self.mode, self.metrics, self.interval_s = mode, metrics, interval_s
         self.state = "unknown"
         self.ids: tuple[str, str] = ("", "")
+        self.categories: tuple[str, ...] | None = None  # the classifier's bundle's, once known
 
     @property
     def refusing(self) -> bool:
@@ -48,9 +51,12 @@ class BundleCheck:
     async def check(self, timeout: float = 2.0) -> str:
         """Ask both services; the new state (unchanged when either cannot answer)."""
         try:
-            ours, theirs = await asyncio.gather(
-                self.classifier.describe(timeout), self.steer.describe(timeout)
-            )
+            ours = await self.classifier.describe(timeout)
+        except SteerguardError:
+            return self.state
+        self.categories = tuple(ours.categories)  # the policy check needs only the classifier
+        try:
+            theirs = await self.steer.describe(timeout)
         except SteerguardError:
             return self.state
         ids = (ours.bundle_id, theirs.bundle_id)
@@ -67,3 +73,20 @@ class BundleCheck:
             with contextlib.suppress(Exception):  # a failed check keeps the last state; try again later
                 await self.check()
             await asyncio.sleep(self.interval_s)
+
+
+def check_categories(policy: Policy, categories: Sequence[str] | None, bundle_id: str = "") -> None:
+    """``PolicyError`` naming every policy category the classifier's bundle cannot produce.
+
+    Why: a rule for a category the bundle does not have never fires, silently
+    (``self_harm`` in a policy over a bundle without it). Unknown categories
+    (the classifier not asked yet) pass; the next check catches them.
+    """
+    if categories is None:
+        return
+    unknown = sorted(set(policy.categories) - set(categories))
+    if unknown:
+        raise PolicyError(
+            f"policy.categories: {', '.join(unknown)} cannot be produced by the classifier's bundle "
+            f"{bundle_id}; its categories are {', '.join(sorted(categories)) or '(none)'}"
+        )

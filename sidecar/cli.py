@@ -32,8 +32,7 @@ def run(ns: argparse.Namespace) -> int:
     except SteerguardError as exc:
         print(f"steerguard serve sidecar: {exc.reason}", file=sys.stderr)
         return 2
-    serve(settings, policy)
-    return 0
+    return serve(settings, policy)
 
 
 def register_audit(subparsers: argparse._SubParsersAction) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,8 @@ class LivePolicy:
         self._seen = _digest(self.path) if self.path else ""
         self.current = PolicyVersion.build(policy, self._seen)
         self._wake = asyncio.Event()
+        # Raises PolicyError for a policy the services cannot honour (sidecar.bundles.check_categories).
+        self.validate: Callable[[Policy], None] = lambda _policy: None
 
     def reload_now(self) -> None:
         """Check the file at once (the SIGHUP handler)."""
@@ -74,6 +77,7 @@ class LivePolicy:
         self._seen = digest
         try:
             version = PolicyVersion.build(load_policy(self.path), digest)
+            self.validate(version.policy)
         except SteerguardError as exc:
             self.metrics.config_reloads.labels("invalid").inc()
             log.error(

@@ -1137,3 +1137,20 @@ async def test_thresholds_per_category_and_route_over_http(chatbot, classifier, 
         relaxed.headers["x-steerguard-verdict"] == "safe"
         and relaxed.headers["x-steerguard-threshold"] == "0.5000"
     )
+
+
+async def test_a_policy_category_the_bundle_cannot_produce_stops_start_up(
+    chatbot, classifier, steerer
+) -> None:
+    """A rule for a category the classifier's bundle does not have would never fire: refused at start-up,
+    naming it and the valid ones; with the classifier unreachable it is checked once it answers."""
+    from sidecar.policy import PolicyError
+
+    policy = {"categories": {"self_harm": "block", "violence": "block"}}
+    with pytest.raises(PolicyError) as err:
+        async with sidecar(chatbot, classifier, steerer[0], policy):
+            pass
+    assert "self_harm" in err.value.reason and "cybercrime, fraud, violence, weapons" in err.value.reason
+    assert "violence cannot" not in err.value.reason
+    async with sidecar(chatbot, f"127.0.0.1:{free_port()}", steerer[0], policy) as url:
+        assert url  # nobody to ask yet: serving (fail-closed routes answer 503)

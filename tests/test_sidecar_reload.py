@@ -104,6 +104,11 @@ def test_a_rewritten_policy_takes_effect_without_a_restart(
         time.sleep(1.5)
         assert _action(url) == "shadow"
         assert _reloads(url) == {"ok": 1.0, "invalid": 1.0}
+        policy.write_text("categories: {self_harm: block}\n")  # a rule the bundle can never fire
+        if hup:
+            hup()
+        time.sleep(1.5)
+        assert _action(url) == "shadow" and _reloads(url) == {"ok": 1.0, "invalid": 2.0}
         policy.write_text("default: block\n")
         assert _within(5.0, url, "block", hup) < 5.0
         assert process.poll() is None  # the same process throughout
@@ -111,7 +116,7 @@ def test_a_rewritten_policy_takes_effect_without_a_restart(
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
     output = log.read_text()
-    assert '"policy_reload_rejected"' in output and "policy.mode" in output
+    assert '"policy_reload_rejected"' in output and "policy.mode" in output and "self_harm" in output
     assert HARMFUL not in output  # logs never hold the prompt
 
 
