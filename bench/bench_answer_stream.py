@@ -25,7 +25,6 @@ import argparse
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,13 +32,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from report import save  # noqa: E402  (bench/, on the path when a benchmark runs)
+from classifier_setup import load  # noqa: E402  (bench/, on the path when a benchmark runs)
+from report import save  # noqa: E402
 
 from classifier_service.cache import MemoryCache  # noqa: E402
 from classifier_service.config import CoreConfig  # noqa: E402
 from classifier_service.core import ClassifierCore  # noqa: E402
 from sidecar.policy import ResponseCheck  # noqa: E402
-from steerguard.bundle import Bundle  # noqa: E402
 from steerguard.logs import configure_logging  # noqa: E402
 from steerguard.model.chat import Conversation, normalise_request  # noqa: E402
 from steerguard.model.host import ModelHost  # noqa: E402
@@ -60,17 +59,6 @@ def answer_text(host: ModelHost, tokens: int, rng: random.Random) -> str:
         words.extend(rng.choice(WORDS) for _ in range(32))
     ids = host.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"][:tokens]
     return str(host.tokenizer.decode(ids))
-
-
-def load(tiny: bool) -> tuple[ModelHost, Bundle]:
-    if not tiny:
-        bundle = Bundle.load()
-        return ModelHost.load(None, max_layers=bundle.classifier_layers), bundle
-    from devstack.models import make_random_bundle, make_tiny_llama
-
-    folder = Path(tempfile.mkdtemp())
-    host = ModelHost.load(make_tiny_llama(folder / "model"))
-    return host, make_random_bundle(host, folder / "bundle", response=True)
 
 
 def _pieces(text: str, size: int) -> list[str]:
@@ -105,7 +93,7 @@ WAYS: dict[str, Callable[[ClassifierCore, Conversation, list[str]], float]] = {
 
 
 def measure(rounds: int, tiny: bool, window_chars: int) -> dict[str, object]:
-    host, bundle = load(tiny)
+    host, bundle = load(tiny, response=True)
     core = ClassifierCore(host, bundle, MemoryCache(max_entries=10_000, ttl_seconds=600), CoreConfig())
     core.warm_up()
     rng = random.Random(0)

@@ -16,18 +16,17 @@ import argparse
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from report import save  # noqa: E402  (bench/, on the path when a benchmark runs)
+from classifier_setup import load  # noqa: E402  (bench/, on the path when a benchmark runs)
+from report import save  # noqa: E402
 
 from classifier_service.config import CoreConfig  # noqa: E402
 from classifier_service.core import ClassifierCore  # noqa: E402
-from steerguard.bundle import Bundle  # noqa: E402
 from steerguard.logs import configure_logging  # noqa: E402
 from steerguard.model.chat import normalise_request  # noqa: E402
 from steerguard.model.host import ModelHost  # noqa: E402
@@ -47,19 +46,8 @@ def document(host: ModelHost, tokens: int, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def load(tiny: bool) -> tuple[ModelHost, Bundle]:
-    if not tiny:
-        bundle = Bundle.load()
-        return ModelHost.load(None, max_layers=bundle.classifier_layers), bundle
-    from devstack.models import make_random_bundle, make_tiny_llama
-
-    folder = Path(tempfile.mkdtemp())
-    host = ModelHost.load(make_tiny_llama(folder / "model"))
-    return host, make_random_bundle(host, folder / "bundle", passage_tokens=128)
-
-
 def measure(rounds: int, tiny: bool) -> dict[str, object]:
-    host, bundle = load(tiny)
+    host, bundle = load(tiny, passage_tokens=128)
     core = ClassifierCore(host, bundle, None, CoreConfig())
     core.warm_up()
     rng = random.Random(0)
