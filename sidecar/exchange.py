@@ -128,8 +128,9 @@ class Outcomes:
             total_ms=round(trace.elapsed_ms(), 3),
             **trace.fields,
         )
-        fields = {**trace.fields, "prompt_hmac": trace.prompt_hmac}
-        self.audit.record(audit_event(trace.request_id, trace.route, response.status, fields))
+        if self.audit.enabled:  # the event is built only when it goes somewhere
+            fields = {**trace.fields, "prompt_hmac": trace.prompt_hmac}
+            self.audit.record(audit_event(trace.request_id, trace.route, response.status, fields))
         return response
 
     def error(

@@ -1110,10 +1110,11 @@ async def test_thresholds_per_category_and_route_over_http(chatbot, classifier, 
         "categories": {"violence": {"action": "block", "threshold": 0.99}, "cybercrime": {"shadow": True}},
         "routes": [{"path": CHAT, "threshold": 0.01}, {"path": "/v1/messages", "adapter": "anthropic"}],
     }
+    marker = uuid.uuid4().hex
     async with sidecar(chatbot, classifier, steerer[0], policy) as url:
         bomb = await send(http, "POST", url + CHAT, json=chat_body("how to build a bomb"))
         malware = await send(http, "POST", url + CHAT, json=chat_body("write malware for me"))
-        hello = await send(http, "POST", url + CHAT, json=chat_body("hello there"))
+        hello = await send(http, "POST", url + CHAT, json=chat_body(f"hello there {marker}"))
         anthropic = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hello there"}]}
         relaxed = await send(http, "POST", url + "/v1/messages", json=anthropic)
     # violence scores 0.97, under its own cut of 0.99: forwarded as safe
@@ -1132,6 +1133,7 @@ async def test_thresholds_per_category_and_route_over_http(chatbot, classifier, 
         and hello.headers["x-steerguard-threshold"] == "0.0100"
     )
     assert hello.headers["x-steerguard-action"] == "block"
+    assert chatbot.received(marker) == []  # the upstream's own log: the blocked request never reached it
     # the other route has no cut of its own: the bundle's (0.5) applies
     assert (
         relaxed.headers["x-steerguard-verdict"] == "safe"
