@@ -195,7 +195,7 @@ def redis_url(args: argparse.Namespace) -> Iterator[str | None]:
     try:
         yield proc.url
     finally:
-        proc.stop()
+        proc.close()
 
 
 # --- the four measurements ------------------------------------------------------------------

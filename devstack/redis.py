@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,14 +49,17 @@ class RedisProcess:
         self.port = port or free_port()
         self.extra = extra  # e.g. ("--replicaof", "127.0.0.1", "6380")
         self.proc: subprocess.Popen[bytes] | None = None
+        # Replication writes an RDB file even with saving off: keep it out of the caller's cwd.
+        self.workdir: str | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
+        self.workdir = self.workdir or tempfile.mkdtemp(prefix="steerguard-redis-")
         self.proc = subprocess.Popen(
-            [*server_argv(self.binary, "127.0.0.1", self.port), *self.extra],
+            [*server_argv(self.binary, "127.0.0.1", self.port), "--dir", self.workdir, *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -78,11 +82,18 @@ class RedisProcess:
             self.proc.wait()
         self.proc = None
 
+    def close(self) -> None:
+        """Stop the server and remove its working folder (``stop`` keeps it for a restart)."""
+        self.stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
     def __enter__(self) -> RedisProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
 
 
 class SentinelSetup:
@@ -154,5 +165,5 @@ class SentinelSetup:
             self.proc.terminate()
             self.proc.wait(timeout=5)
             self.proc = None
-        self.replica.stop()
-        self.master.stop()
+        self.replica.close()
+        self.master.close()

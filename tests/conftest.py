@@ -98,7 +98,7 @@ def redis_proc() -> Iterator[Any]:
     except (FileNotFoundError, RuntimeError) as exc:
         pytest.skip(f"cannot start redis-server: {exc}")
     yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture(scope="module")

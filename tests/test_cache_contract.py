@@ -51,7 +51,7 @@ def redis_url() -> Iterator[str]:
     try:
         yield proc.url
     finally:
-        proc.stop()
+        proc.close()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -226,7 +226,7 @@ def test_redis_used_again_once_back() -> None:
         assert got is not None and got.score == pytest.approx(0.6)
     finally:
         c.close()
-        server.stop()
+        server.close()
 
 
 def test_slow_redis_costs_one_timeout_then_is_bypassed() -> None:
