@@ -61,6 +61,8 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         max_batch_wait_ms=args.max_batch_wait_ms,
         batch_wait_fraction=args.batch_wait_fraction,
         max_queue=args.max_queue,
+        max_step_tokens=args.max_step_tokens,
+        max_queue_delay_ms=args.max_queue_delay_ms,
         cache_prefix=args.cache_prefix,
         cache_key_secret=read_secret(args.cache_key_secret_file),
         log_prompts=args.log_prompts,

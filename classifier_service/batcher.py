@@ -1,38 +1,51 @@
-"""Micro-batching: group concurrent requests into one forward pass.
+"""Micro-batching with fair, bounded steps: group concurrent requests into forward passes.
 
 A forward pass over 16 short prompts costs far less than 16 passes over one
 (per-op overhead and small matrix products dominate at batch 1 on CPU), so one
-worker thread owns the model and takes jobs from a bounded queue: it starts a
+worker thread owns the model and takes jobs from the queue: it starts a
 batch with the first job and takes every job already waiting, up to
-``max_batch_size``.
+``max_batch_size`` jobs and ``max_step_tokens`` tokens.
 
-It then waits, at most ``max_wait_seconds``, only for jobs it *expects*: as
-many as the previous batch held plus those that queued while it ran. Clients
-that just got their answers usually send their next request within a few
-milliseconds; without this wait they would miss the batch that is starting,
-and N concurrent clients would settle into two alternating half-size batches.
-A lone client expects nobody and never waits, so batching adds no latency at
-low load; an expectation that is not met costs one wait, then shrinks.
+**Fairness.** Jobs belong to *flows* (one per classify call: a one-prompt
+``Classify`` is a flow of one job, a ``ClassifyBatch`` of 64 prompts a flow of
+64). A batch takes one job from each waiting flow in turn, so a big batch
+cannot make a single request wait behind all of it; and the token budget
+keeps every step short (~0.8 s on 2 cores), so a request that arrives
+during a step waits for that step at most. A job longer than the budget
+runs alone, in chunks (the core's chunked prefill), and between its chunks
+the core calls :meth:`MicroBatcher.between`, which runs the short jobs of
+other flows that arrived meanwhile.
 
-The wait is also capped at ``wait_fraction`` of the time the previous batch
-took to run: the point of waiting is to fill that forward pass, so it is
-worth a small share of it and no more. On 2 CPU cores a batch of 16 takes
-~0.6 s and returning clients need 10-30 ms (GIL, gRPC, tokeniser), so the
-whole ``max_wait_seconds`` applies; on an accelerator where a batch takes
-5 ms the wait shrinks to half a millisecond by itself.
+**Admission.** Before queueing, :meth:`MicroBatcher.admit` estimates how
+long a call would wait, from the work ahead of it under round-robin and the
+measured token rate, and sheds it at once (``Overloaded``, gRPC
+``RESOURCE_EXHAUSTED``) when that wait exceeds ``max_queue_delay_seconds`` or
+its own deadline: under overload the excess is refused in milliseconds, and
+those admitted keep a bounded wait, instead of every caller waiting until
+its deadline.
+
+**Waiting to fill a pass.** The worker waits, at most ``max_wait_seconds``,
+only for jobs it *expects*: as many as the previous batch held plus those
+that queued while it ran. Clients that just got their answers usually send
+their next request within a few milliseconds; without this wait they would
+miss the batch that is starting, and N concurrent clients would settle into
+two alternating half-size batches. A lone client expects nobody and never
+waits. The wait is also capped at ``wait_fraction`` of the previous pass's
+time: it is worth a small share of that pass and no more.
 
 Each job carries a :class:`concurrent.futures.Future`. A future cancelled
 before its batch starts (its client went away or its deadline passed) is
-dropped, so abandoned work never reaches the model. A full queue refuses new
-jobs (``Overloaded``) rather than letting latency grow without bound.
+dropped, so abandoned work never reaches the model; work already running is
+stopped by the core between chunks. A full queue refuses new jobs.
 """
 
 from __future__ import annotations
 
-import queue
+import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -45,119 +58,274 @@ log = get_logger("steerguard.classifier.batcher")
 P = TypeVar("P")
 R = TypeVar("R")
 
+_RATE_WEIGHT = 0.3  # weight of the newest pass in the token-rate average
+
 
 @dataclass
 class _Job(Generic[P, R]):
     payload: P
     future: Future[R]
+    flow: Hashable
+    cost: int
 
 
-_STOP = object()
+@dataclass
+class Limits:
+    """How much one step may hold, and how long a caller may be made to wait."""
+
+    max_batch_size: int
+    max_wait_seconds: float
+    max_queue: int = 1024
+    wait_fraction: float = 0.1
+    max_step_tokens: int = 0  # 0: no token budget (each job costs 1 unless told)
+    max_queue_delay_seconds: float = 0.0  # 0: admit whatever fits the queue
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if self.max_wait_seconds < 0:
+            raise ValueError("max_wait_seconds must not be negative")
+        if self.wait_fraction < 0:
+            raise ValueError("wait_fraction must not be negative")
+        if self.max_step_tokens < 0 or self.max_queue_delay_seconds < 0:
+            raise ValueError("max_step_tokens and max_queue_delay_seconds must not be negative")
+
+
+class _Queue(Generic[P, R]):
+    """Jobs per flow, taken round-robin; not thread-safe (the batcher holds its lock)."""
+
+    def __init__(self) -> None:
+        self.flows: OrderedDict[Hashable, deque[_Job[P, R]]] = OrderedDict()
+        self.count = 0
+        self.cost = 0
+
+    def put(self, job: _Job[P, R]) -> None:
+        self.flows.setdefault(job.flow, deque()).append(job)
+        self.count += 1
+        self.cost += job.cost
+
+    def take(
+        self, room: int, budget: int | None, exclude: frozenset[Hashable], *, first: bool
+    ) -> list[_Job[P, R]]:
+        """Up to ``room`` live jobs, one per flow in turn, within ``budget`` tokens.
+
+        With ``first``, the first job is taken whatever its cost (a job over
+        the budget then runs alone). Cancelled jobs are dropped on the way.
+        """
+        out: list[_Job[P, R]] = []
+        spent = 0
+        progress = True
+        while len(out) < room and progress:
+            progress = False
+            for flow in list(self.flows):
+                if len(out) >= room:
+                    break
+                if flow in exclude:
+                    continue
+                jobs = self.flows[flow]
+                head = jobs[0]
+                alone = first and not out
+                if not alone and budget is not None and spent + head.cost > budget:
+                    continue
+                jobs.popleft()
+                self.count -= 1
+                self.cost -= head.cost
+                if jobs:
+                    self.flows.move_to_end(flow)
+                else:
+                    del self.flows[flow]
+                progress = True
+                if not head.future.set_running_or_notify_cancel():
+                    continue  # its caller gave up while it waited
+                out.append(head)
+                spent += head.cost
+                if alone and budget is not None and head.cost > budget:
+                    return out
+        return out
+
+    def ahead(self, cost: int) -> int:
+        """Tokens served before a new flow of ``cost`` tokens finishes, under round-robin."""
+        return sum(min(sum(j.cost for j in jobs), cost) for jobs in self.flows.values())
 
 
 class MicroBatcher(Generic[P, R]):
     """A worker thread running ``run_batch(payloads) -> results`` on grouped jobs.
 
+    A result may be an exception instance: that job's caller gets it raised.
     ``after_batch(payloads, results)`` runs after the futures are resolved
     (used to write the cache without delaying the answers).
     """
 
     def __init__(
         self,
-        run_batch: Callable[[list[P]], Sequence[R]],
+        run_batch: Callable[[list[P]], Sequence[R | BaseException]],
         *,
         max_batch_size: int,
         max_wait_seconds: float,
         max_queue: int = 1024,
         wait_fraction: float = 0.1,
-        after_batch: Callable[[list[P], Sequence[R]], None] | None = None,
+        max_step_tokens: int = 0,
+        max_queue_delay_seconds: float = 0.0,
+        after_batch: Callable[[list[P], Sequence[R | BaseException]], None] | None = None,
         name: str = "micro-batcher",
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
-        if max_wait_seconds < 0:
-            raise ValueError("max_wait_seconds must not be negative")
-        if wait_fraction < 0:
-            raise ValueError("wait_fraction must not be negative")
+        self.limits = Limits(
+            max_batch_size,
+            max_wait_seconds,
+            max_queue,
+            wait_fraction,
+            max_step_tokens,
+            max_queue_delay_seconds,
+        )
         self.run_batch = run_batch
         self.after_batch = after_batch
-        self.max_batch_size = max_batch_size
-        self.max_wait_seconds = max_wait_seconds
-        self.wait_fraction = wait_fraction
         self._last_run_seconds: float | None = None  # how long the previous batch took
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
-        self._closed = threading.Event()
+        self._rate: float | None = None  # tokens per second, averaged over recent passes
+        self._queue: _Queue[P, R] = _Queue()
+        self._cond = threading.Condition()
+        self._running: frozenset[Hashable] = frozenset()  # flows of the step on the model now
+        self._running_cost = 0  # its tokens
+        self._nested = False
+        self._nested_cost = 0  # tokens run between the chunks of the step now running
+        self._closed = False
+        self._flow_ids = itertools.count()
         self._expected = 1  # jobs the next batch should wait for (see the module docstring)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
+    # -- callers --------------------------------------------------------------
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.limits.max_batch_size
+
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return self._queue.count
 
-    def submit(self, payload: P) -> Future[R]:
+    def new_flow(self) -> Hashable:
+        """A key for one caller's jobs (they share one turn of the round-robin)."""
+        return ("flow", next(self._flow_ids))
+
+    def estimated_wait(self, cost: int) -> tuple[float, float] | None:
+        """Seconds a new flow of ``cost`` tokens would wait, and then run (None before the first pass).
+
+        The wait is the work served before it under round-robin (of each
+        flow, at most as much as its own, or one step) plus the pass now running.
+        """
+        rate = self._rate
+        if rate is None:
+            return None
+        with self._cond:
+            ahead = self._queue.ahead(max(cost, self.limits.max_step_tokens)) + self._running_cost
+        return ahead / rate, cost / rate
+
+    def admit(self, cost: int, deadline: float | None = None) -> None:
+        """Raise ``Overloaded`` when a call of ``cost`` tokens would wait too long (see the docstring)."""
+        limit = self.limits.max_queue_delay_seconds
+        if limit <= 0 and deadline is None:
+            return
+        estimate = self.estimated_wait(cost)
+        if estimate is None:
+            return
+        wait, run = estimate
+        if limit > 0 and wait > limit:
+            raise Overloaded(
+                f"the classifier is overloaded: about {wait:.1f} s of work is ahead (limit {limit:g} s)"
+            )
+        if deadline is not None and time.monotonic() + wait + run > deadline:
+            raise Overloaded(
+                f"the classifier is overloaded: about {wait:.1f} s of work is ahead, "
+                f"and it could not finish before the deadline"
+            )
+
+    def submit(self, payload: P, *, flow: Hashable | None = None, cost: int = 1) -> Future[R]:
         """Queue one job; raises ``Overloaded`` when the queue is full, ``NotReady`` after close."""
-        if self._closed.is_set():
-            raise NotReady("the classifier is shutting down")
         future: Future[R] = Future()
-        try:
-            self._queue.put_nowait(_Job(payload, future))
-        except queue.Full:
-            raise Overloaded(f"the classifier queue is full ({self._queue.maxsize} waiting)") from None
+        with self._cond:
+            if self._closed:
+                raise NotReady("the classifier is shutting down")
+            if self._queue.count >= self.limits.max_queue:
+                raise Overloaded(f"the classifier queue is full ({self.limits.max_queue} waiting)")
+            self._queue.put(_Job(payload, future, self.new_flow() if flow is None else flow, cost))
+            self._cond.notify_all()
         return future
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Refuse new jobs, finish the queued ones, stop the thread."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._queue.put(_STOP)  # blocks only while the queue is full, i.e. until jobs drain
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
         self._thread.join(timeout)
 
     def wait_budget(self) -> float:
         """Seconds the next batch may wait for expected jobs (see the module docstring)."""
         if self._last_run_seconds is None:
-            return self.max_wait_seconds
-        return min(self.max_wait_seconds, self.wait_fraction * self._last_run_seconds)
+            return self.limits.max_wait_seconds
+        return min(self.limits.max_wait_seconds, self.limits.wait_fraction * self._last_run_seconds)
+
+    def between(self) -> None:
+        """Run the short jobs of other flows that are waiting (``run_batch`` calls this between chunks).
+
+        Only from the worker thread, and not from inside a step it started.
+        """
+        if threading.current_thread() is not self._thread or self._nested:
+            return
+        budget = self.limits.max_step_tokens or None
+        with self._cond:
+            jobs = self._queue.take(self.limits.max_batch_size, budget, self._running, first=False)
+        if not jobs:
+            return
+        self._nested = True
+        try:
+            self._run(jobs)
+        finally:
+            self._nested = False
 
     # -- worker ---------------------------------------------------------------
 
-    def _collect(self, first: _Job[P, R]) -> tuple[list[_Job[P, R]], bool]:
-        """The batch that starts with ``first``; True when the stop marker was seen."""
-        batch = [first]
-        target = min(self.max_batch_size, self._expected)
-        until = time.monotonic() + self.wait_budget()
-        while len(batch) < self.max_batch_size:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
+    def _collect(self) -> list[_Job[P, R]] | None:
+        """The next batch (None once closed and drained)."""
+        lim = self.limits
+        budget = lim.max_step_tokens or None
+        with self._cond:
+            while not self._queue.count:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            batch = self._queue.take(lim.max_batch_size, budget, frozenset(), first=True)
+            target = min(lim.max_batch_size, self._expected)
+            until = time.monotonic() + self.wait_budget()
+            while batch and len(batch) < lim.max_batch_size:
+                room = None if budget is None else budget - sum(j.cost for j in batch)
+                if room is not None and room <= 0:
+                    break  # full (or one long job, which runs alone)
+                more = self._queue.take(lim.max_batch_size - len(batch), room, frozenset(), first=False)
+                batch.extend(more)
+                if more:
+                    continue
                 remaining = until - time.monotonic()
-                if len(batch) >= target or remaining <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            if item is _STOP:
-                return batch, True
-            batch.append(item)  # type: ignore[arg-type]
-        return batch, False
+                if self._queue.count or len(batch) >= target or remaining <= 0 or self._closed:
+                    break  # what waits does not fit, or nobody more is expected in time
+                self._cond.wait(remaining)
+            return batch
 
     def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            batch, stopping = self._collect(item)  # type: ignore[arg-type]
-            # Futures cancelled while queued (client gone) are dropped here.
-            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if live:
-                self._run(live)
-            self._expected = max(1, len(batch) + self._queue.qsize())
+        while True:
+            batch = self._collect()
+            if batch is None:
+                return
+            if batch:
+                self._run(batch)
+            self._expected = max(1, len(batch) + self._queue.count)
 
     def _run(self, jobs: list[_Job[P, R]]) -> None:
         payloads = [job.payload for job in jobs]
+        outer, outer_cost = self._running, self._running_cost
+        self._running = outer | {job.flow for job in jobs}
+        self._running_cost = outer_cost + sum(job.cost for job in jobs)
         started = time.monotonic()
         try:
             results = self.run_batch(payloads)
@@ -167,11 +335,27 @@ class MicroBatcher(Generic[P, R]):
             for job in jobs:
                 job.future.set_exception(exc)
             return
-        self._last_run_seconds = time.monotonic() - started
+        finally:
+            self._running, self._running_cost = outer, outer_cost
+        self._note_time(time.monotonic() - started, sum(job.cost for job in jobs))
         for job, result in zip(jobs, results, strict=True):
-            job.future.set_result(result)
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
         if self.after_batch is not None:
             try:
                 self.after_batch(payloads, results)
             except Exception:
                 log.exception("after_batch failed")
+
+    def _note_time(self, seconds: float, cost: int) -> None:
+        """Remember the pass's time (for the wait) and token rate (for admission)."""
+        if self._nested:
+            self._nested_cost += cost  # its time is inside the outer step's, which counts both
+            return
+        cost, self._nested_cost = cost + self._nested_cost, 0
+        self._last_run_seconds = seconds
+        if seconds > 0 and cost > 0:
+            rate = cost / seconds
+            self._rate = rate if self._rate is None else (1 - _RATE_WEIGHT) * self._rate + _RATE_WEIGHT * rate

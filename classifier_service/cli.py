@@ -84,6 +84,20 @@ def add_classifier_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(
         parser,
+        "--max-step-tokens",
+        type=int,
+        default=core.max_step_tokens,
+        help="most tokens in one step on the model (longer prompts run in chunks, others between them)",
+    )
+    add_flag(
+        parser,
+        "--max-queue-delay-ms",
+        type=float,
+        default=core.max_queue_delay_ms,
+        help="shed a call with RESOURCE_EXHAUSTED when its estimated wait is longer (0: never)",
+    )
+    add_flag(
+        parser,
         "--bundle-poll-s",
         type=float,
         default=10.0,

@@ -20,6 +20,12 @@ class CoreConfig:
     max_batch_wait_ms: float = 50.0
     batch_wait_fraction: float = 0.1  # see classifier_service.batcher
     max_queue: int = 1024
+    # One step on the model holds at most this many tokens (a longer prompt runs alone, in chunks
+    # this long, with other callers' short jobs between them): ~0.8 s on 2 cores (batcher docstring).
+    max_step_tokens: int = 768
+    # Shed a call (RESOURCE_EXHAUSTED) at once when its estimated wait is longer than this
+    # (or than its own deadline); 0: no limit.
+    max_queue_delay_ms: float = 1000.0
     cache_prefix: str = "steerguard:verdict"  # Redis keys: prefix:bundle_id:hash (cache.keys)
     cache_key_secret: bytes | None = None  # keyed hashes (HMAC) in cache keys (cache.keys)
     log_prompts: bool = False

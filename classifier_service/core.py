@@ -29,11 +29,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 import torch
+from transformers import DynamicCache
 
 from classifier_service import metrics
 from classifier_service.answer_stream import AnswerStream, Locks
 from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
+from classifier_service.chunked import chunked_last_state
 from classifier_service.config import CoreConfig
 from classifier_service.prefix import SharedPrefix
 from steerguard import language
@@ -52,23 +54,31 @@ from steerguard.views import ViewPlan, Windower
 log = get_logger("steerguard.classifier")
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One view (read at its last token by the probe), passage or answer window (by their heads).
+
+    ``cost``: the tokens it runs (after the shared prefix where it applies).
+    ``dropped`` is set when nobody waits for it any more: a long view
+    stops between its chunks.
+    """
+
+    key: str
+    token_ids: list[int]
+    passage: Passage | None = None
+    answer: AnswerRead | None = None
+    cost: int = 0
+    dropped: threading.Event = field(default_factory=threading.Event, compare=False)
+
+
 @dataclass
 class _Flight:
     """One computation in progress and how many requests wait for it."""
 
     key: str
     future: Future[Verdict]
+    job: _Job
     waiters: int = 1
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One view (read at its last token by the probe), passage or answer window (by their heads)."""
-
-    key: str
-    token_ids: list[int]
-    passage: Passage | None = None
-    answer: AnswerRead | None = None
 
 
 @dataclass
@@ -127,6 +137,8 @@ class ClassifierCore:
             max_wait_seconds=self.config.max_batch_wait_ms / 1000.0,
             max_queue=self.config.max_queue,
             wait_fraction=self.config.batch_wait_fraction,
+            max_step_tokens=self.config.max_step_tokens,
+            max_queue_delay_seconds=self.config.max_queue_delay_ms / 1000.0,
             after_batch=self._store,
             name="classifier-batcher",
         )
@@ -342,31 +354,44 @@ class ClassifierCore:
             if key not in missing or key in jobs:
                 continue
             if view.passage is not None:
-                jobs[key] = _Job(key, list(view.passage.ids), view.passage)
+                ids = list(view.passage.ids)
+                jobs[key] = _Job(key, ids, view.passage, cost=len(ids))
                 continue
             if view.answer is not None:
-                jobs[key] = _Job(key, [*view.answer.prefix, *view.answer.answer], answer=view.answer)
+                ids = [*view.answer.prefix, *view.answer.answer]
+                jobs[key] = _Job(key, ids, answer=view.answer, cost=len(ids))
                 continue
             assert view.conv is not None, "a view is a conversation or a passage"
             ids = self._token_ids(view.conv)
             if len(ids) > limit:  # the views are sized to fit; this is a guard, not a path
                 raise InvalidInput(f"a view of the prompt is {len(ids)} tokens, over the limit of {limit}")
-            jobs[key] = _Job(key, ids)
+            jobs[key] = _Job(key, ids, cost=len(ids) - self._prefix_len(ids))
         return jobs
+
+    def _prefix_len(self, ids: list[int]) -> int:
+        """How many of ``ids`` the shared prefix's cache covers (0: the plain path)."""
+        return len(self.prefix) if self.prefix is not None and self.prefix.fits(ids) else 0
 
     def _compute(
         self, jobs: dict[str, _Job], deadline: float | None, cancelled: threading.Event | None
     ) -> dict[str, Verdict]:
         pending = _Pending()
+        flow = self.batcher.new_flow()  # this call's jobs take one turn of the round-robin
         try:
             with self._flights_lock:
+                fresh = [job for key, job in jobs.items() if key not in self._flights]
+                try:
+                    self.batcher.admit(sum(job.cost for job in fresh), deadline)
+                except Overloaded:
+                    metrics.SHED_CALLS.inc()
+                    raise
                 for key, job in jobs.items():
                     flight = self._flights.get(key)
                     if flight is not None and not flight.future.cancelled():
                         flight.waiters += 1
                         metrics.SINGLE_FLIGHT_JOINS.inc()
                     else:
-                        flight = _Flight(key, self.batcher.submit(job))
+                        flight = _Flight(key, self.batcher.submit(job, flow=flow, cost=job.cost), job)
                         self._flights[key] = flight
                         flight.future.add_done_callback(functools.partial(self._land, flight))
                     pending.flights[key] = flight
@@ -407,11 +432,13 @@ class ClassifierCore:
         raise DeadlineExceeded("the client went away before the verdict was ready")
 
     def _release(self, pending: _Pending) -> None:
-        """Stop waiting: a flight nobody waits for is cancelled (a no-op once it runs)."""
+        """Stop waiting: a flight nobody waits for is cancelled, or dropped at its next chunk if it runs."""
         with self._flights_lock:
             for flight in pending.flights.values():
                 flight.waiters -= 1
-                if flight.waiters <= 0 and not flight.future.done() and flight.future.cancel():
+                if flight.waiters <= 0 and not flight.future.done():
+                    if not flight.future.cancel():
+                        flight.job.dropped.set()
                     self._forget(flight)
 
     def _land(self, flight: _Flight, _done: Future[Verdict]) -> None:
@@ -444,21 +471,28 @@ class ClassifierCore:
         out[plain] = last_token_states(self.host, self.host.pad([rows[i] for i in plain]), [layer])[layer]
         return out
 
-    def _run_batch(self, jobs: list[_Job]) -> list[Verdict]:
+    def _run_batch(self, jobs: list[_Job]) -> list[Verdict | BaseException]:
         with self._model_lock:
             return self._run_locked(jobs)
 
-    def _run_locked(self, jobs: list[_Job]) -> list[Verdict]:
+    def _run_locked(self, jobs: list[_Job]) -> list[Verdict | BaseException]:
         started = time.perf_counter()
-        views = [i for i, job in enumerate(jobs) if job.passage is None and job.answer is None]
-        passages = [i for i, job in enumerate(jobs) if job.passage is not None]
-        answers = [i for i, job in enumerate(jobs) if job.answer is not None]
-        verdicts: list[Verdict | None] = [None] * len(jobs)
-        if views:
-            states = self._probe_states([jobs[i].token_ids for i in views])
-            for i, v in zip(views, verdicts_from_states(self.bundle, states), strict=True):
+        step = self.config.max_step_tokens
+        kinds: dict[str, list[int]] = {"view": [], "long": [], "passage": [], "answer": []}
+        for i, job in enumerate(jobs):
+            kind = "passage" if job.passage is not None else "answer" if job.answer is not None else "view"
+            kinds["long" if kind == "view" and 0 < step < job.cost else kind].append(i)
+        verdicts: list[Verdict | BaseException | None] = [None] * len(jobs)
+        if kinds["view"]:
+            states = self._probe_states([jobs[i].token_ids for i in kinds["view"]])
+            for i, v in zip(kinds["view"], verdicts_from_states(self.bundle, states), strict=True):
                 verdicts[i] = v
-        for rows, judge in ((passages, self._passage_verdicts), (answers, self._answer_verdicts)):
+        for i in kinds["long"]:
+            verdicts[i] = self._long_view(jobs[i])
+        for rows, judge in (
+            (kinds["passage"], self._passage_verdicts),
+            (kinds["answer"], self._answer_verdicts),
+        ):
             if rows:
                 for i, v in zip(rows, judge([jobs[i] for i in rows]), strict=True):
                     verdicts[i] = v
@@ -467,6 +501,38 @@ class ClassifierCore:
         metrics.BATCH_SIZE.observe(len(jobs))
         metrics.QUEUE_DEPTH.set(self.batcher.queued)
         return [v for v in verdicts if v is not None]
+
+    def _long_view(self, job: _Job) -> Verdict | BaseException:
+        """A view longer than one step, run in chunks (:mod:`classifier_service.chunked`).
+
+        Between chunks the model lock is let go and the batcher runs other
+        callers' short jobs; the view stops there once nobody waits for it.
+        """
+
+        def between() -> bool:
+            self._model_lock.release()
+            try:
+                self.batcher.between()
+            finally:
+                self._model_lock.acquire()
+            return not job.dropped.is_set()
+
+        n = self._prefix_len(job.token_ids)
+        cache = self.prefix.cache() if n and self.prefix is not None else DynamicCache()
+        state = chunked_last_state(
+            self.host,
+            self.bundle.probe_layer,
+            job.token_ids[n:],
+            cache=cache,
+            start=n,
+            chunk=self.config.max_step_tokens,
+            between=between,
+        )
+        if state is None:
+            metrics.DROPPED_JOBS.inc()
+            return DeadlineExceeded("dropped between chunks: nobody waits for this verdict any more")
+        (verdict,) = verdicts_from_states(self.bundle, state[None])
+        return verdict
 
     def _passage_verdicts(self, jobs: list[_Job]) -> list[Verdict]:
         """Each passage's verdict: its highest segment-end score under the passage probe.
@@ -491,9 +557,10 @@ class ClassifierCore:
         cut, bid = self.bundle.threshold, self.bundle.bundle_id
         return [Verdict(s, s >= cut, "", {}, cut, bid) for s in scores]
 
-    def _store(self, jobs: list[_Job], verdicts: Sequence[Verdict]) -> None:
+    def _store(self, jobs: list[_Job], verdicts: Sequence[Verdict | BaseException]) -> None:
         if self.cache is not None:
-            self.cache.set_many({job.key: v for job, v in zip(jobs, verdicts, strict=True)})
+            done = {job.key: v for job, v in zip(jobs, verdicts, strict=True) if isinstance(v, Verdict)}
+            self.cache.set_many(done)
 
     # -- logs -----------------------------------------------------------------
 

@@ -49,3 +49,11 @@ CONFIG_RELOADS = Counter(
     "bundle reloads: ok (serving the new bundle) or invalid (the old one kept)",
     ["result"],
 )
+DROPPED_JOBS = Counter(
+    "steerguard_classifier_dropped_jobs_total",
+    "Long prompts stopped between chunks because nobody waited for their verdict any more",
+)
+SHED_CALLS = Counter(
+    "steerguard_classifier_shed_total",
+    "Calls refused at once (RESOURCE_EXHAUSTED) because their estimated wait was too long",
+)

@@ -76,6 +76,10 @@ class SharedPrefix:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def cache(self) -> Any:
+        """A copy of the prefix's keys and values, for a forward pass to extend."""
+        return copy.deepcopy(self._cache)
+
     def fits(self, row: list[int]) -> bool:
         """True when ``row`` starts with the prefix and has at least one token after it."""
         n = len(self.ids)
@@ -114,7 +118,7 @@ class SharedPrefix:
             found["states"] = hidden[ends[:, 0], ends[:, 1], :].detach().float().clone()
             raise StopForward
 
-        cache = copy.deepcopy(self._cache)  # the forward pass appends to it
+        cache = self.cache()  # the forward pass appends to it
         if lines > 1:
             cache.batch_repeat_interleave(lines)
         with layer_hooks(self.host.layers, {layer: read}), contextlib.suppress(StopForward):

@@ -281,7 +281,15 @@ def test_service_flags_default_to_the_service_configs(monkeypatch: pytest.Monkey
     serve = _subparser("serve")
     sub = next(a for a in serve._actions if isinstance(a, argparse._SubParsersAction))
     classifier = _defaults(sub.choices["classifier"])
-    for f in ("max_prompt_tokens", "max_batch_size", "max_batch_wait_ms", "batch_wait_fraction", "max_queue"):
+    for f in (
+        "max_prompt_tokens",
+        "max_batch_size",
+        "max_batch_wait_ms",
+        "batch_wait_fraction",
+        "max_queue",
+        "max_step_tokens",
+        "max_queue_delay_ms",
+    ):
         assert classifier[f] == getattr(CoreConfig(), f), f
     assert classifier["cache_prefix"] == CoreConfig().cache_prefix
     steer = _defaults(sub.choices["steer"])

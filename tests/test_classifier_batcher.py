@@ -169,3 +169,92 @@ def test_the_wait_is_a_share_of_the_last_forward_pass() -> None:
 def test_wait_fraction_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="wait_fraction"):
         MicroBatcher(lambda xs: xs, max_batch_size=2, max_wait_seconds=0.01, wait_fraction=-1)
+
+
+# -- fairness, token budget, chunks, admission --------------------------------------------
+
+
+def test_flows_take_turns_so_a_big_call_cannot_starve_a_small_one() -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    b: MicroBatcher[int, int] = MicroBatcher(rec, max_batch_size=2, max_wait_seconds=0.0)
+    b.submit(0)
+    assert rec.entered.wait(2)
+    big = b.new_flow()
+    bulk = [b.submit(i, flow=big) for i in range(100, 110)]
+    single = b.submit(7)  # arrives after all ten of the big call
+    rec.gate.set()
+    assert single.result(2) == 70 and [f.result(2) for f in bulk] == [i * 10 for i in range(100, 110)]
+    b.close()
+    assert rec.batches[1] == [100, 7], "the single job shares the very next step"
+
+
+def test_steps_hold_at_most_the_token_budget_and_a_long_job_runs_alone() -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    b: MicroBatcher[int, int] = MicroBatcher(rec, max_batch_size=8, max_wait_seconds=0.0, max_step_tokens=10)
+    b.submit(0, cost=1)
+    assert rec.entered.wait(2)
+    futures = [b.submit(i, cost=c) for i, c in ((1, 4), (2, 4), (3, 25), (4, 4), (5, 4))]
+    rec.gate.set()
+    assert [f.result(2) for f in futures] == [10, 20, 30, 40, 50]
+    b.close()
+    costs = {0: 1, 1: 4, 2: 4, 3: 25, 4: 4, 5: 4}
+    assert [3] in rec.batches, "the 25-token job runs alone"
+    assert all(sum(costs[i] for i in batch) <= 10 for batch in rec.batches if batch != [3])
+
+
+def test_between_runs_other_flows_short_jobs_inside_a_long_step() -> None:
+    order: list[list[int]] = []
+    b: MicroBatcher[int, int]
+    arrived = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        order.append(list(items))
+        if items == [1]:  # the long job: wait for the short one, then yield between "chunks"
+            assert arrived.wait(2)
+            b.between()
+            order.append([-1])  # the long job's last chunk
+        return items
+
+    b = MicroBatcher(run, max_batch_size=4, max_wait_seconds=0.0, max_step_tokens=10)
+    long_job = b.submit(1, cost=50)
+    time.sleep(0.05)
+    short = b.submit(2, cost=3)
+    arrived.set()
+    assert short.result(2) == 2 and long_job.result(2) == 1
+    b.close()
+    assert order == [[1], [2], [-1]], "the short job ran between the long job's chunks"
+
+
+def test_calls_are_shed_at_once_when_their_wait_would_be_too_long() -> None:
+    rec = Recorder()
+    b: MicroBatcher[int, int] = MicroBatcher(
+        rec, max_batch_size=1, max_wait_seconds=0.0, max_step_tokens=100, max_queue_delay_seconds=1.0
+    )
+    b.admit(10_000)  # no pass measured yet: nothing to estimate from, so admitted
+    slow_pass = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        slow_pass.wait(0.2)  # 100 tokens in ~0.2 s: ~500 tokens/s
+        return items
+
+    b.run_batch = slow
+    assert b.submit(0, cost=100).result(2) == 0
+    b.run_batch = rec
+    rec.gate.clear()
+    b.submit(1, cost=100)
+    assert rec.entered.wait(2)
+    for i in range(3):
+        b.submit(10 + i, cost=100)  # ~0.8 s ahead of a new call, with the pass running
+    started = time.perf_counter()
+    b.admit(10, deadline=time.monotonic() + 60)  # under the limit and in time: let in
+    with pytest.raises(Overloaded, match="deadline"):
+        b.admit(10, deadline=time.monotonic() + 0.3)
+    for i in range(3):
+        b.submit(20 + i, cost=100)  # ~1.4 s ahead now
+    with pytest.raises(Overloaded, match=r"about 1\.\d s of work is ahead \(limit 1 s\)"):
+        b.admit(10)
+    assert time.perf_counter() - started < 0.05, "shedding answers at once"
+    rec.gate.set()
+    b.close()
