@@ -10,7 +10,7 @@ batch with the first job and takes every job already waiting, up to
 ``Classify`` is a flow of one job, a ``ClassifyBatch`` of 64 prompts a flow of
 64). A batch takes one job from each waiting flow in turn, so a big batch
 cannot make a single request wait behind all of it; and the token budget
-keeps every step short (~0.8 s on 2 cores), so a request that arrives
+keeps every step short (~0.6 s on 2 cores), so a request that arrives
 during a step waits for that step at most. A job longer than the budget
 runs alone, in chunks (the core's chunked prefill), and between its chunks
 the core calls :meth:`MicroBatcher.between`, which runs the short jobs of
@@ -144,7 +144,7 @@ class _Queue(Generic[P, R]):
         return out
 
     def ahead(self, cost: int) -> int:
-        """Tokens served before a new flow of ``cost`` tokens finishes, under round-robin."""
+        """Tokens of other flows served before a new flow of ``cost`` tokens is done, under round-robin."""
         return sum(min(sum(j.cost for j in jobs), cost) for jobs in self.flows.values())
 
 
@@ -180,7 +180,8 @@ class MicroBatcher(Generic[P, R]):
         self.run_batch = run_batch
         self.after_batch = after_batch
         self._last_run_seconds: float | None = None  # how long the previous batch took
-        self._rate: float | None = None  # tokens per second, averaged over recent passes
+        self._rate: float | None = None  # tokens per second, averaged over recent full passes
+        self._full_seen = False  # a pass of at least half a step was measured
         self._queue: _Queue[P, R] = _Queue()
         self._cond = threading.Condition()
         self._running: frozenset[Hashable] = frozenset()  # flows of the step on the model now
@@ -203,6 +204,11 @@ class MicroBatcher(Generic[P, R]):
     def queued(self) -> int:
         return self._queue.count
 
+    @property
+    def busy(self) -> bool:
+        """True while a step runs or jobs wait."""
+        return bool(self._running) or self._queue.count > 0
+
     def new_flow(self) -> Hashable:
         """A key for one caller's jobs (they share one turn of the round-robin)."""
         return ("flow", next(self._flow_ids))
@@ -210,14 +216,16 @@ class MicroBatcher(Generic[P, R]):
     def estimated_wait(self, cost: int) -> tuple[float, float] | None:
         """Seconds a new flow of ``cost`` tokens would wait, and then run (None before the first pass).
 
-        The wait is the work served before it under round-robin (of each
-        flow, at most as much as its own, or one step) plus the pass now running.
+        The wait is what the step now running has left (at most one step: a
+        long job yields between chunks) plus what round-robin serves of the
+        other flows before this one is done: of each, as much as this one's own cost.
         """
         rate = self._rate
         if rate is None:
             return None
+        step = self.limits.max_step_tokens or self._running_cost
         with self._cond:
-            ahead = self._queue.ahead(max(cost, self.limits.max_step_tokens)) + self._running_cost
+            ahead = self._queue.ahead(cost) + min(self._running_cost, step)
         return ahead / rate, cost / rate
 
     def admit(self, cost: int, deadline: float | None = None) -> None:
@@ -350,12 +358,22 @@ class MicroBatcher(Generic[P, R]):
                 log.exception("after_batch failed")
 
     def _note_time(self, seconds: float, cost: int) -> None:
-        """Remember the pass's time (for the wait) and token rate (for admission)."""
+        """Remember the pass's time (for the wait) and token rate (for admission).
+
+        The rate that matters is that of full steps: a long queue drains in
+        them. Small steps (one prompt at a time, at low load) run at half
+        that rate or less, so they count only until a full step was seen.
+        """
         if self._nested:
             self._nested_cost += cost  # its time is inside the outer step's, which counts both
             return
         cost, self._nested_cost = cost + self._nested_cost, 0
         self._last_run_seconds = seconds
-        if seconds > 0 and cost > 0:
-            rate = cost / seconds
-            self._rate = rate if self._rate is None else (1 - _RATE_WEIGHT) * self._rate + _RATE_WEIGHT * rate
+        if seconds <= 0 or cost <= 0:
+            return
+        full = not self.limits.max_step_tokens or 2 * cost >= self.limits.max_step_tokens
+        if not full and self._full_seen:
+            return
+        self._full_seen = self._full_seen or full
+        rate = cost / seconds
+        self._rate = rate if self._rate is None else (1 - _RATE_WEIGHT) * self._rate + _RATE_WEIGHT * rate

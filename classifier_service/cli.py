@@ -25,8 +25,13 @@ DEFAULT_PORT = 50051
 
 
 def add_classifier_flags(parser: argparse.ArgumentParser) -> None:
-    core = CoreConfig()
     add_common_service_flags(parser, default_port=DEFAULT_PORT)
+    _cache_flags(parser)
+    _scheduling_flags(parser)
+
+
+def _cache_flags(parser: argparse.ArgumentParser) -> None:
+    core = CoreConfig()
     add_flag(parser, "--redis-url", default=None, help="Redis verdict cache (default: in-process LRU)")
     add_flag(parser, "--cache-ttl", type=float, default=3600.0, help="verdict cache TTL in seconds")
     add_flag(parser, "--cache-prefix", default=core.cache_prefix, help="Redis key prefix")
@@ -45,6 +50,10 @@ def add_classifier_flags(parser: argparse.ArgumentParser) -> None:
         default=5.0,
         help="bypass Redis this long after a failure",
     )
+
+
+def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
+    core = CoreConfig()
     add_flag(
         parser,
         "--dtype",

@@ -21,8 +21,9 @@ class CoreConfig:
     batch_wait_fraction: float = 0.1  # see classifier_service.batcher
     max_queue: int = 1024
     # One step on the model holds at most this many tokens (a longer prompt runs alone, in chunks
-    # this long, with other callers' short jobs between them): ~0.8 s on 2 cores (batcher docstring).
-    max_step_tokens: int = 768
+    # this long, with other callers' short jobs between them): ~0.6 s on 2 cores for SmolLM2, and
+    # 16 typical prompts fit (docs/benchmarks.md).
+    max_step_tokens: int = 512
     # Shed a call (RESOURCE_EXHAUSTED) at once when its estimated wait is longer than this
     # (or than its own deadline); 0: no limit.
     max_queue_delay_ms: float = 1000.0

@@ -176,6 +176,14 @@ class RequestLog:
         }
         self._file.write(json.dumps(record) + "\n")
 
+    def gone(self, request: web.Request, body: bytes) -> None:
+        """The client hung up before the answer (a proxy cancelled the request): noted by body digest."""
+        if self._file is None:
+            return
+        record = {"ts": time.time(), "event": "client_gone", "path": request.raw_path}
+        record["body_sha256"] = hashlib.sha256(body).hexdigest()
+        self._file.write(json.dumps(record) + "\n")
+
 
 @dataclass
 class Completion:
@@ -250,6 +258,8 @@ def create_app(
         delay = request.headers.get("x-demo-delay-ms")
         if delay:
             await asyncio.sleep(float(delay) / 1000.0)
+            if request.transport is None or request.transport.is_closing():
+                log.gone(request, body)
         return body
 
     async def chat(request: web.Request) -> web.StreamResponse:

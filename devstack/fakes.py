@@ -303,6 +303,9 @@ class ChatbotProcess:
         """Every request the chatbot received so far, as logged by itself."""
         if not self.log_path.exists():
             return []
+        return [r for r in self._records() if "event" not in r]
+
+    def _records(self) -> list[dict[str, Any]]:
         lines = self.log_path.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
@@ -310,6 +313,12 @@ class ChatbotProcess:
         """Requests whose body contains ``marker``."""
         needle = marker.encode()
         return [r for r in self.requests() if needle in base64.b64decode(r["body_b64"])]
+
+    def abandoned(self, marker: str) -> int:
+        """How many requests with ``marker`` in their body the client hung up on before the answer."""
+        digests = {r["body_sha256"] for r in self.received(marker)}
+        records = self._records() if self.log_path.exists() else []
+        return sum(r.get("event") == "client_gone" and r["body_sha256"] in digests for r in records)
 
     def stop(self) -> None:
         if self.process.poll() is None:

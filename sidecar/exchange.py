@@ -24,6 +24,7 @@ from sidecar.conversation import ChatRequest, Message
 from sidecar.decisions import Decision
 from sidecar.http_errors import error_response, status_of
 from sidecar.metrics import Metrics
+from sidecar.overlap import EarlySend
 from sidecar.policy import Policy, Route
 from steerguard.errors import SteerguardError
 from steerguard.logs import get_logger
@@ -75,6 +76,7 @@ class Exchange:
     verdict: common_pb2.Verdict | None = None
     decision: Decision | None = None
     marks: dict[str, str] = field(default_factory=dict)
+    early: EarlySend | None = None  # sent upstream before the verdict (overlap mode)
 
     @property
     def parsed(self) -> ChatRequest:

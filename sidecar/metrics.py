@@ -97,6 +97,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.overlap = Counter(
+            "steerguard_sidecar_overlap",
+            "requests sent upstream before their verdict (overlap mode): relayed or cancelled",
+            ["result"],
+            registry=r,
+        )
         self.bundle_mismatch = Gauge(
             "steerguard_sidecar_bundle_mismatch",
             "1 while the classifier and the steer service serve different bundles (sidecar.bundles)",

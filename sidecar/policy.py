@@ -31,6 +31,7 @@ loudly instead of silently allowing traffic. Example::
         reply_template: {answer: "{{reply}}", flagged: "{{unsafe}}"}
         on_classifier_error: open
         threshold: 0.3            # this route's cut (a category's own cut still wins)
+        overlap: true             # send upstream while judging; hold the answer (sidecar.overlap)
 
 The cut in force for a request is its likeliest category's ``threshold``,
 else its route's, else the policy's, else the bundle's; the sidecar takes
@@ -176,6 +177,7 @@ class Route:
     reply_template: Any = None
     reply_content_type: str = "application/json"
     threshold: float | None = None  # this route's sensitivity (below a category's, above the policy's)
+    overlap: bool = False  # send upstream while judging, hold the answer for the verdict (sidecar.overlap)
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,12 @@ def _number(value: Any, where: str, *, low: float, high: float | None = None) ->
     if value < low or (high is not None and value > high):
         raise PolicyError(f"{where}: out of range")
     return float(value)
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise PolicyError(f"{where}: expected true or false")
+    return value
 
 
 def _int(value: Any, where: str, *, low: int) -> int:
@@ -336,6 +344,7 @@ _ROUTE_KEYS = {
     "reply_template",
     "reply_content_type",
     "threshold",
+    "overlap",
 }
 
 
@@ -379,6 +388,7 @@ def _route(value: Any, where: str, defaults: _RouteDefaults) -> Route:
         reply_template=data.get("reply_template"),
         reply_content_type=str(data.get("reply_content_type", "application/json")),
         threshold=_threshold(data.get("threshold"), f"{where}.threshold"),
+        overlap=_flag(data.get("overlap", Route.overlap), f"{where}.overlap"),
     )
     if adapter == "json":
         if route.prompt_pointer is None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 
+import aiohttp
 from aiohttp import web
 
 from sidecar.adapters.base import Adapter, ReplyMeta
@@ -36,6 +37,7 @@ from sidecar.http_errors import (
 )
 from sidecar.judge import INVALID, OVERSIZE, Judge, Judgement, RecentVerdicts
 from sidecar.metrics import Metrics
+from sidecar.overlap import EarlySend
 from sidecar.policy import Action, FailureMode, Oversize, Policy, Route
 from sidecar.reload import PolicyVersion
 from sidecar.response_check import AnswerCheck, is_json
@@ -182,10 +184,30 @@ class Proxy:
         ex.trace.fields["context_turns"] = len(ex.context)
         if self.outcomes.audit.enabled:
             ex.trace.prompt_hmac = conversation_hmac(self.outcomes.audit.salt, ex.context)
-        judgement = await self.judge.judge(ex.trace, "request", ex.context, threshold=policy.threshold)
-        if judgement.verdict is None:
-            return await self._unjudged(ex, judgement)
-        return await self._act(ex, judgement.verdict)
+        if route.overlap:
+            ex.early = EarlySend(self._send(ex))
+        try:
+            judgement = await self.judge.judge(ex.trace, "request", ex.context, threshold=policy.threshold)
+            if judgement.verdict is None:
+                return await self._unjudged(ex, judgement)
+            return await self._act(ex, judgement.verdict)
+        finally:
+            await self._drop_early(ex)
+
+    def _send(self, ex: Exchange) -> Awaitable[aiohttp.ClientResponse]:
+        """The original request, unchanged, to the chatbot."""
+        request = ex.request
+        return self.upstream.send(
+            request.method, request.raw_path, request_headers(raw_header_items(request)), ex.body
+        )
+
+    async def _drop_early(self, ex: Exchange) -> None:
+        """Cancel an overlap-mode request the verdict did not let through (sidecar.overlap)."""
+        early, ex.early = ex.early, None
+        if early is not None:
+            await early.drop()
+            self.metrics.overlap.labels("cancelled").inc()
+            ex.trace.fields["overlap"] = "cancelled"
 
     async def _unjudged(self, ex: Exchange, judgement: Judgement) -> web.StreamResponse:
         """No verdict. Input the classifier refused to judge is the client's error (400), whatever the
@@ -257,6 +279,7 @@ class Proxy:
         if decision.action is Action.BLOCK:
             return self._block(ex)
         if decision.action is Action.STEER:
+            await self._drop_early(ex)  # before generating: the chatbot stops at once
             return await self._steer(ex)
         ex.mark(decision.action.value)
         return await self._forward(ex)
@@ -269,10 +292,12 @@ class Proxy:
         added = time.perf_counter() - trace.start
         self.metrics.added_latency.labels(trace.route).observe(added)
         trace.fields["added_ms"] = round(added * 1000.0, 3)
+        early, ex.early = ex.early, None
+        if early is not None:
+            self.metrics.overlap.labels("relayed").inc()
+            trace.fields["overlap"] = "relayed"
         try:
-            upstream = await self.upstream.send(
-                request.method, request.raw_path, request_headers(raw_header_items(request)), ex.body
-            )
+            upstream = await (early.take() if early is not None else self._send(ex))
         except UpstreamError as exc:
             self.outcomes.failure(trace, "upstream", status_of(exc)[1])
             return self.outcomes.error(trace, exc, ex.marks)

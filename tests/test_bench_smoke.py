@@ -76,3 +76,16 @@ def test_answer_stream_bench_measures_both_ways_side_by_side(tmp_path: Path) -> 
         assert isinstance(result, dict) and result["ratio_2000_vs_200"] > 0  # a tiny model's ratio is noise
         assert result["first_check_ms_p50"] > 0
     assert isinstance(r["target"], dict) and r["target"]["ratio_max"] == 12.0
+
+
+def test_overload_bench_measures_starvation_drops_and_shedding(tmp_path: Path) -> None:
+    r = run_bench("bench_overload.py", tmp_path / "o.json", "--quick")
+    starvation = r["starvation"]
+    assert isinstance(starvation, dict) and len(starvation["single_s"]) == 2
+    assert starvation["busy_after_deadline_s"] >= 0 and starvation["step_s"] > 0
+    shedding = r["shedding"]
+    assert isinstance(shedding, dict) and shedding["sustainable"]["rps"] > 0
+    for load in ("at_0.8x", "at_2x"):
+        assert shedding[load]["sent"] == shedding[load]["served"] + shedding[load]["shed"] + sum(
+            shedding[load]["other_errors"].values()
+        )

@@ -40,6 +40,11 @@ def long_prompt() -> str:
     return f"{uuid.uuid4().hex} " + "tell me a long story about the sea and the ships " * 12
 
 
+def long_batch(n: int = 8) -> classifier_pb2.ClassifyBatchRequest:
+    """Distinct prompts (identical ones would join each other's computation)."""
+    return classifier_pb2.ClassifyBatchRequest(requests=[Req(prompt=long_prompt()) for _ in range(n)])
+
+
 @pytest.fixture(scope="module")
 def host(tiny_model_dir: Path, tiny_bundle: Bundle) -> ModelHost:
     return ModelHost.load(tiny_model_dir, max_layers=tiny_bundle.classifier_layers)
@@ -90,9 +95,8 @@ def test_chunked_prefill_gives_the_verdict_of_one_pass(host: ModelHost, tiny_bun
 def test_a_single_request_is_served_while_a_big_batch_of_long_prompts_runs(
     stub: classifier_pb2_grpc.ClassifierStub, chunks: Chunks
 ) -> None:
-    batch = classifier_pb2.ClassifyBatchRequest(requests=[Req(prompt=long_prompt()) for _ in range(8)])
     with ThreadPoolExecutor(1) as pool:
-        big = pool.submit(stub.ClassifyBatch, batch, timeout=60)
+        big = pool.submit(stub.ClassifyBatch, long_batch(), timeout=60)
         while not chunks.ends:
             time.sleep(0.01)
         started = time.monotonic()
@@ -106,9 +110,8 @@ def test_a_single_request_is_served_while_a_big_batch_of_long_prompts_runs(
 def test_work_for_a_call_past_its_deadline_stops_within_one_chunk(
     stub: classifier_pb2_grpc.ClassifierStub, chunks: Chunks
 ) -> None:
-    batch = classifier_pb2.ClassifyBatchRequest(requests=[Req(prompt=long_prompt()) for _ in range(8)])
     with pytest.raises(grpc.RpcError) as info:
-        stub.ClassifyBatch(batch, timeout=0.4)
+        stub.ClassifyBatch(long_batch(), timeout=0.4)
     deadline = time.monotonic()
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     time.sleep(10 * CHUNK_SECONDS)
@@ -126,13 +129,12 @@ def test_an_overloaded_classifier_sheds_calls_at_once(
     config = CoreConfig(max_step_tokens=STEP, max_batch_size=4, max_batch_wait_ms=0.0, max_queue_delay_ms=300)
     for stub in serve_core(ClassifierCore(host, tiny_bundle, None, config)):
         stub.Classify(Req(prompt=long_prompt()), timeout=10)  # one measured pass: the token rate
-        batch = classifier_pb2.ClassifyBatchRequest(requests=[Req(prompt=long_prompt()) for _ in range(8)])
         with ThreadPoolExecutor(4) as pool:
-            busy = [pool.submit(stub.ClassifyBatch, batch, timeout=60) for _ in range(3)]
+            busy = [pool.submit(stub.ClassifyBatch, long_batch(), timeout=60) for _ in range(3)]
             time.sleep(0.2)
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as info:
-                stub.ClassifyBatch(batch, timeout=60)
+                stub.ClassifyBatch(long_batch(), timeout=60)
             shed = time.monotonic() - started
             outcomes = [f.exception() for f in busy]
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -1156,3 +1156,77 @@ async def test_a_policy_category_the_bundle_cannot_produce_stops_start_up(
     assert "violence cannot" not in err.value.reason
     async with sidecar(chatbot, f"127.0.0.1:{free_port()}", steerer[0], policy) as url:
         assert url  # nobody to ask yet: serving (fail-closed routes answer 503)
+
+
+# --------------------------------------------------------------- overlap mode
+
+OVERLAP = {"routes": [{"path": CHAT, "adapter": "openai", "overlap": True}]}
+
+
+async def _metric(http: aiohttp.ClientSession, url: str, series: str) -> float:
+    text = (await send(http, "GET", url + "/metrics")).body.decode()
+    line = next((x for x in text.splitlines() if x.startswith(series + " ")), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+async def test_overlap_hides_the_verdict_behind_the_chatbots_answer(
+    classifier, steerer, chatbot, http
+) -> None:
+    classifier.script.delay_s = 0.3
+    marker = uuid.uuid4().hex
+    headers = {"x-demo-delay-ms": "400"}
+    async with sidecar(chatbot, classifier, steerer[0], OVERLAP) as url:
+        started = time.monotonic()
+        resp = await send(http, "POST", url + CHAT, json=chat_body(f"hello {marker}"), headers=headers)
+        took = time.monotonic() - started
+        relayed = await _metric(http, url, 'steerguard_sidecar_overlap_total{result="relayed"}')
+    assert resp.status == 200 and resp.headers["x-steerguard-verdict"] == "safe"
+    assert marker in json.dumps(resp.json())  # the chatbot's echo, relayed unchanged
+    assert took < 0.6, f"{took:.2f} s: the 0.3 s verdict should hide behind the 0.4 s answer"
+    assert relayed == 1 and len(chatbot.received(marker)) == 1
+
+
+async def test_overlap_cancels_the_upstream_request_of_an_unsafe_prompt(
+    classifier, steerer, chatbot, http
+) -> None:
+    marker = uuid.uuid4().hex
+    async with sidecar(chatbot, classifier, steerer[0], OVERLAP) as url:
+        started = time.monotonic()
+        resp = await send(
+            http, "POST", url + CHAT, json=chat_body(f"UNSAFE {marker}"), headers={"x-demo-delay-ms": "500"}
+        )
+        took = time.monotonic() - started
+        cancelled = await _metric(http, url, 'steerguard_sidecar_overlap_total{result="cancelled"}')
+    assert resp.status == 200 and resp.headers["x-steerguard-action"] == "block"
+    assert took < 0.4, "the refusal does not wait for the chatbot"
+    assert cancelled == 1
+    assert len(chatbot.received(marker)) == 1, "overlap mode: the chatbot saw the request (documented)"
+    deadline = time.monotonic() + 3
+    while chatbot.abandoned(marker) == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert chatbot.abandoned(marker) == 1, "the upstream request was cancelled (its connection closed)"
+
+
+async def test_overlap_on_a_fail_closed_classifier_error_cancels_too(
+    classifier, steerer, chatbot, http
+) -> None:
+    classifier.script.abort_code = grpc.StatusCode.UNAVAILABLE
+    marker = uuid.uuid4().hex
+    async with sidecar(chatbot, classifier, steerer[0], OVERLAP) as url:
+        resp = await send(
+            http, "POST", url + CHAT, json=chat_body(f"hi {marker}"), headers={"x-demo-delay-ms": "300"}
+        )
+    assert resp.status == 503 and resp.headers["x-steerguard-action"] == "fail-closed"
+    deadline = time.monotonic() + 3
+    while chatbot.abandoned(marker) == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert chatbot.abandoned(marker) == 1
+
+
+async def test_without_overlap_an_unsafe_prompt_never_reaches_the_chatbot(
+    classifier, steerer, chatbot, http
+) -> None:
+    marker = uuid.uuid4().hex
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        resp = await send(http, "POST", url + CHAT, json=chat_body(f"UNSAFE {marker}"))
+    assert resp.headers["x-steerguard-action"] == "block" and chatbot.received(marker) == []

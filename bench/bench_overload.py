@@ -1,0 +1,260 @@
+"""Overload benchmarks: fair steps, deadline drops and early shedding, over real gRPC (issue 24).
+
+1. **Starvation.** A ``ClassifyBatch`` of 64 prompts of ~990 tokens is in
+   flight; single one-prompt ``Classify`` calls are sent meanwhile. Target:
+   each finishes within 1.5 s.
+2. **Deadline drop.** That batch carries a deadline it cannot meet; after
+   the deadline passes, how long until the model is idle again? Target: no
+   more than one step (a ``max_step_tokens`` forward pass, timed here too).
+3. **Shedding.** The sustainable rate is measured with closed-loop clients;
+   then requests arrive open-loop (evenly spaced, each with the sidecar's
+   2 s deadline) at 0.8x and at 2x that rate. Targets: at 2x, refused calls
+   get ``RESOURCE_EXHAUSTED`` within 50 ms (p99), and admitted calls keep
+   the p99 they had at 0.8x.
+
+    python bench/bench_overload.py                   # SmolLM2, default bundle
+    python bench/bench_overload.py --tiny --quick    # smoke run on a tiny random Llama
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import grpc  # noqa: E402
+import torch  # noqa: E402
+from classifier_setup import load  # noqa: E402
+from report import save  # noqa: E402
+
+from classifier_service.core import ClassifierCore, CoreConfig  # noqa: E402
+from classifier_service.server import create_server  # noqa: E402
+from classifier_service.servicer import ClassifierServicer  # noqa: E402
+from steerguard.logs import configure_logging  # noqa: E402
+from steerguard.model.chat import normalise_request  # noqa: E402
+from steerguard.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
+
+Req = classifier_pb2.ClassifyRequest
+SIDECAR_DEADLINE_S = 2.0
+WORDS = "the river carried old boats past quiet towns while traders counted grain and weather".split()  # noqa: SIM905
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def long_prompt(core: ClassifierCore, tokens: int, salt: int) -> str:
+    """A prose-like prompt of about ``tokens`` tokens in the chat template (distinct per ``salt``)."""
+    words = [f"({salt})"]
+    while len(core.host.token_ids(normalise_request(" ".join(words)))) < tokens:
+        words.extend(WORDS[(len(words) + salt + i) % len(WORDS)] for i in range(16))
+    while len(core.host.token_ids(normalise_request(" ".join(words)))) > tokens:
+        words.pop()
+    return " ".join(words)
+
+
+def short_prompt(i: int, salt: str) -> str:
+    return f"How do I keep my {WORDS[i % len(WORDS)]} notes tidy? ({salt}{i})"
+
+
+@contextmanager
+def served(core: ClassifierCore) -> Iterator[classifier_pb2_grpc.ClassifierStub]:
+    server = create_server("127.0.0.1:0", ClassifierServicer(core)).start()
+    server.set_serving()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield classifier_pb2_grpc.ClassifierStub(channel)
+    finally:
+        server.stop(0)
+        core.close()
+
+
+def step_seconds(core: ClassifierCore, prompt: str) -> float:
+    """One step: a ``max_step_tokens`` chunk's forward pass, timed in process."""
+    ids = core.host.token_ids(normalise_request(prompt))[
+        : len(core.prefix or []) + core.config.max_step_tokens
+    ]
+    with core.host.forward_lock:
+        started = time.perf_counter()
+        core._probe_states([ids])
+        return time.perf_counter() - started
+
+
+def starvation(
+    stub: Any, core: ClassifierCore, n: int, tokens: int, singles: int, batch_deadline: float
+) -> dict[str, Any]:
+    """Targets 1 and 2: singles during a big long-prompt batch, then the drop at its deadline."""
+    batch = classifier_pb2.ClassifyBatchRequest(
+        requests=[Req(prompt=long_prompt(core, tokens, i)) for i in range(n)]
+    )
+    outcome: dict[str, Any] = {}
+
+    def big() -> None:
+        try:
+            stub.ClassifyBatch(batch, timeout=batch_deadline)
+            outcome["batch"] = "done"
+        except grpc.RpcError as exc:
+            outcome["batch"] = exc.code().name
+        outcome["ended"] = time.monotonic()
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    time.sleep(0.5)
+    latencies = []
+    for i in range(singles):
+        started = time.monotonic()
+        stub.Classify(Req(prompt=short_prompt(i, "single")), timeout=30)
+        latencies.append(time.monotonic() - started)
+        time.sleep(0.3)
+    thread.join()
+    while core.batcher.busy:
+        time.sleep(0.005)
+    idle_after = time.monotonic() - outcome["ended"]
+    step = statistics.median(step_seconds(core, long_prompt(core, tokens, 999 + i)) for i in range(3))
+    return {
+        "batch": {
+            "prompts": n,
+            "tokens_each": tokens,
+            "deadline_s": batch_deadline,
+            "outcome": outcome["batch"],
+        },
+        "single_s": [round(x, 3) for x in latencies],
+        "single_max_s": round(max(latencies), 3),
+        "target_single_max_s": 1.5,
+        "max_step_tokens": core.config.max_step_tokens,
+        "step_s": round(step, 3),
+        "busy_after_deadline_s": round(idle_after, 3),
+        "target_busy_after_deadline": "at most one step",
+    }
+
+
+def closed_loop(stub: Any, clients: int, seconds: float) -> dict[str, Any]:
+    """Requests per second the server sustains with ``clients`` back-to-back callers."""
+    stop = time.monotonic() + seconds
+    lat: list[float] = []
+    counter = iter(range(10**9))
+    lock = threading.Lock()
+
+    def client() -> None:
+        while time.monotonic() < stop:
+            with lock:
+                i = next(counter)
+            started = time.monotonic()
+            stub.Classify(Req(prompt=short_prompt(i, "closed")), timeout=60)
+            lat.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"clients": clients, "rps": len(lat) / (time.monotonic() - started), "p99_s": pct(lat, 0.99)}
+
+
+def open_loop(stub: Any, rate: float, seconds: float, salt: str) -> dict[str, Any]:
+    """Evenly spaced arrivals at ``rate``/s, each with the sidecar's deadline; who was served, who shed."""
+    served_s: list[float] = []
+    shed_s: list[float] = []
+    other: dict[str, int] = {}
+    lock = threading.Lock()
+    pending: list[Any] = []
+
+    def done(sent: float) -> Callable[[Any], None]:
+        def record(fut: Any) -> None:
+            took = time.monotonic() - sent
+            with lock:
+                exc = fut.exception()
+                if exc is None:
+                    served_s.append(took)
+                elif exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    shed_s.append(took)
+                else:
+                    other[exc.code().name] = other.get(exc.code().name, 0) + 1
+
+        return record
+
+    start = time.monotonic()
+    n = int(rate * seconds)
+    for i in range(n):
+        time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        fut = stub.Classify.future(Req(prompt=short_prompt(i, salt)), timeout=SIDECAR_DEADLINE_S)
+        fut.add_done_callback(done(time.monotonic()))
+        pending.append(fut)
+    for fut in pending:
+        with suppress(grpc.RpcError):
+            fut.result()
+    time.sleep(0.05)
+    return {
+        "rate_rps": round(rate, 2),
+        "sent": n,
+        "served": len(served_s),
+        "shed": len(shed_s),
+        "other_errors": other,
+        "served_p50_s": round(pct(served_s, 0.5), 3),
+        "served_p99_s": round(pct(served_s, 0.99), 3),
+        "shed_p50_ms": round(1000 * pct(shed_s, 0.5), 1),
+        "shed_p99_ms": round(1000 * pct(shed_s, 0.99), 1),
+    }
+
+
+def shedding(stub: Any, clients: int, seconds: float) -> dict[str, Any]:
+    sustainable = closed_loop(stub, clients, seconds)
+    normal = open_loop(stub, 0.8 * sustainable["rps"], seconds, "normal")
+    double = open_loop(stub, 2.0 * sustainable["rps"], seconds, "double")
+    return {
+        "sustainable": {k: round(v, 3) if isinstance(v, float) else v for k, v in sustainable.items()},
+        "at_0.8x": normal,
+        "at_2x": double,
+        "admitted_p99_ratio_2x_vs_0.8x": round(double["served_p99_s"] / normal["served_p99_s"], 2),
+        "target": {"shed_p99_ms": 50.0, "admitted_p99": "as at 0.8x"},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="a tiny random Llama instead of SmolLM2")
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter runs (smoke run)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the 2 CPU cores)")
+    parser.add_argument("--out", default="reports/bench/overload.json")
+    args = parser.parse_args()
+    configure_logging("console", "warning")
+    torch.set_num_threads(args.threads)
+    host, bundle = load(args.tiny)
+    core = ClassifierCore(host, bundle, None, CoreConfig())
+    core.warm_up()
+    seconds = 3.0 if args.quick else 12.0
+    tokens = min(990, CoreConfig().max_prompt_tokens - 8)
+    result: dict[str, Any] = {
+        "model": host.identity.name,
+        "config": {
+            "max_step_tokens": core.config.max_step_tokens,
+            "max_queue_delay_ms": core.config.max_queue_delay_ms,
+        },
+    }
+    with served(core) as stub:
+        print("1-2/3 a single request beside a 64 x 1k-token batch; the drop at its deadline ...", flush=True)
+        result["starvation"] = starvation(
+            stub, core, 64, 200 if args.tiny else tokens, 2 if args.quick else 5, 4.0 if args.quick else 12.0
+        )
+        print("3/3 shedding at twice the sustainable rate ...", flush=True)
+        result["shedding"] = shedding(stub, 16, seconds)
+    save(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
