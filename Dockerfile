@@ -5,7 +5,7 @@
 # Build (from the repository root):
 #   docker build -t steerguard:0.1.0-cpu .                              # CPU torch (default)
 #   docker build --build-arg VARIANT=cuda -t steerguard:0.1.0-cuda .    # CUDA torch, for GPU nodes
-#   docker build --build-arg VARIANT=light -t steerguard-light:0.1.0 .   # sidecar only: no torch, no model
+#   docker build --build-arg VARIANT=light -t steerguard-light:0.1.0 .   # sidecar and ext_proc: no torch, no model
 # Run locally (the image is what k8s/ deploys; Kubernetes passes only the args):
 #   docker run --rm -p 50051:50051 steerguard:0.1.0-cpu serve classifier
 #
@@ -58,9 +58,10 @@ RUN set -eux; \
 # .dockerignore lets through only what `pip install .` needs (never devstack/).
 COPY . /src
 RUN set -eux; \
-    extras="[model]"; [ "$VARIANT" = light ] && extras=""; \
+    extras="[model,extproc]"; [ "$VARIANT" = light ] && extras="[extproc]"; \
     pip install /src"$extras" && rm -rf /src; \
-    steerguard serve sidecar --help > /dev/null
+    steerguard serve sidecar --help > /dev/null; \
+    steerguard serve extproc --help > /dev/null
 
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -92,17 +92,35 @@ class Limits:
 
 
 class _Queue(Generic[P, R]):
-    """Jobs per flow, taken round-robin; not thread-safe (the batcher holds its lock)."""
+    """Jobs per flow, taken round-robin; not thread-safe (the batcher holds its lock).
+
+    Flows not served yet come first, in arrival order; a flow that was
+    served goes to the back. So a single request that arrives while a big
+    call runs is taken next, not after one more of the big call's jobs.
+    """
 
     def __init__(self) -> None:
-        self.flows: OrderedDict[Hashable, deque[_Job[P, R]]] = OrderedDict()
+        self.fresh: OrderedDict[Hashable, deque[_Job[P, R]]] = OrderedDict()
+        self.served: OrderedDict[Hashable, deque[_Job[P, R]]] = OrderedDict()
         self.count = 0
         self.cost = 0
 
     def put(self, job: _Job[P, R]) -> None:
-        self.flows.setdefault(job.flow, deque()).append(job)
+        jobs = self.served.get(job.flow)
+        if jobs is None:
+            jobs = self.fresh.setdefault(job.flow, deque())
+        jobs.append(job)
         self.count += 1
         self.cost += job.cost
+
+    def _pop(self, flow: Hashable) -> _Job[P, R]:
+        jobs = self.fresh.pop(flow, None) or self.served.pop(flow)
+        head = jobs.popleft()
+        if jobs:
+            self.served[flow] = jobs  # to the back of the round
+        self.count -= 1
+        self.cost -= head.cost
+        return head
 
     def take(
         self, room: int, budget: int | None, exclude: frozenset[Hashable], *, first: bool
@@ -117,23 +135,13 @@ class _Queue(Generic[P, R]):
         progress = True
         while len(out) < room and progress:
             progress = False
-            for flow in list(self.flows):
+            for flow, jobs in [*self.fresh.items(), *self.served.items()]:
                 if len(out) >= room:
                     break
-                if flow in exclude:
-                    continue
-                jobs = self.flows[flow]
-                head = jobs[0]
                 alone = first and not out
-                if not alone and budget is not None and spent + head.cost > budget:
+                if flow in exclude or (not alone and budget is not None and spent + jobs[0].cost > budget):
                     continue
-                jobs.popleft()
-                self.count -= 1
-                self.cost -= head.cost
-                if jobs:
-                    self.flows.move_to_end(flow)
-                else:
-                    del self.flows[flow]
+                head = self._pop(flow)
                 progress = True
                 if not head.future.set_running_or_notify_cancel():
                     continue  # its caller gave up while it waited
@@ -145,7 +153,8 @@ class _Queue(Generic[P, R]):
 
     def ahead(self, cost: int) -> int:
         """Tokens of other flows served before a new flow of ``cost`` tokens is done, under round-robin."""
-        return sum(min(sum(j.cost for j in jobs), cost) for jobs in self.flows.values())
+        flows = [*self.fresh.values(), *self.served.values()]
+        return sum(min(sum(j.cost for j in jobs), cost) for jobs in flows)
 
 
 class MicroBatcher(Generic[P, R]):
@@ -180,12 +189,12 @@ class MicroBatcher(Generic[P, R]):
         self.run_batch = run_batch
         self.after_batch = after_batch
         self._last_run_seconds: float | None = None  # how long the previous batch took
-        self._rate: float | None = None  # tokens per second, averaged over recent full passes
-        self._full_seen = False  # a pass of at least half a step was measured
+        self._rate: float | None = None  # tokens per second of recent full passes (None: none yet)
         self._queue: _Queue[P, R] = _Queue()
         self._cond = threading.Condition()
         self._running: frozenset[Hashable] = frozenset()  # flows of the step on the model now
         self._running_cost = 0  # its tokens
+        self._running_since = 0.0  # when it started (time.monotonic)
         self._nested = False
         self._nested_cost = 0  # tokens run between the chunks of the step now running
         self._closed = False
@@ -214,7 +223,7 @@ class MicroBatcher(Generic[P, R]):
         return ("flow", next(self._flow_ids))
 
     def estimated_wait(self, cost: int) -> tuple[float, float] | None:
-        """Seconds a new flow of ``cost`` tokens would wait, and then run (None before the first pass).
+        """Seconds a new flow of ``cost`` tokens would wait, and then run (None before a full pass).
 
         The wait is what the step now running has left (at most one step: a
         long job yields between chunks) plus what round-robin serves of the
@@ -222,11 +231,12 @@ class MicroBatcher(Generic[P, R]):
         """
         rate = self._rate
         if rate is None:
-            return None
+            return None  # small passes' rate understates a busy server's: no guess from them
         step = self.limits.max_step_tokens or self._running_cost
         with self._cond:
-            ahead = self._queue.ahead(cost) + min(self._running_cost, step)
-        return ahead / rate, cost / rate
+            ahead = self._queue.ahead(cost)
+            running = min(self._running_cost, step) / rate - (time.monotonic() - self._running_since)
+        return ahead / rate + max(0.0, running), cost / rate
 
     def admit(self, cost: int, deadline: float | None = None) -> None:
         """Raise ``Overloaded`` when a call of ``cost`` tokens would wait too long (see the docstring)."""
@@ -335,6 +345,8 @@ class MicroBatcher(Generic[P, R]):
         self._running = outer | {job.flow for job in jobs}
         self._running_cost = outer_cost + sum(job.cost for job in jobs)
         started = time.monotonic()
+        if not self._nested:
+            self._running_since = started
         try:
             results = self.run_batch(payloads)
             if len(results) != len(jobs):
@@ -362,7 +374,8 @@ class MicroBatcher(Generic[P, R]):
 
         The rate that matters is that of full steps: a long queue drains in
         them. Small steps (one prompt at a time, at low load) run at half
-        that rate or less, so they count only until a full step was seen.
+        that rate or less, so they are not counted; until a full step has
+        run, nothing is shed on an estimate (a queue that long makes full steps).
         """
         if self._nested:
             self._nested_cost += cost  # its time is inside the outer step's, which counts both
@@ -371,9 +384,7 @@ class MicroBatcher(Generic[P, R]):
         self._last_run_seconds = seconds
         if seconds <= 0 or cost <= 0:
             return
-        full = not self.limits.max_step_tokens or 2 * cost >= self.limits.max_step_tokens
-        if not full and self._full_seen:
+        if self.limits.max_step_tokens and 2 * cost < self.limits.max_step_tokens:
             return
-        self._full_seen = self._full_seen or full
         rate = cost / seconds
         self._rate = rate if self._rate is None else (1 - _RATE_WEIGHT) * self._rate + _RATE_WEIGHT * rate

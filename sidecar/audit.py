@@ -47,6 +47,7 @@ FIELDS = (
     "verdict",
     "score",
     "category",
+    "hazard",
     "action",
     "shadow",
     "bundle_id",

@@ -26,6 +26,7 @@ from sidecar.policy import Policy, PolicyError
 from sidecar.settings import BUNDLE_MISMATCH_MODES
 from steerguard.errors import SteerguardError
 from steerguard.logs import get_logger
+from steerguard.taxonomy import hazards_of
 
 log = get_logger("steerguard.sidecar")
 
@@ -84,9 +85,12 @@ def check_categories(policy: Policy, categories: Sequence[str] | None, bundle_id
     """
     if categories is None:
         return
-    unknown = sorted(set(policy.categories) - set(categories))
+    hazards = hazards_of(tuple(categories))
+    unknown = sorted(set(policy.categories) - set(categories) - hazards)
     if unknown:
+        codes = ", ".join(sorted(hazards, key=lambda h: int(h[1:]))) or "(none)"
         raise PolicyError(
             f"policy.categories: {', '.join(unknown)} cannot be produced by the classifier's bundle "
-            f"{bundle_id}; its categories are {', '.join(sorted(categories)) or '(none)'}"
+            f"{bundle_id}; its categories are {', '.join(sorted(categories)) or '(none)'}, "
+            f"and their MLCommons hazard codes {codes}"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sidecar.policy import Action, CategoryRule, Policy, Route
+from steerguard.taxonomy import hazard_of
 from steerguard.v1 import common_pb2
 
 
@@ -19,7 +20,7 @@ class Decision:
 
 
 def decide(policy: Policy, unsafe: bool, category: str) -> Decision:
-    """Safe -> allow; unsafe -> the category's rule; shadow mode (policy-wide or the rule's) allows."""
+    """Safe -> allow; unsafe -> the category's rule (or its hazard code's); shadow mode allows."""
     if not unsafe:
         return Decision(Action.ALLOW, Action.ALLOW, None, policy.shadow)
     rule = policy.rule_for(category)
@@ -53,5 +54,6 @@ def at_threshold(verdict: common_pb2.Verdict, cut: float) -> common_pb2.Verdict:
     out.CopyFrom(verdict)
     out.unsafe = verdict.score >= cut
     out.category = likeliest_category(verdict) if out.unsafe else ""
+    out.hazard = hazard_of(out.category) if out.unsafe else ""
     out.threshold = cut
     return out

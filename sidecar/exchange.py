@@ -33,6 +33,7 @@ from steerguard.v1 import common_pb2
 H_VERDICT = "x-steerguard-verdict"
 H_ACTION = "x-steerguard-action"
 H_CATEGORY = "x-steerguard-category"
+H_HAZARD = "x-steerguard-hazard"  # the category's MLCommons hazard code (steerguard.taxonomy)
 H_SCORE = "x-steerguard-score"
 H_REQUEST_ID = "x-steerguard-request-id"
 H_FAILURE = "x-steerguard-failure"
@@ -102,6 +103,8 @@ def verdict_headers(verdict: common_pb2.Verdict | None, action: str, request_id:
         headers[H_THRESHOLD] = f"{verdict.threshold:.4f}"
         if verdict.unsafe and verdict.category:
             headers[H_CATEGORY] = verdict.category
+        if verdict.unsafe and verdict.hazard:
+            headers[H_HAZARD] = verdict.hazard
         if verdict.language:
             suffix = "" if verdict.language_calibrated else " (uncalibrated)"
             headers[H_LANGUAGE] = verdict.language + suffix

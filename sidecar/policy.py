@@ -15,8 +15,9 @@ loudly instead of silently allowing traffic. Example::
     refusal_message: "Sorry, I can't help with that."
     threshold: 0.4                # the cut for every request (default: the bundle's)
     default: block                # unsafe category without a rule below
-    categories:
+    categories:                   # a bundle category, or an MLCommons hazard code (S1-S14)
       cybercrime: {action: steer, vector: category}
+      S9: {action: block}         # indiscriminate weapons (chemical_biological)
       self_harm: {action: steer, vector: refusal, threshold: 0.25}   # more sensitive
       misinformation: {action: flag, threshold: 0.7, shadow: true}   # less; only recorded
     steer: {max_new_tokens: 200, temperature: 0.0}
@@ -51,6 +52,7 @@ from typing import Any
 
 from sidecar import jsonptr, template
 from steerguard.errors import SteerguardError
+from steerguard.taxonomy import hazard_of
 
 
 class PolicyError(SteerguardError):
@@ -205,8 +207,12 @@ class Policy:
     on_unjudged: str = "forward"
 
     def rule_for(self, category: str) -> CategoryRule:
-        """The rule for an unsafe verdict of ``category`` (the default when unlisted)."""
-        return self.categories.get(category, self.default)
+        """The rule for an unsafe verdict of ``category``: its own, else its MLCommons hazard code's
+        (``S9``, steerguard.taxonomy), else the default."""
+        rule = self.categories.get(category)
+        if rule is None:
+            rule = self.categories.get(hazard_of(category) or "-", self.default)
+        return rule
 
     def refusal_for(self, category: str) -> str:
         """The refusal text for a blocked request of ``category``."""

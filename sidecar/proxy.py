@@ -18,7 +18,7 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
-from sidecar.adapters.base import Adapter, ReplyMeta
+from sidecar.adapters.base import Adapter, ReplyMeta, refusal
 from sidecar.audit import AuditTrail, conversation_hmac
 from sidecar.bundles import BundleCheck
 from sidecar.compat import deadline
@@ -267,6 +267,7 @@ class Proxy:
             verdict="unsafe" if verdict.unsafe else "safe",
             score=round(verdict.score, 4),
             category=verdict.category if verdict.unsafe else "",
+            hazard=verdict.hazard if verdict.unsafe else "",
             cached=verdict.cached,
             bundle_id=verdict.bundle_id,
             threshold=round(verdict.threshold, 4),
@@ -329,17 +330,12 @@ class Proxy:
         """A refusal in the upstream's shape, status 200; the upstream is never called."""
         rule = ex.decision.rule if ex.decision else None
         text = rule.message if rule and rule.message else ex.policy.refusal_message
-        chat = ex.parsed
-        if chat.stream:
-            fmt = ex.adapter.stream_formatter(chat)
-            body = fmt.start() + fmt.delta(text) + fmt.finish("stop", 0, 0)
-            headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-            response = web.Response(status=200, body=body, headers=headers)
-        else:
-            reply = ex.adapter.reply(chat, text, self._meta(ex, "block"))
-            response = web.Response(
-                status=reply.status, body=reply.body, headers={"Content-Type": reply.content_type}
-            )
+        reply = refusal(ex.adapter, ex.parsed, text, self._meta(ex, "block"))
+        response = web.Response(
+            status=reply.status,
+            body=reply.body,
+            headers={"Content-Type": reply.content_type, **reply.headers},
+        )
         response.headers.update(ex.mark("block", fallback))
         self.outcomes.duration(ex.trace, "block")
         return self.outcomes.finish(ex.trace, response)

@@ -20,6 +20,7 @@ from typing import Any
 
 from classifier_service import cli as classifier_cli
 from sidecar import cli as sidecar_cli
+from sidecar.extproc import cli as extproc_cli
 from steer_service import cli as steer_cli
 from steerguard.commands import calibrate, classify, demo, evaluate, generate
 
@@ -32,7 +33,12 @@ TOP_LEVEL: tuple[Register, ...] = (
     demo.register,
     sidecar_cli.register_audit,
 )
-SERVE: tuple[Register, ...] = (classifier_cli.register, steer_cli.register, sidecar_cli.register)
+SERVE: tuple[Register, ...] = (
+    classifier_cli.register,
+    steer_cli.register,
+    sidecar_cli.register,
+    extproc_cli.register,
+)
 # Packages of the ``model`` extra; a command that needs one names the extra to install.
 MODEL_EXTRA = frozenset(
     {"torch", "transformers", "gguf", "accelerate", "safetensors", "sklearn", "matplotlib", "tqdm"}

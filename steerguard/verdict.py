@@ -29,11 +29,19 @@ class Verdict:
     language: str = ""
     language_calibrated: bool = True
 
+    @property
+    def hazard(self) -> str:
+        """The category's MLCommons hazard code (steerguard.taxonomy); "" when safe."""
+        from steerguard.taxonomy import hazard_of
+
+        return hazard_of(self.category) if self.unsafe else ""
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "score": self.score,
             "unsafe": self.unsafe,
             "category": self.category or None,
+            "hazard": self.hazard or None,
             "category_scores": dict(self.category_scores),
             "threshold": self.threshold,
             "bundle_id": self.bundle_id,
@@ -64,6 +72,7 @@ class Verdict:
             threshold=self.threshold,
             language=self.language,
             language_calibrated=self.language_calibrated,
+            hazard=self.hazard,
         )
 
     @classmethod

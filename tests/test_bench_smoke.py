@@ -85,7 +85,23 @@ def test_overload_bench_measures_starvation_drops_and_shedding(tmp_path: Path) -
     assert starvation["busy_after_deadline_s"] >= 0 and starvation["step_s"] > 0
     shedding = r["shedding"]
     assert isinstance(shedding, dict) and shedding["sustainable"]["rps"] > 0
-    for load in ("at_0.8x", "at_2x"):
+    for load in ("at_0.8x", "at_1x", "at_2x"):
         assert shedding[load]["sent"] == shedding[load]["served"] + shedding[load]["shed"] + sum(
             shedding[load]["other_errors"].values()
         )
+
+
+def test_overlap_bench_compares_three_paths_in_one_run(tmp_path: Path) -> None:
+    out = tmp_path / "ol.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_overlap.py"), "--fake", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text())
+    for path in ("direct", "overlap_off", "overlap_on"):
+        assert r[path]["p50_ms"] >= r["upstream_ttfb_ms"], path  # every path waited for the chatbot
+    assert r["rounds"] == 5 and isinstance(r["pass"], bool)

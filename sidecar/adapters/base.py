@@ -164,3 +164,15 @@ def load_json_object(body: bytes) -> Any:
 def dumps(document: Any) -> bytes:
     """Compact UTF-8 JSON, as most chatbot APIs write it."""
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def refusal(adapter: Adapter, chat: ChatRequest, text: str, meta: ReplyMeta) -> Reply:
+    """The policy's refusal in the upstream's shape: server-sent events when the client asked to stream.
+
+    One home for the sidecar's ``block`` answer and the ext_proc front end's ``ImmediateResponse``.
+    """
+    if chat.stream:
+        fmt = adapter.stream_formatter(chat)
+        body = fmt.start() + fmt.delta(text) + fmt.finish("stop", 0, 0)
+        return Reply(body, "text/event-stream", 200, {"Cache-Control": "no-cache"})
+    return adapter.reply(chat, text, meta)

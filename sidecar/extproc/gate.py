@@ -1,0 +1,175 @@
+"""The ext_proc front end's decisions: a chat request's body in, "continue" or an immediate answer out.
+
+The sidecar's request flow without the proxying (``sidecar.proxy``): the
+same adapters parse the body, the same :class:`~sidecar.judge.Judge` asks
+the classifier, the same policy decides, with the same headers and error
+bodies. What differs is only how the outcome is delivered: Envoy forwards a
+:class:`Continue` itself, and sends an :class:`Immediate` to the client in
+place of the upstream's answer. There is no steer service here: a ``steer``
+rule answers with the refusal (marked ``x-steerguard-failure:
+steer-unsupported``); route to the sidecar for steered answers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from sidecar.adapters.base import ReplyMeta, refusal
+from sidecar.conversation import ChatRequest, context_for_classifier
+from sidecar.decisions import at_threshold, decide, threshold_for
+from sidecar.exchange import H_FAILURE, H_UNJUDGED, Trace, verdict_headers
+from sidecar.http_errors import classifier_failure, status_of
+from sidecar.judge import INVALID, OVERSIZE, Judge, Judgement
+from sidecar.policy import Action, FailureMode, Oversize
+from sidecar.reload import LivePolicy, PolicyVersion
+from sidecar.routing import Match
+from steerguard.errors import InvalidInput, PayloadTooLarge, SteerguardError, TooLong
+from steerguard.logs import get_logger
+from steerguard.v1 import common_pb2
+
+log = get_logger("steerguard.extproc")
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Let the request through; ``headers`` go on the upstream request and the client's response."""
+
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Immediate:
+    """Answer the client now, instead of the upstream."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    details: str  # for Envoy's access log: why
+
+
+Outcome = Continue | Immediate
+
+
+@dataclass
+class Check:
+    """One chat request being checked: where it goes, under which policy, and what it earned."""
+
+    trace: Trace
+    match: Match
+    version: PolicyVersion
+    marks: dict[str, str] = field(default_factory=dict)
+
+
+def error_answer(check: Check, error: SteerguardError, marks: dict[str, str] | None = None) -> Immediate:
+    """The sidecar's JSON error body and status for ``error``."""
+    status, code = status_of(error)
+    body = json.dumps({"error": {"code": code, "message": error.reason}}).encode()
+    headers = {"content-type": "application/json", "x-steerguard-error": code, **(marks or {})}
+    check.trace.fields.update(status=status, error=code)
+    return Immediate(status, headers, body, f"steerguard_{code}")
+
+
+class Gate:
+    """Judges chat request bodies for the ext_proc servicer."""
+
+    def __init__(self, live: LivePolicy, judge: Judge) -> None:
+        self.live = live
+        self.judge = judge
+
+    def route(self, method: str, raw_path: str) -> tuple[Match, PolicyVersion] | None:
+        """The chat route a request is for (None: not a chat request, let it through untouched)."""
+        version = self.live.current
+        match = version.router.match(raw_path)
+        if match is None or method.upper() not in match.route.methods:
+            return None
+        return match, version
+
+    async def check(self, check: Check, body: bytes) -> Outcome:
+        """The outcome for one chat request body (every path ends in one log event)."""
+        try:
+            outcome = await self._check(check, body)
+        finally:
+            log.info(
+                "extproc_request",
+                request_id=check.trace.request_id,
+                route=check.trace.route,
+                **check.trace.fields,
+            )
+        return outcome
+
+    async def _check(self, check: Check, body: bytes) -> Outcome:
+        policy = check.version.policy
+        try:
+            chat = check.match.adapter.parse(body)
+        except SteerguardError as exc:
+            return error_answer(check, exc)
+        if chat.unjudged:
+            kinds = ", ".join(sorted(set(chat.unjudged)))
+            check.marks[H_UNJUDGED] = kinds
+            if policy.on_unjudged == "reject":
+                reason = f"the request carries parts that cannot be judged ({kinds}; policy on_unjudged)"
+                return error_answer(check, InvalidInput(reason), check.marks)
+        try:
+            context = context_for_classifier(
+                chat.messages, max_messages=policy.context_messages, max_chars=policy.context_chars
+            )
+        except TooLong as exc:
+            return self._oversize(check, Judgement(None, OVERSIZE, exc))
+        judgement = await self.judge.judge(check.trace, "request", context, threshold=policy.threshold)
+        if judgement.verdict is None:
+            return self._unjudged(check, judgement)
+        return self._act(check, judgement.verdict, chat)
+
+    def _mark(self, check: Check, verdict: common_pb2.Verdict | None, action: str, failure: str = "") -> None:
+        check.marks.update(verdict_headers(verdict, action, check.trace.request_id))
+        if failure:
+            check.marks[H_FAILURE] = failure
+        check.trace.fields["action"] = action
+
+    def _oversize(self, check: Check, judgement: Judgement) -> Outcome:
+        if check.match.route.on_oversize is Oversize.BLOCK:
+            reason = judgement.error.reason if judgement.error else "the request is too long to judge"
+            self._mark(check, None, "block", OVERSIZE)
+            return error_answer(check, PayloadTooLarge(f"{reason} (policy on_oversize: block)"), check.marks)
+        self._mark(check, None, "flag", OVERSIZE)
+        return Continue(check.marks)
+
+    def _unjudged(self, check: Check, judgement: Judgement) -> Outcome:
+        """No verdict: malformed input is the client's error; an outage follows ``on_classifier_error``."""
+        if judgement.failure == OVERSIZE:
+            return self._oversize(check, judgement)
+        reason = judgement.error.reason if judgement.error else judgement.failure
+        if judgement.failure == INVALID:
+            self._mark(check, None, "refuse", "classifier-invalid")
+            return error_answer(check, judgement.error or InvalidInput(reason), check.marks)
+        if check.match.route.on_classifier_error.mode_for(judgement.failure) is FailureMode.CLOSED:
+            self._mark(check, None, "fail-closed", f"classifier-{judgement.failure}")
+            error = classifier_failure(judgement.failure, f"request could not be checked: {reason}")
+            return error_answer(check, error, check.marks)
+        self._mark(check, None, "fail-open", f"classifier-{judgement.failure}")
+        return Continue(check.marks)
+
+    def _act(self, check: Check, verdict: common_pb2.Verdict, chat: ChatRequest) -> Outcome:
+        policy, route = check.version.policy, check.match.route
+        verdict = at_threshold(verdict, threshold_for(policy, route, verdict))
+        decision = decide(policy, verdict.unsafe, verdict.category)
+        check.trace.fields.update(
+            verdict="unsafe" if verdict.unsafe else "safe",
+            score=round(verdict.score, 4),
+            shadow=decision.shadow,
+        )
+        if decision.shadow:
+            self._mark(check, verdict, "shadow")
+            return Continue(check.marks)
+        if decision.action in (Action.ALLOW, Action.FLAG):
+            self._mark(check, verdict, decision.action.value)
+            return Continue(check.marks)
+        failure = "steer-unsupported" if decision.action is Action.STEER else ""
+        self._mark(check, verdict, "block", failure)
+        rule = decision.rule
+        text = rule.message if rule and rule.message else policy.refusal_message
+        meta = ReplyMeta("unsafe", True, verdict.category, verdict.score, "block")
+        reply = refusal(check.match.adapter, chat, text, meta)
+        headers = {"content-type": reply.content_type, **reply.headers, **check.marks}
+        return Immediate(reply.status, headers, reply.body, "steerguard_block")

@@ -1,0 +1,155 @@
+"""The Envoy ext_proc front end over real gRPC, driven the way Envoy's ext_proc filter drives it.
+
+No Envoy binary can run on these machines: ``devstack.envoy`` sends the
+messages Envoy sends, in Envoy's order and processing mode (buffered request
+body), and applies header mutations and immediate responses as Envoy does.
+The classifier is the scripted fake (real gRPC); ``serve extproc`` is also
+started as a process once.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+pytest.importorskip("envoy.service.ext_proc.v3.external_processor_pb2", reason="needs steerguard[extproc]")
+
+from devstack import envoy
+from devstack.fakes import FakeServer, read_ready_port, start_fake_classifier
+from sidecar.extproc.server import start
+from sidecar.extproc.settings import ExtProcSettings
+from sidecar.policy import parse_policy
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+REPO = Path(__file__).resolve().parent.parent
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Iterator[FakeServer]:
+    server, _ = start_fake_classifier()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset(classifier: FakeServer) -> None:
+    classifier.script.reset()
+
+
+@asynccontextmanager
+async def extproc(classifier: FakeServer, policy: dict[str, Any] | None = None) -> AsyncIterator[str]:
+    settings = ExtProcSettings(classifier=classifier.address, host="127.0.0.1", port=0, grpc_retries=1)
+    running = await start(settings, parse_policy(policy or {}))
+    try:
+        yield f"127.0.0.1:{running.port}"
+    finally:
+        await running.stop(0)
+
+
+def chat(text: str, **extra: Any) -> bytes:
+    return json.dumps({"model": "m", "messages": [{"role": "user", "content": text}], **extra}).encode()
+
+
+async def test_a_harmful_chat_request_gets_an_immediate_refusal(classifier: FakeServer) -> None:
+    async with extproc(classifier) as address:
+        out = await envoy.send(address, "POST", CHAT, chat("how do I build a bomb"))
+    assert not out.forwarded and out.status == 200
+    reply = json.loads(out.body)
+    assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["content"]
+    assert out.response_headers["x-steerguard-action"] == "block"
+    assert out.response_headers["x-steerguard-verdict"] == "unsafe"
+    assert out.details == "steerguard_block"
+
+
+async def test_a_streamed_harmful_request_is_refused_as_server_sent_events(classifier: FakeServer) -> None:
+    async with extproc(classifier) as address:
+        out = await envoy.send(address, "POST", CHAT, chat("how do I build a bomb", stream=True))
+    assert out.status == 200 and out.response_headers["content-type"] == "text/event-stream"
+    assert out.body.startswith(b"data: ") and out.body.rstrip().endswith(b"data: [DONE]")
+
+
+async def test_a_benign_request_continues_with_verdict_headers(classifier: FakeServer) -> None:
+    marker = uuid.uuid4().hex
+    async with extproc(classifier) as address:
+        out = await envoy.send(
+            address, "POST", CHAT, chat(f"bake bread {marker}"), headers={"x-request-id": marker}
+        )
+    assert out.forwarded
+    for side in (out.request_headers, out.response_headers):  # the upstream and the client both see it
+        assert side["x-steerguard-verdict"] == "safe" and side["x-steerguard-action"] == "allow"
+        assert side["x-steerguard-request-id"] == marker
+    assert [m for call in classifier.script.calls for _, m in call] == [f"bake bread {marker}"]
+
+
+async def test_a_malformed_body_is_a_400_immediate_response(classifier: FakeServer) -> None:
+    async with extproc(classifier) as address:
+        out = await envoy.send(address, "POST", CHAT, b"{not json")
+        empty = await envoy.send(address, "POST", CHAT, None)
+    assert out.status == 400 and json.loads(out.body)["error"]["code"] == "invalid_request"
+    assert empty.status == 400
+    assert classifier.script.calls == []
+
+
+@pytest.mark.parametrize(("mode", "forwarded", "status"), [("closed", False, 503), ("open", True, 0)])
+async def test_with_the_classifier_down_the_policys_fail_mode_applies(
+    classifier: FakeServer, mode: str, forwarded: bool, status: int
+) -> None:
+    classifier.script.abort_code = grpc.StatusCode.UNAVAILABLE
+    async with extproc(classifier, {"on_classifier_error": mode}) as address:
+        out = await envoy.send(address, "POST", CHAT, chat("hello"))
+    assert out.forwarded is forwarded and out.status == status
+    headers = out.response_headers
+    assert headers["x-steerguard-failure"] == "classifier-unavailable"
+    assert headers["x-steerguard-action"] == ("fail-open" if forwarded else "fail-closed")
+    if not forwarded:
+        assert json.loads(out.body)["error"]["code"] == "classifier_unavailable"
+
+
+async def test_other_paths_pass_untouched_and_every_spelling_of_the_chat_path_is_judged(
+    classifier: FakeServer,
+) -> None:
+    async with extproc(classifier) as address:
+        other = await envoy.send(address, "GET", "/v1/models", None)
+        spelled = await envoy.send(address, "POST", "/V1//chat/completions/", chat("how do I build a bomb"))
+    assert other.forwarded and "x-steerguard-verdict" not in other.response_headers
+    assert spelled.status == 200 and spelled.response_headers["x-steerguard-action"] == "block"
+
+
+async def test_a_body_in_pieces_is_refused_not_judged_in_part(classifier: FakeServer) -> None:
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+    async with extproc(classifier) as address, grpc.aio.insecure_channel(address) as channel:
+        headers = envoy._headers({":method": "POST", ":path": CHAT}, False)
+        piece = ep.HttpBody(body=b'{"messages": [', end_of_stream=False)
+        requests = [ep.ProcessingRequest(request_headers=headers), ep.ProcessingRequest(request_body=piece)]
+        replies = [
+            r async for r in ep_grpc.ExternalProcessorStub(channel).Process(iter(requests), timeout=10)
+        ]
+    assert replies[-1].immediate_response.status.code == 413
+    assert classifier.script.calls == []
+
+
+async def test_serve_extproc_runs_as_a_process(classifier: FakeServer, tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "steerguard", "serve", "extproc", "--port", "0", "--host", "127.0.0.1"]
+    argv += ["--classifier", classifier.address, "--log-level", "warning"]
+    log = tmp_path / "extproc.log"
+    with log.open("w") as err:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
+    try:
+        port = read_ready_port(process, 60)
+        out = await envoy.send(f"127.0.0.1:{port}", "POST", CHAT, chat("how do I build a bomb"))
+        assert out.status == 200 and out.response_headers["x-steerguard-action"] == "block", log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
