@@ -97,6 +97,7 @@ async def measure(n: int) -> dict[str, object]:
         host="127.0.0.1",
         port=0,
         verdict_cache_ttl_s=0.0,
+        metrics_port=None,
     )
     runner, port = await start_site(settings, parse_policy({"unknown_paths": "forward"}))
     loop = asyncio.get_running_loop()

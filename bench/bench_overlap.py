@@ -77,7 +77,7 @@ def start(ns: argparse.Namespace, run_dir: Path) -> tuple[Stack, dict[str, str]]
             f"127.0.0.1:{ports['classifier']}",
         ]
         argv += ["--steer", "127.0.0.1:1", "--policy", str(policy), "--log-level", "warning"]
-        argv += ["--classify-timeout-ms", "10000", "--bundle-mismatch", "warn"]
+        argv += ["--classify-timeout-ms", "10000", "--bundle-mismatch", "warn", "--metrics-port", "0"]
         children.append(
             (Child(name, argv, run_dir / f"{name}.log"), f"http://127.0.0.1:{ports[name]}/readyz")
         )

@@ -111,7 +111,17 @@ def start_stack(ns: argparse.Namespace, run_dir: Path) -> tuple[Stack, dict[str,
     py = sys.executable
     ports = {
         name: free_port("127.0.0.1")
-        for name in ("bot", "classifier", "steer", "sidecar", "sidecar_nolocal", "nginx", "redis")
+        for name in (
+            "bot",
+            "classifier",
+            "steer",
+            "sidecar",
+            "sidecar_nolocal",
+            "nginx",
+            "redis",
+            "metrics",
+            "metrics2",
+        )
     }
     stack = Stack()
     checks = {}
@@ -165,11 +175,12 @@ def start_stack(ns: argparse.Namespace, run_dir: Path) -> tuple[Stack, dict[str,
         f"127.0.0.1:{ports['classifier']}",
     ]
     sidecar += ["--steer", f"127.0.0.1:{ports['steer']}", "--policy", str(policy), "--log-level", "warning"]
-    sidecar += ["--classify-timeout-ms", "10000"]
+    sidecar += ["--classify-timeout-ms", "10000", "--metrics-port", str(ports["metrics"])]
     add("sidecar", sidecar, lambda: http_ok(f"http://127.0.0.1:{ports['sidecar']}/readyz"))
     # The same sidecar without its in-process verdict cache: every request pays the gRPC round trip.
     uncached = [*sidecar, "--verdict-cache-ttl-s", "0"]
     uncached[uncached.index(str(ports["sidecar"]))] = str(ports["sidecar_nolocal"])
+    uncached[uncached.index(str(ports["metrics"]))] = str(ports["metrics2"])
     add("sidecar_nolocal", uncached, lambda: http_ok(f"http://127.0.0.1:{ports['sidecar_nolocal']}/readyz"))
     nginx = shutil.which("nginx") if not ns.no_nginx else None
     if nginx:
@@ -201,7 +212,7 @@ def start_stack(ns: argparse.Namespace, run_dir: Path) -> tuple[Stack, dict[str,
     if nginx:
         urls["nginx"] = f"http://127.0.0.1:{ports['nginx']}"
     pids = {c.name: c.process.pid for c in stack.children if c.process is not None}
-    return stack, {"urls": urls, "pids": pids}
+    return stack, {"urls": urls, "pids": pids, "metrics_url": f"http://127.0.0.1:{ports['metrics']}"}
 
 
 # ----------------------------------------------------------------- latency
@@ -350,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         latency = asyncio.run(measure_latency(info["urls"], ns.latency_requests, info["pids"]))
         load = asyncio.run(measure_load(info["urls"]["sidecar"], info["pids"]["sidecar"], ns))
-        server_side = parse_added_latency(fetch_metrics(info["urls"]["sidecar"]))
+        server_side = parse_added_latency(fetch_metrics(info["metrics_url"]))
     finally:
         stack.stop()
     results = {

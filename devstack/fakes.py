@@ -332,6 +332,11 @@ class ChatbotProcess:
 
 def read_ready_port(process: subprocess.Popen[str], timeout_s: float) -> int:
     """Wait for the ``{"event": "ready", "port": N}`` line a steerguard process prints on stdout."""
+    return int(read_ready(process, timeout_s)["port"])
+
+
+def read_ready(process: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
+    """The ``{"event": "ready", ...}`` line a steerguard process prints on stdout (its ports)."""
     assert process.stdout is not None
     deadline_at = time.monotonic() + timeout_s
     while time.monotonic() < deadline_at:
@@ -346,7 +351,7 @@ def read_ready_port(process: subprocess.Popen[str], timeout_s: float) -> int:
         except ValueError:
             continue
         if isinstance(event, dict) and event.get("event") == "ready":
-            return int(event["port"])
+            return event
     raise RuntimeError("process was not ready in time")
 
 

@@ -146,6 +146,7 @@ def _ports(ns: argparse.Namespace) -> dict[str, int]:
                 )
             wanted = 0  # a smoke run needs no stable URLs
         ports[name] = wanted or free_port(ns.bind)
+    ports["sidecar_metrics"] = free_port(ns.bind)
     return ports
 
 
@@ -225,6 +226,8 @@ def _sidecar(ns: argparse.Namespace, ports: dict[str, int], policy: str) -> list
         host,
         "--port",
         str(ports["sidecar"]),
+        "--metrics-port",
+        str(ports["sidecar_metrics"]),
     ]
     sidecar += ["--upstream", f"http://{host_port(host, ports['chatbot'])}"]
     sidecar += [
@@ -287,7 +290,8 @@ def _banner(info: dict[str, Any]) -> str:
             f"  classifier (gRPC)    {host_port(host, ports['classifier'])}",
             f"  steer (gRPC)         {host_port(host, ports['steer'])}",
             f"  verdict cache        {redis}",
-            f"  sidecar metrics      {side}/metrics   ready: {side}/readyz",
+            f"  sidecar metrics      http://{host_port(host, ports['sidecar_metrics'])}/metrics"
+            f"   ready: {side}/readyz",
             f"  policy               {info['policy']}",
             f"  logs                 {info['run_dir']}/",
             "",

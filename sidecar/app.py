@@ -154,16 +154,15 @@ def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
     app[METRICS_KEY] = metrics
     live = app[LIVE_KEY] = LivePolicy(policy, settings.policy_file, metrics)
     _lifecycle(app, settings, metrics)
+    site = app[METRICS_SITE_KEY] = MetricsSite(metrics, settings.host, settings.metrics_port)
+    app.on_startup.append(site.start)
+    app.on_cleanup.append(site.stop)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
-    async def metrics_handler(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
-
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/readyz", _Readiness(live, metrics).handle, allow_head=True)
-    app.router.add_get("/metrics", metrics_handler)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         """Every spelling of a chat path reaches its route (sidecar.routing); the rest is pass-through.
@@ -182,8 +181,45 @@ def create_app(settings: SidecarSettings, policy: Policy) -> web.Application:
     return app
 
 
+class MetricsSite:
+    """``/metrics`` on a listener of its own (``--metrics-port``), never on the public port: the
+    series name routes, failures and categories, which a chatbot's users need not see."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int | None) -> None:
+        self.metrics, self.host, self.wanted = metrics, host, port
+        self.port = 0  # bound port once started (0: off)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, _app: web.Application) -> None:
+        if self.wanted is None:
+            return
+
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(
+                body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+            )
+
+        side = web.Application()
+        side.router.add_get("/metrics", handler)
+        self._runner = web.AppRunner(side, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.wanted, reuse_address=True).start()
+        addresses = self._runner.addresses
+        self.port = int(addresses[0][1]) if addresses else self.wanted
+
+    async def stop(self, _app: web.Application) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+METRICS_SITE_KEY = web.AppKey("metrics-site", MetricsSite)
+
+
 async def start_site(settings: SidecarSettings, policy: Policy) -> tuple[web.AppRunner, int]:
-    """Start serving; returns the runner and the bound port (useful with port 0)."""
+    """Start serving; returns the runner and the bound port (useful with port 0).
+
+    The metrics listener's bound port is ``runner.app[METRICS_SITE_KEY].port`` (0 when off).
+    """
     # keepalive_timeout also bounds a new connection that never completes its headers
     # (aiohttp arms it at connection start): a slow-header client cannot hold a socket forever.
     runner = web.AppRunner(
@@ -224,7 +260,13 @@ async def _serve(settings: SidecarSettings, policy: Policy) -> int:
         shadow=policy.shadow,
         routes=[r.path for r in policy.routes],
     )
-    print(json.dumps({"event": "ready", "service": "sidecar", "port": port}), flush=True)
+    ready = {
+        "event": "ready",
+        "service": "sidecar",
+        "port": port,
+        "metrics_port": runner.app[METRICS_SITE_KEY].port,
+    }
+    print(json.dumps(ready), flush=True)
     await stop.wait()
     log.info("stopping", grace_s=settings.grace_s)
     await runner.cleanup()

@@ -95,6 +95,13 @@ def add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
         parser, "--audit-stdout", action="store_true", help="write audit events to stdout (no Redis URL)"
     )
     add_flag(parser, "--audit-salt-file", default=None, help="secret key of the audit events' prompt hashes")
+    add_flag(
+        parser,
+        "--metrics-port",
+        type=int,
+        default=SidecarSettings.metrics_port,
+        help="serve /metrics on this port of its own, never on the public one (0: a free port)",
+    )
     add_flag(parser, "--grace-seconds", type=float, default=10.0, help="drain time on SIGTERM")
     add_flag(parser, "--log-format", choices=["json", "console"], default="json", help="log renderer")
     add_flag(parser, "--log-level", default="info", help="log level")
@@ -130,6 +137,8 @@ class SidecarSettings:
     upstream_pool_size: int = 512
     client_timeout_s: float = 30.0
     idle_timeout_s: float = 30.0
+    # /metrics on a listener of its own; None: none (in-process embedding, tests that do not read it)
+    metrics_port: int | None = 9102
     grace_s: float = 10.0
     log_format: str = "json"
     log_level: str = "info"
@@ -187,6 +196,7 @@ class SidecarSettings:
             upstream_pool_size=ns.upstream_pool_size,
             client_timeout_s=ns.client_timeout_s,
             idle_timeout_s=ns.idle_timeout_s,
+            metrics_port=ns.metrics_port,
             grace_s=ns.grace_seconds,
             log_format=ns.log_format,
             log_level=ns.log_level,

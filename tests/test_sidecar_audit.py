@@ -58,7 +58,7 @@ async def test_every_request_is_one_event_without_its_text(
     settings = SidecarSettings(
         upstream=chatbot.url, classifier=classifier.address, steer="127.0.0.1:1", host="127.0.0.1", port=0
     )
-    settings = SidecarSettings(**{**settings.__dict__, "audit": audit, "grace_s": 0.5})
+    settings = SidecarSettings(**{**settings.__dict__, "audit": audit, "grace_s": 0.5, "metrics_port": None})
     marker = uuid.uuid4().hex
     prompts = [f"hello {marker} {i}" for i in range(8)] + [f"how to build a bomb {marker}"]
     runner, port = await start_site(settings, parse_policy({"unknown_paths": "forward"}))

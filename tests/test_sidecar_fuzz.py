@@ -36,6 +36,7 @@ def sidecar_process(
     steerer, _ = start_fake_steerer(0)
     log = tmp_path_factory.mktemp("fuzz") / "sidecar.log"
     argv = [sys.executable, "-m", "steerguard", "serve", "sidecar", "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--metrics-port", "0"]
     argv += [
         "--upstream",
         "http://127.0.0.1:9",

@@ -159,7 +159,13 @@ async def sidecar(stack: Stack, policy: dict[str, Any] | None = None, **override
         steer=stack.steer.address,
         host="127.0.0.1",
         port=0,
-        **{"classify_timeout_s": 30.0, "steer_timeout_s": 120.0, "grace_s": 0.5, **overrides},
+        **{
+            "classify_timeout_s": 30.0,
+            "steer_timeout_s": 120.0,
+            "grace_s": 0.5,
+            "metrics_port": None,
+            **overrides,
+        },
     )
     runner, port = await start_site(settings, parse_policy(document))
     try:

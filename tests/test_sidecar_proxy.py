@@ -36,7 +36,7 @@ from devstack.fakes import (
     start_fake_steerer,
 )
 from devstack.net import free_port
-from sidecar.app import start_site
+from sidecar.app import METRICS_SITE_KEY, start_site
 from sidecar.policy import parse_policy
 from sidecar.settings import SidecarSettings
 
@@ -95,13 +95,18 @@ async def sidecar(
         steer=steerer if isinstance(steerer, str) else steerer.address,
         host="127.0.0.1",
         port=0,
-        **{"classify_timeout_s": 1.0, "grace_s": 0.5, **overrides},
+        **{"classify_timeout_s": 1.0, "grace_s": 0.5, "metrics_port": 0, **overrides},
     )
     runner, port = await start_site(settings, parse_policy(policy or {}))
+    url = f"http://127.0.0.1:{port}"
+    METRICS[url] = f"http://127.0.0.1:{runner.app[METRICS_SITE_KEY].port}/metrics"
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         await runner.cleanup()
+
+
+METRICS: dict[str, str] = {}  # a sidecar's base URL -> its metrics listener (never the public port)
 
 
 @dataclass
@@ -367,7 +372,7 @@ async def test_shadow_forwards_everything_and_records(chatbot, classifier, steer
         resp = await send(http, "POST", url + CHAT, json=chat_body(f"UNSAFE {marker}"))
         assert resp.status == 200
         assert resp.headers["x-steerguard-action"] == "shadow"
-        resp = await send(http, "GET", url + "/metrics")
+        resp = await send(http, "GET", METRICS[url])
         metrics = resp.body.decode()
     assert len(chatbot.received(marker)) == 1
     assert 'steerguard_sidecar_actions_total{action="block",shadow="true"} 1.0' in metrics
@@ -411,7 +416,7 @@ async def test_fail_open_forwards_and_marks(chatbot, steerer, http) -> None:
             "bundles": "unknown",  # nobody to ask
         }
         assert resp.headers["x-steerguard-degraded"] == "classifier-unreachable"
-        resp = await send(http, "GET", url + "/metrics")
+        resp = await send(http, "GET", METRICS[url])
         assert "steerguard_sidecar_degraded 1.0" in resp.body.decode()
     assert len(chatbot.received(marker)) == 1
 
@@ -486,7 +491,7 @@ async def test_failure_kinds_are_reported_apart_and_follow_their_own_mode(
         classifier.script.delay_s = 0.5
         slow = await send(http, "POST", url + CHAT, json=chat_body("slow"))
         classifier.script.reset()
-        metrics = (await send(http, "GET", url + "/metrics")).body.decode()
+        metrics = (await send(http, "GET", METRICS[url])).body.decode()
     assert shed.status == 200 and shed.headers["x-steerguard-action"] == "fail-open"
     assert shed.headers["x-steerguard-failure"] == "classifier-overloaded"
     assert slow.status == 504 and slow.json()["error"]["code"] == "classifier_deadline"
@@ -719,7 +724,7 @@ async def test_health_and_metrics(chatbot, classifier, steerer, http) -> None:
         assert (resp.json())["ready"] is True
         resp = await send(http, "POST", url + CHAT, json=chat_body("hello metrics"))
         assert resp.status == 200
-        resp = await send(http, "GET", url + "/metrics")
+        resp = await send(http, "GET", METRICS[url])
         text = resp.body.decode()
     assert "steerguard_sidecar_added_latency_seconds_bucket" in text
     assert 'steerguard_sidecar_verdicts_total{category="",stage="request",verdict="safe"} 1.0' in text
@@ -745,7 +750,7 @@ async def test_local_verdict_cache(chatbot, classifier, steerer, http) -> None:
         for _ in range(3):
             resp = await send(http, "POST", url + CHAT, json=body)
             assert resp.headers["x-steerguard-verdict"] == "safe"
-        resp = await send(http, "GET", url + "/metrics")
+        resp = await send(http, "GET", METRICS[url])
     assert len(classifier.script.calls) == 1
     assert 'steerguard_sidecar_local_cache_hits_total{stage="request"} 2.0' in resp.body.decode()
     classifier.script.reset()
@@ -909,7 +914,7 @@ async def test_oversize_follows_the_route_policy_and_is_visible(chatbot, classif
         resp = await send(http, "POST", url + CHAT, json=chat_body(f"long {marker}"))
         assert resp.status == 200 and resp.headers["x-steerguard-failure"] == "oversize"
         assert resp.headers["x-steerguard-action"] == "flag"
-        metrics = (await send(http, "GET", url + "/metrics")).body.decode()
+        metrics = (await send(http, "GET", METRICS[url])).body.decode()
     assert 'steerguard_sidecar_failures_total{dependency="classifier",kind="oversize"} 1.0' in metrics
     assert len(chatbot.received(marker)) == 1
 
@@ -1061,7 +1066,7 @@ async def test_uncalibrated_languages_follow_on_language(chatbot, classifier, st
     async with sidecar(chatbot, classifier, steerer[0], {"on_language": "block"}) as url:
         resp = await send(http, "POST", url + CHAT, json=chat_body(f"{french} blocked"))
         assert resp.headers["x-steerguard-action"] == "block"
-        metrics = (await send(http, "GET", url + "/metrics")).body.decode()
+        metrics = (await send(http, "GET", METRICS[url])).body.decode()
     assert 'steerguard_sidecar_uncalibrated_languages_total{language="fr",policy="block"} 1.0' in metrics
     assert len(chatbot.received(marker)) == 3  # judge, its English twin, and flag; never the block
     async with sidecar(chatbot, classifier, steerer[0], {"on_language": "block", "mode": "shadow"}) as url:
@@ -1088,7 +1093,7 @@ async def test_bundle_mismatch_warns_or_refuses(chatbot, classifier, steerer, ht
         classifier.script.bundle_id = "sg-other"
         assert (await wait_for(url, "mismatch"))["ready"] is True  # warn: still serving
         assert (await send(http, "POST", url + CHAT, json=chat_body("hello"))).status == 200
-        metrics = (await send(http, "GET", url + "/metrics")).body.decode()
+        metrics = (await send(http, "GET", METRICS[url])).body.decode()
         assert "steerguard_sidecar_bundle_mismatch 1.0" in metrics
     async with sidecar(chatbot, classifier, steerer[0], bundle_check_s=0.1, bundle_mismatch="refuse") as url:
         ready = await wait_for(url, "mismatch")
@@ -1164,7 +1169,7 @@ OVERLAP = {"routes": [{"path": CHAT, "adapter": "openai", "overlap": True}]}
 
 
 async def _metric(http: aiohttp.ClientSession, url: str, series: str) -> float:
-    text = (await send(http, "GET", url + "/metrics")).body.decode()
+    text = (await send(http, "GET", METRICS[url])).body.decode()
     line = next((x for x in text.splitlines() if x.startswith(series + " ")), None)
     return float(line.split()[-1]) if line else 0.0
 
@@ -1230,3 +1235,13 @@ async def test_without_overlap_an_unsafe_prompt_never_reaches_the_chatbot(
     async with sidecar(chatbot, classifier, steerer[0]) as url:
         resp = await send(http, "POST", url + CHAT, json=chat_body(f"UNSAFE {marker}"))
     assert resp.headers["x-steerguard-action"] == "block" and chatbot.received(marker) == []
+
+
+async def test_metrics_are_served_on_their_own_port_never_on_the_public_one(
+    classifier, steerer, chatbot, http
+) -> None:
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        public = await send(http, "GET", url + "/metrics")
+        private = await send(http, "GET", METRICS[url])
+    assert b"steerguard_sidecar" not in public.body  # relayed to the chatbot like any other path
+    assert private.status == 200 and b"steerguard_sidecar_requests_total" in private.body

@@ -23,7 +23,7 @@ import pytest
 from devstack.fakes import (
     ChatbotProcess,
     FakeServer,
-    read_ready_port,
+    read_ready,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,14 +36,30 @@ def _start(
     """A sidecar process; stdout carries only its ready line, its log goes to ``log``."""
     classifier, chatbot = fake_services
     argv = [sys.executable, "-m", "steerguard", "serve", "sidecar", "--port", "0", "--host", "127.0.0.1"]
-    argv += ["--upstream", chatbot.url, "--classifier", classifier.address, "--steer", "127.0.0.1:1", *flags]
+    argv += [
+        "--metrics-port",
+        "0",
+        "--upstream",
+        chatbot.url,
+        "--classifier",
+        classifier.address,
+        "--steer",
+        "127.0.0.1:1",
+        *flags,
+    ]
     with log.open("w") as out:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=out, text=True, cwd=REPO)
     try:
-        return process, f"http://127.0.0.1:{read_ready_port(process, 60)}"
+        ready = read_ready(process, 60)
     except RuntimeError:
         process.kill()
         raise RuntimeError(log.read_text()[-2000:]) from None
+    url = f"http://127.0.0.1:{ready['port']}"
+    METRICS[url] = f"http://127.0.0.1:{ready['metrics_port']}/metrics"
+    return process, url
+
+
+METRICS: dict[str, str] = {}  # a sidecar's URL -> its metrics listener
 
 
 def _action(url: str) -> str:
@@ -56,7 +72,7 @@ def _action(url: str) -> str:
 
 
 def _reloads(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+    with urllib.request.urlopen(METRICS[url], timeout=10) as resp:
         text = resp.read().decode()
     out = {}
     for result in ("ok", "invalid"):

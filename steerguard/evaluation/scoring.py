@@ -19,6 +19,7 @@ import torch
 from steerguard.bundle import Bundle, Scores
 from steerguard.calibration.threshold import auroc, rate
 from steerguard.data import system_prompts
+from steerguard.data.loaders import Example
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import HeldOut
 from steerguard.evaluation.stats import proportion
@@ -93,15 +94,6 @@ def probe_section(
     for src in sorted({e.source for e in held.harmful}):
         m = np.array([e.source == src for e in items])
         per_source[src] = {"n": int(m.sum()), "caught": r(float((p[m] >= probe.threshold).mean()))}
-    cats = bundle.categories
-    cat_rows = [i for i, e in enumerate(items) if e.label == 1 and e.category in cats]
-    cat_acc = (
-        float(
-            np.mean([cats[int(probe.scores.categories[i].argmax())] == items[i].category for i in cat_rows])
-        )
-        if cat_rows and cats
-        else float("nan")
-    )
     # Per-layer ROC of the difference-of-means direction (no refit).
     per_layer: dict[int, dict[str, Any]] = {}
     mean_dir = bundle.tensors.get("alt.refusal_mean")
@@ -113,9 +105,33 @@ def probe_section(
         "layer": bundle.probe_layer,
         "harmful_vs_benign": binary_metrics(labels[is_hb], p[is_hb], probe.threshold),
         "caught_by_source": per_source,
-        "category_accuracy": r(cat_acc),
-        "category_rows": len(cat_rows),
+        "categories": category_section(items, bundle.categories, probe.scores.categories),
         "per_layer_mean_difference_auroc": per_layer,
+    }
+
+
+def category_section(items: list[Example], cats: list[str], probs: torch.Tensor) -> dict[str, Any]:
+    """Top-1 category accuracy on harmful prompts whose label is a bundle category: overall, per
+    category (recall), and the confusion matrix (rows: the label, columns: the head's top-1)."""
+    rows = [i for i, e in enumerate(items) if e.label == 1 and e.category in cats]
+    if not rows or not cats:
+        return {"rows": 0, "top1": None, "per_category": {}, "confusion": {}}
+    predicted = {i: cats[int(probs[i].argmax())] for i in rows}
+    confusion = {c: dict.fromkeys(cats, 0) for c in cats}
+    for i in rows:
+        confusion[str(items[i].category)][predicted[i]] += 1
+    per = {
+        c: {"n": sum(row.values()), "top1": r(row[c] / sum(row.values()))}
+        for c, row in confusion.items()
+        if sum(row.values())
+    }
+    correct = sum(predicted[i] == items[i].category for i in rows)
+    return {
+        "rows": len(rows),
+        "top1": r(correct / len(rows)),
+        "top1_lowest": min((v["top1"] for v in per.values() if v["top1"] is not None), default=None),
+        "per_category": per,
+        "confusion": confusion,
     }
 
 

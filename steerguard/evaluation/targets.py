@@ -55,6 +55,14 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             _check("steered_ppl_ratio", gen["fluency"]["ppl_ratio"]),
         ]
     )
+    cats = report["probe"].get("categories", {})
+    if cats.get("rows"):
+        out.update(
+            [
+                _check("category_top1", cats["top1"]),
+                _check("category_top1_lowest", cats["top1_lowest"]),
+            ]
+        )
     encoded = report.get("encodings", {}).get("caught")
     if encoded is not None:
         out.update([_check("encoded_harmful_caught", encoded["rate"], encoded)])
