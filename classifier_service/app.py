@@ -8,13 +8,13 @@ from pathlib import Path
 from classifier_service.cache import VerdictCache, make_cache
 from classifier_service.core import ClassifierCore, CoreConfig
 from classifier_service.metrics import CACHE_ERRORS
-from classifier_service.reload import BundleReload
 from classifier_service.server import create_server
 from classifier_service.servicer import ClassifierServicer
 from steerguard.bundle import DEFAULT_BUNDLE_DIR, Bundle
 from steerguard.errors import InvalidInput, SteerguardError
 from steerguard.grpc_common.addresses import host_port
 from steerguard.grpc_common.metrics import start_metrics_server
+from steerguard.grpc_common.reload import BundleReload
 from steerguard.grpc_common.server import ServerOptions
 from steerguard.grpc_common.shutdown import serve_until_signal
 from steerguard.logs import get_logger
@@ -103,9 +103,17 @@ def serve(args: argparse.Namespace) -> int:
     server.set_serving()
     log.info("classifier serving", port=server.port)
     folder = core.bundle.path or DEFAULT_BUNDLE_DIR
-    reload = BundleReload(
-        folder, servicer, core.host, lambda b: ClassifierCore(core.host, b, core.cache, core.config)
-    )
+
+    def make(bundle: Bundle) -> ClassifierCore:
+        new = ClassifierCore(core.host, bundle, core.cache, core.config)
+        new.warm_up()
+        return new
+
+    def swap(new: ClassifierCore) -> str | None:
+        old = servicer.attach(new)  # closes once the calls still on it end
+        return old.bundle_id if old else None
+
+    reload = BundleReload(folder, core.host, make, swap)
 
     def stop() -> None:
         if servicer.core is not None:

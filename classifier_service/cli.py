@@ -107,13 +107,6 @@ def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(
         parser,
-        "--bundle-poll-s",
-        type=float,
-        default=10.0,
-        help="serve a changed --bundle directory without a restart, checked this often (0: only on SIGHUP)",
-    )
-    add_flag(
-        parser,
         "--max-streams",
         type=int,
         default=core.max_streams,

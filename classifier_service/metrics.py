@@ -44,11 +44,6 @@ VERDICTS = Counter(
     "Verdicts returned, by category ('safe' for safe prompts)",
     ["category"],
 )
-CONFIG_RELOADS = Counter(
-    "steerguard_config_reloads_total",
-    "bundle reloads: ok (serving the new bundle) or invalid (the old one kept)",
-    ["result"],
-)
 DROPPED_JOBS = Counter(
     "steerguard_classifier_dropped_jobs_total",
     "Long prompts stopped between chunks because nobody waited for their verdict any more",

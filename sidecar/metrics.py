@@ -50,6 +50,14 @@ class Metrics:
         self.verdicts = Counter(
             "steerguard_sidecar_verdicts", "classifier verdicts", ["stage", "verdict", "category"], registry=r
         )
+        # The cut each request was judged at (sidecar.decisions.threshold_for): a policy has few
+        # distinct cuts (per category, per route, its own, the bundle's), so the label stays small.
+        self.thresholds = Counter(
+            "steerguard_sidecar_thresholds",
+            "requests judged, by route and the threshold in force",
+            ["route", "threshold"],
+            registry=r,
+        )
         self.local_cache_hits = Counter(
             "steerguard_sidecar_local_cache_hits",
             "verdicts reused from the sidecar's short-lived in-process cache",

@@ -261,6 +261,7 @@ class Proxy:
     async def _act(self, ex: Exchange, verdict: common_pb2.Verdict) -> web.StreamResponse:
         """A verdict at the threshold in force: the decision for it (shadow, block, steer, forward)."""
         ex.verdict = verdict = at_threshold(verdict, threshold_for(ex.policy, ex.route, verdict))
+        self.metrics.thresholds.labels(ex.route.path, f"{verdict.threshold:.4f}").inc()
         ex.decision = decision = self._decide(ex.policy, verdict)
         self.metrics.actions.labels(decision.intended.value, str(decision.shadow).lower()).inc()
         ex.trace.fields.update(

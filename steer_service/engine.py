@@ -85,6 +85,7 @@ class Engine:
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._closed = False
+        self._draining = False  # finish what is here, take nothing new, then stop (a bundle swap)
         self._batch: DecodeBatch | None = None
         self._rows: list[_Row] = []
         self._merge_ok: bool | None = None  # learnt from the first prefill's cache
@@ -104,6 +105,12 @@ class Engine:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def drain(self) -> None:
+        """Finish every running and waiting job, then stop: a bundle swap lets calls end where they began."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -162,7 +169,7 @@ class Engine:
         """Jobs to admit now (possibly none); ``None`` once closed."""
         with self._cond:
             while True:
-                if self._closed:
+                if self._closed or (self._draining and not self._pending and not self._rows):
                     return None
                 self._drop_dead_pending()
                 can_join = self._merge_ok is not False or not self._rows

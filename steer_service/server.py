@@ -12,15 +12,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import threading
+from collections.abc import Callable
 
 import grpc
 
 from steer_service.config import SteerConfig
 from steer_service.service import SteerService
 from steer_service.servicer import SteererServicer
+from steerguard.bundle import DEFAULT_BUNDLE_DIR
 from steerguard.errors import SteerguardError
 from steerguard.grpc_common.addresses import host_port
 from steerguard.grpc_common.metrics import start_metrics_server
+from steerguard.grpc_common.reload import BundleReload
 from steerguard.grpc_common.server import GrpcServer, ServerOptions, build_server
 from steerguard.grpc_common.shutdown import serve_until_signal
 from steerguard.logs import configure_logging, get_logger
@@ -41,9 +44,11 @@ class ServiceSlot:
     def get(self) -> SteerService | None:
         return self._service
 
-    def set(self, service: SteerService) -> None:
+    def set(self, service: SteerService) -> SteerService | None:
+        """Serve ``service`` from now on; returns the one it replaces."""
         with self._lock:
-            self._service = service
+            old, self._service = self._service, service
+        return old
 
 
 def server_options(options: ServerOptions, config: SteerConfig) -> ServerOptions:
@@ -103,5 +108,28 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=config.max_batch_size,
         max_new_tokens_cap=config.max_new_tokens_cap,
     )
-    serve_until_signal(server, options.grace_seconds, on_stop=service.close)
+    folder = bundle.path or DEFAULT_BUNDLE_DIR
+    reload = BundleReload(folder, host, lambda b: SteerService(host, b, config).start(), _swapper(slot))
+
+    def stop() -> None:
+        current = slot.get()
+        if current is not None:
+            current.close()
+
+    serve_until_signal(
+        server, options.grace_seconds, on_stop=stop, on_reload=reload.check, reload_every_s=args.bundle_poll_s
+    )
     return 0
+
+
+def _swapper(slot: ServiceSlot) -> Callable[[SteerService], str | None]:
+    """Serve a new bundle's service; the old one finishes its calls, then stops."""
+
+    def swap(new: SteerService) -> str | None:
+        old = slot.set(new)
+        if old is None:
+            return None
+        old.retire()
+        return old.bundle.bundle_id
+
+    return swap

@@ -62,6 +62,10 @@ class SteerService:
     def close(self) -> None:
         self.engine.close()
 
+    def retire(self) -> None:
+        """Serve the calls already here to the end, then stop (replaced by a new bundle's service)."""
+        self.engine.drain()
+
     def sampling(self, inp: GenerateInput) -> SamplingParams:
         """Check the decoding parameters against the configured caps."""
         cap = self.config.max_new_tokens_cap

@@ -85,8 +85,12 @@ def _nucleus_candidates(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor
 def prefill(
     host: ModelHost, batch: Batch, state: SteeringState, extra_layers: set[int] | None = None
 ) -> tuple[torch.Tensor, Any]:
-    """Run the prompts; return last-position logits ``[B, vocab]`` and the KV cache."""
-    with apply_steering(host.layers, state, extra_layers, prompt=True):
+    """Run the prompts; return last-position logits ``[B, vocab]`` and the KV cache.
+
+    Under the host's forward lock: during a bundle swap two engines share the model, and each
+    forward pass must see only its own steering hooks.
+    """
+    with host.forward_lock, apply_steering(host.layers, state, extra_layers, prompt=True):
         out = host.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -107,7 +111,7 @@ def decode_step(
     state: SteeringState,
 ) -> tuple[torch.Tensor, Any]:
     """One token per row: ``tokens``/``positions`` are ``[B]``, mask covers cache + new token."""
-    with apply_steering(host.layers, state):
+    with host.forward_lock, apply_steering(host.layers, state):
         out = host.model(
             input_ids=tokens.to(attention_mask.device)[:, None],
             attention_mask=attention_mask,

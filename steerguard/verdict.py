@@ -37,11 +37,11 @@ class Verdict:
         return hazard_of(self.category) if self.unsafe else ""
 
     def as_dict(self) -> dict[str, Any]:
+        """What the cache stores: the hazard is derived from the category, so not stored."""
         return {
             "score": self.score,
             "unsafe": self.unsafe,
             "category": self.category or None,
-            "hazard": self.hazard or None,
             "category_scores": dict(self.category_scores),
             "threshold": self.threshold,
             "bundle_id": self.bundle_id,

@@ -1122,6 +1122,9 @@ async def test_thresholds_per_category_and_route_over_http(chatbot, classifier, 
         hello = await send(http, "POST", url + CHAT, json=chat_body(f"hello there {marker}"))
         anthropic = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hello there"}]}
         relaxed = await send(http, "POST", url + "/v1/messages", json=anthropic)
+        metrics = (await send(http, "GET", METRICS[url])).body.decode()
+    for route, cut in ((CHAT, "0.9900"), (CHAT, "0.0100"), ("/v1/messages", "0.5000")):
+        assert f'steerguard_sidecar_thresholds_total{{route="{route}",threshold="{cut}"}}' in metrics
     # violence scores 0.97, under its own cut of 0.99: forwarded as safe
     assert (
         bomb.headers["x-steerguard-verdict"] == "safe" and bomb.headers["x-steerguard-threshold"] == "0.9900"

@@ -37,7 +37,7 @@ def test_every_default_category_has_a_hazard_code() -> None:
 
 def test_a_verdict_names_its_hazard_only_when_unsafe() -> None:
     unsafe = Verdict(0.9, True, "cybercrime", {"cybercrime": 0.8, "violence": 0.2})
-    assert unsafe.hazard == "S2" and unsafe.to_proto().hazard == "S2" and unsafe.as_dict()["hazard"] == "S2"
+    assert unsafe.hazard == "S2" and unsafe.to_proto().hazard == "S2"
     assert Verdict.from_proto(unsafe.to_proto()).hazard == "S2"
     safe = unsafe.at_threshold(0.95)
     assert safe.hazard == "" and safe.to_proto().hazard == ""

@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
                         "score": round(d["score"], 6),
                         "unsafe": d["unsafe"],
                         "category": d["category"],
+                        "hazard": v.hazard or None,
                         "category_scores": {k: round(s, 6) for k, s in d["category_scores"].items()},
                     }
                 )

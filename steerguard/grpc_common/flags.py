@@ -16,6 +16,13 @@ def add_common_service_flags(parser: argparse.ArgumentParser, *, default_port: i
     add_flag(parser, "--port", type=int, default=default_port, help="gRPC port (0 picks a free one)")
     add_flag(parser, "--metrics-port", type=int, default=0, help="Prometheus /metrics HTTP port (0: off)")
     add_flag(parser, "--bundle", default=None, help="calibration bundle directory (default: the shipped one)")
+    add_flag(
+        parser,
+        "--bundle-poll-s",
+        type=float,
+        default=10.0,
+        help="serve a changed --bundle directory without a restart, checked this often (0: only on SIGHUP)",
+    )
     add_flag(parser, "--model", default=None, help="local Hugging Face model directory (default: SmolLM2)")
     add_flag(
         parser, "--max-prompt-tokens", type=int, default=MAX_PROMPT_TOKENS, help="longest prompt accepted"
