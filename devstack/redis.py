@@ -8,6 +8,7 @@ it on the same port to show the service recovering.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -17,7 +18,7 @@ import redis
 
 from devstack.net import free_port
 
-__all__ = ["RedisProcess", "SentinelSetup", "free_port", "ping", "server_argv"]
+__all__ = ["ClusterSetup", "RedisProcess", "SentinelSetup", "free_port", "ping", "server_argv"]
 
 
 def server_argv(binary: str, host: str, port: int) -> list[str]:
@@ -167,3 +168,75 @@ class SentinelSetup:
             self.proc = None
         self.replica.close()
         self.master.close()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000, Redis's rule) is free and valid too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 <= 65535 and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class ClusterSetup:
+    """A Redis Cluster of three masters (no replicas), formed with ``redis-cli --cluster create``.
+
+    ``url`` is the cache's ``redis+cluster://`` URL naming every node as a startup node.
+    """
+
+    def __init__(self, masters: int = 3) -> None:
+        extra = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+        self.nodes = [RedisProcess(port=_cluster_port(), extra=extra) for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self, timeout: float = 30.0) -> ClusterSetup:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise FileNotFoundError("redis-cli is not installed")
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        done = subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            self.stop()
+            raise RuntimeError(
+                f"redis-cli --cluster create failed: {done.stdout[-500:]} {done.stderr[-500:]}"
+            )
+        deadline = time.monotonic() + timeout
+        while not all(self._ok(n) for n in self.nodes):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the redis cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        return self
+
+    @staticmethod
+    def _ok(node: RedisProcess) -> bool:
+        try:
+            info = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=0.5).cluster("info")
+        except (redis.RedisError, OSError):
+            return False
+        return bool(info.get("cluster_state") == "ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.close()

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -34,21 +35,30 @@ from steerguard.verdict import Verdict
 
 log = get_logger("classifier_service.cache")
 
-# What a network or server problem looks like from redis-py.
-BACKEND_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+# What a network or server problem looks like from redis-py (a cluster it cannot map raises
+# RedisClusterException, which is not a RedisError).
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+)
 
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
-def connect(url: str, timeout_seconds: float, max_connections: int) -> tuple[redis.Redis, str]:
+def connect(url: str, timeout_seconds: float, max_connections: int) -> tuple[Any, str]:
     """A client for ``url`` and where it points (never its password), for the log.
 
     ``redis://`` and ``rediss://`` (TLS; ``?ssl_ca_certs=...`` and the other
     redis-py URL options apply) are redis-py's own. ``redis+sentinel://[:PASSWORD@]
     HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`` asks those Sentinels for the
     master of SERVICE and follows it across failovers (redis-py's
-    ``Sentinel.master_for``). Every call has the socket timeout and no
+    ``Sentinel.master_for``). ``redis+cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...]``
+    (``rediss+cluster`` with TLS) is a Redis Cluster reached from those
+    startup nodes (redis-py's ``RedisCluster``): keys spread over its slots,
+    and a request's keys are read per node (``mget_nonatomic``). Every call has the socket timeout and no
     client retries: a failure opens the circuit breaker instead.
     """
     options: dict[str, Any] = {
@@ -59,6 +69,8 @@ def connect(url: str, timeout_seconds: float, max_connections: int) -> tuple[red
         "max_connections": max_connections,
     }
     parts = urlsplit(url)
+    if parts.scheme in CLUSTER_SCHEMES:
+        return _cluster(parts, options)
     if parts.scheme != SENTINEL_SCHEME:
         client = redis.Redis.from_url(url, **options)
         kwargs = client.connection_pool.connection_kwargs
@@ -77,6 +89,21 @@ def connect(url: str, timeout_seconds: float, max_connections: int) -> tuple[red
         path[0], db=db, password=unquote(parts.password) if parts.password else None, **options
     )
     return master, f"sentinel {path[0]} via {hosts}"
+
+
+def _cluster(parts: Any, options: dict[str, Any]) -> tuple[RedisCluster, str]:
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    nodes = [
+        ClusterNode(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1]) if ":" in h else 6379)
+        for h in hosts.split(",")
+    ]
+    client = RedisCluster(
+        startup_nodes=nodes,
+        password=unquote(parts.password) if parts.password else None,
+        ssl=parts.scheme.startswith("rediss"),
+        **options,
+    )
+    return client, f"cluster via {hosts}"
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -104,7 +131,22 @@ class RedisCache(VerdictCache):
         self._lock = threading.Lock()
         self._down_until: float | None = None  # None: Redis is believed up
         self._ttl_ms = max(1, int(round(ttl_seconds * 1000)))
-        self.client, self.where = connect(url, timeout_seconds, max_connections)
+        self._connect = lambda: connect(url, timeout_seconds, max_connections)
+        self.where = urlsplit(url).netloc.rsplit("@", 1)[-1]
+        self._client: Any = None
+        # A cluster client maps the slots as it is made, so it fails while the cluster is down:
+        # made on the first call that finds Redis reachable, under the circuit breaker.
+        self._call("connect", self._ensure)
+
+    def _ensure(self) -> Any:
+        if self._client is None:
+            self._client, self.where = self._connect()
+        return self._client
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (None until Redis was first reachable)."""
+        return self._client
 
     @property
     def available(self) -> bool:
@@ -145,7 +187,13 @@ class RedisCache(VerdictCache):
     def get_many(self, keys: Sequence[str]) -> list[Verdict | None]:
         if not keys:
             return []
-        ok, raw = self._call("get", lambda: self.client.mget(list(keys)))
+
+        def read() -> Any:
+            client = self._ensure()
+            fetch = client.mget_nonatomic if isinstance(client, RedisCluster) else client.mget
+            return fetch(list(keys))
+
+        ok, raw = self._call("get", read)
         if not ok:
             return [None] * len(keys)
         out: list[Verdict | None] = []
@@ -165,7 +213,7 @@ class RedisCache(VerdictCache):
             return
 
         def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._ensure().pipeline(transaction=False)
             for key, verdict in items.items():
                 pipe.set(key, encode_verdict(verdict), px=self._ttl_ms)
             pipe.execute()
@@ -173,5 +221,9 @@ class RedisCache(VerdictCache):
         self._call("set", write)
 
     def close(self) -> None:
-        self.client.close()
-        self.client.connection_pool.disconnect()
+        client = self._client
+        if client is None:
+            return
+        client.close()
+        if not isinstance(client, RedisCluster):  # a cluster client closes its nodes' pools itself
+            client.connection_pool.disconnect()
