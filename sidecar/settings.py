@@ -15,6 +15,17 @@ from steerguard.errors import InvalidInput
 from steerguard.settings import add_flag
 
 
+def service_token(ns: argparse.Namespace) -> str | None:
+    """The bearer token sent to the services: ``--auth-token``, or read once from ``--auth-token-file``."""
+    token = ns.auth_token
+    if ns.auth_token_file:
+        try:
+            token = Path(ns.auth_token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read --auth-token-file: {exc.strerror}") from None
+    return token or None
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     """Where audit events go (sidecar.audit): a Redis Stream, stdout, or nowhere (both unset)."""
@@ -157,12 +168,7 @@ class SidecarSettings:
         """Build settings from parsed flags (reads the token file here, once)."""
         if not ns.upstream:
             raise InvalidInput("--upstream is required (or STEERGUARD_UPSTREAM)")
-        token = ns.auth_token
-        if ns.auth_token_file:
-            try:
-                token = Path(ns.auth_token_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise InvalidInput(f"cannot read --auth-token-file: {exc.strerror}") from None
+        token = service_token(ns)
         return cls(
             upstream=ns.upstream,
             classifier=ns.classifier,

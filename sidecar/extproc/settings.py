@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
+from sidecar.settings import service_token
 from steerguard.errors import InvalidInput
 from steerguard.settings import add_flag
 
@@ -36,12 +36,7 @@ class ExtProcSettings:
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> ExtProcSettings:
-        token = ns.auth_token
-        if ns.auth_token_file:
-            try:
-                token = Path(ns.auth_token_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise InvalidInput(f"cannot read --auth-token-file: {exc.strerror}") from None
+        token = service_token(ns)
         if not 1 <= ns.grpc_retries <= 5:
             raise InvalidInput("--grpc-retries must be between 1 and 5")
         return cls(
