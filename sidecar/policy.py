@@ -18,7 +18,7 @@ loudly instead of silently allowing traffic. Example::
     categories:                   # a bundle category, or an MLCommons hazard code (S1-S14)
       cybercrime: {action: steer, vector: category}
       S9: {action: block}         # indiscriminate weapons (chemical_biological)
-      self_harm: {action: steer, vector: refusal, threshold: 0.25}   # more sensitive
+      harassment: {action: steer, vector: refusal, threshold: 0.25}  # more sensitive
       misinformation: {action: flag, threshold: 0.7, shadow: true}   # less; only recorded
     steer: {max_new_tokens: 200, temperature: 0.0}
     response_check: {enabled: false, window_chars: 256}

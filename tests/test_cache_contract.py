@@ -1,4 +1,4 @@
-"""One verdict-cache contract, run against the in-process LRU and a real Redis.
+"""One verdict-cache contract, run against the in-process LRU and real Redis: plain, Sentinel-managed, Cluster.
 
 Redis is a ``redis-server`` these tests start on a free port (falling back to
 the machine's on 6379), so the outage tests can stop it without touching the
@@ -19,7 +19,7 @@ import redis
 
 from classifier_service.cache import MemoryCache, RedisCache, VerdictCache, make_cache, verdict_key
 from devstack.net import free_port
-from devstack.redis import RedisProcess, ping
+from devstack.redis import ClusterSetup, RedisProcess, SentinelSetup, ping
 from steerguard.verdict import Verdict
 
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
@@ -54,12 +54,34 @@ def redis_url() -> Iterator[str]:
         proc.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="module")
+def sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A master, a replica and a Sentinel (managed Redis in miniature): the contract holds there too."""
+    try:
+        setup = SentinelSetup(tmp_path_factory.mktemp("sentinel")).start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        pytest.skip(f"cannot start redis with a sentinel: {exc}")
+    yield setup.url
+    setup.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster_url() -> Iterator[str]:
+    """Three cluster masters: keys of one call spread over nodes."""
+    try:
+        setup = ClusterSetup().start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        pytest.skip(f"cannot form a redis cluster: {exc}")
+    yield setup.url
+    setup.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
 def cache(request: pytest.FixtureRequest) -> Iterator[VerdictCache]:
     if request.param == "memory":
         yield MemoryCache(max_entries=100, ttl_seconds=60)
         return
-    url = request.getfixturevalue("redis_url")
+    url = request.getfixturevalue(f"{request.param}_url")
     c = RedisCache(url, ttl_seconds=60, timeout_seconds=1.0)
     yield c
     c.close()

@@ -609,3 +609,24 @@ def test_policy_configmap_is_a_valid_policy(objects: list[Obj]) -> None:
     volume = next(v for v in c.pod["volumes"] if v["name"] == mount["name"])
     data = km.find(objects, "ConfigMap", volume["configMap"]["name"])["data"][path.name]
     policy_module.parse_policy(yaml.safe_load(data))
+
+
+@pytest.mark.parametrize("overlay_name", km.OVERLAYS)
+def test_each_overlay_sets_who_may_call_the_services(overlay_name: str) -> None:
+    """The callers' namespace and pod labels are values an overlay sets (its callers.yaml), and
+    what renders is exactly what the overlay says."""
+    _need_kubectl()
+    folder = km.K8S_DIR / "overlays" / overlay_name
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert {"path": "callers.yaml"} in kustomization["patches"]
+    wanted = {
+        d["metadata"]["name"]: d["spec"]["ingress"]
+        for d in yaml.safe_load_all((folder / "callers.yaml").read_text())
+    }
+    assert set(wanted) == set(GRPC_SERVICES)
+    rendered = {
+        p["metadata"]["name"]: p["spec"]["ingress"]
+        for p in km.of_kind(_render(overlay_name), "NetworkPolicy")
+    }
+    for service, ingress in wanted.items():
+        assert rendered[service] == ingress, service
