@@ -75,7 +75,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         model=host.identity.name,
         probe_layer=bundle.probe_layer,
         loaded_layers=host.loaded_layers,
-        dtype=args.dtype,
+        dtype=str(host.model.dtype).removeprefix("torch."),
         model_layers=host.identity.num_layers,
         cache="redis" if args.redis_url else "memory",
     )

@@ -1,4 +1,4 @@
-"""One verdict-cache contract, run against the in-process LRU and real Redis: plain, Sentinel-managed, Cluster.
+"""One verdict-cache contract, run against the in-process LRU and real Redis (plain, Sentinel, Cluster).
 
 Redis is a ``redis-server`` these tests start on a free port (falling back to
 the machine's on 6379), so the outage tests can stop it without touching the

@@ -59,7 +59,7 @@ def test_flags_and_their_environment_variables(monkeypatch: pytest.MonkeyPatch) 
     args = parse("--max-batch-size", "4")
     assert args.redis_url == "redis://cache:6379/0" and args.cache_ttl == 60.0
     assert args.max_batch_size == 4  # the command line wins
-    assert args.dtype == "float32" and args.batch_wait_fraction == 0.1
+    assert args.dtype == "auto" and args.batch_wait_fraction == 0.1
     monkeypatch.setenv("STEERGUARD_DTYPE", "bfloat16")
     assert parse().dtype == "bfloat16"
     with pytest.raises(SystemExit):

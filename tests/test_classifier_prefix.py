@@ -109,6 +109,19 @@ def test_bfloat16_states_follow_float32(host: ModelHost, tiny_model_dir: Path, t
         assert not torch.equal(got, want)  # really computed in bfloat16
 
 
+def test_auto_picks_bfloat16_only_where_the_cpu_computes_it_natively(tmp_path: Path) -> None:
+    from steerguard.model.host import cpu_flags, resolve_dtype
+
+    assert resolve_dtype("auto", {"avx2", "avx512f", "avx512_bf16"}) == "bfloat16"
+    assert resolve_dtype("auto", {"amx_bf16"}) == "bfloat16"
+    assert resolve_dtype("auto", {"avx2", "avx512f"}) == "float32"
+    assert resolve_dtype("auto", set()) == "float32"  # unknown CPU (no /proc/cpuinfo): the safe choice
+    assert resolve_dtype("float32", {"avx512_bf16"}) == "float32"  # an explicit choice stands
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512_bf16\n")
+    assert "avx512_bf16" in cpu_flags(str(info)) and cpu_flags(str(tmp_path / "none")) == set()
+
+
 def test_an_unknown_dtype_is_refused(tiny_model_dir: Path) -> None:
     from steerguard.errors import ModelError
 
