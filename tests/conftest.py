@@ -102,6 +102,19 @@ def redis_proc() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[Any]:
+    """A Redis Cluster of three masters formed for the module (``devstack.redis.ClusterSetup``)."""
+    from devstack.redis import ClusterSetup
+
+    try:
+        setup = ClusterSetup().start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        pytest.skip(f"cannot form a redis cluster: {exc}")
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture(scope="module")
 def fake_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
     """The fake classifier (gRPC) and the demo chatbot process (echo): a sidecar's peers."""
     from devstack.fakes import start_demo_chatbot, start_fake_classifier

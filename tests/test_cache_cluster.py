@@ -10,7 +10,6 @@ land on several nodes, and that the classifier core caches through it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -27,13 +26,8 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[ClusterSetup]:
-    try:
-        setup = ClusterSetup().start()
-    except (FileNotFoundError, RuntimeError) as exc:
-        pytest.skip(f"cannot form a redis cluster: {exc}")
-    yield setup
-    setup.stop()
+def cluster(redis_cluster: ClusterSetup) -> ClusterSetup:
+    return redis_cluster
 
 
 def test_keys_in_many_slots_are_written_and_read_back(cluster: ClusterSetup) -> None:

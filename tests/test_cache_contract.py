@@ -66,14 +66,9 @@ def sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster_url() -> Iterator[str]:
+def cluster_url(redis_cluster: ClusterSetup) -> str:
     """Three cluster masters: keys of one call spread over nodes."""
-    try:
-        setup = ClusterSetup().start()
-    except (FileNotFoundError, RuntimeError) as exc:
-        pytest.skip(f"cannot form a redis cluster: {exc}")
-    yield setup.url
-    setup.stop()
+    return redis_cluster.url
 
 
 @pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
