@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from steerguard.grpc_common.flags import MAX_PROMPT_TOKENS
 from steerguard.views import MAX_TOTAL_TOKENS, OVERLAP_TOKENS
 
+# gRPC threads of the classifier's server: blocked calls cost a thread each, not CPU (server.py).
+RPC_THREADS = 256
+
 
 @dataclass(frozen=True)
 class CoreConfig:

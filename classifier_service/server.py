@@ -9,8 +9,11 @@ ordinary service.
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 
+from classifier_service.config import RPC_THREADS
 from classifier_service.servicer import ClassifierServicer
 from classifier_service.wire import (
     decode_answer_chunk,
@@ -53,10 +56,16 @@ def add_classifier_to_server(servicer: ClassifierServicer, server: grpc.Server) 
 def create_server(
     addr: str, servicer: ClassifierServicer, options: ServerOptions | None = None
 ) -> GrpcServer:
-    """Bind ``addr`` (port 0: a free one, see ``.port``); health is NOT_SERVING until ``set_serving()``."""
+    """Bind ``addr`` (port 0: a free one, see ``.port``); health is NOT_SERVING until ``set_serving()``.
+
+    Every call gets a thread at once (at least ``RPC_THREADS``): a call waiting for its verdict
+    only blocks, and a call the batcher will shed must reach admission without queueing
+    behind them, or "shed at once" becomes "shed after the queue".
+    """
+    opts = options or ServerOptions()
     return build_server(
         addr,
-        options or ServerOptions(),
+        dataclasses.replace(opts, max_workers=max(opts.max_workers, RPC_THREADS)),
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: add_classifier_to_server(servicer, server),
     )
