@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,11 @@ class Trace:
     @classmethod
     def for_request(cls, request: web.Request, route: str) -> Trace:
         """The client's ``x-request-id`` when it sent one, else a fresh id."""
-        return cls(request.headers.get("x-request-id") or uuid.uuid4().hex, route)
+        return cls.for_headers(request.headers, route)
+
+    @classmethod
+    def for_headers(cls, headers: Mapping[str, str], route: str) -> Trace:
+        return cls(headers.get("x-request-id") or uuid.uuid4().hex, route)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.start) * 1000.0

@@ -29,7 +29,6 @@ from sidecar.grpc_clients import ClassifierClient, ServiceFailure, SteerClient, 
 from sidecar.http_errors import (
     BundleMismatch,
     MethodNotAllowed,
-    NotFound,
     RequestTimeout,
     UnsupportedMediaType,
     classifier_failure,
@@ -41,7 +40,7 @@ from sidecar.overlap import EarlySend
 from sidecar.policy import Action, FailureMode, Oversize, Policy, Route
 from sidecar.reload import PolicyVersion
 from sidecar.response_check import AnswerCheck, is_json
-from sidecar.routing import SAFE_METHODS
+from sidecar.routing import refuse_unknown
 from sidecar.settings import SidecarSettings
 from sidecar.upstream import Upstream, raw_header_items, request_headers, stream_back
 from steerguard.errors import InvalidInput, PayloadTooLarge, SteerguardError, TooLong, UpstreamError
@@ -102,20 +101,6 @@ class Proxy:
 
     # ----------------------------------------------------------- pass-through
 
-    def _refuse_unknown(self, request: web.Request, policy: Policy) -> SteerguardError | None:
-        """Why the policy's ``unknown_paths`` refuses this request; None to relay it."""
-        mode = policy.unknown_paths
-        if mode == "forward":
-            return None
-        if mode == "reject":
-            return NotFound("no such route (policy unknown_paths: reject)")
-        if request.method in SAFE_METHODS and not request.body_exists:
-            return None
-        return NotFound(
-            f"no route takes {request.method} on this path; only GET, HEAD and OPTIONS without a body are "
-            "relayed to paths the policy does not name (set unknown_paths: forward in the policy to relay it)"
-        )
-
     def wrong_method(self, request: web.Request, route: Route) -> web.StreamResponse:
         """A chat path asked with another method: 405, never relayed (a GET with a body is a bypass)."""
         trace = Trace.for_request(request, route.path)
@@ -127,7 +112,7 @@ class Proxy:
         """Any path without a route: relayed untouched, or refused as the policy says."""
         trace = Trace.for_request(request, "passthrough")
         trace.fields["policy_version"] = version.digest
-        refused = self._refuse_unknown(request, version.policy)
+        refused = refuse_unknown(version.policy, request.method, request.body_exists)
         if refused is not None:
             return self.outcomes.error(trace, refused)
         body = request.content if request.body_exists else None

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from sidecar.adapters import adapter_for
 from sidecar.adapters.base import Adapter
+from sidecar.http_errors import NotFound
 from sidecar.policy import Policy, PolicyError, Route
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -61,3 +62,22 @@ class Router:
 
     def match(self, raw_path: str) -> Match | None:
         return self._routes.get(canonical_path(raw_path))
+
+
+def refuse_unknown(policy: Policy, method: str, has_body: bool) -> NotFound | None:
+    """Why the policy's ``unknown_paths`` refuses a request for a path no route names; None to relay it.
+
+    One rule for the sidecar and the ext_proc front end: a write to an unnamed
+    path is refused by default, since text it carries would pass unjudged.
+    """
+    mode = policy.unknown_paths
+    if mode == "forward":
+        return None
+    if mode == "reject":
+        return NotFound("no such route (policy unknown_paths: reject)")
+    if method.upper() in SAFE_METHODS and not has_body:
+        return None
+    return NotFound(
+        f"no route takes {method} on this path; only GET, HEAD and OPTIONS without a body are "
+        "relayed to paths the policy does not name (set unknown_paths: forward in the policy to relay it)"
+    )

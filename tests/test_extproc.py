@@ -153,3 +153,20 @@ async def test_serve_extproc_runs_as_a_process(classifier: FakeServer, tmp_path:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+async def test_other_paths_follow_the_policys_unknown_paths_as_the_sidecar_does(
+    classifier: FakeServer,
+) -> None:
+    harmful = chat("how do I build a bomb")
+    async with extproc(classifier) as address:  # default unknown_paths: read_only
+        write = await envoy.send(address, "POST", "/v1/other", harmful)
+        wrong_method = await envoy.send(address, "PUT", CHAT, harmful)
+        read = await envoy.send(address, "GET", "/healthz", None)
+    assert write.status == 404 and json.loads(write.body)["error"]["code"] == "not_found"
+    assert wrong_method.status == 405, "another method on a chat path is never let through unjudged"
+    assert read.forwarded
+    async with extproc(classifier, {"unknown_paths": "forward"}) as address:
+        relayed = await envoy.send(address, "POST", "/v1/other", harmful)
+    assert relayed.forwarded and "x-steerguard-verdict" not in relayed.response_headers
+    assert classifier.script.calls == []

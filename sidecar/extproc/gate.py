@@ -13,17 +13,18 @@ steer-unsupported``); route to the sidecar for steered answers.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sidecar.adapters.base import ReplyMeta, refusal
 from sidecar.conversation import ChatRequest, context_for_classifier
 from sidecar.decisions import at_threshold, decide, threshold_for
 from sidecar.exchange import H_FAILURE, H_UNJUDGED, Trace, verdict_headers
-from sidecar.http_errors import classifier_failure, status_of
+from sidecar.http_errors import MethodNotAllowed, classifier_failure, status_of
 from sidecar.judge import INVALID, OVERSIZE, Judge, Judgement
 from sidecar.policy import Action, FailureMode, Oversize
 from sidecar.reload import LivePolicy, PolicyVersion
-from sidecar.routing import Match
+from sidecar.routing import Match, refuse_unknown
 from steerguard.errors import InvalidInput, PayloadTooLarge, SteerguardError, TooLong
 from steerguard.logs import get_logger
 from steerguard.v1 import common_pb2
@@ -61,12 +62,12 @@ class Check:
     marks: dict[str, str] = field(default_factory=dict)
 
 
-def error_answer(check: Check, error: SteerguardError, marks: dict[str, str] | None = None) -> Immediate:
+def error_answer(trace: Trace, error: SteerguardError, marks: dict[str, str] | None = None) -> Immediate:
     """The sidecar's JSON error body and status for ``error``."""
     status, code = status_of(error)
     body = json.dumps({"error": {"code": code, "message": error.reason}}).encode()
     headers = {"content-type": "application/json", "x-steerguard-error": code, **(marks or {})}
-    check.trace.fields.update(status=status, error=code)
+    trace.fields.update(status=status, error=code)
     return Immediate(status, headers, body, f"steerguard_{code}")
 
 
@@ -77,13 +78,28 @@ class Gate:
         self.live = live
         self.judge = judge
 
-    def route(self, method: str, raw_path: str) -> tuple[Match, PolicyVersion] | None:
-        """The chat route a request is for (None: not a chat request, let it through untouched)."""
+    def route(self, headers: Mapping[str, str], has_body: bool) -> Check | Outcome:
+        """The chat route a request is for; otherwise what happens to it, as the sidecar decides:
+        another method on a chat path is refused (405: a GET with a body would be a bypass), and a
+        path no route names follows the policy's ``unknown_paths`` (by default, writes are refused)."""
+        method, raw_path = headers.get(":method", ""), headers.get(":path", "/")
         version = self.live.current
         match = version.router.match(raw_path)
-        if match is None or method.upper() not in match.route.methods:
-            return None
-        return match, version
+        if match is not None and method.upper() in match.route.methods:
+            check = Check(Trace.for_headers(headers, match.route.path), match, version)
+            check.trace.fields["policy_version"] = version.digest
+            return check
+        trace = Trace.for_headers(headers, "passthrough" if match is None else match.route.path)
+        if match is not None:
+            allowed = ", ".join(match.route.methods)
+            refused: SteerguardError | None = MethodNotAllowed(f"{match.route.path} takes {allowed}")
+        else:
+            refused = refuse_unknown(version.policy, method, has_body)
+        if refused is None:
+            return Continue({})
+        answer = error_answer(trace, refused)
+        log.info("extproc_request", request_id=trace.request_id, route=trace.route, **trace.fields)
+        return answer
 
     async def check(self, check: Check, body: bytes) -> Outcome:
         """The outcome for one chat request body (every path ends in one log event)."""
@@ -103,13 +119,13 @@ class Gate:
         try:
             chat = check.match.adapter.parse(body)
         except SteerguardError as exc:
-            return error_answer(check, exc)
+            return error_answer(check.trace, exc)
         if chat.unjudged:
             kinds = ", ".join(sorted(set(chat.unjudged)))
             check.marks[H_UNJUDGED] = kinds
             if policy.on_unjudged == "reject":
                 reason = f"the request carries parts that cannot be judged ({kinds}; policy on_unjudged)"
-                return error_answer(check, InvalidInput(reason), check.marks)
+                return error_answer(check.trace, InvalidInput(reason), check.marks)
         try:
             context = context_for_classifier(
                 chat.messages, max_messages=policy.context_messages, max_chars=policy.context_chars
@@ -131,7 +147,9 @@ class Gate:
         if check.match.route.on_oversize is Oversize.BLOCK:
             reason = judgement.error.reason if judgement.error else "the request is too long to judge"
             self._mark(check, None, "block", OVERSIZE)
-            return error_answer(check, PayloadTooLarge(f"{reason} (policy on_oversize: block)"), check.marks)
+            return error_answer(
+                check.trace, PayloadTooLarge(f"{reason} (policy on_oversize: block)"), check.marks
+            )
         self._mark(check, None, "flag", OVERSIZE)
         return Continue(check.marks)
 
@@ -142,11 +160,11 @@ class Gate:
         reason = judgement.error.reason if judgement.error else judgement.failure
         if judgement.failure == INVALID:
             self._mark(check, None, "refuse", "classifier-invalid")
-            return error_answer(check, judgement.error or InvalidInput(reason), check.marks)
+            return error_answer(check.trace, judgement.error or InvalidInput(reason), check.marks)
         if check.match.route.on_classifier_error.mode_for(judgement.failure) is FailureMode.CLOSED:
             self._mark(check, None, "fail-closed", f"classifier-{judgement.failure}")
             error = classifier_failure(judgement.failure, f"request could not be checked: {reason}")
-            return error_answer(check, error, check.marks)
+            return error_answer(check.trace, error, check.marks)
         self._mark(check, None, "fail-open", f"classifier-{judgement.failure}")
         return Continue(check.marks)
 

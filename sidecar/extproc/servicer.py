@@ -16,7 +16,6 @@ rather than judged in pieces or let through unjudged.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 
-from sidecar.exchange import Trace
 from sidecar.extproc.gate import Check, Continue, Gate, Immediate, Outcome, error_answer
 from steerguard.errors import InvalidInput, PayloadTooLarge
 
@@ -101,15 +99,13 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
 
     def _request_headers(self, stream: _Stream, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
-        values = header_map(headers)
-        found = self.gate.route(values.get(":method", ""), values.get(":path", "/"))
-        if found is not None:
-            match, version = found
-            trace = Trace(values.get("x-request-id") or uuid.uuid4().hex, match.route.path)
-            trace.fields["policy_version"] = version.digest
-            stream.check = Check(trace, match, version)
+        found = self.gate.route(header_map(headers), has_body=not headers.end_of_stream)
+        if isinstance(found, Immediate):
+            return immediate(found)
+        if isinstance(found, Check):
+            stream.check = found
             if headers.end_of_stream:
-                return immediate(error_answer(stream.check, InvalidInput("a chat request needs a JSON body")))
+                return immediate(error_answer(found.trace, InvalidInput("a chat request needs a JSON body")))
         return ep.ProcessingResponse(request_headers=ep.HeadersResponse())
 
     async def _request_body(self, stream: _Stream, body: ep.HttpBody) -> ep.ProcessingResponse:
@@ -118,7 +114,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             return ep.ProcessingResponse(request_body=ep.BodyResponse())
         if not body.end_of_stream:
             reason = "the body came in pieces: configure request_body_mode: BUFFERED for chat routes"
-            return immediate(error_answer(check, PayloadTooLarge(reason)))
+            return immediate(error_answer(check.trace, PayloadTooLarge(reason)))
         outcome: Outcome = await self.gate.check(check, body.body)
         if isinstance(outcome, Immediate):
             return immediate(outcome)
