@@ -10,8 +10,11 @@ Targets (issue 3), all over real gRPC on localhost unless said otherwise:
 2. 16 concurrent clients with micro-batching vs the same requests one at a
    time: throughput >= 2.5x;
 3. a cache hit (Redis) over gRPC: p50 <= 2 ms and >= 20x faster than a miss;
-4. the probe's miss latency vs the evaluation's MiniLM + logistic-regression
-   baseline at batch 1, in process (reported, no target).
+4. the served default's miss latency over gRPC vs the evaluation's MiniLM +
+   logistic-regression baseline at batch 1, alternately on the same prompts
+   (issue 24: <= 2.0x), on the templated prompts below and on held-out
+   ordinary prompts (``--data``); with a bundle that has an early exit
+   (``scripts/fit_cascade.py``), the same server without it beside it.
 
 With target 2 the run also reports the *compute ceiling*: in process, no
 gRPC, the same prompts' probe states 16 at a time vs one at a time, with the
@@ -31,6 +34,7 @@ port (else ``--redis-url``, else the machine's on 6379).
 
     python bench/bench_classifier.py                   # SmolLM2, default bundle (random if absent)
     python bench/bench_classifier.py --tiny --quick    # smoke run on a tiny random Llama
+    python bench/bench_classifier.py --minilm-only --bundle B   # part 4 alone, e.g. on a cascade bundle
 """
 
 from __future__ import annotations
@@ -429,10 +433,29 @@ def bfloat16_vs_float32(
         half.close()
 
 
-def minilm_baseline(probes: dict[str, Callable[[str], Any]], n: int) -> dict[str, Any]:
+def heldout_benign(data: str | None, bundle: Bundle, n: int) -> list[str]:
+    """``n`` ordinary benign prompts calibration never used (held out), when the data is at hand.
+
+    The templated prompts above share phrasings ("step by step", "what should
+    I do first") with many harmful requests; held-out ordinary prompts show
+    what a chatbot's everyday traffic costs. Latency only: no verdict is scored.
+    """
+    if data is None or not Path(data).is_dir():
+        return []
+    from steerguard.evaluation.config import EvalConfig
+    from steerguard.evaluation.heldout import load_heldout
+
+    return [e.prompt for e in load_heldout(bundle, data, EvalConfig()).benign[:n]]
+
+
+def minilm_baseline(
+    probes: dict[str, Callable[[str], Any]], sets: dict[str, list[str]], exits: Callable[[str], bool]
+) -> dict[str, Any]:
     """Batch 1, fresh prompts: each probe variant vs MiniLM + LR, measured alternately in one run.
 
-    Target (issue 24): the served default, a miss over gRPC, within 2.0x the MiniLM + LR call.
+    Target (issue 24): the served default, a miss over gRPC, within 2.0x the
+    MiniLM + LR call, on each prompt set. ``exits`` tells whether a prompt
+    leaves at the bundle's early exit (reported per set).
     """
     import numpy as np
 
@@ -450,22 +473,121 @@ def minilm_baseline(probes: dict[str, Callable[[str], Any]], n: int) -> dict[str
     for p in prompts(2, "warm-base"):
         for fn in fns.values():
             fn(p)
+    out: dict[str, Any] = {"target": "served default over gRPC <= 2.0x MiniLM + LR, p50, on every set"}
+    for set_name, items in sets.items():
+        out[set_name] = _alternate(fns, items, list(probes))
+        out[set_name]["cascade_exits"] = f"{sum(exits(p) for p in items)} of {len(items)}"
+    served = [out[name]["served_default_grpc"]["ratio_over_minilm"] for name in sets]
+    out["pass"] = bool(served) and max(served) <= 2.0
+    return out
+
+
+def _alternate(fns: dict[str, Callable[[str], Any]], items: list[str], probes: list[str]) -> dict[str, Any]:
+    """p50 and p95 of each function over ``items``, in alternating order; ratios over MiniLM + LR."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
-    for i, p in enumerate(prompts(n, "base")):
+    for i, p in enumerate(items):
         for name in names if i % 2 == 0 else names[::-1]:
-            times[name].append(timed(fns[name], f"{p} [{name}]"))
+            times[name].append(timed(fns[name], p))
     base = p50(times["minilm_lr"])
-    out: dict[str, Any] = {"minilm_lr_p50_ms": 1000 * base}
+    out: dict[str, Any] = {"prompts": len(items), "minilm_lr_p50_ms": 1000 * base}
     for name in probes:
-        out[name] = {"p50_ms": 1000 * p50(times[name]), "ratio_over_minilm": p50(times[name]) / base}
-    served = out.get("served_default_grpc")
-    out["target"] = "served default over gRPC <= 2.0x MiniLM + LR"
-    out["pass"] = bool(served and served["ratio_over_minilm"] <= 2.0)
+        out[name] = {
+            "p50_ms": 1000 * p50(times[name]),
+            "p95_ms": 1000 * p95(times[name]),
+            "ratio_over_minilm": p50(times[name]) / base,
+        }
     return out
 
 
 # --- main -------------------------------------------------------------------------------
+
+
+def parts_one_to_three(
+    args: argparse.Namespace,
+    results: dict[str, Any],
+    stack: ExitStack,
+    model: str | None,
+    bundle: Bundle,
+    early_pair: tuple[ClassifierCore, Callable[[], Any]],
+    config: CoreConfig,
+    n: tuple[int, int, int, int],
+) -> None:
+    """Early exit vs a full forward pass, micro-batching, bfloat16 and cache hits."""
+    n_lat, n_tp, n_hit, passes = n
+    rounds = args.rounds or (2 if args.quick else 5)
+    early_core, early = early_pair
+    early_host = early_core.host
+    full_host = ModelHost.load(model, threads=args.threads)
+    results["setup"] = {
+        "model": early_host.identity.name,
+        "bundle_id": bundle.bundle_id,
+        "probe_layer": bundle.probe_layer,
+        "layers_loaded_early_exit": early_host.loaded_layers,
+        "layers_full": full_host.loaded_layers,
+        "torch_threads": torch.get_num_threads(),
+        "max_batch_size": args.max_batch_size,
+        "max_batch_wait_ms": args.max_batch_wait_ms,
+    }
+    plain = replace(config, share_prefix=False)
+    early_no_prefix = stack.enter_context(served(ClassifierCore(early_host, bundle, None, plain)))
+    full = stack.enter_context(served(FullForwardCore(full_host, bundle, None, plain)))
+
+    print("1/4 early exit vs full forward (batch 1, misses) ...", flush=True)
+    variants = {"early_exit": early, "early_exit_no_prefix": early_no_prefix, "full_forward": full}
+    results["early_exit_vs_full"] = early_exit_vs_full(variants, n_lat)
+    print("2/4 micro-batching throughput ...", flush=True)
+    results["micro_batching"], results["compute_ceiling"] = batching(
+        early, early_core, n_tp, args.clients, rounds
+    )
+    results["matmul"] = matmul_rates(early_core, n_tp, args.clients)
+    results["bfloat16"] = bfloat16_vs_float32(early_core, model, args.threads, 64, args.clients, 3)
+
+    print("3/4 cache hits over gRPC ...", flush=True)
+    url = stack.enter_context(redis_url(args))
+    cache: VerdictCache
+    if url:
+        cache, backend = RedisCache(url, ttl_seconds=600, timeout_seconds=0.5), "redis"
+    else:
+        from classifier_service.cache import MemoryCache
+
+        cache, backend = MemoryCache(max_entries=10000, ttl_seconds=600), "memory (no Redis found)"
+    cached = stack.enter_context(served(ClassifierCore(early_host, bundle, cache, config)))
+    results["cache_hit"] = cache_hits(cached, n_hit, passes, backend)
+
+
+def part_four(
+    args: argparse.Namespace,
+    stack: ExitStack,
+    model: str | None,
+    bundle: Bundle,
+    early_core: ClassifierCore,
+    config: CoreConfig,
+    n_lat: int,
+) -> dict[str, Any]:
+    """The served default (bfloat16 where native, the cascade) and its variants vs MiniLM + LR."""
+    auto_host = ModelHost.load(model, max_layers=bundle.probe_layer + 1, threads=args.threads, dtype="auto")
+    auto_stub = stack.enter_context(served(ClassifierCore(auto_host, bundle, None, config)))()
+    probes = {
+        "float32_in_process": lambda p: early_core.classify([normalise_request(p)]),
+        "served_default_grpc": lambda p: classify(auto_stub, p),
+    }
+    if bundle.cascade is not None:  # the same server without the bundle's early exit, side by side
+        no_cascade = replace(config, cascade=False)
+        plain_stub = stack.enter_context(served(ClassifierCore(auto_host, bundle, None, no_cascade)))()
+        probes["served_no_cascade_grpc"] = lambda p: classify(plain_stub, p)
+    sets = {"templated": prompts(n_lat, "base")}
+    held = heldout_benign(args.data, bundle, n_lat)
+    if held:
+        sets["heldout_benign"] = held
+
+    def exits(p: str) -> bool:
+        return bool(classify(auto_stub, p).cascade_exit)
+
+    try:
+        return minilm_baseline(probes, sets, exits)
+    except Exception as exc:
+        return {"skipped": f"{type(exc).__name__}: {exc}"}
 
 
 def main() -> int:
@@ -481,9 +603,12 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-batch-wait-ms", type=float, default=CoreConfig.max_batch_wait_ms)
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument(
+        "--data", default="../shared/data", help="held-out benign prompts for the MiniLM part"
+    )
+    parser.add_argument("--minilm-only", action="store_true", help="run only part 4 (vs MiniLM + LR)")
     args = parser.parse_args()
-    n_lat, n_tp, n_hit, passes = (8, 32, 10, 5) if args.quick else (24, 128, 20, 10)
-    rounds = args.rounds or (2 if args.quick else 5)
+    n = (8, 32, 10, 5) if args.quick else (24, 128, 20, 10)  # latency, throughput, hits, passes
 
     configure_logging("console", "warning")
     torch.set_num_threads(args.threads)
@@ -496,59 +621,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         model, bundle = load(args, Path(tmp))
         early_host = ModelHost.load(model, max_layers=bundle.probe_layer + 1, threads=args.threads)
-        full_host = ModelHost.load(model, threads=args.threads)
         bundle.verify_model(early_host.identity)
-        results["setup"] = {
-            "model": early_host.identity.name,
-            "bundle_id": bundle.bundle_id,
-            "probe_layer": bundle.probe_layer,
-            "layers_loaded_early_exit": early_host.loaded_layers,
-            "layers_full": full_host.loaded_layers,
-            "torch_threads": torch.get_num_threads(),
-            "max_batch_size": args.max_batch_size,
-            "max_batch_wait_ms": args.max_batch_wait_ms,
-        }
-        plain = replace(config, share_prefix=False)
         early_core = ClassifierCore(early_host, bundle, None, config)
         early = stack.enter_context(served(early_core))
-        early_no_prefix = stack.enter_context(served(ClassifierCore(early_host, bundle, None, plain)))
-        full = stack.enter_context(served(FullForwardCore(full_host, bundle, None, plain)))
-
-        print("1/4 early exit vs full forward (batch 1, misses) ...", flush=True)
-        variants = {"early_exit": early, "early_exit_no_prefix": early_no_prefix, "full_forward": full}
-        results["early_exit_vs_full"] = early_exit_vs_full(variants, n_lat)
-        print("2/4 micro-batching throughput ...", flush=True)
-        results["micro_batching"], results["compute_ceiling"] = batching(
-            early, early_core, n_tp, args.clients, rounds
-        )
-        results["matmul"] = matmul_rates(early_core, n_tp, args.clients)
-        results["bfloat16"] = bfloat16_vs_float32(early_core, model, args.threads, 64, args.clients, 3)
-
-        print("3/4 cache hits over gRPC ...", flush=True)
-        url = stack.enter_context(redis_url(args))
-        cache: VerdictCache
-        if url:
-            cache, backend = RedisCache(url, ttl_seconds=600, timeout_seconds=0.5), "redis"
-        else:
-            from classifier_service.cache import MemoryCache
-
-            cache, backend = MemoryCache(max_entries=10000, ttl_seconds=600), "memory (no Redis found)"
-        cached_core = ClassifierCore(early_host, bundle, cache, config)
-        cached = stack.enter_context(served(cached_core))
-        results["cache_hit"] = cache_hits(cached, n_hit, passes, backend)
-
+        if not args.minilm_only:
+            parts_one_to_three(args, results, stack, model, bundle, (early_core, early), config, n)
         print("4/4 MiniLM + logistic regression baseline, alternating with the probe ...", flush=True)
-        layers = bundle.probe_layer + 1
-        auto_host = ModelHost.load(model, max_layers=layers, threads=args.threads, dtype="auto")
-        auto_stub = stack.enter_context(served(ClassifierCore(auto_host, bundle, None, config)))()
-        probes = {
-            "float32_in_process": lambda p: early_core.classify([normalise_request(p)]),
-            "served_default_grpc": lambda p: classify(auto_stub, p),
-        }
-        try:
-            results["vs_minilm_lr"] = minilm_baseline(probes, n_lat)
-        except Exception as exc:
-            results["vs_minilm_lr"] = {"skipped": f"{type(exc).__name__}: {exc}"}
+        results["vs_minilm_lr"] = part_four(args, stack, model, bundle, early_core, config, n[0])
 
     report(results)
     if args.out:
@@ -561,6 +640,12 @@ def verdict(result: dict[str, Any]) -> str:
 
 
 def report(r: dict[str, Any]) -> None:
+    if "setup" in r:
+        report_parts_one_to_three(r)
+    report_part_four(r["vs_minilm_lr"])
+
+
+def report_parts_one_to_three(r: dict[str, Any]) -> None:
     s = r["setup"]
     print(
         f"\nmodel {s['model']}, bundle {s['bundle_id']}, probe layer {s['probe_layer']} "
@@ -606,17 +691,31 @@ def report(r: dict[str, Any]) -> None:
         f"(p95 {c['hit_p95_ms']:.2f}) vs miss {c['miss_p50_ms']:.1f} ms = {c['speedup']:.0f}x faster "
         f"(target {c['target']})"
     )
-    d = r["vs_minilm_lr"]
+
+
+def report_part_four(d: dict[str, Any]) -> None:
     if "skipped" in d:
         print(f"[----] MiniLM + LR baseline skipped: {d['skipped']}")
     else:
-        f32, srv = d["float32_in_process"], d["served_default_grpc"]
-        print(
-            f"[{verdict(d)}] miss p50 vs MiniLM + LR {d['minilm_lr_p50_ms']:.1f} ms (batch 1): "
-            f"served default over gRPC {srv['p50_ms']:.1f} ms = {srv['ratio_over_minilm']:.2f}x "
-            f"(target <= 2.0); "
-            f"float32 in process {f32['p50_ms']:.1f} ms = {f32['ratio_over_minilm']:.2f}x"
-        )
+        for name, m in d.items():
+            if not isinstance(m, dict):
+                continue
+            f32, srv, flat = (
+                m["float32_in_process"],
+                m["served_default_grpc"],
+                m.get("served_no_cascade_grpc"),
+            )
+            without = (
+                f"without the cascade {flat['p50_ms']:.1f} ms = {flat['ratio_over_minilm']:.2f}x; "
+                if flat
+                else ""
+            )
+            print(
+                f"[{verdict(d)}] {name}: miss p50 vs MiniLM + LR {m['minilm_lr_p50_ms']:.1f} ms (batch 1): "
+                f"served default over gRPC {srv['p50_ms']:.1f} ms = {srv['ratio_over_minilm']:.2f}x "
+                f"(p95 {srv['p95_ms']:.1f} ms; cascade exits {m['cascade_exits']}; target <= 2.0); {without}"
+                f"float32 in process {f32['p50_ms']:.1f} ms = {f32['ratio_over_minilm']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         cache_key_secret=read_secret(args.cache_key_secret_file),
         log_prompts=args.log_prompts,
         max_streams=args.max_streams,
+        cascade=not args.no_cascade,
     )
     core = ClassifierCore(host, bundle, build_cache(args), config)
     log.info(
@@ -74,6 +75,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         bundle_id=bundle.bundle_id,
         model=host.identity.name,
         probe_layer=bundle.probe_layer,
+        cascade_layer=bundle.cascade.layer if bundle.cascade and config.cascade else None,
         loaded_layers=host.loaded_layers,
         dtype=str(host.model.dtype).removeprefix("torch."),
         model_layers=host.identity.num_layers,

@@ -64,6 +64,13 @@ def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(
         parser,
+        "--no-cascade",
+        action="store_true",
+        default=not core.cascade,
+        help="run every prompt to the probe layer, ignoring the bundle's early exit (its cascade)",
+    )
+    add_flag(
+        parser,
         "--max-batch-size",
         type=int,
         default=core.max_batch_size,

@@ -34,6 +34,9 @@ class CoreConfig:
     cache_key_secret: bytes | None = None  # keyed hashes (HMAC) in cache keys (cache.keys)
     log_prompts: bool = False
     share_prefix: bool = True  # reuse the template prefix's key/value cache
+    # Use the bundle's early exit (manifest.cascade), where it has one: confident safe prompts
+    # stop at a shallower layer (docs/benchmarks.md).
+    cascade: bool = True
     # Longer conversations are judged in views that fit max_prompt_tokens (steerguard.views),
     # up to this many tokens in all; past it, TooLong (gRPC OUT_OF_RANGE).
     max_total_tokens: int = MAX_TOTAL_TOKENS

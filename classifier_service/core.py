@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +44,7 @@ from steerguard.bundle import Bundle
 from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput, Overloaded, TooLong
 from steerguard.logs import get_logger
 from steerguard.messages import Message
-from steerguard.model.activations import last_token_states
+from steerguard.model.activations import StopRule, last_token_states
 from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
 from steerguard.passages import Passage, ender_ids, passage_scores, text_ids
@@ -68,6 +69,7 @@ class _Job:
     passage: Passage | None = None
     answer: AnswerRead | None = None
     cost: int = 0
+    full: bool = False  # no early exit: the caller may judge below the bundle's cut
     dropped: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
@@ -95,6 +97,12 @@ class _Pending:
         conv: Conversation | None
         passage: Passage | None
         answer: AnswerRead | None = None
+        full: bool = False  # see _Job.full
+
+
+def _full_digest(digest: str) -> str:
+    """The digest a view judged without the early exit is cached under (apart from the cascade's)."""
+    return hashlib.sha256(f"full:{digest}".encode()).hexdigest()
 
 
 class ClassifierCore:
@@ -128,6 +136,7 @@ class ClassifierCore:
         self._flights_lock = threading.RLock()
         self.forward_passes = 0
         self.prefix = SharedPrefix.for_host(host) if self.config.share_prefix else None
+        self._cascade = bundle.cascade if self.config.cascade else None
         self.windows = self._windower()
         # Segment-end tokens (a pass over the vocabulary), for the response probe's reads.
         self._enders = ender_ids(host.tokenizer) if bundle.response is not None else frozenset()
@@ -162,6 +171,7 @@ class ClassifierCore:
         *,
         answers: Sequence[str | None] | None = None,
         thresholds: Sequence[float | None] | None = None,
+        floors: Sequence[float | None] | None = None,
         deadline: float | None = None,
         cancelled: threading.Event | None = None,
         label_rows: bool = False,
@@ -176,7 +186,9 @@ class ClassifierCore:
         instant; ``cancelled`` is a fresh event the caller sets when its client
         goes away (the core sets it too, to wake itself, once the answer is
         ready). ``label_rows`` prefixes input errors with ``requests[i]:``
-        (batch RPCs).
+        (batch RPCs). ``floors``: the lowest cut each caller may apply to the
+        score later (its threshold when not given); below the bundle's own
+        cut, the early exit is skipped (:meth:`_needs_full`).
         """
         if not convs:
             return []
@@ -185,9 +197,14 @@ class ClassifierCore:
             self._views(conv, reply, i if label_rows else None)
             for i, (conv, reply) in enumerate(zip(convs, replies, strict=True))
         ]
+        cuts = floors if floors is not None else thresholds if thresholds is not None else [None] * len(convs)
         views = [
-            [*self._view_jobs(p.read), *self._passage_jobs(p.passages), *self._answer_jobs(p.answers)]
-            for p in plans
+            [
+                *self._view_jobs(p.read, self._needs_full(cut)),
+                *self._passage_jobs(p.passages),
+                *self._answer_jobs(p.answers),
+            ]
+            for p, cut in zip(plans, cuts, strict=True)
         ]
         judged = iter(self._judge([job for vs in views for job in vs], deadline, cancelled))
         out: list[Verdict] = []
@@ -285,8 +302,21 @@ class ClassifierCore:
     def _answer_jobs(self, reads: Sequence[AnswerRead]) -> list[_Pending.View]:
         return [_Pending.View(self._key(r.key()), None, None, r) for r in reads]
 
-    def _view_jobs(self, convs: Sequence[Conversation]) -> list[_Pending.View]:
-        return [_Pending.View(self.key(c), c, None) for c in convs]
+    def _view_jobs(self, convs: Sequence[Conversation], full: bool = False) -> list[_Pending.View]:
+        # A view judged without the early exit has a key of its own: its cached verdict is the probe's.
+        return [
+            _Pending.View(self._key(_full_digest(c.digest()) if full else c.digest()), c, None, full=full)
+            for c in convs
+        ]
+
+    def _needs_full(self, cut: float | None) -> bool:
+        """True when a caller's cut is below the bundle's: the early exit was calibrated at the latter.
+
+        An exited view's score is the early probe's, below its exit cut (at
+        most the bundle's threshold), so it is safe at any cut at or above
+        the bundle's; a lower cut needs the probe's own score.
+        """
+        return self._cascade is not None and cut is not None and cut < self.bundle.threshold
 
     def _passage_jobs(self, passages: Sequence[Passage]) -> list[_Pending.View]:
         return [_Pending.View(self._key(p.key()), None, p) for p in passages]
@@ -365,7 +395,7 @@ class ClassifierCore:
             ids = self._token_ids(view.conv)
             if len(ids) > limit:  # the views are sized to fit; this is a guard, not a path
                 raise InvalidInput(f"a view of the prompt is {len(ids)} tokens, over the limit of {limit}")
-            jobs[key] = _Job(key, ids, cost=len(ids) - self._prefix_len(ids))
+            jobs[key] = _Job(key, ids, cost=len(ids) - self._prefix_len(ids), full=view.full)
         return jobs
 
     def _prefix_len(self, ids: list[int]) -> int:
@@ -452,23 +482,66 @@ class ClassifierCore:
     # -- worker thread ----------------------------------------------------------
 
     def _probe_states(self, rows: list[list[int]]) -> torch.Tensor:
-        """Probe-layer states at each row's last token ``[B, H]``, stopping after that layer.
+        """Probe-layer states at each row's last token ``[B, H]``, stopping after that layer."""
+        layer = self.bundle.probe_layer
+        return self._layer_states(rows, [layer])[layer]
+
+    def _layer_states(
+        self, rows: list[list[int]], layers: list[int], stop: Callable[[list[int]], StopRule] | None = None
+    ) -> dict[int, torch.Tensor]:
+        """``{layer: [B, H]}`` last-token states; rows a ``stop`` rule ended early are NaN at deeper layers.
 
         Rows that start with the template prefix run from its cached keys and
         values; the others (own system prompt, say) take a plain forward pass.
+        ``stop(indices)`` makes the early-exit rule for one of those two passes.
         """
-        layer = self.bundle.probe_layer
         prefix = self.prefix
         fits = [prefix is not None and prefix.fits(r) for r in rows]
-        if prefix is not None and all(fits):
-            return prefix.last_token_states(rows, layer)
-        if prefix is None or not any(fits):
-            return last_token_states(self.host, self.host.pad(rows), [layer])[layer]
-        out = torch.empty((len(rows), self.host.identity.hidden_size))
-        with_prefix = [i for i, f in enumerate(fits) if f]
-        plain = [i for i, f in enumerate(fits) if not f]
-        out[with_prefix] = prefix.last_token_states([rows[i] for i in with_prefix], layer)
-        out[plain] = last_token_states(self.host, self.host.pad([rows[i] for i in plain]), [layer])[layer]
+        out = {
+            layer: torch.full((len(rows), self.host.identity.hidden_size), float("nan")) for layer in layers
+        }
+        for idx in ([i for i, f in enumerate(fits) if f], [i for i, f in enumerate(fits) if not f]):
+            if not idx:
+                continue
+            part = [rows[i] for i in idx]
+            rule = stop(idx) if stop is not None else None
+            if prefix is not None and fits[idx[0]]:
+                found = prefix.states_at(part, layers, stop=rule)
+            else:
+                found = last_token_states(self.host, self.host.pad(part), layers, stop=rule)
+            for layer, states in found.items():
+                out[layer][idx] = states
+        return out
+
+    def _view_verdicts(self, jobs: list[_Job]) -> list[Verdict]:
+        """Prompt views' verdicts; with a cascade, confident ones leave at its layer (early exit).
+
+        A pass stops at the cascade's layer when every row in it may leave
+        there; otherwise it runs on to the probe layer, and the rows that
+        could have left still take the early verdict, so a verdict never
+        depends on the other prompts of its batch.
+        """
+        rows = [job.token_ids for job in jobs]
+        cascade, probe = self._cascade, self.bundle.probe_layer
+        if cascade is None or all(job.full for job in jobs):
+            return verdicts_from_states(self.bundle, self._probe_states(rows))
+        exits = torch.zeros(len(jobs), dtype=torch.bool)
+        early = torch.ones(len(jobs))
+        allowed = torch.tensor([not job.full for job in jobs])
+
+        def stop(idx: list[int]) -> StopRule:
+            def rule(layer: int, states: torch.Tensor) -> bool:
+                early[idx] = self.bundle.early_score(states)
+                exits[idx] = allowed[idx] & self.bundle.exits_early(early[idx])
+                return bool(exits[idx].all())
+
+            return rule
+
+        states = self._layer_states(rows, [cascade.layer, probe], stop)[probe]
+        out = verdicts_from_states(self.bundle, torch.nan_to_num(states))
+        for i in torch.nonzero(exits).flatten().tolist():
+            out[i] = Verdict.cascade_exit_of(float(early[i]), self.bundle)
+        metrics.CASCADE_EXITS.inc(int(exits.sum()))
         return out
 
     def _run_batch(self, jobs: list[_Job]) -> list[Verdict | BaseException]:
@@ -484,8 +557,9 @@ class ClassifierCore:
             kinds["long" if kind == "view" and 0 < step < job.cost else kind].append(i)
         verdicts: list[Verdict | BaseException | None] = [None] * len(jobs)
         if kinds["view"]:
-            states = self._probe_states([jobs[i].token_ids for i in kinds["view"]])
-            for i, v in zip(kinds["view"], verdicts_from_states(self.bundle, states), strict=True):
+            for i, v in zip(
+                kinds["view"], self._view_verdicts([jobs[i] for i in kinds["view"]]), strict=True
+            ):
                 verdicts[i] = v
         for i in kinds["long"]:
             verdicts[i] = self._long_view(jobs[i])

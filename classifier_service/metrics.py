@@ -52,3 +52,7 @@ SHED_CALLS = Counter(
     "steerguard_classifier_shed_total",
     "Calls refused at once (RESOURCE_EXHAUSTED) because their estimated wait was too long",
 )
+CASCADE_EXITS = Counter(
+    "steerguard_classifier_cascade_exits_total",
+    "Prompt views judged safe by the bundle's early-exit probe, before the probe layer",
+)

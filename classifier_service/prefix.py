@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from classifier_service.packing import Lines, attention_weight, plan_lines
+from steerguard.model.activations import StopRule
 from steerguard.model.chat import normalise_request
 from steerguard.model.hooks import StopForward, layer_hooks
 from steerguard.model.host import ModelHost
@@ -85,14 +87,26 @@ class SharedPrefix:
         n = len(self.ids)
         return len(row) > n and row[:n] == self.ids
 
-    @torch.inference_mode()
     def last_token_states(self, rows: list[list[int]], layer: int, plan: Lines | None = None) -> torch.Tensor:
-        """``[B, H]`` states of ``layer`` at each row's last token (rows must :meth:`fits`).
+        """``[B, H]`` states of ``layer`` at each row's last token (rows must :meth:`fits`)."""
+        return self.states_at(rows, [layer], plan)[layer]
+
+    @torch.inference_mode()
+    def states_at(
+        self,
+        rows: list[list[int]],
+        layers: list[int],
+        plan: Lines | None = None,
+        stop: StopRule | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """``{layer: [B, H]}`` states at each row's last token (rows must :meth:`fits`).
 
         The suffixes are packed into lines (:mod:`classifier_service.packing`;
         ``plan`` overrides the choice, e.g. one row per line to compare):
         each token attends to the prefix and to the earlier tokens of its own
         prompt, and positions restart after the prefix for every prompt.
+        ``stop`` may end the pass after a shallower layer (the early exit);
+        deeper layers are then missing from the result.
         """
         n = len(self.ids)
         suffixes = [r[n:] for r in rows]
@@ -112,16 +126,21 @@ class SharedPrefix:
                 segment[line, col : col + k] = i
                 ends[i] = torch.tensor([line, col + k - 1])
                 col += k
-        found: dict[str, torch.Tensor] = {}
+        found: dict[int, torch.Tensor] = {}
+        deepest = max(layers)
 
-        def read(hidden: torch.Tensor) -> None:
-            found["states"] = hidden[ends[:, 0], ends[:, 1], :].detach().float().clone()
-            raise StopForward
+        def reader(index: int) -> Callable[[torch.Tensor], None]:
+            def read(hidden: torch.Tensor) -> None:
+                found[index] = hidden[ends[:, 0], ends[:, 1], :].detach().float().clone()
+                if index == deepest or (stop is not None and stop(index, found[index])):
+                    raise StopForward
+
+            return read
 
         cache = self.cache()  # the forward pass appends to it
         if lines > 1:
             cache.batch_repeat_interleave(lines)
-        with layer_hooks(self.host.layers, {layer: read}), contextlib.suppress(StopForward):
+        with layer_hooks(self.host.layers, {i: reader(i) for i in layers}), contextlib.suppress(StopForward):
             self.host.model.model(
                 input_ids=ids,
                 attention_mask=self._mask(segment),
@@ -129,7 +148,7 @@ class SharedPrefix:
                 **cache_kwargs(self.host.model.model, cache),
                 use_cache=True,
             )
-        return found["states"]
+        return found
 
     def _mask(self, segment: torch.Tensor) -> torch.Tensor:
         """Additive ``[lines, 1, width, prefix + width]`` mask (0 = attend).

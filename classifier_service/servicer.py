@@ -57,13 +57,23 @@ def answer_of(request: classifier_pb2.ClassifyRequest, where: str = "") -> str |
         raise InvalidInput(where + exc.reason) from None
 
 
-def threshold_of(request: classifier_pb2.ClassifyRequest, where: str = "") -> float | None:
-    if not request.HasField("threshold"):
+def threshold_of(request: Any, where: str = "", field: str = "threshold") -> float | None:
+    if not request.HasField(field):
         return None
-    value = float(request.threshold)
+    value = float(getattr(request, field))
     if not math.isfinite(value) or not 0.0 < value < 1.0:
-        raise InvalidInput(f"{where}threshold must be in (0, 1), got {value}")
+        raise InvalidInput(f"{where}{field} must be in (0, 1), got {value}")
     return value
+
+
+def floor_of(request: classifier_pb2.ClassifyRequest, where: str = "") -> float | None:
+    """The lowest cut the caller may apply: ``lowest_threshold`` or ``threshold``, whichever is lower."""
+    cuts = [
+        c
+        for c in (threshold_of(request, where), threshold_of(request, where, "lowest_threshold"))
+        if c is not None
+    ]
+    return min(cuts) if cuts else None
 
 
 def to_proto(verdict: Verdict) -> common_pb2.Verdict:
@@ -133,11 +143,16 @@ class ClassifierServicer:
             _check_decoded(request)
             conv = to_conversation(request)
             answer = answer_of(request)
-            cut = threshold_of(request)
+            cut, floor = threshold_of(request), floor_of(request)
             deadline, gone = self._call_limits(context)
             with self.slot.lease() as core:
                 (verdict,) = core.classify(
-                    [conv], answers=[answer], thresholds=[cut], deadline=deadline, cancelled=gone
+                    [conv],
+                    answers=[answer],
+                    thresholds=[cut],
+                    floors=[floor],
+                    deadline=deadline,
+                    cancelled=gone,
                 )
             return to_proto(verdict)
 
@@ -154,12 +169,14 @@ class ClassifierServicer:
             convs = [to_conversation(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
             answers = [answer_of(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
             cuts = [threshold_of(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
+            floors = [floor_of(r, f"requests[{i}]: ") for i, r in enumerate(request.requests)]
             deadline, gone = self._call_limits(context)
             with self.slot.lease() as core:
                 verdicts = core.classify(
                     convs,
                     answers=answers,
                     thresholds=cuts,
+                    floors=floors,
                     deadline=deadline,
                     cancelled=gone,
                     label_rows=True,

@@ -59,6 +59,8 @@ class Script:
     stream_chunks: int = 0  # ClassifyStream chunks judged
     calls: list[list[tuple[str, str]]] = field(default_factory=list)
     metadata: list[dict[str, str]] = field(default_factory=list)
+    # Each Classify call's lowest_threshold (None when not sent).
+    lowest: list[float | None] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -69,6 +71,7 @@ class Script:
             self.bundle_id = "fake-bundle"
             self.calls.clear()
             self.metadata.clear()
+            self.lowest.clear()
 
     def authorize(self, context: grpc.ServicerContext) -> None:
         """Like the real services: a wrong or missing bearer token is UNAUTHENTICATED (health stays open)."""
@@ -164,6 +167,7 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
     ) -> common_pb2.Verdict:
         messages = _messages(request)
         self.script.enter(context, messages)
+        self.script.lowest.append(request.lowest_threshold if request.HasField("lowest_threshold") else None)
         if not messages:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give a prompt or messages")
         return self._verdict(messages, request.threshold if request.HasField("threshold") else None)

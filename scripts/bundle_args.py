@@ -24,12 +24,17 @@ def parse(doc: str | None, sections: list[str] | None = None) -> argparse.Namesp
 
 
 def rerun_step(
-    doc: str | None, prefix: str, timing: str, step: Callable[[Any, Any, Any], StepResult]
+    doc: str | None,
+    prefix: str,
+    timing: str,
+    step: Callable[[Any, Any, Any], StepResult],
+    settings: dict[str, Any] | None = None,
 ) -> None:
     """Run one calibration step alone on a bundle's calibration split; save the bundle it gives.
 
     The split is rebuilt from the bundle's recorded settings and seed; the
-    settings named ``prefix*`` take today's defaults. ``step(run, bundle, cfg)``
+    settings named ``prefix*`` take today's defaults, then ``settings``
+    (e.g. the switch that turns the step on). ``step(run, bundle, cfg)``
     returns the manifest fields it sets and the tensors it adds; the new
     bundle (new id) records those settings and the step's time as ``timing``.
     """
@@ -45,6 +50,7 @@ def rerun_step(
     cfg = replace(
         CalibrationConfig.from_record(dict(record.config)),
         **{f.name: getattr(today, f.name) for f in fields(today) if f.name.startswith(prefix)},
+        **(settings or {}),
     )
     run = _load(args.data, None, None, cfg, None)
     bundle.verify_model(run.host.identity)

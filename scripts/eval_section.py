@@ -1,12 +1,15 @@
-"""Run one section of ``steerguard eval`` on a bundle: ``shapes`` or ``responses``.
+"""Run one section of ``steerguard eval`` on a bundle: ``probe``, ``shapes`` or ``responses``.
 
 Why: a bundle that differs from an evaluated one only in one head changes
 nothing the other sections read, and the whole evaluation takes over half an
 hour on two cores. ``shapes`` (multi-turn chats, long documents) is all a
 refitted passage probe (``scripts/refit_passage.py``) changes; ``responses``
 (held-out answers) is all an added response probe (``scripts/fit_response.py``)
-changes. This writes the section and its target checks as ``SECTION.json``,
-the same numbers ``steerguard eval`` writes under that key.
+changes; ``probe`` (the prompt probe, XSTest, other system prompts, encoded
+requests and the early exit's own section) is what an added early exit
+(``scripts/fit_cascade.py``) changes besides ``shapes``. This writes the
+section and its target checks as ``SECTION.json``, the same numbers
+``steerguard eval`` writes under that key.
 
     python scripts/eval_section.py steerguard/bundles/default /tmp/out --section shapes --data ../shared/data
 """
@@ -21,10 +24,20 @@ import bundle_args  # scripts/, on the path when a script runs
 
 from steerguard.bundle import Bundle
 from steerguard.evaluation.config import EvalConfig
-from steerguard.evaluation.heldout import load_heldout
+from steerguard.evaluation.encodings import encoding_section
+from steerguard.evaluation.heldout import HeldOut, load_heldout
+from steerguard.evaluation.report import eval_states
 from steerguard.evaluation.responses import response_section
+from steerguard.evaluation.scoring import (
+    ProbeScores,
+    cascade_section,
+    cascaded,
+    probe_section,
+    system_prompt_section,
+    xstest_section,
+)
 from steerguard.evaluation.shapes import shape_section
-from steerguard.evaluation.targets import response_checks, shape_checks
+from steerguard.evaluation.targets import probe_checks, response_checks, shape_checks
 from steerguard.model.host import ModelHost
 
 SECTIONS = {
@@ -33,16 +46,36 @@ SECTIONS = {
 }
 
 
+def probe_report(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfig) -> dict[str, Any]:
+    """The report's probe-side sections, as ``steerguard eval`` computes them, and their checks."""
+    states = eval_states(host, bundle, held, cfg)
+    scores = bundle.score(states[bundle.probe_layer])
+    probe = ProbeScores(scores, cascaded(bundle, states), bundle.threshold)
+    report: dict[str, Any] = {
+        "probe": probe_section(held, bundle, probe, states),
+        "xstest": xstest_section(held, probe),
+        "cascade": cascade_section(held, bundle, probe, scores),
+        "system_prompts": system_prompt_section(host, bundle, held, probe, cfg),
+        "encodings": encoding_section(host, bundle, held.harmful, held.benign, cfg),
+    }
+    report["checks"] = probe_checks(report)
+    return report
+
+
 def main() -> None:
-    args = bundle_args.parse(__doc__, sections=sorted(SECTIONS))
-    section, check = SECTIONS[args.section]
+    args = bundle_args.parse(__doc__, sections=sorted([*SECTIONS, "probe"]))
     bundle = Bundle.load(args.bundle)
     host = ModelHost.load(None)
     bundle.verify_model(host.identity)
     cfg = EvalConfig()
     held = load_heldout(bundle, args.data, cfg)
-    report: dict[str, Any] = {"bundle_id": bundle.bundle_id, args.section: section(host, bundle, held, cfg)}
-    report["checks"] = check(report)
+    report: dict[str, Any] = {"bundle_id": bundle.bundle_id}
+    if args.section == "probe":
+        report.update(probe_report(host, bundle, held, cfg))
+    else:
+        section, check = SECTIONS[args.section]
+        report[args.section] = section(host, bundle, held, cfg)
+        report["checks"] = check(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.section}.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -176,11 +176,17 @@ class ClassifierClient:
         timeout: float,
         threshold: float | None = None,
         answer: str | None = None,
+        lowest: float | None = None,
     ) -> common_pb2.Verdict:
-        """The verdict on ``messages``, or on ``answer`` as the assistant's reply to them."""
+        """The verdict on ``messages``, or on ``answer`` as the assistant's reply to them.
+
+        ``lowest``: the lowest cut the caller may apply to the score (``lowest_threshold``).
+        """
         request = classifier_pb2.ClassifyRequest(messages=to_proto_messages(messages), answer=answer or "")
         if threshold is not None:
             request.threshold = threshold
+        if lowest is not None:
+            request.lowest_threshold = lowest
         try:
             return await self._stub.Classify(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:

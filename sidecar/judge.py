@@ -33,9 +33,16 @@ INVALID = "invalid"  # the failure kind of input the classifier refused to judge
 OVERSIZE = "oversize"  # ... of input longer than the classifier's hard cap (the route's on_oversize)
 
 
-def cache_key(messages: Sequence[Message], threshold: float | None, answer: str | None = None) -> bytes:
-    """sha256 of the exact conversation, answer and threshold the classifier would see."""
-    canon = json.dumps([[m.role, m.content] for m in messages] + [threshold, answer], ensure_ascii=False)
+def cache_key(
+    messages: Sequence[Message],
+    threshold: float | None,
+    answer: str | None = None,
+    lowest: float | None = None,
+) -> bytes:
+    """sha256 of the exact conversation, answer and cuts the classifier would see."""
+    canon = json.dumps(
+        [[m.role, m.content] for m in messages] + [threshold, answer, lowest], ensure_ascii=False
+    )
     return hashlib.sha256(canon.encode("utf-8")).digest()
 
 
@@ -117,19 +124,23 @@ class Judge:
         answer: str | None = None,
         *,
         threshold: float | None = None,
+        lowest: float | None = None,
     ) -> Judgement:
         """The verdict on ``messages`` or, given ``answer``, on that answer as the reply to them.
 
-        ``threshold``: the policy's, when it sets one (the bundle's otherwise).
+        ``threshold``: the policy's, when it sets one (the bundle's otherwise);
+        ``lowest``: the lowest cut the policy may apply (:meth:`Policy.lowest_cut`).
         """
-        key = cache_key(messages, threshold, answer) if self.memo.enabled else b""
+        key = cache_key(messages, threshold, answer, lowest) if self.memo.enabled else b""
         kept = self.memo.get(key) if key else None
         if kept is not None:
             trace.fields[f"{stage}_local_cache"] = True
             self.metrics.local_cache_hits.labels(stage).inc()
             self.count(stage, kept)
             return Judgement(kept)
-        call = self.classifier.classify(messages, timeout=self.timeout_s, threshold=threshold, answer=answer)
+        call = self.classifier.classify(
+            messages, timeout=self.timeout_s, threshold=threshold, answer=answer, lowest=lowest
+        )
         judgement = await self.ask(trace, stage, call)
         if judgement.verdict is not None:
             if key:

@@ -214,6 +214,16 @@ class Policy:
             rule = self.categories.get(hazard_of(category) or "-", self.default)
         return rule
 
+    def lowest_cut(self, route: Route) -> float | None:
+        """The lowest cut this policy may apply on ``route`` (None: only the bundle's).
+
+        Sent with each request so the classifier skips its early exit when a
+        cut here is below the bundle's own (the exit was calibrated there).
+        """
+        cuts = [rule.threshold for rule in self.categories.values()] + [route.threshold, self.threshold]
+        found = [c for c in cuts if c is not None]
+        return min(found) if found else None
+
     def refusal_for(self, category: str) -> str:
         """The refusal text for a blocked request of ``category``."""
         return self.rule_for(category).message or self.refusal_message

@@ -172,7 +172,13 @@ class Proxy:
         if route.overlap:
             ex.early = EarlySend(self._send(ex))
         try:
-            judgement = await self.judge.judge(ex.trace, "request", ex.context, threshold=policy.threshold)
+            judgement = await self.judge.judge(
+                ex.trace,
+                "request",
+                ex.context,
+                threshold=policy.threshold,
+                lowest=policy.lowest_cut(ex.route),
+            )
             if judgement.verdict is None:
                 return await self._unjudged(ex, judgement)
             return await self._act(ex, judgement.verdict)

@@ -27,6 +27,10 @@ Tensors:
   probe, a logistic head on segment ends of an answer (the end's state and
   the mean state of the answer so far) at ``manifest.response.layer``
   (:mod:`steerguard.responses`); its bias puts its cut at the probe's threshold.
+- ``cascade.mean``/``cascade.std``/``cascade.weight`` ``[H]``,
+  ``cascade.bias`` ``[1]`` (when ``manifest.cascade`` is set): the early-exit
+  probe, a logistic head on the last-token state at ``manifest.cascade.layer``;
+  a prompt view scoring below ``manifest.cascade.exit_cut`` is safe there.
 - ``vector.<name>`` ``[L, H]``: unit steering direction per layer for
   ``refusal`` (SCANS/Arditi) and ``category:<name>`` (SafeSteer).
 - ``norms`` ``[L]``: typical residual norm per layer (first token excluded:
@@ -66,6 +70,7 @@ from steerguard.manifest import (
     CATEGORY_PREFIX,
     FORMAT_VERSION,
     REFUSAL,
+    CascadeInfo,
     Manifest,
     PassageInfo,
     ResponseInfo,
@@ -174,6 +179,15 @@ class Bundle:
             need += ["passage.mean", "passage.std", "passage.weight", "passage.bias"]
         if self.manifest.response is not None:
             need += ["response.mean", "response.std", "response.weight", "response.bias"]
+        if self.manifest.cascade is not None:
+            need += ["cascade.mean", "cascade.std", "cascade.weight", "cascade.bias"]
+            if not 0 <= self.manifest.cascade.layer < self.probe_layer:
+                raise BundleError(
+                    f"the cascade's layer {self.manifest.cascade.layer} is not before the probe's "
+                    f"({self.probe_layer})"
+                )
+            if self.manifest.cascade.exit_cut > self.threshold:
+                raise BundleError("the cascade's exit cut is above the probe's threshold")
         missing = [k for k in need if k not in self.tensors]
         if missing:
             raise BundleError(f"bundle lacks tensors: {', '.join(missing)}")
@@ -277,6 +291,39 @@ class Bundle:
         up to it (:func:`steerguard.responses.answer_features`).
         """
         return self._position_head("response", states)
+
+    @property
+    def cascade(self) -> CascadeInfo | None:
+        """The early exit's settings, when calibration fitted one (:class:`CascadeInfo`)."""
+        return self.manifest.cascade
+
+    def early_score(self, states: torch.Tensor) -> torch.Tensor:
+        """The early probe's unsafe scores ``[B]`` of last-token states ``[B, H]`` at the cascade's layer."""
+        t = self.tensors
+        z = (states.float() - t["cascade.mean"]) / t["cascade.std"]
+        return torch.sigmoid(z @ t["cascade.weight"] + t["cascade.bias"])
+
+    def cascade_score(
+        self, early_states: torch.Tensor, probe_states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unsafe scores ``[B]`` as the served cascade gives them, and which rows exit early.
+
+        A row whose early score is under the exit cut takes that score (safe);
+        the others take the probe's. Without a cascade every row takes the
+        probe's score. Evaluation reads both layers of every prompt; serving
+        stops a pass early when all its rows exit, with the same rule.
+        """
+        full = self.score(probe_states).unsafe
+        if self.cascade is None:
+            return full, torch.zeros(full.shape[0], dtype=torch.bool)
+        early = self.early_score(early_states)
+        exits = self.exits_early(early)
+        return torch.where(exits, early, full), exits
+
+    def exits_early(self, early: torch.Tensor) -> torch.Tensor:
+        """Which early scores leave at the cascade's layer (judged safe there)."""
+        assert self.cascade is not None, "only a bundle with a cascade has an early exit"
+        return early < self.cascade.exit_cut
 
     def _position_head(self, head: str, states: torch.Tensor) -> torch.Tensor:
         t = self.tensors

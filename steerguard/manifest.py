@@ -155,6 +155,34 @@ class ResponseInfo:
 
 
 @dataclass(frozen=True)
+class CascadeInfo:
+    """An early exit before the probe layer: a cheap probe that clears confident prompts.
+
+    A logistic head reads a prompt view's last-token state at ``layer``
+    (shallower than the probe's); a view scoring below ``exit_cut`` is judged
+    safe there, and the layers after it never run. Only safe verdicts exit:
+    an unsafe one needs the probe layer's state for its category. The layer
+    and cut were chosen on calibration data, out of fold, so that at most
+    ``max_unsafe_exit`` of the harmful calibration rows would leave early
+    (:mod:`steerguard.calibration.cascade`); ``benign_exit`` is the share of
+    ordinary benign rows that did. The rest is calibration's record.
+    """
+
+    layer: int
+    exit_cut: float
+    max_unsafe_exit: float | None = None
+    unsafe_exit: float | None = None
+    benign_exit: float | None = None
+    hard_exit: float | None = None
+    agreement: float | None = None
+    c: float | None = None
+    layer_selection: list[Record] | None = None
+
+    def to_dict(self) -> Record:
+        return _fields_record(self)
+
+
+@dataclass(frozen=True)
 class VectorInfo:
     """One steering vector: the layers it is added at and its strength relative to the residual norm.
 
@@ -238,6 +266,7 @@ class Manifest:
     languages: tuple[str, ...] | None = None  # ISO 639-1 codes calibration covered; None: ENGLISH_ONLY
     passage: PassageInfo | None = None  # None: long texts are read in chat-framed windows only
     response: ResponseInfo | None = None  # None: answers are judged by the prompt probe
+    cascade: CascadeInfo | None = None  # None: every prompt view runs to the probe layer
 
     # -- JSON -------------------------------------------------------------------
 
@@ -260,6 +289,8 @@ class Manifest:
                 d["passage"] = PassageInfo(**_known(PassageInfo, d["passage"], "passage"))
             if "response" in d:
                 d["response"] = ResponseInfo(**_known(ResponseInfo, d["response"], "response"))
+            if "cascade" in d:
+                d["cascade"] = CascadeInfo(**_known(CascadeInfo, d["cascade"], "cascade"))
             if "calibration" in d:
                 d["calibration"] = CalibrationRecord(
                     **_known(CalibrationRecord, d["calibration"], "calibration")
@@ -290,6 +321,7 @@ class Manifest:
             "languages": list(self.languages) if self.languages is not None else None,
             "passage": self.passage.to_dict() if self.passage is not None else None,
             "response": self.response.to_dict() if self.response is not None else None,
+            "cascade": self.cascade.to_dict() if self.cascade is not None else None,
         }
         return _drop_none(out)
 

@@ -28,6 +28,13 @@ class Verdict:
     # whether the bundle was calibrated for it.
     language: str = ""
     language_calibrated: bool = True
+    # Judged safe by the bundle's early-exit probe (manifest.cascade); score is that probe's.
+    cascade_exit: bool = False
+
+    @classmethod
+    def cascade_exit_of(cls, score: float, bundle: Bundle) -> Verdict:
+        """The verdict of a view that left at the cascade's layer: safe, no category scores."""
+        return cls(score, False, "", {}, bundle.threshold, bundle.bundle_id, cascade_exit=True)
 
     @property
     def hazard(self) -> str:
@@ -45,6 +52,7 @@ class Verdict:
             "category_scores": dict(self.category_scores),
             "threshold": self.threshold,
             "bundle_id": self.bundle_id,
+            "cascade_exit": self.cascade_exit,
         }
 
     @classmethod
@@ -56,6 +64,7 @@ class Verdict:
             category_scores={str(k): float(v) for k, v in dict(data.get("category_scores", {})).items()},
             threshold=float(data["threshold"]),
             bundle_id=str(data.get("bundle_id", "")),
+            cascade_exit=bool(data.get("cascade_exit", False)),
         )
 
     def to_proto(self) -> common_pb2.Verdict:
@@ -73,6 +82,7 @@ class Verdict:
             language=self.language,
             language_calibrated=self.language_calibrated,
             hazard=self.hazard,
+            cascade_exit=self.cascade_exit,
         )
 
     @classmethod
@@ -88,6 +98,7 @@ class Verdict:
             cached=v.cached,
             language=v.language,
             language_calibrated=v.language_calibrated,
+            cascade_exit=v.cascade_exit,
         )
 
     def at_threshold(self, threshold: float) -> Verdict:

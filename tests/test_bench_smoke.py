@@ -38,6 +38,9 @@ def test_classifier_bench_reports_every_measurement(tmp_path: Path) -> None:
     batching = r["micro_batching"]
     assert isinstance(batching, dict) and len(batching["round_ratios"]) == 2
     assert batching["mean_batch_size"] > 1  # concurrent requests really shared forward passes
+    templated = r["vs_minilm_lr"]["templated"]
+    assert templated["prompts"] == 8 and templated["served_default_grpc"]["p50_ms"] > 0
+    assert templated["minilm_lr_p50_ms"] > 0 and templated["cascade_exits"].endswith("of 8")
 
 
 def test_overhead_bench_measures_both_paths_side_by_side(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # ty
     from steerguard.evaluation.targets import summary_lines, system_prompt_lines
 
     data = write_data(tmp_path / "data")
-    cfg = small_config()
+    cfg = small_config(cascade=True, cascade_max_unsafe_exit=0.05)
     bundle = calibrate(data, host=tiny_host, config=cfg)
     bundle.save(tmp_path / "bundle")
     ecfg = EvalConfig(
@@ -86,6 +86,17 @@ def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # ty
         # Stress rows are reported without a target.
         assert (f"{shape}_harmful_caught>=0.9" in on_disk["checks"]) == (shape in SHAPES)
     assert on_disk["encodings"]["caught"]["n"] == 4 * on_disk["encodings"]["prompts"]
+    # The early exit, when calibration fitted one: every number above is taken through it.
+    if bundle.cascade is not None:
+        cascade = on_disk["cascade"]
+        assert cascade["layer"] == bundle.cascade.layer
+        assert cascade["prompts"] == sum(on_disk["data"]["heldout_counts"].values())
+        assert cascade["agreement"] == pytest.approx(
+            1 - cascade["verdicts_changed"] / cascade["prompts"], abs=1e-4
+        )
+        assert set(cascade["exits"]) == {"benign", "harmful", "xstest_safe", "xstest_unsafe"}
+    else:
+        assert on_disk["cascade"] is None
     # The response probe on held-out pairs the model wrote: every pair judged, its checks named.
     responses = on_disk["responses"]
     assert responses["unsafe_caught"]["n"] + responses["benign_flagged"]["n"] == sum(

@@ -209,3 +209,18 @@ def test_failure_modes_per_kind() -> None:
         FailureMode.CLOSED,
     )
     assert a.mode_for("error") is FailureMode.CLOSED and a.closed_on_outage  # anything else: as unavailable
+
+
+def test_lowest_cut_is_the_lowest_any_rule_may_apply_on_a_route() -> None:
+    """Sent as lowest_threshold: below the bundle's cut, the classifier skips its early exit."""
+    policy = parse_policy(
+        {
+            "threshold": 0.6,
+            "categories": {"violence": {"action": "block", "threshold": 0.4}, "cybercrime": "block"},
+            "routes": [{"path": "/v1/chat/completions", "threshold": 0.2}, {"path": "/v1/messages"}],
+        }
+    )
+    chat, messages = policy.routes[0], policy.routes[1]
+    assert policy.lowest_cut(chat) == 0.2
+    assert policy.lowest_cut(messages) == 0.4
+    assert parse_policy({}).lowest_cut(parse_policy({}).routes[0]) is None

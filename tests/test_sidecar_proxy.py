@@ -1123,6 +1123,9 @@ async def test_thresholds_per_category_and_route_over_http(chatbot, classifier, 
         anthropic = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hello there"}]}
         relaxed = await send(http, "POST", url + "/v1/messages", json=anthropic)
         metrics = (await send(http, "GET", METRICS[url])).body.decode()
+    # Each request names the lowest cut the policy may apply on its route, so the classifier skips
+    # an early exit calibrated at the bundle's cut: the chat route's 0.01, the violence rule's 0.99.
+    assert classifier.script.lowest == pytest.approx([0.01, 0.01, 0.01, 0.99])
     for route, cut in ((CHAT, "0.9900"), (CHAT, "0.0100"), ("/v1/messages", "0.5000")):
         assert f'steerguard_sidecar_thresholds_total{{route="{route}",threshold="{cut}"}}' in metrics
     # violence scores 0.97, under its own cut of 0.99: forwarded as safe

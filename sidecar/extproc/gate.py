@@ -132,7 +132,13 @@ class Gate:
             )
         except TooLong as exc:
             return self._oversize(check, Judgement(None, OVERSIZE, exc))
-        judgement = await self.judge.judge(check.trace, "request", context, threshold=policy.threshold)
+        judgement = await self.judge.judge(
+            check.trace,
+            "request",
+            context,
+            threshold=policy.threshold,
+            lowest=policy.lowest_cut(check.match.route),
+        )
         if judgement.verdict is None:
             return self._unjudged(check, judgement)
         return self._act(check, judgement.verdict, chat)

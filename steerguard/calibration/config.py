@@ -103,6 +103,16 @@ class CalibrationConfig:
     # The cut flags at most this share of safe answers, out of fold (target: 3%).
     response_max_benign_flagged: float = 0.02
 
+    # The early exit (steerguard.calibration.cascade), fitted only when ``cascade`` is set (or
+    # by scripts/fit_cascade.py): off by default, since on the default bundle it let 5 of 100
+    # held-out XSTest unsafe prompts leave early (87 -> 82 caught, under the 85% target;
+    # docs/benchmarks.md). Layers tried, as fractions of the probe layer's depth (probe at 18:
+    # 1, 3, 5, 7, 9); at most this share of the harmful rows the probe catches (out of fold)
+    # may leave early.
+    cascade: bool = False
+    cascade_depths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+    cascade_max_unsafe_exit: float = 0.005
+
     def record(self) -> dict[str, Any]:
         """The settings as the manifest records them (``calibration.config``).
 

@@ -51,6 +51,7 @@ import torch
 from steerguard import language
 from steerguard.bundle import Bundle
 from steerguard.calibration import passages
+from steerguard.calibration.cascade import CascadeRows, CascadeSettings, fit_cascade
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
 from steerguard.calibration.probe import fit_categories
@@ -75,6 +76,7 @@ from steerguard.manifest import (
     ENGLISH_ONLY,
     REFUSAL,
     CalibrationRecord,
+    CascadeInfo,
     DataSource,
     Manifest,
     ModelInfo,
@@ -153,6 +155,7 @@ class Run:
     fitted: ProbeFit | None = None
     mining: MiningResult | None = None
     passage: PassageInfo | None = None
+    cascade: CascadeInfo | None = None
     categories: list[str] = field(default_factory=list)
     category_train_accuracy: float = float("nan")
     found: Vectors | None = None
@@ -228,6 +231,7 @@ def calibrate(
     run = _load(data_dir, model_path, host, config or CalibrationConfig(), dataset)
     probe_rows = _timed(run, "states_s", _read_states, run, since=t0)
     _timed(run, "probe_s", _probe_step, run, probe_rows)
+    _timed(run, "cascade_s", _cascade_step, run, probe_rows)
     _timed(run, "passage_s", _passage_step, run)
     _timed(run, "vectors_s", _vectors, run)
     manifest = _provisional_manifest(run)
@@ -397,6 +401,43 @@ def _probe_step(run: Run, states: dict[int, np.ndarray]) -> None:
     )
     run.tensors.update(fit.probe.tensors("probe"))
     run.categories, run.category_train_accuracy = _category_head(run, fit)
+
+
+def _cascade_step(run: Run, states: dict[int, np.ndarray]) -> None:
+    """Step 3a: the early exit, on the probe's own rows, before its layer and under its cut."""
+    if not run.cfg.cascade or not cascade_layers(run.cfg, run.fit.layer):
+        return  # off, or no layer before the probe's to exit at
+    run.cascade, tensors = cascade_of(run, states, run.fit.layer, run.fit.threshold.threshold)
+    run.tensors.update(tensors)
+
+
+def cascade_layers(cfg: CalibrationConfig, probe_layer: int) -> list[int]:
+    """The early exit's candidate layers: ``cascade_depths`` of the probe's depth, before it."""
+    found = {max(1, int(d * probe_layer)) for d in cfg.cascade_depths}
+    return sorted(layer for layer in found if layer < probe_layer)
+
+
+def cascade_of(
+    run: Run, states: dict[int, np.ndarray], probe_layer: int, threshold: float
+) -> tuple[CascadeInfo, dict[str, torch.Tensor]]:
+    """The early exit before a probe at ``probe_layer`` cutting at ``threshold``.
+
+    Also run alone on a calibrated bundle (``scripts/fit_cascade.py``).
+    """
+    cfg = run.cfg
+    rows = _probe_rows(run, None)
+    layers = cascade_layers(cfg, probe_layer)
+    settings = CascadeSettings(
+        layers=tuple(layers),
+        probe_layer=probe_layer,
+        threshold=threshold,
+        max_unsafe_exit=cfg.cascade_max_unsafe_exit,
+        c=cfg.probe_c,
+        hard_weight=cfg.hard_weight,
+        seed=cfg.seed,
+    )
+    wanted = {layer: states[layer] for layer in [*layers, probe_layer]}
+    return fit_cascade(CascadeRows(wanted, np.array(rows.labels), rows.kinds, rows.clusters), settings)
 
 
 def _passage_step(run: Run) -> None:
@@ -635,6 +676,7 @@ def _final_bundle(run: Run, manifest: Manifest) -> Bundle:
         metrics=_metrics(run, best),
         languages=_languages(run.calib),
         passage=run.passage,
+        cascade=run.cascade,
         calibration=_record(run),
         note=(
             "Vectors are unit directions per layer; a delta is strength * norms[layer] * vector[layer]. "

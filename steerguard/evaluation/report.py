@@ -39,6 +39,8 @@ from steerguard.evaluation.plots import write_plots
 from steerguard.evaluation.responses import response_section
 from steerguard.evaluation.scoring import (
     ProbeScores,
+    cascade_section,
+    cascaded,
     probe_catch,
     probe_section,
     system_prompt_section,
@@ -56,7 +58,7 @@ __all__ = ["EvalConfig", "evaluate"]
 log = get_logger(__name__)
 
 
-def _states(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfig) -> dict[int, torch.Tensor]:
+def eval_states(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfig) -> dict[int, torch.Tensor]:
     """Last-token states of every held-out prompt at every layer the host runs (memoised when it runs all)."""
     n_layers = bundle.manifest.model.num_layers
     layers = list(range(min(n_layers, host.loaded_layers)))
@@ -97,9 +99,9 @@ def evaluate(
     t0 = t = time.time()
     timings: dict[str, float] = {}
     held = load_heldout(bundle, data_dir, cfg)
-    states = _states(host, bundle, held, cfg)
+    states = eval_states(host, bundle, held, cfg)
     scores = bundle.score(states[bundle.probe_layer])
-    probe = ProbeScores(scores, scores.unsafe.numpy().astype(np.float64), bundle.threshold)
+    probe = ProbeScores(scores, cascaded(bundle, states), bundle.threshold)
     timings["probe_s"] = time.time() - t
     report: dict[str, Any] = {
         "bundle_id": bundle.bundle_id,
@@ -108,6 +110,7 @@ def evaluate(
         "targets": {t.name: t.value for t in TARGETS.values()},
         "probe": probe_section(held, bundle, probe, states),
         "xstest": xstest_section(held, probe),
+        "cascade": cascade_section(held, bundle, probe, scores),
     }
     t = time.time()
     report["system_prompts"] = system_prompt_section(host, bundle, held, probe, cfg)

@@ -9,7 +9,7 @@ threshold comes from calibration data.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,57 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
         "threshold": r(threshold),
         "recall": r(rate(labels == 1, flagged)),
         "fpr": r(rate(labels == 0, flagged)),
+    }
+
+
+def cascaded(bundle: Bundle, states: Mapping[int, torch.Tensor]) -> np.ndarray:
+    """Held-out unsafe scores as the classifier serves them: through the bundle's early exit, if any."""
+    probe_states = states[bundle.probe_layer]
+    early_states = states[bundle.cascade.layer] if bundle.cascade is not None else probe_states
+    return bundle.cascade_score(early_states, probe_states)[0].numpy().astype(np.float64)
+
+
+def judged_layers(bundle: Bundle) -> list[int]:
+    """The layers a served verdict reads: the cascade's (if any), then the probe's."""
+    return [bundle.probe_layer] if bundle.cascade is None else [bundle.cascade.layer, bundle.probe_layer]
+
+
+def served_scores(
+    host: ModelHost, bundle: Bundle, convs: Sequence[Conversation], cfg: EvalConfig, desc: str
+) -> np.ndarray:
+    """Unsafe scores of ``convs`` as the classifier serves them (the cascade included)."""
+    layers = judged_layers(bundle)
+    stacked = cached_states(
+        host, convs, batch_size=cfg.batch_size, progress=cfg.progress, layers=layers, desc=desc
+    )
+    return cascaded(bundle, {layer: stacked[:, i] for i, layer in enumerate(layers)})
+
+
+def cascade_section(held: HeldOut, bundle: Bundle, probe: ProbeScores, full: Scores) -> dict[str, Any] | None:
+    """What the early exit changes: exits per kind, and verdicts that differ from the probe alone.
+
+    Every other number of the report is taken with the cascade, as served.
+    """
+    if bundle.cascade is None:
+        return None
+    labels, is_hb = held.labels, held.is_hb
+    p_full = full.unsafe.numpy().astype(np.float64)
+    exits = probe.p_unsafe != p_full
+    changed = probe.flagged != (p_full >= probe.threshold)
+    kinds = {
+        "benign": is_hb & (labels == 0),
+        "harmful": is_hb & (labels == 1),
+        "xstest_safe": ~is_hb & (labels == 0),
+        "xstest_unsafe": ~is_hb & (labels == 1),
+    }
+    return {
+        "layer": bundle.cascade.layer,
+        "exit_cut": r(bundle.cascade.exit_cut),
+        "exits": {name: r(float(exits[m].mean())) if m.any() else None for name, m in kinds.items()},
+        "verdicts_changed": int(changed.sum()),
+        "prompts": len(labels),
+        "agreement": r(1.0 - float(changed.mean())),
+        "probe_alone": binary_metrics(labels[is_hb], p_full[is_hb], probe.threshold),
     }
 
 
@@ -196,15 +247,7 @@ def system_prompt_section(
     rows: list[dict[str, Any]] = []
     for system in cfg.system_prompts:
         convs = [system_prompts.with_system(p, system) for p in held.prompts]
-        states = cached_states(
-            host,
-            convs,
-            batch_size=cfg.batch_size,
-            progress=cfg.progress,
-            layers=[bundle.probe_layer],
-            desc="other system prompts",
-        )[:, 0]
-        p = bundle.score(states).unsafe.numpy().astype(np.float64)
+        p = served_scores(host, bundle, convs, cfg, "other system prompts")
         rows.append({"system_prompt": system, **probe_rates(labels, is_hb, p, probe.threshold)})
     return {
         "threshold": r(probe.threshold),
@@ -220,15 +263,7 @@ def max_over_views(
     owners = [i for i, item in enumerate(views) for _ in item]
     if not owners:
         return np.zeros(len(views))
-    states = cached_states(
-        host,
-        [v for item in views for v in item],
-        batch_size=cfg.batch_size,
-        progress=cfg.progress,
-        layers=[bundle.probe_layer],
-        desc=desc,
-    )[:, 0]
-    scores = bundle.score(states).unsafe.numpy().astype(np.float64)
+    scores = served_scores(host, bundle, [v for item in views for v in item], cfg, desc)
     best = np.zeros(len(views))
     np.maximum.at(best, np.array(owners), scores)
     return best

@@ -19,6 +19,8 @@ from steerguard.model.hooks import StopForward, layer_hooks
 from steerguard.model.host import Batch, ModelHost
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
+# Called with (layer, what was kept of it) after each requested layer; True ends the pass there.
+StopRule = Callable[[int, torch.Tensor], bool]
 
 
 def _last_token(hidden: torch.Tensor) -> torch.Tensor:
@@ -27,13 +29,18 @@ def _last_token(hidden: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def reduced_states(
-    host: ModelHost, batch: Batch, layers: Iterable[int], reduce: Reducer = _last_token
+    host: ModelHost,
+    batch: Batch,
+    layers: Iterable[int],
+    reduce: Reducer = _last_token,
+    stop: StopRule | None = None,
 ) -> dict[int, torch.Tensor]:
     """{layer: reduce(hidden)} as float32 on the CPU, stopping after the deepest layer.
 
     ``reduce`` maps a layer's ``[batch, tokens, hidden]`` output to what is
     kept (the last token for the probe; a mean over a suffix for calibration's
-    contrastive vectors).
+    contrastive vectors). ``stop`` may end the pass sooner (the classifier's
+    early exit): deeper layers are then missing from the result.
     """
     wanted = sorted(set(layers))
     if not wanted:
@@ -46,7 +53,7 @@ def reduced_states(
     def reader(index: int) -> Callable[[torch.Tensor], None]:
         def read(hidden: torch.Tensor) -> None:
             found[index] = reduce(hidden.detach().float()).cpu().clone()
-            if index == deepest:
+            if index == deepest or (stop is not None and stop(index, found[index])):
                 raise StopForward
 
         return read
@@ -61,9 +68,11 @@ def reduced_states(
     return found
 
 
-def last_token_states(host: ModelHost, batch: Batch, layers: Iterable[int]) -> dict[int, torch.Tensor]:
-    """{layer: [batch, hidden]} float32 states at the last token, with early exit."""
-    return reduced_states(host, batch, layers)
+def last_token_states(
+    host: ModelHost, batch: Batch, layers: Iterable[int], stop: StopRule | None = None
+) -> dict[int, torch.Tensor]:
+    """{layer: [batch, hidden]} float32 states at the last token, with early exit (and ``stop``)."""
+    return reduced_states(host, batch, layers, stop=stop)
 
 
 def collect_states(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from steerguard.v1 import common_pb2 as steerguard_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esteerguard/v1/classifier.proto\x12\rsteerguard.v1\x1a\x1asteerguard/v1/common.proto\"\x85\x01\n\x0f\x43lassifyRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.steerguard.v1.ChatMessage\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0e\n\x06\x61nswer\x18\x04 \x01(\tB\x0c\n\n_threshold\"H\n\x14\x43lassifyBatchRequest\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.steerguard.v1.ClassifyRequest\"A\n\x15\x43lassifyBatchResponse\x12(\n\x08verdicts\x18\x01 \x03(\x0b\x32\x16.steerguard.v1.Verdict\"\x7f\n\x0b\x41nswerChunk\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.steerguard.v1.ChatMessage\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x04 \x01(\tB\x0c\n\n_threshold2\xc9\x02\n\nClassifier\x12\x42\n\x08\x43lassify\x12\x1e.steerguard.v1.ClassifyRequest\x1a\x16.steerguard.v1.Verdict\x12Z\n\rClassifyBatch\x12#.steerguard.v1.ClassifyBatchRequest\x1a$.steerguard.v1.ClassifyBatchResponse\x12H\n\x0e\x43lassifyStream\x12\x1a.steerguard.v1.AnswerChunk\x1a\x16.steerguard.v1.Verdict(\x01\x30\x01\x12Q\n\x0e\x44\x65scribeBundle\x12$.steerguard.v1.DescribeBundleRequest\x1a\x19.steerguard.v1.BundleInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esteerguard/v1/classifier.proto\x12\rsteerguard.v1\x1a\x1asteerguard/v1/common.proto\"\xb9\x01\n\x0f\x43lassifyRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.steerguard.v1.ChatMessage\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0e\n\x06\x61nswer\x18\x04 \x01(\t\x12\x1d\n\x10lowest_threshold\x18\x05 \x01(\x02H\x01\x88\x01\x01\x42\x0c\n\n_thresholdB\x13\n\x11_lowest_threshold\"H\n\x14\x43lassifyBatchRequest\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.steerguard.v1.ClassifyRequest\"A\n\x15\x43lassifyBatchResponse\x12(\n\x08verdicts\x18\x01 \x03(\x0b\x32\x16.steerguard.v1.Verdict\"\x7f\n\x0b\x41nswerChunk\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.steerguard.v1.ChatMessage\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x04 \x01(\tB\x0c\n\n_threshold2\xc9\x02\n\nClassifier\x12\x42\n\x08\x43lassify\x12\x1e.steerguard.v1.ClassifyRequest\x1a\x16.steerguard.v1.Verdict\x12Z\n\rClassifyBatch\x12#.steerguard.v1.ClassifyBatchRequest\x1a$.steerguard.v1.ClassifyBatchResponse\x12H\n\x0e\x43lassifyStream\x12\x1a.steerguard.v1.AnswerChunk\x1a\x16.steerguard.v1.Verdict(\x01\x30\x01\x12Q\n\x0e\x44\x65scribeBundle\x12$.steerguard.v1.DescribeBundleRequest\x1a\x19.steerguard.v1.BundleInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'steerguard.v1.classifier_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLASSIFYREQUEST']._serialized_start=78
-  _globals['_CLASSIFYREQUEST']._serialized_end=211
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=213
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=285
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=287
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=352
-  _globals['_ANSWERCHUNK']._serialized_start=354
-  _globals['_ANSWERCHUNK']._serialized_end=481
-  _globals['_CLASSIFIER']._serialized_start=484
-  _globals['_CLASSIFIER']._serialized_end=813
+  _globals['_CLASSIFYREQUEST']._serialized_end=263
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=265
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=337
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=339
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=404
+  _globals['_ANSWERCHUNK']._serialized_start=406
+  _globals['_ANSWERCHUNK']._serialized_end=533
+  _globals['_CLASSIFIER']._serialized_start=536
+  _globals['_CLASSIFIER']._serialized_end=865
 # @@protoc_insertion_point(module_scope)
