@@ -20,6 +20,7 @@ import torch
 from steerguard.model.hooks import StopForward, layer_hooks
 from steerguard.model.host import ModelHost
 from steerguard.model.kv import cache_kwargs
+from steerguard.model.spans import Span
 
 
 @torch.inference_mode()
@@ -32,23 +33,38 @@ def chunked_last_state(
     start: int,
     chunk: int,
     between: Callable[[], bool],
-) -> torch.Tensor | None:
+    span: Span | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """``[H]`` state of ``layer`` at the last of ``ids``, run after the ``start`` positions in ``cache``.
 
-    ``between()`` runs after every chunk but the last; when it returns False
-    (nobody waits for this prompt any more) the work stops and the result is None.
+    With ``span`` (positions counted from the row's first token, prefix
+    included), also the layer's mean state over its part after ``start``,
+    summed chunk by chunk. ``between()`` runs after every chunk but the last;
+    when it returns False (nobody waits for this prompt any more) the work
+    stops and the result is None.
     """
     if not ids or chunk < 1:
         raise ValueError("chunked prefill needs tokens and a positive chunk size")
     model = host.model.model
     found: dict[str, torch.Tensor] = {}
+    total = torch.zeros(host.identity.hidden_size)
+    count = [0]
 
-    def read(hidden: torch.Tensor) -> None:
-        found["state"] = hidden[0, -1].detach().float().clone()
-        raise StopForward
+    def reader(first: int) -> Callable[[torch.Tensor], None]:
+        def read(hidden: torch.Tensor) -> None:
+            found["state"] = hidden[0, -1].detach().float().clone()
+            if span is not None:
+                a, b = max(span[0], first), min(span[1], first + hidden.shape[1])
+                if b > a:
+                    total.add_(hidden[0, a - first : b - first].float().sum(0))
+                    count[0] += b - a
+            raise StopForward
+
+        return read
 
     for at in range(0, len(ids), chunk):
         piece = ids[at : at + chunk]
+        read = reader(start + at)
         with layer_hooks(host.layers, {layer: read}), contextlib.suppress(StopForward):
             model(
                 input_ids=torch.tensor([piece], dtype=torch.long),
@@ -58,4 +74,5 @@ def chunked_last_state(
             )
         if at + chunk < len(ids) and not between():
             return None
-    return found["state"]
+    mean = None if span is None else total / max(1, count[0]) if count[0] else found["state"]
+    return found["state"], mean

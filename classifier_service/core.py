@@ -44,9 +44,10 @@ from steerguard.bundle import Bundle
 from steerguard.errors import BundleError, DeadlineExceeded, InvalidInput, Overloaded, TooLong
 from steerguard.logs import get_logger
 from steerguard.messages import Message
-from steerguard.model.activations import StopRule, last_token_states
+from steerguard.model.activations import LayerStates, StopRule, last_token_states, states_with_spans
 from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
+from steerguard.model.spans import Span, TurnMarkers, last_turn_content
 from steerguard.passages import Passage, ender_ids, passage_scores, text_ids
 from steerguard.responses import AnswerRead, answer_windows, position_scores
 from steerguard.verdict import Verdict, verdicts_from_states
@@ -70,6 +71,7 @@ class _Job:
     answer: AnswerRead | None = None
     cost: int = 0
     full: bool = False  # no early exit: the caller may judge below the bundle's cut
+    span: Span = (0, 0)  # the last user turn's words (steerguard.model.spans), for the category head
     dropped: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
@@ -137,6 +139,7 @@ class ClassifierCore:
         self.forward_passes = 0
         self.prefix = SharedPrefix.for_host(host) if self.config.share_prefix else None
         self._cascade = bundle.cascade if self.config.cascade else None
+        self._markers = TurnMarkers.for_tokenizer(host.tokenizer) if bundle.reads_content else None
         self.windows = self._windower()
         # Segment-end tokens (a pass over the vocabulary), for the response probe's reads.
         self._enders = ender_ids(host.tokenizer) if bundle.response is not None else frozenset()
@@ -395,7 +398,8 @@ class ClassifierCore:
             ids = self._token_ids(view.conv)
             if len(ids) > limit:  # the views are sized to fit; this is a guard, not a path
                 raise InvalidInput(f"a view of the prompt is {len(ids)} tokens, over the limit of {limit}")
-            jobs[key] = _Job(key, ids, cost=len(ids) - self._prefix_len(ids), full=view.full)
+            span = last_turn_content(ids, self._markers)
+            jobs[key] = _Job(key, ids, cost=len(ids) - self._prefix_len(ids), full=view.full, span=span)
         return jobs
 
     def _prefix_len(self, ids: list[int]) -> int:
@@ -484,33 +488,41 @@ class ClassifierCore:
     def _probe_states(self, rows: list[list[int]]) -> torch.Tensor:
         """Probe-layer states at each row's last token ``[B, H]``, stopping after that layer."""
         layer = self.bundle.probe_layer
-        return self._layer_states(rows, [layer])[layer]
+        return self._layer_states(rows, [layer]).states[layer]
 
     def _layer_states(
-        self, rows: list[list[int]], layers: list[int], stop: Callable[[list[int]], StopRule] | None = None
-    ) -> dict[int, torch.Tensor]:
-        """``{layer: [B, H]}`` last-token states; rows a ``stop`` rule ended early are NaN at deeper layers.
+        self,
+        rows: list[list[int]],
+        layers: list[int],
+        stop: Callable[[list[int]], StopRule] | None = None,
+        spans: list[Span] | None = None,
+    ) -> LayerStates:
+        """Last-token states of ``layers`` (rows a ``stop`` rule ended early are NaN at deeper ones).
 
         Rows that start with the template prefix run from its cached keys and
         values; the others (own system prompt, say) take a plain forward pass.
-        ``stop(indices)`` makes the early-exit rule for one of those two passes.
+        ``stop(indices)`` makes the early-exit rule for one of those two
+        passes. With ``spans``, also the deepest layer's mean over each span.
         """
-        prefix = self.prefix
+        prefix, size = self.prefix, self.host.identity.hidden_size
         fits = [prefix is not None and prefix.fits(r) for r in rows]
-        out = {
-            layer: torch.full((len(rows), self.host.identity.hidden_size), float("nan")) for layer in layers
-        }
+        out = LayerStates({layer: torch.full((len(rows), size), float("nan")) for layer in layers})
+        out.content = None if spans is None else torch.full((len(rows), size), float("nan"))
         for idx in ([i for i, f in enumerate(fits) if f], [i for i, f in enumerate(fits) if not f]):
             if not idx:
                 continue
-            part = [rows[i] for i in idx]
-            rule = stop(idx) if stop is not None else None
+            part, rule = [rows[i] for i in idx], stop(idx) if stop is not None else None
+            part_spans = None if spans is None else [spans[i] for i in idx]
             if prefix is not None and fits[idx[0]]:
-                found = prefix.states_at(part, layers, stop=rule)
+                found = prefix.states_at(part, layers, stop=rule, spans=part_spans)
+            elif part_spans is not None:
+                found = states_with_spans(self.host, self.host.pad(part), layers, part_spans, stop=rule)
             else:
-                found = last_token_states(self.host, self.host.pad(part), layers, stop=rule)
-            for layer, states in found.items():
-                out[layer][idx] = states
+                found = LayerStates(last_token_states(self.host, self.host.pad(part), layers, stop=rule))
+            for layer, states in found.states.items():
+                out.states[layer][idx] = states
+            if out.content is not None and found.content is not None:
+                out.content[idx] = found.content
         return out
 
     def _view_verdicts(self, jobs: list[_Job]) -> list[Verdict]:
@@ -519,12 +531,15 @@ class ClassifierCore:
         A pass stops at the cascade's layer when every row in it may leave
         there; otherwise it runs on to the probe layer, and the rows that
         could have left still take the early verdict, so a verdict never
-        depends on the other prompts of its batch.
+        depends on the other prompts of its batch. With a content category
+        head, the probe layer's mean over each last user turn comes along.
         """
         rows = [job.token_ids for job in jobs]
+        spans = [job.span for job in jobs] if self.bundle.reads_content else None
         cascade, probe = self._cascade, self.bundle.probe_layer
         if cascade is None or all(job.full for job in jobs):
-            return verdicts_from_states(self.bundle, self._probe_states(rows))
+            found = self._layer_states(rows, [probe], spans=spans)
+            return verdicts_from_states(self.bundle, found.states[probe], content=found.content)
         exits = torch.zeros(len(jobs), dtype=torch.bool)
         early = torch.ones(len(jobs))
         allowed = torch.tensor([not job.full for job in jobs])
@@ -537,8 +552,9 @@ class ClassifierCore:
 
             return rule
 
-        states = self._layer_states(rows, [cascade.layer, probe], stop)[probe]
-        out = verdicts_from_states(self.bundle, torch.nan_to_num(states))
+        found = self._layer_states(rows, [cascade.layer, probe], stop, spans)
+        content = None if found.content is None else torch.nan_to_num(found.content)
+        out = verdicts_from_states(self.bundle, torch.nan_to_num(found.states[probe]), content=content)
         for i in torch.nonzero(exits).flatten().tolist():
             out[i] = Verdict.cascade_exit_of(float(early[i]), self.bundle)
         metrics.CASCADE_EXITS.inc(int(exits.sum()))
@@ -593,7 +609,7 @@ class ClassifierCore:
 
         n = self._prefix_len(job.token_ids)
         cache = self.prefix.cache() if n and self.prefix is not None else DynamicCache()
-        state = chunked_last_state(
+        found = chunked_last_state(
             self.host,
             self.bundle.probe_layer,
             job.token_ids[n:],
@@ -601,11 +617,15 @@ class ClassifierCore:
             start=n,
             chunk=self.config.max_step_tokens,
             between=between,
+            span=job.span if self.bundle.reads_content else None,
         )
-        if state is None:
+        if found is None:
             metrics.DROPPED_JOBS.inc()
             return DeadlineExceeded("dropped between chunks: nobody waits for this verdict any more")
-        (verdict,) = verdicts_from_states(self.bundle, state[None])
+        state, content = found
+        (verdict,) = verdicts_from_states(
+            self.bundle, state[None], content=None if content is None else content[None]
+        )
         return verdict
 
     def _passage_verdicts(self, jobs: list[_Job]) -> list[Verdict]:

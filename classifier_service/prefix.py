@@ -28,11 +28,12 @@ from typing import Any
 import torch
 
 from classifier_service.packing import Lines, attention_weight, plan_lines
-from steerguard.model.activations import StopRule
+from steerguard.model.activations import LayerStates, StopRule
 from steerguard.model.chat import normalise_request
 from steerguard.model.hooks import StopForward, layer_hooks
 from steerguard.model.host import ModelHost
 from steerguard.model.kv import cache_kwargs, output_cache
+from steerguard.model.spans import Span
 
 # User texts whose formatted token ids differ right after the template head.
 _PROBES = ("a", "Zebra", "1 + 1", "?", " x", "\n\ny")
@@ -89,7 +90,7 @@ class SharedPrefix:
 
     def last_token_states(self, rows: list[list[int]], layer: int, plan: Lines | None = None) -> torch.Tensor:
         """``[B, H]`` states of ``layer`` at each row's last token (rows must :meth:`fits`)."""
-        return self.states_at(rows, [layer], plan)[layer]
+        return self.states_at(rows, [layer], plan).states[layer]
 
     @torch.inference_mode()
     def states_at(
@@ -98,25 +99,60 @@ class SharedPrefix:
         layers: list[int],
         plan: Lines | None = None,
         stop: StopRule | None = None,
-    ) -> dict[int, torch.Tensor]:
-        """``{layer: [B, H]}`` states at each row's last token (rows must :meth:`fits`).
+        spans: list[Span] | None = None,
+    ) -> LayerStates:
+        """States at each row's last token for ``layers`` (rows must :meth:`fits`).
 
         The suffixes are packed into lines (:mod:`classifier_service.packing`;
         ``plan`` overrides the choice, e.g. one row per line to compare):
         each token attends to the prefix and to the earlier tokens of its own
         prompt, and positions restart after the prefix for every prompt.
         ``stop`` may end the pass after a shallower layer (the early exit);
-        deeper layers are then missing from the result.
+        deeper layers are then missing from the result. ``spans`` (token
+        positions of each row) ask also for the deepest layer's mean state
+        over each span (its part after the prefix).
         """
         n = len(self.ids)
         suffixes = [r[n:] for r in rows]
         plan = plan or plan_lines([len(s) for s in suffixes], n, self._pair_weight)
+        ids, positions, segment, ends = self._pack(suffixes, plan)
+        out = LayerStates({})
+        deepest = max(layers)
+
+        def reader(index: int) -> Callable[[torch.Tensor], None]:
+            def read(hidden: torch.Tensor) -> None:
+                out.states[index] = hidden[ends[:, 0], ends[:, 1], :].detach().float().clone()
+                if index == deepest and spans is not None:
+                    out.content = self._span_means(hidden, ends, [len(s) for s in suffixes], spans)
+                if index == deepest or (stop is not None and stop(index, out.states[index])):
+                    raise StopForward
+
+            return read
+
+        cache = self.cache()  # the forward pass appends to it
+        if len(plan.lines) > 1:
+            cache.batch_repeat_interleave(len(plan.lines))
+        with layer_hooks(self.host.layers, {i: reader(i) for i in layers}), contextlib.suppress(StopForward):
+            self.host.model.model(
+                input_ids=ids,
+                attention_mask=self._mask(segment),
+                position_ids=positions,
+                **cache_kwargs(self.host.model.model, cache),
+                use_cache=True,
+            )
+        return out
+
+    def _pack(
+        self, suffixes: list[list[int]], plan: Lines
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, positions, segment ids (-1: padding) per line, and each row's (line, last column)."""
+        n = len(self.ids)
         lines, width = len(plan.lines), plan.width
         pad_id = int(self.host.tokenizer.pad_token_id)
         ids = torch.full((lines, width), pad_id, dtype=torch.long)
         positions = torch.full((lines, width), n, dtype=torch.long)
-        segment = torch.full((lines, width), -1, dtype=torch.long)  # -1: padding
-        ends = torch.empty((len(rows), 2), dtype=torch.long)
+        segment = torch.full((lines, width), -1, dtype=torch.long)
+        ends = torch.empty((len(suffixes), 2), dtype=torch.long)
         for line, members in enumerate(plan.lines):
             col = width - sum(len(suffixes[i]) for i in members)  # left padding
             for i in members:
@@ -126,29 +162,20 @@ class SharedPrefix:
                 segment[line, col : col + k] = i
                 ends[i] = torch.tensor([line, col + k - 1])
                 col += k
-        found: dict[int, torch.Tensor] = {}
-        deepest = max(layers)
+        return ids, positions, segment, ends
 
-        def reader(index: int) -> Callable[[torch.Tensor], None]:
-            def read(hidden: torch.Tensor) -> None:
-                found[index] = hidden[ends[:, 0], ends[:, 1], :].detach().float().clone()
-                if index == deepest or (stop is not None and stop(index, found[index])):
-                    raise StopForward
-
-            return read
-
-        cache = self.cache()  # the forward pass appends to it
-        if lines > 1:
-            cache.batch_repeat_interleave(lines)
-        with layer_hooks(self.host.layers, {i: reader(i) for i in layers}), contextlib.suppress(StopForward):
-            self.host.model.model(
-                input_ids=ids,
-                attention_mask=self._mask(segment),
-                position_ids=positions,
-                **cache_kwargs(self.host.model.model, cache),
-                use_cache=True,
-            )
-        return found
+    def _span_means(
+        self, hidden: torch.Tensor, ends: torch.Tensor, lengths: list[int], spans: list[Span]
+    ) -> torch.Tensor:
+        """``[B, H]`` mean of each row's states over its span, clipped to the part after the prefix."""
+        n = len(self.ids)
+        out = torch.empty((len(spans), hidden.shape[-1]))
+        for i, (s, e) in enumerate(spans):
+            line, last = int(ends[i, 0]), int(ends[i, 1])
+            first = last - lengths[i] + 1  # the row's first suffix column
+            a, b = first + max(s, n) - n, first + max(e, n + 1) - n
+            out[i] = hidden[line, a : max(b, a + 1)].float().mean(0)
+        return out
 
     def _mask(self, segment: torch.Tensor) -> torch.Tensor:
         """Additive ``[lines, 1, width, prefix + width]`` mask (0 = attend).

@@ -5,7 +5,8 @@ nothing the other sections read, and the whole evaluation takes over half an
 hour on two cores. ``shapes`` (multi-turn chats, long documents) is all a
 refitted passage probe (``scripts/refit_passage.py``) changes; ``responses``
 (held-out answers) is all an added response probe (``scripts/fit_response.py``)
-changes; ``probe`` (the prompt probe, XSTest, other system prompts, encoded
+changes; ``categories`` is all a refitted category head
+(``scripts/fit_categories.py``) changes; ``probe`` (the prompt probe, XSTest, other system prompts, encoded
 requests and the early exit's own section) is what an added early exit
 (``scripts/fit_cascade.py``) changes besides ``shapes``. This writes the
 section and its target checks as ``SECTION.json``, the same numbers
@@ -32,13 +33,16 @@ from steerguard.evaluation.scoring import (
     ProbeScores,
     cascade_section,
     cascaded,
+    category_section,
     probe_section,
+    served_categories,
     system_prompt_section,
     xstest_section,
 )
 from steerguard.evaluation.shapes import shape_section
-from steerguard.evaluation.targets import probe_checks, response_checks, shape_checks
+from steerguard.evaluation.targets import category_checks, probe_checks, response_checks, shape_checks
 from steerguard.model.host import ModelHost
+from steerguard.model.states import cached_states
 
 SECTIONS = {
     "shapes": (shape_section, shape_checks),
@@ -50,7 +54,9 @@ def probe_report(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfig
     """The report's probe-side sections, as ``steerguard eval`` computes them, and their checks."""
     states = eval_states(host, bundle, held, cfg)
     scores = bundle.score(states[bundle.probe_layer])
-    probe = ProbeScores(scores, cascaded(bundle, states), bundle.threshold)
+    probe = ProbeScores(
+        served_categories(host, bundle, held, scores, cfg), cascaded(bundle, states), bundle.threshold
+    )
     report: dict[str, Any] = {
         "probe": probe_section(held, bundle, probe, states),
         "xstest": xstest_section(held, probe),
@@ -62,8 +68,18 @@ def probe_report(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfig
     return report
 
 
+def category_report(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfig) -> dict[str, Any]:
+    """Top-1 category accuracy on the held-out harmful prompts, as the classifier serves categories."""
+    states = cached_states(
+        host, held.convs, batch_size=cfg.batch_size, progress=cfg.progress, layers=[bundle.probe_layer]
+    )[:, 0]
+    served = served_categories(host, bundle, held, bundle.score(states), cfg)
+    section = category_section(held.items, bundle.categories, served.categories)
+    return {"categories": section, "checks": category_checks(section)}
+
+
 def main() -> None:
-    args = bundle_args.parse(__doc__, sections=sorted([*SECTIONS, "probe"]))
+    args = bundle_args.parse(__doc__, sections=sorted([*SECTIONS, "probe", "categories"]))
     bundle = Bundle.load(args.bundle)
     host = ModelHost.load(None)
     bundle.verify_model(host.identity)
@@ -72,6 +88,8 @@ def main() -> None:
     report: dict[str, Any] = {"bundle_id": bundle.bundle_id}
     if args.section == "probe":
         report.update(probe_report(host, bundle, held, cfg))
+    elif args.section == "categories":
+        report.update(category_report(host, bundle, held, cfg))
     else:
         section, check = SECTIONS[args.section]
         report[args.section] = section(host, bundle, held, cfg)

@@ -27,6 +27,12 @@ Tensors:
   probe, a logistic head on segment ends of an answer (the end's state and
   the mean state of the answer so far) at ``manifest.response.layer``
   (:mod:`steerguard.responses`); its bias puts its cut at the probe's threshold.
+- ``category_content.mean``/``category_content.std`` ``[H]``,
+  ``category_content.weight`` ``[C, H]``, ``category_content.bias`` ``[C]``
+  (when ``manifest.category_content`` is set): the classifier's category head,
+  a softmax on the mean probe-layer state over the last user turn's words
+  (:mod:`steerguard.model.spans`); the last-token head above stays for the
+  steer service's gate, which reads the last token only.
 - ``cascade.mean``/``cascade.std``/``cascade.weight`` ``[H]``,
   ``cascade.bias`` ``[1]`` (when ``manifest.cascade`` is set): the early-exit
   probe, a logistic head on the last-token state at ``manifest.cascade.layer``;
@@ -179,6 +185,8 @@ class Bundle:
             need += ["passage.mean", "passage.std", "passage.weight", "passage.bias"]
         if self.manifest.response is not None:
             need += ["response.mean", "response.std", "response.weight", "response.bias"]
+        if self.manifest.category_content is not None:
+            need += [f"category_content.{t}" for t in ("mean", "std", "weight", "bias")]
         if self.manifest.cascade is not None:
             need += ["cascade.mean", "cascade.std", "cascade.weight", "cascade.bias"]
             if not 0 <= self.manifest.cascade.layer < self.probe_layer:
@@ -291,6 +299,17 @@ class Bundle:
         up to it (:func:`steerguard.responses.answer_features`).
         """
         return self._position_head("response", states)
+
+    @property
+    def reads_content(self) -> bool:
+        """True when the classifier's categories come from the content head (``category_content.*``)."""
+        return self.manifest.category_content is not None and bool(self.categories)
+
+    def content_categories(self, means: torch.Tensor) -> torch.Tensor:
+        """Category probabilities ``[B, C]`` from mean states over the last user turn ``[B, H]``."""
+        t = self.tensors
+        z = (means.float() - t["category_content.mean"]) / t["category_content.std"]
+        return torch.softmax(z @ t["category_content.weight"].T + t["category_content.bias"], dim=-1)
 
     @property
     def cascade(self) -> CascadeInfo | None:

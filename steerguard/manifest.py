@@ -267,6 +267,9 @@ class Manifest:
     passage: PassageInfo | None = None  # None: long texts are read in chat-framed windows only
     response: ResponseInfo | None = None  # None: answers are judged by the prompt probe
     cascade: CascadeInfo | None = None  # None: every prompt view runs to the probe layer
+    # The classifier's content category head (tensors category_content.*), calibration's record
+    # of it; None: the classifier's categories come from the last-token head (category.*).
+    category_content: Record | None = None
 
     # -- JSON -------------------------------------------------------------------
 
@@ -289,6 +292,8 @@ class Manifest:
                 d["passage"] = PassageInfo(**_known(PassageInfo, d["passage"], "passage"))
             if "response" in d:
                 d["response"] = ResponseInfo(**_known(ResponseInfo, d["response"], "response"))
+            if "category_content" in d:
+                d["category_content"] = dict(d["category_content"])
             if "cascade" in d:
                 d["cascade"] = CascadeInfo(**_known(CascadeInfo, d["cascade"], "cascade"))
             if "calibration" in d:
@@ -322,6 +327,7 @@ class Manifest:
             "passage": self.passage.to_dict() if self.passage is not None else None,
             "response": self.response.to_dict() if self.response is not None else None,
             "cascade": self.cascade.to_dict() if self.cascade is not None else None,
+            "category_content": self.category_content,
         }
         return _drop_none(out)
 

@@ -20,9 +20,10 @@ import torch
 
 from steerguard.bundle import Bundle
 from steerguard.generation import SamplingParams, generate
-from steerguard.model.activations import last_token_states
+from steerguard.model.activations import LayerStates, last_token_states, states_with_spans
 from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
+from steerguard.model.spans import TurnMarkers, last_turn_content
 from steerguard.plan import Applied, BatchPlan, SteeringRequest
 from steerguard.verdict import Verdict, verdicts_from_states
 
@@ -56,15 +57,27 @@ def classify(
     progress: bool = False,
     threshold: float | None = None,
 ) -> list[Verdict]:
-    """Probe verdicts (runs the model only up to the probe layer)."""
+    """Probe verdicts (runs the model only up to the probe layer).
+
+    Categories come from the bundle's content head when it has one, as the
+    classifier serves them; the early exit (a cascade) is not applied: this
+    is the probe's own verdict, the reference the service is measured against.
+    """
     out: list[Verdict | None] = [None] * len(convs)
     order = _by_length(host, convs)
     bar = _progress(len(convs), "classify", progress)
     layer = bundle.probe_layer
+    markers = TurnMarkers.for_tokenizer(host.tokenizer) if bundle.reads_content else None
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        states = last_token_states(host, host.encode([convs[i] for i in idx]), [layer])[layer]
-        for i, v in zip(idx, verdicts_from_states(bundle, states, threshold), strict=True):
+        batch = host.encode([convs[i] for i in idx])
+        if markers is None:
+            found = LayerStates(last_token_states(host, batch, [layer]))
+        else:
+            spans = [last_turn_content(host.token_ids(convs[i]), markers) for i in idx]
+            found = states_with_spans(host, batch, [layer], spans)
+        verdicts = verdicts_from_states(bundle, found.states[layer], threshold, content=found.content)
+        for i, v in zip(idx, verdicts, strict=True):
             out[i] = v
         if bar is not None:
             bar.update(len(idx))

@@ -109,10 +109,17 @@ class Verdict:
 
 
 def verdicts_from_states(
-    bundle: Bundle, states: torch.Tensor, threshold: float | None = None
+    bundle: Bundle, states: torch.Tensor, threshold: float | None = None, content: torch.Tensor | None = None
 ) -> list[Verdict]:
-    """Score probe-layer last-token states ``[B, H]`` into one verdict per row."""
+    """Score probe-layer last-token states ``[B, H]`` into one verdict per row.
+
+    ``content``: the rows' mean probe-layer states over the last user turn;
+    with a bundle that reads them (:attr:`Bundle.reads_content`), the
+    categories come from its content head.
+    """
     scores = bundle.score(states)
+    if content is not None and bundle.reads_content:
+        scores = replace(scores, categories=bundle.content_categories(content))
     cut = bundle.threshold if threshold is None else threshold
     cats = bundle.categories
     out = []

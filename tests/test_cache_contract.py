@@ -174,7 +174,15 @@ def test_redis_stores_only_verdict_json(redis_url: str) -> None:
     raw = redis.Redis.from_url(redis_url).get(k)
     assert raw is not None
     stored = json.loads(raw)
-    assert set(stored) == {"score", "unsafe", "category", "category_scores", "threshold", "bundle_id"}
+    assert set(stored) == {
+        "score",
+        "unsafe",
+        "category",
+        "category_scores",
+        "threshold",
+        "bundle_id",
+        "cascade_exit",
+    }
     assert 0 < redis.Redis.from_url(redis_url).pttl(k) <= 60_000
     c.close()
 

@@ -110,6 +110,9 @@ class CalibrationConfig:
     # 1, 3, 5, 7, 9); at most this share of the harmful rows the probe catches (out of fold)
     # may leave early.
     cascade: bool = False
+    # The classifier's category head on the mean state over the last user turn's words
+    # (steerguard.calibration.categories); off: the last-token head serves categories.
+    category_content: bool = True
     cascade_depths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
     cascade_max_unsafe_exit: float = 0.005
 
@@ -162,6 +165,9 @@ class ProbeFitDefaults:
     layer_tolerance: float = 0.005
     folds: int = 5
     category_c: float = 0.1
+    # The content category head's L2 strength: the best 5-fold top-1 on the default
+    # calibration split among 0.003-0.1 (0.69; docs/calibration.md).
+    category_content_c: float = 0.03
     mlp_hidden: int = 64
     mlp_members: int = 3
     mlp_weight_decay: float = 0.1

@@ -52,6 +52,7 @@ from steerguard import language
 from steerguard.bundle import Bundle
 from steerguard.calibration import passages
 from steerguard.calibration.cascade import CascadeRows, CascadeSettings, fit_cascade
+from steerguard.calibration.categories import content_category_head
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
 from steerguard.calibration.probe import fit_categories
@@ -156,6 +157,7 @@ class Run:
     mining: MiningResult | None = None
     passage: PassageInfo | None = None
     cascade: CascadeInfo | None = None
+    category_content: dict[str, Any] | None = None
     categories: list[str] = field(default_factory=list)
     category_train_accuracy: float = float("nan")
     found: Vectors | None = None
@@ -480,6 +482,17 @@ def _category_head(run: Run, fit: ProbeFit) -> tuple[list[str], float]:
     cls = np.array([categories.index(str(calib[i].category)) for i in cat_idx])
     head = fit_categories(x, cls, len(categories), (fit.probe.mean, fit.probe.std))
     run.tensors.update(head.tensors("category"))
+    if run.cfg.category_content:
+        run.category_content, tensors = content_category_head(
+            run.host,
+            _convs([calib[i] for i in cat_idx]),
+            cls,
+            len(categories),
+            fit.layer,
+            seed=run.cfg.seed,
+            batch_size=run.cfg.batch_size,
+        )
+        run.tensors.update(tensors)
     return categories, float((head.predict_classes(x).argmax(1) == cls).mean())
 
 
@@ -677,6 +690,7 @@ def _final_bundle(run: Run, manifest: Manifest) -> Bundle:
         languages=_languages(run.calib),
         passage=run.passage,
         cascade=run.cascade,
+        category_content=run.category_content,
         calibration=_record(run),
         note=(
             "Vectors are unit directions per layer; a delta is strength * norms[layer] * vector[layer]. "

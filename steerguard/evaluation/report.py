@@ -43,6 +43,7 @@ from steerguard.evaluation.scoring import (
     cascaded,
     probe_catch,
     probe_section,
+    served_categories,
     system_prompt_section,
     xstest_section,
 )
@@ -101,7 +102,8 @@ def evaluate(
     held = load_heldout(bundle, data_dir, cfg)
     states = eval_states(host, bundle, held, cfg)
     scores = bundle.score(states[bundle.probe_layer])
-    probe = ProbeScores(scores, cascaded(bundle, states), bundle.threshold)
+    served = served_categories(host, bundle, held, scores, cfg)
+    probe = ProbeScores(served, cascaded(bundle, states), bundle.threshold)
     timings["probe_s"] = time.time() - t
     report: dict[str, Any] = {
         "bundle_id": bundle.bundle_id,

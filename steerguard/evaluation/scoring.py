@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from steerguard.data.loaders import Example
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import HeldOut
 from steerguard.evaluation.stats import proportion
+from steerguard.model.activations import content_means
 from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
 from steerguard.model.states import cached_states
@@ -159,6 +160,27 @@ def probe_section(
         "categories": category_section(items, bundle.categories, probe.scores.categories),
         "per_layer_mean_difference_auroc": per_layer,
     }
+
+
+def served_categories(
+    host: ModelHost, bundle: Bundle, held: HeldOut, scores: Scores, cfg: EvalConfig
+) -> Scores:
+    """``scores`` with the category probabilities the classifier serves.
+
+    A bundle with a content head (:attr:`Bundle.reads_content`) reads the
+    mean state over each request's words; only the rows
+    :func:`category_section` scores (harmful, with a bundle category) are
+    computed again.
+    """
+    if not bundle.reads_content:
+        return scores
+    rows = [i for i, e in enumerate(held.items) if e.label == 1 and e.category in bundle.categories]
+    probs = scores.categories.clone()
+    if rows:
+        convs = [held.convs[i] for i in rows]
+        means = content_means(host, convs, bundle.probe_layer, batch_size=cfg.batch_size)
+        probs[rows] = bundle.content_categories(means)
+    return replace(scores, categories=probs)
 
 
 def category_section(items: list[Example], cats: list[str], probs: torch.Tensor) -> dict[str, Any]:

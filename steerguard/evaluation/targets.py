@@ -64,18 +64,20 @@ def probe_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             _check("xstest_unsafe_caught", xs["unsafe_caught"], xs["unsafe_caught_count"]),
         ]
     )
-    cats = report["probe"].get("categories", {})
-    if cats.get("rows"):
-        out.update(
-            [
-                _check("category_top1", cats["top1"]),
-                _check("category_top1_lowest", cats["top1_lowest"]),
-            ]
-        )
+    out.update(category_checks(report["probe"].get("categories", {})))
     encoded = report.get("encodings", {}).get("caught")
     if encoded is not None:
         out.update([_check("encoded_harmful_caught", encoded["rate"], encoded)])
     return out
+
+
+def category_checks(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Top-1 category accuracy, overall and for the weakest category (none without labelled rows)."""
+    if not section.get("rows"):
+        return {}
+    return dict(
+        [_check("category_top1", section["top1"]), _check("category_top1_lowest", section["top1_lowest"])]
+    )
 
 
 def response_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

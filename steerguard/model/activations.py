@@ -11,14 +11,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from steerguard.model.chat import Conversation
 from steerguard.model.hooks import StopForward, layer_hooks
 from steerguard.model.host import Batch, ModelHost
+from steerguard.model.spans import Span, TurnMarkers, last_turn_content
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class LayerStates:
+    """A pass's last-token states per layer and, when asked, the deepest layer's span means."""
+
+    states: dict[int, torch.Tensor]
+    content: torch.Tensor | None = None
+
+
 # Called with (layer, what was kept of it) after each requested layer; True ends the pass there.
 StopRule = Callable[[int, torch.Tensor], bool]
 
@@ -75,6 +87,33 @@ def last_token_states(
     return reduced_states(host, batch, layers, stop=stop)
 
 
+def states_with_spans(
+    host: ModelHost, batch: Batch, layers: Iterable[int], spans: Sequence[Span], stop: StopRule | None = None
+) -> LayerStates:
+    """Last-token states of ``layers`` and the deepest layer's mean over each row's span.
+
+    ``spans`` are positions in each row's own tokens (the batch is left-padded).
+    """
+    wanted = sorted(set(layers))
+    width, size = batch.input_ids.shape[1], host.identity.hidden_size
+    lengths = batch.attention_mask.sum(1).tolist()
+    shifted = [(s + width - n, max(e, s + 1) + width - n) for (s, e), n in zip(spans, lengths, strict=True)]
+
+    def reduce(hidden: torch.Tensor) -> torch.Tensor:
+        means = torch.stack([hidden[r, s:e].mean(0) for r, (s, e) in enumerate(shifted)])
+        return torch.cat([hidden[:, -1, :], means], dim=-1)
+
+    def halt(layer: int, kept: torch.Tensor) -> bool:
+        return stop is not None and stop(layer, kept[:, :size])
+
+    found = reduced_states(host, batch, wanted, reduce, stop=halt)
+    deepest = found.get(wanted[-1])
+    return LayerStates(
+        {layer: kept[:, :size] for layer, kept in found.items()},
+        None if deepest is None else deepest[:, size:],
+    )
+
+
 def collect_states(
     host: ModelHost,
     convs: Sequence[Conversation],
@@ -98,4 +137,31 @@ def collect_states(
         states = last_token_states(host, host.encode([convs[i] for i in idx]), wanted)
         for layer in wanted:
             out[layer][idx] = states[layer]
+    return out
+
+
+@torch.inference_mode()
+def content_means(
+    host: ModelHost, convs: Sequence[Conversation], layer: int, *, batch_size: int = 16
+) -> torch.Tensor:
+    """``[N, H]`` mean states of ``layer`` over each conversation's last user turn's words.
+
+    The span comes from :func:`steerguard.model.spans.last_turn_content`; the
+    classifier's category head reads this (see that module for why).
+    """
+    markers = TurnMarkers.for_tokenizer(host.tokenizer)
+    out = torch.empty((len(convs), host.identity.hidden_size))
+    for start in range(0, len(convs), batch_size):
+        batch = host.encode(convs[start : start + batch_size])
+        width = batch.input_ids.shape[1]
+        spans = []
+        for row, mask in zip(batch.input_ids, batch.attention_mask, strict=True):
+            ids = row[mask.bool()].tolist()
+            s, e = last_turn_content(ids, markers)
+            spans.append((s + width - len(ids), e + width - len(ids)))  # left padding
+
+        def reduce(hidden: torch.Tensor, spans: list[Span] = spans) -> torch.Tensor:
+            return torch.stack([hidden[r, s:e].mean(0) for r, (s, e) in enumerate(spans)])
+
+        out[start : start + len(spans)] = reduced_states(host, batch, [layer], reduce)[layer]
     return out

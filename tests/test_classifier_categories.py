@@ -1,0 +1,133 @@
+"""The content category head: categories read from the mean state over the last user turn's words.
+
+Tiny random Llama (SmolLM2's tokenizer), a bundle given a random content
+head. The served category scores must equal the head applied to the mean
+state computed offline, in each of the classifier's paths: the shared-prefix
+pass, the plain pass (a conversation with its own system prompt) and the
+chunked pass of a view longer than one step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from classifier_service.core import ClassifierCore, CoreConfig
+from steerguard.bundle import Bundle
+from steerguard.calibration.categories import content_category_head
+from steerguard.errors import BundleError
+from steerguard.model.activations import content_means
+from steerguard.model.chat import normalise_request
+from steerguard.model.host import ModelHost
+from steerguard.model.spans import TurnMarkers, last_turn_content
+
+WORDS = "Explain how tides work on the coast"
+
+
+def with_content_head(bundle: Bundle, folder: Path) -> Bundle:
+    g = torch.Generator().manual_seed(3)
+    h, c = bundle.tensors["probe.mean"].numel(), len(bundle.categories)
+    tensors = {
+        **bundle.tensors,
+        "category_content.mean": torch.zeros(h),
+        "category_content.std": torch.ones(h),
+        "category_content.weight": torch.randn((c, h), generator=g),
+        "category_content.bias": torch.zeros(c),
+    }
+    manifest = replace(bundle.manifest, category_content={"features": "test"}, bundle_id="")
+    Bundle(manifest, tensors).save(folder)
+    return Bundle.load(folder)
+
+
+@pytest.fixture(scope="module")
+def host(tiny_model_dir: Path, tiny_bundle: Bundle) -> ModelHost:
+    return ModelHost.load(tiny_model_dir, max_layers=tiny_bundle.probe_layer + 1)
+
+
+def test_the_span_is_the_last_user_turns_words(host: ModelHost) -> None:
+    markers = TurnMarkers.for_tokenizer(host.tokenizer)
+    assert markers is not None
+    single = host.token_ids(normalise_request(WORDS))
+    s, e = last_turn_content(single, markers)
+    assert host.tokenizer.decode(single[s:e]) == WORDS
+    chat = normalise_request(
+        None,
+        [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "an answer"},
+            {"role": "user", "content": WORDS},
+        ],
+    )
+    ids = host.token_ids(chat)
+    s, e = last_turn_content(ids, markers)
+    assert host.tokenizer.decode(ids[s:e]) == WORDS
+    assert last_turn_content([5, 6, 7], None) == (1, 3)  # no markers: all but the first token
+
+
+@pytest.mark.parametrize("path", ["prefix", "plain", "chunked"])
+def test_served_categories_are_the_content_heads(
+    host: ModelHost, tiny_bundle: Bundle, tmp_path: Path, path: str
+) -> None:
+    bundle = with_content_head(tiny_bundle.with_threshold(0.0001), tmp_path)  # every prompt unsafe
+    text = WORDS if path != "chunked" else " ".join([WORDS] * 12)
+    own_system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+    conv = normalise_request(None, own_system) if path == "plain" else normalise_request(text)
+    step = 32 if path == "chunked" else CoreConfig().max_step_tokens
+    core = ClassifierCore(host, bundle, None, CoreConfig(max_batch_wait_ms=0, max_step_tokens=step))
+    try:
+        (verdict,) = core.classify([conv])
+        if path == "prefix":
+            assert core.prefix is not None and core.prefix.fits(host.token_ids(conv))
+        if path == "chunked":
+            assert len(host.token_ids(conv)) - len(core.prefix or []) > step
+    finally:
+        core.close()
+    expected = bundle.content_categories(content_means(host, [conv], bundle.probe_layer))[0]
+    got = torch.tensor([verdict.category_scores[c] for c in bundle.categories])
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-3)
+    assert verdict.unsafe and verdict.category == bundle.categories[int(expected.argmax())]
+
+
+def test_a_bundle_naming_a_content_head_must_carry_it(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    bundle = with_content_head(tiny_bundle, tmp_path)
+    tensors = {k: v for k, v in bundle.tensors.items() if k != "category_content.weight"}
+    with pytest.raises(BundleError, match="category_content.weight"):
+        Bundle(bundle.manifest, tensors)
+
+
+def test_calibration_fits_the_head_and_records_its_cross_validated_accuracy(
+    host: ModelHost, tiny_bundle: Bundle
+) -> None:
+    topics = ["bread and ovens", "rivers and tides", "stars and planets"]
+    convs: list[Any] = []
+    for topic in topics:
+        convs += [normalise_request(f"Tell me about {topic}, part {i}") for i in range(6)]
+    classes = np.repeat(np.arange(3), 6)
+    record, tensors = content_category_head(host, convs, classes, 3, tiny_bundle.probe_layer, seed=0)
+    assert record["rows"] == 18 and 0.0 <= record["cv_top1"] <= 1.0 and record["train_top1"] > 0.9
+    assert tensors["category_content.weight"].shape == (3, host.identity.hidden_size)
+    assert set(tensors) == {f"category_content.{t}" for t in ("mean", "std", "weight", "bias")}
+
+
+def test_offline_classify_gives_the_served_categories(
+    host: ModelHost, tiny_bundle: Bundle, tmp_path: Path
+) -> None:
+    from steerguard.offline import classify
+
+    bundle = with_content_head(tiny_bundle.with_threshold(0.0001), tmp_path)
+    convs = [normalise_request(WORDS), normalise_request("What is the capital of France?")]
+    core = ClassifierCore(host, bundle, None, CoreConfig(max_batch_wait_ms=0))
+    try:
+        served = core.classify(convs)
+    finally:
+        core.close()
+    offline = classify(host, bundle, convs)
+    for a, b in zip(served, offline, strict=True):
+        assert a.category == b.category
+        assert a.category_scores == pytest.approx(b.category_scores, abs=2e-4)
