@@ -59,6 +59,7 @@ RUN set -eux; \
 COPY . /src
 RUN set -eux; \
     extras="[model,extproc]"; [ "$VARIANT" = light ] && extras="[extproc]"; \
+    [ "$VARIANT" = cuda ] && extras="[model,extproc,vllm]"; \
     pip install /src"$extras" && rm -rf /src; \
     steerguard serve sidecar --help > /dev/null; \
     steerguard serve extproc --help > /dev/null

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from steer_service.config import SteerConfig
+from steer_service.config import ENGINES, SteerConfig
 from steerguard.grpc_common.flags import add_common_service_flags
 from steerguard.settings import add_flag
 
@@ -36,6 +36,27 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         default=limits.max_new_tokens_cap,
         help="largest max_new_tokens accepted",
+    )
+    add_flag(
+        parser,
+        "--engine",
+        choices=list(ENGINES),
+        default=limits.engine,
+        help="the decode loop: inhouse, or vllm (the steerguard[vllm] extra; docs/vllm.md)",
+    )
+    add_flag(
+        parser,
+        "--vllm-memory-fraction",
+        type=float,
+        default=limits.vllm_memory_fraction,
+        help="share of memory vLLM reserves (model and KV cache; --engine vllm)",
+    )
+    add_flag(
+        parser,
+        "--vllm-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=limits.vllm_dtype,
+        help="vLLM's dtype (float32 gives the in-house engine's greedy tokens; --engine vllm)",
     )
     add_flag(
         parser,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from steerguard.grpc_common.flags import MAX_PROMPT_TOKENS
 
+ENGINES = ("inhouse", "vllm")
+
 
 @dataclass(frozen=True)
 class SteerConfig:
@@ -25,6 +27,12 @@ class SteerConfig:
     max_temperature: float = 2.0
     log_prompts: bool = False
     ignore_eos: bool = False
+    # "inhouse" (the continuous-batching loop here) or "vllm" (steer_service.vllm_engine, the
+    # steerguard[vllm] extra); vLLM's CPU worker reserves this share of memory (its default,
+    # 0.92, fails on a shared machine) and runs in this dtype.
+    engine: str = "inhouse"
+    vllm_memory_fraction: float = 0.2
+    vllm_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -35,6 +43,8 @@ class SteerConfig:
             raise ValueError("max_prompt_tokens must be at least 1")
         if self.max_queue < 0:
             raise ValueError("max_queue must not be negative")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SteerConfig:
@@ -44,4 +54,7 @@ class SteerConfig:
             max_prompt_tokens=int(args.max_prompt_tokens),
             max_queue=int(args.max_queue),
             log_prompts=bool(args.log_prompts),
+            engine=str(getattr(args, "engine", cls.engine)),
+            vllm_memory_fraction=float(getattr(args, "vllm_memory_fraction", cls.vllm_memory_fraction)),
+            vllm_dtype=str(getattr(args, "vllm_dtype", cls.vllm_dtype)),
         )

@@ -24,7 +24,6 @@ fall back to batching only requests that arrive while the engine is idle.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -35,9 +34,10 @@ import torch
 from steer_service import metrics
 from steer_service.config import SteerConfig
 from steer_service.detok import TextStream
+from steer_service.engine_base import EngineBase
 from steer_service.jobs import Chunk, Job
 from steerguard.bundle import Bundle
-from steerguard.errors import DeadlineExceeded, NotReady, Overloaded, SteerguardError
+from steerguard.errors import DeadlineExceeded, NotReady, SteerguardError
 from steerguard.generation import DecodeBatch, make_generator, pick_token, supports_row_merge
 from steerguard.logs import get_logger
 from steerguard.model.host import ModelHost
@@ -73,61 +73,23 @@ class _Row:
         return len(self.stream.tokens)
 
 
-class Engine:
+class Engine(EngineBase):
     """Owns the model's decode loop; :meth:`submit` is safe from any thread."""
 
     def __init__(self, host: ModelHost, bundle: Bundle, config: SteerConfig) -> None:
+        super().__init__(config, self._run, "steer-engine")
         self.host = host
         self.bundle = bundle
-        self.config = config
         self.stats = EngineStats()
         self._eos = host.eos_token_ids
-        self._cond = threading.Condition()
-        self._pending: deque[Job] = deque()
-        self._closed = False
-        self._draining = False  # finish what is here, take nothing new, then stop (a bundle swap)
         self._batch: DecodeBatch | None = None
         self._rows: list[_Row] = []
         self._merge_ok: bool | None = None  # learnt from the first prefill's cache
-        self._idle = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="steer-engine", daemon=True)
 
     # -- caller side -----------------------------------------------------------
 
-    def start(self) -> Engine:
-        self._thread.start()
-        return self
-
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Stop the loop; rows and jobs still open get ``UNAVAILABLE``."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def drain(self) -> None:
-        """Finish every running and waiting job, then stop: a bundle swap lets calls end where they began."""
-        with self._cond:
-            self._draining = True
-            self._cond.notify_all()
-
-    def submit(self, job: Job) -> None:
-        with self._cond:
-            if self._closed:
-                raise NotReady("the steer service is shutting down")
-            if len(self._pending) >= self.config.max_queue + max(0, self.free_rows):
-                metrics.REJECTED.labels("queue_full").inc()
-                raise Overloaded("too many generations waiting; retry later")
-            self._pending.append(job)
-            self._idle.clear()
-            metrics.QUEUE_DEPTH.set(len(self._pending))
-            self._cond.notify_all()
-
-    def wake(self) -> None:
-        """Let the loop notice a cancellation while it waits for work."""
-        with self._cond:
-            self._cond.notify_all()
+    def _full(self) -> bool:
+        return len(self._pending) >= self.config.max_queue + max(0, self.free_rows)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no row runs and nothing waits (its stats are then final)."""

@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         "serving",
         bundle_id=bundle.bundle_id,
         model=host.identity.name,
+        engine=config.engine,
         max_batch_size=config.max_batch_size,
         max_new_tokens_cap=config.max_new_tokens_cap,
     )

@@ -45,6 +45,15 @@ class GenerateInput:
     steering: SteeringRequest = field(default_factory=SteeringRequest)
 
 
+def make_engine(host: ModelHost, bundle: Bundle, config: SteerConfig) -> Engine:
+    """The configured decode loop; both take the same jobs and give the same chunks."""
+    if config.engine == "vllm":
+        from steer_service.vllm_engine import VllmEngine
+
+        return VllmEngine(host, bundle, config, host.source)  # type: ignore[return-value]
+    return Engine(host, bundle, config)
+
+
 class SteerService:
     """Host + bundle + engine, shared by every RPC of the process."""
 
@@ -52,7 +61,7 @@ class SteerService:
         self.host = host
         self.bundle = bundle
         self.config = config
-        self.engine = Engine(host, bundle, config)
+        self.engine = make_engine(host, bundle, config)
         self._max_positions = int(getattr(host.model.config, "max_position_embeddings", 0) or 0)
 
     def start(self) -> SteerService:
