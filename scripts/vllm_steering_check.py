@@ -11,15 +11,14 @@ It needs the virtualenv with vLLM and this project that
 ``scripts/setup_vllm.sh`` makes (docs/vllm.md):
 
     bash scripts/setup_vllm.sh
-    .venv-vllm/bin/python scripts/vllm_steering_check.py            # equivalence, lifecycle
-    .venv-vllm/bin/python scripts/vllm_steering_check.py --bench    # tokens/s, side by side
+    .venv-vllm/bin/python scripts/vllm_steering_check.py
+
+The speed comparison is ``bench/bench_vllm.py``.
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 
 from steer_service.config import SteerConfig
@@ -121,49 +120,9 @@ def lifecycle(service: SteerService) -> list[str]:
     return failed
 
 
-def tokens_per_s(service: SteerService, rows: int, mode: Mode, tokens: int = 48) -> float:
-    """Generated tokens per second with ``rows`` requests at once (fixed length: ignore_eos)."""
-    inputs = [
-        GenerateInput(prompt=PROMPTS[i % len(PROMPTS)], max_new_tokens=tokens, steering=SteeringRequest(mode))
-        for i in range(rows)
-    ]
-    started = time.perf_counter()
-    run(service, inputs)
-    return rows * tokens / (time.perf_counter() - started)
-
-
-def bench(host: ModelHost, bundle: Bundle) -> None:
-    """Tokens/s of each engine at batch 1 and 8, and steered (REFUSAL) vs NONE within vLLM."""
-    runs: dict[str, list[float]] = {}
-    for engine in ("inhouse", "vllm"):
-        service = SteerService(host, bundle, SteerConfig(engine=engine, ignore_eos=True)).start()
-        try:
-            tokens_per_s(service, 2, Mode.NONE, 8)  # warm-up
-            for rows in (1, 8):
-                for mode in (Mode.NONE, Mode.REFUSAL) * 4:  # alternating
-                    runs.setdefault(f"{engine} batch {rows} {mode.value}", []).append(
-                        tokens_per_s(service, rows, mode)
-                    )
-        finally:
-            service.close()
-    rates = {key: statistics.median(values) for key, values in runs.items()}
-    for key, rate in rates.items():
-        print(f"{key:28} {rate:7.1f} tokens/s")
-    for rows in (1, 8):
-        vllm, ours = rates[f"vllm batch {rows} none"], rates[f"inhouse batch {rows} none"]
-        steered = rates[f"vllm batch {rows} refusal"] / vllm
-        print(
-            f"batch {rows}: vLLM {vllm / ours:.2f}x the in-house engine; "
-            f"steered/unsteered in vLLM {steered:.2f}"
-        )
-
-
 def main() -> int:
     bundle = Bundle.load(DEFAULT_BUNDLE_DIR)
     host = ModelHost.load(None, dtype="float32")
-    if "--bench" in sys.argv:
-        bench(host, bundle)
-        return 0
     inputs = [
         GenerateInput(prompt=p, max_new_tokens=TOKENS, steering=r) for r in requests(bundle) for p in PROMPTS
     ]
