@@ -74,5 +74,7 @@ def chunked_last_state(
             )
         if at + chunk < len(ids) and not between():
             return None
-    mean = None if span is None else total / max(1, count[0]) if count[0] else found["state"]
-    return found["state"], mean
+    if span is None:
+        return found["state"], None
+    # An empty span (all of it in the cached prefix) falls back to the last token's state.
+    return found["state"], total / count[0] if count[0] else found["state"]

@@ -172,9 +172,9 @@ class SharedPrefix:
         out = torch.empty((len(spans), hidden.shape[-1]))
         for i, (s, e) in enumerate(spans):
             line, last = int(ends[i, 0]), int(ends[i, 1])
-            first = last - lengths[i] + 1  # the row's first suffix column
-            a, b = first + max(s, n) - n, first + max(e, n + 1) - n
-            out[i] = hidden[line, a : max(b, a + 1)].float().mean(0)
+            column = last - lengths[i] + 1 - n  # column of row position p: column + p
+            a = column + max(s, n)  # the prefix's positions are not in this pass
+            out[i] = hidden[line, a : max(column + e, a + 1)].float().mean(0)
         return out
 
     def _mask(self, segment: torch.Tensor) -> torch.Tensor:

@@ -88,8 +88,8 @@ class Engine(EngineBase):
 
     # -- caller side -----------------------------------------------------------
 
-    def _full(self) -> bool:
-        return len(self._pending) >= self.config.max_queue + max(0, self.free_rows)
+    def _in_flight(self) -> int:
+        return len(self._rows)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no row runs and nothing waits (its stats are then final)."""

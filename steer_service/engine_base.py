@@ -3,7 +3,7 @@
 :class:`steer_service.engine.Engine` (the in-house loop) and
 :class:`steer_service.vllm_engine.VllmEngine` differ in how they run jobs,
 not in how jobs reach them: :meth:`submit` from any thread, refused when the
-engine is shutting down or full (``_full``), then the loop thread takes them.
+engine is shutting down or full, then the loop thread takes them.
 """
 
 from __future__ import annotations
@@ -31,9 +31,16 @@ class EngineBase:
         self._idle = threading.Event()
         self._thread = threading.Thread(target=run, name=name, daemon=True)
 
-    def _full(self) -> bool:
-        """True when one more job may not wait (called under the condition)."""
+    def _in_flight(self) -> int:
+        """Jobs the loop has taken and not finished."""
         raise NotImplementedError
+
+    def _full(self) -> bool:
+        """True when one more job may not wait (called under the condition).
+
+        At most ``max_batch_size`` run and ``max_queue`` wait beyond them.
+        """
+        return len(self._pending) + self._in_flight() >= self.config.max_queue + self.config.max_batch_size
 
     def start(self: E) -> E:
         self._thread.start()

@@ -100,10 +100,8 @@ class VllmEngine(EngineBase):
 
     # -- caller side ------------------------------------------------------------------
 
-    def _full(self) -> bool:
-        # Waiting: not yet handed to vLLM, or handed over beyond the rows it runs at once.
-        waiting = len(self._pending) + max(0, len(self._running) - self.config.max_batch_size)
-        return waiting >= self.config.max_queue + max(0, self.config.max_batch_size - len(self._running))
+    def _in_flight(self) -> int:
+        return len(self._running)  # handed to vLLM (it queues those beyond max_num_seqs itself)
 
     # -- engine thread ------------------------------------------------------------------
 

@@ -20,10 +20,10 @@ import torch
 
 from steerguard.bundle import Bundle
 from steerguard.generation import SamplingParams, generate
-from steerguard.model.activations import LayerStates, last_token_states, states_with_spans
+from steerguard.model.activations import LayerStates, batch_spans, last_token_states, states_with_spans
 from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
-from steerguard.model.spans import TurnMarkers, last_turn_content
+from steerguard.model.spans import TurnMarkers
 from steerguard.plan import Applied, BatchPlan, SteeringRequest
 from steerguard.verdict import Verdict, verdicts_from_states
 
@@ -74,8 +74,7 @@ def classify(
         if markers is None:
             found = LayerStates(last_token_states(host, batch, [layer]))
         else:
-            spans = [last_turn_content(host.token_ids(convs[i]), markers) for i in idx]
-            found = states_with_spans(host, batch, [layer], spans)
+            found = states_with_spans(host, batch, [layer], batch_spans(batch, markers))
         verdicts = verdicts_from_states(bundle, found.states[layer], threshold, content=found.content)
         for i, v in zip(idx, verdicts, strict=True):
             out[i] = v

@@ -6,16 +6,19 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_bench(script: str, out: Path, *args: str) -> dict[str, object]:
+def run_bench(script: str, out: Path, *args: str, tiny: bool = True, timeout: int = 600) -> dict[str, Any]:
+    """Run ``bench/script`` (on the tiny model unless ``tiny`` is off); its JSON results."""
+    model = ["--tiny"] if tiny else []
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / script), "--tiny", "--out", str(out), *args],
+        [sys.executable, str(REPO / "bench" / script), *model, "--out", str(out), *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         cwd=REPO,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -44,16 +47,7 @@ def test_classifier_bench_reports_every_measurement(tmp_path: Path) -> None:
 
 
 def test_overhead_bench_measures_both_paths_side_by_side(tmp_path: Path) -> None:
-    out = tmp_path / "o.json"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_overhead.py"), "--requests", "20", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = run_bench("bench_overhead.py", tmp_path / "o.json", "--requests", "20", tiny=False, timeout=300)
     for path in ("chat", "passthrough"):
         assert result[path]["direct"]["p50_ms"] > 0 and result[path]["sidecar"]["p50_ms"] > 0
     # The two-write upstream stalls a plain keep-alive client ~40 ms on each response (delayed ACK);
@@ -95,16 +89,7 @@ def test_overload_bench_measures_starvation_drops_and_shedding(tmp_path: Path) -
 
 
 def test_overlap_bench_compares_three_paths_in_one_run(tmp_path: Path) -> None:
-    out = tmp_path / "ol.json"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_overlap.py"), "--fake", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    r = json.loads(out.read_text())
+    r = run_bench("bench_overlap.py", tmp_path / "ol.json", "--fake", "--quick", tiny=False, timeout=300)
     for path in ("direct", "overlap_off", "overlap_on"):
         assert r[path]["p50_ms"] >= r["upstream_ttfb_ms"], path  # every path waited for the chatbot
     assert r["rounds"] == 5 and isinstance(r["pass"], bool)

@@ -140,7 +140,14 @@ def collect_states(
     return out
 
 
-@torch.inference_mode()
+def batch_spans(batch: Batch, markers: TurnMarkers | None) -> list[Span]:
+    """Each row's last-user-turn span, in the row's own tokens (padding removed)."""
+    return [
+        last_turn_content(row[mask.bool()].tolist(), markers)
+        for row, mask in zip(batch.input_ids, batch.attention_mask, strict=True)
+    ]
+
+
 def content_means(
     host: ModelHost, convs: Sequence[Conversation], layer: int, *, batch_size: int = 16
 ) -> torch.Tensor:
@@ -153,15 +160,7 @@ def content_means(
     out = torch.empty((len(convs), host.identity.hidden_size))
     for start in range(0, len(convs), batch_size):
         batch = host.encode(convs[start : start + batch_size])
-        width = batch.input_ids.shape[1]
-        spans = []
-        for row, mask in zip(batch.input_ids, batch.attention_mask, strict=True):
-            ids = row[mask.bool()].tolist()
-            s, e = last_turn_content(ids, markers)
-            spans.append((s + width - len(ids), e + width - len(ids)))  # left padding
-
-        def reduce(hidden: torch.Tensor, spans: list[Span] = spans) -> torch.Tensor:
-            return torch.stack([hidden[r, s:e].mean(0) for r, (s, e) in enumerate(spans)])
-
-        out[start : start + len(spans)] = reduced_states(host, batch, [layer], reduce)[layer]
+        found = states_with_spans(host, batch, [layer], batch_spans(batch, markers))
+        assert found.content is not None, "the deepest layer's span means are always read"
+        out[start : start + batch.input_ids.shape[0]] = found.content
     return out
