@@ -8,7 +8,10 @@ own :func:`steerguard.generation.prefill` / :func:`decode_step` and a
 - ``none``: no steering (no hooks);
 - ``refusal``: the refusal vector on every row;
 - ``auto``: probe-gated inside the prompt pass, every row flagged or not as
-  the probe decides (the serving path).
+  the probe decides (the serving path);
+- ``refusal-head``: ``auto`` with every row flagged and answered by the
+  bundle's refusal head (a low-rank delta on the LM head; run when the bundle
+  has one): the head's worst case.
 
 Within a round the configurations run side by side, one forward pass each
 in turn (prefill, then every decode step, rotating who goes first), so load
@@ -47,15 +50,25 @@ PROMPTS = [
 ]
 
 
+HEAD = "refusal-head"
+
+
 def steps(host, bundle, prompts, mode: str, tokens: int) -> Iterator[float]:  # type: ignore[no-untyped-def]
     """Generate ``tokens`` per row in ``mode``, yielding the seconds of each pass (prefill, then steps)."""
     from steerguard.generation import decode_step, prefill
     from steerguard.model.chat import normalise_request
-    from steerguard.plan import BatchPlan, Mode, SteeringRequest
+    from steerguard.plan import AutoVector, BatchPlan, Mode, SteeringRequest
 
     convs = [normalise_request(p) for p in prompts]
     batch = host.encode(convs)
-    plan = BatchPlan(bundle, [SteeringRequest(Mode(mode))] * len(convs), host.identity.hidden_size)
+    request = (
+        SteeringRequest(Mode(mode))
+        if mode != HEAD
+        else SteeringRequest(Mode.AUTO, auto_vector=AutoVector.REFUSAL_HEAD)
+    )
+    if mode == HEAD:
+        bundle = bundle.with_threshold(0.0)  # every row flagged
+    plan = BatchPlan(bundle, [request] * len(convs), host.identity.hidden_size)
     start = time.perf_counter()
     logits, cache = prefill(host, batch, plan.state, plan.extra_layers)
     yield time.perf_counter() - start
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="rows per batch")
     ap.add_argument("--tokens", type=int, default=48, help="tokens generated per row")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds")
-    ap.add_argument("--modes", default="none,refusal,auto", help="configurations to compare")
+    ap.add_argument("--modes", default="none,refusal,auto,refusal-head", help="configurations to compare")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -106,13 +119,14 @@ def main(argv: list[str] | None = None) -> int:
 
         tmp = Path(tempfile.mkdtemp(prefix="sg-bench-"))
         host = ModelHost.load(make_tiny_llama(tmp / "model"))
-        bundle = make_random_bundle(host, tmp / "bundle")
+        bundle = make_random_bundle(host, tmp / "bundle", refusal_head=True)
     else:
         bundle = Bundle.load(args.bundle)
         host = ModelHost.load(args.model)
         bundle.verify_model(host.identity)
     prompts = (PROMPTS * ((args.batch + len(PROMPTS) - 1) // len(PROMPTS)))[: args.batch]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = [m for m in modes if m != HEAD or bundle.has_refusal_head]
     interleaved(host, bundle, prompts, modes, 4)  # warm-up
     rates: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(args.rounds):

@@ -56,6 +56,14 @@ def make_tiny_llama(folder: str | Path, *, layers: int = 4, hidden: int = 64, se
     return out
 
 
+def _random_head(hidden: int, vocab: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """A rank-4 refusal head strong enough to change greedy tokens."""
+    return {
+        "refusal_head.a": torch.randn((hidden, 4), generator=g),
+        "refusal_head.b": torch.randn((4, vocab), generator=g) * 5.0,
+    }
+
+
 def make_random_bundle(
     host: ModelHost,
     folder: str | Path,
@@ -67,11 +75,13 @@ def make_random_bundle(
     seed: int = 0,
     passage_tokens: int | None = None,
     response: bool = False,
+    refusal_head: bool = False,
 ) -> Bundle:
     """A structurally valid bundle with random weights for ``host``'s model.
 
     ``passage_tokens``: also a random passage probe at the probe layer, windows of that many tokens.
     ``response``: also a random response probe at the probe layer.
+    ``refusal_head``: also a random rank-4 refusal head, strong enough to change greedy tokens.
     """
     g = torch.Generator().manual_seed(seed)
     h, n = host.identity.hidden_size, host.identity.num_layers
@@ -117,7 +127,10 @@ def make_random_bundle(
                 "response.bias": torch.zeros(1),
             }
         )
+    if refusal_head:
+        tensors.update(_random_head(h, len(host.tokenizer), g))
     manifest = Manifest(
+        refusal_head={"rank": 4, "note": "random"} if refusal_head else None,
         model=ModelInfo(**host.identity.as_dict()),
         probe=ProbeInfo(layer=probe_layer, threshold=threshold, kind="logistic"),
         passage=passage,

@@ -1,10 +1,12 @@
-"""Run one section of ``steerguard eval`` on a bundle: ``probe``, ``shapes`` or ``responses``.
+"""Run one section of ``steerguard eval`` on a bundle: ``probe``, ``shapes``, ``responses``, ...
 
 Why: a bundle that differs from an evaluated one only in one head changes
 nothing the other sections read, and the whole evaluation takes over half an
 hour on two cores. ``shapes`` (multi-turn chats, long documents) is all a
 refitted passage probe (``scripts/refit_passage.py``) changes; ``responses``
 (held-out answers) is all an added response probe (``scripts/fit_response.py``)
+changes; ``generation`` (AUTO's answers, and the refusal head beside the
+refusal vector) is all an added refusal head (``scripts/fit_refusal_head.py``)
 changes; ``categories`` is all a refitted category head
 (``scripts/fit_categories.py``) changes; ``probe`` (the prompt probe, XSTest, other system prompts, encoded
 requests and the early exit's own section) is what an added early exit
@@ -26,9 +28,11 @@ import bundle_args  # scripts/, on the path when a script runs
 from steerguard.bundle import Bundle
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.encodings import encoding_section
+from steerguard.evaluation.generation import generation_section
 from steerguard.evaluation.heldout import HeldOut, load_heldout
 from steerguard.evaluation.report import eval_states
 from steerguard.evaluation.responses import response_section
+from steerguard.evaluation.scans import scans_section
 from steerguard.evaluation.scoring import (
     ProbeScores,
     cascade_section,
@@ -40,11 +44,22 @@ from steerguard.evaluation.scoring import (
     xstest_section,
 )
 from steerguard.evaluation.shapes import shape_section
-from steerguard.evaluation.targets import category_checks, probe_checks, response_checks, shape_checks
+from steerguard.evaluation.targets import (
+    category_checks,
+    generation_checks,
+    probe_checks,
+    response_checks,
+    shape_checks,
+)
 from steerguard.model.host import ModelHost
 from steerguard.model.states import cached_states
 
 SECTIONS = {
+    "generation": (
+        lambda host, bundle, held, cfg: generation_section(host, bundle, held.harmful, held.benign, cfg),
+        generation_checks,
+    ),
+    "scans": (scans_section, lambda report: {}),
     "shapes": (shape_section, shape_checks),
     "responses": (response_section, response_checks),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from steer_service.jobs import Chunk
 from steer_service.service import GenerateInput
 from steerguard.errors import InvalidInput
-from steerguard.plan import Applied, Mode, SteeringRequest
+from steerguard.plan import Applied, AutoVector, Mode, SteeringRequest
 from steerguard.v1 import common_pb2, steer_pb2
 from steerguard.verdict import Verdict
 
@@ -17,6 +17,12 @@ _PROTO_MODES: dict[Mode, steer_pb2.Steering.Mode] = {
     Mode.SCANS: steer_pb2.Steering.SCANS,
 }
 _MODES: dict[int, Mode] = {int(number): mode for mode, number in _PROTO_MODES.items()}
+_AUTO_VECTORS: dict[int, AutoVector] = {
+    int(steer_pb2.Steering.AUTO_VECTOR_POLICY): AutoVector.POLICY,
+    int(steer_pb2.Steering.AUTO_VECTOR_REFUSAL): AutoVector.REFUSAL,
+    int(steer_pb2.Steering.AUTO_VECTOR_CATEGORY): AutoVector.CATEGORY,
+    int(steer_pb2.Steering.AUTO_VECTOR_REFUSAL_HEAD): AutoVector.REFUSAL_HEAD,
+}
 
 
 def mode_from_proto(number: int) -> Mode:
@@ -27,11 +33,19 @@ def mode_from_proto(number: int) -> Mode:
         raise InvalidInput(f"unknown steering mode {int(number)}") from None
 
 
+def auto_vector_from_proto(number: int) -> AutoVector:
+    try:
+        return _AUTO_VECTORS[int(number)]
+    except KeyError:
+        raise InvalidInput(f"unknown auto_vector {int(number)}") from None
+
+
 def generate_input(request: steer_pb2.GenerateRequest) -> GenerateInput:
     steering = SteeringRequest(
         mode=mode_from_proto(request.steering.mode),
         category=request.steering.category,
         strength=float(request.steering.strength),
+        auto_vector=auto_vector_from_proto(request.steering.auto_vector),
     )
     return GenerateInput(
         prompt=request.prompt,

@@ -22,6 +22,9 @@ E = TypeVar("E", bound="EngineBase")
 
 
 class EngineBase:
+    # Whether flagged rows can decode with the bundle's refusal head (an LM-head hook).
+    supports_refusal_head = True
+
     def __init__(self, config: SteerConfig, run: Callable[[], None], name: str) -> None:
         self.config = config
         self._cond = threading.Condition()

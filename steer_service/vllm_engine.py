@@ -31,7 +31,7 @@ from steer_service.engine_base import EngineBase
 from steer_service.jobs import Chunk, Job
 from steer_service.vllm_steering import Registry, RowSteering, steer_rows
 from steerguard.bundle import Bundle
-from steerguard.errors import DeadlineExceeded, NotReady
+from steerguard.errors import BundleError, DeadlineExceeded, NotReady
 from steerguard.logs import get_logger
 from steerguard.model.host import ModelHost
 
@@ -72,12 +72,21 @@ def install_hooks(worker: Any, registry: Registry, layers: list[int]) -> int:
 
 
 class VllmEngine(EngineBase):
-    """Steered generation on vLLM; :meth:`submit` is safe from any thread."""
+    """Steered generation on vLLM; :meth:`submit` is safe from any thread.
+
+    The refusal head is not served here: vLLM computes logits outside the
+    decoder layers these hooks reach, so a request that asks for it is refused
+    (``INVALID_ARGUMENT``), and a bundle whose policy names it cannot start.
+    """
+
+    supports_refusal_head = False
 
     def __init__(self, host: ModelHost, bundle: Bundle, config: SteerConfig, model_dir: str | Path) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # hooks need the model in this process
         from vllm import LLM
 
+        if any(bundle.policy_names_head(c) for c in ["", *bundle.categories]):
+            raise BundleError("the vllm engine cannot serve a policy that names the refusal head")
         super().__init__(config, self._run, "steer-vllm")
         self.host, self.bundle = host, bundle
         self.stats = EngineStats()

@@ -37,6 +37,10 @@ Tensors:
   ``cascade.bias`` ``[1]`` (when ``manifest.cascade`` is set): the early-exit
   probe, a logistic head on the last-token state at ``manifest.cascade.layer``;
   a prompt view scoring below ``manifest.cascade.exit_cut`` is safe there.
+- ``refusal_head.a`` ``[H, r]``, ``refusal_head.b`` ``[r, V]`` (when
+  ``manifest.refusal_head`` is set): SafeSwitch's refusal head, a low-rank
+  delta on the LM head's logits (``h @ a @ b``) that a flagged row decodes
+  with to write an informative refusal (:mod:`steerguard.refusal_head`).
 - ``vector.<name>`` ``[L, H]``: unit steering direction per layer for
   ``refusal`` (SCANS/Arditi) and ``category:<name>`` (SafeSteer).
 - ``norms`` ``[L]``: typical residual norm per layer (first token excluded:
@@ -187,6 +191,8 @@ class Bundle:
             need += ["response.mean", "response.std", "response.weight", "response.bias"]
         if self.manifest.category_content is not None:
             need += [f"category_content.{t}" for t in ("mean", "std", "weight", "bias")]
+        if self.manifest.refusal_head is not None:
+            need += ["refusal_head.a", "refusal_head.b"]
         if self.manifest.cascade is not None:
             need += ["cascade.mean", "cascade.std", "cascade.weight", "cascade.bias"]
             if not 0 <= self.manifest.cascade.layer < self.probe_layer:
@@ -385,6 +391,22 @@ class Bundle:
         if choice == "category":
             choice = CATEGORY_PREFIX + category
         return choice if choice in self.vector_names else REFUSAL
+
+    def policy_names_head(self, category: str) -> bool:
+        """Whether the policy answers a flagged prompt of ``category`` with the refusal head."""
+        policy = self.manifest.policy
+        choice = str(policy.per_category.get(category, policy.default))
+        return choice == "refusal-head" and self.has_refusal_head
+
+    @property
+    def has_refusal_head(self) -> bool:
+        return self.manifest.refusal_head is not None
+
+    def refusal_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The refusal head's low-rank factors ``(a [H, r], b [r, V])``."""
+        if not self.has_refusal_head:
+            raise BundleError("this bundle has no refusal head")
+        return self.tensors["refusal_head.a"], self.tensors["refusal_head.b"]
 
     def steer_layers(self) -> list[int]:
         """Every layer any vector steers (the hooks a gated batch may need)."""

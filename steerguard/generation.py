@@ -90,7 +90,8 @@ def prefill(
     Under the host's forward lock: during a bundle swap two engines share the model, and each
     forward pass must see only its own steering hooks.
     """
-    with host.forward_lock, apply_steering(host.layers, state, extra_layers, prompt=True):
+    steering = apply_steering(host.layers, state, extra_layers, prompt=True, lm_head=host.lm_head)
+    with host.forward_lock, steering:
         out = host.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -111,7 +112,7 @@ def decode_step(
     state: SteeringState,
 ) -> tuple[torch.Tensor, Any]:
     """One token per row: ``tokens``/``positions`` are ``[B]``, mask covers cache + new token."""
-    with host.forward_lock, apply_steering(host.layers, state):
+    with host.forward_lock, apply_steering(host.layers, state, lm_head=host.lm_head):
         out = host.model(
             input_ids=tokens.to(attention_mask.device)[:, None],
             attention_mask=attention_mask,
@@ -230,8 +231,7 @@ class DecodeBatch:
     ) -> DecodeBatch:
         """Prefill ``batch``; a gated ``state`` is decided during this pass."""
         logits, cache = prefill(host, batch, state, extra_layers)
-        decided = SteeringState(deltas=dict(state.deltas), decided=True)
-        decided.drop_zero_layers()
+        decided = state.decided_copy()
         return cls(cache, batch.attention_mask.clone(), batch.position_ids[:, -1].clone(), logits, decided)
 
     def step(self, host: ModelHost, tokens: torch.Tensor) -> None:

@@ -270,6 +270,9 @@ class Manifest:
     # The classifier's content category head (tensors category_content.*), calibration's record
     # of it; None: the classifier's categories come from the last-token head (category.*).
     category_content: Record | None = None
+    # The refusal head (tensors refusal_head.a/.b; steerguard.refusal_head), calibration's record
+    # of it; None: flagged rows can only be steered with vectors.
+    refusal_head: Record | None = None
 
     # -- JSON -------------------------------------------------------------------
 
@@ -294,6 +297,8 @@ class Manifest:
                 d["response"] = ResponseInfo(**_known(ResponseInfo, d["response"], "response"))
             if "category_content" in d:
                 d["category_content"] = dict(d["category_content"])
+            if "refusal_head" in d:
+                d["refusal_head"] = dict(d["refusal_head"])
             if "cascade" in d:
                 d["cascade"] = CascadeInfo(**_known(CascadeInfo, d["cascade"], "cascade"))
             if "calibration" in d:
@@ -328,6 +333,7 @@ class Manifest:
             "response": self.response.to_dict() if self.response is not None else None,
             "cascade": self.cascade.to_dict() if self.cascade is not None else None,
             "category_content": self.category_content,
+            "refusal_head": self.refusal_head,
         }
         return _drop_none(out)
 

@@ -12,6 +12,13 @@ means the same thing everywhere:
   so the row yields exactly its unsteered tokens;
 - ``scans``: as ``auto``, but a safe prompt gets the refusal vector
   *subtracted* (SCANS' remedy for over-refusal).
+
+What a flagged ``auto``/``scans`` row gets is its request's ``auto_vector``:
+``policy`` (the bundle's policy for the verdict's category), ``refusal`` (the
+refusal vector), ``category`` (the verdict's category vector, SafeSteer) or
+``refusal-head`` (the bundle's refusal head: an informative refusal decoded
+by a low-rank delta on the LM head, SafeSwitch). A policy may name
+``refusal-head`` too.
 """
 
 from __future__ import annotations
@@ -41,11 +48,23 @@ class Mode(str, Enum):
         return self in (Mode.AUTO, Mode.SCANS)
 
 
+class AutoVector(str, Enum):
+    POLICY = "policy"
+    REFUSAL = "refusal"
+    CATEGORY = "category"
+    REFUSAL_HEAD = "refusal-head"
+
+
+# The name ``Applied.vector`` (and a bundle policy) gives the refusal head.
+HEAD = "refusal-head"
+
+
 @dataclass(frozen=True)
 class SteeringRequest:
     mode: Mode = Mode.NONE
     category: str = ""
     strength: float = 0.0  # 0: the bundle's calibrated default
+    auto_vector: AutoVector = AutoVector.POLICY  # what a flagged AUTO/SCANS row gets
 
 
 @dataclass
@@ -53,7 +72,7 @@ class Applied:
     """What was done to one row (reported back to the caller)."""
 
     mode: Mode
-    vector: str = "none"  # "none", "refusal", "-refusal" or "category:<name>"
+    vector: str = "none"  # "none", "refusal", "-refusal", "category:<name>" or "refusal-head"
     layers: list[int] = field(default_factory=list)
     strength: float = 0.0
     verdict: Verdict | None = None
@@ -85,6 +104,12 @@ def validate(request: SteeringRequest, bundle: Bundle) -> None:
         raise InvalidInput("category is only used with mode CATEGORY")
     if request.mode is not Mode.NONE and REFUSAL not in bundle.vector_names:
         raise InvalidInput("this bundle has no refusal vector")
+    if request.auto_vector is not AutoVector.POLICY and not request.mode.gated:
+        raise InvalidInput("auto_vector is only used with mode AUTO or SCANS")
+    if request.auto_vector is AutoVector.REFUSAL_HEAD and not bundle.has_refusal_head:
+        raise InvalidInput("this bundle has no refusal head (auto_vector refusal-head)")
+    if request.auto_vector is AutoVector.CATEGORY and not bundle.categories:
+        raise InvalidInput("this bundle has no category vectors (auto_vector category)")
 
 
 def _resolved_strength(bundle: Bundle, vector: str, requested: float) -> float:
@@ -113,6 +138,21 @@ class BatchPlan:
         if self.gated_rows:
             self.state.probe_layer = bundle.probe_layer
             self.state.decide = self._decide
+            if bundle.has_refusal_head:
+                self.state.head = bundle.refusal_head()
+
+    def flagged_vector(self, request: SteeringRequest, category: str) -> str:
+        """What a flagged row of ``category`` gets: a vector's name, or :data:`HEAD`."""
+        choice = request.auto_vector
+        if choice is AutoVector.REFUSAL_HEAD:
+            return HEAD
+        if choice is AutoVector.REFUSAL:
+            return REFUSAL
+        if choice is AutoVector.CATEGORY and CATEGORY_PREFIX + category in self.bundle.vector_names:
+            return CATEGORY_PREFIX + category
+        if choice is AutoVector.POLICY and self.bundle.policy_names_head(category):
+            return HEAD
+        return self.bundle.policy_vector(category)
 
     @property
     def extra_layers(self) -> set[int]:
@@ -162,7 +202,11 @@ class BatchPlan:
             r, v = self.requests[i], verdicts[i]
             self.applied[i].verdict = v
             if v.unsafe:
-                vector, sign = self.bundle.policy_vector(v.category), 1.0
+                vector, sign = self.flagged_vector(r, v.category), 1.0
+                if vector == HEAD:
+                    self.state.mark_head(i, n)
+                    self.applied[i].vector = HEAD
+                    continue
             elif r.mode is Mode.SCANS:
                 vector, sign = REFUSAL, -1.0
             else:

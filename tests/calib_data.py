@@ -104,6 +104,8 @@ def small_config(**overrides: Any) -> CalibrationConfig:
         "response_ordinary": 4,
         "response_borderline": 3,
         "response_tokens": 8,
+        "refusal_head_copies": 1,
+        "refusal_head_epochs": 2,
     }
     settings.update(overrides)
     return CalibrationConfig(**settings)

@@ -227,6 +227,8 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
         probe_kind="mlp",  # the default bundle covers logistic; this covers the MLP head end to end
         mine_negatives=200,  # more than the pool holds: every pool prompt is mined
         response_tokens=8,
+        refusal_head_copies=1,
+        refusal_head_epochs=2,
     )
     bundle = calibrate(data_root, host=tiny_host, config=cfg)
     bid = bundle.save(tmp_path / "b")
@@ -272,6 +274,11 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     assert response.rows["unsafe_answers"] > 0 and response.rows["safe_answers"] > 0
     assert response.features == "end+recent_mean" and "response_s" in m["calibration"]["timings_s"]
     assert loaded.tensors["response.weight"].numel() == 2 * loaded.tensors["probe.mean"].numel()
+    # The refusal head: a low-rank delta fitted on template refusals of the categorised prompts.
+    head = m["refusal_head"]
+    assert loaded.has_refusal_head and head["prompts"] > 0 and head["rank"] == cfg.refusal_head_rank
+    a, b = loaded.refusal_head()
+    assert a.shape == (tiny_host.identity.hidden_size, head["rank"]) and b.shape[0] == head["rank"]
     # Same seed, same data: same tensors (created_at aside).
     again = calibrate(data_root, host=tiny_host, config=cfg)
     for k, v in bundle.tensors.items():

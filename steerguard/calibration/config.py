@@ -115,6 +115,13 @@ class CalibrationConfig:
     category_content: bool = True
     cascade_depths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
     cascade_max_unsafe_exit: float = 0.005
+    # The refusal head (steerguard.calibration.refusal_head, SafeSwitch): a rank-r delta on
+    # the LM head fitted on template refusals of each harmful calibration prompt's category
+    # (refusal_head_copies per prompt); rank 0 fits none.
+    refusal_head_rank: int = 16
+    refusal_head_copies: int = 4
+    refusal_head_epochs: int = 8
+    refusal_head_lr: float = 3e-3
 
     def record(self) -> dict[str, Any]:
         """The settings as the manifest records them (``calibration.config``).

@@ -56,6 +56,8 @@ from steerguard.calibration.categories import content_category_head
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
 from steerguard.calibration.probe import fit_categories
+from steerguard.calibration.refusal_head import HeadSettings
+from steerguard.calibration.refusal_head import refusal_head as fit_refusal_head
 from steerguard.calibration.responses import response_probe
 from steerguard.calibration.selection import ProbeFit, fit_probe
 from steerguard.calibration.tune import TuneResult, tune_refusal
@@ -68,7 +70,7 @@ from steerguard.calibration.vectors import (
     residual_norms,
     vocab_projection,
 )
-from steerguard.data import follow_ups, prose, system_prompts
+from steerguard.data import follow_ups, prose, refusals, system_prompts
 from steerguard.data.loaders import CALIBRATION, HARMFUL, XSTEST_TRAIN_TYPES, Dataset, Example
 from steerguard.errors import DataError
 from steerguard.logs import get_logger
@@ -158,6 +160,7 @@ class Run:
     passage: PassageInfo | None = None
     cascade: CascadeInfo | None = None
     category_content: dict[str, Any] | None = None
+    refusal_head: dict[str, Any] | None = None
     categories: list[str] = field(default_factory=list)
     category_train_accuracy: float = float("nan")
     found: Vectors | None = None
@@ -236,6 +239,7 @@ def calibrate(
     _timed(run, "cascade_s", _cascade_step, run, probe_rows)
     _timed(run, "passage_s", _passage_step, run)
     _timed(run, "vectors_s", _vectors, run)
+    _timed(run, "refusal_head_s", _refusal_head_step, run)
     manifest = _provisional_manifest(run)
     _timed(run, "tune_s", _search, run, manifest)
     bundle = _final_bundle(run, manifest)
@@ -244,6 +248,28 @@ def calibrate(
         bundle = bundle.with_manifest(replace(bundle.manifest, calibration=_record(run)))
     log.info("calibrated", seconds=round(time.time() - t0))
     return bundle
+
+
+def _refusal_head_step(run: Run) -> None:
+    """Step 4b: SafeSwitch's refusal head (a low-rank delta on the LM head), when its rank is set."""
+    harmful = [run.calib[i] for i in run.harmful_idx if run.calib[i].category in refusals.CONCERNS]
+    if run.cfg.refusal_head_rank > 0 and harmful:
+        run.refusal_head, tensors = refusal_head(run, harmful)
+        run.tensors.update(tensors)
+
+
+def refusal_head(run: Run, harmful: Sequence[Example]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The refusal head under ``run``'s settings (also run alone: ``scripts/fit_refusal_head.py``)."""
+    cfg = run.cfg
+    settings = HeadSettings(
+        rank=cfg.refusal_head_rank,
+        copies=cfg.refusal_head_copies,
+        epochs=cfg.refusal_head_epochs,
+        lr=cfg.refusal_head_lr,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
+    return fit_refusal_head(run.host, harmful, settings)
 
 
 def _timed(run: Run, name: str, step: Any, *args: Any, since: float | None = None) -> Any:
@@ -691,6 +717,7 @@ def _final_bundle(run: Run, manifest: Manifest) -> Bundle:
         passage=run.passage,
         cascade=run.cascade,
         category_content=run.category_content,
+        refusal_head=run.refusal_head,
         calibration=_record(run),
         note=(
             "Vectors are unit directions per layer; a delta is strength * norms[layer] * vector[layer]. "

@@ -7,6 +7,9 @@ layer during the prompt's own forward pass and steers only flagged rows, with
 the vector the bundle's policy names; the others produce exactly their
 unsteered tokens) and ``scans`` (``auto`` plus the refusal vector subtracted on
 safe rows). A line may override the mode with its own ``"mode"`` key.
+``--auto-vector`` says what a flagged ``auto``/``scans`` row gets: the bundle's
+``policy`` (default), the ``refusal`` vector, the verdict's ``category``
+vector, or the bundle's ``refusal-head`` (an informative refusal, SafeSwitch).
 
 The output adds ``response``, ``finish_reason`` and ``steering`` (mode, vector,
 layers, strength, and the probe verdict for gated modes).
@@ -21,6 +24,7 @@ from steerguard.commands._common import add_jsonl_flags, add_model_flags, guarde
 from steerguard.settings import add_flag
 
 MODES = ("none", "refusal", "category", "auto", "scans")
+AUTO_VECTORS = ("policy", "refusal", "category", "refusal-head")
 
 
 def register(subparsers: Any) -> None:
@@ -41,6 +45,13 @@ def register(subparsers: Any) -> None:
         default=0.0,
         help="steering strength relative to residual norm (0: bundle default)",
     )
+    add_flag(
+        p,
+        "--auto-vector",
+        choices=AUTO_VECTORS,
+        default="policy",
+        help="what a row auto/scans flags gets (policy: the bundle's policy)",
+    )
     add_flag(p, "--max-new-tokens", type=int, default=64, help="tokens to generate per prompt")
     add_model_flags(p)
     p.set_defaults(func=guarded(main))
@@ -51,7 +62,7 @@ def build_requests(
 ) -> list[Any]:
     """One :class:`SteeringRequest` per line (validated against the bundle, errors name the line)."""
     from steerguard.errors import DataError, InvalidInput
-    from steerguard.plan import Mode, SteeringRequest, validate
+    from steerguard.plan import AutoVector, Mode, SteeringRequest, validate
 
     reqs: list[Any] = []
     need_category: list[int] = []
@@ -65,7 +76,8 @@ def build_requests(
             category = str(obj.get("category") or args.category or "")
             if not category:
                 need_category.append(i)
-        reqs.append(SteeringRequest(mode, category, float(args.strength)))
+        auto_vector = AutoVector(args.auto_vector) if mode.gated else AutoVector.POLICY
+        reqs.append(SteeringRequest(mode, category, float(args.strength), auto_vector))
     if need_category:
         from steerguard.offline import classify
 

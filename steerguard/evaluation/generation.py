@@ -9,13 +9,14 @@ the other modes' refusal rates on a small sample, for the plot.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from steerguard import judge
-from steerguard.bundle import Bundle
+from steerguard.bundle import REFUSAL, Bundle
+from steerguard.data import refusals
 from steerguard.data.loaders import Example
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import subsample
@@ -24,7 +25,7 @@ from steerguard.evaluation.stats import proportion
 from steerguard.model.chat import Conversation, normalise_request
 from steerguard.model.host import ModelHost
 from steerguard.offline import Generated, generate_many, perplexity
-from steerguard.plan import Mode, SteeringRequest
+from steerguard.plan import AutoVector, Mode, SteeringRequest
 
 
 @dataclass
@@ -56,7 +57,7 @@ def generation_section(
     h = subsample(harmful, cfg.gen_harmful, cfg.seed + 3)
     b = subsample(benign, cfg.gen_benign, cfg.seed + 4)
     convs = [normalise_request(e.prompt) for e in h + b]
-    kw = _kwargs(cfg)
+    kw = generation_kwargs(cfg)
     plain = generate_many(
         host, bundle, convs, [SteeringRequest(Mode.NONE)] * len(convs), desc="unsteered", **kw
     )
@@ -77,11 +78,59 @@ def generation_section(
         "exactness": _exactness(runs),
         "fluency": {**_fluency(host, runs), "ppl_category_mode": r(ppl_cat)},
         "refusal_rate_by_mode_on_sample": modes,
+        "refusal_head_vs_vector": _head_comparison(host, bundle, runs, cfg),
         "samples": _samples(runs),
     }
 
 
-def _kwargs(cfg: EvalConfig) -> dict[str, Any]:
+def _informative(runs: Runs, outs: list[Generated], refused: list[bool]) -> dict[str, Any]:
+    """Of refused harmful prompts with a category, how many refusals name it (steerguard.data.refusals)."""
+    named = [
+        refusals.names_category(outs[i].text, str(e.category))
+        for i, e in enumerate(runs.harmful)
+        if refused[i] and e.category in refusals.NAMES
+    ]
+    return {"names_category": r(_mean(named)), "names_category_count": proportion(named)}
+
+
+def _variant(host: ModelHost, runs: Runs, outs: list[Generated], refused: list[bool]) -> dict[str, Any]:
+    """One way of answering flagged rows: refusal rates, fluency, informativeness."""
+    return {
+        "harmful_refused": r(_mean(refused[: runs.nh])),
+        "harmful_refused_count": proportion(refused[: runs.nh]),
+        "benign_refused": r(_mean(refused[runs.nh :])),
+        "benign_refused_count": proportion(refused[runs.nh :]),
+        **_fluency(host, replace(runs, auto=outs)),
+        **_informative(runs, outs, refused),
+    }
+
+
+def _head_comparison(host: ModelHost, bundle: Bundle, runs: Runs, cfg: EvalConfig) -> dict[str, Any] | None:
+    """AUTO's flagged rows answered by the refusal vector vs by the refusal head, side by side."""
+    if not bundle.has_refusal_head:
+        return None
+    policy = bundle.manifest.policy
+    by_vector = runs.auto  # AUTO as served: the refusal vector, unless the policy names another
+    if policy.default != REFUSAL or policy.per_category:
+        vector = [SteeringRequest(Mode.AUTO, auto_vector=AutoVector.REFUSAL)] * len(runs.convs)
+        by_vector = generate_many(
+            host, bundle, runs.convs, vector, desc="auto, refusal vector", **generation_kwargs(cfg)
+        )
+    head = [SteeringRequest(Mode.AUTO, auto_vector=AutoVector.REFUSAL_HEAD)] * len(runs.convs)
+    by_head = generate_many(
+        host, bundle, runs.convs, head, desc="auto, refusal head", **generation_kwargs(cfg)
+    )
+    return {
+        "refusal_vector": _variant(host, runs, by_vector, [judge.is_refusal(g.text) for g in by_vector]),
+        "refusal_head": _variant(host, runs, by_head, [judge.is_refusal(g.text) for g in by_head]),
+        "head_samples": [
+            {"prompt": e.prompt[:160], "head": g.text[:300]}
+            for e, g in zip(runs.harmful[:4], by_head, strict=False)
+        ],
+    }
+
+
+def generation_kwargs(cfg: EvalConfig) -> dict[str, Any]:
     return {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.gen_batch_size, "progress": cfg.progress}
 
 
@@ -159,7 +208,7 @@ def _other_modes(
     }
     if not few:
         return modes, float("nan")
-    convs, kw = [runs.convs[i] for i in few], _kwargs(cfg)
+    convs, kw = [runs.convs[i] for i in few], generation_kwargs(cfg)
     ref = generate_many(host, bundle, convs, [SteeringRequest(Mode.REFUSAL)] * len(few), desc="refusal", **kw)
     modes["refusal"] = r(_mean([judge.is_refusal(g.text) for g in ref]))
     if not bundle.categories:

@@ -37,6 +37,7 @@ from steerguard.evaluation.generation import generation_section
 from steerguard.evaluation.heldout import HeldOut, load_heldout
 from steerguard.evaluation.plots import write_plots
 from steerguard.evaluation.responses import response_section
+from steerguard.evaluation.scans import scans_section
 from steerguard.evaluation.scoring import (
     ProbeScores,
     cascade_section,
@@ -134,6 +135,9 @@ def evaluate(
     t = time.time()
     report["generation"] = generation_section(host, bundle, held.harmful, held.benign, cfg)
     timings["generation_s"] = time.time() - t
+    t = time.time()
+    report["scans"] = scans_section(host, bundle, held, cfg)
+    timings["scans_s"] = time.time() - t
     report["checks"] = checks(report)
     timings["total_s"] = time.time() - t0
     report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}

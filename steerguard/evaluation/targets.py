@@ -31,8 +31,6 @@ def _check(metric: str, value: Any, count: dict[str, Any] | None = None) -> tupl
 def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every target's check, named from the table (``probe_auroc>=0.99``)."""
     xs = report["xstest"]["probe"]
-    gen = report["generation"]
-    auto = gen["auto"]
     minilm = (
         report["baselines"].get("minilm_lr", {}).get("xstest", {}).get("safe_flagged_at_probe_catch_rate")
     )
@@ -42,16 +40,23 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if minilm is not None and xs["safe_flagged"] is not None
         else {"value": None, "pass": None}
     )
-    out.update(
+    out.update(generation_checks(report))
+    out.update(shape_checks(report))
+    out.update(response_checks(report))
+    return out
+
+
+def generation_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """AUTO's refusal rates and fluency."""
+    gen = report["generation"]
+    auto = gen["auto"]
+    return dict(
         [
             _check("auto_harmful_refused", auto["harmful_refused"], auto["harmful_refused_count"]),
             _check("auto_benign_refused", auto["benign_refused"], auto["benign_refused_count"]),
             _check("steered_ppl_ratio", gen["fluency"]["ppl_ratio"]),
         ]
     )
-    out.update(shape_checks(report))
-    out.update(response_checks(report))
-    return out
 
 
 def probe_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -55,3 +55,20 @@ def layer_hooks(layers: nn.ModuleList, fns: Mapping[int, HiddenFn]) -> Iterator[
 
 class StopForward(Exception):
     """Raised by a hook to end a forward pass once the needed layers have run."""
+
+
+OutputFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+@contextlib.contextmanager
+def output_hook(module: nn.Module, fn: OutputFn) -> Iterator[None]:
+    """Run ``fn(input, output)`` after ``module`` (one tensor in and out); a tensor returned replaces it."""
+
+    def hook(_module: nn.Module, inputs: Any, output: Any) -> Any:
+        return fn(inputs[0], output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

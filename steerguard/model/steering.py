@@ -23,6 +23,11 @@ refusals without the decode strength that costs perplexity; generated tokens
 always get the plain delta. A gain multiplies a delta, so a row with no delta
 stays exactly unsteered (``0 * g == 0``).
 
+A row may also decode with the bundle's *refusal head* (SafeSwitch): a
+low-rank delta on the LM head's logits, ``h @ a @ b``, added for the rows
+``head_rows`` marks (a gated row marked by ``decide`` gets it from its
+first generated token on). Other rows' logits are left untouched.
+
 Hooks exist only inside :func:`apply_steering` and are removed in ``finally``:
 after any request, failed or cancelled, the model is exactly unsteered.
 """
@@ -36,7 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from steerguard.model.hooks import layer_hooks
+from steerguard.model.hooks import layer_hooks, output_hook
 
 Decider = Callable[[torch.Tensor], dict[int, torch.Tensor]]
 
@@ -51,6 +56,8 @@ class SteeringState:
     decided: bool = False
     prompt_gain: torch.Tensor | None = None  # [batch]; None means 1 for every row
     in_prompt: bool = False  # set by apply_steering(prompt=True) for the prompt's pass
+    head: tuple[torch.Tensor, torch.Tensor] | None = None  # the refusal head (a [H, r], b [r, V])
+    head_rows: torch.Tensor | None = None  # [batch] bool: rows that decode with the head
 
     def add(self, layer: int, delta: torch.Tensor) -> None:
         """Accumulate a ``[batch, hidden]`` delta at ``layer``."""
@@ -70,9 +77,26 @@ class SteeringState:
         self.deltas = {k: v.index_select(0, index) for k, v in self.deltas.items()}
         if self.prompt_gain is not None:
             self.prompt_gain = self.prompt_gain.index_select(0, index)
+        if self.head_rows is not None:
+            self.head_rows = self.head_rows.index_select(0, index.to(self.head_rows.device))
 
     def is_empty(self) -> bool:
-        return not self.deltas and (self.decide is None or self.decided)
+        return not self.deltas and (self.decide is None or self.decided) and not self.uses_head()
+
+    def uses_head(self) -> bool:
+        return self.head is not None and self.head_rows is not None and bool(self.head_rows.any())
+
+    def mark_head(self, row: int, rows: int) -> None:
+        """Row ``row`` (of ``rows``) decodes with the refusal head from now on."""
+        if self.head_rows is None:
+            self.head_rows = torch.zeros(rows, dtype=torch.bool)
+        self.head_rows[row] = True
+
+    def decided_copy(self) -> SteeringState:
+        """What later decode steps need once the prompt pass has run: deltas and head rows."""
+        out = SteeringState(deltas=dict(self.deltas), decided=True, head=self.head, head_rows=self.head_rows)
+        out.drop_zero_layers()
+        return out
 
     def concat(self, other: SteeringState, rows: int, other_rows: int) -> SteeringState:
         """A decided state for ``self``'s ``rows`` followed by ``other``'s ``other_rows``.
@@ -94,11 +118,33 @@ class SteeringState:
             if theirs is None:
                 theirs = like.new_zeros((other_rows, like.shape[1]))
             merged[layer] = torch.cat([mine, theirs], dim=0)
-        return SteeringState(deltas=merged, decided=True)
+        out = SteeringState(deltas=merged, decided=True, head=self.head or other.head)
+        if self.uses_head() or other.uses_head():
+            out.head_rows = torch.cat([_rows_of(self, rows), _rows_of(other, other_rows)])
+        return out
 
     def drop_zero_layers(self) -> None:
         """Forget layers no row steers: no hook, and exactly the same result (``x + 0 == x``)."""
         self.deltas = {k: v for k, v in self.deltas.items() if bool(torch.any(v != 0))}
+
+
+def _rows_of(state: SteeringState, rows: int) -> torch.Tensor:
+    return state.head_rows if state.head_rows is not None else torch.zeros(rows, dtype=torch.bool)
+
+
+def _head_hook(state: SteeringState) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+    """Adds the refusal head's logits to the marked rows (others are not touched at all)."""
+
+    def fn(hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        if state.head is None or state.head_rows is None or not bool(state.head_rows.any()):
+            return None
+        rows = state.head_rows.nonzero().flatten().to(logits.device)
+        a, b = (t.to(device=hidden.device, dtype=hidden.dtype) for t in state.head)
+        out = logits.clone()
+        out[rows] = logits[rows] + ((hidden[rows] @ a) @ b).to(logits.dtype)
+        return out
+
+    return fn
 
 
 def _hook_for(state: SteeringState, layer: int) -> Callable[[torch.Tensor], torch.Tensor | None]:
@@ -128,15 +174,21 @@ def apply_steering(
     extra_layers: set[int] | None = None,
     *,
     prompt: bool = False,
+    lm_head: nn.Module | None = None,
 ) -> Iterator[SteeringState]:
     """Hook every layer that may steer (``extra_layers``: ones a decider may add).
 
-    ``prompt=True`` for the pass over the prompt's positions (``prompt_gain`` applies).
+    ``prompt=True`` for the pass over the prompt's positions (``prompt_gain``
+    applies). ``lm_head``: the model's LM head, hooked when the state carries
+    a refusal head.
     """
     wanted = state.layers() | (extra_layers or set())
     state.in_prompt = prompt
     try:
-        with layer_hooks(layers, {i: _hook_for(state, i) for i in sorted(wanted)}):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(layer_hooks(layers, {i: _hook_for(state, i) for i in sorted(wanted)}))
+            if lm_head is not None and state.head is not None:
+                stack.enter_context(output_hook(lm_head, _head_hook(state)))
             yield state
     finally:
         state.in_prompt = False

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Steering(_message.Message):
-    __slots__ = ("mode", "category", "strength")
+    __slots__ = ("mode", "category", "strength", "auto_vector")
     class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         NONE: _ClassVar[Steering.Mode]
@@ -22,13 +22,25 @@ class Steering(_message.Message):
     CATEGORY: Steering.Mode
     AUTO: Steering.Mode
     SCANS: Steering.Mode
+    class AutoVector(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        AUTO_VECTOR_POLICY: _ClassVar[Steering.AutoVector]
+        AUTO_VECTOR_REFUSAL: _ClassVar[Steering.AutoVector]
+        AUTO_VECTOR_CATEGORY: _ClassVar[Steering.AutoVector]
+        AUTO_VECTOR_REFUSAL_HEAD: _ClassVar[Steering.AutoVector]
+    AUTO_VECTOR_POLICY: Steering.AutoVector
+    AUTO_VECTOR_REFUSAL: Steering.AutoVector
+    AUTO_VECTOR_CATEGORY: Steering.AutoVector
+    AUTO_VECTOR_REFUSAL_HEAD: Steering.AutoVector
     MODE_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    AUTO_VECTOR_FIELD_NUMBER: _ClassVar[int]
     mode: Steering.Mode
     category: str
     strength: float
-    def __init__(self, mode: _Optional[_Union[Steering.Mode, str]] = ..., category: _Optional[str] = ..., strength: _Optional[float] = ...) -> None: ...
+    auto_vector: Steering.AutoVector
+    def __init__(self, mode: _Optional[_Union[Steering.Mode, str]] = ..., category: _Optional[str] = ..., strength: _Optional[float] = ..., auto_vector: _Optional[_Union[Steering.AutoVector, str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("prompt", "messages", "max_new_tokens", "temperature", "top_p", "seed", "steering")
