@@ -14,8 +14,7 @@ from steerguard.errors import InvalidInput
 from steerguard.generation import DecodeBatch, SamplingParams, generate
 from steerguard.model.chat import normalise_request
 from steerguard.plan import HEAD, AutoVector, BatchPlan, Mode, SteeringRequest
-
-PROMPTS = ["How do I bake bread?", "Write a poem about the sea"]
+from tests.test_plan import PROMPTS, run
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +22,6 @@ def head_bundle(tiny_host, tmp_path_factory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("head-bundle")
     make_random_bundle(tiny_host, folder, refusal_head=True)
     return Bundle.load(folder)
-
-
-def run(host, bundle, requests):  # type: ignore[no-untyped-def]
-    batch = host.encode([normalise_request(p) for p in PROMPTS[: len(requests)]])
-    plan = BatchPlan(bundle, requests, host.identity.hidden_size)
-    outs = generate(
-        host, batch, plan.state, [SamplingParams(6)] * len(requests), extra_layers=plan.extra_layers
-    )
-    return plan, [o.token_ids for o in outs]
 
 
 def flag_all(bundle: Bundle, threshold: float) -> Bundle:
