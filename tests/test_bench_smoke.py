@@ -28,7 +28,7 @@ def run_bench(script: str, out: Path, *args: str, tiny: bool = True, timeout: in
 def test_generation_bench_interleaves_every_mode(tmp_path: Path) -> None:
     r = run_bench("bench_generation.py", tmp_path / "g.json", "--rounds", "2", "--tokens", "6")
     rates = r["tokens_per_s_all"]
-    assert isinstance(rates, dict) and set(rates) == {"none", "refusal", "auto"}
+    assert isinstance(rates, dict) and set(rates) == {"none", "refusal", "auto", "refusal-head"}
     assert all(len(v) == 2 and min(v) > 0 for v in rates.values())
     ratios = r["ratio_vs_none"]
     assert isinstance(ratios, dict) and ratios["none"] == 1.0 and all(v > 0 for v in ratios.values())

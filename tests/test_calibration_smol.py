@@ -32,7 +32,9 @@ def test_default_bundle_matches_smollm2_and_is_small(smol_host, default_bundle) 
 
     default_bundle.verify_model(smol_host.identity)
     size = sum(p.stat().st_size for p in DEFAULT_BUNDLE_DIR.iterdir())
-    assert size < 3 * 1024 * 1024
+    # Ships in the wheel: small. The refusal head's rank-16 delta on the 49k-token LM head
+    # (b: 16 x 49,152 float32) is most of it.
+    assert size < 4 * 1024 * 1024
     m = default_bundle.manifest.to_dict()
     assert m["probe"]["layer_selection"] and 0 < default_bundle.threshold < 1
     assert default_bundle.tensors["norms"].shape == (30,)
