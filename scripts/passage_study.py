@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,22 +32,6 @@ import numpy as np
 
 LAYERS = (10, 13, 16)
 KINDS = ("prose_end", "prose_inside", "list")
-
-
-def _docs(run: Any) -> list[Any]:
-    """Step 3b's documents, built as :func:`steerguard.calibration.pipeline.passage_probe` builds them."""
-    from steerguard.calibration import passages
-    from steerguard.data import prose
-    from steerguard.data.loaders import HARMFUL
-
-    cfg, data, calib = run.cfg, run.data, run.calib
-    harmful = [e for e in calib if e.label == HARMFUL]
-    ordinary = [e.prompt for e in data.pool] or [e.prompt for e in calib if e.kind == "benign"]
-    hard = [e.prompt for e in calib if e.label != HARMFUL and e.kind != "benign"]
-    docs = passages.documents(harmful, ordinary, hard, cfg)
-    asked = random.Random(cfg.seed + 47).sample(ordinary, min(cfg.passage_prose_answers, len(ordinary)))
-    texts = prose.write(run.host, asked, seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress)
-    return docs + passages.prose_documents(harmful, ordinary, hard, texts or asked, cfg)
 
 
 def _kind(doc: Any) -> str:
@@ -63,13 +46,13 @@ def read(args: argparse.Namespace) -> None:
     from steerguard.bundle import Bundle
     from steerguard.calibration import passages
     from steerguard.calibration.config import CalibrationConfig
-    from steerguard.calibration.pipeline import _load
+    from steerguard.calibration.pipeline import _load, passage_documents
 
     bundle = Bundle.load(args.bundle)
     assert bundle.manifest.calibration is not None
     cfg = replace(CalibrationConfig.from_record(dict(bundle.manifest.calibration.config)), progress=True)
     run = _load(args.data, None, None, cfg, None)
-    docs = _docs(run)
+    docs = passage_documents(run)
     rows = passages.read_rows(run.host, docs, LAYERS, cfg)
     kinds = {d.group: _kind(d) for d in docs}
     out = Path(args.out)

@@ -384,19 +384,20 @@ class Bundle:
         norms = self.tensors["norms"]
         return {layer: sign * s * norms[layer] * directions[layer] for layer in self.vector_layers(name)}
 
+    def _policy_choice(self, category: str) -> str:
+        policy = self.manifest.policy
+        return str(policy.per_category.get(category, policy.default))
+
     def policy_vector(self, category: str) -> str:
         """Vector AUTO adds to an unsafe prompt of ``category`` (refusal unless the policy names one)."""
-        policy = self.manifest.policy
-        choice = str(policy.per_category.get(category, policy.default))
+        choice = self._policy_choice(category)
         if choice == "category":
             choice = CATEGORY_PREFIX + category
         return choice if choice in self.vector_names else REFUSAL
 
     def policy_names_head(self, category: str) -> bool:
         """Whether the policy answers a flagged prompt of ``category`` with the refusal head."""
-        policy = self.manifest.policy
-        choice = str(policy.per_category.get(category, policy.default))
-        return choice == "refusal-head" and self.has_refusal_head
+        return self._policy_choice(category) == "refusal-head" and self.has_refusal_head
 
     @property
     def has_refusal_head(self) -> bool:

@@ -483,6 +483,15 @@ def passage_probe(
 
     Also run alone on a calibrated bundle (``scripts/refit_passage.py``).
     """
+    host, cfg = run.host, run.cfg
+    layers = passages.candidate_layers(cfg.passage_depths, host.identity.num_layers, probe_layer)
+    rows = passages.read_rows(host, passage_documents(run), layers, cfg)
+    return passages.fit_passage_probe(rows, cfg, threshold)
+
+
+def passage_documents(run: Run) -> list[passages.Document]:
+    """The passage probe's documents: request lists, then the model's prose (also read by
+    ``scripts/passage_study.py``)."""
     host, data, calib, cfg = run.host, run.data, run.calib, run.cfg
     harmful = [e for e in calib if e.label == HARMFUL]
     ordinary = [e.prompt for e in data.pool] or [e.prompt for e in calib if e.kind == "benign"]
@@ -492,9 +501,7 @@ def passage_probe(
         asked = random.Random(cfg.seed + 47).sample(ordinary, min(cfg.passage_prose_answers, len(ordinary)))
         texts = prose.write(host, asked, seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress)
         docs += passages.prose_documents(harmful, ordinary, hard, texts or asked, cfg)
-    layers = passages.candidate_layers(cfg.passage_depths, host.identity.num_layers, probe_layer)
-    rows = passages.read_rows(host, docs, layers, cfg)
-    return passages.fit_passage_probe(rows, cfg, threshold)
+    return docs
 
 
 def _category_head(run: Run, fit: ProbeFit) -> tuple[list[str], float]:

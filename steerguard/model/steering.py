@@ -94,7 +94,14 @@ class SteeringState:
 
     def decided_copy(self) -> SteeringState:
         """What later decode steps need once the prompt pass has run: deltas and head rows."""
-        out = SteeringState(deltas=dict(self.deltas), decided=True, head=self.head, head_rows=self.head_rows)
+        # No row decodes with the head: no LM-head hook on any later step.
+        used = self.uses_head()
+        out = SteeringState(
+            deltas=dict(self.deltas),
+            decided=True,
+            head=self.head if used else None,
+            head_rows=self.head_rows if used else None,
+        )
         out.drop_zero_layers()
         return out
 
@@ -118,8 +125,9 @@ class SteeringState:
             if theirs is None:
                 theirs = like.new_zeros((other_rows, like.shape[1]))
             merged[layer] = torch.cat([mine, theirs], dim=0)
-        out = SteeringState(deltas=merged, decided=True, head=self.head or other.head)
+        out = SteeringState(deltas=merged, decided=True)
         if self.uses_head() or other.uses_head():
+            out.head = self.head if self.uses_head() else other.head
             out.head_rows = torch.cat([_rows_of(self, rows), _rows_of(other, other_rows)])
         return out
 
