@@ -637,7 +637,7 @@ class ClassifierCore:
         info = self.bundle.passage
         assert info is not None, "passages are planned only for a bundle with a passage probe"
         rows = [j.passage for j in jobs if j.passage is not None]
-        scores = passage_scores(self.host, self.bundle.passage_score, info.layer, rows)
+        scores = passage_scores(self.host, self.bundle.passage_score, info.layers, rows)
         cut, bid = self.bundle.threshold, self.bundle.bundle_id
         return [Verdict(s, s >= cut, "", {}, cut, bid) for s in scores]
 

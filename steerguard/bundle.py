@@ -16,12 +16,12 @@ Tensors:
   probe).
 - ``category.weight`` ``[C, H]``, ``category.bias`` ``[C]``: softmax category
   head on the same standardised state; row order = ``manifest.categories``.
-- ``passage.mean``/``passage.std``/``passage.weight`` ``[2H]``,
+- ``passage.mean``/``passage.std``/``passage.weight`` ``[2H × layers]``,
   ``passage.bias`` ``[1]`` (when ``manifest.passage`` is set): the passage
   probe, a logistic head on segment ends of long texts (the end's state and
-  its segment's mean state) at
-  ``manifest.passage.layer`` (:mod:`steerguard.passages`); its bias puts its
-  cut at the probe's threshold.
+  its segment's mean state, at each of ``manifest.passage.layers``, the
+  deepest being ``manifest.passage.layer``; :mod:`steerguard.passages`); its
+  bias puts its cut at the probe's threshold.
 - ``response.mean``/``response.std``/``response.weight`` ``[2H]``,
   ``response.bias`` ``[1]`` (when ``manifest.response`` is set): the response
   probe, a logistic head on segment ends of an answer (the end's state and
@@ -205,17 +205,21 @@ class Bundle:
         missing = [k for k in need if k not in self.tensors]
         if missing:
             raise BundleError(f"bundle lacks tensors: {', '.join(missing)}")
-        self._validate_width("passage", "a segment end's state and its segment's mean")
+        passage = self.manifest.passage
+        if passage is not None and passage.layers[-1] != passage.layer:
+            raise BundleError(f"the passage probe's last feature layer is not its layer ({passage.layer})")
+        self._validate_width("passage", "a segment end's state and its segment's mean, per layer")
         self._validate_width("response", "a segment end's state and the answer's mean so far")
         for name in self.vector_names:
             if f"vector.{name}" not in self.tensors:
                 raise BundleError(f"bundle lacks vector {name!r}")
 
     def _validate_width(self, head: str, reads: str) -> None:
-        """A position head (``passage``, ``response``) reads two states side by side."""
-        if getattr(self.manifest, head) is None:
+        """A position head (``passage``, ``response``) reads two states side by side, per layer it reads."""
+        info = getattr(self.manifest, head)
+        if info is None:
             return
-        width = 2 * self.tensors["probe.mean"].numel()
+        width = 2 * self.tensors["probe.mean"].numel() * len(getattr(info, "layers", (info.layer,)))
         if self.tensors[f"{head}.weight"].numel() != width:
             raise BundleError(
                 f"the {head} probe reads {self.tensors[f'{head}.weight'].numel()} features, not "
@@ -286,10 +290,10 @@ class Bundle:
         return self.manifest.passage
 
     def passage_score(self, states: torch.Tensor) -> torch.Tensor:
-        """Unsafe scores ``[N]`` of segment ends at the passage layer, on the probe's scale.
+        """Unsafe scores ``[N]`` of segment ends read up to the passage layer, on the probe's scale.
 
-        ``states``: ``[N, 2H]``, each end's state then its segment's mean
-        (:func:`steerguard.passages.position_states`).
+        ``states``: ``[N, 2H × layers]``, per layer of ``passage.layers`` each
+        end's state then its segment's mean (:func:`steerguard.passages.passage_features`).
         """
         return self._position_head("passage", states)
 

@@ -121,6 +121,14 @@ class PassageInfo:
     auroc: float | None = None
     rows: Record | None = None
     layer_selection: list[Record] | None = None
+    # Layers whose segment states the head reads side by side, shallowest first, the
+    # last being ``layer`` (layers below it come free with the pass); unset: ``layer`` alone.
+    feature_layers: list[int] | None = None
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layers the passage head reads, in the order of its features."""
+        return tuple(self.feature_layers) if self.feature_layers else (self.layer,)
 
     def to_dict(self) -> Record:
         return _fields_record(self)

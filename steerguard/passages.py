@@ -155,13 +155,24 @@ def position_states(
     return reduced_states(host, batch, layers, reduce=gather)
 
 
+def passage_features(host: ModelHost, passages: Sequence[Passage], layers: Sequence[int]) -> torch.Tensor:
+    """``[positions, 2H × len(layers)]``: :func:`position_states` of ``layers`` side by side, in order."""
+    import torch
+
+    states = position_states(host, passages, layers)
+    return torch.cat([states[layer] for layer in layers], dim=1)
+
+
 def passage_scores(
-    host: ModelHost, score: Callable[[torch.Tensor], torch.Tensor], layer: int, passages: Sequence[Passage]
+    host: ModelHost,
+    score: Callable[[torch.Tensor], torch.Tensor],
+    layers: Sequence[int],
+    passages: Sequence[Passage],
 ) -> list[float]:
-    """Each passage's highest segment-end score under ``score`` (the bundle's passage head)."""
+    """Each passage's highest segment-end score under ``score`` (the bundle's passage head on ``layers``)."""
     if not passages:
         return []
-    values = score(position_states(host, passages, [layer])[layer])
+    values = score(passage_features(host, passages, layers))
     out: list[float] = []
     at = 0
     for p in passages:

@@ -93,3 +93,10 @@ def test_overlap_bench_compares_three_paths_in_one_run(tmp_path: Path) -> None:
     for path in ("direct", "overlap_off", "overlap_on"):
         assert r[path]["p50_ms"] >= r["upstream_ttfb_ms"], path  # every path waited for the chatbot
     assert r["rounds"] == 5 and isinstance(r["pass"], bool)
+
+
+def test_onnx_bench_checks_states_before_it_times(tmp_path: Path) -> None:
+    r = run_bench("bench_onnx.py", tmp_path / "x.json", "--prompts", "6")
+    assert set(r) >= {"float32", "bfloat16", "onnxruntime_float32"} and r["prompts"] == 6
+    onnx = r["onnxruntime_float32"]
+    assert onnx["p50_ms"] > 0 and onnx["max_state_diff"] < 1e-3 and onnx["verdicts_changed"] == 0

@@ -39,3 +39,29 @@ def test_prose_and_list_documents_never_share_a_group() -> None:
     groups = [d.group for d in listed + prose]
     assert len(set(groups)) == len(groups)
     assert all(d.fold is None for d in listed)  # hashed from the group
+
+
+def test_the_passage_head_reads_extra_shallower_layers_beside_the_chosen_one() -> None:
+    # Layer 6 carries the signal, layer 2 more of it; layer 9 is above every candidate and ignored.
+    import numpy as np
+
+    from steerguard.calibration.passages import PassageRows, fit_passage_probe
+
+    rng = np.random.default_rng(0)
+    docs = np.repeat(np.arange(40), 10)
+    labels = (rng.random(len(docs)) < 0.2).astype(int)
+    signal = labels[:, None] * 1.5
+    states = {k: rng.normal(size=(len(docs), 4)) + signal * (k == 6 or k == 2) for k in (2, 6, 9)}
+    rows = PassageRows(states, labels, docs, {d: 3000 for d in range(40)}, docs % FIT.folds)
+    info, tensors = fit_passage_probe(rows, CalibrationConfig(), 0.5, extra=[2, 9])
+    assert info.layer == 6 and info.layers == (2, 6) and info.feature_layers == [2, 6]
+    assert tensors["passage.weight"].numel() == 8
+    assert [s["layer"] for s in info.layer_selection or []] == [6]
+    single, single_tensors = fit_passage_probe(
+        PassageRows({6: states[6]}, labels, docs, rows.tokens, rows.folds), CalibrationConfig(), 0.5
+    )
+    assert (
+        single.feature_layers is None
+        and single.layers == (6,)
+        and single_tensors["passage.weight"].numel() == 4
+    )

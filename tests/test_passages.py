@@ -122,3 +122,56 @@ def test_a_passage_verdict_survives_the_cache_round_trip(
     keys = [job.key for job in passage_core._passage_jobs(plan.passages)]
     assert passage_core.cache is not None
     assert all(v is not None for v in passage_core.cache.get_many(keys))
+
+
+def _with_passage_layers(bundle: Any, layers: list[int], width: int) -> Any:
+    """``bundle``'s manifest and tensors with a random passage head of ``width`` features on ``layers``."""
+    from dataclasses import replace
+
+    from steerguard.bundle import Bundle
+
+    g = torch.Generator().manual_seed(3)
+    tensors = {
+        **bundle.tensors,
+        "passage.mean": torch.zeros(width),
+        "passage.std": torch.ones(width),
+        "passage.weight": torch.randn(width, generator=g) * 0.1,
+    }
+    manifest = replace(bundle.manifest, passage=replace(bundle.passage, feature_layers=layers), bundle_id="")
+    return Bundle(manifest, tensors)
+
+
+def test_a_passage_head_may_read_shallower_layers_beside_its_own(
+    passage_core: ClassifierCore, tiny_host: Any, tmp_path: Path
+) -> None:
+    # The pass runs through the shallower layers anyway; their segment states sit before the deepest's.
+    from steerguard.bundle import Bundle
+
+    base = passage_core.bundle
+    layer, width = base.passage.layer, base.tensors["passage.mean"].numel()
+    saved = _with_passage_layers(base, [0, layer], 2 * width)
+    saved.save(tmp_path / "b")
+    bundle = Bundle.load(tmp_path / "b")
+    assert bundle.passage is not None and bundle.passage.layers == (0, layer)
+    cache = MemoryCache(max_entries=100, ttl_seconds=60)
+    core = ClassifierCore(tiny_host, bundle, cache, CoreConfig(max_prompt_tokens=96))
+    try:
+        text = " ".join(f"Line {i} of the report is here." for i in range(120))
+        plan = core.windows.plan(normalise_request(text))
+        assert plan.read == [] and plan.passages
+        states = position_states(tiny_host, plan.passages, [0, layer])
+        want = float(bundle.passage_score(torch.cat([states[0], states[layer]], dim=1)).max())
+        assert core.classify([normalise_request(text)])[0].score == pytest.approx(want, abs=1e-4)
+    finally:
+        core.close()
+
+
+def test_a_passage_head_that_does_not_fit_its_layers_is_refused(passage_core: ClassifierCore) -> None:
+    from steerguard.errors import BundleError
+
+    base = passage_core.bundle
+    layer, width = base.passage.layer, base.tensors["passage.mean"].numel()
+    with pytest.raises(BundleError, match="passage probe reads"):
+        _with_passage_layers(base, [0, layer], width)  # one layer's width for two layers
+    with pytest.raises(BundleError, match="last feature layer"):
+        _with_passage_layers(base, [layer, 0], 2 * width)

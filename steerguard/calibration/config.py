@@ -79,7 +79,11 @@ class CalibrationConfig:
     passage_prompts: tuple[int, int] = (4, 60)
     # Layers searched for the passage probe, as fractions of depth (SmolLM2: 10).
     passage_depths: tuple[float, ...] = (0.35,)
-    passage_c: float = 0.01  # the passage head's L2 strength (logistic C)
+    passage_c: float = 0.03  # the passage head's L2 strength (logistic C)
+    # Shallower layers whose segment states the head also reads, beside the chosen layer's
+    # (fractions of depth; SmolLM2: 6 and 8; free, since a passage's pass runs through them;
+    # empty: one layer). Chosen on calibration documents (docs/calibration.md).
+    passage_feature_depths: tuple[float, ...] = (0.2167, 0.2833)
     # Prose documents (steerguard.data.prose): the model's answers to this many pool
     # prompts, joined 2-8 at a time; documents per harmful prompt, and without one.
     passage_prose_answers: int = 240

@@ -15,6 +15,9 @@ depth, none above the probe layer) by grouped out-of-fold AUROC (documents
 never straddle folds), the lowest within ``layer_tolerance`` of the best: a
 passage is read up to its layer, so a lower layer costs less, and long texts
 are where the cost is.
+With ``passage_feature_depths``, the head also reads the segment states of
+those shallower layers beside the chosen one's (a passage's pass runs
+through them anyway, so they cost nothing to read).
 The cut is chosen on out-of-fold scores so that ordinary benign documents of
 ``reference_tokens`` (out-of-fold rows of whole documents without a hard
 negative, pooled in order until they reach that length) are flagged at most
@@ -226,19 +229,24 @@ def document_cut(scores: np.ndarray, rows: PassageRows, reference_tokens: int, m
 
 
 def fit_passage_probe(
-    rows: PassageRows, cfg: CalibrationConfig, probe_threshold: float
+    rows: PassageRows, cfg: CalibrationConfig, probe_threshold: float, extra: Sequence[int] = ()
 ) -> tuple[PassageInfo, dict[str, torch.Tensor]]:
-    """Layer, head and cut of the passage probe, its bias shifted to put the cut at ``probe_threshold``."""
+    """Layer, head and cut of the passage probe, its bias shifted to put the cut at ``probe_threshold``.
+
+    The layer is chosen among ``rows``' layers not in ``extra``; the head then
+    reads the chosen layer's features beside those of the ``extra`` layers below it.
+    """
     selection = []
     oof: dict[int, np.ndarray] = {}
-    for layer in sorted(rows.states):
+    for layer in sorted(set(rows.states) - set(extra)):
         oof[layer] = grouped_oof(rows.states[layer], rows.labels, rows.folds, cfg.passage_c)
         selection.append({"layer": layer, "auroc": round(auroc(rows.labels, oof[layer]), 6)})
     layer = chosen_layer(selection)
-    scores = oof[layer]
+    layers = sorted({e for e in extra if e < layer}) + [layer]
+    x = np.concatenate([rows.states[k] for k in layers], axis=1)
+    scores = oof[layer] if len(layers) == 1 else grouped_oof(x, rows.labels, rows.folds, cfg.passage_c)
     cut = document_cut(scores, rows, cfg.passage_reference_tokens, cfg.passage_max_document_flagged)
-    probe = fit_head(rows.states[layer], rows.labels, cfg.passage_c)
-    tensors = head_tensors("passage", probe, cut, probe_threshold)
+    tensors = head_tensors("passage", fit_head(x, rows.labels, cfg.passage_c), cut, probe_threshold)
     info = PassageInfo(
         layer=layer,
         cut=round(cut, 6),
@@ -255,8 +263,9 @@ def fit_passage_probe(
             "documents": len(set(rows.docs.tolist())),
         },
         layer_selection=selection,
+        feature_layers=layers if len(layers) > 1 else None,
     )
-    log.info("passage probe", layer=layer, cut=info.cut, recall=info.recall, auroc=info.auroc)
+    log.info("passage probe", layers=layers, cut=info.cut, recall=info.recall, auroc=info.auroc)
     return info, tensors
 
 

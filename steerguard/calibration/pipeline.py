@@ -485,8 +485,10 @@ def passage_probe(
     """
     host, cfg = run.host, run.cfg
     layers = passages.candidate_layers(cfg.passage_depths, host.identity.num_layers, probe_layer)
-    rows = passages.read_rows(host, passage_documents(run), layers, cfg)
-    return passages.fit_passage_probe(rows, cfg, threshold)
+    extra = passages.candidate_layers(cfg.passage_feature_depths, host.identity.num_layers, probe_layer)
+    extra = [k for k in extra if k not in layers]
+    rows = passages.read_rows(host, passage_documents(run), sorted(layers + extra), cfg)
+    return passages.fit_passage_probe(rows, cfg, threshold, extra)
 
 
 def passage_documents(run: Run) -> list[passages.Document]:

@@ -129,7 +129,7 @@ def _passages_max(
     flat = [(i, p) for i, ps in enumerate(items) for p in ps]
     for start in range(0, len(flat), cfg.batch_size):
         part = flat[start : start + cfg.batch_size]
-        scores = passage_scores(host, bundle.passage_score, info.layer, [p for _, p in part])
+        scores = passage_scores(host, bundle.passage_score, info.layers, [p for _, p in part])
         for (i, _), score in zip(part, scores, strict=True):
             best[i] = max(best[i], score)
     return best

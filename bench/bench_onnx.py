@@ -1,0 +1,205 @@
+"""ONNX Runtime for the truncated model, side by side with PyTorch (issue 24's latency levers).
+
+Why: a cache miss is one forward pass up to the probe layer, after the chat
+template's cached prefix (classifier_service.prefix). The issue asks whether
+ONNX Runtime runs that pass faster than PyTorch without changing verdicts.
+This exports exactly the classifier's miss path: the decoder layers up to
+the probe layer, with the template prefix's keys and values baked into the
+graph as constants, taking the suffix's token ids and positions and
+returning the probe layer's state at the last token. The graph is a plain
+Llama forward (RMSNorm, rotary, grouped-query attention over prefix + suffix,
+SiLU MLP) written with the model's own modules, exported with
+``torch.onnx.export``; its states are checked against the PyTorch prefix path
+before anything is timed.
+
+Timed alternately in one run, batch 1, on fresh prompts (the bench's
+templated set): PyTorch float32, PyTorch bfloat16 (the served default on
+CPUs with native bf16) and ONNX Runtime float32 (all graph optimisations,
+the same thread count). Reported: p50 per lever, its ratio to float32,
+and the verdicts (at the bundle's threshold) that differ from float32's.
+
+    python bench/bench_onnx.py [--prompts 40] [--tiny] [--out reports/bench/onnx.json]
+
+Needs ``onnxruntime``, ``onnx`` and ``onnxscript`` (not part of any install
+extra: a measurement, not a serving path; ``pip install onnxruntime onnx onnxscript``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench_classifier import prompts  # noqa: E402  (bench/, on the path when a benchmark runs)
+from classifier_setup import load  # noqa: E402
+from report import save  # noqa: E402
+
+from classifier_service.prefix import SharedPrefix  # noqa: E402
+from steerguard.bundle import Bundle  # noqa: E402
+from steerguard.model.chat import normalise_request  # noqa: E402
+from steerguard.model.host import ModelHost  # noqa: E402
+
+
+class PrefixedTrunk(nn.Module):
+    """The decoder up to ``layer`` after a fixed prefix: (suffix ids, positions) -> last state ``[1, H]``."""
+
+    def __init__(self, host: ModelHost, prefix: SharedPrefix, layer: int) -> None:
+        super().__init__()
+        base = host.model.model
+        self.embed, self.rotary = base.embed_tokens, base.rotary_emb
+        self.layers = nn.ModuleList(list(host.layers)[: layer + 1])
+        cfg = host.model.config
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        cache = prefix.cache()
+        pairs = [_layer_kv(cache, i) for i in range(layer + 1)]
+        for i, (k, v) in enumerate(pairs):
+            self.register_buffer(f"k{i}", k.float().contiguous())
+            self.register_buffer(f"v{i}", v.float().contiguous())
+        self.prefix_len = len(prefix)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(input_ids)
+        cos, sin = self.rotary(h, position_ids)
+        steps = input_ids.shape[1]
+        keys = torch.arange(self.prefix_len + steps)[None, :]
+        allowed = keys <= (torch.arange(steps)[:, None] + self.prefix_len)
+        bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+        for i, block in enumerate(self.layers):
+            h = h + self._attend(block, block.input_layernorm(h), cos, sin, bias, i)
+            h = h + block.mlp(block.post_attention_layernorm(h))
+        return h[:, -1, :]
+
+    def _attend(
+        self, block: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor, i: int
+    ) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        attn, steps = block.self_attn, x.shape[1]
+        q = attn.q_proj(x).view(1, steps, self.heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        group = self.heads // self.kv_heads
+        k = torch.cat([getattr(self, f"k{i}"), k], dim=2).repeat_interleave(group, dim=1)
+        v = torch.cat([getattr(self, f"v{i}"), v], dim=2).repeat_interleave(group, dim=1)
+        weights = torch.softmax(q @ k.transpose(2, 3) / self.head_dim**0.5 + bias, dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(1, steps, self.heads * self.head_dim)
+        return attn.o_proj(out)  # type: ignore[no-any-return]
+
+
+def _layer_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``i``'s cached keys and values, under either transformers cache API."""
+    if hasattr(cache, "layers"):
+        return cache.layers[i].keys, cache.layers[i].values
+    return cache.key_cache[i], cache.value_cache[i]
+
+
+def export(trunk: PrefixedTrunk, folder: Path) -> Path:
+    path = folder / "trunk.onnx"
+    ids = torch.tensor([[1, 2, 3]])
+    pos = torch.arange(trunk.prefix_len, trunk.prefix_len + 3)[None, :]
+    steps = torch.export.Dim("steps", min=1, max=4096)
+    with torch.inference_mode():
+        torch.onnx.export(
+            trunk,
+            (ids, pos),
+            str(path),
+            input_names=["input_ids", "position_ids"],
+            output_names=["state"],
+            dynamic_shapes={"input_ids": {1: steps}, "position_ids": {1: steps}},
+            dynamo=True,
+            external_data=True,
+        )
+    return path
+
+
+def ort_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _suffix(prefix: SharedPrefix, ids: list[int]) -> tuple[Any, Any]:
+    rest = ids[len(prefix) :]
+    pos = list(range(len(prefix), len(prefix) + len(rest)))
+    return [rest], [pos]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=40)
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke test)")
+    parser.add_argument("--out", default="reports/bench/onnx.json")
+    args = parser.parse_args()
+    threads = torch.get_num_threads()
+    host, bundle = load(args.tiny)
+    bf16 = ModelHost.load(host.source, max_layers=bundle.classifier_layers, dtype="bfloat16")
+    levers = {"float32": SharedPrefix.for_host(host), "bfloat16": SharedPrefix.for_host(bf16)}
+    assert None not in levers.values(), "the template has no shared prefix"
+    prefix, layer = levers["float32"], bundle.probe_layer
+    folder = Path(tempfile.mkdtemp())
+    started = time.perf_counter()
+    session = ort_session(export(PrefixedTrunk(host, prefix, layer).eval(), folder), threads)
+    export_s = time.perf_counter() - started
+    rows = [host.token_ids(normalise_request(p)) for p in prompts(args.prompts, "onnx")]
+    rows = [r for r in rows if prefix.fits(r)]
+
+    def run_ort(ids: list[int]) -> torch.Tensor:
+        a, b = _suffix(prefix, ids)
+        feed = {"input_ids": torch.tensor(a).numpy(), "position_ids": torch.tensor(b).numpy()}
+        return torch.from_numpy(session.run(None, feed)[0])
+
+    calls = {
+        "float32": lambda ids: levers["float32"].last_token_states([ids], layer),
+        "bfloat16": lambda ids: levers["bfloat16"].last_token_states([ids], layer),
+        "onnxruntime_float32": run_ort,
+    }
+    result = measure(calls, rows, bundle)
+    result.update(export_s=round(export_s, 1), prompts=len(rows), threads=threads, probe_layer=layer)
+    save(result, args.out)
+
+
+def measure(calls: dict[str, Any], rows: list[list[int]], bundle: Bundle) -> dict[str, Any]:
+    """p50 per lever (alternating, after a warm-up), its ratio to float32, and verdicts changed."""
+    for call in calls.values():  # warm-up: first-call allocations and ORT's arena
+        for ids in rows[:3]:
+            call(ids)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    states: dict[str, list[torch.Tensor]] = {name: [] for name in calls}
+    with torch.inference_mode():
+        for ids in rows:
+            for name, call in calls.items():
+                start = time.perf_counter()
+                states[name].append(call(ids).float().reshape(1, -1))
+                times[name].append(time.perf_counter() - start)
+    unsafe = {n: bundle.score(torch.cat(s)).unsafe >= bundle.threshold for n, s in states.items()}
+    base = torch.cat(states["float32"])
+    out: dict[str, Any] = {}
+    for name in calls:
+        p50 = statistics.median(times[name]) * 1000
+        out[name] = {
+            "p50_ms": round(p50, 2),
+            "speed_vs_float32": round(statistics.median(times["float32"]) * 1000 / p50, 3),
+            "verdicts_changed": int((unsafe[name] != unsafe["float32"]).sum()),
+            "max_state_diff": round(float((torch.cat(states[name]) - base).abs().max()), 5),
+        }
+    return out
+
+
+if __name__ == "__main__":
+    main()
