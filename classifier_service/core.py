@@ -36,6 +36,7 @@ from classifier_service import metrics
 from classifier_service.answer_stream import AnswerStream, Locks
 from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
+from classifier_service.cache.base import as_cached
 from classifier_service.chunked import chunked_last_state
 from classifier_service.config import CoreConfig
 from classifier_service.prefix import SharedPrefix
@@ -90,6 +91,7 @@ class _Pending:
     """The misses of one classify call: which flight answers which key."""
 
     flights: dict[str, _Flight] = field(default_factory=dict)
+    landed: set[str] = field(default_factory=set)  # keys whose flight had already landed
 
     @dataclass(frozen=True)
     class View:
@@ -424,6 +426,8 @@ class ClassifierCore:
                     if flight is not None and not flight.future.cancelled():
                         flight.waiters += 1
                         metrics.SINGLE_FLIGHT_JOINS.inc()
+                        if flight.future.done():  # landed, its cache write under way: a hit
+                            pending.landed.add(key)
                     else:
                         flight = _Flight(key, self.batcher.submit(job, flow=flow, cost=job.cost), job)
                         self._flights[key] = flight
@@ -431,7 +435,8 @@ class ClassifierCore:
                     pending.flights[key] = flight
             metrics.QUEUE_DEPTH.set(self.batcher.queued)
             self._wait([f.future for f in pending.flights.values()], deadline, cancelled)
-            return {key: flight.future.result() for key, flight in pending.flights.items()}
+            out = {key: flight.future.result() for key, flight in pending.flights.items()}
+            return {key: as_cached(v) if key in pending.landed else v for key, v in out.items()}
         finally:
             self._release(pending)
 
@@ -475,9 +480,16 @@ class ClassifierCore:
                         flight.job.dropped.set()
                     self._forget(flight)
 
-    def _land(self, flight: _Flight, _done: Future[Verdict]) -> None:
-        with self._flights_lock:
-            self._forget(flight)
+    def _land(self, flight: _Flight, done: Future[Verdict]) -> None:
+        """A failed or cancelled flight ends here; a verdict's ends in :meth:`_store`, once cached.
+
+        Until its verdict is in the cache, a request for the same key joins the
+        landed flight instead of computing it again (the cache is written after
+        the answers go out, so as not to delay them).
+        """
+        if done.cancelled() or done.exception() is not None:
+            with self._flights_lock:
+                self._forget(flight)
 
     def _forget(self, flight: _Flight) -> None:
         if self._flights.get(flight.key) is flight:
@@ -652,9 +664,17 @@ class ClassifierCore:
         return [Verdict(s, s >= cut, "", {}, cut, bid) for s in scores]
 
     def _store(self, jobs: list[_Job], verdicts: Sequence[Verdict | BaseException]) -> None:
-        if self.cache is not None:
-            done = {job.key: v for job, v in zip(jobs, verdicts, strict=True) if isinstance(v, Verdict)}
-            self.cache.set_many(done)
+        """Cache the batch's verdicts, then end their flights (see :meth:`_land`)."""
+        try:
+            if self.cache is not None:
+                done = {job.key: v for job, v in zip(jobs, verdicts, strict=True) if isinstance(v, Verdict)}
+                self.cache.set_many(done)
+        finally:
+            with self._flights_lock:
+                for job in jobs:
+                    flight = self._flights.get(job.key)
+                    if flight is not None and flight.job is job:
+                        del self._flights[job.key]
 
     # -- logs -----------------------------------------------------------------
 

@@ -311,6 +311,44 @@ def test_identical_concurrent_misses_compute_once(stub: Any, core: InstrumentedC
     assert [len(keys) for keys in core.computed] == [1, 1]
 
 
+class _SlowWriteCache(MemoryCache):
+    """A cache whose writes wait for ``release``: the window between an answer and its cache entry."""
+
+    def __init__(self) -> None:
+        super().__init__(max_entries=100, ttl_seconds=300)
+        self.release = threading.Event()
+        self.writing = threading.Event()
+
+    def set_many(self, items: Any) -> None:
+        self.writing.set()
+        assert self.release.wait(10)
+        super().set_many(items)
+
+
+def test_a_repeat_before_the_cache_write_lands_joins_the_answered_flight(
+    probe_host: ModelHost, tiny_bundle: Bundle
+) -> None:
+    # The cache is written after the answers go out; a repeat in that window is a hit, not a recompute.
+    cache = _SlowWriteCache()
+    c = InstrumentedCore(probe_host, tiny_bundle, cache, CoreConfig(max_batch_wait_ms=1.0))
+    try:
+        conv = normalise_request(unique("repeat"))
+        (first,) = c.classify([conv])
+        assert cache.writing.wait(5) and not first.cached
+        (again,) = c.classify([conv])
+        assert again.cached and again.score == first.score and len(c.computed) == 1
+        cache.release.set()
+        deadline = time.monotonic() + 5
+        while c._flights and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not c._flights  # the flight ends once its verdict is cached
+        (third,) = c.classify([conv])
+        assert third.cached and len(c.computed) == 1
+    finally:
+        cache.release.set()
+        c.close()
+
+
 def test_deadline_is_honoured_and_abandoned_work_is_dropped(stub: Any, core: InstrumentedCore) -> None:
     blocker = _hold_worker(stub, core)
     late = unique("late")
