@@ -131,3 +131,51 @@ def test_offline_classify_gives_the_served_categories(
     for a, b in zip(served, offline, strict=True):
         assert a.category == b.category
         assert a.category_scores == pytest.approx(b.category_scores, abs=2e-4)
+
+
+def test_built_in_requests_cover_every_category_the_default_bundle_serves() -> None:
+    from steerguard.data import category_requests
+    from steerguard.data.examples import CATEGORY_MAP
+
+    served = sorted(set(CATEGORY_MAP.values()) - {"copyright"})
+    assert sorted(category_requests.CATEGORY_REQUESTS) == served
+    assert all(len(texts) >= 20 for texts in category_requests.CATEGORY_REQUESTS.values())
+    picked = category_requests.examples(["sexual", "no_such_category"])
+    assert picked and {e.category for e in picked} == {"sexual"}
+    assert all(e.label == 1 and e.split == "calibration" for e in picked)
+    texts = [t for ts in category_requests.CATEGORY_REQUESTS.values() for t in ts]
+    assert len(set(texts)) == len(texts), "a request filed under two categories"
+
+
+def test_built_in_rows_join_every_training_fold_and_are_never_tested_on() -> None:
+    from steerguard.calibration.categories import Rows, cross_validated_top1
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8) * 4.0
+    data_classes = np.repeat(np.arange(3), 10)
+    data = Rows(centres[data_classes] + rng.normal(0, 3.0, (30, 8)), data_classes)
+    clean_classes = np.repeat(np.arange(3), 40)
+    clean = Rows(centres[clean_classes] + rng.normal(0, 0.5, (120, 8)), clean_classes)
+    wrong = Rows(clean.x, (clean.classes + 1) % 3)
+    alone = cross_validated_top1(data, 3, 1.0, seed=0)
+    helped = cross_validated_top1(data, 3, 1.0, seed=0, always=clean)
+    misled = cross_validated_top1(data, 3, 1.0, seed=0, always=wrong)
+    assert misled < alone <= helped
+    for score in (alone, helped, misled):  # a share of the 30 data rows only
+        assert abs(score * 30 - round(score * 30)) < 1e-9
+
+
+def test_calibration_records_the_built_in_rows_it_fitted_on(host: ModelHost, tiny_bundle: Bundle) -> None:
+    from steerguard.calibration.categories import built_in_requests
+    from steerguard.data import category_requests
+
+    categories = ["cybercrime", "misinformation", "sexual"]
+    extra = built_in_requests(categories)
+    convs = [
+        normalise_request(f"Tell me about {topic}") for topic in ("ports", "news", "dates") for _ in range(5)
+    ]
+    classes = np.repeat(np.arange(3), 5)
+    record, _ = content_category_head(host, convs, classes, 3, tiny_bundle.probe_layer, seed=0, extra=extra)
+    assert record["rows"] == 15 and record["built_in_rows"] == len(extra[1]) > 40
+    assert record["built_in_hash"] == category_requests.content_hash()
+    assert sorted(set(extra[1].tolist())) == [0, 1, 2]

@@ -13,6 +13,7 @@ reads the last token only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,25 +21,52 @@ import torch
 
 from steerguard.calibration.config import FIT
 from steerguard.calibration.probe import fit_categories, standardiser
+from steerguard.data import category_requests
 from steerguard.model.activations import content_means
-from steerguard.model.chat import Conversation
+from steerguard.model.chat import Conversation, normalise_request
 from steerguard.model.host import ModelHost
 
 FEATURES = "mean probe-layer state over the last user turn's words (steerguard.model.spans)"
 
 
-def cross_validated_top1(x: np.ndarray, classes: np.ndarray, n_classes: int, c: float, seed: int) -> float:
-    """5-fold top-1 accuracy of the head (stratified by class)."""
+@dataclass(frozen=True)
+class Rows:
+    """Feature rows ``x`` ``[N, H]`` and their category indices ``classes`` ``[N]``."""
+
+    x: np.ndarray
+    classes: np.ndarray
+
+    def __add__(self, other: Rows) -> Rows:
+        return Rows(np.concatenate([self.x, other.x]), np.concatenate([self.classes, other.classes]))
+
+
+def cross_validated_top1(
+    rows: Rows, n_classes: int, c: float, seed: int, always: Rows | None = None
+) -> float:
+    """5-fold top-1 accuracy of the head on ``rows`` (stratified by class).
+
+    ``always`` (the built-in requests) joins every training fold and is never
+    tested on, so the number stays one about the data set's own prompts.
+    """
     from sklearn.model_selection import StratifiedKFold
 
-    folds = min(FIT.folds, int(np.bincount(classes).min()))
+    folds = min(FIT.folds, int(np.bincount(rows.classes).min()))
     if folds < 2:
         return float("nan")
     right = 0
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, classes):
-        head = fit_categories(x[train], classes[train], n_classes, standardiser(x[train]), c=c)
-        right += int((head.predict_classes(x[test]).argmax(1) == classes[test]).sum())
-    return right / len(classes)
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(rows.x, rows.classes):
+        fit_on = Rows(rows.x[train], rows.classes[train])
+        fit_on = fit_on if always is None else fit_on + always
+        head = fit_categories(fit_on.x, fit_on.classes, n_classes, standardiser(fit_on.x), c=c)
+        right += int((head.predict_classes(rows.x[test]).argmax(1) == rows.classes[test]).sum())
+    return right / len(rows.classes)
+
+
+def built_in_requests(categories: Sequence[str]) -> tuple[list[Conversation], np.ndarray]:
+    """The built-in requests of ``categories`` (:mod:`steerguard.data.category_requests`)."""
+    found = category_requests.examples(list(categories))
+    classes = np.array([list(categories).index(str(e.category)) for e in found], dtype=np.int64)
+    return [normalise_request(e.prompt) for e in found], classes
 
 
 def content_category_head(
@@ -50,18 +78,28 @@ def content_category_head(
     *,
     seed: int,
     batch_size: int = 16,
+    extra: tuple[Sequence[Conversation], np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The head on the harmful calibration prompts with a category, its record and its tensors."""
-    x = content_means(host, convs, layer, batch_size=batch_size).numpy()
+    """The head on the harmful calibration prompts with a category, its record and its tensors.
+
+    ``extra``: more rows fitted on but never tested on (the built-in requests).
+    """
+    data = Rows(content_means(host, convs, layer, batch_size=batch_size).numpy(), classes)
+    more = None
+    if extra is not None and len(extra[1]):
+        more = Rows(content_means(host, extra[0], layer, batch_size=batch_size).numpy(), extra[1])
+    every = data if more is None else data + more
     c = FIT.category_content_c
-    standard = standardiser(x)
-    head = fit_categories(x, classes, n_classes, standard, c=c)
+    standard = standardiser(every.x)
+    head = fit_categories(every.x, every.classes, n_classes, standard, c=c)
     record = {
         "features": FEATURES,
         "c": c,
         "rows": len(classes),
-        "cv_top1": round(cross_validated_top1(x, classes, n_classes, c, seed), 4),
-        "train_top1": round(float((head.predict_classes(x).argmax(1) == classes).mean()), 4),
+        "built_in_rows": 0 if more is None else len(more.classes),
+        "built_in_hash": category_requests.content_hash() if more is not None else "",
+        "cv_top1": round(cross_validated_top1(data, n_classes, c, seed, more), 4),
+        "train_top1": round(float((head.predict_classes(data.x).argmax(1) == classes).mean()), 4),
     }
     tensors = {
         "category_content.mean": torch.from_numpy(standard[0]),
