@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
+from sidecar.adapters.base import Reply, ReplyMeta, dumps, joined_texts, load_json_object
 from sidecar.adapters.fields import (
     chat_request,
     strings,
@@ -141,11 +141,7 @@ class AnthropicAdapter:
         return AnthropicStreamFormatter(request, completion_id, model)
 
     def answer_text(self, document: Any) -> str | None:
-        content = document.get("content") if isinstance(document, dict) else None
-        if not isinstance(content, list):
-            return None
-        texts = [b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)]
-        return "\n\n".join(texts) if texts else None
+        return joined_texts(document.get("content") if isinstance(document, dict) else None)
 
     def replace_answer(self, document: Any, text: str) -> bytes:
         document["content"] = [{"type": "text", "text": text}]

@@ -166,6 +166,26 @@ def dumps(document: Any) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def joined_texts(items: Any, key: str = "text") -> str | None:
+    """The ``key`` strings of a JSON list of objects, joined by blank lines; None when there are none.
+
+    How an answer with several parts (choices, content blocks) is read as one text to judge.
+    """
+    if not isinstance(items, list):
+        return None
+    texts = [i[key] for i in items if isinstance(i, dict) and isinstance(i.get(key), str)]
+    return "\n\n".join(texts) if texts else None
+
+
+def token_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's ``usage`` object (chat and text completions)."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 def refusal(adapter: Adapter, chat: ChatRequest, text: str, meta: ReplyMeta) -> Reply:
     """The policy's refusal in the upstream's shape: server-sent events when the client asked to stream.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
+from sidecar.adapters.base import Reply, ReplyMeta, dumps, joined_texts, load_json_object, token_usage
 from sidecar.adapters.fields import chat_request
 from sidecar.adapters.sse import data_event, identity, loads_event, new_id, now
 from sidecar.conversation import ChatRequest, Message
@@ -86,11 +86,7 @@ class CompletionsAdapter:
             "created": now(),
             "model": request.model or "steerguard",
             "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": token_usage(prompt_tokens, completion_tokens),
         }
         return Reply(body=dumps(payload))
 
@@ -100,11 +96,7 @@ class CompletionsAdapter:
         return CompletionsStreamFormatter(request, completion_id, model)
 
     def answer_text(self, document: Any) -> str | None:
-        choices = document.get("choices") if isinstance(document, dict) else None
-        if not isinstance(choices, list):
-            return None
-        texts = [c["text"] for c in choices if isinstance(c, dict) and isinstance(c.get("text"), str)]
-        return "\n\n".join(texts) if texts else None
+        return joined_texts(document.get("choices") if isinstance(document, dict) else None)
 
     def replace_answer(self, document: Any, text: str) -> bytes:
         for choice in document.get("choices", []):

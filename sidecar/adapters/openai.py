@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
+from sidecar.adapters.base import Reply, ReplyMeta, dumps, joined_texts, load_json_object, token_usage
 from sidecar.adapters.fields import (
     chat_request,
     strings,
@@ -107,11 +107,7 @@ class OpenAIStreamFormatter:
                     "created": self._created,
                     "model": self._model,
                     "choices": [],
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": completion_tokens,
-                        "total_tokens": prompt_tokens + completion_tokens,
-                    },
+                    "usage": token_usage(prompt_tokens, completion_tokens),
                 }
             )
         return out + b"data: [DONE]\n\n"
@@ -173,11 +169,7 @@ class OpenAIAdapter:
                     "finish_reason": finish_reason,
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": token_usage(prompt_tokens, completion_tokens),
         }
         return Reply(body=dumps(payload))
 
@@ -187,14 +179,10 @@ class OpenAIAdapter:
         return OpenAIStreamFormatter(request, completion_id, model)
 
     def answer_text(self, document: Any) -> str | None:
-        if not isinstance(document, dict) or not isinstance(document.get("choices"), list):
+        choices = document.get("choices") if isinstance(document, dict) else None
+        if not isinstance(choices, list):
             return None
-        texts: list[str] = []
-        for choice in document["choices"]:
-            message = choice.get("message") if isinstance(choice, dict) else None
-            if isinstance(message, dict) and isinstance(message.get("content"), str):
-                texts.append(message["content"])
-        return "\n\n".join(texts) if texts else None
+        return joined_texts([c.get("message") for c in choices if isinstance(c, dict)], "content")
 
     def replace_answer(self, document: Any, text: str) -> bytes:
         for choice in document.get("choices", []):
