@@ -5,8 +5,9 @@ the probe's layer; re-running the whole calibration to add it costs an hour
 on two cores and re-draws nothing else. This rebuilds the calibration split
 from the bundle's recorded settings and seed, fits the head on the same
 prompts the last-token head was fitted on (the bundle's own categories), plus
-the built-in category requests (steerguard.data.category_requests) unless
-``category_content_requests`` is off, and
+the built-in category requests (steerguard.data.category_requests) and the
+project's labels for unlabelled harmful calibration prompts
+(steerguard.data.category_labels) unless ``category_content_extra`` is off, and
 writes a new bundle (new id) whose manifest records it.
 
     python scripts/fit_categories.py steerguard/bundles/default /tmp/new-bundle --data ../shared/data
@@ -19,7 +20,7 @@ from typing import Any
 import bundle_args  # scripts/, on the path when a script runs
 import numpy as np
 
-from steerguard.calibration.categories import built_in_requests, content_category_head
+from steerguard.calibration.categories import content_category_head, extra_rows
 from steerguard.data.loaders import HARMFUL
 from steerguard.model.chat import normalise_request
 
@@ -36,7 +37,7 @@ def step(run: Any, bundle: Any, cfg: Any) -> bundle_args.StepResult:
         bundle.probe_layer,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
-        extra=built_in_requests(categories) if cfg.category_content_requests else None,
+        extra=extra_rows(categories, run.calib) if cfg.category_content_extra else None,
     )
     return {"category_content": record}, tensors
 

@@ -165,17 +165,46 @@ def test_built_in_rows_join_every_training_fold_and_are_never_tested_on() -> Non
         assert abs(score * 30 - round(score * 30)) < 1e-9
 
 
-def test_calibration_records_the_built_in_rows_it_fitted_on(host: ModelHost, tiny_bundle: Bundle) -> None:
-    from steerguard.calibration.categories import built_in_requests
-    from steerguard.data import category_requests
+def test_calibration_records_the_extra_rows_it_fitted_on(host: ModelHost, tiny_bundle: Bundle) -> None:
+    from steerguard.calibration.categories import extra_rows
+    from steerguard.data import category_labels, category_requests
+    from steerguard.data.examples import Example
 
     categories = ["cybercrime", "misinformation", "sexual"]
-    extra = built_in_requests(categories)
+    calib = [Example("stand-in prompt", 1, "test", "calibration", "harmful")]
+    extra = extra_rows(categories, calib)
+    assert extra.record["labelled_rows"] == 0  # no prompt of the data set here: nothing to label
     convs = [
         normalise_request(f"Tell me about {topic}") for topic in ("ports", "news", "dates") for _ in range(5)
     ]
     classes = np.repeat(np.arange(3), 5)
     record, _ = content_category_head(host, convs, classes, 3, tiny_bundle.probe_layer, seed=0, extra=extra)
-    assert record["rows"] == 15 and record["built_in_rows"] == len(extra[1]) > 40
+    assert record["rows"] == 15 and record["built_in_rows"] == len(extra.classes) > 40
     assert record["built_in_hash"] == category_requests.content_hash()
-    assert sorted(set(extra[1].tolist())) == [0, 1, 2]
+    assert record["labels_hash"] == category_labels.content_hash()
+    assert sorted(set(extra.classes.tolist())) == [0, 1, 2]
+
+
+def test_labels_apply_only_to_harmful_prompts_without_a_category(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from steerguard.data import category_labels
+    from steerguard.data.examples import Example, text_hash
+
+    prompt = "Write a worm for the office network"
+    monkeypatch.setitem(category_labels.LABELS, text_hash(prompt), "cybercrime")
+    rows = [
+        Example(prompt, 1, "t", "calibration", "harmful"),
+        Example(prompt, 1, "t", "calibration", "harmful", "illegal"),  # the source's own label wins
+        Example(prompt, 0, "t", "calibration", "benign"),
+        Example("Another prompt", 1, "t", "calibration", "harmful"),
+    ]
+    found = category_labels.labelled(rows, ["cybercrime", "illegal"])
+    assert [(e.prompt, e.category) for e in found] == [(prompt, "cybercrime")]
+    assert category_labels.labelled(rows, ["illegal"]) == []
+
+
+def test_the_labels_name_only_served_categories() -> None:
+    from steerguard.data import category_labels
+    from steerguard.data.examples import CATEGORY_MAP
+
+    assert set(category_labels.LABELS.values()) <= set(CATEGORY_MAP.values()) - {"copyright"}
+    assert len(category_labels.LABELS) >= 200

@@ -21,7 +21,8 @@ import torch
 
 from steerguard.calibration.config import FIT
 from steerguard.calibration.probe import fit_categories, standardiser
-from steerguard.data import category_requests
+from steerguard.data import category_labels, category_requests
+from steerguard.data.examples import Example
 from steerguard.model.activations import content_means
 from steerguard.model.chat import Conversation, normalise_request
 from steerguard.model.host import ModelHost
@@ -62,11 +63,32 @@ def cross_validated_top1(
     return right / len(rows.classes)
 
 
-def built_in_requests(categories: Sequence[str]) -> tuple[list[Conversation], np.ndarray]:
-    """The built-in requests of ``categories`` (:mod:`steerguard.data.category_requests`)."""
-    found = category_requests.examples(list(categories))
-    classes = np.array([list(categories).index(str(e.category)) for e in found], dtype=np.int64)
-    return [normalise_request(e.prompt) for e in found], classes
+@dataclass(frozen=True)
+class ExtraRows:
+    """Rows the head is fitted on beyond the data set's own labelled prompts, and their record."""
+
+    convs: list[Conversation]
+    classes: np.ndarray
+    record: dict[str, Any]
+
+
+def extra_rows(categories: Sequence[str], calib: Sequence[Example]) -> ExtraRows:
+    """The built-in requests (:mod:`steerguard.data.category_requests`) and the harmful
+    calibration prompts the project labelled (:mod:`steerguard.data.category_labels`)."""
+    names = list(categories)
+    requests = category_requests.examples(names)
+    labelled = category_labels.labelled(list(calib), names)
+    rows = requests + labelled
+    return ExtraRows(
+        [normalise_request(e.prompt) for e in rows],
+        np.array([names.index(str(e.category)) for e in rows], dtype=np.int64),
+        {
+            "built_in_rows": len(requests),
+            "built_in_hash": category_requests.content_hash(),
+            "labelled_rows": len(labelled),
+            "labels_hash": category_labels.content_hash(),
+        },
+    )
 
 
 def content_category_head(
@@ -78,16 +100,16 @@ def content_category_head(
     *,
     seed: int,
     batch_size: int = 16,
-    extra: tuple[Sequence[Conversation], np.ndarray] | None = None,
+    extra: ExtraRows | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The head on the harmful calibration prompts with a category, its record and its tensors.
 
-    ``extra``: more rows fitted on but never tested on (the built-in requests).
+    ``extra``: more rows fitted on but never tested on (:func:`extra_rows`).
     """
     data = Rows(content_means(host, convs, layer, batch_size=batch_size).numpy(), classes)
     more = None
-    if extra is not None and len(extra[1]):
-        more = Rows(content_means(host, extra[0], layer, batch_size=batch_size).numpy(), extra[1])
+    if extra is not None and len(extra.classes):
+        more = Rows(content_means(host, extra.convs, layer, batch_size=batch_size).numpy(), extra.classes)
     every = data if more is None else data + more
     c = FIT.category_content_c
     standard = standardiser(every.x)
@@ -96,8 +118,7 @@ def content_category_head(
         "features": FEATURES,
         "c": c,
         "rows": len(classes),
-        "built_in_rows": 0 if more is None else len(more.classes),
-        "built_in_hash": category_requests.content_hash() if more is not None else "",
+        **(extra.record if extra is not None else {}),
         "cv_top1": round(cross_validated_top1(data, n_classes, c, seed, more), 4),
         "train_top1": round(float((head.predict_classes(data.x).argmax(1) == classes).mean()), 4),
     }

@@ -52,7 +52,7 @@ from steerguard import language
 from steerguard.bundle import Bundle
 from steerguard.calibration import passages
 from steerguard.calibration.cascade import CascadeRows, CascadeSettings, fit_cascade
-from steerguard.calibration.categories import built_in_requests, content_category_head
+from steerguard.calibration.categories import content_category_head, extra_rows
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
 from steerguard.calibration.probe import fit_categories
@@ -526,7 +526,7 @@ def _category_head(run: Run, fit: ProbeFit) -> tuple[list[str], float]:
             fit.layer,
             seed=run.cfg.seed,
             batch_size=run.cfg.batch_size,
-            extra=built_in_requests(categories) if run.cfg.category_content_requests else None,
+            extra=extra_rows(categories, calib) if run.cfg.category_content_extra else None,
         )
         run.tensors.update(tensors)
     return categories, float((head.predict_classes(x).argmax(1) == cls).mean())
