@@ -20,8 +20,10 @@ and the verdicts (at the bundle's threshold) that differ from float32's.
 
     python bench/bench_onnx.py [--prompts 40] [--tiny] [--out reports/bench/onnx.json]
 
-Needs ``onnxruntime``, ``onnx`` and ``onnxscript`` (not part of any install
-extra: a measurement, not a serving path; ``pip install onnxruntime onnx onnxscript``).
+Needs ``onnxruntime``, ``onnx`` and ``onnxscript`` (the ``dev`` extra: a
+measurement, not a serving path). With ``openvino`` installed (``pip install
+openvino``), the same graph compiled by OpenVINO is timed too, in float32 and,
+on CPUs with native bf16, bfloat16.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -134,6 +137,36 @@ def ort_session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def openvino_calls(path: Path, threads: int, suffix: Any) -> dict[str, Any]:
+    """The same ONNX graph compiled by OpenVINO, in float32 and (where the CPU has it) bfloat16.
+
+    Empty when ``openvino`` is not installed: the lever is measured, not served.
+    """
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    core = ov.Core()
+    model = core.read_model(str(path))
+    native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    precisions = ["f32", "bf16"] if native_bf16 else ["f32"]
+    out: dict[str, Any] = {}
+    for precision in precisions:
+        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
+        compiled = core.compile_model(model, "CPU", config)
+        out[f"openvino_{'float32' if precision == 'f32' else 'bfloat16'}"] = _ov_call(compiled, suffix)
+    return out
+
+
+def _ov_call(compiled: Any, suffix: Any) -> Any:
+    def call(ids: list[int]) -> torch.Tensor:
+        a, b = suffix(ids)
+        result = compiled([np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)])
+        return torch.from_numpy(np.array(result[compiled.output(0)]))
+
+    return call
+
+
 def _suffix(prefix: SharedPrefix, ids: list[int]) -> tuple[Any, Any]:
     rest = ids[len(prefix) :]
     pos = list(range(len(prefix), len(prefix) + len(rest)))
@@ -154,7 +187,8 @@ def main() -> None:
     prefix, layer = levers["float32"], bundle.probe_layer
     folder = Path(tempfile.mkdtemp())
     started = time.perf_counter()
-    session = ort_session(export(PrefixedTrunk(host, prefix, layer).eval(), folder), threads)
+    graph = export(PrefixedTrunk(host, prefix, layer).eval(), folder)
+    session = ort_session(graph, threads)
     export_s = time.perf_counter() - started
     rows = [host.token_ids(normalise_request(p)) for p in prompts(args.prompts, "onnx")]
     rows = [r for r in rows if prefix.fits(r)]
@@ -168,6 +202,7 @@ def main() -> None:
         "float32": lambda ids: levers["float32"].last_token_states([ids], layer),
         "bfloat16": lambda ids: levers["bfloat16"].last_token_states([ids], layer),
         "onnxruntime_float32": run_ort,
+        **openvino_calls(graph, threads, lambda ids: _suffix(prefix, ids)),
     }
     result = measure(calls, rows, bundle)
     result.update(export_s=round(export_s, 1), prompts=len(rows), threads=threads, probe_layer=layer)

@@ -100,3 +100,5 @@ def test_onnx_bench_checks_states_before_it_times(tmp_path: Path) -> None:
     assert set(r) >= {"float32", "bfloat16", "onnxruntime_float32"} and r["prompts"] == 6
     onnx = r["onnxruntime_float32"]
     assert onnx["p50_ms"] > 0 and onnx["max_state_diff"] < 1e-3 and onnx["verdicts_changed"] == 0
+    vino = r["openvino_float32"]  # the same graph compiled by OpenVINO (the dev extra installs it)
+    assert vino["p50_ms"] > 0 and vino["max_state_diff"] < 1e-3
