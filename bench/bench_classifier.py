@@ -567,15 +567,21 @@ def part_four(
 ) -> dict[str, Any]:
     """The served default (bfloat16 where native, the cascade) and its variants vs MiniLM + LR."""
     auto_host = ModelHost.load(model, max_layers=bundle.probe_layer + 1, threads=args.threads, dtype="auto")
-    auto_stub = stack.enter_context(served(ClassifierCore(auto_host, bundle, None, config)))()
+    default = replace(config, backend=CoreConfig.backend)  # parts 1-3 run all in PyTorch
+    default_core = ClassifierCore(auto_host, bundle, None, default)
+    auto_stub = stack.enter_context(served(default_core))()
     probes = {
         "float32_in_process": lambda p: early_core.classify([normalise_request(p)]),
         "served_default_grpc": lambda p: classify(auto_stub, p),
     }
     if bundle.cascade is not None:  # the same server without the bundle's early exit, side by side
-        no_cascade = replace(config, cascade=False)
+        no_cascade = replace(default, cascade=False)
         plain_stub = stack.enter_context(served(ClassifierCore(auto_host, bundle, None, no_cascade)))()
         probes["served_no_cascade_grpc"] = lambda p: classify(plain_stub, p)
+    if default_core.backend == "openvino":  # the same server all in PyTorch, side by side
+        all_torch = replace(default, backend="torch")
+        torch_stub = stack.enter_context(served(ClassifierCore(auto_host, bundle, None, all_torch)))()
+        probes["served_torch_grpc"] = lambda p: classify(torch_stub, p)
     sets = {"templated": prompts(n_lat, "base")}
     held = heldout_benign(args.data, bundle, n_lat)
     if held:
@@ -615,7 +621,10 @@ def main() -> int:
     # Throughput is measured here, not admission: 16 back-to-back clients in this one process (GIL)
     # make steps slow enough that a few calls would be shed (bench_overload.py measures shedding).
     config = CoreConfig(
-        max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms, max_queue_delay_ms=0
+        max_batch_size=args.max_batch_size,
+        max_batch_wait_ms=args.max_batch_wait_ms,
+        max_queue_delay_ms=0,
+        backend="torch",  # parts 1-3 measure the PyTorch paths; part 4 serves the default beside it
     )
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -710,6 +719,9 @@ def report_part_four(d: dict[str, Any]) -> None:
                 if flat
                 else ""
             )
+            if "served_torch_grpc" in m:
+                pt = m["served_torch_grpc"]
+                without += f"--backend torch {pt['p50_ms']:.1f} ms = {pt['ratio_over_minilm']:.2f}x; "
             print(
                 f"[{verdict(d)}] {name}: miss p50 vs MiniLM + LR {m['minilm_lr_p50_ms']:.1f} ms (batch 1): "
                 f"served default over gRPC {srv['p50_ms']:.1f} ms = {srv['ratio_over_minilm']:.2f}x "

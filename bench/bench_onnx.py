@@ -6,9 +6,10 @@ ONNX Runtime runs that pass faster than PyTorch without changing verdicts.
 This exports exactly the classifier's miss path: the decoder layers up to
 the probe layer, with the template prefix's keys and values baked into the
 graph as constants, taking the suffix's token ids and positions and
-returning the probe layer's state at the last token. The graph is a plain
-Llama forward (RMSNorm, rotary, grouped-query attention over prefix + suffix,
-SiLU MLP) written with the model's own modules, exported with
+returning the probe layer's state at the last token. The graph is the
+classifier's own (``classifier_service.accelerated``, ``--backend
+openvino``): a plain Llama forward (RMSNorm, rotary, grouped-query attention
+over prefix + suffix, SiLU MLP) written with the model's own modules, exported with
 ``torch.onnx.export``; its states are checked against the PyTorch prefix path
 before anything is timed.
 
@@ -38,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -47,84 +47,11 @@ from bench_classifier import prompts  # noqa: E402  (bench/, on the path when a 
 from classifier_setup import load  # noqa: E402
 from report import save  # noqa: E402
 
+from classifier_service.accelerated import INPUTS, PrefixedTrunk, export, feeds  # noqa: E402
 from classifier_service.prefix import SharedPrefix  # noqa: E402
 from steerguard.bundle import Bundle  # noqa: E402
 from steerguard.model.chat import normalise_request  # noqa: E402
 from steerguard.model.host import ModelHost  # noqa: E402
-
-
-class PrefixedTrunk(nn.Module):
-    """The decoder up to ``layer`` after a fixed prefix: (suffix ids, positions) -> last state ``[1, H]``."""
-
-    def __init__(self, host: ModelHost, prefix: SharedPrefix, layer: int) -> None:
-        super().__init__()
-        base = host.model.model
-        self.embed, self.rotary = base.embed_tokens, base.rotary_emb
-        self.layers = nn.ModuleList(list(host.layers)[: layer + 1])
-        cfg = host.model.config
-        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        cache = prefix.cache()
-        pairs = [_layer_kv(cache, i) for i in range(layer + 1)]
-        for i, (k, v) in enumerate(pairs):
-            self.register_buffer(f"k{i}", k.float().contiguous())
-            self.register_buffer(f"v{i}", v.float().contiguous())
-        self.prefix_len = len(prefix)
-
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        h = self.embed(input_ids)
-        cos, sin = self.rotary(h, position_ids)
-        steps = input_ids.shape[1]
-        keys = torch.arange(self.prefix_len + steps)[None, :]
-        allowed = keys <= (torch.arange(steps)[:, None] + self.prefix_len)
-        bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
-        for i, block in enumerate(self.layers):
-            h = h + self._attend(block, block.input_layernorm(h), cos, sin, bias, i)
-            h = h + block.mlp(block.post_attention_layernorm(h))
-        return h[:, -1, :]
-
-    def _attend(
-        self, block: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor, i: int
-    ) -> torch.Tensor:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        attn, steps = block.self_attn, x.shape[1]
-        q = attn.q_proj(x).view(1, steps, self.heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        group = self.heads // self.kv_heads
-        k = torch.cat([getattr(self, f"k{i}"), k], dim=2).repeat_interleave(group, dim=1)
-        v = torch.cat([getattr(self, f"v{i}"), v], dim=2).repeat_interleave(group, dim=1)
-        weights = torch.softmax(q @ k.transpose(2, 3) / self.head_dim**0.5 + bias, dim=-1)
-        out = (weights @ v).transpose(1, 2).reshape(1, steps, self.heads * self.head_dim)
-        return attn.o_proj(out)  # type: ignore[no-any-return]
-
-
-def _layer_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer ``i``'s cached keys and values, under either transformers cache API."""
-    if hasattr(cache, "layers"):
-        return cache.layers[i].keys, cache.layers[i].values
-    return cache.key_cache[i], cache.value_cache[i]
-
-
-def export(trunk: PrefixedTrunk, folder: Path) -> Path:
-    path = folder / "trunk.onnx"
-    ids = torch.tensor([[1, 2, 3]])
-    pos = torch.arange(trunk.prefix_len, trunk.prefix_len + 3)[None, :]
-    steps = torch.export.Dim("steps", min=1, max=4096)
-    with torch.inference_mode():
-        torch.onnx.export(
-            trunk,
-            (ids, pos),
-            str(path),
-            input_names=["input_ids", "position_ids"],
-            output_names=["state"],
-            dynamic_shapes={"input_ids": {1: steps}, "position_ids": {1: steps}},
-            dynamo=True,
-            external_data=True,
-        )
-    return path
 
 
 def ort_session(path: Path, threads: int) -> Any:
@@ -137,7 +64,7 @@ def ort_session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def openvino_calls(path: Path, threads: int, suffix: Any) -> dict[str, Any]:
+def openvino_calls(path: Path, threads: int, prefix_len: int) -> dict[str, Any]:
     """The same ONNX graph compiled by OpenVINO, in float32 and (where the CPU has it) bfloat16.
 
     Empty when ``openvino`` is not installed: the lever is measured, not served.
@@ -154,23 +81,21 @@ def openvino_calls(path: Path, threads: int, suffix: Any) -> dict[str, Any]:
     for precision in precisions:
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
         compiled = core.compile_model(model, "CPU", config)
-        out[f"openvino_{'float32' if precision == 'f32' else 'bfloat16'}"] = _ov_call(compiled, suffix)
+        out[f"openvino_{'float32' if precision == 'f32' else 'bfloat16'}"] = _ov_call(compiled, prefix_len)
     return out
 
 
-def _ov_call(compiled: Any, suffix: Any) -> Any:
+def _ov_call(compiled: Any, prefix_len: int) -> Any:
     def call(ids: list[int]) -> torch.Tensor:
-        a, b = suffix(ids)
-        result = compiled([np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)])
-        return torch.from_numpy(np.array(result[compiled.output(0)]))
+        inputs = feeds(prefix_len, ids[prefix_len:], None)
+        return last_state(np.array(compiled([inputs[n] for n in INPUTS])[compiled.output(0)]))
 
     return call
 
 
-def _suffix(prefix: SharedPrefix, ids: list[int]) -> tuple[Any, Any]:
-    rest = ids[len(prefix) :]
-    pos = list(range(len(prefix), len(prefix) + len(rest)))
-    return [rest], [pos]
+def last_state(states: np.ndarray) -> torch.Tensor:
+    """The graph's first half: the last position's state (the second is the span mean)."""
+    return torch.from_numpy(np.asarray(states, dtype=np.float32))[:, : states.shape[1] // 2]
 
 
 def main() -> None:
@@ -194,15 +119,13 @@ def main() -> None:
     rows = [r for r in rows if prefix.fits(r)]
 
     def run_ort(ids: list[int]) -> torch.Tensor:
-        a, b = _suffix(prefix, ids)
-        feed = {"input_ids": torch.tensor(a).numpy(), "position_ids": torch.tensor(b).numpy()}
-        return torch.from_numpy(session.run(None, feed)[0])
+        return last_state(session.run(None, feeds(len(prefix), ids[len(prefix) :], None))[0])
 
     calls = {
         "float32": lambda ids: levers["float32"].last_token_states([ids], layer),
         "bfloat16": lambda ids: levers["bfloat16"].last_token_states([ids], layer),
         "onnxruntime_float32": run_ort,
-        **openvino_calls(graph, threads, lambda ids: _suffix(prefix, ids)),
+        **openvino_calls(graph, threads, len(prefix)),
     }
     result = measure(calls, rows, bundle)
     result.update(export_s=round(export_s, 1), prompts=len(rows), threads=threads, probe_layer=layer)

@@ -68,6 +68,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         log_prompts=args.log_prompts,
         max_streams=args.max_streams,
         cascade=not args.no_cascade,
+        backend=args.backend,
     )
     core = ClassifierCore(host, bundle, build_cache(args), config)
     log.info(
@@ -78,6 +79,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         cascade_layer=bundle.cascade.layer if bundle.cascade and config.cascade else None,
         loaded_layers=host.loaded_layers,
         dtype=str(host.model.dtype).removeprefix("torch."),
+        backend=core.backend,
         model_layers=host.identity.num_layers,
         cache="redis" if args.redis_url else "memory",
     )

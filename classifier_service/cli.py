@@ -64,6 +64,15 @@ def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(
         parser,
+        "--backend",
+        choices=["auto", "torch", "openvino"],
+        default=core.backend,
+        help="openvino: a single prompt's pass after the template prefix runs compiled by OpenVINO "
+        "(~1.7x faster than PyTorch bfloat16 here; needs no early exit); auto: openvino where it "
+        "is installed and applies, else torch",
+    )
+    add_flag(
+        parser,
         "--no-cascade",
         action="store_true",
         default=not core.cascade,

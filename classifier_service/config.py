@@ -34,6 +34,11 @@ class CoreConfig:
     cache_key_secret: bytes | None = None  # keyed hashes (HMAC) in cache keys (cache.keys)
     log_prompts: bool = False
     share_prefix: bool = True  # reuse the template prefix's key/value cache
+    # A single prompt view's pass after the template prefix, compiled by OpenVINO
+    # (classifier_service.accelerated; served miss 1.6-1.7x MiniLM + LR against 3.1-3.5x in
+    # PyTorch, docs/benchmarks.md). "auto": where openvino is installed, the prefix shared and the
+    # bundle has no early exit; "openvino": required; "torch": never.
+    backend: str = "auto"
     # Use the bundle's early exit (manifest.cascade), where it has one: confident safe prompts
     # stop at a shallower layer (docs/benchmarks.md).
     cascade: bool = True

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers import DynamicCache
 
-from classifier_service import metrics
+from classifier_service import accelerated, metrics
+from classifier_service.accelerated import OpenVinoTrunk
 from classifier_service.answer_stream import AnswerStream, Locks
 from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
@@ -141,6 +142,7 @@ class ClassifierCore:
         self.forward_passes = 0
         self.prefix = SharedPrefix.for_host(host) if self.config.share_prefix else None
         self._cascade = bundle.cascade if self.config.cascade else None
+        self._trunk = self._accelerated()
         self._markers = TurnMarkers.for_tokenizer(host.tokenizer) if bundle.reads_content else None
         self.windows = self._windower()
         # Segment-end tokens (a pass over the vocabulary), for the response probe's reads.
@@ -525,7 +527,9 @@ class ClassifierCore:
                 continue
             part, rule = [rows[i] for i in idx], stop(idx) if stop is not None else None
             part_spans = None if spans is None else [spans[i] for i in idx]
-            if prefix is not None and fits[idx[0]]:
+            if self._trunk is not None and fits[idx[0]] and len(idx) == 1 and layers == [self._trunk.layer]:
+                found = self._trunk.states_at(part[0], None if part_spans is None else part_spans[0])
+            elif prefix is not None and fits[idx[0]]:
                 found = prefix.states_at(part, layers, stop=rule, spans=part_spans)
             elif part_spans is not None:
                 found = states_with_spans(self.host, self.host.pad(part), layers, part_spans, stop=rule)
@@ -536,6 +540,31 @@ class ClassifierCore:
             if out.content is not None and found.content is not None:
                 out.content[idx] = found.content
         return out
+
+    @property
+    def backend(self) -> str:
+        """The backend a single prompt view's miss runs on: ``openvino`` or ``torch``."""
+        return "torch" if self._trunk is None else "openvino"
+
+    def _accelerated(self) -> OpenVinoTrunk | None:
+        """The OpenVINO trunk, for single prompt views after the prefix (``CoreConfig.backend``).
+
+        ``auto`` takes it where it applies: openvino installed, the template
+        prefix shared, no early exit; ``openvino`` insists (an error names
+        what is missing); ``torch`` never takes it.
+        """
+        backend = self.config.backend
+        if backend not in ("auto", "openvino", "torch"):
+            raise ValueError(f"unknown backend {backend!r} (auto, openvino, torch)")
+        fits = self.prefix is not None and self._cascade is None
+        if backend == "torch" or (backend == "auto" and not (fits and accelerated.available())):
+            return None
+        if not fits or self.prefix is None:
+            raise ValueError("--backend openvino needs the shared template prefix and no early exit")
+        trunk = accelerated.shared_trunk(self.host, self.bundle.probe_layer, torch.get_num_threads())
+        if trunk.prefix_len != len(self.prefix):
+            raise ValueError("the OpenVINO trunk's template prefix differs from the classifier's")
+        return trunk
 
     def _view_verdicts(self, jobs: list[_Job]) -> list[Verdict]:
         """Prompt views' verdicts; with a cascade, confident ones leave at its layer (early exit).

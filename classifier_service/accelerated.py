@@ -1,0 +1,207 @@
+"""A cache miss's forward pass compiled by OpenVINO (``--backend openvino``).
+
+Why: a miss runs the decoder up to the probe layer after the template's
+cached prefix, and that pass is most of a miss's time. Measured side by side
+(bench/bench_onnx.py, 100 prompts, 2 cores): OpenVINO with a bfloat16 hint
+runs it in 24.5 ms against PyTorch bfloat16's 41.4 ms, with states closer to
+float32's. The graph is a plain Llama forward written with the model's own
+modules (:class:`PrefixedTrunk`), the prefix's keys and values baked in as
+constants, exported with ``torch.onnx.export`` and compiled by OpenVINO.
+
+It serves what it was measured on: one prompt view that starts with the
+template prefix, in a step of its own, on a bundle without an early exit.
+Packed batches, chunked long prompts, passages and answer windows stay in
+PyTorch (:class:`classifier_service.core.ClassifierCore` decides). Besides
+the probe layer's last state it returns the mean over the request's words
+(the content category head reads it), from a weight per position.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from classifier_service.prefix import SharedPrefix
+from steerguard.model.activations import LayerStates
+from steerguard.model.host import ModelHost
+from steerguard.model.spans import Span
+
+INPUTS = ("input_ids", "position_ids", "span_weights")
+
+
+def _layer_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``i``'s cached keys and values, under either transformers cache API."""
+    if hasattr(cache, "layers"):
+        return cache.layers[i].keys, cache.layers[i].values
+    return cache.key_cache[i], cache.value_cache[i]
+
+
+class PrefixedTrunk(nn.Module):
+    """The decoder up to ``layer`` after a fixed prefix.
+
+    (suffix ids ``[1, T]``, positions ``[1, T]``, weights ``[1, T]``) ->
+    ``[1, 2H]``: the last position's state, then the weighted sum of the
+    states (the weights average the content span; all zero: no span).
+    """
+
+    def __init__(self, host: ModelHost, prefix: SharedPrefix, layer: int) -> None:
+        super().__init__()
+        base = host.model.model
+        self.embed: nn.Module = base.embed_tokens
+        self.rotary: nn.Module = base.rotary_emb
+        self.layers = nn.ModuleList(list(host.layers)[: layer + 1])
+        cfg = host.model.config
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        cache = prefix.cache()
+        for i in range(layer + 1):
+            k, v = _layer_kv(cache, i)
+            self.register_buffer(f"k{i}", k.float().contiguous())
+            self.register_buffer(f"v{i}", v.float().contiguous())
+        self.prefix_len = len(prefix)
+
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, span_weights: torch.Tensor
+    ) -> torch.Tensor:
+        h = self.embed(input_ids)
+        cos, sin = self.rotary(h, position_ids)
+        steps = input_ids.shape[1]
+        keys = torch.arange(self.prefix_len + steps)[None, :]
+        allowed = keys <= (torch.arange(steps)[:, None] + self.prefix_len)
+        bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+        for i, block in enumerate(self.layers):
+            layer: Any = block  # a decoder layer: its norms and MLP are modules
+            h = h + self._attend(layer, layer.input_layernorm(h), cos, sin, bias, i)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return torch.cat([h[:, -1, :], span_weights @ h[0]], dim=-1)
+
+    def _attend(
+        self, block: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor, i: int
+    ) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        attn, steps = block.self_attn, x.shape[1]
+        q = attn.q_proj(x).view(1, steps, self.heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        group = self.heads // self.kv_heads
+        k = torch.cat([getattr(self, f"k{i}"), k], dim=2).repeat_interleave(group, dim=1)
+        v = torch.cat([getattr(self, f"v{i}"), v], dim=2).repeat_interleave(group, dim=1)
+        weights = torch.softmax(q @ k.transpose(2, 3) / self.head_dim**0.5 + bias, dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(1, steps, self.heads * self.head_dim)
+        return attn.o_proj(out)
+
+
+def export(trunk: PrefixedTrunk, folder: Path) -> Path:
+    """The trunk as an ONNX graph (dynamic length) in ``folder``."""
+    path = folder / "trunk.onnx"
+    example = feeds(trunk.prefix_len, [1, 2, 3], None)
+    steps = torch.export.Dim("steps", min=1, max=4096)
+    # The exporter warns about itself (deprecations, axis names): not ours to fix, and errors
+    # where warnings are errors (the test suite).
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)  # "the axis name steps will not be used"
+        torch.onnx.export(
+            trunk,
+            tuple(torch.from_numpy(example[name]) for name in INPUTS),
+            str(path),
+            input_names=list(INPUTS),
+            output_names=["states"],
+            dynamic_shapes={name: {1: steps} for name in INPUTS},
+            dynamo=True,
+            external_data=True,
+            verbose=False,
+        )
+    return path
+
+
+def feeds(prefix_len: int, suffix: list[int], span: Span | None) -> dict[str, np.ndarray]:
+    """The graph's inputs for one row's ``suffix`` (the tokens after the prefix).
+
+    ``span`` counts positions from the row's first token, prefix included, as
+    :meth:`SharedPrefix.states_at` does; its part after the prefix is averaged
+    (at least the position where it starts).
+    """
+    steps = len(suffix)
+    weights = np.zeros((1, steps), dtype=np.float32)
+    if span is not None:
+        a = max(span[0], prefix_len) - prefix_len
+        b = max(span[1] - prefix_len, a + 1)
+        a, b = min(a, steps - 1), min(b, steps)
+        weights[0, a:b] = 1.0 / (b - a)
+    return {
+        "input_ids": np.asarray([suffix], dtype=np.int64),
+        "position_ids": np.arange(prefix_len, prefix_len + steps, dtype=np.int64)[None, :],
+        "span_weights": weights,
+    }
+
+
+def available() -> bool:
+    """True when the optional ``openvino`` package is installed."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+_BUILT: dict[tuple[str, int, int, str | None], OpenVinoTrunk] = {}
+_BUILT_LOCK = threading.Lock()
+
+
+def shared_trunk(host: ModelHost, layer: int, threads: int, precision: str | None = None) -> OpenVinoTrunk:
+    """One trunk per model, layer and precision in a process (an export takes ~20 s for SmolLM2):
+    a bundle reload, or a second core on the same model, reuses it."""
+    key = (str(host.source), layer, threads, precision)
+    with _BUILT_LOCK:
+        if key not in _BUILT:
+            _BUILT[key] = OpenVinoTrunk.build(host, layer, threads, precision)
+        return _BUILT[key]
+
+
+class OpenVinoTrunk:
+    """The compiled trunk; :meth:`states_at` reads one row as :meth:`SharedPrefix.states_at` would."""
+
+    def __init__(self, compiled: Any, prefix_len: int, layer: int, hidden: int) -> None:
+        self._compiled, self.prefix_len, self.layer, self._hidden = compiled, prefix_len, layer, hidden
+        self.calls = 0  # rows read (a metric for tests and logs)
+        self._lock = threading.Lock()  # one inference request: cores that share the trunk take turns
+
+    @classmethod
+    def build(cls, host: ModelHost, layer: int, threads: int, precision: str | None = None) -> OpenVinoTrunk:
+        """Export from a float32 copy of ``host``'s model and compile.
+
+        ``precision``: OpenVINO's inference precision hint, ``bf16`` or
+        ``f32``; by default bf16 where the CPU has native bf16 (as measured).
+        """
+        import openvino as ov
+
+        source = ModelHost.load(host.source, max_layers=layer + 1, dtype="float32")
+        prefix = SharedPrefix.for_host(source)
+        if prefix is None:
+            raise ValueError("the chat template has no shared prefix for the OpenVINO trunk to start after")
+        with tempfile.TemporaryDirectory() as folder:
+            graph = export(PrefixedTrunk(source, prefix, layer).eval(), Path(folder))
+            core = ov.Core()
+            native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            precision = precision or ("bf16" if native else "f32")
+            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
+            compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
+        return cls(compiled, len(prefix), layer, host.identity.hidden_size)
+
+    def states_at(self, row: list[int], span: Span | None) -> LayerStates:
+        """The layer's last state ``[1, H]`` and, with ``span``, its mean over the span ``[1, H]``."""
+        inputs = feeds(self.prefix_len, row[self.prefix_len :], span)
+        with self._lock:
+            self.calls += 1
+            result = self._compiled([inputs[name] for name in INPUTS])
+            states = torch.from_numpy(np.array(result[self._compiled.output(0)], dtype=np.float32))
+        last, mean = states[:, : self._hidden], states[:, self._hidden :]
+        return LayerStates({self.layer: last}, mean if span is not None else None)
