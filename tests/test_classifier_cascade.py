@@ -71,6 +71,7 @@ def probe_passes(host: ModelHost, tiny_bundle: Bundle) -> Iterator[list[int]]:
 
 
 def core_for(host: ModelHost, bundle: Bundle, **config: Any) -> ClassifierCore:
+    config.setdefault("backend", "torch")  # scores are compared with PyTorch's to 1e-6
     return ClassifierCore(
         host, bundle, MemoryCache(max_entries=100, ttl_seconds=60), CoreConfig(max_batch_wait_ms=0, **config)
     )
