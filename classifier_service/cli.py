@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from classifier_service.config import CoreConfig
+from classifier_service.config import BACKENDS, CoreConfig
 from steerguard.grpc_common.flags import add_common_service_flags
 from steerguard.settings import add_flag
 
@@ -65,7 +65,7 @@ def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(
         parser,
         "--backend",
-        choices=["auto", "torch", "openvino"],
+        choices=list(BACKENDS),
         default=core.backend,
         help="openvino: a single prompt's pass after the template prefix runs compiled by OpenVINO "
         "(~1.7x faster than PyTorch bfloat16 here; needs no early exit); auto: openvino where it "

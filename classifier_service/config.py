@@ -14,6 +14,10 @@ from steerguard.views import MAX_TOTAL_TOKENS, OVERLAP_TOKENS
 RPC_THREADS = 256
 
 
+# Where a single prompt view's miss may run (CoreConfig.backend, --backend).
+BACKENDS = ("auto", "openvino", "torch")
+
+
 @dataclass(frozen=True)
 class CoreConfig:
     """Limits and batching knobs (the CLI fills this from flags)."""
@@ -35,9 +39,10 @@ class CoreConfig:
     log_prompts: bool = False
     share_prefix: bool = True  # reuse the template prefix's key/value cache
     # A single prompt view's pass after the template prefix, compiled by OpenVINO
-    # (classifier_service.accelerated; served miss 1.6-1.7x MiniLM + LR against 3.1-3.5x in
-    # PyTorch, docs/benchmarks.md). "auto": where openvino is installed, the prefix shared and the
-    # bundle has no early exit; "openvino": required; "torch": never.
+    # (classifier_service.accelerated; served miss 1.5x MiniLM + LR against 3.0x in PyTorch,
+    # docs/benchmarks.md). "auto": where openvino is installed, the prefix shared and the bundle
+    # has no early exit, falling back to PyTorch if the export fails; "openvino": required (an
+    # error otherwise); "torch": never.
     backend: str = "auto"
     # Use the bundle's early exit (manifest.cascade), where it has one: confident safe prompts
     # stop at a shallower layer (docs/benchmarks.md).

@@ -39,7 +39,7 @@ from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
 from classifier_service.cache.base import as_cached
 from classifier_service.chunked import chunked_last_state
-from classifier_service.config import CoreConfig
+from classifier_service.config import BACKENDS, CoreConfig
 from classifier_service.prefix import SharedPrefix
 from steerguard import language
 from steerguard.bundle import Bundle
@@ -554,14 +554,20 @@ class ClassifierCore:
         what is missing); ``torch`` never takes it.
         """
         backend = self.config.backend
-        if backend not in ("auto", "openvino", "torch"):
-            raise ValueError(f"unknown backend {backend!r} (auto, openvino, torch)")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} ({', '.join(BACKENDS)})")
         fits = self.prefix is not None and self._cascade is None
         if backend == "torch" or (backend == "auto" and not (fits and accelerated.available())):
             return None
         if not fits or self.prefix is None:
             raise ValueError("--backend openvino needs the shared template prefix and no early exit")
-        trunk = accelerated.shared_trunk(self.host, self.bundle.probe_layer, torch.get_num_threads())
+        try:
+            trunk = accelerated.shared_trunk(self.host, self.bundle.probe_layer, torch.get_num_threads())
+        except Exception as exc:
+            if backend == "openvino":
+                raise
+            log.warning("openvino trunk unavailable, misses run in pytorch", error=type(exc).__name__)
+            return None
         if trunk.prefix_len != len(self.prefix):
             raise ValueError("the OpenVINO trunk's template prefix differs from the classifier's")
         return trunk

@@ -82,3 +82,23 @@ def test_openvino_needs_the_shared_prefix_and_auto_falls_back(host: ModelHost, t
         assert 0.0 <= verdict.score <= 1.0
     finally:
         core.close()
+
+
+def test_auto_falls_back_to_pytorch_when_the_export_fails(
+    host: ModelHost, tiny_bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from classifier_service import accelerated
+
+    def broken(*_args: object, **_kwargs: object) -> OpenVinoTrunk:
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setattr(accelerated, "shared_trunk", broken)
+    core = ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0))
+    try:
+        assert core.backend == "torch"
+        (verdict,) = core.classify([normalise_request("Hi")])
+        assert 0.0 <= verdict.score <= 1.0
+    finally:
+        core.close()
+    with pytest.raises(RuntimeError, match="exporter broke"):
+        ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0, backend="openvino"))
