@@ -71,17 +71,23 @@ def test_a_core_with_the_backend_serves_single_prompts_with_it(
         fast.close()
 
 
-def test_openvino_needs_the_shared_prefix_and_auto_falls_back(host: ModelHost, tiny_bundle: Bundle) -> None:
-    config = CoreConfig(max_batch_wait_ms=0, share_prefix=False, backend="openvino")
-    with pytest.raises(ValueError, match="prefix"):
-        ClassifierCore(host, tiny_bundle, None, config)
-    core = ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0, share_prefix=False))
+def assert_serves_in_pytorch(core: ClassifierCore) -> None:
+    """``core`` took no OpenVINO trunk, and still classifies."""
     try:
         assert core.backend == "torch"
         (verdict,) = core.classify([normalise_request("Hi")])
         assert 0.0 <= verdict.score <= 1.0
     finally:
         core.close()
+
+
+def test_openvino_needs_the_shared_prefix_and_auto_falls_back(host: ModelHost, tiny_bundle: Bundle) -> None:
+    config = CoreConfig(max_batch_wait_ms=0, share_prefix=False, backend="openvino")
+    with pytest.raises(ValueError, match="prefix"):
+        ClassifierCore(host, tiny_bundle, None, config)
+    assert_serves_in_pytorch(
+        ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0, share_prefix=False))
+    )
 
 
 def test_auto_falls_back_to_pytorch_when_the_export_fails(
@@ -93,12 +99,6 @@ def test_auto_falls_back_to_pytorch_when_the_export_fails(
         raise RuntimeError("exporter broke")
 
     monkeypatch.setattr(accelerated, "shared_trunk", broken)
-    core = ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0))
-    try:
-        assert core.backend == "torch"
-        (verdict,) = core.classify([normalise_request("Hi")])
-        assert 0.0 <= verdict.score <= 1.0
-    finally:
-        core.close()
+    assert_serves_in_pytorch(ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0)))
     with pytest.raises(RuntimeError, match="exporter broke"):
         ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0, backend="openvino"))
