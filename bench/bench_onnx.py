@@ -24,7 +24,8 @@ and the verdicts (at the bundle's threshold) that differ from float32's.
 Needs ``onnxruntime``, ``onnx`` and ``onnxscript`` (the ``dev`` extra: a
 measurement, not a serving path). With ``openvino`` installed (``pip install
 openvino``), the same graph compiled by OpenVINO is timed too, in float32 and,
-on CPUs with native bf16, bfloat16.
+on CPUs with native bf16, bfloat16; with ``nncf`` (the ``dev`` extra), also
+with its weights compressed to int8 (data-free; activations as served).
 """
 
 from __future__ import annotations
@@ -82,7 +83,21 @@ def openvino_calls(path: Path, threads: int, prefix_len: int) -> dict[str, Any]:
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
         compiled = core.compile_model(model, "CPU", config)
         out[f"openvino_{'float32' if precision == 'f32' else 'bfloat16'}"] = _ov_call(compiled, prefix_len)
+    int8 = int8_weights(core.read_model(str(path)))
+    if int8 is not None:
+        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precisions[-1]}
+        out["openvino_int8_weights"] = _ov_call(core.compile_model(int8, "CPU", config), prefix_len)
     return out
+
+
+def int8_weights(model: Any) -> Any:
+    """The graph with its matrices' weights in int8 (NNCF's data-free weight compression,
+    activations unchanged); None without ``nncf``."""
+    try:
+        import nncf
+    except ImportError:
+        return None
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
 def _ov_call(compiled: Any, prefix_len: int) -> Any:

@@ -227,12 +227,14 @@ def open_loop(stub: Any, rate: float, seconds: float, salt: str) -> dict[str, An
 
 
 @contextmanager
-def server_process(bundle: Any, tiny: bool, threads: int) -> Iterator[classifier_pb2_grpc.ClassifierStub]:
+def server_process(
+    bundle: Any, tiny: bool, threads: int, flags: list[str]
+) -> Iterator[classifier_pb2_grpc.ClassifierStub]:
     """``steerguard serve classifier`` in a process of its own: the load generator's Python threads
     must not compete with the server's for one interpreter lock (they would in one process)."""
     port = free_port()
     argv = [sys.executable, "-m", "steerguard", "serve", "classifier", "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--threads", str(threads), "--log-level", "warning"]
+    argv += ["--port", str(port), "--threads", str(threads), "--log-level", "warning", *flags]
     if tiny:  # classifier_setup.load puts the tiny model beside its bundle
         argv += ["--model", str(Path(bundle.path).parent / "model"), "--bundle", str(bundle.path)]
     process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -266,35 +268,50 @@ def shedding(stub: Any, clients: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def starvation_part(host: Any, bundle: Any, tiny: bool, quick: bool) -> dict[str, Any]:
+    """Parts 1-2 on a core in this process (its defaults)."""
+    core = ClassifierCore(host, bundle, None, CoreConfig())
+    core.warm_up()
+    tokens = min(990, core.config.max_prompt_tokens - 8)
+    print("1-2/3 a single request beside a 64 x 1k-token batch; the drop at its deadline ...", flush=True)
+    with served(core) as stub:
+        result = starvation(
+            stub, core, 64, 200 if tiny else tokens, 2 if quick else 5, 4.0 if quick else 12.0
+        )
+    result["config"] = {
+        "max_step_tokens": core.config.max_step_tokens,
+        "max_queue_delay_ms": core.config.max_queue_delay_ms,
+    }
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny random Llama instead of SmolLM2")
     parser.add_argument("--quick", action="store_true", help="fewer and shorter runs (smoke run)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the 2 CPU cores)")
     parser.add_argument("--out", default="reports/bench/overload.json")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        metavar="FLAGS",
+        help="extra flags for the served classifier in the shedding part, one server each, run in "
+        "turn (repeatable; default: the defaults, then --backend torch)",
+    )
+    parser.add_argument("--shedding-only", action="store_true", help="skip parts 1-2")
     args = parser.parse_args()
     configure_logging("console", "warning")
     torch.set_num_threads(args.threads)
     host, bundle = load(args.tiny)
-    core = ClassifierCore(host, bundle, None, CoreConfig())
-    core.warm_up()
     seconds = 3.0 if args.quick else 12.0
-    tokens = min(990, CoreConfig().max_prompt_tokens - 8)
-    result: dict[str, Any] = {
-        "model": host.identity.name,
-        "config": {
-            "max_step_tokens": core.config.max_step_tokens,
-            "max_queue_delay_ms": core.config.max_queue_delay_ms,
-        },
-    }
-    with served(core) as stub:
-        print("1-2/3 a single request beside a 64 x 1k-token batch; the drop at its deadline ...", flush=True)
-        result["starvation"] = starvation(
-            stub, core, 64, 200 if args.tiny else tokens, 2 if args.quick else 5, 4.0 if args.quick else 12.0
-        )
-    print("3/3 shedding at twice the sustainable rate (the classifier in its own process) ...", flush=True)
-    with server_process(bundle, args.tiny, args.threads) as stub:
-        result["shedding"] = shedding(stub, 16, seconds)
+    result: dict[str, Any] = {"model": host.identity.name}
+    if not args.shedding_only:
+        result["starvation"] = starvation_part(host, bundle, args.tiny, args.quick)
+    result["shedding"] = {}
+    for variant in args.variant or ["", "--backend torch"]:
+        print(f"3/3 shedding at twice the sustainable rate, served with [{variant}] ...", flush=True)
+        with server_process(bundle, args.tiny, args.threads, variant.split()) as stub:
+            result["shedding"][variant or "defaults"] = shedding(stub, 16, seconds)
     save(result, args.out)
     return 0
 

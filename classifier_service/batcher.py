@@ -17,12 +17,15 @@ the core calls :meth:`MicroBatcher.between`, which runs the short jobs of
 other flows that arrived meanwhile.
 
 **Admission.** Before queueing, :meth:`MicroBatcher.admit` estimates how
-long a call would wait, from the work ahead of it under round-robin and the
-measured token rate, and sheds it at once (``Overloaded``, gRPC
-``RESOURCE_EXHAUSTED``) when that wait exceeds ``max_queue_delay_seconds`` or
-its own deadline: under overload the excess is refused in milliseconds, and
-those admitted keep a bounded wait, instead of every caller waiting until
-its deadline.
+long a call would wait, from what the running step has left, the work ahead
+of it under round-robin and the measured token rate, and sheds it at once
+(``Overloaded``, gRPC ``RESOURCE_EXHAUSTED``) when the queued work ahead of
+it exceeds ``max_queue_delay_steps`` full steps (timed as they run), or its
+whole wait ``max_queue_delay_seconds`` or its own deadline. Under overload
+the excess is refused in milliseconds, instead of every caller waiting
+until its deadline. The running step is not held against a call by the
+limit in steps (everyone waits for it, at any load), so a single request
+that arrives during a long job's chunk is let in.
 
 **Waiting to fill a pass.** The worker waits, at most ``max_wait_seconds``,
 only for jobs it *expects*: as many as the previous batch held plus those
@@ -48,7 +51,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from steerguard.errors import NotReady, Overloaded
 from steerguard.logs import get_logger
@@ -69,6 +72,19 @@ class _Job(Generic[P, R]):
     cost: int
 
 
+class Wait(NamedTuple):
+    """Seconds a new call would wait (for the running step, then queued work), then run; a full step."""
+
+    running: float
+    queued: float
+    run: float
+    step: float
+
+    @property
+    def total(self) -> float:
+        return self.running + self.queued
+
+
 @dataclass
 class Limits:
     """How much one step may hold, and how long a caller may be made to wait."""
@@ -79,6 +95,9 @@ class Limits:
     wait_fraction: float = 0.1
     max_step_tokens: int = 0  # 0: no token budget (each job costs 1 unless told)
     max_queue_delay_seconds: float = 0.0  # 0: admit whatever fits the queue
+    # Also shed a call when the queued work ahead of it (the running step not counted) would take
+    # longer than this many full steps (0: no such limit).
+    max_queue_delay_steps: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -87,8 +106,8 @@ class Limits:
             raise ValueError("max_wait_seconds must not be negative")
         if self.wait_fraction < 0:
             raise ValueError("wait_fraction must not be negative")
-        if self.max_step_tokens < 0 or self.max_queue_delay_seconds < 0:
-            raise ValueError("max_step_tokens and max_queue_delay_seconds must not be negative")
+        if min(self.max_step_tokens, self.max_queue_delay_seconds, self.max_queue_delay_steps) < 0:
+            raise ValueError("max_step_tokens and the queue delay limits must not be negative")
 
 
 class _Queue(Generic[P, R]):
@@ -175,6 +194,7 @@ class MicroBatcher(Generic[P, R]):
         wait_fraction: float = 0.1,
         max_step_tokens: int = 0,
         max_queue_delay_seconds: float = 0.0,
+        max_queue_delay_steps: float = 0.0,
         after_batch: Callable[[list[P], Sequence[R | BaseException]], None] | None = None,
         name: str = "micro-batcher",
     ) -> None:
@@ -185,6 +205,7 @@ class MicroBatcher(Generic[P, R]):
             wait_fraction,
             max_step_tokens,
             max_queue_delay_seconds,
+            max_queue_delay_steps,
         )
         self.run_batch = run_batch
         self.after_batch = after_batch
@@ -222,12 +243,13 @@ class MicroBatcher(Generic[P, R]):
         """A key for one caller's jobs (they share one turn of the round-robin)."""
         return ("flow", next(self._flow_ids))
 
-    def estimated_wait(self, cost: int) -> tuple[float, float] | None:
-        """Seconds a new flow of ``cost`` tokens would wait, and then run (None before a full pass).
+    def estimated_wait(self, cost: int) -> Wait | None:
+        """How long a new flow of ``cost`` tokens would wait, and then run (None before a full pass).
 
-        The wait is what the step now running has left (at most one step: a
-        long job yields between chunks) plus what round-robin serves of the
-        other flows before this one is done: of each, as much as this one's own cost.
+        It waits for what the step now running has left (at most one step: a
+        long job yields between chunks), then for the queued work that
+        round-robin serves before this flow is done: of each other flow, as
+        much as this one's own cost.
         """
         rate = self._rate
         if rate is None:
@@ -236,24 +258,28 @@ class MicroBatcher(Generic[P, R]):
         with self._cond:
             ahead = self._queue.ahead(cost)
             running = min(self._running_cost, step) / rate - (time.monotonic() - self._running_since)
-        return ahead / rate + max(0.0, running), cost / rate
+        return Wait(max(0.0, running), ahead / rate, cost / rate, (step or cost) / rate)
 
     def admit(self, cost: int, deadline: float | None = None) -> None:
         """Raise ``Overloaded`` when a call of ``cost`` tokens would wait too long (see the docstring)."""
-        limit = self.limits.max_queue_delay_seconds
-        if limit <= 0 and deadline is None:
+        limits = self.limits
+        wait = self.estimated_wait(cost)
+        if wait is None:
             return
-        estimate = self.estimated_wait(cost)
-        if estimate is None:
-            return
-        wait, run = estimate
-        if limit > 0 and wait > limit:
+        steps = limits.max_queue_delay_steps
+        if steps > 0 and wait.queued > steps * wait.step:
             raise Overloaded(
-                f"the classifier is overloaded: about {wait:.1f} s of work is ahead (limit {limit:g} s)"
+                f"the classifier is overloaded: about {wait.queued:.2f} s of queued work is ahead "
+                f"(limit {steps:g} steps, {steps * wait.step:.2f} s)"
             )
-        if deadline is not None and time.monotonic() + wait + run > deadline:
+        limit = limits.max_queue_delay_seconds
+        if limit > 0 and wait.total > limit:
             raise Overloaded(
-                f"the classifier is overloaded: about {wait:.1f} s of work is ahead, "
+                f"the classifier is overloaded: about {wait.total:.1f} s of work is ahead (limit {limit:g} s)"
+            )
+        if deadline is not None and time.monotonic() + wait.total + wait.run > deadline:
+            raise Overloaded(
+                f"the classifier is overloaded: about {wait.total:.1f} s of work is ahead, "
                 f"and it could not finish before the deadline"
             )
 

@@ -28,6 +28,7 @@ def add_classifier_flags(parser: argparse.ArgumentParser) -> None:
     add_common_service_flags(parser, default_port=DEFAULT_PORT)
     _cache_flags(parser)
     _scheduling_flags(parser)
+    _admission_flags(parser)
 
 
 def _cache_flags(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +101,10 @@ def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
         help="the wait is also capped at this share of the previous forward pass's time",
     )
     add_flag(parser, "--max-batch-requests", type=int, default=64, help="most requests in one ClassifyBatch")
+
+
+def _admission_flags(parser: argparse.ArgumentParser) -> None:
+    core = CoreConfig()
     add_flag(
         parser,
         "--max-queue",
@@ -120,6 +125,13 @@ def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=core.max_queue_delay_ms,
         help="shed a call with RESOURCE_EXHAUSTED when its estimated wait is longer (0: never)",
+    )
+    add_flag(
+        parser,
+        "--max-queue-delay-steps",
+        type=float,
+        default=core.max_queue_delay_steps,
+        help="... or longer than this many full steps, timed as they run (0: never)",
     )
     add_flag(
         parser,

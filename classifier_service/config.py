@@ -34,6 +34,11 @@ class CoreConfig:
     # Shed a call (RESOURCE_EXHAUSTED) at once when its estimated wait is longer than this
     # (or than its own deadline); 0: no limit.
     max_queue_delay_ms: float = 1000.0
+    # ... or when the queued work ahead of it (the running step not counted) would take longer
+    # than this many full steps, timed as they run (0: no such limit). A limit that follows the
+    # machine's speed; off by default: on 2 cores, 0.5 and 1 step shed 10% and 0% of calls at
+    # 0.8x the sustainable rate without keeping admitted calls' p99 at 2x (docs/benchmarks.md).
+    max_queue_delay_steps: float = 0.0
     cache_prefix: str = "steerguard:verdict"  # Redis keys: prefix:bundle_id:hash (cache.keys)
     cache_key_secret: bytes | None = None  # keyed hashes (HMAC) in cache keys (cache.keys)
     log_prompts: bool = False

@@ -155,6 +155,7 @@ class ClassifierCore:
             wait_fraction=self.config.batch_wait_fraction,
             max_step_tokens=self.config.max_step_tokens,
             max_queue_delay_seconds=self.config.max_queue_delay_ms / 1000.0,
+            max_queue_delay_steps=self.config.max_queue_delay_steps,
             after_batch=self._store,
             name="classifier-batcher",
         )

@@ -289,6 +289,7 @@ def test_service_flags_default_to_the_service_configs(monkeypatch: pytest.Monkey
         "max_queue",
         "max_step_tokens",
         "max_queue_delay_ms",
+        "max_queue_delay_steps",
     ):
         assert classifier[f] == getattr(CoreConfig(), f), f
     assert classifier["cache_prefix"] == CoreConfig().cache_prefix

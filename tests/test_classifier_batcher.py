@@ -227,10 +227,11 @@ def test_between_runs_other_flows_short_jobs_inside_a_long_step() -> None:
     assert order == [[1], [2], [-1]], "the short job ran between the long job's chunks"
 
 
-def test_calls_are_shed_at_once_when_their_wait_would_be_too_long() -> None:
-    rec = Recorder()
+def busy_batcher(rec: Recorder, **limits: float) -> MicroBatcher[int, int]:
+    """A batcher that measured ~500 tokens/s (100-token steps of ~0.2 s), with one step running
+    (held by ``rec.gate``) and three more 100-token calls queued: ~0.8 s ahead of a new call."""
     b: MicroBatcher[int, int] = MicroBatcher(
-        rec, max_batch_size=1, max_wait_seconds=0.0, max_step_tokens=100, max_queue_delay_seconds=1.0
+        rec, max_batch_size=1, max_wait_seconds=0.0, max_step_tokens=100, **limits
     )
     b.admit(10_000)  # no pass measured yet: nothing to estimate from, so admitted
     slow_pass = threading.Event()
@@ -246,7 +247,13 @@ def test_calls_are_shed_at_once_when_their_wait_would_be_too_long() -> None:
     b.submit(1, cost=100)
     assert rec.entered.wait(2)
     for i in range(3):
-        b.submit(10 + i, cost=100)  # ~0.8 s ahead of a new call, with the pass running
+        b.submit(10 + i, cost=100)
+    return b
+
+
+def test_calls_are_shed_at_once_when_their_wait_would_be_too_long() -> None:
+    rec = Recorder()
+    b = busy_batcher(rec, max_queue_delay_seconds=1.0)
     started = time.perf_counter()
     b.admit(100, deadline=time.monotonic() + 60)  # under the limit and in time: let in
     b.admit(1)  # a tiny call waits only for the pass now running and a token of each flow
@@ -257,5 +264,21 @@ def test_calls_are_shed_at_once_when_their_wait_would_be_too_long() -> None:
     with pytest.raises(Overloaded, match=r"about 1\.\d s of work is ahead \(limit 1 s\)"):
         b.admit(100)
     assert time.perf_counter() - started < 0.05, "shedding answers at once"
+    rec.gate.set()
+    b.close()
+
+
+def test_the_queue_limit_in_steps_follows_the_measured_step_time() -> None:
+    """Steps of ~0.2 s and a limit of 2: ~0.6 s of queued work (three calls) exceeds it, the
+    running step is not held against a call, and the limit in seconds (10 s) would let it in."""
+    rec = Recorder()
+    b = busy_batcher(rec, max_queue_delay_seconds=10.0, max_queue_delay_steps=2.0)
+    b.admit(1)  # a tiny call waits only for the step now running and a token of each flow
+    with pytest.raises(
+        Overloaded, match=r"about 0\.[5-7]\d s of queued work .* \(limit 2 steps, 0\.[2-5]\d s\)"
+    ):
+        b.admit(100)
+    wait = b.estimated_wait(100)
+    assert wait is not None and wait.running > 0 and wait.total == wait.running + wait.queued
     rec.gate.set()
     b.close()
