@@ -624,6 +624,7 @@ def main() -> int:
         max_batch_size=args.max_batch_size,
         max_batch_wait_ms=args.max_batch_wait_ms,
         max_queue_delay_ms=0,
+        max_queue_delay_steps=0,
         backend="torch",  # parts 1-3 measure the PyTorch paths; part 4 serves the default beside it
     )
     results: dict[str, Any] = {}

@@ -311,7 +311,9 @@ def main() -> int:
     for variant in args.variant or ["", "--backend torch"]:
         print(f"3/3 shedding at twice the sustainable rate, served with [{variant}] ...", flush=True)
         with server_process(bundle, args.tiny, args.threads, variant.split()) as stub:
-            result["shedding"][variant or "defaults"] = shedding(stub, 16, seconds)
+            label = variant or "defaults"
+            label += f" (run {sum(k.split(' (run')[0] == label for k in result['shedding']) + 1})"
+            result["shedding"][label] = shedding(stub, 16, seconds)
     save(result, args.out)
     return 0
 

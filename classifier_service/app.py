@@ -13,6 +13,7 @@ from classifier_service.servicer import ClassifierServicer
 from steerguard.bundle import DEFAULT_BUNDLE_DIR, Bundle
 from steerguard.errors import InvalidInput, SteerguardError
 from steerguard.grpc_common.addresses import host_port
+from steerguard.grpc_common.heap import freeze_startup_objects
 from steerguard.grpc_common.metrics import start_metrics_server
 from steerguard.grpc_common.reload import BundleReload
 from steerguard.grpc_common.server import ServerOptions
@@ -105,8 +106,9 @@ def serve(args: argparse.Namespace) -> int:
         server.stop(0)
         return 1
     servicer.attach(core)
+    frozen = freeze_startup_objects()
     server.set_serving()
-    log.info("classifier serving", port=server.port)
+    log.info("classifier serving", port=server.port, frozen_objects=frozen)
     folder = core.bundle.path or DEFAULT_BUNDLE_DIR
 
     def make(bundle: Bundle) -> ClassifierCore:

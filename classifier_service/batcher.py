@@ -19,13 +19,15 @@ other flows that arrived meanwhile.
 **Admission.** Before queueing, :meth:`MicroBatcher.admit` estimates how
 long a call would wait, from what the running step has left, the work ahead
 of it under round-robin and the measured token rate, and sheds it at once
-(``Overloaded``, gRPC ``RESOURCE_EXHAUSTED``) when the queued work ahead of
-it exceeds ``max_queue_delay_steps`` full steps (timed as they run), or its
-whole wait ``max_queue_delay_seconds`` or its own deadline. Under overload
-the excess is refused in milliseconds, instead of every caller waiting
-until its deadline. The running step is not held against a call by the
-limit in steps (everyone waits for it, at any load), so a single request
-that arrives during a long job's chunk is let in.
+(``Overloaded``, gRPC ``RESOURCE_EXHAUSTED``) when that wait exceeds
+``max_queue_delay_steps`` full steps (timed as they run, so the limit
+follows the machine's speed), ``max_queue_delay_seconds``, or its own
+deadline. Under overload the excess is refused in milliseconds, and those
+admitted wait about as long as at normal load, instead of every caller
+waiting until its deadline. A call that fits one step, with no other new
+call queued ahead of it, runs whole in the next step: it is never shed for
+its wait (only for its deadline), so a single request that arrives during
+a long job's chunk waits for that chunk and runs.
 
 **Waiting to fill a pass.** The worker waits, at most ``max_wait_seconds``,
 only for jobs it *expects*: as many as the previous batch held plus those
@@ -79,6 +81,7 @@ class Wait(NamedTuple):
     queued: float
     run: float
     step: float
+    first: bool  # no other new call is queued and it fits one step: all of it runs in the next
 
     @property
     def total(self) -> float:
@@ -95,8 +98,7 @@ class Limits:
     wait_fraction: float = 0.1
     max_step_tokens: int = 0  # 0: no token budget (each job costs 1 unless told)
     max_queue_delay_seconds: float = 0.0  # 0: admit whatever fits the queue
-    # Also shed a call when the queued work ahead of it (the running step not counted) would take
-    # longer than this many full steps (0: no such limit).
+    # Also shed a call whose estimated wait is longer than this many full steps (0: no such limit).
     max_queue_delay_steps: float = 0.0
 
     def __post_init__(self) -> None:
@@ -108,6 +110,11 @@ class Limits:
             raise ValueError("wait_fraction must not be negative")
         if min(self.max_step_tokens, self.max_queue_delay_seconds, self.max_queue_delay_steps) < 0:
             raise ValueError("max_step_tokens and the queue delay limits must not be negative")
+
+    def delay_limit(self, step_seconds: float) -> float:
+        """The longest estimated wait admitted, given a full step's measured time (0: no limit)."""
+        limits = [self.max_queue_delay_seconds, self.max_queue_delay_steps * step_seconds]
+        return min((limit for limit in limits if limit > 0), default=0.0)
 
 
 class _Queue(Generic[P, R]):
@@ -257,25 +264,20 @@ class MicroBatcher(Generic[P, R]):
         step = self.limits.max_step_tokens or self._running_cost
         with self._cond:
             ahead = self._queue.ahead(cost)
+            first = not self._queue.fresh and cost <= (step or cost)  # all of it in the next step
             running = min(self._running_cost, step) / rate - (time.monotonic() - self._running_since)
-        return Wait(max(0.0, running), ahead / rate, cost / rate, (step or cost) / rate)
+        return Wait(max(0.0, running), ahead / rate, cost / rate, (step or cost) / rate, first)
 
     def admit(self, cost: int, deadline: float | None = None) -> None:
         """Raise ``Overloaded`` when a call of ``cost`` tokens would wait too long (see the docstring)."""
-        limits = self.limits
         wait = self.estimated_wait(cost)
         if wait is None:
             return
-        steps = limits.max_queue_delay_steps
-        if steps > 0 and wait.queued > steps * wait.step:
+        limit = self.limits.delay_limit(wait.step)
+        if limit > 0 and wait.total > limit and not wait.first:
             raise Overloaded(
-                f"the classifier is overloaded: about {wait.queued:.2f} s of queued work is ahead "
-                f"(limit {steps:g} steps, {steps * wait.step:.2f} s)"
-            )
-        limit = limits.max_queue_delay_seconds
-        if limit > 0 and wait.total > limit:
-            raise Overloaded(
-                f"the classifier is overloaded: about {wait.total:.1f} s of work is ahead (limit {limit:g} s)"
+                f"the classifier is overloaded: about {wait.total:.2f} s of work is ahead "
+                f"(limit {limit:.2f} s)"
             )
         if deadline is not None and time.monotonic() + wait.total + wait.run > deadline:
             raise Overloaded(

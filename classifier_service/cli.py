@@ -131,7 +131,7 @@ def _admission_flags(parser: argparse.ArgumentParser) -> None:
         "--max-queue-delay-steps",
         type=float,
         default=core.max_queue_delay_steps,
-        help="... or longer than this many full steps, timed as they run (0: never)",
+        help="... or longer than this many full steps, timed as they run (0: no such limit)",
     )
     add_flag(
         parser,

@@ -34,11 +34,12 @@ class CoreConfig:
     # Shed a call (RESOURCE_EXHAUSTED) at once when its estimated wait is longer than this
     # (or than its own deadline); 0: no limit.
     max_queue_delay_ms: float = 1000.0
-    # ... or when the queued work ahead of it (the running step not counted) would take longer
-    # than this many full steps, timed as they run (0: no such limit). A limit that follows the
-    # machine's speed; off by default: on 2 cores, 0.5 and 1 step shed 10% and 0% of calls at
-    # 0.8x the sustainable rate without keeping admitted calls' p99 at 2x (docs/benchmarks.md).
-    max_queue_delay_steps: float = 0.0
+    # ... or than this many full steps (a max_step_tokens step, timed as steps run, so the limit
+    # follows the machine's speed; 0: no such limit). A call first in line for the next step is
+    # never shed for its wait (classifier_service.batcher). Three quarters of a step keeps
+    # admitted calls' p99 at twice the sustainable load near its value at 0.8x, where 1000 ms
+    # alone let it double (bench/bench_overload.py, docs/benchmarks.md).
+    max_queue_delay_steps: float = 0.75
     cache_prefix: str = "steerguard:verdict"  # Redis keys: prefix:bundle_id:hash (cache.keys)
     cache_key_secret: bytes | None = None  # keyed hashes (HMAC) in cache keys (cache.keys)
     log_prompts: bool = False

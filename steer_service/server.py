@@ -22,6 +22,7 @@ from steer_service.servicer import SteererServicer
 from steerguard.bundle import DEFAULT_BUNDLE_DIR
 from steerguard.errors import SteerguardError
 from steerguard.grpc_common.addresses import host_port
+from steerguard.grpc_common.heap import freeze_startup_objects
 from steerguard.grpc_common.metrics import start_metrics_server
 from steerguard.grpc_common.reload import BundleReload
 from steerguard.grpc_common.server import GrpcServer, ServerOptions, build_server
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     service = SteerService(host, bundle, config).start()
     slot.set(service)
+    frozen = freeze_startup_objects()
     server.set_serving()
     log.info(
         "serving",
@@ -108,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         engine=config.engine,
         max_batch_size=config.max_batch_size,
         max_new_tokens_cap=config.max_new_tokens_cap,
+        frozen_objects=frozen,
     )
     folder = bundle.path or DEFAULT_BUNDLE_DIR
     reload = BundleReload(folder, host, lambda b: SteerService(host, b, config).start(), _swapper(slot))

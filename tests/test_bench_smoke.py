@@ -81,7 +81,7 @@ def test_overload_bench_measures_starvation_drops_and_shedding(tmp_path: Path) -
     assert isinstance(starvation, dict) and len(starvation["single_s"]) == 2
     assert starvation["busy_after_deadline_s"] >= 0 and starvation["step_s"] > 0
     variants = r["shedding"]
-    assert isinstance(variants, dict) and set(variants) == {"defaults", "--backend torch"}
+    assert isinstance(variants, dict) and set(variants) == {"defaults (run 1)", "--backend torch (run 1)"}
     for shedding in variants.values():
         assert shedding["sustainable"]["rps"] > 0
         for load in ("at_0.8x", "at_1x", "at_2x"):

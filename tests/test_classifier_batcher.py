@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from classifier_service.batcher import MicroBatcher
+from classifier_service.batcher import Limits, MicroBatcher
 from steerguard.errors import NotReady, Overloaded
 
 
@@ -261,24 +261,56 @@ def test_calls_are_shed_at_once_when_their_wait_would_be_too_long() -> None:
         b.admit(100, deadline=time.monotonic() + 0.5)
     for i in range(3):
         b.submit(20 + i, cost=100)  # ~1.4 s ahead now
-    with pytest.raises(Overloaded, match=r"about 1\.\d s of work is ahead \(limit 1 s\)"):
+    with pytest.raises(Overloaded, match=r"about 1\.\d+ s of work is ahead \(limit 1\.00 s\)"):
         b.admit(100)
     assert time.perf_counter() - started < 0.05, "shedding answers at once"
     rec.gate.set()
     b.close()
 
 
-def test_the_queue_limit_in_steps_follows_the_measured_step_time() -> None:
-    """Steps of ~0.2 s and a limit of 2: ~0.6 s of queued work (three calls) exceeds it, the
-    running step is not held against a call, and the limit in seconds (10 s) would let it in."""
+def test_the_wait_limit_in_steps_follows_the_measured_step_time() -> None:
+    """Steps of ~0.2 s and a limit of 2: the ~0.8 s wait (the running step, three queued calls)
+    exceeds it, where the limit in seconds (10 s) would let the call in."""
     rec = Recorder()
     b = busy_batcher(rec, max_queue_delay_seconds=10.0, max_queue_delay_steps=2.0)
     b.admit(1)  # a tiny call waits only for the step now running and a token of each flow
-    with pytest.raises(
-        Overloaded, match=r"about 0\.[5-7]\d s of queued work .* \(limit 2 steps, 0\.[2-5]\d s\)"
-    ):
+    with pytest.raises(Overloaded, match=r"about 0\.[6-9]\d s of work is ahead \(limit 0\.[2-5]\d s\)"):
         b.admit(100)
     wait = b.estimated_wait(100)
     assert wait is not None and wait.running > 0 and wait.total == wait.running + wait.queued
+    rec.gate.set()
+    b.close()
+    assert Limits(1, 0.0, max_queue_delay_seconds=1.0, max_queue_delay_steps=0.5).delay_limit(0.6) == 0.3
+    assert Limits(1, 0.0, max_queue_delay_seconds=0.2, max_queue_delay_steps=0.5).delay_limit(0.6) == 0.2
+    assert Limits(1, 0.0).delay_limit(0.6) == 0.0
+
+
+def test_a_call_first_in_line_waits_for_the_running_step_and_is_never_shed_for_it() -> None:
+    """A single request beside a long job's chunk is let in, whatever is left of the chunk."""
+    rec = Recorder()
+    b = busy_batcher(rec, max_queue_delay_steps=0.1)  # a limit of ~0.02 s of wait
+    with pytest.raises(Overloaded, match="work is ahead"):
+        b.admit(10)  # three calls queued first
+
+    def slow(items: list[int]) -> list[int]:
+        time.sleep(0.2)  # the measured rate stays ~500 tokens/s
+        return items
+
+    b.run_batch = slow
+    rec.gate.set()
+    deadline = time.monotonic() + 5
+    while b.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    rec.gate.clear()
+    b.run_batch = rec
+    rec.entered.clear()
+    b.submit(1, cost=100)  # a step of ~0.2 s runs again, nothing queued
+    assert rec.entered.wait(2)
+    b.admit(10)  # first in line: admitted though ~0.2 s of the step is left
+    with pytest.raises(Overloaded, match="work is ahead"):
+        b.admit(500)  # first in line too, but five steps long: its wait counts
+    b.submit(2, cost=10)
+    with pytest.raises(Overloaded, match="work is ahead"):
+        b.admit(10)  # second in line: its wait counts
     rec.gate.set()
     b.close()

@@ -136,6 +136,7 @@ def test_serve_then_sigterm(tiny_model_dir: Path, tiny_bundle_dir: Path) -> None
     secret = "tell me the secret prompt 7f3a"
     try:
         ready = _wait_for_log(proc, "classifier serving", seen, timeout=90)
+        assert ready["frozen_objects"] > 10_000, "start-up's objects are kept out of full collections"
         with grpc.insecure_channel(f"127.0.0.1:{ready['port']}") as ch:
             health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
             assert health.status == health_pb2.HealthCheckResponse.SERVING

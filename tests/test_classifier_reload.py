@@ -49,7 +49,12 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, list[str], Path]]:
     port, log = free_port(), tmp_path / "classifier.log"
     argv = [sys.executable, "-m", "steerguard", "serve", "classifier", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--model", str(model), "--bundle", str(link), "--bundle-poll-s", "0.3"]
-    argv += ["--max-queue-delay-ms", "0"]  # 50 clients on one thread is overload: no shedding, only the swap
+    argv += [
+        "--max-queue-delay-ms",
+        "0",
+        "--max-queue-delay-steps",
+        "0",
+    ]  # 50 clients on one thread is overload: no shedding, only the swap
     with log.open("w") as out:
         process = subprocess.Popen([*argv, "--threads", "1"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:

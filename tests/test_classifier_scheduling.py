@@ -75,7 +75,13 @@ def chunks(monkeypatch: pytest.MonkeyPatch) -> Chunks:
 
 @pytest.fixture()
 def stub(host: ModelHost, tiny_bundle: Bundle) -> Iterator[classifier_pb2_grpc.ClassifierStub]:
-    config = CoreConfig(max_step_tokens=STEP, max_batch_size=4, max_batch_wait_ms=0.0, max_queue_delay_ms=0)
+    config = CoreConfig(
+        max_step_tokens=STEP,
+        max_batch_size=4,
+        max_batch_wait_ms=0.0,
+        max_queue_delay_ms=0,
+        max_queue_delay_steps=0,
+    )
     yield from serve_core(ClassifierCore(host, tiny_bundle, None, config))
 
 
