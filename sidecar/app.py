@@ -25,6 +25,7 @@ from sidecar.proxy import Proxy
 from sidecar.reload import LivePolicy
 from sidecar.settings import SidecarSettings
 from sidecar.upstream import Upstream, UpstreamSettings
+from steerguard.grpc_common.heap import freeze_startup_objects
 from steerguard.logs import configure_logging, get_logger
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
@@ -245,6 +246,7 @@ async def _serve(settings: SidecarSettings, policy: Policy) -> int:
         log.error("cannot start the sidecar", reason=exc.reason)
         print(f"steerguard serve sidecar: {exc.reason}", file=sys.stderr)
         return 2
+    frozen = freeze_startup_objects()  # its ~50,000 start-up objects: 10 ms per full collection
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -259,6 +261,7 @@ async def _serve(settings: SidecarSettings, policy: Policy) -> int:
         steer=settings.steer,
         shadow=policy.shadow,
         routes=[r.path for r in policy.routes],
+        frozen_objects=frozen,
     )
     ready = {
         "event": "ready",

@@ -12,7 +12,9 @@ made later is collected as before.
 
 What stays frozen is never collected: a cycle among start-up objects that
 later becomes garbage (a bundle replaced by a reload) stays in memory. The
-services freeze once, after loading; a reload's new objects are few.
+classifier, the steer service and the sidecar (about 50,000 objects, 10 ms
+a full collection) freeze once, after loading; a reload's new objects are
+few.
 """
 
 from __future__ import annotations
