@@ -40,6 +40,7 @@ port (else ``--redis-url``, else the machine's on 6379).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -58,6 +59,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 import torch  # noqa: E402
 
+from classifier_service import accelerated  # noqa: E402
 from classifier_service.cache import RedisCache, VerdictCache  # noqa: E402
 from classifier_service.core import ClassifierCore, CoreConfig  # noqa: E402
 from classifier_service.server import create_server  # noqa: E402
@@ -578,10 +580,15 @@ def part_four(
         no_cascade = replace(default, cascade=False)
         plain_stub = stack.enter_context(served(ClassifierCore(auto_host, bundle, None, no_cascade)))()
         probes["served_no_cascade_grpc"] = lambda p: classify(plain_stub, p)
-    if default_core.backend == "openvino":  # the same server all in PyTorch, side by side
-        all_torch = replace(default, backend="torch")
-        torch_stub = stack.enter_context(served(ClassifierCore(auto_host, bundle, None, all_torch)))()
-        probes["served_torch_grpc"] = lambda p: classify(torch_stub, p)
+    # The same server on each other backend that applies here, side by side.
+    others = [] if default_core.backend == "torch" else ["torch", *accelerated.ENGINES]
+    for other in [
+        b for b in others if b != default_core.backend and (b == "torch" or accelerated.available(b))
+    ]:
+        other_stub = stack.enter_context(
+            served(ClassifierCore(auto_host, bundle, None, replace(default, backend=other)))
+        )()
+        probes[f"served_{other}_grpc"] = functools.partial(classify, other_stub)
     sets = {"templated": prompts(n_lat, "base")}
     held = heldout_benign(args.data, bundle, n_lat)
     if held:
@@ -720,9 +727,10 @@ def report_part_four(d: dict[str, Any]) -> None:
                 if flat
                 else ""
             )
-            if "served_torch_grpc" in m:
-                pt = m["served_torch_grpc"]
-                without += f"--backend torch {pt['p50_ms']:.1f} ms = {pt['ratio_over_minilm']:.2f}x; "
+            for other in ("torch", *accelerated.ENGINES):
+                if f"served_{other}_grpc" in m:
+                    pt = m[f"served_{other}_grpc"]
+                    without += f"--backend {other} {pt['p50_ms']:.1f} ms = {pt['ratio_over_minilm']:.2f}x; "
             print(
                 f"[{verdict(d)}] {name}: miss p50 vs MiniLM + LR {m['minilm_lr_p50_ms']:.1f} ms (batch 1): "
                 f"served default over gRPC {srv['p50_ms']:.1f} ms = {srv['ratio_over_minilm']:.2f}x "

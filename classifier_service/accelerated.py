@@ -1,12 +1,15 @@
-"""A cache miss's forward pass compiled by OpenVINO (``--backend openvino``).
+"""A cache miss's forward pass compiled by OpenVINO or ONNX Runtime (``--backend``).
 
 Why: a miss runs the decoder up to the probe layer after the template's
 cached prefix, and that pass is most of a miss's time. Measured side by side
-(bench/bench_onnx.py, 100 prompts, 2 cores): OpenVINO with a bfloat16 hint
-runs it in 24.5 ms against PyTorch bfloat16's 41.4 ms, with states closer to
-float32's. The graph is a plain Llama forward written with the model's own
-modules (:class:`PrefixedTrunk`), the prefix's keys and values baked in as
-constants, exported with ``torch.onnx.export`` and compiled by OpenVINO.
+(bench/bench_onnx.py, 100 prompts, 2 cores): on a CPU with native bf16,
+OpenVINO with a bfloat16 hint runs it in 24.5 ms against PyTorch bfloat16's
+41.4 ms, with states closer to float32's; on one without (AVX2 only), ONNX
+Runtime in float32 was the fastest (:func:`auto_engine`). The graph is a
+plain Llama forward written with the model's own modules
+(:class:`PrefixedTrunk`), the prefix's keys and values baked in as
+constants, exported with ``torch.onnx.export``, then compiled by OpenVINO
+(:class:`OpenVinoTrunk`) or loaded by ONNX Runtime (:class:`OnnxRuntimeTrunk`).
 
 It serves what it was measured on: one prompt view that starts with the
 template prefix, in a step of its own, on a bundle without an early exit.
@@ -22,6 +25,8 @@ import importlib.util
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,61 +152,134 @@ def feeds(prefix_len: int, suffix: list[int], span: Span | None) -> dict[str, np
     }
 
 
-def available() -> bool:
-    """True when the optional ``openvino`` package is installed."""
-    return importlib.util.find_spec("openvino") is not None
+ENGINES = ("openvino", "onnxruntime")
 
 
-_BUILT: dict[tuple[str, int, int, str | None], OpenVinoTrunk] = {}
+def available(engine: str = "openvino") -> bool:
+    """True when the optional package of ``engine`` is installed."""
+    return importlib.util.find_spec(engine) is not None
+
+
+def native_bf16() -> bool:
+    """True when OpenVINO finds native bf16 on this CPU (AVX512-BF16 or AMX)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def auto_engine() -> str | None:
+    """The engine ``--backend auto`` takes: what was measured fastest on the CPU at hand.
+
+    OpenVINO in bf16 where the CPU has native bf16 (24.5 ms against ONNX
+    Runtime's 39.2 ms, float32); elsewhere ONNX Runtime in float32 (on a CPU
+    with AVX2 only, 40.4 ms served against OpenVINO float32's 60.5 ms, side by
+    side; docs/benchmarks.md); None when neither is installed.
+    """
+    if available("openvino") and native_bf16():
+        return "openvino"
+    return next((engine for engine in ("onnxruntime", "openvino") if available(engine)), None)
+
+
+_BUILT: dict[tuple[str, str, int, int], CompiledTrunk] = {}
 _BUILT_LOCK = threading.Lock()
 
 
-def shared_trunk(host: ModelHost, layer: int, threads: int, precision: str | None = None) -> OpenVinoTrunk:
-    """One trunk per model, layer and precision in a process (an export takes ~20 s for SmolLM2):
+def shared_trunk(host: ModelHost, layer: int, threads: int, engine: str = "openvino") -> CompiledTrunk:
+    """One trunk per model, layer and engine in a process (an export takes ~20 s for SmolLM2):
     a bundle reload, or a second core on the same model, reuses it."""
-    key = (str(host.source), layer, threads, precision)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r} ({', '.join(ENGINES)})")
+    key = (str(host.source), engine, layer, threads)
     with _BUILT_LOCK:
         if key not in _BUILT:
-            _BUILT[key] = OpenVinoTrunk.build(host, layer, threads, precision)
+            build = OpenVinoTrunk.build if engine == "openvino" else OnnxRuntimeTrunk.build
+            _BUILT[key] = build(host, layer, threads)
         return _BUILT[key]
 
 
-class OpenVinoTrunk:
-    """The compiled trunk; :meth:`states_at` reads one row as :meth:`SharedPrefix.states_at` would."""
+@contextmanager
+def exported(host: ModelHost, layer: int) -> Iterator[tuple[Path, int]]:
+    """The trunk's ONNX graph, from a float32 copy of ``host``'s model, in a temporary folder
+    (gone after the block), and the template prefix's length."""
+    source = ModelHost.load(host.source, max_layers=layer + 1, dtype="float32")
+    prefix = SharedPrefix.for_host(source)
+    if prefix is None:
+        raise ValueError("the chat template has no shared prefix for the compiled trunk to start after")
+    with tempfile.TemporaryDirectory() as folder:
+        yield export(PrefixedTrunk(source, prefix, layer).eval(), Path(folder)), len(prefix)
 
-    def __init__(self, compiled: Any, prefix_len: int, layer: int, hidden: int) -> None:
-        self._compiled, self.prefix_len, self.layer, self._hidden = compiled, prefix_len, layer, hidden
+
+class CompiledTrunk:
+    """A compiled trunk; :meth:`states_at` reads one row as :meth:`SharedPrefix.states_at` would."""
+
+    engine = ""
+
+    def __init__(self, prefix_len: int, layer: int, hidden: int) -> None:
+        self.prefix_len, self.layer, self._hidden = prefix_len, layer, hidden
         self.calls = 0  # rows read (a metric for tests and logs)
-        self._lock = threading.Lock()  # one inference request: cores that share the trunk take turns
+        self._lock = threading.Lock()  # one inference at a time: cores that share the trunk take turns
 
-    @classmethod
-    def build(cls, host: ModelHost, layer: int, threads: int, precision: str | None = None) -> OpenVinoTrunk:
-        """Export from a float32 copy of ``host``'s model and compile.
-
-        ``precision``: OpenVINO's inference precision hint, ``bf16`` or
-        ``f32``; by default bf16 where the CPU has native bf16 (as measured).
-        """
-        import openvino as ov
-
-        source = ModelHost.load(host.source, max_layers=layer + 1, dtype="float32")
-        prefix = SharedPrefix.for_host(source)
-        if prefix is None:
-            raise ValueError("the chat template has no shared prefix for the OpenVINO trunk to start after")
-        with tempfile.TemporaryDirectory() as folder:
-            graph = export(PrefixedTrunk(source, prefix, layer).eval(), Path(folder))
-            core = ov.Core()
-            native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-            precision = precision or ("bf16" if native else "f32")
-            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
-            compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
-        return cls(compiled, len(prefix), layer, host.identity.hidden_size)
+    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
 
     def states_at(self, row: list[int], span: Span | None) -> LayerStates:
         """The layer's last state ``[1, H]`` and, with ``span``, its mean over the span ``[1, H]``."""
         inputs = feeds(self.prefix_len, row[self.prefix_len :], span)
         with self._lock:
             self.calls += 1
-            result = self._compiled([inputs[name] for name in INPUTS])
-            states = torch.from_numpy(np.array(result[self._compiled.output(0)], dtype=np.float32))
+            states = torch.from_numpy(np.asarray(self._run(inputs), dtype=np.float32))
         last, mean = states[:, : self._hidden], states[:, self._hidden :]
         return LayerStates({self.layer: last}, mean if span is not None else None)
+
+
+class OpenVinoTrunk(CompiledTrunk):
+    """The trunk compiled by OpenVINO."""
+
+    engine = "openvino"
+
+    def __init__(self, compiled: Any, prefix_len: int, layer: int, hidden: int) -> None:
+        super().__init__(prefix_len, layer, hidden)
+        self._compiled = compiled
+
+    @classmethod
+    def build(cls, host: ModelHost, layer: int, threads: int, precision: str | None = None) -> OpenVinoTrunk:
+        """Export and compile. ``precision``: OpenVINO's inference precision hint, ``bf16`` or
+        ``f32``; by default bf16 where the CPU has native bf16 (as measured)."""
+        import openvino as ov
+
+        with exported(host, layer) as (graph, prefix_len):
+            precision = precision or ("bf16" if native_bf16() else "f32")
+            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
+            core = ov.Core()
+            compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
+        return cls(compiled, prefix_len, layer, host.identity.hidden_size)
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        result = self._compiled([inputs[name] for name in INPUTS])
+        return np.asarray(result[self._compiled.output(0)])
+
+
+class OnnxRuntimeTrunk(CompiledTrunk):
+    """The trunk run by ONNX Runtime, in float32, with all graph optimisations."""
+
+    engine = "onnxruntime"
+
+    def __init__(self, session: Any, prefix_len: int, layer: int, hidden: int) -> None:
+        super().__init__(prefix_len, layer, hidden)
+        self._session = session
+
+    @classmethod
+    def build(cls, host: ModelHost, layer: int, threads: int) -> OnnxRuntimeTrunk:
+        """Export and load (the session holds the weights once made; the folder may go)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        with exported(host, layer) as (graph, prefix_len):
+            session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        return cls(session, prefix_len, layer, host.identity.hidden_size)
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self._session.run(None, inputs)[0])

@@ -68,9 +68,9 @@ def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=list(BACKENDS),
         default=core.backend,
-        help="openvino: a single prompt's pass after the template prefix runs compiled by OpenVINO "
-        "(~1.7x faster than PyTorch bfloat16 here; needs no early exit); auto: openvino where it "
-        "is installed and applies, else torch",
+        help="openvino or onnxruntime: a single prompt's pass after the template prefix runs "
+        "compiled by that engine (needs no early exit); auto: OpenVINO where the CPU has native "
+        "bf16, else ONNX Runtime (each the fastest measured there), where installed, else torch",
     )
     add_flag(
         parser,

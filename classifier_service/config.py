@@ -15,7 +15,7 @@ RPC_THREADS = 256
 
 
 # Where a single prompt view's miss may run (CoreConfig.backend, --backend).
-BACKENDS = ("auto", "openvino", "torch")
+BACKENDS = ("auto", "openvino", "onnxruntime", "torch")
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,12 @@ class CoreConfig:
     cache_key_secret: bytes | None = None  # keyed hashes (HMAC) in cache keys (cache.keys)
     log_prompts: bool = False
     share_prefix: bool = True  # reuse the template prefix's key/value cache
-    # A single prompt view's pass after the template prefix, compiled by OpenVINO
-    # (classifier_service.accelerated; served miss 1.5x MiniLM + LR against 3.0x in PyTorch,
-    # docs/benchmarks.md). "auto": where openvino is installed, the prefix shared and the bundle
-    # has no early exit, falling back to PyTorch if the export fails; "openvino": required (an
-    # error otherwise); "torch": never.
+    # A single prompt view's pass after the template prefix, compiled (classifier_service.
+    # accelerated; served miss 1.5x MiniLM + LR against 3.0x in PyTorch on a bf16 CPU,
+    # docs/benchmarks.md). "auto": OpenVINO in bf16 where the CPU has native bf16, else ONNX
+    # Runtime in float32 (faster there), where installed, the prefix shared and the bundle has
+    # no early exit, falling back to PyTorch if the export fails; "openvino"/"onnxruntime":
+    # required (an error otherwise); "torch": never.
     backend: str = "auto"
     # Use the bundle's early exit (manifest.cascade), where it has one: confident safe prompts
     # stop at a shallower layer (docs/benchmarks.md).

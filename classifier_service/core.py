@@ -33,7 +33,7 @@ import torch
 from transformers import DynamicCache
 
 from classifier_service import accelerated, metrics
-from classifier_service.accelerated import OpenVinoTrunk
+from classifier_service.accelerated import CompiledTrunk
 from classifier_service.answer_stream import AnswerStream, Locks
 from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
@@ -544,33 +544,37 @@ class ClassifierCore:
 
     @property
     def backend(self) -> str:
-        """The backend a single prompt view's miss runs on: ``openvino`` or ``torch``."""
-        return "torch" if self._trunk is None else "openvino"
+        """Where a single prompt view's miss runs: ``openvino``, ``onnxruntime`` or ``torch``."""
+        return "torch" if self._trunk is None else self._trunk.engine
 
-    def _accelerated(self) -> OpenVinoTrunk | None:
-        """The OpenVINO trunk, for single prompt views after the prefix (``CoreConfig.backend``).
+    def _accelerated(self) -> CompiledTrunk | None:
+        """The compiled trunk, for single prompt views after the prefix (``CoreConfig.backend``).
 
-        ``auto`` takes it where it applies: openvino installed, the template
-        prefix shared, no early exit; ``openvino`` insists (an error names
-        what is missing); ``torch`` never takes it.
+        ``auto`` takes the engine measured fastest on this CPU
+        (:func:`accelerated.auto_engine`) where it applies: installed, the
+        template prefix shared, no early exit; ``openvino`` or ``onnxruntime``
+        insists (an error names what is missing); ``torch`` never takes one.
         """
         backend = self.config.backend
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} ({', '.join(BACKENDS)})")
         fits = self.prefix is not None and self._cascade is None
-        if backend == "torch" or (backend == "auto" and not (fits and accelerated.available())):
+        engine = accelerated.auto_engine() if backend == "auto" and fits else backend
+        if engine in ("torch", "auto", None):
             return None
         if not fits or self.prefix is None:
-            raise ValueError("--backend openvino needs the shared template prefix and no early exit")
+            raise ValueError(f"--backend {backend} needs the shared template prefix and no early exit")
         try:
-            trunk = accelerated.shared_trunk(self.host, self.bundle.probe_layer, torch.get_num_threads())
+            threads = torch.get_num_threads()
+            trunk = accelerated.shared_trunk(self.host, self.bundle.probe_layer, threads, engine)
         except Exception as exc:
-            if backend == "openvino":
+            if backend != "auto":
                 raise
-            log.warning("openvino trunk unavailable, misses run in pytorch", error=type(exc).__name__)
+            error = type(exc).__name__
+            log.warning("compiled trunk unavailable, misses run in pytorch", engine=engine, error=error)
             return None
         if trunk.prefix_len != len(self.prefix):
-            raise ValueError("the OpenVINO trunk's template prefix differs from the classifier's")
+            raise ValueError("the compiled trunk's template prefix differs from the classifier's")
         return trunk
 
     def _view_verdicts(self, jobs: list[_Job]) -> list[Verdict]:

@@ -1,6 +1,6 @@
-"""``--backend openvino``: a single prompt's pass after the template prefix, compiled by OpenVINO.
+"""``--backend openvino|onnxruntime``: a single prompt's pass after the template prefix, compiled.
 
-The compiled trunk must read the same states as the PyTorch prefix path
+Each engine's trunk must read the same states as the PyTorch prefix path
 (last token and the mean over the request's words), and a core with the
 backend must serve it for single prompt views and the same verdicts.
 """
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from classifier_service.accelerated import OpenVinoTrunk
+from classifier_service import accelerated
+from classifier_service.accelerated import CompiledTrunk, OnnxRuntimeTrunk, OpenVinoTrunk
 from classifier_service.core import ClassifierCore, CoreConfig
 from classifier_service.prefix import SharedPrefix
 from steerguard.bundle import Bundle
@@ -30,9 +31,15 @@ def host(tiny_model_dir: Path, tiny_bundle: Bundle) -> ModelHost:
     return ModelHost.load(tiny_model_dir, max_layers=tiny_bundle.probe_layer + 1)
 
 
-def test_the_trunk_reads_the_prefix_paths_states(host: ModelHost, tiny_bundle: Bundle) -> None:
+@pytest.mark.parametrize("engine", accelerated.ENGINES)
+def test_the_trunk_reads_the_prefix_paths_states(host: ModelHost, tiny_bundle: Bundle, engine: str) -> None:
     layer = tiny_bundle.probe_layer
-    trunk = OpenVinoTrunk.build(host, layer, threads=2, precision="f32")
+    trunk: CompiledTrunk = (
+        OpenVinoTrunk.build(host, layer, threads=2, precision="f32")
+        if engine == "openvino"
+        else OnnxRuntimeTrunk.build(host, layer, threads=2)
+    )
+    assert trunk.engine == engine
     prefix = SharedPrefix.for_host(host)
     assert prefix is not None and trunk.prefix_len == len(prefix)
     markers = TurnMarkers.for_tokenizer(host.tokenizer)
@@ -52,8 +59,9 @@ def test_a_core_with_the_backend_serves_single_prompts_with_it(
 ) -> None:
     bundle = with_content_head(tiny_bundle, tmp_path)
     plain = ClassifierCore(host, bundle, None, CoreConfig(max_batch_wait_ms=0, backend="torch"))
-    fast = ClassifierCore(host, bundle, None, CoreConfig(max_batch_wait_ms=0))  # auto: openvino here
-    assert (plain.backend, fast.backend) == ("torch", "openvino")
+    fast = ClassifierCore(host, bundle, None, CoreConfig(max_batch_wait_ms=0))  # auto: this CPU's fastest
+    assert (plain.backend, fast.backend) == ("torch", accelerated.auto_engine())
+    assert fast.backend in accelerated.ENGINES
     try:
         for text in PROMPTS:
             (want,) = plain.classify([normalise_request(text)])
@@ -93,8 +101,6 @@ def test_openvino_needs_the_shared_prefix_and_auto_falls_back(host: ModelHost, t
 def test_auto_falls_back_to_pytorch_when_the_export_fails(
     host: ModelHost, tiny_bundle: Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from classifier_service import accelerated
-
     def broken(*_args: object, **_kwargs: object) -> OpenVinoTrunk:
         raise RuntimeError("exporter broke")
 
@@ -102,3 +108,30 @@ def test_auto_falls_back_to_pytorch_when_the_export_fails(
     assert_serves_in_pytorch(ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0)))
     with pytest.raises(RuntimeError, match="exporter broke"):
         ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0, backend="openvino"))
+
+
+@pytest.mark.parametrize("engine", accelerated.ENGINES)
+def test_a_named_engine_serves_single_prompts(host: ModelHost, tiny_bundle: Bundle, engine: str) -> None:
+    plain = ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0, backend="torch"))
+    named = ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0, backend=engine))
+    try:
+        assert named.backend == engine
+        for text in PROMPTS:
+            (want,) = plain.classify([normalise_request(text)])
+            (got,) = named.classify([normalise_request(text)])
+            assert got.score == pytest.approx(want.score, abs=0.05)
+        assert named._trunk is not None and named._trunk.calls >= len(PROMPTS)
+    finally:
+        plain.close()
+        named.close()
+
+
+def test_auto_takes_openvino_only_where_the_cpu_has_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accelerated, "native_bf16", lambda: True)
+    assert accelerated.auto_engine() == "openvino"
+    monkeypatch.setattr(accelerated, "native_bf16", lambda: False)
+    assert accelerated.auto_engine() == "onnxruntime"
+    monkeypatch.setattr(accelerated, "available", lambda engine="openvino": engine == "openvino")
+    assert accelerated.auto_engine() == "openvino"  # float32, where ONNX Runtime is missing
+    monkeypatch.setattr(accelerated, "available", lambda engine="openvino": False)
+    assert accelerated.auto_engine() is None
