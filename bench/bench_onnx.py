@@ -48,21 +48,11 @@ from bench_classifier import prompts  # noqa: E402  (bench/, on the path when a 
 from classifier_setup import load  # noqa: E402
 from report import save  # noqa: E402
 
-from classifier_service.accelerated import INPUTS, PrefixedTrunk, export, feeds  # noqa: E402
+from classifier_service.accelerated import INPUTS, PrefixedTrunk, export, feeds, ort_session  # noqa: E402
 from classifier_service.prefix import SharedPrefix  # noqa: E402
 from steerguard.bundle import Bundle  # noqa: E402
 from steerguard.model.chat import normalise_request  # noqa: E402
 from steerguard.model.host import ModelHost  # noqa: E402
-
-
-def ort_session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def openvino_calls(path: Path, threads: int, prefix_len: int) -> dict[str, Any]:

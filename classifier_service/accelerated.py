@@ -25,7 +25,7 @@ import importlib.util
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -210,17 +210,19 @@ def exported(host: ModelHost, layer: int) -> Iterator[tuple[Path, int]]:
 
 
 class CompiledTrunk:
-    """A compiled trunk; :meth:`states_at` reads one row as :meth:`SharedPrefix.states_at` would."""
+    """A compiled trunk; :meth:`states_at` reads one row as :meth:`SharedPrefix.states_at` would.
+
+    ``run`` takes the graph's named inputs and returns its one output.
+    """
 
     engine = ""
 
-    def __init__(self, prefix_len: int, layer: int, hidden: int) -> None:
-        self.prefix_len, self.layer, self._hidden = prefix_len, layer, hidden
+    def __init__(
+        self, run: Callable[[dict[str, np.ndarray]], np.ndarray], prefix_len: int, layer: int, hidden: int
+    ) -> None:
+        self._run, self.prefix_len, self.layer, self._hidden = run, prefix_len, layer, hidden
         self.calls = 0  # rows read (a metric for tests and logs)
         self._lock = threading.Lock()  # one inference at a time: cores that share the trunk take turns
-
-    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
 
     def states_at(self, row: list[int], span: Span | None) -> LayerStates:
         """The layer's last state ``[1, H]`` and, with ``span``, its mean over the span ``[1, H]``."""
@@ -237,10 +239,6 @@ class OpenVinoTrunk(CompiledTrunk):
 
     engine = "openvino"
 
-    def __init__(self, compiled: Any, prefix_len: int, layer: int, hidden: int) -> None:
-        super().__init__(prefix_len, layer, hidden)
-        self._compiled = compiled
-
     @classmethod
     def build(cls, host: ModelHost, layer: int, threads: int, precision: str | None = None) -> OpenVinoTrunk:
         """Export and compile. ``precision``: OpenVINO's inference precision hint, ``bf16`` or
@@ -252,34 +250,36 @@ class OpenVinoTrunk(CompiledTrunk):
             config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
             core = ov.Core()
             compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
-        return cls(compiled, prefix_len, layer, host.identity.hidden_size)
 
-    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        result = self._compiled([inputs[name] for name in INPUTS])
-        return np.asarray(result[self._compiled.output(0)])
+        def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            return np.asarray(compiled([inputs[name] for name in INPUTS])[compiled.output(0)])
+
+        return cls(run, prefix_len, layer, host.identity.hidden_size)
+
+
+def ort_session(graph: Path, threads: int) -> Any:
+    """An ONNX Runtime session over ``graph``: all graph optimisations, ``threads`` threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeTrunk(CompiledTrunk):
-    """The trunk run by ONNX Runtime, in float32, with all graph optimisations."""
+    """The trunk run by ONNX Runtime, in float32."""
 
     engine = "onnxruntime"
-
-    def __init__(self, session: Any, prefix_len: int, layer: int, hidden: int) -> None:
-        super().__init__(prefix_len, layer, hidden)
-        self._session = session
 
     @classmethod
     def build(cls, host: ModelHost, layer: int, threads: int) -> OnnxRuntimeTrunk:
         """Export and load (the session holds the weights once made; the folder may go)."""
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         with exported(host, layer) as (graph, prefix_len):
-            session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        return cls(session, prefix_len, layer, host.identity.hidden_size)
+            session = ort_session(graph, threads)
 
-    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(self._session.run(None, inputs)[0])
+        def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            return np.asarray(session.run(None, inputs)[0])
+
+        return cls(run, prefix_len, layer, host.identity.hidden_size)
