@@ -8,11 +8,12 @@
    model is idle? Target: only the chunk running at the deadline (one
    ``max_step_tokens`` forward pass, timed here too).
 3. **Shedding**, against ``steerguard serve classifier`` in a process of its
-   own. The sustainable rate is measured with closed-loop clients;
-   then requests arrive open-loop (evenly spaced, each with the sidecar's
-   2 s deadline) at 0.8x, 1x and 2x that rate. Targets: at 2x, refused calls
-   get ``RESOURCE_EXHAUSTED`` within 50 ms (p99), and admitted calls keep
-   the p99 they had at 0.8x (and at 1x, reported too).
+   own. Requests arrive open-loop (evenly spaced, each with the sidecar's
+   2 s deadline), first at the rate 16 closed-loop clients reach; what the
+   server serves then (the open loop's own sending takes more of the 2
+   cores) is the sustainable rate, and requests then arrive at 0.8x and 2x
+   of it. Targets: at 2x, refused calls get ``RESOURCE_EXHAUSTED`` within
+   50 ms (p99), and admitted calls keep the p99 they had at 0.8x.
 
     python bench/bench_overload.py                   # SmolLM2, default bundle
     python bench/bench_overload.py --tiny --quick    # smoke run on a tiny random Llama
@@ -253,17 +254,20 @@ def server_process(
 
 def shedding(stub: Any, clients: int, seconds: float) -> dict[str, Any]:
     closed_loop(stub, clients, 2.0)  # warm: the server measures its full-step rate
-    sustainable = closed_loop(stub, clients, seconds)
-    normal = open_loop(stub, 0.8 * sustainable["rps"], seconds, "normal")
-    full = open_loop(stub, sustainable["rps"], seconds, "full")
-    double = open_loop(stub, 2.0 * sustainable["rps"], seconds, "double")
+    closed = closed_loop(stub, clients, seconds)
+    # What it serves when sent that rate in the open loop (whose own sending costs the 2 cores
+    # more): the sustainable rate, of which the other loads are multiples.
+    full = open_loop(stub, closed["rps"], seconds, "full")
+    sustainable = min(closed["rps"], full["served"] / seconds)
+    normal = open_loop(stub, 0.8 * sustainable, seconds, "normal")
+    double = open_loop(stub, 2.0 * sustainable, seconds, "double")
     return {
-        "sustainable": {k: round(v, 3) if isinstance(v, float) else v for k, v in sustainable.items()},
+        "closed_loop": {k: round(v, 3) if isinstance(v, float) else v for k, v in closed.items()},
+        "sustainable_rps": round(sustainable, 2),
         "at_0.8x": normal,
-        "at_1x": full,
+        "at_closed_loop_rate": full,
         "at_2x": double,
         "admitted_p99_ratio_2x_vs_0.8x": round(double["served_p99_s"] / normal["served_p99_s"], 2),
-        "admitted_p99_ratio_2x_vs_1x": round(double["served_p99_s"] / full["served_p99_s"], 2),
         "target": {"shed_p99_ms": 50.0, "admitted_p99": "as at 0.8x"},
     }
 

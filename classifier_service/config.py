@@ -36,9 +36,10 @@ class CoreConfig:
     max_queue_delay_ms: float = 1000.0
     # ... or than this many full steps (a max_step_tokens step, timed as steps run, so the limit
     # follows the machine's speed; 0: no such limit). A call first in line for the next step is
-    # never shed for its wait (classifier_service.batcher). Three quarters of a step keeps
-    # admitted calls' p99 at twice the sustainable load near its value at 0.8x, where 1000 ms
-    # alone let it double (bench/bench_overload.py, docs/benchmarks.md).
+    # never shed for its wait (classifier_service.batcher). Three quarters of a step brought
+    # admitted calls' p99 at twice the sustainable load from about 2x its value at 0.8x (1000 ms
+    # alone) to 1.3x (still 1.5-2.1x against a true 0.8x; bench/bench_overload.py,
+    # docs/benchmarks.md).
     max_queue_delay_steps: float = 0.75
     cache_prefix: str = "steerguard:verdict"  # Redis keys: prefix:bundle_id:hash (cache.keys)
     cache_key_secret: bytes | None = None  # keyed hashes (HMAC) in cache keys (cache.keys)

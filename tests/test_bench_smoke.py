@@ -83,8 +83,9 @@ def test_overload_bench_measures_starvation_drops_and_shedding(tmp_path: Path) -
     variants = r["shedding"]
     assert isinstance(variants, dict) and set(variants) == {"defaults (run 1)", "--backend torch (run 1)"}
     for shedding in variants.values():
-        assert shedding["sustainable"]["rps"] > 0
-        for load in ("at_0.8x", "at_1x", "at_2x"):
+        assert shedding["closed_loop"]["rps"] > 0
+        assert 0 < shedding["sustainable_rps"] <= shedding["closed_loop"]["rps"]
+        for load in ("at_closed_loop_rate", "at_0.8x", "at_2x"):
             assert shedding[load]["sent"] == shedding[load]["served"] + shedding[load]["shed"] + sum(
                 shedding[load]["other_errors"].values()
             )
