@@ -38,7 +38,12 @@ from steerguard.model.hooks import StopForward, layer_hooks
 from steerguard.model.host import ModelHost
 from steerguard.model.kv import cache_kwargs, crop
 from steerguard.passages import MAX_GAP
-from steerguard.responses import ANSWER_WINDOW_TOKENS, RECENT_TOKENS, WINDOW_OVERLAP_TOKENS, context_ids
+from steerguard.responses import (
+    ANSWER_WINDOW_TOKENS,
+    WINDOW_OVERLAP_TOKENS,
+    context_ids,
+    position_features,
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class AnswerStream:
         from transformers import DynamicCache
 
         self._cache = DynamicCache()
-        self._forward(self.prefix, 0)
+        self._context_end = self._forward(self.prefix, 0)[-1]  # what every position reads beside its own
 
     def feed(self, text: str) -> float:
         """Read the answer's next ``text``; the highest score of the answer so far."""
@@ -151,12 +156,7 @@ class AnswerStream:
             self.score = max(self.score, max(self._scores(ends)))
 
     def _scores(self, ends: list[int]) -> list[float]:
-        states = self._states.double()
-        total = torch.nn.functional.pad(states.cumsum(dim=0), (0, 0, 1, 0))
-        at = torch.tensor(ends, dtype=torch.long)
-        begins = (at + 1 - RECENT_TOKENS).clamp(min=0)
-        recent = (total[at + 1] - total[begins]) / (at + 1 - begins)[:, None].double()
-        features = torch.cat([self._states[at], recent.float()], dim=1)
+        features = position_features(self._states, self._context_end, ends)
         return [float(s) for s in self.bundle.response_score(features)]
 
     @torch.inference_mode()

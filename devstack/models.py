@@ -118,15 +118,16 @@ def make_random_bundle(
             }
         )
         passage = PassageInfo(probe_layer, threshold, passage_tokens, passage_tokens // 8)
-    if response:
-        tensors.update(
-            {
-                "response.mean": torch.zeros(2 * h),
-                "response.std": torch.ones(2 * h),
-                "response.weight": torch.randn(2 * h, generator=g) * 0.1,
-                "response.bias": torch.zeros(1),
-            }
-        )
+    if response:  # both heads of the response probe, on the three states each position reads
+        for head in ("response", "response_content"):
+            tensors.update(
+                {
+                    f"{head}.mean": torch.zeros(3 * h),
+                    f"{head}.std": torch.ones(3 * h),
+                    f"{head}.weight": torch.randn(3 * h, generator=g) * 0.1,
+                    f"{head}.bias": torch.zeros(1),
+                }
+            )
     if refusal_head:
         tensors.update(_random_head(h, len(host.tokenizer), g))
     manifest = Manifest(
@@ -134,7 +135,7 @@ def make_random_bundle(
         model=ModelInfo(**host.identity.as_dict()),
         probe=ProbeInfo(layer=probe_layer, threshold=threshold, kind="logistic"),
         passage=passage,
-        response=ResponseInfo(probe_layer, threshold, FEATURES) if response else None,
+        response=ResponseInfo(probe_layer, threshold, FEATURES, content_cut=threshold) if response else None,
         created_at=_dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc).isoformat(),
         categories=tuple(categories),
         vectors=vectors,

@@ -22,11 +22,15 @@ Tensors:
   its segment's mean state, at each of ``manifest.passage.layers``, the
   deepest being ``manifest.passage.layer``; :mod:`steerguard.passages`); its
   bias puts its cut at the probe's threshold.
-- ``response.mean``/``response.std``/``response.weight`` ``[2H]``,
+- ``response.mean``/``response.std``/``response.weight`` ``[3H]``,
   ``response.bias`` ``[1]`` (when ``manifest.response`` is set): the response
-  probe, a logistic head on segment ends of an answer (the end's state and
-  the mean state of the answer so far) at ``manifest.response.layer``
-  (:mod:`steerguard.responses`); its bias puts its cut at the probe's threshold.
+  probe's compliance head, a logistic head on segment ends of an answer (the
+  end's state, the mean state of the answer's recent tokens, the context's
+  last state; ``[2H]``, the first two, in bundles whose
+  ``manifest.response.features`` is ``FEATURES_V1``) at
+  ``manifest.response.layer`` (:mod:`steerguard.responses`); and
+  ``response_content.*`` the same (when ``manifest.response.content_cut`` is
+  set), its content head. Their biases put their cuts at the probe's threshold.
 - ``category_content.mean``/``category_content.std`` ``[H]``,
   ``category_content.weight`` ``[C, H]``, ``category_content.bias`` ``[C]``
   (when ``manifest.category_content`` is set): the classifier's category head,
@@ -188,7 +192,8 @@ class Bundle:
         if self.manifest.passage is not None:
             need += ["passage.mean", "passage.std", "passage.weight", "passage.bias"]
         if self.manifest.response is not None:
-            need += ["response.mean", "response.std", "response.weight", "response.bias"]
+            heads = ("response", "response_content") if self.manifest.response.content_cut else ("response",)
+            need += [f"{h}.{t}" for h in heads for t in ("mean", "std", "weight", "bias")]
         if self.manifest.category_content is not None:
             need += [f"category_content.{t}" for t in ("mean", "std", "weight", "bias")]
         if self.manifest.refusal_head is not None:
@@ -209,17 +214,31 @@ class Bundle:
         if passage is not None and passage.layers[-1] != passage.layer:
             raise BundleError(f"the passage probe's last feature layer is not its layer ({passage.layer})")
         self._validate_width("passage", "a segment end's state and its segment's mean, per layer")
-        self._validate_width("response", "a segment end's state and the answer's mean so far")
+        self._validate_response()
         for name in self.vector_names:
             if f"vector.{name}" not in self.tensors:
                 raise BundleError(f"bundle lacks vector {name!r}")
 
-    def _validate_width(self, head: str, reads: str) -> None:
-        """A position head (``passage``, ``response``) reads two states side by side, per layer it reads."""
-        info = getattr(self.manifest, head)
+    def _validate_response(self) -> None:
+        """The response heads read the states their manifest's ``features`` names."""
+        from steerguard.responses import FEATURES, FEATURES_V1
+
+        info = self.manifest.response
         if info is None:
             return
-        width = 2 * self.tensors["probe.mean"].numel() * len(getattr(info, "layers", (info.layer,)))
+        if info.features not in (FEATURES, FEATURES_V1):
+            raise BundleError(f"unknown response features {info.features!r}; recalibrate")
+        states = 2 if info.features == FEATURES_V1 else 3
+        for head in ("response", "response_content"):
+            if f"{head}.weight" in self.tensors:
+                self._validate_width(head, f"{states} states per answer position", states, info)
+
+    def _validate_width(self, head: str, reads: str, states: int = 2, info: Any = None) -> None:
+        """A position head reads ``states`` states side by side, per layer it reads."""
+        info = info or getattr(self.manifest, head)
+        if info is None:
+            return
+        width = states * self.tensors["probe.mean"].numel() * len(getattr(info, "layers", (info.layer,)))
         if self.tensors[f"{head}.weight"].numel() != width:
             raise BundleError(
                 f"the {head} probe reads {self.tensors[f'{head}.weight'].numel()} features, not "
@@ -305,10 +324,15 @@ class Bundle:
     def response_score(self, states: torch.Tensor) -> torch.Tensor:
         """Unsafe scores ``[N]`` of answer segment ends at the response layer, on the probe's scale.
 
-        ``states``: ``[N, 2H]``, each end's state then the answer's mean state
-        up to it (:func:`steerguard.responses.answer_features`).
+        ``states``: ``[N, 3H]`` as :func:`steerguard.responses.answer_features`
+        reads them. The score is the higher of the compliance head's
+        (``response.*``) and the content head's (``response_content.*``, when
+        fitted); each reads the leading columns it was fitted on, so a bundle
+        fitted on the first two states is served as it was.
         """
-        return self._position_head("response", states)
+        heads = [h for h in ("response", "response_content") if f"{h}.weight" in self.tensors]
+        scores = [self._position_head(h, states[:, : self.tensors[f"{h}.mean"].shape[0]]) for h in heads]
+        return torch.stack(scores).amax(dim=0)
 
     @property
     def reads_content(self) -> bool:

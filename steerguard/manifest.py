@@ -145,6 +145,10 @@ class ResponseInfo:
     answers would be flagged; the stored bias is shifted so that this cut
     sits at the probe's threshold (an answer is unsafe when a position
     scores at least that): an answer's score compares with a prompt's.
+    ``content_cut`` is the content head's own cut (``None``: a bundle with
+    the compliance head only), chosen jointly with ``cut`` so that the two
+    together flag at most ``max_benign_flagged``; ``content_recall`` is the
+    share of harmful answers placed after innocent requests caught there.
     The rest is calibration's record.
     """
 
@@ -152,6 +156,8 @@ class ResponseInfo:
     cut: float
     features: str
     max_benign_flagged: float | None = None
+    content_cut: float | None = None
+    content_recall: float | None = None
     recall: float | None = None
     auroc: float | None = None
     c: float | None = None

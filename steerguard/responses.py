@@ -7,23 +7,33 @@ conversation's real chat framing: the conversation's tokens up to the
 assistant's generation prompt, then the answer's tokens (chat-template
 tokens typed into it made plain text, as everywhere). At every segment end of
 the answer (:func:`steerguard.passages.segment_ends`: punctuation, line
-breaks, at least every ``MAX_GAP`` tokens, and the answer's last token) a
-logistic head (``response.*`` in the bundle) scores two states side by
-side: the state at the end, which carries the conversation and what the
-answer has said so far, and the mean state of the answer's last
-:data:`RECENT_TOKENS` tokens, which carries what it says now. An
-answer is unsafe as soon as one position reaches the probe's threshold (the
-head's bias puts its calibrated cut there), so a stream is judged at each segment
-end it reaches, and an answer's score is its highest.
+breaks, at least every ``MAX_GAP`` tokens, and the answer's last token) it
+reads three states side by side: the state at the end, which carries the
+conversation and what the answer has said so far; the mean state of the
+answer's last :data:`RECENT_TOKENS` tokens, which carries what it says now;
+and the state at the context's last token (the generation prompt), which
+carries what was asked. Two logistic heads score them (``response.*`` and,
+in bundles that have it, ``response_content.*``): the *compliance* head
+learns "the model went along with a harmful request", the *content* head
+"this answer is harmful whatever it was asked". An answer is unsafe as soon
+as one position reaches either head's cut (each head's bias puts its cut at
+the probe's threshold, and a position's score is the higher of the two), so
+a stream is judged at each segment end it reaches, and an answer's score is
+its highest.
 
-Why these two (calibration pairs, docs/calibration.md): the end state
-alone separated unsafe from safe answers worse (AUROC 0.92 vs 0.96 at layer
-18) and a mean over the whole answer so far did as well as the recent mean
-on answers of 96 tokens, but a long benign answer would dilute it: the
-recent mean judges a harmful part of a long answer as it would judge it
-alone. A position needs only its last :data:`RECENT_TOKENS` tokens besides
-the model's own context, so an answer can be read in overlapping windows
-(:data:`ANSWER_WINDOW_TOKENS`, :data:`WINDOW_OVERLAP_TOKENS`).
+Why two heads (calibration pairs, docs/calibration.md): without the
+context's state a head caught 56% of compliant answers to harmful requests
+at 2% of safe answers flagged; with it, 79%, but it then caught almost no
+harmful answer placed after an innocent request (2%): it had learned the
+request, not the answer. A head fitted also on such transplanted answers
+catches them but fewer compliant ones; the two heads together keep most of
+both at one false-flag budget (80% and 84% out of fold). Bundles fitted
+before carry one head on the first two states (``FEATURES_V1``); each head
+reads the leading columns it was fitted on, so they are served unchanged.
+
+A position needs only its last :data:`RECENT_TOKENS` tokens and the
+context besides the model's own state, so an answer can be read in
+overlapping windows (:data:`ANSWER_WINDOW_TOKENS`, :data:`WINDOW_OVERLAP_TOKENS`).
 """
 
 from __future__ import annotations
@@ -40,8 +50,9 @@ if TYPE_CHECKING:  # light at import: the sidecar and the classifier's config re
     from steerguard.model.chat import Conversation
     from steerguard.model.host import ModelHost
 
-# What the head reads at each segment end (recorded in the manifest).
-FEATURES = "end+recent_mean"
+# What the heads read at each segment end (recorded in the manifest), in column order.
+FEATURES = "end+recent_mean+context_end"
+FEATURES_V1 = "end+recent_mean"  # bundles before the context's state: read as the first 2H columns
 RECENT_TOKENS = 64
 # An answer longer than this is read in windows of this many of its tokens, each after the
 # conversation's context, overlapping by WINDOW_OVERLAP_TOKENS: a window's positions are scored
@@ -117,10 +128,11 @@ def context_ids(host: ModelHost, conv: Conversation) -> list[int]:
 def answer_features(
     host: ModelHost, reads: Sequence[AnswerRead], layers: Sequence[int]
 ) -> dict[int, torch.Tensor]:
-    """{layer: [positions, 2H]} what the response head reads, in read order, then position order.
+    """{layer: [positions, 3H]} what the response heads read, in read order, then position order.
 
-    Per segment end: the state at the end, then the mean state over the
-    answer's last :data:`RECENT_TOKENS` tokens up to it (fewer at its start).
+    Per segment end: the state at the end, the mean state over the answer's
+    last :data:`RECENT_TOKENS` tokens up to it (fewer at its start), and the
+    state at the context's last token (:func:`position_features`).
     """
     import torch
 
@@ -133,15 +145,27 @@ def answer_features(
         rows = []
         for i, r in enumerate(reads):
             start = width - len(r.answer)
-            # total[j] sums the answer's states before j, in float64 so differences keep their digits
-            total = torch.nn.functional.pad(hidden[i, start:].double().cumsum(dim=0), (0, 0, 1, 0))
-            ends = torch.tensor(r.positions, dtype=torch.long)
-            begins = (ends + 1 - RECENT_TOKENS).clamp(min=0)
-            recent = (total[ends + 1] - total[begins]) / (ends + 1 - begins)[:, None].double()
-            rows.append(torch.cat([hidden[i, start + ends], recent.to(hidden.dtype)], dim=1))
-        return torch.cat(rows) if rows else hidden.new_zeros((0, 2 * hidden.shape[-1]))
+            rows.append(position_features(hidden[i, start:], hidden[i, start - 1], r.positions))
+        return torch.cat(rows) if rows else hidden.new_zeros((0, 3 * hidden.shape[-1]))
 
     return reduced_states(host, batch, layers, reduce=gather)
+
+
+def position_features(answer: torch.Tensor, context_end: torch.Tensor, ends: Sequence[int]) -> torch.Tensor:
+    """``[len(ends), 3H]``: per segment end, its state, the recent mean up to it, the context's end.
+
+    ``answer``: the answer's states ``[T, H]`` (a window's, in a stream);
+    ``context_end``: the state at the context's last token ``[H]``.
+    """
+    import torch
+
+    # total[j] sums the answer's states before j, in float64 so differences keep their digits
+    total = torch.nn.functional.pad(answer.double().cumsum(dim=0), (0, 0, 1, 0))
+    at = torch.tensor(list(ends), dtype=torch.long)
+    begins = (at + 1 - RECENT_TOKENS).clamp(min=0)
+    recent = (total[at + 1] - total[begins]) / (at + 1 - begins)[:, None].double()
+    context = context_end.reshape(1, -1).expand(len(at), -1)
+    return torch.cat([answer[at], recent.to(answer.dtype), context.to(answer.dtype)], dim=1)
 
 
 def position_scores(

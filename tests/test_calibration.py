@@ -22,6 +22,7 @@ from steerguard.data.loaders import (
 )
 from steerguard.errors import BundleError, DataError
 from steerguard.judge import is_refusal, judge
+from steerguard.responses import FEATURES
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +273,13 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     response = loaded.response
     assert response is not None and response.rows is not None and response.layer_selection
     assert response.rows["unsafe_answers"] > 0 and response.rows["safe_answers"] > 0
-    assert response.features == "end+recent_mean" and "response_s" in m["calibration"]["timings_s"]
-    assert loaded.tensors["response.weight"].numel() == 2 * loaded.tensors["probe.mean"].numel()
+    assert response.features == FEATURES and "response_s" in m["calibration"]["timings_s"]
+    # Two heads on three states: the compliance head, and the content head fitted on complied
+    # answers transplanted after ordinary prompts too; their cuts chosen together.
+    assert response.rows["transplanted_answers"] == 2 * response.rows["unsafe_answers"]
+    assert response.content_cut is not None and response.content_recall is not None
+    for head in ("response", "response_content"):
+        assert loaded.tensors[f"{head}.weight"].numel() == 3 * loaded.tensors["probe.mean"].numel()
     # The refusal head: a low-rank delta fitted on template refusals of the categorised prompts.
     head = m["refusal_head"]
     assert loaded.has_refusal_head and head["prompts"] > 0 and head["rank"] == cfg.refusal_head_rank
@@ -291,3 +297,62 @@ def test_bundle_refuses_other_model(tiny_bundle) -> None:  # type: ignore[no-unt
     other = ModelIdentity("other-model", "f" * 64, 4, 64)
     with pytest.raises(BundleError, match="recalibrate"):
         tiny_bundle.verify_model(other)
+
+
+def test_the_response_heads_cuts_keep_the_budget_together() -> None:
+    """Two heads' cuts are chosen jointly: together they flag at most the budget of safe answers."""
+    from dataclasses import replace
+
+    from steerguard.calibration.config import CalibrationConfig
+    from steerguard.calibration.responses import ResponseRows, fit_response_probe, joint_cuts
+
+    rng = np.random.default_rng(0)
+    kinds = np.array([0] * 120 + [1] * 40 + [2] * 40)  # safe, complied, transplanted
+    per = 3  # positions per answer
+    owners = np.repeat(np.arange(len(kinds)), per)
+    x = rng.normal(size=(len(owners), 6))
+    x[kinds[owners] == 1, 0] += 2.0  # complied: a "request" direction and an "answer" one
+    x[kinds[owners] == 1, 1] += 1.0
+    x[kinds[owners] == 2, 1] += 2.0  # transplanted: the answer's direction only
+    rows = ResponseRows(
+        {4: x, 6: x * 0.5 + rng.normal(size=x.shape)},
+        owners,
+        (kinds > 0).astype(int),
+        rng.integers(0, 5, len(kinds)),
+        kinds == 2,
+    )
+    found = joint_cuts(rows, 4, 0.1, 0.05)
+    assert found.content_cut is not None and found.flagged <= 0.05
+    hit = (found.compliance >= found.cut) | (found.content >= found.content_cut)
+    assert hit[kinds == 0].mean() == found.flagged and hit[kinds == 2].mean() == found.content_caught
+    assert found.caught > 0.5 and found.content_caught > 0.5
+    cfg = replace(CalibrationConfig(), response_max_benign_flagged=0.05, response_c=0.1)
+    info, tensors = fit_response_probe(rows, cfg, 0.4)
+    assert (
+        info.layer == 4
+        and info.content_cut is not None
+        and {"response.weight", "response_content.weight"} <= set(tensors)
+    )
+    # Without transplanted answers there is one head, with the whole budget.
+    alone = ResponseRows(
+        rows.states, owners[kinds[owners] < 2], rows.labels[:160], rows.folds[:160], kinds[:160] == 2
+    )
+    alone.states = {k: v[kinds[owners] < 2] for k, v in rows.states.items()}
+    one = joint_cuts(alone, 4, 0.1, 0.05)
+    assert one.content_cut is None and one.flagged <= 0.05
+
+
+def test_complied_answers_are_transplanted_after_an_innocent_request_and_inside_its_answer() -> None:
+    from steerguard.data.answers import BENIGN, COMPLIED, REFUSED, AnswerPair, transplanted
+
+    pairs = [
+        AnswerPair("harm?", "Sure, step one.", COMPLIED),
+        AnswerPair("harm?", "I can't help.", REFUSED),
+        AnswerPair("bread?", "Mix flour.", BENIGN),
+    ]
+    moved = transplanted(pairs, seed=1)
+    assert [(p.prompt, p.group, p.unsafe) for p in moved] == [("bread?", "harm?", True)] * 2
+    assert moved[0].answer == "Sure, step one." and moved[0].scored_from == 0
+    assert moved[1].answer == "Mix flour.\n\nSure, step one."
+    assert moved[1].answer[moved[1].scored_from :] == "Sure, step one."
+    assert transplanted(pairs[:2], seed=1) == []  # no ordinary answer to place them after

@@ -2,8 +2,9 @@
 
 The classifier judges ``ClassifyRequest.answer`` as the assistant's reply to
 the conversation: every segment end of the answer scored by the bundle's
-response head on the state at the end and the mean of the answer's last
-``RECENT_TOKENS`` states, read after the conversation's chat framing. These
+response heads (the higher of the two) on the state at the end, the mean of
+the answer's last ``RECENT_TOKENS`` states and the state at the context's
+last token, read after the conversation's chat framing. These
 tests recompute that from a plain full forward pass, check that a long answer
 is read in windows whose verdicts the cache keeps (so re-sending a growing
 answer computes only what changed), and that bad answers are client errors.
@@ -73,11 +74,12 @@ def _expected(host: ModelHost, bundle: Bundle, prompt: str, answer: str) -> floa
     ids = text_ids(host, answer)
     with torch.inference_mode():
         hidden = host.model(torch.tensor([prefix + ids]), output_hidden_states=True).hidden_states
-    states = hidden[bundle.manifest.response.layer + 1][0, len(prefix) :].double()  # type: ignore[union-attr]
+    layer_out = hidden[bundle.manifest.response.layer + 1][0].double()  # type: ignore[union-attr]
+    states, context_end = layer_out[len(prefix) :], layer_out[len(prefix) - 1]
     rows = []
     for end in segment_ends(ids, ender_ids(host.tokenizer)):
         recent = states[max(0, end + 1 - RECENT_TOKENS) : end + 1].mean(dim=0)
-        rows.append(torch.cat([states[end], recent]).float())
+        rows.append(torch.cat([states[end], recent, context_end]).float())
     return float(bundle.response_score(torch.stack(rows)).max())
 
 
@@ -184,3 +186,36 @@ def test_answer_windows_stay_within_the_context_budget(tiny_host: ModelHost) -> 
     reads = answer_windows(tiny_host, conv, text_ids(tiny_host, "Because."), ender_ids(tiny_host.tokenizer))
     assert len(reads) == 1 and len(reads[0].prefix) <= CONTEXT_TOKENS
     assert tiny_host.tokenizer.decode(list(reads[0].prefix)).rstrip().endswith("assistant")
+
+
+def test_a_bundle_fitted_on_two_states_is_served_as_it_was(answer_bundle: Bundle, tmp_path: Any) -> None:
+    """Bundles from before the context's state carry one head on the first 2H columns."""
+    from dataclasses import replace
+
+    from steerguard.errors import BundleError
+    from steerguard.responses import FEATURES_V1
+
+    width = 2 * answer_bundle.tensors["probe.mean"].numel()
+    tensors = {k: v for k, v in answer_bundle.tensors.items() if not k.startswith("response")}
+    tensors |= {
+        f"response.{t}": answer_bundle.tensors[f"response.{t}"][:width] for t in ("mean", "std", "weight")
+    }
+    tensors["response.bias"] = answer_bundle.tensors["response.bias"]
+    info = replace(answer_bundle.manifest.response, features=FEATURES_V1, content_cut=None)  # type: ignore[arg-type]
+    old = Bundle(replace(answer_bundle.manifest, response=info, bundle_id=""), tensors)
+    old.save(tmp_path / "old")
+    loaded = Bundle.load(tmp_path / "old")
+    states = torch.randn(5, 3 * width // 2)
+    z = (states[:, :width] - tensors["response.mean"]) / tensors["response.std"]
+    direct = torch.sigmoid(z @ tensors["response.weight"] + tensors["response.bias"])
+    torch.testing.assert_close(loaded.response_score(states), direct)
+    # A bundle with both heads scores the higher of the two, each on all three states.
+    t = answer_bundle.tensors
+    heads = [
+        torch.sigmoid(((states - t[f"{h}.mean"]) / t[f"{h}.std"]) @ t[f"{h}.weight"] + t[f"{h}.bias"])
+        for h in ("response", "response_content")
+    ]
+    torch.testing.assert_close(answer_bundle.response_score(states), torch.maximum(*heads))
+    assert not torch.equal(heads[0], heads[1])
+    with pytest.raises(BundleError, match="unknown response features"):
+        Bundle(replace(old.manifest, response=replace(info, features="end")), tensors).save(tmp_path / "bad")

@@ -180,6 +180,9 @@ class ProbeFitDefaults:
     fpr_penalty: float = 0.5
     layer_tolerance: float = 0.005
     folds: int = 5
+    # The response probe's two cuts: each head's share of the false-flag budget is tried at
+    # this many evenly spaced values from 0 to the whole budget (steerguard.calibration.responses).
+    cut_grid: int = 13
     category_c: float = 0.1
     # The content category head's L2 strength: the best 5-fold top-1 on the default
     # calibration split among 0.003-0.1 (0.69; docs/calibration.md).

@@ -35,15 +35,28 @@ def fit_head(x: np.ndarray, labels: np.ndarray, c: float) -> LinearProbe:
     return fit_binary(x, labels, balanced(labels), c=c)
 
 
-def grouped_oof(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, c: float) -> np.ndarray:
-    """Out-of-fold unsafe probabilities of every row, ``folds`` fixing each row's fold."""
+def grouped_oof(
+    x: np.ndarray, labels: np.ndarray, folds: np.ndarray, c: float, fit_on: np.ndarray | None = None
+) -> np.ndarray:
+    """Out-of-fold unsafe probabilities of every row, ``folds`` fixing each row's fold.
+
+    ``fit_on`` (a row mask) fits the heads on those rows only; every row is still scored.
+    """
     out = np.zeros(len(labels))
+    usable = np.ones(len(labels), dtype=bool) if fit_on is None else fit_on
     for f in range(FIT.folds):
-        test = folds == f
-        if not test.any() or len(set(labels[~test].tolist())) < 2:
+        test, train = folds == f, (folds != f) & usable
+        if not test.any() or len(set(labels[train].tolist())) < 2:
             continue
-        out[test] = fit_head(x[~test], labels[~test], c).predict(x[test])
+        out[test] = fit_head(x[train], labels[train], c).predict(x[test])
     return out
+
+
+def on_threshold(scores: np.ndarray, cut: float, threshold: float) -> np.ndarray:
+    """``scores`` with their cut moved to ``threshold``, as :func:`head_tensors`' bias moves it."""
+    p = np.clip(scores, 1e-12, 1 - 1e-12)
+    z = np.log(p / (1 - p)) + _logit(threshold) - _logit(cut)
+    return np.asarray(1 / (1 + np.exp(-z)))
 
 
 def chosen_layer(selection: Sequence[dict[str, Any]]) -> int:

@@ -1,36 +1,42 @@
 """Calibration of the response probe: segment ends of answers the embedded model wrote.
 
 Pairs come from :mod:`steerguard.data.answers` (calibration prompts and the
-benign pool only). Every segment end of an answer
-(:mod:`steerguard.responses`) is a row with its answer's label: a complied
-answer's positions are unsafe, every other answer's safe. The head is fitted
-on positions, but an answer is judged by its highest position, so every
-figure here is per answer.
+benign pool only), with every complied answer also transplanted after an
+ordinary prompt. Every segment end of an answer (:mod:`steerguard.responses`)
+is a row with its answer's label: complied and transplanted answers'
+positions are unsafe, every other answer's safe. The heads are fitted on
+positions, but an answer is judged by its highest position, so every figure
+here is per answer.
 
-Folds group pairs by prompt (a harmful prompt's complied and refused answers
-sit in one fold). The layer is chosen among ``response_depths`` by
-out-of-fold AUROC over answers, the lowest within ``layer_tolerance`` of the
-best (a stream is read up to it). The cut is the lowest that flags at most
-``response_max_benign_flagged`` of safe answers out of fold; the stored bias
-puts it at the prompt probe's threshold, so an answer's score compares with
-a prompt's (and a route's own threshold moves both alike).
+Two heads read the same rows: the *compliance* head is fitted on the
+written pairs only (it may lean on the request: a harmful prompt answered
+rather than refused), the *content* head on the transplanted answers too
+(it must read the answer). Folds group pairs by prompt (a harmful prompt's
+complied, refused and transplanted answers sit in one fold). At each layer
+of ``response_depths`` the two cuts are chosen together on out-of-fold
+scores: the pair, on a grid over how the budget is split, that catches the
+most complied plus transplanted answers while the two heads together flag
+at most ``response_max_benign_flagged`` of safe answers. The layer is the
+one where that catches most (the lowest on a tie). The stored biases put
+both cuts at the prompt probe's threshold, so an answer's score compares
+with a prompt's (and a route's own threshold moves them alike).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from steerguard.calibration.config import FIT, CalibrationConfig
-from steerguard.calibration.heads import chosen_layer, fit_head, grouped_oof, head_tensors, lowest_cut
+from steerguard.calibration.heads import fit_head, grouped_oof, head_tensors, lowest_cut, on_threshold
 from steerguard.calibration.passages import candidate_layers
 from steerguard.calibration.threshold import auroc
-from steerguard.data.answers import AnswerPair, PairPrompts, Writing, write_pairs
+from steerguard.data.answers import TRANSPLANTED, AnswerPair, PairPrompts, Writing, transplanted, write_pairs
 from steerguard.data.loaders import HARMFUL, Dataset, Example
 from steerguard.logs import get_logger
 from steerguard.manifest import ResponseInfo
@@ -39,8 +45,8 @@ from steerguard.model.host import ModelHost
 
 if TYPE_CHECKING:
     from steerguard.bundle import Bundle
-from steerguard.passages import ender_ids
-from steerguard.responses import FEATURES, answer_features, answer_read
+from steerguard.passages import ender_ids, text_ids
+from steerguard.responses import FEATURES, AnswerRead, answer_features, answer_read
 
 log = get_logger(__name__)
 
@@ -53,10 +59,15 @@ class ResponseRows:
     owners: np.ndarray
     labels: np.ndarray  # per answer
     folds: np.ndarray  # per answer
+    transplanted: np.ndarray  # per answer: a complied answer after an ordinary prompt
 
     @property
     def position_labels(self) -> np.ndarray:
         return self.labels[self.owners]
+
+    @property
+    def complied(self) -> np.ndarray:
+        return (self.labels == 1) & ~self.transplanted
 
 
 def read_rows(
@@ -64,7 +75,9 @@ def read_rows(
 ) -> ResponseRows:
     """Every answer's segment-end features at ``layers``, as the classifier reads them."""
     enders = ender_ids(host.tokenizer)
-    reads = [answer_read(host, normalise_request(p.prompt), p.answer, enders) for p in pairs]
+    reads = [
+        _scored_part(host, p, answer_read(host, normalise_request(p.prompt), p.answer, enders)) for p in pairs
+    ]
     order = sorted(range(len(reads)), key=lambda i: len(reads[i].prefix) + len(reads[i].answer))
     chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     owners: list[int] = []
@@ -75,14 +88,23 @@ def read_rows(
             chunks[layer].append(states[layer].numpy())
         for i in idx:
             owners.extend([i] * len(reads[i].positions))
-    prompts = sorted({p.prompt for p in pairs})
-    fold_of = {p: random.Random(f"{seed}:{p}").randrange(FIT.folds) for p in prompts}
+    groups = sorted({p.group for p in pairs})
+    fold_of = {g: random.Random(f"{seed}:{g}").randrange(FIT.folds) for g in groups}
     return ResponseRows(
         {layer: np.concatenate(chunks[layer]) for layer in layers},
         np.array(owners),
         np.array([int(p.unsafe) for p in pairs]),
-        np.array([fold_of[p.prompt] for p in pairs]),
+        np.array([fold_of[p.group] for p in pairs]),
+        np.array([p.kind == TRANSPLANTED for p in pairs]),
     )
+
+
+def _scored_part(host: ModelHost, pair: AnswerPair, read: AnswerRead) -> AnswerRead:
+    """``read`` with only the positions after the pair's ``scored_from`` characters."""
+    if not pair.scored_from:
+        return read
+    lead = len(text_ids(host, pair.answer[: pair.scored_from]))
+    return replace(read, positions=tuple(p for p in read.positions if p >= lead))
 
 
 def answer_maxima(scores: np.ndarray, rows: ResponseRows) -> np.ndarray:
@@ -92,37 +114,105 @@ def answer_maxima(scores: np.ndarray, rows: ResponseRows) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class HeadCuts:
+    """Both heads' out-of-fold answer maxima at one layer, their joint cuts and what those catch."""
+
+    layer: int
+    compliance: np.ndarray
+    content: np.ndarray
+    cut: float
+    content_cut: float | None
+    caught: float
+    content_caught: float | None
+    flagged: float
+
+    @property
+    def gain(self) -> float:
+        return self.caught + (self.content_caught or 0.0)
+
+    def served(self, threshold: float) -> np.ndarray:
+        """Each answer's score as the classifier gives it: the higher head, on the probe's scale."""
+        out = on_threshold(self.compliance, self.cut, threshold)
+        if self.content_cut is None:
+            return out
+        return np.maximum(out, on_threshold(self.content, self.content_cut, threshold))
+
+
+def joint_cuts(rows: ResponseRows, layer: int, c: float, budget: float) -> HeadCuts:
+    """Out-of-fold maxima of both heads at ``layer`` and the cuts that catch most together."""
+    x, y, folds = rows.states[layer], rows.position_labels, rows.folds[rows.owners]
+    written = ~rows.transplanted[rows.owners]
+    comp = answer_maxima(grouped_oof(x, y, folds, c, fit_on=written), rows)
+    safe, complied, moved = rows.labels == 0, rows.complied, rows.transplanted
+    if not moved.any():
+        cut = lowest_cut(comp[safe], budget)
+        caught = float((comp[complied] >= cut).mean()) if complied.any() else 0.0
+        return HeadCuts(layer, comp, comp, cut, None, caught, None, float((comp[safe] >= cut).mean()))
+    cont = answer_maxima(grouped_oof(x, y, folds, c), rows)
+    best: HeadCuts | None = None
+    for share_a in np.linspace(0.0, budget, FIT.cut_grid):
+        cut_a = lowest_cut(comp[safe], float(share_a))
+        for share_b in np.linspace(0.0, budget, FIT.cut_grid):
+            cut_b = lowest_cut(cont[safe], float(share_b))
+            hit = (comp >= cut_a) | (cont >= cut_b)
+            if hit[safe].mean() > budget:
+                continue
+            rates = [float(hit[m].mean()) if m.any() else 0.0 for m in (complied, moved, safe)]
+            found = HeadCuts(layer, comp, cont, cut_a, cut_b, *rates)
+            if best is None or found.gain > best.gain:
+                best = found
+    assert best is not None  # the grid's (0, 0) flags at most ``budget``
+    return best
+
+
 def fit_response_probe(
     rows: ResponseRows, cfg: CalibrationConfig, probe_threshold: float
 ) -> tuple[ResponseInfo, dict[str, torch.Tensor]]:
-    """Layer, head and cut of the response probe, its bias shifted to put the cut at ``probe_threshold``."""
-    selection = []
-    maxima: dict[int, np.ndarray] = {}
-    y, folds = rows.position_labels, rows.folds[rows.owners]
-    for layer in sorted(rows.states):
-        maxima[layer] = answer_maxima(grouped_oof(rows.states[layer], y, folds, cfg.response_c), rows)
-        selection.append({"layer": layer, "auroc": round(auroc(rows.labels, maxima[layer]), 6)})
-    layer = chosen_layer(selection)
-    cut = lowest_cut(maxima[layer][rows.labels == 0], cfg.response_max_benign_flagged)
-    probe = fit_head(rows.states[layer], y, cfg.response_c)
-    tensors = head_tensors("response", probe, cut, probe_threshold)
-    unsafe = maxima[layer][rows.labels == 1]
+    """Layer, heads and cuts of the response probe; biases shifted to put both cuts at ``probe_threshold``."""
+    budget = cfg.response_max_benign_flagged
+    found = [joint_cuts(rows, layer, cfg.response_c, budget) for layer in sorted(rows.states)]
+    best = max(found, key=lambda h: (round(h.gain, 9), -h.layer))
+    written = rows.complied | (rows.labels == 0)
+
+    def served_auroc(h: HeadCuts) -> float:
+        return round(auroc(rows.labels[written], h.served(probe_threshold)[written]), 6)
+
+    x, y, moved = rows.states[best.layer], rows.position_labels, rows.transplanted[rows.owners]
+    tensors = head_tensors(
+        "response", fit_head(x[~moved], y[~moved], cfg.response_c), best.cut, probe_threshold
+    )
+    if best.content_cut is not None:
+        content = fit_head(x, y, cfg.response_c)
+        tensors |= head_tensors("response_content", content, best.content_cut, probe_threshold)
     info = ResponseInfo(
-        layer=layer,
-        cut=round(cut, 6),
+        layer=best.layer,
+        cut=round(best.cut, 6),
         features=FEATURES,
-        max_benign_flagged=cfg.response_max_benign_flagged,
-        recall=round(float((unsafe >= cut).mean()), 6) if len(unsafe) else None,
-        auroc=round(auroc(rows.labels, maxima[layer]), 6),
+        max_benign_flagged=budget,
+        content_cut=None if best.content_cut is None else round(best.content_cut, 6),
+        content_recall=None if best.content_caught is None else round(best.content_caught, 6),
+        recall=round(best.caught, 6),
+        auroc=served_auroc(best),
         c=cfg.response_c,
         rows={
-            "unsafe_answers": int(rows.labels.sum()),
+            "unsafe_answers": int(rows.complied.sum()),
+            "transplanted_answers": int(rows.transplanted.sum()),
             "safe_answers": int((rows.labels == 0).sum()),
             "positions": len(rows.owners),
         },
-        layer_selection=selection,
+        layer_selection=[
+            {
+                "layer": h.layer,
+                "auroc": served_auroc(h),
+                "caught": round(h.caught, 6),
+                "content_caught": None if h.content_caught is None else round(h.content_caught, 6),
+                "flagged": round(h.flagged, 6),
+            }
+            for h in found
+        ],
     )
-    log.info("response probe", layer=layer, cut=info.cut, recall=info.recall, auroc=info.auroc)
+    log.info("response probe", layer=info.layer, recall=info.recall, content_recall=info.content_recall)
     return info, tensors
 
 
@@ -150,6 +240,7 @@ def response_probe(
     prompts = pair_prompts(data, calib, cfg)
     how = Writing(cfg.seed, cfg.response_tokens, cfg.batch_size, cfg.progress)
     pairs = write_pairs(host, bundle, prompts, how)
+    pairs += transplanted(pairs, cfg.seed + 59)
     layers = candidate_layers(cfg.response_depths, host.identity.num_layers, host.identity.num_layers - 1)
     rows = read_rows(host, pairs, layers, batch_size=cfg.batch_size, seed=cfg.seed)
     return fit_response_probe(rows, cfg, bundle.threshold)

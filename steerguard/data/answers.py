@@ -14,6 +14,14 @@ the embedded model itself (SmolLM2-135M-Instruct, not safety-aligned):
   label is unknown.
 - *benign* and *borderline* (safe): its unsteered answers to ordinary pool
   prompts, and to borderline and XSTest-safe prompts.
+- *transplanted* (unsafe): each complied answer again, now after an
+  ordinary prompt drawn at random (:func:`transplanted`): an innocent
+  request that gets a harmful reply. Nothing in the request says "harmful",
+  so only the answer's words can; the response probe's content head is
+  fitted on them and the evaluation reports them apart. Each is also
+  written a second time after the model's benign answer to that ordinary
+  prompt, only its own part scored (``scored_from``): a harmful turn inside
+  a longer benign answer, where every state also carries the benign text.
 
 Answers are sampled (:data:`TEMPERATURE`, nucleus :data:`TOP_P`, seeded, so a
 run is repeatable), at most ``tokens`` new tokens (:data:`ANSWER_TOKENS` by
@@ -41,19 +49,27 @@ MIN_TOKENS = 8
 TEMPERATURE = 0.7
 TOP_P = 0.9
 COMPLIED, REFUSED, BENIGN, BORDERLINE = "complied", "refused", "benign", "borderline"
+TRANSPLANTED = "transplanted"
+UNSAFE_KINDS = frozenset({COMPLIED, TRANSPLANTED})
 
 
 @dataclass(frozen=True)
 class AnswerPair:
-    """One answer in its conversation; ``prompt`` also groups a fold (one prompt, one fold)."""
+    """One answer in its conversation; ``group`` keeps a fold (one prompt's answers, one fold)."""
 
     prompt: str
     answer: str
     kind: str
+    source: str = ""  # a transplanted answer's own prompt (it groups with that prompt's answers)
+    scored_from: int = 0  # characters of ``answer`` before the part whose positions are rows
 
     @property
     def unsafe(self) -> bool:
-        return self.kind == COMPLIED
+        return self.kind in UNSAFE_KINDS
+
+    @property
+    def group(self) -> str:
+        return self.source or self.prompt
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,24 @@ def write_pairs(host: ModelHost, bundle: Bundle, prompts: PairPrompts, how: Writ
         for prompt, answer in zip(texts, answers(texts, Mode.NONE, kind), strict=True):
             if answer is not None:
                 out.append(AnswerPair(prompt, answer, kind))
+    return out
+
+
+def transplanted(pairs: Sequence[AnswerPair], seed: int) -> list[AnswerPair]:
+    """Each complied answer after an ordinary prompt of ``pairs`` (drawn seeded), then after its answer."""
+    import random
+
+    ordinary = [p for p in pairs if p.kind == BENIGN]
+    if not ordinary:
+        return []
+    rng = random.Random(seed)
+    out = []
+    for p in pairs:
+        if p.kind == COMPLIED:
+            host = rng.choice(ordinary)
+            lead = host.answer + "\n\n"
+            out.append(AnswerPair(host.prompt, p.answer, TRANSPLANTED, source=p.prompt))
+            out.append(AnswerPair(host.prompt, lead + p.answer, TRANSPLANTED, p.prompt, len(lead)))
     return out
 
 

@@ -10,6 +10,9 @@ its positions reaches the bundle's cut. Reported:
 
 - the AUROC of the answers' highest position scores;
 - unsafe answers caught and safe answers flagged, with counts, per kind too;
+- the same complied answers placed after held-out ordinary prompts
+  (:func:`steerguard.data.answers.transplanted`), caught: an innocent
+  request that gets a harmful reply, reported apart from the rest;
 - the detection delay: answer tokens read up to the first flagged position
   of a caught answer. These answers carry no mark of where unsafe text
   starts, so the delay is counted from the answer's first token: an upper
@@ -30,7 +33,7 @@ import numpy as np
 
 from steerguard.bundle import Bundle
 from steerguard.calibration.threshold import auroc
-from steerguard.data.answers import AnswerPair, PairPrompts, Writing, write_pairs
+from steerguard.data.answers import AnswerPair, PairPrompts, Writing, transplanted, write_pairs
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import HeldOut, subsample
 from steerguard.evaluation.scoring import r
@@ -58,9 +61,12 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
     if bundle.response is None:
         return {"skipped": "the bundle has no response probe (scripts/fit_response.py adds one)"}
     pairs = held_out_pairs(host, bundle, held, cfg)
+    moved = [p for p in transplanted(pairs, cfg.seed + 10) if not p.scored_from]  # as asked, not inside
     enders = ender_ids(host.tokenizer)
-    reads = [answer_read(host, normalise_request(p.prompt), p.answer, enders) for p in pairs]
+    reads = [answer_read(host, normalise_request(p.prompt), p.answer, enders) for p in pairs + moved]
     scores = position_scores(host, bundle, reads, batch_size=cfg.batch_size)
+    innocent = np.array([max(s) for s in scores[len(pairs) :]]) >= bundle.threshold
+    reads, scores = reads[: len(pairs)], scores[: len(pairs)]
     highest = np.array([max(s) for s in scores])
     labels = np.array([int(p.unsafe) for p in pairs])
     cut = bundle.threshold
@@ -78,6 +84,7 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
         "unsafe_caught": _rate(flagged[labels == 1]),
         "benign_flagged": _rate(flagged[labels == 0]),
         "flagged_by_kind": {k: _rate(flagged[[p.kind == k for p in pairs]]) for k in kinds},
+        "harmful_after_innocent_request_caught": _rate(innocent),
         "detection_delay_tokens": {
             "median": float(np.median(delays)) if delays else None,
             "p90": float(np.percentile(delays, 90)) if delays else None,
