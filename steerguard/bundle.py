@@ -82,6 +82,8 @@ from safetensors.torch import load_file, save_file
 from steerguard.errors import BundleError
 from steerguard.manifest import (
     CATEGORY_PREFIX,
+    FEATURES,
+    FEATURES_V1,
     FORMAT_VERSION,
     REFUSAL,
     CascadeInfo,
@@ -221,8 +223,6 @@ class Bundle:
 
     def _validate_response(self) -> None:
         """The response heads read the states their manifest's ``features`` names."""
-        from steerguard.responses import FEATURES, FEATURES_V1
-
         info = self.manifest.response
         if info is None:
             return

@@ -134,6 +134,11 @@ class PassageInfo:
         return _fields_record(self)
 
 
+# What the response heads read at each segment end, in column order (steerguard.responses).
+FEATURES = "end+recent_mean+context_end"
+FEATURES_V1 = "end+recent_mean"  # bundles before the context's state: read as the first 2H columns
+
+
 @dataclass(frozen=True)
 class ResponseInfo:
     """The response probe: how an answer is judged as it is written (:mod:`steerguard.responses`).

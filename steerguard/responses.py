@@ -43,6 +43,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+# What the heads read at each segment end, named beside the manifest's ResponseInfo.
+from steerguard.manifest import FEATURES as FEATURES
+from steerguard.manifest import FEATURES_V1 as FEATURES_V1
+
 if TYPE_CHECKING:  # light at import: the sidecar and the classifier's config read this module
     import torch
 
@@ -50,9 +54,6 @@ if TYPE_CHECKING:  # light at import: the sidecar and the classifier's config re
     from steerguard.model.chat import Conversation
     from steerguard.model.host import ModelHost
 
-# What the heads read at each segment end (recorded in the manifest), in column order.
-FEATURES = "end+recent_mean+context_end"
-FEATURES_V1 = "end+recent_mean"  # bundles before the context's state: read as the first 2H columns
 RECENT_TOKENS = 64
 # An answer longer than this is read in windows of this many of its tokens, each after the
 # conversation's context, overlapping by WINDOW_OVERLAP_TOKENS: a window's positions are scored
