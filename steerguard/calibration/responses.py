@@ -2,7 +2,8 @@
 
 Pairs come from :mod:`steerguard.data.answers` (calibration prompts and the
 benign pool only), with every complied answer also transplanted after an
-ordinary prompt. Every segment end of an answer (:mod:`steerguard.responses`)
+ordinary prompt, and again after that prompt's benign answer (only its own
+part's positions are rows). Every segment end of an answer (:mod:`steerguard.responses`)
 is a row with its answer's label: complied and transplanted answers'
 positions are unsafe, every other answer's safe. The heads are fitted on
 positions, but an answer is judged by its highest position, so every figure
@@ -59,7 +60,7 @@ class ResponseRows:
     owners: np.ndarray
     labels: np.ndarray  # per answer
     folds: np.ndarray  # per answer
-    transplanted: np.ndarray  # per answer: a complied answer after an ordinary prompt
+    transplanted: np.ndarray  # per answer: a complied answer after an ordinary prompt (or its answer)
 
     @property
     def position_labels(self) -> np.ndarray:
