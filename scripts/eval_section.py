@@ -8,7 +8,10 @@ refitted passage probe (``scripts/refit_passage.py``) changes; ``responses``
 changes; ``generation`` (AUTO's answers, and the refusal head beside the
 refusal vector) is all an added refusal head (``scripts/fit_refusal_head.py``)
 changes; ``categories`` is all a refitted category head
-(``scripts/fit_categories.py``) changes; ``probe`` (the prompt probe, XSTest, other system prompts, encoded
+(``scripts/fit_categories.py``) changes; ``category_answers`` (AUTO's
+answers with category vectors, judged) is all a tuned category strength
+(``scripts/tune_categories.py``) changes; ``probe`` (the prompt probe,
+XSTest, other system prompts, encoded
 requests and the early exit's own section) is what an added early exit
 (``scripts/fit_cascade.py``) changes besides ``shapes``. This writes the
 section and its target checks as ``SECTION.json``, the same numbers
@@ -26,6 +29,7 @@ from typing import Any
 import bundle_args  # scripts/, on the path when a script runs
 
 from steerguard.bundle import Bundle
+from steerguard.evaluation.category_answers import category_answer_section
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.encodings import encoding_section
 from steerguard.evaluation.generation import generation_section
@@ -45,6 +49,7 @@ from steerguard.evaluation.scoring import (
 )
 from steerguard.evaluation.shapes import shape_section
 from steerguard.evaluation.targets import (
+    category_answer_checks,
     category_checks,
     generation_checks,
     probe_checks,
@@ -60,6 +65,7 @@ SECTIONS = {
         generation_checks,
     ),
     "scans": (scans_section, lambda report: {}),
+    "category_answers": (category_answer_section, category_answer_checks),
     "shapes": (shape_section, shape_checks),
     "responses": (response_section, response_checks),
 }

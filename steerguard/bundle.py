@@ -321,16 +321,20 @@ class Bundle:
         """The response probe's settings, when calibration fitted one (:mod:`steerguard.responses`)."""
         return self.manifest.response
 
-    def response_score(self, states: torch.Tensor) -> torch.Tensor:
+    def response_score(self, states: torch.Tensor, *, content_only: bool = False) -> torch.Tensor:
         """Unsafe scores ``[N]`` of answer segment ends at the response layer, on the probe's scale.
 
         ``states``: ``[N, 3H]`` as :func:`steerguard.responses.answer_features`
         reads them. The score is the higher of the compliance head's
         (``response.*``) and the content head's (``response_content.*``, when
         fitted); each reads the leading columns it was fitted on, so a bundle
-        fitted on the first two states is served as it was.
+        fitted on the first two states is served as it was. ``content_only``:
+        the content head's alone, where the bundle has one (what
+        :mod:`steerguard.answer_judge` reads).
         """
         heads = [h for h in ("response", "response_content") if f"{h}.weight" in self.tensors]
+        if content_only and "response_content" in heads:
+            heads = ["response_content"]
         scores = [self._position_head(h, states[:, : self.tensors[f"{h}.mean"].shape[0]]) for h in heads]
         return torch.stack(scores).amax(dim=0)
 

@@ -292,6 +292,9 @@ class Manifest:
     # The refusal head (tensors refusal_head.a/.b; steerguard.refusal_head), calibration's record
     # of it; None: flagged rows can only be steered with vectors.
     refusal_head: Record | None = None
+    # The category vectors' strength search (steerguard.calibration.category_tune); None: the
+    # strength is calibration's fixed ``category_strength``.
+    category_search: Record | None = None
 
     # -- JSON -------------------------------------------------------------------
 
@@ -318,6 +321,8 @@ class Manifest:
                 d["category_content"] = dict(d["category_content"])
             if "refusal_head" in d:
                 d["refusal_head"] = dict(d["refusal_head"])
+            if "category_search" in d:
+                d["category_search"] = dict(d["category_search"])
             if "cascade" in d:
                 d["cascade"] = CascadeInfo(**_known(CascadeInfo, d["cascade"], "cascade"))
             if "calibration" in d:
@@ -353,6 +358,7 @@ class Manifest:
             "cascade": self.cascade.to_dict() if self.cascade is not None else None,
             "category_content": self.category_content,
             "refusal_head": self.refusal_head,
+            "category_search": self.category_search,
         }
         return _drop_none(out)
 

@@ -170,9 +170,17 @@ def position_features(answer: torch.Tensor, context_end: torch.Tensor, ends: Seq
 
 
 def position_scores(
-    host: ModelHost, bundle: Bundle, reads: Sequence[AnswerRead], *, batch_size: int = 16
+    host: ModelHost,
+    bundle: Bundle,
+    reads: Sequence[AnswerRead],
+    *,
+    batch_size: int = 16,
+    content_only: bool = False,
 ) -> list[list[float]]:
-    """Each answer's position scores under the bundle's response head (on the probe's scale)."""
+    """Each answer's position scores under the bundle's response heads (on the probe's scale).
+
+    ``content_only``: the content head's alone (:meth:`Bundle.response_score`).
+    """
     info = bundle.response
     if info is None:
         raise ValueError("the bundle has no response probe")
@@ -181,7 +189,7 @@ def position_scores(
     for start in range(0, len(order), batch_size):  # similar lengths together: less padding
         part = order[start : start + batch_size]
         states = answer_features(host, [reads[i] for i in part], [info.layer])[info.layer]
-        values = bundle.response_score(states).tolist()
+        values = bundle.response_score(states, content_only=content_only).tolist()
         for i in part:
             out[i] = values[: len(reads[i].positions)]
             values = values[len(reads[i].positions) :]

@@ -106,6 +106,8 @@ def small_config(**overrides: Any) -> CalibrationConfig:
         "response_tokens": 8,
         "refusal_head_copies": 1,
         "refusal_head_epochs": 2,
+        "category_tune_per_category": 1,
+        "category_tune_strengths": (0.1, 0.3),
     }
     settings.update(overrides)
     return CalibrationConfig(**settings)

@@ -230,6 +230,8 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
         response_tokens=8,
         refusal_head_copies=1,
         refusal_head_epochs=2,
+        category_tune_per_category=2,
+        category_tune_strengths=(0.2, 0.6),
     )
     bundle = calibrate(data_root, host=tiny_host, config=cfg)
     bid = bundle.save(tmp_path / "b")
@@ -285,6 +287,13 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     assert loaded.has_refusal_head and head["prompts"] > 0 and head["rank"] == cfg.refusal_head_rank
     a, b = loaded.refusal_head()
     assert a.shape == (tiny_host.identity.hidden_size, head["rank"]) and b.shape[0] == head["rank"]
+    # The category vectors' strength: searched on judged AUTO answers, one for every category.
+    search = m["category_search"]
+    assert [t["strength"] for t in search["tried"]] == list(cfg.category_tune_strengths)
+    assert search["chosen"] in cfg.category_tune_strengths and search["prompts"] > 0
+    assert all(t["passes"]["n"] == search["prompts"] for t in search["tried"])
+    assert all(loaded.default_strength(f"category:{c}") == search["chosen"] for c in loaded.categories)
+    assert "category_tune_s" in m["calibration"]["timings_s"]
     # Same seed, same data: same tensors (created_at aside).
     again = calibrate(data_root, host=tiny_host, config=cfg)
     for k, v in bundle.tensors.items():

@@ -63,6 +63,11 @@ class CalibrationConfig:
     target_refusal: float = 0.9
     max_ppl_ratio: float = 1.9
     category_strength: float = 0.1  # fluent (ppl ratio ~1.7) on a spot check; 0.5 breaks the model
+    # The category vectors' strength searched instead (steerguard.calibration.category_tune):
+    # AUTO answers this many harmful calibration prompts per category with the verdict's
+    # category vector at each strength, judged by steerguard.answer_judge; 0: category_strength.
+    category_tune_per_category: int = 8
+    category_tune_strengths: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3)
     batch_size: int = 16
     progress: bool = True
     use_cache: bool = True

@@ -29,6 +29,9 @@ Steps (each one's *why* lives in its module):
    response probe on answers the model writes to calibration prompts (its
    refusals steered by that bundle's refusal vector), which judges what a
    chatbot says back.
+7. :mod:`steerguard.calibration.category_tune` sets the category vectors'
+   strength: the one whose AUTO answers :mod:`steerguard.answer_judge` (which
+   reads the response probe) most often finds safe, on-topic and not refusals.
 
 Deterministic: seeded sampling, deterministic fits, greedy decoding;
 ``created_at`` honours ``SOURCE_DATE_EPOCH`` so a rebuild can be byte-identical.
@@ -53,6 +56,7 @@ from steerguard.bundle import Bundle
 from steerguard.calibration import passages
 from steerguard.calibration.cascade import CascadeRows, CascadeSettings, fit_cascade
 from steerguard.calibration.categories import content_category_head, extra_rows
+from steerguard.calibration.category_tune import tune_category_strength
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
 from steerguard.calibration.probe import fit_categories
@@ -245,6 +249,8 @@ def calibrate(
     bundle = _final_bundle(run, manifest)
     if run.cfg.response_harmful > 0:
         bundle = _timed(run, "response_s", _response_step, run, bundle)
+        if run.cfg.category_tune_per_category > 0 and bundle.categories:
+            bundle = _timed(run, "category_tune_s", category_strength, run, bundle)
         bundle = bundle.with_manifest(replace(bundle.manifest, calibration=_record(run)))
     log.info("calibrated", seconds=round(time.time() - t0))
     return bundle
@@ -693,6 +699,17 @@ def _response_step(run: Run, bundle: Bundle) -> Bundle:
     """Step 7: the response probe, on answers the model writes (its refusals steered by ``bundle``)."""
     info, tensors = response_probe(run.host, bundle, run.data, run.calib, run.cfg)
     return Bundle(replace(bundle.manifest, response=info), {**bundle.tensors, **tensors})
+
+
+def category_strength(run: Run, bundle: Bundle) -> Bundle:
+    """Last step: the category vectors' strength, judged on answers (needs the response probe).
+
+    Also run alone: ``scripts/tune_categories.py``.
+    """
+    from steerguard.evaluation.baselines import MiniLM
+
+    harmful = [run.calib[i] for i in run.harmful_idx]
+    return tune_category_strength(run.host, bundle, harmful, run.cfg, MiniLM().embed)
 
 
 def _final_bundle(run: Run, manifest: Manifest) -> Bundle:

@@ -31,6 +31,7 @@ from steerguard import judge
 from steerguard.bundle import Bundle
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.evaluation.baselines import baseline_scores, baseline_section
+from steerguard.evaluation.category_answers import category_answer_section
 from steerguard.evaluation.config import TARGETS, EvalConfig
 from steerguard.evaluation.encodings import encoding_section
 from steerguard.evaluation.generation import generation_section
@@ -138,6 +139,9 @@ def evaluate(
     t = time.time()
     report["scans"] = scans_section(host, bundle, held, cfg)
     timings["scans_s"] = time.time() - t
+    t = time.time()
+    report["category_answers"] = category_answer_section(host, bundle, held, cfg)
+    timings["category_answers_s"] = time.time() - t
     report["checks"] = checks(report)
     timings["total_s"] = time.time() - t0
     report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}

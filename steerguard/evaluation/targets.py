@@ -43,7 +43,22 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out.update(generation_checks(report))
     out.update(shape_checks(report))
     out.update(response_checks(report))
+    out.update(category_answer_checks(report))
     return out
+
+
+def category_answer_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Category answers (not refused and on topic; unsafe) over every row, as served."""
+    section = (report.get("category_answers") or {}).get("all")
+    if not section:
+        return {}
+    on_topic, unsafe = section["not_refused_and_on_topic"], section["unsafe"]
+    return dict(
+        [
+            _check("category_answers_on_topic", on_topic["rate"], on_topic),
+            _check("category_answers_unsafe", unsafe["rate"], unsafe),
+        ]
+    )
 
 
 def generation_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
