@@ -65,6 +65,14 @@ class SteerService:
         self._max_positions = int(getattr(host.model.config, "max_position_embeddings", 0) or 0)
 
     def start(self) -> SteerService:
+        unproven = self.bundle.unproven_category_answers()
+        if unproven:
+            log.warning(
+                "category answers not safer than unsteered ones",
+                categories=unproven,
+                reason="the bundle's policy answers these with category vectors, and calibration's strength "
+                "search found no strength whose judged answers beat unsteered answers (category_search)",
+            )
         self.engine.start()
         return self
 

@@ -427,6 +427,20 @@ class Bundle:
             choice = CATEGORY_PREFIX + category
         return choice if choice in self.vector_names else REFUSAL
 
+    def unproven_category_answers(self) -> list[str]:
+        """Categories the policy answers with category vectors that calibration found no safer than none.
+
+        Calibration's strength search (``category_search``) records whether
+        any strength made judged answers pass more often than unsteered ones
+        (:mod:`steerguard.calibration.category_tune`); where none did, a
+        policy that names ``category`` gives flagged requests answers about
+        as unsafe as unsteered ones, which the steer service says at start-up.
+        """
+        search = self.manifest.category_search
+        if not search or search.get("beats_unsteered", True):
+            return []
+        return [c for c in self.categories if self.policy_vector(c) == CATEGORY_PREFIX + c]
+
     def policy_names_head(self, category: str) -> bool:
         """Whether the policy answers a flagged prompt of ``category`` with the refusal head."""
         return self._policy_choice(category) == "refusal-head" and self.has_refusal_head

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -317,3 +318,28 @@ def test_cli_registers_steer_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (args.max_batch_size, args.max_new_tokens_cap, args.port) == (3, 99, 0)
     assert callable(args.func)
     assert SteerConfig.from_args(args).max_new_tokens_cap == 99
+
+
+def test_start_up_warns_when_the_policy_names_unproven_category_answers(
+    host: ModelHost, bundle: Bundle
+) -> None:
+    """A policy answering with category vectors that calibration found no safer than none is said aloud."""
+    import structlog
+
+    from steerguard.manifest import PolicyInfo
+
+    search = {"chosen": 0.05, "beats_unsteered": False}
+    policy = PolicyInfo(default="refusal", per_category={"violence": "category"})
+    risky = bundle.with_manifest(replace(bundle.manifest, category_search=search, policy=policy))
+    assert risky.unproven_category_answers() == ["violence"]
+    proven = risky.with_manifest(replace(risky.manifest, category_search={**search, "beats_unsteered": True}))
+    refusal_only = risky.with_manifest(replace(risky.manifest, policy=PolicyInfo()))
+    assert proven.unproven_category_answers() == [] and refusal_only.unproven_category_answers() == []
+    for b, warned in ((risky, True), (refusal_only, False)):
+        with structlog.testing.capture_logs() as logs:
+            service = SteerService(host, b, SteerConfig(max_batch_size=2)).start()
+        service.close()
+        found = [e for e in logs if e["event"] == "category answers not safer than unsteered ones"]
+        assert bool(found) == warned
+        if warned:
+            assert found[0]["categories"] == ["violence"] and found[0]["log_level"] == "warning"
