@@ -50,13 +50,16 @@ def tune_prompts(harmful: Sequence[Example], categories: Sequence[str], per: int
 
 
 def _answers(
-    host: ModelHost, bundle: Bundle, prompts: Sequence[str], strength: float, tokens: int
+    host: ModelHost, bundle: Bundle, prompts: Sequence[str], request: SteeringRequest, tokens: int
 ) -> list[str]:
     convs = [normalise_request(p) for p in prompts]
-    mode = Mode.AUTO if strength > 0 else Mode.NONE
-    vector = AutoVector.CATEGORY if strength > 0 else AutoVector.POLICY
-    reqs = [SteeringRequest(mode, strength=strength, auto_vector=vector)] * len(convs)
-    return [g.text for g in generate_many(host, bundle, convs, reqs, max_new_tokens=tokens, batch_size=16)]
+    outs = generate_many(host, bundle, convs, [request] * len(convs), max_new_tokens=tokens, batch_size=16)
+    return [g.text for g in outs]
+
+
+def _category(strength: float) -> SteeringRequest:
+    """AUTO whose flagged rows get their verdict's category vector at ``strength`` (the serving path)."""
+    return SteeringRequest(Mode.AUTO, strength=strength, auto_vector=AutoVector.CATEGORY)
 
 
 def tune_category_strength(
@@ -69,13 +72,13 @@ def tune_category_strength(
     """``bundle`` with every category vector at the strength chosen here and the search recorded."""
     chosen_ex = tune_prompts(harmful, bundle.categories, cfg.category_tune_per_category, cfg.seed + 41)
     prompts = [e.prompt for e in chosen_ex]
-    unsteered = _answers(host, bundle, prompts, 0.0, cfg.tune_tokens)
+    unsteered = _answers(host, bundle, prompts, SteeringRequest(Mode.NONE), cfg.tune_tokens)
     baseline = answer_judge.judge_answers(
         host, bundle, embed, answer_judge.AnswerSet(prompts, unsteered, unsteered)
     )
     tried: list[dict[str, Any]] = []
     for s in cfg.category_tune_strengths:
-        answers = _answers(host, bundle, prompts, s, cfg.tune_tokens)
+        answers = _answers(host, bundle, prompts, _category(s), cfg.tune_tokens)
         judged = answer_judge.judge_answers(
             host, bundle, embed, answer_judge.AnswerSet(prompts, answers, unsteered)
         )
