@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -38,13 +37,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import grpc  # noqa: E402
 import torch  # noqa: E402
-from classifier_setup import load  # noqa: E402
+from classifier_setup import load, server_process  # noqa: E402
 from report import save  # noqa: E402
 
 from classifier_service.core import ClassifierCore, CoreConfig  # noqa: E402
 from classifier_service.server import create_server  # noqa: E402
 from classifier_service.servicer import ClassifierServicer  # noqa: E402
-from devstack.net import free_port, grpc_serving  # noqa: E402
 from steerguard.logs import configure_logging  # noqa: E402
 from steerguard.model.chat import normalise_request  # noqa: E402
 from steerguard.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
@@ -227,31 +225,6 @@ def open_loop(stub: Any, rate: float, seconds: float, salt: str) -> dict[str, An
     }
 
 
-@contextmanager
-def server_process(
-    bundle: Any, tiny: bool, threads: int, flags: list[str]
-) -> Iterator[classifier_pb2_grpc.ClassifierStub]:
-    """``steerguard serve classifier`` in a process of its own: the load generator's Python threads
-    must not compete with the server's for one interpreter lock (they would in one process)."""
-    port = free_port()
-    argv = [sys.executable, "-m", "steerguard", "serve", "classifier", "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--threads", str(threads), "--log-level", "warning", *flags]
-    if tiny:  # classifier_setup.load puts the tiny model beside its bundle
-        argv += ["--model", str(Path(bundle.path).parent / "model"), "--bundle", str(bundle.path)]
-    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while not grpc_serving(f"127.0.0.1:{port}"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the classifier process did not start")
-            time.sleep(0.25)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield classifier_pb2_grpc.ClassifierStub(channel)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-
-
 def shedding(stub: Any, clients: int, seconds: float) -> dict[str, Any]:
     closed_loop(stub, clients, 2.0)  # warm: the server measures its full-step rate
     closed = closed_loop(stub, clients, seconds)
@@ -314,7 +287,8 @@ def main() -> int:
     result["shedding"] = {}
     for variant in args.variant or ["", "--backend torch"]:
         print(f"3/3 shedding at twice the sustainable rate, served with [{variant}] ...", flush=True)
-        with server_process(bundle, args.tiny, args.threads, variant.split()) as stub:
+        model = str(Path(str(bundle.path)).parent / "model") if args.tiny else None  # load()'s layout
+        with server_process(bundle, model, args.threads, variant.split()) as stub:
             label = variant or "defaults"
             label += f" (run {sum(k.split(' (run')[0] == label for k in result['shedding']) + 1})"
             result["shedding"][label] = shedding(stub, 16, seconds)

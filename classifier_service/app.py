@@ -71,6 +71,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         max_streams=args.max_streams,
         cascade=not args.no_cascade,
         backend=args.backend,
+        warm_lengths=args.warm_lengths,
     )
     core = ClassifierCore(host, bundle, build_cache(args), config)
     log.info(

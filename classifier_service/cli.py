@@ -74,6 +74,14 @@ def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(
         parser,
+        "--warm-lengths",
+        type=int,
+        default=core.warm_lengths,
+        help="before serving, run the compiled trunk once on every prompt length up to this many tokens "
+        "after the template prefix (an engine's first call on a length is slower); 0: none",
+    )
+    add_flag(
+        parser,
         "--no-cascade",
         action="store_true",
         default=not core.cascade,

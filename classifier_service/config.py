@@ -52,6 +52,11 @@ class CoreConfig:
     # no early exit, falling back to PyTorch if the export fails; "openvino"/"onnxruntime":
     # required (an error otherwise); "torch": never.
     backend: str = "auto"
+    # Before SERVING, the compiled trunk runs once on every suffix length up to this many tokens:
+    # OpenVINO prepares each input length on its first call (~14 ms against ~9 ms after, on an
+    # Intel Xeon with AMX), so without it a cache miss of a length not yet seen pays that (the
+    # miss-latency bench's prompts did). About 4 s at start-up for 256; 0: none.
+    warm_lengths: int = 256
     # Use the bundle's early exit (manifest.cascade), where it has one: confident safe prompts
     # stop at a shallower layer (docs/benchmarks.md).
     cascade: bool = True

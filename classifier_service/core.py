@@ -352,12 +352,15 @@ class ClassifierCore:
         )
 
     def warm_up(self) -> None:
-        """One forward pass before reporting SERVING (first-call allocations, lazy init)."""
+        """Forward passes before reporting SERVING (first-call allocations, lazy init, and the
+        compiled trunk's input lengths: ``CoreConfig.warm_lengths``)."""
         from steerguard.model.chat import normalise_request
 
         ids = self._token_ids(normalise_request("Hello"))
         with self._model_lock:
             self._probe_states([ids, ids[:-1]])
+        if self._trunk is not None and self.config.warm_lengths > 0:
+            self._trunk.warm(self.config.warm_lengths, ids[-1])
         if self.config.identify_language:
             language.detect("Loading the language model once, before the first request.")
 

@@ -135,3 +135,33 @@ def test_auto_takes_openvino_only_where_the_cpu_has_native_bf16(monkeypatch: pyt
     assert accelerated.auto_engine() == "openvino"  # float32, where ONNX Runtime is missing
     monkeypatch.setattr(accelerated, "available", lambda engine="openvino": False)
     assert accelerated.auto_engine() is None
+
+
+def test_warm_up_runs_each_length_once_and_onnx_runtime_does_not_spin(
+    host: ModelHost, tiny_bundle: Bundle
+) -> None:
+    """The trunk runs every suffix length up to ``warm_lengths`` once (a shared trunk warms once,
+    its answers unchanged), and ONNX Runtime's threads sleep between runs instead of spinning."""
+    layer = tiny_bundle.probe_layer
+    trunk = OnnxRuntimeTrunk.build(host, layer, threads=2)
+    row = host.token_ids(normalise_request(PROMPTS[0]))
+    before = trunk.states_at(row, None).states[layer]
+    seen: list[int] = []
+    run = trunk._run
+    trunk._run = lambda inputs: seen.append(inputs["input_ids"].shape[1]) or run(inputs)  # type: ignore[method-assign]
+    trunk.warm(6, row[-1])
+    trunk.warm(4, row[-1])  # nothing new
+    trunk.warm(8, row[-1])  # only the lengths not yet run
+    assert seen == [1, 2, 3, 4, 5, 6, 7, 8]
+    torch.testing.assert_close(trunk.states_at(row, None).states[layer], before)
+    with accelerated.exported(host, layer) as (graph, _):  # the trunk keeps no handle on its session
+        options = accelerated.ort_session(graph, threads=2).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # A core warms its compiled trunk before serving, as far as its config says.
+    core = ClassifierCore(host, tiny_bundle, None, CoreConfig(max_batch_wait_ms=0, warm_lengths=5))
+    try:
+        assert core._trunk is not None
+        core.warm_up()
+        assert core._trunk._warmed >= 5
+    finally:
+        core.close()
