@@ -11,10 +11,12 @@ Targets (issue 3), all over real gRPC on localhost unless said otherwise:
    time: throughput >= 2.5x;
 3. a cache hit (Redis) over gRPC: p50 <= 2 ms and >= 20x faster than a miss;
 4. the served default's miss latency over gRPC vs the evaluation's MiniLM +
-   logistic-regression baseline at batch 1, alternately on the same prompts
-   (issue 24: <= 2.0x), on the templated prompts below and on held-out
-   ordinary prompts (``--data``); with a bundle that has an early exit
-   (``scripts/fit_cascade.py``), the same server without it beside it.
+   logistic-regression baseline at batch 1, the two alternating on the same
+   prompts (issue 24: <= 2.0x), on the templated prompts below and on
+   held-out ordinary prompts (``--data``); each server (the default, the
+   other backends, and with a bundle that has an early exit, the default
+   without it) is ``steerguard serve classifier`` in a process of its own,
+   and each alternates with MiniLM + LR alone.
 
 With target 2 the run also reports the *compute ceiling*: in process, no
 gRPC, the same prompts' probe states 16 at a time vs one at a time, with the
@@ -455,7 +457,7 @@ def heldout_benign(data: str | None, bundle: Bundle, n: int) -> list[str]:
 def minilm_baseline(
     probes: dict[str, Callable[[str], Any]], sets: dict[str, list[str]], exits: Callable[[str], bool]
 ) -> dict[str, Any]:
-    """Batch 1, fresh prompts: each probe variant vs MiniLM + LR, measured alternately in one run.
+    """Batch 1, fresh prompts: each probe variant vs MiniLM + LR, the two alternating, in one run.
 
     Target (issue 24): the served default, a miss over gRPC, within 2.0x the
     MiniLM + LR call, on each prompt set. ``exits`` tells whether a prompt
@@ -473,13 +475,21 @@ def minilm_baseline(
     def baseline(p: str) -> None:
         lr.predict_proba(mini.embed([p], batch_size=1))
 
-    fns: dict[str, Callable[[str], Any]] = {"minilm_lr": baseline, **probes}
     for p in prompts(2, "warm-base"):
-        for fn in fns.values():
+        for fn in [baseline, *probes.values()]:
             fn(p)
     out: dict[str, Any] = {"target": "served default over gRPC <= 2.0x MiniLM + LR, p50, on every set"}
     for set_name, items in sets.items():
-        out[set_name] = _alternate(fns, items, list(probes))
+        # Each variant alternates with MiniLM + LR alone: with every variant in one rotation, each
+        # call followed other models' calls on the same 2 cores and was slowed by them (the served
+        # default 16-18 ms in the rotation, 13.9 ms alternating with MiniLM alone, 10-11 ms alone,
+        # on an Intel Xeon with AMX; docs/benchmarks.md).
+        out[set_name] = {}
+        for name in probes:
+            pair = _alternate({"minilm_lr": baseline, name: probes[name]}, items, [name])
+            out[set_name].setdefault("prompts", pair["prompts"])
+            out[set_name][name] = {**pair[name], "minilm_lr_p50_ms": pair["minilm_lr_p50_ms"]}
+        out[set_name]["minilm_lr_p50_ms"] = out[set_name]["served_default_grpc"]["minilm_lr_p50_ms"]
         out[set_name]["cascade_exits"] = f"{sum(exits(p) for p in items)} of {len(items)}"
     served = [out[name]["served_default_grpc"]["ratio_over_minilm"] for name in sets]
     out["pass"] = bool(served) and max(served) <= 2.0
