@@ -111,14 +111,6 @@ class AnswerSet:
     unsteered: Sequence[str]
 
 
-def cosines(embed: Embed, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-    """Row-wise cosine of each prompt with its answer (the embeddings are unit length)."""
-    if not prompts:
-        return np.zeros(0)
-    e = embed(list(prompts) + list(answers))
-    return np.asarray((e[: len(prompts)] * e[len(prompts) :]).sum(axis=1), dtype=np.float64)
-
-
 def probe_scores(
     host: ModelHost, bundle: Bundle, prompts: Sequence[str], answers: Sequence[str]
 ) -> list[float]:
@@ -134,24 +126,50 @@ def probe_scores(
     return [max(s) if s else 0.0 for s in position_scores(host, bundle, reads, content_only=True)]
 
 
+class Judge:
+    """Judges steered answers to ``prompts`` against their ``unsteered`` answers (module docstring).
+
+    What does not depend on the steered answers, the prompts' embeddings and
+    the unsteered answers' cosines, is computed once: a strength search
+    judges the same prompts' answers at every strength.
+    """
+
+    def __init__(
+        self, host: ModelHost, bundle: Bundle, embed: Embed, prompts: Sequence[str], unsteered: Sequence[str]
+    ) -> None:
+        if bundle.response is None:
+            raise ValueError("judging category answers needs a bundle with a response probe")
+        self.host, self.bundle, self.embed = host, bundle, embed
+        self.prompts, self.unsteered = list(prompts), list(unsteered)
+        self._prompt_vectors = embed(self.prompts) if self.prompts else np.zeros((0, 0))
+        self._baseline = self._cosines(self.unsteered)
+
+    def _cosines(self, answers: Sequence[str]) -> np.ndarray:
+        """Row-wise cosine of each prompt with its answer (the embeddings are unit length)."""
+        if not self.prompts:
+            return np.zeros(0)
+        return np.asarray((self._prompt_vectors * self.embed(list(answers))).sum(axis=1), dtype=np.float64)
+
+    def judge(self, answers: Sequence[str]) -> list[AnswerJudgement]:
+        """One judgement per answer, in the prompts' order."""
+        steered = self._cosines(answers)
+        scores = probe_scores(self.host, self.bundle, self.prompts, answers)
+        return [
+            AnswerJudgement(
+                refused=judge.is_refusal(text),
+                cosine=float(c),
+                baseline_cosine=float(b),
+                probe_score=float(s),
+                cut=float(self.bundle.threshold),
+                operational=operational_detail(text),
+            )
+            for text, c, b, s in zip(answers, steered, self._baseline, scores, strict=True)
+        ]
+
+
 def judge_answers(host: ModelHost, bundle: Bundle, embed: Embed, answers: AnswerSet) -> list[AnswerJudgement]:
-    """Judge every steered answer of ``answers`` (module docstring)."""
-    if bundle.response is None:
-        raise ValueError("judging category answers needs a bundle with a response probe")
-    steered = cosines(embed, answers.prompts, answers.answers)
-    plain = cosines(embed, answers.prompts, answers.unsteered)
-    scores = probe_scores(host, bundle, answers.prompts, answers.answers)
-    return [
-        AnswerJudgement(
-            refused=judge.is_refusal(text),
-            cosine=float(c),
-            baseline_cosine=float(b),
-            probe_score=float(s),
-            cut=float(bundle.threshold),
-            operational=operational_detail(text),
-        )
-        for text, c, b, s in zip(answers.answers, steered, plain, scores, strict=True)
-    ]
+    """Judge every steered answer of ``answers`` once (:class:`Judge` for several sets)."""
+    return Judge(host, bundle, embed, answers.prompts, answers.unsteered).judge(answers.answers)
 
 
 def summary(judged: Sequence[AnswerJudgement]) -> dict[str, Any]:

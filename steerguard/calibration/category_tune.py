@@ -73,16 +73,12 @@ def tune_category_strength(
     chosen_ex = tune_prompts(harmful, bundle.categories, cfg.category_tune_per_category, cfg.seed + 41)
     prompts = [e.prompt for e in chosen_ex]
     unsteered = _answers(host, bundle, prompts, SteeringRequest(Mode.NONE), cfg.tune_tokens)
-    baseline = answer_judge.judge_answers(
-        host, bundle, embed, answer_judge.AnswerSet(prompts, unsteered, unsteered)
-    )
+    judge = answer_judge.Judge(host, bundle, embed, prompts, unsteered)
+    baseline = answer_judge.summary(judge.judge(unsteered))
     tried: list[dict[str, Any]] = []
     for s in cfg.category_tune_strengths:
         answers = _answers(host, bundle, prompts, _category(s), cfg.tune_tokens)
-        judged = answer_judge.judge_answers(
-            host, bundle, embed, answer_judge.AnswerSet(prompts, answers, unsteered)
-        )
-        tried.append({"strength": s, **answer_judge.summary(judged)})
+        tried.append({"strength": s, **answer_judge.summary(judge.judge(answers))})
         log.info("category strength", strength=s, passes=tried[-1]["passes"]["rate"])
     best = max(tried, key=lambda t: (t["passes"]["k"], -t["strength"]))
     record = {
@@ -91,12 +87,12 @@ def tune_category_strength(
         "max_new_tokens": cfg.tune_tokens,
         "judge": JUDGE,
         "rule": "the strength with the most passing answers (ties: the weaker)",
-        "unsteered": answer_judge.summary(baseline),
+        "unsteered": baseline,
         "tried": tried,
         "chosen": best["strength"],
         # Whether any strength made answers pass more often than not steering at all: on SmolLM2
         # none did (docs/calibration.md), so category answers are a policy choice, not a default.
-        "beats_unsteered": best["passes"]["k"] > answer_judge.summary(baseline)["passes"]["k"],
+        "beats_unsteered": best["passes"]["k"] > baseline["passes"]["k"],
     }
     manifest = bundle.manifest
     vectors = {

@@ -43,13 +43,9 @@ def category_answer_section(
     request = SteeringRequest(Mode.AUTO, auto_vector=AutoVector.CATEGORY)
     auto = generate_many(host, bundle, convs, [request] * len(convs), desc="auto, category", **kw)
     unsteered = [g.text for g in plain]
-    embed = MiniLM().embed
-    judged = answer_judge.judge_answers(
-        host, bundle, embed, answer_judge.AnswerSet(prompts, [g.text for g in auto], unsteered)
-    )
-    baseline = answer_judge.judge_answers(
-        host, bundle, embed, answer_judge.AnswerSet(prompts, unsteered, unsteered)
-    )
+    judge = answer_judge.Judge(host, bundle, MiniLM().embed, prompts, unsteered)
+    judged = judge.judge([g.text for g in auto])
+    baseline = judge.judge(unsteered)
     flagged = [i for i, g in enumerate(auto) if g.applied.verdict and g.applied.verdict.unsafe]
     categories = sorted({str(e.category) for e in harmful if e.category})
     return {
