@@ -4,7 +4,8 @@ They implement the generated servicer classes, so the sidecar talks real gRPC
 to them; their behaviour is scripted instead of coming from a model:
 
 - a message containing ``UNSAFE`` is unsafe; ``UNSAFE:<category>`` names the
-  category (default ``violence``);
+  category (default ``violence``), ``UNSAFE:<category>~`` names it as unsure
+  (``category_unsure``: the head abstained);
 - ``fail_unavailable`` makes the next N calls fail with ``UNAVAILABLE``;
 - ``delay_s`` delays every call (deadline tests);
 - ``abort_code`` fails every call with that status;
@@ -115,7 +116,7 @@ def judge(text: str) -> tuple[bool, str]:
     rest = text.split("UNSAFE", 1)[1]
     if rest.startswith(":"):
         word = rest[1:].split()[0] if rest[1:].split() else ""
-        return True, word.strip(".,!?") or "violence"
+        return True, word.strip(".,!?") or "violence"  # a trailing "~" (unsure) is kept
     return True, "violence"
 
 
@@ -150,6 +151,7 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
         cached = key in self._seen
         self._seen.add(key)
         score = 0.97 if unsafe else 0.02
+        unsure, category = category.endswith("~"), category.rstrip("~")
         return common_pb2.Verdict(
             score=score,
             unsafe=unsafe,
@@ -160,6 +162,7 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServicer):
             threshold=threshold if threshold is not None else 0.5,
             language=lang,
             language_calibrated=lang == "en",
+            category_unsure=unsure,
         )
 
     def Classify(

@@ -95,7 +95,7 @@ def category_report(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCon
         host, held.convs, batch_size=cfg.batch_size, progress=cfg.progress, layers=[bundle.probe_layer]
     )[:, 0]
     served = served_categories(host, bundle, held, bundle.score(states), cfg)
-    section = category_section(held.items, bundle.categories, served.categories)
+    section = category_section(held.items, bundle.categories, served.categories, bundle.category_unsure_below)
     return {"categories": section, "checks": category_checks(section)}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import bundle_args  # scripts/, on the path when a script runs
 import numpy as np
 
-from steerguard.calibration.categories import content_category_head, extra_rows
+from steerguard.calibration.categories import UnsureRule, content_category_head, extra_rows
 from steerguard.data.loaders import HARMFUL
 from steerguard.model.chat import normalise_request
 
@@ -36,6 +36,7 @@ def step(run: Any, bundle: Any, cfg: Any) -> bundle_args.StepResult:
         len(categories),
         bundle.probe_layer,
         seed=cfg.seed,
+        unsure=UnsureRule.of(cfg),
         batch_size=cfg.batch_size,
         extra=extra_rows(categories, run.calib) if cfg.category_content_extra else None,
     )

@@ -48,6 +48,7 @@ FIELDS = (
     "score",
     "category",
     "hazard",
+    "category_unsure",
     "action",
     "shadow",
     "bundle_id",

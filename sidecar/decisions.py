@@ -29,6 +29,16 @@ def decide(policy: Policy, unsafe: bool, category: str) -> Decision:
     return Decision(rule.action, rule.action, rule, False)
 
 
+def rule_category(verdict: common_pb2.Verdict) -> str:
+    """The category a policy rule is chosen by: "" when the classifier is unsure of it.
+
+    Why: the verdict still names its likeliest category (headers, audit), but
+    a per-category rule or cut is only as good as the category; where the
+    bundle's head abstains (``category_unsure``) the policy's default applies.
+    """
+    return "" if verdict.category_unsure else verdict.category
+
+
 def likeliest_category(verdict: common_pb2.Verdict) -> str:
     """The category the classifier finds most likely, judged unsafe or not ("" without categories)."""
     scores = dict(verdict.category_scores)
@@ -41,7 +51,7 @@ def threshold_for(policy: Policy, route: Route, verdict: common_pb2.Verdict) -> 
     Why per category: false flags fall far more on some topics than others,
     so a team loosens one category (or tightens one) without moving the rest.
     """
-    rule = policy.categories.get(likeliest_category(verdict))
+    rule = None if verdict.category_unsure else policy.categories.get(likeliest_category(verdict))
     for cut in (rule.threshold if rule else None, route.threshold, policy.threshold):
         if cut is not None:
             return cut

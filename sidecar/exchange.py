@@ -41,6 +41,7 @@ H_FAILURE = "x-steerguard-failure"
 H_RESPONSE = "x-steerguard-response-verdict"
 H_THRESHOLD = "x-steerguard-threshold"  # the cut in force (sidecar.decisions.threshold_for)
 H_LANGUAGE = "x-steerguard-language"  # e.g. "fr (uncalibrated)"
+H_CATEGORY_UNSURE = "x-steerguard-category-unsure"  # "true": the default rule applied, not the category's
 H_UNJUDGED = "x-steerguard-unjudged"  # content parts with no text (images, audio), by type
 
 
@@ -110,6 +111,8 @@ def verdict_headers(verdict: common_pb2.Verdict | None, action: str, request_id:
             headers[H_CATEGORY] = verdict.category
         if verdict.unsafe and verdict.hazard:
             headers[H_HAZARD] = verdict.hazard
+        if verdict.unsafe and verdict.category_unsure:
+            headers[H_CATEGORY_UNSURE] = "true"
         if verdict.language:
             suffix = "" if verdict.language_calibrated else " (uncalibrated)"
             headers[H_LANGUAGE] = verdict.language + suffix

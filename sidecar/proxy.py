@@ -23,7 +23,7 @@ from sidecar.audit import AuditTrail, conversation_hmac
 from sidecar.bundles import BundleCheck
 from sidecar.compat import deadline
 from sidecar.conversation import context_for_classifier
-from sidecar.decisions import Decision, at_threshold, decide, threshold_for
+from sidecar.decisions import Decision, at_threshold, decide, rule_category, threshold_for
 from sidecar.exchange import H_ACTION, H_FAILURE, H_UNJUDGED, H_VERDICT, Exchange, Outcomes, Trace
 from sidecar.grpc_clients import ClassifierClient, ServiceFailure, SteerClient, to_proto_messages
 from sidecar.http_errors import (
@@ -234,7 +234,7 @@ class Proxy:
 
     def _decide(self, policy: Policy, verdict: common_pb2.Verdict) -> Decision:
         """The policy's decision; a language the bundle was not calibrated for follows ``on_language``."""
-        decision = decide(policy, verdict.unsafe, verdict.category)
+        decision = decide(policy, verdict.unsafe, rule_category(verdict))
         if verdict.language_calibrated or not verdict.language:
             return decision
         self.metrics.uncalibrated_languages.labels(verdict.language, policy.on_language).inc()
@@ -260,6 +260,7 @@ class Proxy:
             score=round(verdict.score, 4),
             category=verdict.category if verdict.unsafe else "",
             hazard=verdict.hazard if verdict.unsafe else "",
+            category_unsure=verdict.unsafe and verdict.category_unsure,
             cached=verdict.cached,
             bundle_id=verdict.bundle_id,
             threshold=round(verdict.threshold, 4),
@@ -339,7 +340,7 @@ class Proxy:
             params.max_new_tokens if chat.max_tokens is None else min(chat.max_tokens, params.max_new_tokens)
         )
         rule = ex.decision.rule if ex.decision else None
-        if rule is not None and rule.vector == "category" and verdict.category:
+        if rule is not None and rule.vector == "category" and rule_category(verdict):
             steering = steer_pb2.Steering(
                 mode=steer_pb2.Steering.CATEGORY, category=verdict.category, strength=rule.strength
             )

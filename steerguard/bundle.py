@@ -343,6 +343,14 @@ class Bundle:
         """True when the classifier's categories come from the content head (``category_content.*``)."""
         return self.manifest.category_content is not None and bool(self.categories)
 
+    @property
+    def category_unsure_below(self) -> float:
+        """The content head's abstain cut on its top probability (0: never unsure;
+        steerguard.calibration.categories.unsure_cut)."""
+        if not self.reads_content:
+            return 0.0
+        return float((self.manifest.category_content or {}).get("unsure_below", 0.0))
+
     def content_categories(self, means: torch.Tensor) -> torch.Tensor:
         """Category probabilities ``[B, C]`` from mean states over the last user turn ``[B, H]``."""
         t = self.tensors

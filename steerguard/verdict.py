@@ -30,6 +30,9 @@ class Verdict:
     language_calibrated: bool = True
     # Judged safe by the bundle's early-exit probe (manifest.cascade); score is that probe's.
     cascade_exit: bool = False
+    # The category head is unsure of ``category`` (Bundle.category_unsure_below): a policy's
+    # default rule applies, not the category's.
+    category_unsure: bool = False
 
     @classmethod
     def cascade_exit_of(cls, score: float, bundle: Bundle) -> Verdict:
@@ -53,6 +56,7 @@ class Verdict:
             "threshold": self.threshold,
             "bundle_id": self.bundle_id,
             "cascade_exit": self.cascade_exit,
+            "category_unsure": self.category_unsure,
         }
 
     @classmethod
@@ -65,6 +69,7 @@ class Verdict:
             threshold=float(data["threshold"]),
             bundle_id=str(data.get("bundle_id", "")),
             cascade_exit=bool(data.get("cascade_exit", False)),
+            category_unsure=bool(data.get("category_unsure", False)),
         )
 
     def to_proto(self) -> common_pb2.Verdict:
@@ -83,6 +88,7 @@ class Verdict:
             language_calibrated=self.language_calibrated,
             hazard=self.hazard,
             cascade_exit=self.cascade_exit,
+            category_unsure=self.category_unsure,
         )
 
     @classmethod
@@ -99,6 +105,7 @@ class Verdict:
             language=v.language,
             language_calibrated=v.language_calibrated,
             cascade_exit=v.cascade_exit,
+            category_unsure=v.category_unsure,
         )
 
     def at_threshold(self, threshold: float) -> Verdict:
@@ -121,12 +128,17 @@ def verdicts_from_states(
     if content is not None and bundle.reads_content:
         scores = replace(scores, categories=bundle.content_categories(content))
     cut = bundle.threshold if threshold is None else threshold
-    cats = bundle.categories
+    cats, unsure_below = bundle.categories, bundle.category_unsure_below
     out = []
     for i in range(states.shape[0]):
         p = float(scores.unsafe[i])
         cat_scores = {c: float(scores.categories[i, j]) for j, c in enumerate(cats)}
         unsafe = p >= cut
         top = max(cat_scores, key=cat_scores.__getitem__) if cat_scores else ""
-        out.append(Verdict(p, unsafe, top if unsafe else "", cat_scores, cut, bundle.bundle_id))
+        unsure = bool(cat_scores) and cat_scores[top] < unsure_below
+        out.append(
+            Verdict(
+                p, unsafe, top if unsafe else "", cat_scores, cut, bundle.bundle_id, category_unsure=unsure
+            )
+        )
     return out

@@ -36,6 +36,7 @@ def verdict(score: float = 0.9, bundle: str = "sg-test") -> Verdict:
         category_scores={"cybercrime": 0.75, "violence": 0.25},
         threshold=0.5,
         bundle_id=bundle,
+        category_unsure=True,  # kept through the cache
     )
 
 
@@ -182,6 +183,7 @@ def test_redis_stores_only_verdict_json(redis_url: str) -> None:
         "threshold",
         "bundle_id",
         "cascade_exit",
+        "category_unsure",
     }
     assert 0 < redis.Redis.from_url(redis_url).pttl(k) <= 60_000
     c.close()

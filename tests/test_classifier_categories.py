@@ -19,7 +19,7 @@ import torch
 
 from classifier_service.core import ClassifierCore, CoreConfig
 from steerguard.bundle import Bundle
-from steerguard.calibration.categories import content_category_head
+from steerguard.calibration.categories import UnsureRule, content_category_head, unsure_cut
 from steerguard.errors import BundleError
 from steerguard.model.activations import content_means
 from steerguard.model.chat import normalise_request
@@ -29,7 +29,10 @@ from steerguard.model.spans import TurnMarkers, last_turn_content
 WORDS = "Explain how tides work on the coast"
 
 
-def with_content_head(bundle: Bundle, folder: Path) -> Bundle:
+RULE = UnsureRule(accuracy=0.85, max_share=0.3)
+
+
+def with_content_head(bundle: Bundle, folder: Path, unsure_below: float | None = None) -> Bundle:
     g = torch.Generator().manual_seed(3)
     h, c = bundle.tensors["probe.mean"].numel(), len(bundle.categories)
     tensors = {
@@ -39,7 +42,10 @@ def with_content_head(bundle: Bundle, folder: Path) -> Bundle:
         "category_content.weight": torch.randn((c, h), generator=g),
         "category_content.bias": torch.zeros(c),
     }
-    manifest = replace(bundle.manifest, category_content={"features": "test"}, bundle_id="")
+    record = (
+        {"features": "test"} if unsure_below is None else {"features": "test", "unsure_below": unsure_below}
+    )
+    manifest = replace(bundle.manifest, category_content=record, bundle_id="")
     Bundle(manifest, tensors).save(folder)
     return Bundle.load(folder)
 
@@ -109,8 +115,11 @@ def test_calibration_fits_the_head_and_records_its_cross_validated_accuracy(
     for topic in topics:
         convs += [normalise_request(f"Tell me about {topic}, part {i}") for i in range(6)]
     classes = np.repeat(np.arange(3), 6)
-    record, tensors = content_category_head(host, convs, classes, 3, tiny_bundle.probe_layer, seed=0)
+    record, tensors = content_category_head(
+        host, convs, classes, 3, tiny_bundle.probe_layer, seed=0, unsure=RULE
+    )
     assert record["rows"] == 18 and 0.0 <= record["cv_top1"] <= 1.0 and record["train_top1"] > 0.9
+    assert record["oof_rows"] == 18 and 0.0 <= record["unsure_below"] <= 1.0
     assert tensors["category_content.weight"].shape == (3, host.identity.hidden_size)
     assert set(tensors) == {f"category_content.{t}" for t in ("mean", "std", "weight", "bias")}
 
@@ -178,7 +187,9 @@ def test_calibration_records_the_extra_rows_it_fitted_on(host: ModelHost, tiny_b
         normalise_request(f"Tell me about {topic}") for topic in ("ports", "news", "dates") for _ in range(5)
     ]
     classes = np.repeat(np.arange(3), 5)
-    record, _ = content_category_head(host, convs, classes, 3, tiny_bundle.probe_layer, seed=0, extra=extra)
+    record, _ = content_category_head(
+        host, convs, classes, 3, tiny_bundle.probe_layer, seed=0, unsure=RULE, extra=extra
+    )
     assert record["rows"] == 15 and record["built_in_rows"] == len(extra.classes) > 40
     assert record["built_in_hash"] == category_requests.content_hash()
     assert record["labels_hash"] == category_labels.content_hash()
@@ -208,3 +219,54 @@ def test_the_labels_name_only_served_categories() -> None:
 
     assert set(category_labels.LABELS.values()) <= set(CATEGORY_MAP.values()) - {"copyright"}
     assert len(category_labels.LABELS) >= 200
+
+
+def test_the_abstain_cut_is_the_lowest_that_reaches_the_accuracy_on_the_rows_kept() -> None:
+    """Out-of-fold rows: the wrong ones are the least confident, so abstaining on them lifts top-1."""
+    conf = np.linspace(0.55, 0.95, 20)
+    classes = np.zeros(20, dtype=np.int64)
+    probs = np.stack([conf, 1 - conf], axis=1)
+    probs[:5] = probs[:5, ::-1]  # the five least confident rows are wrong (top class 1)
+    assert np.allclose(probs.max(1), conf)
+    found = unsure_cut(probs, classes, UnsureRule(accuracy=0.9, max_share=0.3))
+    kept = probs.max(1) >= found["unsure_below"]
+    assert (probs[kept].argmax(1) == 0).mean() >= 0.9 and found["oof_top1_kept"] >= 0.9
+    assert found["oof_top1"] == 0.75 and found["oof_kept"] == kept.mean() == 0.8  # 4 abstained
+    assert unsure_cut(probs, classes, UnsureRule(accuracy=0.7, max_share=0.3))["unsure_below"] == 0.0
+    capped = unsure_cut(probs, classes, UnsureRule(accuracy=1.0, max_share=0.1))
+    assert capped["oof_kept"] == 0.9  # never abstains on more than max_share
+
+
+def test_a_verdict_under_the_cut_names_its_category_as_unsure(
+    host: ModelHost, tiny_bundle: Bundle, tmp_path: Path
+) -> None:
+    convs = [normalise_request(WORDS)]
+    verdicts = {}
+    for cut in (0.0, 1.01):
+        bundle = with_content_head(tiny_bundle.with_threshold(0.0001), tmp_path / str(cut), unsure_below=cut)
+        core = ClassifierCore(host, bundle, None, CoreConfig(max_batch_wait_ms=0))
+        try:
+            (verdicts[cut],) = core.classify(convs)
+        finally:
+            core.close()
+    assert not verdicts[0.0].category_unsure and verdicts[1.01].category_unsure
+    assert verdicts[1.01].category == verdicts[0.0].category != ""  # still named
+    assert verdicts[1.01].to_proto().category_unsure
+
+
+def test_eval_counts_top1_on_the_rows_the_head_commits_to() -> None:
+    from steerguard.data.examples import Example
+    from steerguard.evaluation.scoring import category_section
+
+    cats = ["cybercrime", "illegal"]
+    items = [Example(f"p{i}", 1, "t", "test", "harmful", cats[i % 2]) for i in range(4)]
+    items.append(Example("benign", 0, "t", "test", "benign"))
+    # rows 0, 1 right and sure; row 2 wrong and unsure; row 3 wrong and sure; the benign row ignored
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3], [0.5, 0.5]])
+    section = category_section(items, cats, probs, unsure_below=0.65)
+    assert section["rows"] == 4 and section["kept"] == 3
+    assert section["top1"] == pytest.approx(2 / 3, abs=1e-4) and section["top1_all"] == 0.5
+    assert section["unsure"] == {"cybercrime": 1, "illegal": 0}
+    assert section["per_category"]["cybercrime"] == {"n": 2, "kept": 1, "top1": 1.0}
+    assert section["per_category"]["illegal"]["top1"] == 0.5 == section["top1_lowest"]
+    assert category_section(items, cats, probs)["top1"] == 0.5  # no cut: every row counts

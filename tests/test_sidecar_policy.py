@@ -159,7 +159,7 @@ def test_the_k8s_policy_file_is_valid() -> None:
 
 def test_sensitivity_per_category_and_route() -> None:
     """The likeliest category's cut, else the route's, else the policy's, else the bundle's."""
-    from sidecar.decisions import at_threshold, threshold_for
+    from sidecar.decisions import at_threshold, rule_category, threshold_for
     from steerguard.v1 import common_pb2
 
     policy = parse_policy(
@@ -185,6 +185,10 @@ def test_sensitivity_per_category_and_route() -> None:
     assert threshold_for(policy, strict, verdict(0.3, "violence")) == 0.2
     assert threshold_for(policy, plain, verdict(0.3, "violence")) == 0.4
     assert threshold_for(parse_policy({}), plain, verdict(0.3, "violence")) == 0.5  # the bundle's
+    unsure = verdict(0.7, "misinformation")
+    unsure.category_unsure = True  # the head abstained: the category's cut is not applied
+    assert threshold_for(policy, strict, unsure) == 0.2
+    assert rule_category(at_threshold(unsure, 0.2)) == "" and at_threshold(unsure, 0.2).category_unsure
     safe = at_threshold(verdict(0.3, "violence"), 0.4)
     assert not safe.unsafe and safe.category == "" and safe.score == pytest.approx(0.3)
 

@@ -316,6 +316,21 @@ async def test_block_uses_category_message_and_context(chatbot, classifier, stee
     ]
 
 
+async def test_an_unsure_category_takes_the_default_rule(chatbot, classifier, steerer, http) -> None:
+    """Where the classifier's head abstains, the category is named but its rule does not fire."""
+    policy = {"categories": {"weapons": {"action": "block", "message": "No weapons talk."}}}
+    async with sidecar(chatbot, classifier, steerer[0], policy) as url:
+        sure = await send(http, "POST", url + CHAT, json=chat_body("UNSAFE:weapons please"))
+        unsure = await send(http, "POST", url + CHAT, json=chat_body("UNSAFE:weapons~ please"))
+    assert sure.json()["choices"][0]["message"]["content"] == "No weapons talk."
+    assert "x-steerguard-category-unsure" not in sure.headers
+    assert (
+        unsure.json()["choices"][0]["message"]["content"] == "I'm sorry, but I can't help with that request."
+    )
+    assert unsure.headers["x-steerguard-category"] == "weapons"
+    assert unsure.headers["x-steerguard-category-unsure"] == "true"
+
+
 async def test_steer_answers_from_steer_service(chatbot, classifier, steerer, http) -> None:
     server, servicer = steerer
     policy = {

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from sidecar.adapters.base import ReplyMeta, refusal
 from sidecar.conversation import ChatRequest, context_for_classifier
-from sidecar.decisions import at_threshold, decide, threshold_for
+from sidecar.decisions import at_threshold, decide, rule_category, threshold_for
 from sidecar.exchange import H_FAILURE, H_UNJUDGED, Trace, verdict_headers
 from sidecar.http_errors import MethodNotAllowed, classifier_failure, status_of
 from sidecar.judge import INVALID, OVERSIZE, Judge, Judgement
@@ -177,7 +177,7 @@ class Gate:
     def _act(self, check: Check, verdict: common_pb2.Verdict, chat: ChatRequest) -> Outcome:
         policy, route = check.version.policy, check.match.route
         verdict = at_threshold(verdict, threshold_for(policy, route, verdict))
-        decision = decide(policy, verdict.unsafe, verdict.category)
+        decision = decide(policy, verdict.unsafe, rule_category(verdict))
         check.trace.fields.update(
             verdict="unsafe" if verdict.unsafe else "safe",
             score=round(verdict.score, 4),

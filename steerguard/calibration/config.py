@@ -127,6 +127,14 @@ class CalibrationConfig:
     # the content head's fit, never its cross-validation's test folds: 5-fold top-1 on the
     # default split 67.8% -> 69.4% (requests) -> 72.6% (both).
     category_content_extra: bool = True
+    # The content head abstains ("unsure": the policy's default rule applies, not the
+    # category's) below the lowest cut on its top probability at which out-of-fold top-1 on
+    # the labelled calibration prompts it keeps reaches this accuracy (the target is 80%; the
+    # margin covers the shift from calibration's sources to unseen prompts), abstaining on
+    # at most this share (steerguard.calibration.categories.unsure_cut). Chosen on
+    # calibration folds only (docs/calibration.md).
+    category_content_unsure_accuracy: float = 0.85
+    category_content_unsure_max: float = 0.3
     cascade_depths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
     cascade_max_unsafe_exit: float = 0.005
     # The refusal head (steerguard.calibration.refusal_head, SafeSwitch): a rank-r delta on

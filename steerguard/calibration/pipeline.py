@@ -55,7 +55,7 @@ from steerguard import language
 from steerguard.bundle import Bundle
 from steerguard.calibration import passages
 from steerguard.calibration.cascade import CascadeRows, CascadeSettings, fit_cascade
-from steerguard.calibration.categories import content_category_head, extra_rows
+from steerguard.calibration.categories import UnsureRule, content_category_head, extra_rows
 from steerguard.calibration.category_tune import tune_category_strength
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
@@ -531,6 +531,7 @@ def _category_head(run: Run, fit: ProbeFit) -> tuple[list[str], float]:
             len(categories),
             fit.layer,
             seed=run.cfg.seed,
+            unsure=UnsureRule.of(run.cfg),
             batch_size=run.cfg.batch_size,
             extra=extra_rows(categories, calib) if run.cfg.category_content_extra else None,
         )

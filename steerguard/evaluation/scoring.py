@@ -157,7 +157,9 @@ def probe_section(
         "layer": bundle.probe_layer,
         "harmful_vs_benign": binary_metrics(labels[is_hb], p[is_hb], probe.threshold),
         "caught_by_source": per_source,
-        "categories": category_section(items, bundle.categories, probe.scores.categories),
+        "categories": category_section(
+            items, bundle.categories, probe.scores.categories, bundle.category_unsure_below
+        ),
         "per_layer_mean_difference_auroc": per_layer,
     }
 
@@ -183,28 +185,47 @@ def served_categories(
     return replace(scores, categories=probs)
 
 
-def category_section(items: list[Example], cats: list[str], probs: torch.Tensor) -> dict[str, Any]:
-    """Top-1 category accuracy on harmful prompts whose label is a bundle category: overall, per
-    category (recall), and the confusion matrix (rows: the label, columns: the head's top-1)."""
+def category_section(
+    items: list[Example], cats: list[str], probs: torch.Tensor, unsure_below: float = 0.0
+) -> dict[str, Any]:
+    """Top-1 category accuracy on harmful prompts whose label is a bundle category.
+
+    Where the bundle's head abstains (top probability under ``unsure_below``;
+    Bundle.category_unsure_below), ``top1`` and ``per_category`` count the
+    rows it commits to, as a policy's category rules see them, and ``kept``
+    says how many; ``top1_all`` counts every row, unsure ones at their top-1.
+    The confusion matrix (rows: the label, columns: the head's top-1) holds
+    every row, with the unsure ones also counted per label in ``unsure``.
+    """
     rows = [i for i, e in enumerate(items) if e.label == 1 and e.category in cats]
     if not rows or not cats:
         return {"rows": 0, "top1": None, "per_category": {}, "confusion": {}}
     predicted = {i: cats[int(probs[i].argmax())] for i in rows}
+    sure = {i: float(probs[i].max()) >= unsure_below for i in rows}
     confusion = {c: dict.fromkeys(cats, 0) for c in cats}
+    unsure = dict.fromkeys(cats, 0)
     for i in rows:
         confusion[str(items[i].category)][predicted[i]] += 1
-    per = {
-        c: {"n": sum(row.values()), "top1": r(row[c] / sum(row.values()))}
-        for c, row in confusion.items()
-        if sum(row.values())
-    }
-    correct = sum(predicted[i] == items[i].category for i in rows)
+        unsure[str(items[i].category)] += not sure[i]
+    per: dict[str, dict[str, Any]] = {}
+    for c in cats:
+        mine = [i for i in rows if items[i].category == c]
+        kept = [i for i in mine if sure[i]]
+        if mine:
+            right = sum(predicted[i] == c for i in kept)
+            per[c] = {"n": len(mine), "kept": len(kept), "top1": r(right / len(kept)) if kept else None}
+    kept = [i for i in rows if sure[i]]
+    correct = sum(predicted[i] == items[i].category for i in kept)
     return {
         "rows": len(rows),
-        "top1": r(correct / len(rows)),
+        "unsure_below": unsure_below,
+        "kept": len(kept),
+        "top1": r(correct / len(kept)) if kept else None,
+        "top1_all": r(sum(predicted[i] == items[i].category for i in rows) / len(rows)),
         "top1_lowest": min((v["top1"] for v in per.values() if v["top1"] is not None), default=None),
         "per_category": per,
         "confusion": confusion,
+        "unsure": unsure,
     }
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asteerguard/v1/common.proto\x12\rsteerguard.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xc1\x02\n\x07Verdict\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x0e\n\x06unsafe\x18\x02 \x01(\x08\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x43\n\x0f\x63\x61tegory_scores\x18\x04 \x03(\x0b\x32*.steerguard.v1.Verdict.CategoryScoresEntry\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\x11\n\tbundle_id\x18\x06 \x01(\t\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12\x10\n\x08language\x18\x08 \x01(\t\x12\x1b\n\x13language_calibrated\x18\t \x01(\x08\x12\x0e\n\x06hazard\x18\n \x01(\t\x12\x14\n\x0c\x63\x61scade_exit\x18\x0b \x01(\x08\x1a\x35\n\x13\x43\x61tegoryScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x17\n\x15\x44\x65scribeBundleRequest\"\xc7\x01\n\nBundleInfo\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x13\n\x0bprobe_layer\x18\x05 \x01(\x05\x12\x14\n\x0csteer_layers\x18\x06 \x03(\x05\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12\x18\n\x10\x64\x65\x66\x61ult_strength\x18\x08 \x01(\x02\x12\x12\n\ncreated_at\x18\t \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asteerguard/v1/common.proto\x12\rsteerguard.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xda\x02\n\x07Verdict\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x0e\n\x06unsafe\x18\x02 \x01(\x08\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x43\n\x0f\x63\x61tegory_scores\x18\x04 \x03(\x0b\x32*.steerguard.v1.Verdict.CategoryScoresEntry\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\x11\n\tbundle_id\x18\x06 \x01(\t\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12\x10\n\x08language\x18\x08 \x01(\t\x12\x1b\n\x13language_calibrated\x18\t \x01(\x08\x12\x0e\n\x06hazard\x18\n \x01(\t\x12\x14\n\x0c\x63\x61scade_exit\x18\x0b \x01(\x08\x12\x17\n\x0f\x63\x61tegory_unsure\x18\x0c \x01(\x08\x1a\x35\n\x13\x43\x61tegoryScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x17\n\x15\x44\x65scribeBundleRequest\"\xc7\x01\n\nBundleInfo\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x13\n\x0bprobe_layer\x18\x05 \x01(\x05\x12\x14\n\x0csteer_layers\x18\x06 \x03(\x05\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12\x18\n\x10\x64\x65\x66\x61ult_strength\x18\x08 \x01(\x02\x12\x12\n\ncreated_at\x18\t \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_start=45
   _globals['_CHATMESSAGE']._serialized_end=89
   _globals['_VERDICT']._serialized_start=92
-  _globals['_VERDICT']._serialized_end=413
-  _globals['_VERDICT_CATEGORYSCORESENTRY']._serialized_start=360
-  _globals['_VERDICT_CATEGORYSCORESENTRY']._serialized_end=413
-  _globals['_DESCRIBEBUNDLEREQUEST']._serialized_start=415
-  _globals['_DESCRIBEBUNDLEREQUEST']._serialized_end=438
-  _globals['_BUNDLEINFO']._serialized_start=441
-  _globals['_BUNDLEINFO']._serialized_end=640
+  _globals['_VERDICT']._serialized_end=438
+  _globals['_VERDICT_CATEGORYSCORESENTRY']._serialized_start=385
+  _globals['_VERDICT_CATEGORYSCORESENTRY']._serialized_end=438
+  _globals['_DESCRIBEBUNDLEREQUEST']._serialized_start=440
+  _globals['_DESCRIBEBUNDLEREQUEST']._serialized_end=463
+  _globals['_BUNDLEINFO']._serialized_start=466
+  _globals['_BUNDLEINFO']._serialized_end=665
 # @@protoc_insertion_point(module_scope)

@@ -15,7 +15,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("score", "unsafe", "category", "category_scores", "cached", "bundle_id", "threshold", "language", "language_calibrated", "hazard", "cascade_exit")
+    __slots__ = ("score", "unsafe", "category", "category_scores", "cached", "bundle_id", "threshold", "language", "language_calibrated", "hazard", "cascade_exit", "category_unsure")
     class CategoryScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class Verdict(_message.Message):
     LANGUAGE_CALIBRATED_FIELD_NUMBER: _ClassVar[int]
     HAZARD_FIELD_NUMBER: _ClassVar[int]
     CASCADE_EXIT_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_UNSURE_FIELD_NUMBER: _ClassVar[int]
     score: float
     unsafe: bool
     category: str
@@ -45,7 +46,8 @@ class Verdict(_message.Message):
     language_calibrated: bool
     hazard: str
     cascade_exit: bool
-    def __init__(self, score: _Optional[float] = ..., unsafe: _Optional[bool] = ..., category: _Optional[str] = ..., category_scores: _Optional[_Mapping[str, float]] = ..., cached: _Optional[bool] = ..., bundle_id: _Optional[str] = ..., threshold: _Optional[float] = ..., language: _Optional[str] = ..., language_calibrated: _Optional[bool] = ..., hazard: _Optional[str] = ..., cascade_exit: _Optional[bool] = ...) -> None: ...
+    category_unsure: bool
+    def __init__(self, score: _Optional[float] = ..., unsafe: _Optional[bool] = ..., category: _Optional[str] = ..., category_scores: _Optional[_Mapping[str, float]] = ..., cached: _Optional[bool] = ..., bundle_id: _Optional[str] = ..., threshold: _Optional[float] = ..., language: _Optional[str] = ..., language_calibrated: _Optional[bool] = ..., hazard: _Optional[str] = ..., cascade_exit: _Optional[bool] = ..., category_unsure: _Optional[bool] = ...) -> None: ...
 
 class DescribeBundleRequest(_message.Message):
     __slots__ = ()
