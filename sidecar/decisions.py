@@ -29,14 +29,19 @@ def decide(policy: Policy, unsafe: bool, category: str) -> Decision:
     return Decision(rule.action, rule.action, rule, False)
 
 
-def rule_category(verdict: common_pb2.Verdict) -> str:
+def rule_category(policy: Policy, verdict: common_pb2.Verdict) -> str:
     """The category a policy rule is chosen by: "" when the classifier is unsure of it.
 
     Why: the verdict still names its likeliest category (headers, audit), but
     a per-category rule or cut is only as good as the category; where the
-    bundle's head abstains (``category_unsure``) the policy's default applies.
+    bundle's head abstains (``category_unsure``) the policy's default applies,
+    unless the policy says ``on_unsure_category: likeliest``.
     """
-    return "" if verdict.category_unsure else verdict.category
+    return "" if _unsure(policy, verdict) else verdict.category
+
+
+def _unsure(policy: Policy, verdict: common_pb2.Verdict) -> bool:
+    return verdict.category_unsure and policy.on_unsure_category == "default"
 
 
 def likeliest_category(verdict: common_pb2.Verdict) -> str:
@@ -51,7 +56,7 @@ def threshold_for(policy: Policy, route: Route, verdict: common_pb2.Verdict) -> 
     Why per category: false flags fall far more on some topics than others,
     so a team loosens one category (or tightens one) without moving the rest.
     """
-    rule = None if verdict.category_unsure else policy.categories.get(likeliest_category(verdict))
+    rule = None if _unsure(policy, verdict) else policy.categories.get(likeliest_category(verdict))
     for cut in (rule.threshold if rule else None, route.threshold, policy.threshold):
         if cut is not None:
             return cut

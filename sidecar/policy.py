@@ -11,6 +11,8 @@ loudly instead of silently allowing traffic. Example::
     on_oversize: block            # default for routes: input past the classifier's hard cap
                                   # (32k tokens): block (413) or flag (forwarded, marked)
     on_language: judge            # a language the bundle was not calibrated for: judge, flag, block
+    on_unsure_category: default   # the classifier unsure of the category: the default rule, or
+                                  # likeliest (that category's rule and cut all the same)
     on_unjudged: forward          # parts with no text (images, audio, files): forward marked, or reject
     refusal_message: "Sorry, I can't help with that."
     threshold: 0.4                # the cut for every request (default: the bundle's)
@@ -202,6 +204,9 @@ class Policy:
     # no one judged; forward relays everything; reject refuses everything.
     unknown_paths: str = "read_only"
     on_language: str = "judge"
+    # A verdict whose category the bundle's head is unsure of (``category_unsure``): "default"
+    # applies the default rule and cut, "likeliest" the likeliest category's all the same.
+    on_unsure_category: str = "default"
     # What a request carrying parts that cannot be judged (images, audio, files, a conversation
     # stored upstream) gets once its text is judged safe: forwarded marked, or refused (400).
     on_unjudged: str = "forward"
@@ -435,6 +440,7 @@ _TOP_KEYS = {
     "routes",
     "unknown_paths",
     "on_language",
+    "on_unsure_category",
     "on_unjudged",
 }
 
@@ -482,6 +488,9 @@ def parse_policy(data: Any) -> Policy:
     on_language = data.get("on_language", Policy.on_language)
     if on_language not in ON_LANGUAGE:
         raise PolicyError(f"policy.on_language: expected {', '.join(ON_LANGUAGE)}")
+    on_unsure = data.get("on_unsure_category", Policy.on_unsure_category)
+    if on_unsure not in ("default", "likeliest"):
+        raise PolicyError("policy.on_unsure_category: expected default or likeliest")
     on_unjudged = data.get("on_unjudged", Policy.on_unjudged)
     if on_unjudged not in ("forward", "reject"):
         raise PolicyError("policy.on_unjudged: expected forward or reject")
@@ -502,6 +511,7 @@ def parse_policy(data: Any) -> Policy:
         routes=routes,
         unknown_paths=unknown_paths,
         on_language=on_language,
+        on_unsure_category=on_unsure,
         on_unjudged=on_unjudged,
     )
 

@@ -234,7 +234,7 @@ class Proxy:
 
     def _decide(self, policy: Policy, verdict: common_pb2.Verdict) -> Decision:
         """The policy's decision; a language the bundle was not calibrated for follows ``on_language``."""
-        decision = decide(policy, verdict.unsafe, rule_category(verdict))
+        decision = decide(policy, verdict.unsafe, rule_category(policy, verdict))
         if verdict.language_calibrated or not verdict.language:
             return decision
         self.metrics.uncalibrated_languages.labels(verdict.language, policy.on_language).inc()
@@ -340,7 +340,7 @@ class Proxy:
             params.max_new_tokens if chat.max_tokens is None else min(chat.max_tokens, params.max_new_tokens)
         )
         rule = ex.decision.rule if ex.decision else None
-        if rule is not None and rule.vector == "category" and rule_category(verdict):
+        if rule is not None and rule.vector == "category" and rule_category(ex.policy, verdict):
             steering = steer_pb2.Steering(
                 mode=steer_pb2.Steering.CATEGORY, category=verdict.category, strength=rule.strength
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,13 +163,12 @@ def test_sensitivity_per_category_and_route() -> None:
     from sidecar.decisions import at_threshold, rule_category, threshold_for
     from steerguard.v1 import common_pb2
 
-    policy = parse_policy(
-        {
-            "threshold": 0.4,
-            "categories": {"misinformation": {"action": "flag", "threshold": 0.8, "shadow": True}},
-            "routes": [{"path": "/strict", "threshold": 0.2}, {"path": "/plain"}],
-        }
-    )
+    policy_doc: dict[str, Any] = {
+        "threshold": 0.4,
+        "categories": {"misinformation": {"action": "flag", "threshold": 0.8, "shadow": True}},
+        "routes": [{"path": "/strict", "threshold": 0.2}, {"path": "/plain"}],
+    }
+    policy = parse_policy(policy_doc)
     strict, plain = policy.routes
 
     def verdict(score: float, likeliest: str) -> common_pb2.Verdict:
@@ -188,7 +188,13 @@ def test_sensitivity_per_category_and_route() -> None:
     unsure = verdict(0.7, "misinformation")
     unsure.category_unsure = True  # the head abstained: the category's cut is not applied
     assert threshold_for(policy, strict, unsure) == 0.2
-    assert rule_category(at_threshold(unsure, 0.2)) == "" and at_threshold(unsure, 0.2).category_unsure
+    taken = at_threshold(unsure, 0.2)
+    assert rule_category(policy, taken) == "" and taken.category_unsure
+    likeliest = parse_policy({**policy_doc, "on_unsure_category": "likeliest"})
+    assert threshold_for(likeliest, likeliest.routes[0], unsure) == 0.8  # acts on it all the same
+    assert rule_category(likeliest, taken) == "misinformation"
+    with pytest.raises(PolicyError, match="on_unsure_category"):
+        parse_policy({"on_unsure_category": "maybe"})
     safe = at_threshold(verdict(0.3, "violence"), 0.4)
     assert not safe.unsafe and safe.category == "" and safe.score == pytest.approx(0.3)
 

@@ -177,7 +177,7 @@ class Gate:
     def _act(self, check: Check, verdict: common_pb2.Verdict, chat: ChatRequest) -> Outcome:
         policy, route = check.version.policy, check.match.route
         verdict = at_threshold(verdict, threshold_for(policy, route, verdict))
-        decision = decide(policy, verdict.unsafe, rule_category(verdict))
+        decision = decide(policy, verdict.unsafe, rule_category(policy, verdict))
         check.trace.fields.update(
             verdict="unsafe" if verdict.unsafe else "safe",
             score=round(verdict.score, 4),
