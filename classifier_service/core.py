@@ -222,6 +222,8 @@ class ClassifierCore:
             if cut is not None and cut != verdict.threshold:
                 verdict = verdict.at_threshold(cut)
             metrics.VERDICTS.labels(category=verdict.category if verdict.unsafe else "safe").inc()
+            if verdict.unsafe and verdict.category_unsure:
+                metrics.CATEGORY_UNSURE.labels(category=verdict.category).inc()
             out.append(verdict)
         self._log(convs, out, [len(vs) for vs in views])
         return out

@@ -44,6 +44,11 @@ VERDICTS = Counter(
     "Verdicts returned, by category ('safe' for safe prompts)",
     ["category"],
 )
+CATEGORY_UNSURE = Counter(
+    "steerguard_classifier_category_unsure_total",
+    "Unsafe verdicts whose category the bundle's head is unsure of (category_unsure), by likeliest category",
+    ["category"],
+)
 DROPPED_JOBS = Counter(
     "steerguard_classifier_dropped_jobs_total",
     "Long prompts stopped between chunks because nobody waited for their verdict any more",

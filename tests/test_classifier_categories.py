@@ -240,6 +240,19 @@ def test_the_abstain_cut_is_the_lowest_that_reaches_the_accuracy_on_the_rows_kep
 def test_a_verdict_under_the_cut_names_its_category_as_unsure(
     host: ModelHost, tiny_bundle: Bundle, tmp_path: Path
 ) -> None:
+    from prometheus_client import REGISTRY
+
+    def unsure_count() -> float:
+        samples = [
+            s.value
+            for metric in REGISTRY.collect()
+            if metric.name == "steerguard_classifier_category_unsure"
+            for s in metric.samples
+            if s.name.endswith("_total")
+        ]
+        return sum(samples)
+
+    before = unsure_count()
     convs = [normalise_request(WORDS)]
     verdicts = {}
     for cut in (0.0, 1.01):
@@ -252,6 +265,7 @@ def test_a_verdict_under_the_cut_names_its_category_as_unsure(
     assert not verdicts[0.0].category_unsure and verdicts[1.01].category_unsure
     assert verdicts[1.01].category == verdicts[0.0].category != ""  # still named
     assert verdicts[1.01].to_proto().category_unsure
+    assert unsure_count() == before + 1  # counted once, by the unsure verdict
 
 
 def test_eval_counts_top1_on_the_rows_the_head_commits_to() -> None:
