@@ -91,6 +91,18 @@ async def test_a_benign_request_continues_with_verdict_headers(classifier: FakeS
     assert [m for call in classifier.script.calls for _, m in call] == [f"bake bread {marker}"]
 
 
+async def test_an_unsure_category_takes_the_policys_default_rule(classifier: FakeServer) -> None:
+    """A category rule fires only where the classifier is sure of the category (category_unsure)."""
+    policy = {"default": "flag", "categories": {"weapons": {"action": "block"}}}
+    async with extproc(classifier, policy) as address:
+        sure = await envoy.send(address, "POST", CHAT, chat("UNSAFE:weapons please"))
+        unsure = await envoy.send(address, "POST", CHAT, chat("UNSAFE:weapons~ please"))
+    assert not sure.forwarded and sure.response_headers["x-steerguard-action"] == "block"
+    assert unsure.forwarded and unsure.request_headers["x-steerguard-action"] == "flag"
+    assert unsure.request_headers["x-steerguard-category-unsure"] == "true"
+    assert unsure.request_headers["x-steerguard-category"] == "weapons"
+
+
 async def test_a_malformed_body_is_a_400_immediate_response(classifier: FakeServer) -> None:
     async with extproc(classifier) as address:
         out = await envoy.send(address, "POST", CHAT, b"{not json")
