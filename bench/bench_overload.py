@@ -245,6 +245,30 @@ def shedding(stub: Any, clients: int, seconds: float) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def niceness(value: int) -> Iterator[None]:
+    """Every thread of this process (the sender) at ``value`` niceness for the block (on Linux
+    niceness is per thread; threads started meanwhile inherit it); the server keeps its own."""
+    import os
+
+    def set_all(nice: int) -> None:
+        for tid in os.listdir("/proc/self/task"):
+            with suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    if value != before:
+        set_all(value)
+    try:
+        yield
+    finally:
+        if value != before:
+            try:
+                set_all(before)
+            except PermissionError:  # lowering niceness needs root: later servers inherit it
+                print(f"warning: the sender stays at niceness {value} (not root)", file=sys.stderr)
+
+
 def starvation_part(host: Any, bundle: Any, tiny: bool, quick: bool) -> dict[str, Any]:
     """Parts 1-2 on a core in this process (its defaults)."""
     core = ClassifierCore(host, bundle, None, CoreConfig())
@@ -276,6 +300,16 @@ def main() -> int:
         "turn (repeatable; default: the defaults, then --backend torch)",
     )
     parser.add_argument("--shedding-only", action="store_true", help="skip parts 1-2")
+    parser.add_argument(
+        "--sender-nice",
+        type=int,
+        action="append",
+        metavar="N",
+        help="niceness of this process (the load's sender) while it loads a server, each value a "
+        "server of its own (repeatable; default 0). The sender shares the 2 cores with the server "
+        "here, which a client on other machines would not: a higher value gives the server "
+        "the cores first (needs root to go back down)",
+    )
     args = parser.parse_args()
     configure_logging("console", "warning")
     torch.set_num_threads(args.threads)
@@ -286,12 +320,13 @@ def main() -> int:
         result["starvation"] = starvation_part(host, bundle, args.tiny, args.quick)
     result["shedding"] = {}
     for variant in args.variant or ["", "--backend torch"]:
-        print(f"3/3 shedding at twice the sustainable rate, served with [{variant}] ...", flush=True)
-        model = str(Path(str(bundle.path)).parent / "model") if args.tiny else None  # load()'s layout
-        with server_process(bundle, model, args.threads, variant.split()) as stub:
-            label = variant or "defaults"
-            label += f" (run {sum(k.split(' (run')[0] == label for k in result['shedding']) + 1})"
-            result["shedding"][label] = shedding(stub, 16, seconds)
+        for nice in args.sender_nice or [0]:
+            print(f"3/3 shedding at twice the sustainable rate, served with [{variant}] ...", flush=True)
+            model = str(Path(str(bundle.path)).parent / "model") if args.tiny else None  # load()'s layout
+            with server_process(bundle, model, args.threads, variant.split()) as stub, niceness(nice):
+                label = (variant or "defaults") + (f", sender nice {nice}" if nice else "")
+                label += f" (run {sum(k.split(' (run')[0] == label for k in result['shedding']) + 1})"
+                result["shedding"][label] = shedding(stub, 16, seconds)
     save(result, args.out)
     return 0
 

@@ -105,3 +105,25 @@ def test_onnx_bench_checks_states_before_it_times(tmp_path: Path) -> None:
     assert onnx["p50_ms"] > 0 and onnx["max_state_diff"] < 1e-3 and onnx["verdicts_changed"] == 0
     vino = r["openvino_float32"]  # the same graph compiled by OpenVINO (the dev extra installs it)
     assert vino["p50_ms"] > 0 and vino["max_state_diff"] < 1e-3
+
+
+def test_the_overload_senders_niceness_reaches_every_thread() -> None:
+    """``--sender-nice`` must slow the whole sender (gRPC's threads too), not one thread of it."""
+    code = """
+import os, sys, threading
+sys.path.insert(0, "bench")
+from bench_overload import niceness
+ready, stop = threading.Event(), threading.Event()
+tid = []
+def other():
+    tid.append(threading.get_native_id()); ready.set(); stop.wait()
+t = threading.Thread(target=other); t.start(); ready.wait()
+base = os.getpriority(os.PRIO_PROCESS, 0)
+with niceness(base + 3):
+    seen = (os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, tid[0]))
+stop.set(); t.join()
+print(seen == (base + 3, base + 3))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
