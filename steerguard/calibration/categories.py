@@ -159,12 +159,11 @@ def content_category_head(
     abstain cut (:func:`unsure_cut`) is chosen on.
     """
     data = Rows(content_means(host, convs, layer, batch_size=batch_size).numpy(), classes)
-    built_in = labelled = None
+    more = built_in = labelled = None
     if extra is not None and len(extra.classes):
-        x = content_means(host, extra.convs, layer, batch_size=batch_size).numpy()
-        built_in = Rows(x[: extra.built_in], extra.classes[: extra.built_in])
-        labelled = Rows(x[extra.built_in :], extra.classes[extra.built_in :])
-    more = _joined(built_in, labelled)
+        more = Rows(content_means(host, extra.convs, layer, batch_size=batch_size).numpy(), extra.classes)
+        built_in = Rows(more.x[: extra.built_in], more.classes[: extra.built_in])
+        labelled = Rows(more.x[extra.built_in :], more.classes[extra.built_in :])
     every = data if more is None else data + more
     c = FIT.category_content_c
     standard = standardiser(every.x)
@@ -185,9 +184,3 @@ def content_category_head(
         **head.tensors("category_content"),
     }
     return record, tensors
-
-
-def _joined(first: Rows | None, second: Rows | None) -> Rows | None:
-    if first is None or second is None:
-        return first or second
-    return first + second
