@@ -320,8 +320,10 @@ async def test_an_unsure_category_takes_the_default_rule(chatbot, classifier, st
     """Where the classifier's head abstains, the category is named but its rule does not fire."""
     policy = {"categories": {"weapons": {"action": "block", "message": "No weapons talk."}}}
     async with sidecar(chatbot, classifier, steerer[0], policy) as url:
+        marker = uuid.uuid4().hex
         sure = await send(http, "POST", url + CHAT, json=chat_body("UNSAFE:weapons please"))
-        unsure = await send(http, "POST", url + CHAT, json=chat_body("UNSAFE:weapons~ please"))
+        unsure = await send(http, "POST", url + CHAT, json=chat_body(f"UNSAFE:weapons~ {marker}"))
+    assert chatbot.received(marker) == []  # the default rule (block) kept it from the upstream
     assert sure.json()["choices"][0]["message"]["content"] == "No weapons talk."
     assert "x-steerguard-category-unsure" not in sure.headers
     assert (
