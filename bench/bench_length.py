@@ -7,7 +7,12 @@ classification at each length (interleaved rounds, fresh text each time so
 the verdict cache never answers), the ratio, and the views and passages each
 length took. Target: 4k costs at most 5x 512.
 
-    python bench/bench_length.py [--rounds 5] [--tiny] [--out reports/bench/length.json]
+With a passage gate in the bundle, a text's candidates are read again up to
+the probe layer (steerguard.passages): the last paragraph always, a window's
+top segment end when it reaches the candidate floor. Ordinary prose seldom
+does; ``--floor 0`` reads every window's top, the most a text can cost.
+
+    python bench/bench_length.py [--rounds 5] [--tiny] [--floor F] [--out reports/bench/length.json]
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import argparse
 import random
 import statistics
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,6 +34,7 @@ from report import save  # noqa: E402
 
 from classifier_service.config import CoreConfig  # noqa: E402
 from classifier_service.core import ClassifierCore  # noqa: E402
+from steerguard.bundle import Bundle  # noqa: E402
 from steerguard.logs import configure_logging  # noqa: E402
 from steerguard.model.chat import normalise_request  # noqa: E402
 from steerguard.model.host import ModelHost  # noqa: E402
@@ -46,8 +54,22 @@ def document(host: ModelHost, tokens: int, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def measure(rounds: int, tiny: bool) -> dict[str, object]:
+def with_floor(bundle: Bundle, floor: float) -> Bundle:
+    """``bundle`` with its passage gate's candidate floor at ``floor`` (saved: a served bundle has an id)."""
+    info = bundle.passage
+    if info is None or info.gate_cut is None:
+        raise SystemExit("--floor needs a bundle with a passage gate")
+    folder = Path(tempfile.mkdtemp())
+    Bundle(
+        replace(bundle.manifest, passage=replace(info, candidate_floor=floor), bundle_id=""), bundle.tensors
+    ).save(folder)
+    return Bundle.load(folder)
+
+
+def measure(rounds: int, tiny: bool, floor: float | None = None) -> dict[str, object]:
     host, bundle = load(tiny, passage_tokens=128)
+    if floor is not None:
+        bundle = with_floor(bundle, floor)
     core = ClassifierCore(host, bundle, None, CoreConfig())
     core.warm_up()
     rng = random.Random(0)
@@ -69,6 +91,7 @@ def measure(rounds: int, tiny: bool) -> dict[str, object]:
         "p50_s": {k: round(v, 4) for k, v in p50.items()},
         "views": views,
         "ratio_4096_vs_512": round(ratio, 3),
+        "candidate_floor": bundle.passage.candidate_floor if bundle.passage else None,
         "target": {"ratio_max": 5.0, "pass": ratio <= 5.0},
     }
 
@@ -77,10 +100,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke run)")
+    parser.add_argument("--floor", type=float, default=None, help="the passage gate's candidate floor")
     parser.add_argument("--out", default="reports/bench/length.json")
     ns = parser.parse_args()
     configure_logging("json", "warning")
-    result = measure(ns.rounds, ns.tiny)
+    result = measure(ns.rounds, ns.tiny, ns.floor)
     save(result, ns.out)
     return 0
 

@@ -686,15 +686,15 @@ class ClassifierCore:
         return verdict
 
     def _passage_verdicts(self, jobs: list[_Job]) -> list[Verdict]:
-        """Each passage's verdict: its highest segment-end score under the passage probe.
+        """Each passage's verdict: its highest segment-end score under the passage probe, or the
+        score of a candidate read again by the request probe and the passage gate.
 
         No category: the category head reads the probe layer's last-token state,
         which a passage does not have (an unsafe passage takes the policy's default).
         """
-        info = self.bundle.passage
-        assert info is not None, "passages are planned only for a bundle with a passage probe"
+        assert self.bundle.passage is not None, "passages are planned only for a bundle with a passage probe"
         rows = [j.passage for j in jobs if j.passage is not None]
-        scores = passage_scores(self.host, self.bundle.passage_score, info.layers, rows)
+        scores = passage_scores(self.host, self.bundle, rows, self._probe_states)
         cut, bid = self.bundle.threshold, self.bundle.bundle_id
         return [Verdict(s, s >= cut, "", {}, cut, bid) for s in scores]
 

@@ -20,6 +20,7 @@ def parse(doc: str | None, sections: list[str] | None = None) -> argparse.Namesp
     parser.add_argument("--data", default="../shared/data", help="the shared data folder")
     if sections:
         parser.add_argument("--section", required=True, choices=sections, help="the section to run")
+        parser.add_argument("--shapes", nargs="*", default=[], help="shapes: only these conversation shapes")
     return parser.parse_args()
 
 

@@ -18,6 +18,7 @@ section and its target checks as ``SECTION.json``, the same numbers
 ``steerguard eval`` writes under that key.
 
     python scripts/eval_section.py steerguard/bundles/default /tmp/out --section shapes --data ../shared/data
+    python scripts/eval_section.py ... --section shapes --shapes long_document long_document_middle
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def main() -> None:
     bundle = Bundle.load(args.bundle)
     host = ModelHost.load(None)
     bundle.verify_model(host.identity)
-    cfg = EvalConfig()
+    cfg = EvalConfig(shapes=tuple(args.shapes))
     held = load_heldout(bundle, args.data, cfg)
     report: dict[str, Any] = {"bundle_id": bundle.bundle_id}
     if args.section == "probe":

@@ -22,6 +22,11 @@ Tensors:
   its segment's mean state, at each of ``manifest.passage.layers``, the
   deepest being ``manifest.passage.layer``; :mod:`steerguard.passages`); its
   bias puts its cut at the probe's threshold.
+- ``passage_gate.mean``/``passage_gate.std``/``passage_gate.weight`` ``[H]``,
+  ``passage_gate.bias`` ``[1]`` (when ``manifest.passage.gate_cut`` is set):
+  the passage gate, a logistic head on the probe layer's last-token state of
+  a candidate read as a lone user turn (harmful request or benign prose;
+  :mod:`steerguard.passages`); its bias puts its cut at the probe's threshold.
 - ``response.mean``/``response.std``/``response.weight`` ``[3H]``,
   ``response.bias`` ``[1]`` (when ``manifest.response`` is set): the response
   probe's compliance head, a logistic head on segment ends of an answer (the
@@ -193,6 +198,8 @@ class Bundle:
             need += ["category.weight", "category.bias"]
         if self.manifest.passage is not None:
             need += ["passage.mean", "passage.std", "passage.weight", "passage.bias"]
+            if self.manifest.passage.gate_cut is not None:
+                need += [f"passage_gate.{t}" for t in ("mean", "std", "weight", "bias")]
         if self.manifest.response is not None:
             heads = ("response", "response_content") if self.manifest.response.content_cut else ("response",)
             need += [f"{h}.{t}" for h in heads for t in ("mean", "std", "weight", "bias")]
@@ -216,6 +223,9 @@ class Bundle:
         if passage is not None and passage.layers[-1] != passage.layer:
             raise BundleError(f"the passage probe's last feature layer is not its layer ({passage.layer})")
         self._validate_width("passage", "a segment end's state and its segment's mean, per layer")
+        gate = self.tensors.get("passage_gate.weight") if passage is not None and passage.gate_cut else None
+        if gate is not None and gate.numel() != self.tensors["probe.mean"].numel():
+            raise BundleError("the passage gate reads one state at the probe layer; recalibrate")
         self._validate_response()
         for name in self.vector_names:
             if f"vector.{name}" not in self.tensors:
@@ -315,6 +325,11 @@ class Bundle:
         end's state then its segment's mean (:func:`steerguard.passages.passage_features`).
         """
         return self._position_head("passage", states)
+
+    def passage_gate_score(self, states: torch.Tensor) -> torch.Tensor:
+        """The passage gate's scores ``[N]`` of candidates' last-token states ``[N, H]`` at the probe
+        layer, on the probe's scale (a candidate is unsafe where this and the probe both reach the cut)."""
+        return self._position_head("passage_gate", states)
 
     @property
     def response(self) -> ResponseInfo | None:

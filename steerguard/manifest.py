@@ -124,6 +124,13 @@ class PassageInfo:
     # Layers whose segment states the head reads side by side, shallowest first, the
     # last being ``layer`` (layers below it come free with the pass); unset: ``layer`` alone.
     feature_layers: list[int] | None = None
+    # The passage gate (steerguard.passages, candidates): its own cut before the bias shift (unset:
+    # no candidates are read), the passage score a top segment end needs to be read again, the
+    # longest candidate in tokens, and calibration's record of the gate.
+    gate_cut: float | None = None
+    candidate_floor: float | None = None
+    candidate_tokens: int | None = None
+    gate: Record | None = None
 
     @property
     def layers(self) -> tuple[int, ...]:

@@ -28,18 +28,34 @@ shifts the passage head's bias so its cut is the probe's threshold: a
 passage's score compares with any view's (:class:`~steerguard.manifest.PassageInfo`).
 
 Cost is one forward pass per window up to the passage layer: linear in length.
+
+*Candidates* (bundles with a passage gate, ``passage.gate_cut``): the passage
+head reads layers 6-10 and misses requests the request probe (layer 18)
+catches at once when they stand alone. So each passage's top segment end
+(when its score reaches ``passage.candidate_floor``) and the text's last
+paragraph are read again as a lone user turn: the paragraph that ends there,
+at most ``passage.candidate_tokens`` tokens. The request probe alone flags
+plain prose read that way (46% of the model's own benign paragraphs on
+calibration data: it was fitted on requests), so a candidate's score is the
+lower of the probe's and the *gate*'s, a head at the probe layer fitted to
+tell harmful requests from benign prose paragraphs and sentences
+(:mod:`steerguard.calibration.passage_gate`). A passage's score is then the
+higher of its segment ends' and its candidates'. Cost: a few short reads up
+to the probe layer per text (benign prose rarely reaches the floor), at
+most one per window plus one (docs/calibration.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # light at import: the views and the classifier's config read this module
     import torch
 
+    from steerguard.bundle import Bundle
     from steerguard.model.host import ModelHost
 
 # Text tokens per passage window, and the text read again at the start of the next one.
@@ -58,15 +74,33 @@ class Passage:
     positions: tuple[int, ...]
     starts: tuple[int, ...]  # where each position's segment begins in the window
     start: int = 0  # where the window starts in its text's tokens (calibration labels by it)
+    # Per position, the candidate it reads again: the paragraph ending there, as ``(first, last)``
+    # indices in the window (``None``: nothing but line breaks); empty when candidates are off.
+    paragraphs: tuple[tuple[int, int] | None, ...] = ()
+    last: bool = False  # the text's final window: its last paragraph is always a candidate
 
     def key(self) -> str:
-        """The sha256 the verdict cache keys a passage on: its tokens and the segments read.
+        """The sha256 the verdict cache keys a passage on: its tokens, the segments and candidates read.
 
         The hashed text starts with ``passage|``, which no conversation digest hashes.
         """
         spans = ",".join(f"{a}-{b}" for a, b in zip(self.starts, self.positions, strict=True))
         raw = "passage|" + ",".join(map(str, self.ids)) + "|" + spans
+        if self.paragraphs:
+            raw += "|" + ",".join("-" if c is None else f"{c[0]}-{c[1]}" for c in self.paragraphs)
+            raw += "|last" if self.last else ""
         return hashlib.sha256(raw.encode()).hexdigest()
+
+    def candidates(self, scores: Sequence[float], floor: float) -> list[tuple[int, int]]:
+        """Spans read again: the top position's paragraph when it reaches ``floor``, and the last one's
+        in the text's final window (each once)."""
+        if not self.paragraphs:
+            return []
+        top = max(range(len(scores)), key=lambda i: scores[i])
+        picks = [top] if scores[top] >= floor else []
+        if self.last and len(self.positions) - 1 not in picks:
+            picks.append(len(self.positions) - 1)
+        return [span for i in picks if (span := self.paragraphs[i]) is not None]
 
 
 def ender_ids(tokenizer: Any) -> frozenset[int]:
@@ -78,6 +112,25 @@ def ender_ids(tokenizer: Any) -> frozenset[int]:
         if any(e in text for e in ENDERS):
             out.add(int(i))
     return frozenset(out)
+
+
+def newline_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of tokens whose text holds a line break: a candidate paragraph never crosses one."""
+    return frozenset(int(i) for _, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i]))
+
+
+def paragraph(ids: Sequence[int], end: int, newlines: frozenset[int], limit: int) -> tuple[int, int] | None:
+    """``(first, last)``: the text up to ``end``, line breaks at its end dropped, back to the previous
+    line break, at most ``limit`` tokens; None when there is only line breaks."""
+    last = end
+    while last > 0 and ids[last] in newlines:
+        last -= 1
+    if ids[last] in newlines:
+        return None
+    first = last
+    while first > 0 and ids[first - 1] not in newlines and last - first < limit - 1:
+        first -= 1
+    return first, last
 
 
 def segment_ends(ids: Sequence[int], enders: frozenset[int]) -> list[int]:
@@ -98,11 +151,13 @@ def split(
     enders: frozenset[int],
     window: int = PASSAGE_TOKENS,
     overlap: int = PASSAGE_OVERLAP,
+    candidates: tuple[frozenset[int], int] | None = None,
 ) -> list[Passage]:
     """Overlapping windows of ``ids``; every segment end read in exactly one of them.
 
     A segment end belongs to the last window that has at least ``overlap``
-    tokens before it (the first window owns the text's start).
+    tokens before it (the first window owns the text's start). ``candidates``
+    (newline ids, tokens at most): each position's paragraph is noted for the gate.
     """
     overlap = min(overlap, window // 2)
     step = window - overlap
@@ -112,7 +167,7 @@ def split(
         k = max(0, (e - overlap) // step)
         owned.setdefault(k, []).append((max(0, begin - k * step), e - k * step))
         begin = e + 1
-    return [
+    out = [
         Passage(
             tuple(ids[k * step : k * step + window]),
             tuple(e for _, e in spans),
@@ -121,6 +176,14 @@ def split(
         )
         for k, spans in sorted(owned.items())
     ]
+    if candidates is None or not out:
+        return out
+    newlines, limit = candidates
+    out = [
+        replace(p, paragraphs=tuple(paragraph(p.ids, e, newlines, limit) for e in p.positions)) for p in out
+    ]
+    out[-1] = replace(out[-1], last=True)
+    return out
 
 
 def position_states(
@@ -163,21 +226,55 @@ def passage_features(host: ModelHost, passages: Sequence[Passage], layers: Seque
     return torch.cat([states[layer] for layer in layers], dim=1)
 
 
+# Reads the probe layer's last-token states ``[N, H]`` of token rows (the classifier's own path,
+# with its template-prefix cache; by default a plain forward pass).
+StatesOf = Callable[[list[list[int]]], "torch.Tensor"]
+
+
 def passage_scores(
-    host: ModelHost,
-    score: Callable[[torch.Tensor], torch.Tensor],
-    layers: Sequence[int],
-    passages: Sequence[Passage],
+    host: ModelHost, bundle: Bundle, passages: Sequence[Passage], states_of: StatesOf | None = None
 ) -> list[float]:
-    """Each passage's highest segment-end score under ``score`` (the bundle's passage head on ``layers``)."""
-    if not passages:
+    """Each passage's score: its highest segment end under the bundle's passage head, or a candidate's."""
+    info = bundle.passage
+    if not passages or info is None:
         return []
-    values = score(passage_features(host, passages, layers))
+    values = bundle.passage_score(passage_features(host, passages, info.layers)).tolist()
     out: list[float] = []
+    picks: list[tuple[int, tuple[int, ...]]] = []
     at = 0
-    for p in passages:
-        out.append(float(values[at : at + len(p.positions)].max()))
+    for i, p in enumerate(passages):
+        scores = values[at : at + len(p.positions)]
         at += len(p.positions)
+        out.append(float(max(scores)))
+        if info.gate_cut is not None:
+            picks += [(i, p.ids[a : b + 1]) for a, b in p.candidates(scores, info.candidate_floor or 0.0)]
+    found = candidate_scores(host, bundle, [ids for _, ids in picks], states_of)
+    for (i, _), score in zip(picks, found, strict=True):
+        out[i] = max(out[i], score)
+    return out
+
+
+def candidate_scores(
+    host: ModelHost, bundle: Bundle, spans: Sequence[Sequence[int]], states_of: StatesOf | None = None
+) -> list[float]:
+    """Each span read as a lone user turn: the lower of the request probe's score and the gate's."""
+    import torch
+
+    from steerguard.messages import Message
+    from steerguard.model.activations import last_token_states
+    from steerguard.model.chat import Conversation
+
+    texts = [host.decode(list(ids)).strip() for ids in spans]
+    rows = [i for i, t in enumerate(texts) if t]
+    out = [0.0] * len(spans)
+    if not rows:
+        return out
+    ids = [host.token_ids(Conversation((Message("user", texts[i]),))) for i in rows]
+    layer = bundle.probe_layer
+    states = states_of(ids) if states_of else last_token_states(host, host.pad(ids), [layer])[layer]
+    both = torch.minimum(bundle.score(states).unsafe, bundle.passage_gate_score(states))
+    for i, score in zip(rows, both.tolist(), strict=True):
+        out[i] = float(score)
     return out
 
 

@@ -81,6 +81,8 @@ class PassageReader:
     enders: frozenset[int]
     # Raw text tokens, typed template tokens made plain (steerguard.passages.text_ids).
     text_ids: Callable[[str], list[int]]
+    # Newline ids and the longest candidate, where the bundle has a passage gate (else None).
+    candidates: tuple[frozenset[int], int] | None = None
 
 
 @dataclass
@@ -115,7 +117,7 @@ class Windower:
         ``passage``: the bundle's :class:`~steerguard.manifest.PassageInfo`, or None.
         """
         from steerguard.model.chat import normalise_request
-        from steerguard.passages import ender_ids, text_ids
+        from steerguard.passages import ender_ids, newline_ids, text_ids
 
         tok = host.tokenizer
         settings = WindowSettings(
@@ -127,8 +129,13 @@ class Windower:
         )
         reader = None
         if passage is not None:
+            gate = passage.gate_cut is not None and passage.candidate_tokens
             reader = PassageReader(
-                passage.window_tokens, passage.overlap_tokens, ender_ids(tok), lambda t: text_ids(host, t)
+                passage.window_tokens,
+                passage.overlap_tokens,
+                ender_ids(tok),
+                lambda t: text_ids(host, t),
+                (newline_ids(tok), passage.candidate_tokens) if gate else None,
             )
         return cls(
             settings,
@@ -225,7 +232,12 @@ class Windower:
             chunks = self._chunks(text, self._room(system))
             return ViewPlan([Conversation((*head, Message("user", c))) for c in chunks])
         ids = reader.text_ids(text)
-        return ViewPlan([], split_passages(ids, reader.enders, reader.window_tokens, reader.overlap_tokens))
+        return ViewPlan(
+            [],
+            split_passages(
+                ids, reader.enders, reader.window_tokens, reader.overlap_tokens, reader.candidates
+            ),
+        )
 
     def _chunks(self, text: str, room: int) -> list[str]:
         """Overlapping windows of ``text``, ``room`` tokens each, decoded back to text."""

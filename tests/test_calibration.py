@@ -271,6 +271,11 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     assert passage is not None and passage.layer <= loaded.probe_layer
     assert passage.rows is not None and passage.rows["harmful"] > 0 and passage.rows["benign"] > 0
     assert 0 < passage.cut < 1 and {"passage.weight", "passage.bias"} <= set(loaded.tensors)
+    # Its gate: harmful prompts against the model's prose, at most the budget's share flagged.
+    assert passage.gate_cut is not None and passage.gate is not None and passage.gate["prose_rows"] > 0
+    assert passage.gate["prose_flagged"] <= cfg.passage_gate_flagged + 1e-9
+    assert passage.candidate_tokens == cfg.passage_candidate_tokens
+    assert loaded.tensors["passage_gate.weight"].numel() == loaded.tensors["probe.mean"].numel()
     # The response probe: fitted last, on answers the model wrote, both labels present.
     response = loaded.response
     assert response is not None and response.rows is not None and response.layer_selection

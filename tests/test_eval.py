@@ -131,6 +131,16 @@ def test_eval_end_to_end_on_tiny_model(tiny_host, tmp_path: Path) -> None:  # ty
     refused = on_disk["checks"]["auto_harmful_refused>=0.95"]
     assert refused["count"].endswith("/3") and len(refused["ci95"]) == 2
     assert refused["ci95"][0] <= refused["value"] <= refused["ci95"][1]
+    # One shape alone (scripts/eval_section.py --shapes) draws the same documents as in the full run.
+    from dataclasses import replace
+
+    from steerguard.evaluation.heldout import load_heldout
+    from steerguard.evaluation.shapes import shape_section
+
+    only = replace(ecfg, shapes=("long_document",))
+    section = shape_section(tiny_host, bundle, load_heldout(bundle, data, only), only)
+    assert [k for k in section if k in SHAPES + STRESS_SHAPES] == ["long_document"]
+    assert section["long_document"] == on_disk["shapes"]["long_document"]
 
 
 def test_wilson_interval_matches_published_values() -> None:

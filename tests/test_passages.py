@@ -175,3 +175,118 @@ def test_a_passage_head_that_does_not_fit_its_layers_is_refused(passage_core: Cl
         _with_passage_layers(base, [0, layer], width)  # one layer's width for two layers
     with pytest.raises(BundleError, match="last feature layer"):
         _with_passage_layers(base, [layer, 0], 2 * width)
+
+
+# -- candidates: a window's top segment end and the text's last paragraph, read again ----------
+
+NEWLINE = 0
+
+
+def test_a_candidate_is_the_paragraph_that_ends_at_its_position_at_most_limit_tokens() -> None:
+    from steerguard.passages import paragraph
+
+    newlines = frozenset({NEWLINE})
+    ids = [5, 6, NEWLINE, 7, 8, 9, NEWLINE, NEWLINE, 10]
+    assert paragraph(ids, 5, newlines, 10) == (3, 5)
+    assert paragraph(ids, 7, newlines, 10) == (3, 5)  # line breaks at its end are dropped
+    assert paragraph(ids, 5, newlines, 2) == (4, 5)  # the limit keeps its end
+    assert paragraph(ids, 8, newlines, 10) == (8, 8)
+    assert paragraph([NEWLINE, NEWLINE], 1, newlines, 10) is None
+
+
+def test_split_notes_each_positions_paragraph_and_marks_only_the_final_window() -> None:
+    ids = [NEWLINE if i % 10 == 9 else 100 + i for i in range(400)]
+    enders = frozenset({NEWLINE})
+    plain = split(ids, enders, WINDOW, 16)
+    noted = split(ids, enders, WINDOW, 16, (frozenset({NEWLINE}), 8))
+    assert [p.positions for p in noted] == [p.positions for p in plain]
+    assert all(not p.paragraphs and not p.last for p in plain)
+    assert [p.last for p in noted] == [False] * (len(noted) - 1) + [True]
+    for p in noted:
+        for q, span in zip(p.positions, p.paragraphs, strict=True):
+            assert span is not None and span[1] <= q and span[1] - span[0] < 8
+            assert NEWLINE not in p.ids[span[0] : span[1] + 1]
+    assert {p.key() for p in noted}.isdisjoint(p.key() for p in plain)
+
+
+def test_candidates_are_the_top_position_over_the_floor_and_the_texts_last_paragraph() -> None:
+    from steerguard.passages import Passage
+
+    p = Passage((1, 2, 3, 4), (1, 3), (0, 2), paragraphs=((0, 1), (2, 3)))
+    assert p.candidates([0.5, 0.1], floor=0.2) == [(0, 1)]
+    assert p.candidates([0.1, 0.05], floor=0.2) == []
+    last = Passage((1, 2, 3, 4), (1, 3), (0, 2), paragraphs=((0, 1), (2, 3)), last=True)
+    assert last.candidates([0.5, 0.1], floor=0.2) == [(0, 1), (2, 3)]
+    assert last.candidates([0.1, 0.5], floor=0.2) == [(2, 3)]  # each once
+    assert Passage((1, 2), (1,), (0,)).candidates([0.9], floor=0.0) == []  # candidates off
+
+
+def _with_gate(bundle: Any, floor: float, tokens: int, width: int | None = None) -> Any:
+    """``bundle`` with a random passage gate on the probe layer's state (``width`` to break it)."""
+    from dataclasses import replace
+
+    from steerguard.bundle import Bundle
+
+    size = bundle.tensors["probe.mean"].numel()
+    g = torch.Generator().manual_seed(5)
+    tensors = {
+        **bundle.tensors,
+        "passage_gate.mean": torch.zeros(width or size),
+        "passage_gate.std": torch.ones(width or size),
+        "passage_gate.weight": torch.randn(width or size, generator=g),
+        "passage_gate.bias": torch.tensor([0.5]),
+        "passage.bias": torch.tensor([-20.0]),  # the passage head says ~0: candidates decide
+    }
+    info = replace(bundle.passage, gate_cut=0.5, candidate_floor=floor, candidate_tokens=tokens)
+    return Bundle(replace(bundle.manifest, passage=info, bundle_id=""), tensors)
+
+
+def test_the_core_reads_candidates_again_under_the_probe_and_the_gate(
+    passage_core: ClassifierCore, tiny_host: Any, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from steerguard.bundle import Bundle
+
+    _with_gate(passage_core.bundle, floor=0.0, tokens=12).save(tmp_path / "g")
+    bundle = Bundle.load(tmp_path / "g")
+    core = ClassifierCore(
+        tiny_host, bundle, MemoryCache(max_entries=100, ttl_seconds=60), CoreConfig(max_prompt_tokens=96)
+    )
+    try:
+        text = "\n\n".join(f"Part {i} of the notes is here. It goes on." for i in range(40))
+        plan = core.windows.plan(normalise_request(text))
+        assert plan.read == [] and plan.passages and plan.passages[-1].last
+        info = bundle.passage
+        assert info is not None
+        want = 0.0
+        for p in plan.passages:
+            scores = bundle.passage_score(position_states(tiny_host, [p], [info.layer])[info.layer]).tolist()
+            want = max(want, *scores)
+            for a, b in p.candidates(scores, 0.0):
+                conv = Conversation((Message("user", tiny_host.decode(list(p.ids[a : b + 1])).strip()),))
+                state = core._probe_states([tiny_host.token_ids(conv)])
+                want = max(
+                    want,
+                    min(float(bundle.score(state).unsafe[0]), float(bundle.passage_gate_score(state)[0])),
+                )
+        assert core.classify([normalise_request(text)])[0].score == pytest.approx(want, abs=1e-4)
+        assert want > 0.01  # a candidate decided
+        # Without the gate the same text is read by the passage head alone.
+        gateless = replace(bundle.manifest, passage=replace(info, gate_cut=None), bundle_id="")
+        Bundle(gateless, bundle.tensors).save(tmp_path / "a")
+        plain = ClassifierCore(tiny_host, Bundle.load(tmp_path / "a"), None, CoreConfig(max_prompt_tokens=96))
+        try:
+            assert plain.classify([normalise_request(text)])[0].score < 1e-6
+        finally:
+            plain.close()
+    finally:
+        core.close()
+
+
+def test_a_gate_that_does_not_read_the_probe_layers_state_is_refused(passage_core: ClassifierCore) -> None:
+    from steerguard.errors import BundleError
+
+    width = passage_core.bundle.tensors["probe.mean"].numel()
+    with pytest.raises(BundleError, match="passage gate"):
+        _with_gate(passage_core.bundle, 0.0, 12, width=2 * width)

@@ -99,6 +99,16 @@ class CalibrationConfig:
     passage_overlap: int = PASSAGE_OVERLAP
     passage_reference_tokens: int = 3000
     passage_max_document_flagged: float = 0.02
+    # The passage gate (steerguard.calibration.passage_gate): on, its L2 strength, the share
+    # of benign prose paragraphs and sentences it may flag out of fold; then what reads
+    # candidates again (steerguard.passages): the passage score a window's top segment end
+    # needs (on the probe's scale; the text's last paragraph is always read) and the longest
+    # candidate in tokens. Chosen on calibration documents (docs/calibration.md).
+    passage_gate: bool = True
+    passage_gate_c: float = 0.03
+    passage_gate_flagged: float = 0.005
+    passage_candidate_floor: float = 0.001
+    passage_candidate_tokens: int = 48
     # The response probe (steerguard.calibration.responses): the model's answers
     # (steerguard.data.answers) to this many harmful calibration prompts, unsteered and
     # refusal-steered, and to ordinary pool and borderline/XSTest-safe prompts; 0 fits none.

@@ -59,6 +59,7 @@ from steerguard.calibration.categories import UnsureRule, content_category_head,
 from steerguard.calibration.category_tune import tune_category_strength
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
+from steerguard.calibration.passage_gate import fit_passage_gate
 from steerguard.calibration.probe import fit_categories
 from steerguard.calibration.refusal_head import HeadSettings
 from steerguard.calibration.refusal_head import refusal_head as fit_refusal_head
@@ -162,6 +163,7 @@ class Run:
     fitted: ProbeFit | None = None
     mining: MiningResult | None = None
     passage: PassageInfo | None = None
+    prose: list[str] | None = None  # the model's answers to pool prompts (prose_answers)
     cascade: CascadeInfo | None = None
     category_content: dict[str, Any] | None = None
     refusal_head: dict[str, Any] | None = None
@@ -480,6 +482,20 @@ def _passage_step(run: Run) -> None:
         return
     run.passage, tensors = passage_probe(run, run.fit.layer, run.fit.threshold.threshold)
     run.tensors.update(tensors)
+    if run.cfg.passage_gate:
+        fields, gate = passage_gate(run, run.fit.layer, run.fit.threshold.threshold)
+        run.passage = replace(run.passage, **fields)
+        run.tensors.update(gate)
+
+
+def passage_gate(
+    run: Run, probe_layer: int, threshold: float
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The passage gate's fields and tensors, on harmful calibration prompts and the passage step's
+    prose (also run alone on a calibrated bundle: ``scripts/fit_passage_gate.py``)."""
+    harmful = [e.prompt for e in run.calib if e.label == HARMFUL]
+    probe = (probe_layer, threshold)
+    return fit_passage_gate(run.host, harmful, prose_answers(run) or _prose_prompts(run), probe, run.cfg)
 
 
 def passage_probe(
@@ -500,16 +516,37 @@ def passage_probe(
 def passage_documents(run: Run) -> list[passages.Document]:
     """The passage probe's documents: request lists, then the model's prose (also read by
     ``scripts/passage_study.py``)."""
-    host, data, calib, cfg = run.host, run.data, run.calib, run.cfg
+    calib, cfg = run.calib, run.cfg
     harmful = [e for e in calib if e.label == HARMFUL]
-    ordinary = [e.prompt for e in data.pool] or [e.prompt for e in calib if e.kind == "benign"]
+    ordinary = _ordinary(run)
     hard = [e.prompt for e in calib if e.label != HARMFUL and e.kind != "benign"]
     docs = passages.documents(harmful, ordinary, hard, cfg)
     if cfg.passage_prose_answers > 0:
-        asked = random.Random(cfg.seed + 47).sample(ordinary, min(cfg.passage_prose_answers, len(ordinary)))
-        texts = prose.write(host, asked, seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress)
-        docs += passages.prose_documents(harmful, ordinary, hard, texts or asked, cfg)
+        docs += passages.prose_documents(
+            harmful, ordinary, hard, prose_answers(run) or _prose_prompts(run), cfg
+        )
     return docs
+
+
+def _ordinary(run: Run) -> list[str]:
+    return [e.prompt for e in run.data.pool] or [e.prompt for e in run.calib if e.kind == "benign"]
+
+
+def _prose_prompts(run: Run) -> list[str]:
+    ordinary, n = _ordinary(run), run.cfg.passage_prose_answers
+    return random.Random(run.cfg.seed + 47).sample(ordinary, min(n, len(ordinary)))
+
+
+def prose_answers(run: Run) -> list[str]:
+    """The model's answers to pool prompts that prose documents and the passage gate read (written
+    once per run; 8 minutes for 240 on 2 cores)."""
+    if run.prose is None:
+        cfg = run.cfg
+        asked = _prose_prompts(run) if cfg.passage_prose_answers > 0 else []
+        run.prose = prose.write(
+            run.host, asked, seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress
+        )
+    return run.prose
 
 
 def _category_head(run: Run, fit: ProbeFit) -> tuple[list[str], float]:

@@ -77,6 +77,9 @@ class EvalConfig:
     encoded_prompts: int = 100  # held-out harmful prompts, each in every encoding
     shape_prompts: int = 100  # held-out prompts per group in each conversation shape
     long_document_prompts: int = 30  # ... of them in long documents (1k-5k tokens each)
+    # Only these conversation shapes (evaluation.shapes; empty: all). Each shape draws its own
+    # documents from its own seed, so a shape's numbers do not depend on which others run.
+    shapes: tuple[str, ...] = ()
     prose_answers: int = 240  # held-out benign prompts the model answers, the long documents' prose
     prose_batch_size: int = 32
     # Held-out prompts the model answers for the response probe (evaluation.responses).

@@ -123,13 +123,12 @@ def _passages_max(
 ) -> np.ndarray:
     """Each item's highest passage score (0 without passages), batched as the classifier batches."""
     best = np.zeros(len(items))
-    info = bundle.passage
-    if info is None:
+    if bundle.passage is None:
         return best
     flat = [(i, p) for i, ps in enumerate(items) for p in ps]
     for start in range(0, len(flat), cfg.batch_size):
         part = flat[start : start + cfg.batch_size]
-        scores = passage_scores(host, bundle.passage_score, info.layers, [p for _, p in part])
+        scores = passage_scores(host, bundle, [p for _, p in part])
         for (i, _), score in zip(part, scores, strict=True):
             best[i] = max(best[i], score)
     return best
@@ -159,6 +158,8 @@ def shape_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfi
     }
     out["prose_answers"] = len(texts)
     for name, build in builders(fillers, texts or fillers, host).items():
+        if cfg.shapes and name not in cfg.shapes:
+            continue
         rng = random.Random(f"{cfg.seed}:{name}")
         flags: dict[str, list[bool]] = {}
         for group, examples in groups.items():
