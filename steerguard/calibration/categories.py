@@ -104,10 +104,15 @@ def unsure_cut(probs: np.ndarray, classes: np.ndarray, rule: UnsureRule) -> dict
         "unsure_rule": f"lowest cut with out-of-fold top-1 >= {rule.accuracy} on the rows kept, "
         f"abstaining on at most {rule.max_share:.0%}",
         "oof_rows": len(conf),
-        "oof_top1": round(float(right.mean()), 4),
-        "oof_top1_kept": round(float(right[kept].mean()), 4),
-        "oof_kept": round(float(kept.mean()), 4),
+        "oof_top1": _share(right),
+        "oof_top1_kept": _share(right[kept]),
+        "oof_kept": _share(kept),
     }
+
+
+def _share(flags: np.ndarray) -> float | None:
+    """The share of true flags, rounded; None without any (a manifest holds no NaN)."""
+    return round(float(flags.mean()), 4) if flags.size else None
 
 
 @dataclass(frozen=True)
