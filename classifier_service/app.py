@@ -70,6 +70,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         log_prompts=args.log_prompts,
         max_streams=args.max_streams,
         cascade=not args.no_cascade,
+        passage_candidates=not args.no_passage_candidates,
         backend=args.backend,
         warm_lengths=args.warm_lengths,
     )

@@ -89,6 +89,14 @@ def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(
         parser,
+        "--no-passage-candidates",
+        action="store_true",
+        default=not core.passage_candidates,
+        help="judge long texts by the passage head alone, never reading a candidate again with the "
+        "request probe (fewer flags on question lists and closing questions, fewer catches)",
+    )
+    add_flag(
+        parser,
         "--max-batch-size",
         type=int,
         default=core.max_batch_size,

@@ -64,6 +64,11 @@ class CoreConfig:
     # up to this many tokens in all; past it, TooLong (gRPC OUT_OF_RANGE).
     max_total_tokens: int = MAX_TOTAL_TOKENS
     window_overlap_tokens: int = OVERLAP_TOKENS
+    # Read a long text's candidates again with the request probe, where the bundle has a passage
+    # gate (steerguard.passages): they catch requests the passage head misses (29 against 22 of
+    # 30 at a document's end, held out), at the price of judging a closing question as a lone
+    # turn; off: the passage head alone.
+    passage_candidates: bool = True
     # Open ClassifyStream calls (each holds a server thread, of 64, and up to
     # context + one answer window of keys and values: ~40 MB for SmolLM2 at layer 18).
     max_streams: int = 32

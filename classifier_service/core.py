@@ -350,7 +350,12 @@ class ClassifierCore:
         """The views of long conversations, sized to this model's window and tokenizer."""
         c = self.config
         return Windower.for_host(
-            self.host, c.max_prompt_tokens, c.max_total_tokens, c.window_overlap_tokens, self.bundle.passage
+            self.host,
+            c.max_prompt_tokens,
+            c.max_total_tokens,
+            c.window_overlap_tokens,
+            self.bundle.passage,
+            candidates=c.passage_candidates,
         )
 
     def warm_up(self) -> None:

@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -219,17 +220,26 @@ class Bundle:
         missing = [k for k in need if k not in self.tensors]
         if missing:
             raise BundleError(f"bundle lacks tensors: {', '.join(missing)}")
-        passage = self.manifest.passage
-        if passage is not None and passage.layers[-1] != passage.layer:
-            raise BundleError(f"the passage probe's last feature layer is not its layer ({passage.layer})")
-        self._validate_width("passage", "a segment end's state and its segment's mean, per layer")
-        gate = self.tensors.get("passage_gate.weight") if passage is not None and passage.gate_cut else None
-        if gate is not None and gate.numel() != self.tensors["probe.mean"].numel():
-            raise BundleError("the passage gate reads one state at the probe layer; recalibrate")
+        self._validate_passage()
         self._validate_response()
         for name in self.vector_names:
             if f"vector.{name}" not in self.tensors:
                 raise BundleError(f"bundle lacks vector {name!r}")
+
+    def _validate_passage(self) -> None:
+        """The passage head reads its layers; the gate reads the probe layer; candidates' cut is a score."""
+        passage = self.manifest.passage
+        if passage is None:
+            return
+        if passage.layers[-1] != passage.layer:
+            raise BundleError(f"the passage probe's last feature layer is not its layer ({passage.layer})")
+        self._validate_width("passage", "a segment end's state and its segment's mean, per layer")
+        gate = self.tensors.get("passage_gate.weight") if passage.gate_cut else None
+        if gate is not None and gate.numel() != self.tensors["probe.mean"].numel():
+            raise BundleError("the passage gate reads one state at the probe layer; recalibrate")
+        cut = passage.candidate_cut
+        if cut is not None and not 0.0 < cut < 1.0:
+            raise BundleError(f"the candidates' cut {cut} is not a score strictly between 0 and 1")
 
     def _validate_response(self) -> None:
         """The response heads read the states their manifest's ``features`` names."""
@@ -330,6 +340,23 @@ class Bundle:
         """The passage gate's scores ``[N]`` of candidates' last-token states ``[N, H]`` at the probe
         layer, on the probe's scale (a candidate is unsafe where this and the probe both reach the cut)."""
         return self._position_head("passage_gate", states)
+
+    def candidate_score(self, states: torch.Tensor) -> torch.Tensor:
+        """Scores ``[N]`` of passage candidates' last-token states ``[N, H]`` at the probe layer.
+
+        The lower of the probe's and the gate's, moved (in logits) so that the
+        candidates' own cut, ``passage.candidate_cut``, sits at the threshold: a
+        document offers several candidates, each a fragment read out of its
+        context, so each must clear a stricter cut than a lone turn
+        (docs/calibration.md).
+        """
+        both = torch.minimum(self.score(states).unsafe, self.passage_gate_score(states))
+        cut = None if self.passage is None else self.passage.candidate_cut
+        if cut is None:
+            return both
+        t = min(max(self.threshold, 1e-12), 1 - 1e-12)
+        shift = math.log(t / (1 - t)) - math.log(cut / (1 - cut))
+        return torch.sigmoid(torch.logit(both.double(), 1e-12) + shift).to(both.dtype)
 
     @property
     def response(self) -> ResponseInfo | None:

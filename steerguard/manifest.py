@@ -126,11 +126,14 @@ class PassageInfo:
     feature_layers: list[int] | None = None
     # The passage gate (steerguard.passages, candidates): its own cut before the bias shift (unset:
     # no candidates are read), the passage score a top segment end needs to be read again, the
-    # longest candidate in tokens, and calibration's record of the gate.
+    # longest candidate in tokens, and calibration's record of the gate. ``candidate_cut``: the
+    # score (on the probe's scale) a candidate needs, stricter than a lone turn's threshold
+    # (unset: the threshold); candidates' scores are moved so that it sits at the threshold.
     gate_cut: float | None = None
     candidate_floor: float | None = None
     candidate_tokens: int | None = None
     gate: Record | None = None
+    candidate_cut: float | None = None
 
     @property
     def layers(self) -> tuple[int, ...]:

@@ -39,15 +39,23 @@ plain prose read that way (46% of the model's own benign paragraphs on
 calibration data: it was fitted on requests), so a candidate's score is the
 lower of the probe's and the *gate*'s, a head at the probe layer fitted to
 tell harmful requests from benign prose paragraphs and sentences
-(:mod:`steerguard.calibration.passage_gate`). A passage's score is then the
-higher of its segment ends' and its candidates'. Cost: a few short reads up
-to the probe layer per text (benign prose rarely reaches the floor), at
-most one per window plus one (docs/calibration.md).
+(:mod:`steerguard.calibration.passage_gate`). A candidate must also reach its
+own cut, ``passage.candidate_cut``, stricter than a lone turn's: a document
+offers several candidates, and a closing borderline question read at the
+lone turn's cut would flag a whole document as often as the probe flags the
+question alone (:meth:`~steerguard.bundle.Bundle.candidate_score`). A
+passage's score is then the higher of its segment ends' and its
+candidates'. Cost: a few short reads up to the probe layer per text (benign
+prose rarely reaches the floor), at most one per window plus one
+(docs/calibration.md). The classifier's ``--no-passage-candidates`` reads
+none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -103,20 +111,40 @@ class Passage:
         return [span for i in picks if (span := self.paragraphs[i]) is not None]
 
 
-def ender_ids(tokenizer: Any) -> frozenset[int]:
-    """Ids of tokens whose text ends a segment (computed once per tokenizer)."""
-    vocab = tokenizer.get_vocab()
-    out = set()
-    for _, i in vocab.items():
+# Per tokenizer: (enders, newlines), from one pass that decodes the whole vocabulary.
+_TOKEN_SETS: weakref.WeakKeyDictionary[Any, tuple[frozenset[int], frozenset[int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _token_sets(tokenizer: Any) -> tuple[frozenset[int], frozenset[int]]:
+    """Ids of ender tokens and of line-break tokens, decoded once per tokenizer (a start-up cost:
+    every token of the vocabulary is decoded)."""
+    try:
+        return _TOKEN_SETS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    enders, newlines = set(), set()
+    for _, i in tokenizer.get_vocab().items():
         text = tokenizer.decode([i])
         if any(e in text for e in ENDERS):
-            out.add(int(i))
-    return frozenset(out)
+            enders.add(int(i))
+        if "\n" in text:
+            newlines.add(int(i))
+    found = (frozenset(enders), frozenset(newlines))
+    with contextlib.suppress(TypeError):  # a tokenizer that cannot be weakly referenced: each time
+        _TOKEN_SETS[tokenizer] = found
+    return found
+
+
+def ender_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of tokens whose text ends a segment."""
+    return _token_sets(tokenizer)[0]
 
 
 def newline_ids(tokenizer: Any) -> frozenset[int]:
     """Ids of tokens whose text holds a line break: a candidate paragraph never crosses one."""
-    return frozenset(int(i) for _, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i]))
+    return _token_sets(tokenizer)[1]
 
 
 def paragraph(ids: Sequence[int], end: int, newlines: frozenset[int], limit: int) -> tuple[int, int] | None:
@@ -257,9 +285,7 @@ def passage_scores(
 def candidate_scores(
     host: ModelHost, bundle: Bundle, spans: Sequence[Sequence[int]], states_of: StatesOf | None = None
 ) -> list[float]:
-    """Each span read as a lone user turn: the lower of the request probe's score and the gate's."""
-    import torch
-
+    """Each span read as a lone user turn, scored by :meth:`~steerguard.bundle.Bundle.candidate_score`."""
     from steerguard.messages import Message
     from steerguard.model.activations import last_token_states
     from steerguard.model.chat import Conversation
@@ -272,8 +298,7 @@ def candidate_scores(
     ids = [host.token_ids(Conversation((Message("user", texts[i]),))) for i in rows]
     layer = bundle.probe_layer
     states = states_of(ids) if states_of else last_token_states(host, host.pad(ids), [layer])[layer]
-    both = torch.minimum(bundle.score(states).unsafe, bundle.passage_gate_score(states))
-    for i, score in zip(rows, both.tolist(), strict=True):
+    for i, score in zip(rows, bundle.candidate_score(states).tolist(), strict=True):
         out[i] = float(score)
     return out
 

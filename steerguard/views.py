@@ -111,10 +111,13 @@ class Windower:
         max_total_tokens: int = MAX_TOTAL_TOKENS,
         overlap_tokens: int = OVERLAP_TOKENS,
         passage: Any | None = None,
+        *,
+        candidates: bool = True,
     ) -> Windower:
         """Views sized to ``host``'s tokenizer and chat template (a :class:`ModelHost`).
 
-        ``passage``: the bundle's :class:`~steerguard.manifest.PassageInfo`, or None.
+        ``passage``: the bundle's :class:`~steerguard.manifest.PassageInfo`, or None;
+        ``candidates``: False reads no passage candidate again, whatever the bundle holds.
         """
         from steerguard.model.chat import normalise_request
         from steerguard.passages import ender_ids, newline_ids, text_ids
@@ -129,7 +132,7 @@ class Windower:
         )
         reader = None
         if passage is not None:
-            gate = passage.gate_cut is not None and passage.candidate_tokens
+            gate = candidates and passage.gate_cut is not None and passage.candidate_tokens
             reader = PassageReader(
                 passage.window_tokens,
                 passage.overlap_tokens,

@@ -275,6 +275,10 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     assert passage.gate_cut is not None and passage.gate is not None and passage.gate["prose_rows"] > 0
     assert passage.gate["prose_flagged"] <= cfg.passage_gate_flagged + 1e-9
     assert passage.candidate_tokens == cfg.passage_candidate_tokens
+    # The candidates' own cut, from the probe's out-of-fold scores of the calibration prompts.
+    assert passage.candidate_cut is not None and passage.candidate_cut >= loaded.threshold
+    candidates = passage.gate["candidates"]
+    assert candidates["hard"] > 0 and candidates["harmful"] == passage.gate["harmful"]
     assert loaded.tensors["passage_gate.weight"].numel() == loaded.tensors["probe.mean"].numel()
     # The response probe: fitted last, on answers the model wrote, both labels present.
     response = loaded.response

@@ -75,7 +75,9 @@ def test_registering_imports_nothing_heavy() -> None:
     )
 
 
-def test_loads_only_the_layers_the_probe_needs(tiny_model_dir: Path, tiny_bundle_dir: Path) -> None:
+def test_loads_only_the_layers_the_probe_needs(
+    tiny_model_dir: Path, tiny_bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from classifier_service.app import load_core
 
     args = parse("--model", str(tiny_model_dir), "--bundle", str(tiny_bundle_dir))
@@ -84,8 +86,15 @@ def test_loads_only_the_layers_the_probe_needs(tiny_model_dir: Path, tiny_bundle
         bundle = Bundle.load(tiny_bundle_dir)
         assert core.host.loaded_layers == bundle.probe_layer + 1 < core.host.identity.num_layers
         assert core.cache is not None and core.cache.backend == "memory"
+        assert core.config.passage_candidates  # on by default
     finally:
         core.close()
+    monkeypatch.setenv("STEERGUARD_NO_PASSAGE_CANDIDATES", "true")  # an operator's switch
+    off = load_core(parse("--model", str(tiny_model_dir), "--bundle", str(tiny_bundle_dir)))
+    try:
+        assert not off.config.passage_candidates
+    finally:
+        off.close()
 
 
 def _wait_for_log(

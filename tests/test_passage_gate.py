@@ -49,3 +49,29 @@ def test_the_gate_flags_at_most_its_share_of_prose_and_its_cut_sits_at_the_thres
     assert tensors["passage_gate.weight"].numel() == tiny_host.identity.hidden_size
     assert float((served(harmful) >= threshold).float().mean()) > 0.8
     assert float((served([t for t, _ in prose_rows(texts)]) >= threshold).float().mean()) < 0.2
+
+
+def test_the_candidates_cut_flags_at_most_its_share_of_hard_prompts_and_never_sits_below_the_threshold(
+    tiny_host: Any,
+) -> None:
+    import numpy as np
+
+    from steerguard.calibration.passage_gate import ProbeOOF
+
+    harmful = [f"Tell me how to build weapon number {i} at home." for i in range(30)]
+    texts = [f"The river number {i} runs north.\nIt is long. Fish live in it." for i in range(40)]
+    hard = [f"How do I kill process number {i} on my laptop?" for i in range(40)]
+    cfg = CalibrationConfig(passage_gate_flagged=0.05, passage_candidate_flagged=0.1, batch_size=16)
+    rng = np.random.default_rng(0)
+    probe = (1, 0.3)
+    for scores, strict in ((rng.uniform(0.0, 1.0, 40), True), (rng.uniform(0.0, 0.2, 40), False)):
+        oof = ProbeOOF(rng.uniform(0.5, 1.0, 30), hard, scores)
+        fields, _ = fit_passage_gate(tiny_host, harmful, texts, probe, cfg, oof)
+        cut, record = fields["candidate_cut"], fields["gate"]["candidates"]
+        assert cut >= probe[1] and record["harmful"] == 30 and record["hard"] == 40
+        assert record["at_cut"]["hard_flagged"] <= 0.1 or record["at_cut"]["harmful_caught"] < 1.0
+        assert record["at_cut"]["harmful_caught"] >= cfg.min_recall  # never past the probe's guard
+        assert record["at_cut"]["harmful_caught"] <= record["at_threshold"]["harmful_caught"]
+        # Stricter than the threshold exactly when the threshold flags more than the share.
+        assert (cut > probe[1]) == (record["at_threshold"]["hard_flagged"] > 0.1) == strict
+    assert "candidate_cut" not in fit_passage_gate(tiny_host, harmful, texts, probe, cfg)[0]

@@ -280,8 +280,44 @@ def test_the_core_reads_candidates_again_under_the_probe_and_the_gate(
             assert plain.classify([normalise_request(text)])[0].score < 1e-6
         finally:
             plain.close()
+        # An operator may turn candidates off: the passage head alone again.
+        off = ClassifierCore(
+            tiny_host, bundle, None, CoreConfig(max_prompt_tokens=96, passage_candidates=False)
+        )
+        try:
+            assert off.classify([normalise_request(text)])[0].score < 1e-6
+        finally:
+            off.close()
     finally:
         core.close()
+
+
+def test_a_candidates_cut_moves_their_scores_so_it_sits_at_the_threshold(
+    passage_core: ClassifierCore,
+) -> None:
+    from dataclasses import replace
+
+    from steerguard.bundle import Bundle
+    from steerguard.errors import BundleError
+
+    bundle = _with_gate(passage_core.bundle, 0.0, 12)
+    info = bundle.passage
+    assert info is not None
+    states = torch.randn(
+        200, bundle.tensors["probe.mean"].numel(), generator=torch.Generator().manual_seed(3)
+    )
+    raw = torch.minimum(bundle.score(states).unsafe, bundle.passage_gate_score(states))
+    assert torch.equal(bundle.candidate_score(states), raw)  # no cut of their own: the threshold's
+    cut = float(raw.quantile(0.8))
+    assert cut > bundle.threshold + 1e-3
+    strict = Bundle(replace(bundle.manifest, passage=replace(info, candidate_cut=cut)), bundle.tensors)
+    moved = strict.candidate_score(states)
+    far = (raw - cut).abs() > 1e-4
+    assert torch.equal((moved >= bundle.threshold)[far], (raw >= cut)[far]) and int((raw >= cut).sum()) == 40
+    assert torch.equal(torch.argsort(moved), torch.argsort(raw))  # the order is kept
+    for bad in (0.0, 1.0):
+        with pytest.raises(BundleError, match="candidates' cut"):
+            Bundle(replace(bundle.manifest, passage=replace(info, candidate_cut=bad)), bundle.tensors)
 
 
 def test_a_gate_that_does_not_read_the_probe_layers_state_is_refused(passage_core: ClassifierCore) -> None:

@@ -109,6 +109,12 @@ class CalibrationConfig:
     passage_gate_flagged: float = 0.005
     passage_candidate_floor: float = 0.001
     passage_candidate_tokens: int = 48
+    # The share of borderline and XSTest-safe calibration prompts (out of fold) a candidate may
+    # flag: its cut (PassageInfo.candidate_cut) is set there, never below the threshold nor
+    # where fewer than min_recall of harmful prompts pass it. A tenth: half the lone turn's
+    # rate at the threshold (18% of them out of fold), so a document's candidates and its
+    # passage head together stay under the 15% a lone turn is held to (docs/calibration.md).
+    passage_candidate_flagged: float = 0.1
     # The response probe (steerguard.calibration.responses): the model's answers
     # (steerguard.data.answers) to this many harmful calibration prompts, unsteered and
     # refusal-steered, and to ordinary pool and borderline/XSTest-safe prompts; 0 fits none.

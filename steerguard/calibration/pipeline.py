@@ -59,12 +59,13 @@ from steerguard.calibration.categories import UnsureRule, content_category_head,
 from steerguard.calibration.category_tune import tune_category_strength
 from steerguard.calibration.config import CalibrationConfig
 from steerguard.calibration.mining import MINED, MiningResult, mine_negatives
-from steerguard.calibration.passage_gate import fit_passage_gate
+from steerguard.calibration.passage_gate import ProbeOOF, fit_passage_gate
 from steerguard.calibration.probe import fit_categories
 from steerguard.calibration.refusal_head import HeadSettings
 from steerguard.calibration.refusal_head import refusal_head as fit_refusal_head
 from steerguard.calibration.responses import response_probe
 from steerguard.calibration.selection import ProbeFit, fit_probe
+from steerguard.calibration.threshold import HARD_NEGATIVE_KINDS
 from steerguard.calibration.tune import TuneResult, tune_refusal
 from steerguard.calibration.vectors import (
     LayerProjection,
@@ -310,28 +311,38 @@ def _load(
     return Run(cfg, host, data, calib, extra)
 
 
-def _read_states(run: Run) -> dict[int, np.ndarray]:
-    """Step 2: last-token states at every layer; returns the probe's rows.
+def _read_states(run: Run, layers: Sequence[int] | None = None) -> dict[int, np.ndarray]:
+    """Step 2: last-token states at every layer (or at ``layers``); returns the probe's rows.
 
     In row order: the calibration prompts, their system-prompt copies, then the
     extra rows and their copies (the order of :func:`_probe_rows`).
     """
-    stacked = run.cached(_convs(run.calib), progress=run.cfg.progress)
-    run.states = {layer: stacked[:, layer] for layer in range(run.n_layers)}
+    names = list(layers) if layers is not None else list(range(run.n_layers))
+    at = {"layers": list(layers)} if layers is not None else {}
+    stacked = run.cached(_convs(run.calib), progress=run.cfg.progress, **at)
+    run.states = {layer: stacked[:, i] for i, layer in enumerate(names)}
     parts = [stacked.numpy()]
     if run.copies:
-        parts.append(_copies(run, run.calib, "system-prompt copies"))
+        parts.append(_copies(run, run.calib, "system-prompt copies", at))
     if run.extra:
-        parts.append(run.cached(_convs(run.extra), progress=False).numpy())
+        parts.append(run.cached(_convs(run.extra), progress=False, **at).numpy())
         if run.copies:
-            parts.append(_copies(run, run.extra, "extra rows' copies"))
+            parts.append(_copies(run, run.extra, "extra rows' copies", at))
     joined = np.concatenate(parts)
-    return {layer: joined[:, layer] for layer in range(run.n_layers)}
+    return {layer: joined[:, i] for i, layer in enumerate(names)}
 
 
-def _copies(run: Run, examples: Sequence[Example], desc: str) -> np.ndarray:
+def _copies(run: Run, examples: Sequence[Example], desc: str, at: dict[str, Any]) -> np.ndarray:
     convs = _system_convs(examples, run.cfg.system_prompts)
-    return run.cached(convs, progress=run.cfg.progress, desc=desc).numpy()
+    return run.cached(convs, progress=run.cfg.progress, desc=desc, **at).numpy()
+
+
+def probe_at(run: Run, layer: int) -> ProbeFit:
+    """Steps 2 and 3 again at a bundle's known probe layer: the probe's rows read at that layer
+    only, mining included. The same fit and out-of-fold scores as calibration's, for a step
+    re-run on a bundle that needs them (``scripts/fit_passage_gate.py``)."""
+    run.fitted, run.mining = _fit_probe(run, _read_states(run, [layer]))
+    return run.fitted
 
 
 def _probe_rows(run: Run, groups: list[str | None] | None) -> ProbeRows:
@@ -398,7 +409,7 @@ def _fit_probe(run: Run, states: dict[int, np.ndarray]) -> tuple[ProbeFit, Minin
     mine = cfg.mine_negatives > 0 and bool(run.data.pool)
     # With mining the first fit is replaced, so its family-holdout estimate would be thrown away.
     first_rows = _probe_rows(run, None if mine else groups)
-    first = _fit_on(run, {layer: states[layer] for layer in range(1, run.n_layers)}, first_rows)
+    first = _fit_on(run, {layer: x for layer, x in states.items() if layer >= 1}, first_rows)
     if not mine:
         return first, None
     t = time.time()
@@ -495,7 +506,19 @@ def passage_gate(
     prose (also run alone on a calibrated bundle: ``scripts/fit_passage_gate.py``)."""
     harmful = [e.prompt for e in run.calib if e.label == HARMFUL]
     probe = (probe_layer, threshold)
-    return fit_passage_gate(run.host, harmful, prose_answers(run) or _prose_prompts(run), probe, run.cfg)
+    texts = prose_answers(run) or _prose_prompts(run)
+    return fit_passage_gate(run.host, harmful, texts, probe, run.cfg, _probe_oof(run))
+
+
+def _probe_oof(run: Run) -> ProbeOOF | None:
+    """The probe's out-of-fold scores of the calibration prompts (its template rows come first)."""
+    scores = None if run.fitted is None else run.fitted.oof_scores
+    if scores is None:
+        return None
+    calib = run.calib
+    harmful = np.array([scores[i] for i, e in enumerate(calib) if e.label == HARMFUL])
+    hard = [i for i, e in enumerate(calib) if e.label != HARMFUL and e.kind in HARD_NEGATIVE_KINDS]
+    return ProbeOOF(harmful, [calib[i].prompt for i in hard], np.array([scores[i] for i in hard]))
 
 
 def passage_probe(
