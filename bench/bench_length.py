@@ -87,10 +87,15 @@ def measure(rounds: int, tiny: bool, floor: float | None = None) -> dict[str, ob
     core.close()
     p50 = {k: statistics.median(v) for k, v in times.items()}
     ratio = p50["4096"] / p50["512"]
+    # Each round's own ratio: its two lengths ran back to back, so a slow spell of the machine
+    # moves both; their spread says how far one run's ratio of medians can be trusted.
+    per_round = [b / a for a, b in zip(times["512"], times["4096"], strict=True)]
     return {
         "p50_s": {k: round(v, 4) for k, v in p50.items()},
+        "range_s": {k: [round(min(v), 4), round(max(v), 4)] for k, v in times.items()},
         "views": views,
         "ratio_4096_vs_512": round(ratio, 3),
+        "round_ratios": [round(x, 3) for x in per_round],
         "candidate_floor": bundle.passage.candidate_floor if bundle.passage else None,
         "target": {"ratio_max": 5.0, "pass": ratio <= 5.0},
     }

@@ -62,6 +62,7 @@ def test_length_bench_reads_a_long_prompt_in_passages(tmp_path: Path) -> None:
     assert views["4096"]["views"] == 0 and views["4096"]["passages"] > 3
     ratio = r["ratio_4096_vs_512"]
     assert isinstance(ratio, float) and ratio > 1.0
+    assert r["round_ratios"] == [ratio]  # one round: its own ratio is the ratio of medians
 
 
 def test_answer_stream_bench_measures_both_ways_side_by_side(tmp_path: Path) -> None:
