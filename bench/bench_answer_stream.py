@@ -16,7 +16,8 @@ check's time, which is what the check adds to the client's time to first
 token (the sidecar releases nothing before the first window is judged). The
 core is called in-process: a gRPC round trip adds about a millisecond per check.
 
-    python bench/bench_answer_stream.py [--rounds 5] [--tiny] [--out reports/bench/answer_stream.json]
+    python bench/bench_answer_stream.py [--rounds 5] [--tiny] [--dtype auto]
+        [--out reports/bench/answer_stream.json]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from classifier_setup import load  # noqa: E402  (bench/, on the path when a benchmark runs)
+from classifier_setup import add_dtype_flag, load  # noqa: E402  (bench/, on the path when a benchmark runs)
 from report import save  # noqa: E402
 
 from classifier_service.cache import MemoryCache  # noqa: E402
@@ -41,7 +42,7 @@ from classifier_service.core import ClassifierCore  # noqa: E402
 from sidecar.policy import ResponseCheck  # noqa: E402
 from steerguard.logs import configure_logging  # noqa: E402
 from steerguard.model.chat import Conversation, normalise_request  # noqa: E402
-from steerguard.model.host import ModelHost  # noqa: E402
+from steerguard.model.host import AUTO_DTYPE, ModelHost  # noqa: E402
 
 _PROSE = """
 the answer explains how the committee reviewed annual budgets for schools, parks, roads and
@@ -92,8 +93,8 @@ WAYS: dict[str, Callable[[ClassifierCore, Conversation, list[str]], float]] = {
 }
 
 
-def measure(rounds: int, tiny: bool, window_chars: int) -> dict[str, object]:
-    host, bundle = load(tiny, response=True)
+def measure(rounds: int, tiny: bool, window_chars: int, dtype: str = AUTO_DTYPE) -> dict[str, object]:
+    host, bundle = load(tiny, dtype, response=True)
     core = ClassifierCore(host, bundle, MemoryCache(max_entries=10_000, ttl_seconds=600), CoreConfig())
     core.warm_up()
     rng = random.Random(0)
@@ -112,7 +113,10 @@ def measure(rounds: int, tiny: bool, window_chars: int) -> dict[str, object]:
                 first[way].append(run(core, conv, pieces))
                 total[way][name].append(time.perf_counter() - started)
     core.close()
-    return report(total, first, checks, window_chars)
+    return {
+        "dtype": str(host.model.dtype).removeprefix("torch."),
+        **report(total, first, checks, window_chars),
+    }
 
 
 def report(
@@ -140,11 +144,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke run)")
+    add_dtype_flag(parser)
     parser.add_argument("--window-chars", type=int, default=ResponseCheck.window_chars)
     parser.add_argument("--out", default="reports/bench/answer_stream.json")
     ns = parser.parse_args()
     configure_logging("json", "warning")
-    result = measure(ns.rounds, ns.tiny, ns.window_chars)
+    result = measure(ns.rounds, ns.tiny, ns.window_chars, ns.dtype)
     save(result, ns.out)
     return 0
 

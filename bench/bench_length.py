@@ -12,7 +12,8 @@ the probe layer (steerguard.passages): the last paragraph always, a window's
 top segment end when it reaches the candidate floor. Ordinary prose seldom
 does; ``--floor 0`` reads every window's top, the most a text can cost.
 
-    python bench/bench_length.py [--rounds 5] [--tiny] [--floor F] [--out reports/bench/length.json]
+    python bench/bench_length.py [--rounds 5] [--tiny] [--floor F] [--dtype auto]
+        [--out reports/bench/length.json]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from classifier_setup import load  # noqa: E402  (bench/, on the path when a benchmark runs)
+from classifier_setup import add_dtype_flag, load  # noqa: E402  (bench/, on the path when a benchmark runs)
 from report import save  # noqa: E402
 
 from classifier_service.config import CoreConfig  # noqa: E402
@@ -37,7 +38,7 @@ from classifier_service.core import ClassifierCore  # noqa: E402
 from steerguard.bundle import Bundle  # noqa: E402
 from steerguard.logs import configure_logging  # noqa: E402
 from steerguard.model.chat import normalise_request  # noqa: E402
-from steerguard.model.host import ModelHost  # noqa: E402
+from steerguard.model.host import AUTO_DTYPE, ModelHost  # noqa: E402
 
 _PROSE = """
 the report describes how the committee reviewed annual budgets for schools parks roads and
@@ -66,8 +67,10 @@ def with_floor(bundle: Bundle, floor: float) -> Bundle:
     return Bundle.load(folder)
 
 
-def measure(rounds: int, tiny: bool, floor: float | None = None) -> dict[str, object]:
-    host, bundle = load(tiny, passage_tokens=128)
+def measure(
+    rounds: int, tiny: bool, floor: float | None = None, dtype: str = AUTO_DTYPE
+) -> dict[str, object]:
+    host, bundle = load(tiny, dtype, passage_tokens=128)
     if floor is not None:
         bundle = with_floor(bundle, floor)
     core = ClassifierCore(host, bundle, None, CoreConfig())
@@ -97,6 +100,7 @@ def measure(rounds: int, tiny: bool, floor: float | None = None) -> dict[str, ob
         "ratio_4096_vs_512": round(ratio, 3),
         "round_ratios": [round(x, 3) for x in per_round],
         "candidate_floor": bundle.passage.candidate_floor if bundle.passage else None,
+        "dtype": str(host.model.dtype).removeprefix("torch."),
         "target": {"ratio_max": 5.0, "pass": ratio <= 5.0},
     }
 
@@ -105,11 +109,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke run)")
+    add_dtype_flag(parser)
     parser.add_argument("--floor", type=float, default=None, help="the passage gate's candidate floor")
     parser.add_argument("--out", default="reports/bench/length.json")
     ns = parser.parse_args()
     configure_logging("json", "warning")
-    result = measure(ns.rounds, ns.tiny, ns.floor)
+    result = measure(ns.rounds, ns.tiny, ns.floor, ns.dtype)
     save(result, ns.out)
     return 0
 

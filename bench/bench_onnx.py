@@ -117,7 +117,7 @@ def main() -> None:
     prefix, layer = levers["float32"], bundle.probe_layer
     folder = Path(tempfile.mkdtemp())
     started = time.perf_counter()
-    graph = export(PrefixedTrunk(host, prefix, layer).eval(), folder)
+    graph = export(PrefixedTrunk(host, prefix, layer).eval(), folder, feeds(len(prefix), [1, 2, 3], None))
     session = ort_session(graph, threads)
     export_s = time.perf_counter() - started
     rows = [host.token_ids(normalise_request(p)) for p in prompts(args.prompts, "onnx")]

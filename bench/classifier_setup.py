@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -15,22 +16,33 @@ import grpc
 
 from devstack.net import free_port, grpc_serving
 from steerguard.bundle import Bundle
-from steerguard.model.host import ModelHost
+from steerguard.model.host import AUTO_DTYPE, DTYPES, ModelHost
 from steerguard.v1 import classifier_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load(tiny: bool, **heads: Any) -> tuple[ModelHost, Bundle]:
+def add_dtype_flag(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``: the classifier's precision, by default what ``steerguard serve classifier`` serves."""
+    parser.add_argument(
+        "--dtype",
+        choices=[AUTO_DTYPE, *DTYPES],
+        default=AUTO_DTYPE,
+        help="model precision (auto, the served default: bfloat16 where the CPU has it natively)",
+    )
+
+
+def load(tiny: bool, dtype: str = "float32", **heads: Any) -> tuple[ModelHost, Bundle]:
     """SmolLM2 with the default bundle (only the layers the classifier reads), or with ``tiny`` a
-    tiny random Llama and a random bundle with the ``heads`` given (``make_random_bundle`` options)."""
+    tiny random Llama and a random bundle with the ``heads`` given (``make_random_bundle`` options),
+    in ``dtype`` (``auto``, the classifier's served default: bfloat16 where the CPU has it natively)."""
     if not tiny:
         bundle = Bundle.load()
-        return ModelHost.load(None, max_layers=bundle.classifier_layers), bundle
+        return ModelHost.load(None, max_layers=bundle.classifier_layers, dtype=dtype), bundle
     from devstack.models import make_random_bundle, make_tiny_llama
 
     folder = Path(tempfile.mkdtemp())
-    host = ModelHost.load(make_tiny_llama(folder / "model"))
+    host = ModelHost.load(make_tiny_llama(folder / "model"), dtype=dtype)
     return host, make_random_bundle(host, folder / "bundle", **heads)
 
 

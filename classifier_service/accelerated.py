@@ -13,8 +13,11 @@ constants, exported with ``torch.onnx.export``, then compiled by OpenVINO
 
 It serves what it was measured on: one prompt view that starts with the
 template prefix, in a step of its own, on a bundle without an early exit.
-Packed batches, chunked long prompts, passages and answer windows stay in
-PyTorch (:class:`classifier_service.core.ClassifierCore` decides). Besides
+Where that engine is OpenVINO, a long text's passages run compiled as well
+(:class:`PassageTrunk`, :class:`CompiledPassages`: no prefix, each window's
+states at the passage head's layers). Packed batches, chunked long prompts
+and answer windows stay in PyTorch (:class:`classifier_service.core.ClassifierCore`
+decides). Besides
 the probe layer's last state it returns the mean over the request's words
 (the content category head reads it), from a weight per position.
 """
@@ -25,7 +28,7 @@ import importlib.util
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,7 +52,59 @@ def _layer_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
     return cache.key_cache[i], cache.value_cache[i]
 
 
-class PrefixedTrunk(nn.Module):
+class _Decoder(nn.Module):
+    """The model's first ``depth`` decoder layers, written out so that an exporter sees plain ops."""
+
+    def __init__(self, host: ModelHost, depth: int) -> None:
+        super().__init__()
+        base = host.model.model
+        self.embed: nn.Module = base.embed_tokens
+        self.rotary: nn.Module = base.rotary_emb
+        self.layers = nn.ModuleList(list(host.layers)[:depth])
+        cfg = host.model.config
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    def _block(
+        self, i: int, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor
+    ) -> torch.Tensor:
+        """Layer ``i`` over ``h`` (``bias``: the additive attention mask over past and new keys)."""
+        layer: Any = self.layers[i]  # a decoder layer: its norms and MLP are modules
+        h = h + self._attend(layer, layer.input_layernorm(h), rope, bias, i)
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def _past(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Layer ``i``'s keys and values before the first new token (none here)."""
+        return None
+
+    def _attend(
+        self, block: Any, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor, i: int
+    ) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        attn, steps = block.self_attn, x.shape[1]
+        q = attn.q_proj(x).view(1, steps, self.heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *rope)
+        past = self._past(i)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        group = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        weights = torch.softmax(q @ k.transpose(2, 3) / self.head_dim**0.5 + bias, dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(1, steps, self.heads * self.head_dim)
+        return attn.o_proj(out)
+
+
+def _causal_bias(steps: int, before: int) -> torch.Tensor:
+    """``[steps, before + steps]``: 0 where a new token may attend (``before`` past keys), else -inf."""
+    keys = torch.arange(before + steps)[None, :]
+    allowed = keys <= (torch.arange(steps)[:, None] + before)
+    return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+
+
+class PrefixedTrunk(_Decoder):
     """The decoder up to ``layer`` after a fixed prefix.
 
     (suffix ids ``[1, T]``, positions ``[1, T]``, weights ``[1, T]``) ->
@@ -58,14 +113,7 @@ class PrefixedTrunk(nn.Module):
     """
 
     def __init__(self, host: ModelHost, prefix: SharedPrefix, layer: int) -> None:
-        super().__init__()
-        base = host.model.model
-        self.embed: nn.Module = base.embed_tokens
-        self.rotary: nn.Module = base.rotary_emb
-        self.layers = nn.ModuleList(list(host.layers)[: layer + 1])
-        cfg = host.model.config
-        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        super().__init__(host, layer + 1)
         cache = prefix.cache()
         for i in range(layer + 1):
             k, v = _layer_kv(cache, i)
@@ -73,43 +121,48 @@ class PrefixedTrunk(nn.Module):
             self.register_buffer(f"v{i}", v.float().contiguous())
         self.prefix_len = len(prefix)
 
+    def _past(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"k{i}"), getattr(self, f"v{i}")
+
     def forward(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, span_weights: torch.Tensor
     ) -> torch.Tensor:
         h = self.embed(input_ids)
-        cos, sin = self.rotary(h, position_ids)
-        steps = input_ids.shape[1]
-        keys = torch.arange(self.prefix_len + steps)[None, :]
-        allowed = keys <= (torch.arange(steps)[:, None] + self.prefix_len)
-        bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
-        for i, block in enumerate(self.layers):
-            layer: Any = block  # a decoder layer: its norms and MLP are modules
-            h = h + self._attend(layer, layer.input_layernorm(h), cos, sin, bias, i)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        rope = self.rotary(h, position_ids)
+        bias = _causal_bias(input_ids.shape[1], self.prefix_len)
+        for i in range(len(self.layers)):
+            h = self._block(i, h, rope, bias)
         return torch.cat([h[:, -1, :], span_weights @ h[0]], dim=-1)
 
-    def _attend(
-        self, block: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor, i: int
-    ) -> torch.Tensor:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        attn, steps = block.self_attn, x.shape[1]
-        q = attn.q_proj(x).view(1, steps, self.heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        group = self.heads // self.kv_heads
-        k = torch.cat([getattr(self, f"k{i}"), k], dim=2).repeat_interleave(group, dim=1)
-        v = torch.cat([getattr(self, f"v{i}"), v], dim=2).repeat_interleave(group, dim=1)
-        weights = torch.softmax(q @ k.transpose(2, 3) / self.head_dim**0.5 + bias, dim=-1)
-        out = (weights @ v).transpose(1, 2).reshape(1, steps, self.heads * self.head_dim)
-        return attn.o_proj(out)
+class PassageTrunk(_Decoder):
+    """The decoder up to the deepest of ``layers`` over a passage's raw tokens (no prefix).
+
+    (ids ``[1, T]``, positions ``[1, T]``) -> ``[len(layers), T, H]``: every
+    position's state at each of ``layers``, as the passage probe reads them
+    (:func:`steerguard.passages.position_states`).
+    """
+
+    def __init__(self, host: ModelHost, layers: tuple[int, ...]) -> None:
+        super().__init__(host, max(layers) + 1)
+        self.wanted = layers
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(input_ids)
+        rope = self.rotary(h, position_ids)
+        bias = _causal_bias(input_ids.shape[1], 0)
+        out = []
+        for i in range(len(self.layers)):
+            h = self._block(i, h, rope, bias)
+            if i in self.wanted:
+                out.append(h[0])
+        return torch.stack(out)
 
 
-def export(trunk: PrefixedTrunk, folder: Path) -> Path:
-    """The trunk as an ONNX graph (dynamic length) in ``folder``."""
+def export(trunk: nn.Module, folder: Path, example: dict[str, np.ndarray]) -> Path:
+    """``trunk`` as an ONNX graph in ``folder``, its inputs named as ``example``'s keys, each of
+    dynamic length (axis 1)."""
     path = folder / "trunk.onnx"
-    example = feeds(trunk.prefix_len, [1, 2, 3], None)
     steps = torch.export.Dim("steps", min=1, max=4096)
     # The exporter warns about itself (deprecations, axis names): not ours to fix, and errors
     # where warnings are errors (the test suite).
@@ -119,11 +172,11 @@ def export(trunk: PrefixedTrunk, folder: Path) -> Path:
         warnings.simplefilter("ignore", UserWarning)  # "the axis name steps will not be used"
         torch.onnx.export(
             trunk,
-            tuple(torch.from_numpy(example[name]) for name in INPUTS),
+            tuple(torch.from_numpy(value) for value in example.values()),
             str(path),
-            input_names=list(INPUTS),
+            input_names=list(example),
             output_names=["states"],
-            dynamic_shapes={name: {1: steps} for name in INPUTS},
+            dynamic_shapes={name: {1: steps} for name in example},
             dynamo=True,
             external_data=True,
             verbose=False,
@@ -206,7 +259,8 @@ def exported(host: ModelHost, layer: int) -> Iterator[tuple[Path, int]]:
     if prefix is None:
         raise ValueError("the chat template has no shared prefix for the compiled trunk to start after")
     with tempfile.TemporaryDirectory() as folder:
-        yield export(PrefixedTrunk(source, prefix, layer).eval(), Path(folder)), len(prefix)
+        trunk = PrefixedTrunk(source, prefix, layer).eval()
+        yield export(trunk, Path(folder), feeds(len(prefix), [1, 2, 3], None)), len(prefix)
 
 
 class CompiledTrunk:
@@ -250,20 +304,31 @@ class OpenVinoTrunk(CompiledTrunk):
 
     @classmethod
     def build(cls, host: ModelHost, layer: int, threads: int, precision: str | None = None) -> OpenVinoTrunk:
-        """Export and compile. ``precision``: OpenVINO's inference precision hint, ``bf16`` or
-        ``f32``; by default bf16 where the CPU has native bf16 (as measured)."""
-        import openvino as ov
-
+        """Export and compile (``precision``: :func:`openvino_runner`'s)."""
         with exported(host, layer) as (graph, prefix_len):
-            precision = precision or ("bf16" if native_bf16() else "f32")
-            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
-            core = ov.Core()
-            compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
-
-        def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
-            return np.asarray(compiled([inputs[name] for name in INPUTS])[compiled.output(0)])
-
+            run = openvino_runner(graph, INPUTS, threads, precision)
         return cls(run, prefix_len, layer, host.identity.hidden_size)
+
+
+def openvino_runner(
+    graph: Path, names: tuple[str, ...], threads: int, precision: str | None = None
+) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """``graph`` compiled by OpenVINO for the CPU: a call takes the named inputs, returns the output.
+
+    ``precision``: the inference precision hint, ``bf16`` or ``f32``; by
+    default bf16 where the CPU has native bf16 (as measured).
+    """
+    import openvino as ov
+
+    precision = precision or ("bf16" if native_bf16() else "f32")
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
+
+    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(compiled([inputs[name] for name in names])[compiled.output(0)])
+
+    return run
 
 
 def ort_session(graph: Path, threads: int) -> Any:
@@ -296,3 +361,58 @@ class OnnxRuntimeTrunk(CompiledTrunk):
             return np.asarray(session.run(None, inputs)[0])
 
         return cls(run, prefix_len, layer, host.identity.hidden_size)
+
+
+class CompiledPassages:
+    """Passages read by a compiled :class:`PassageTrunk` (OpenVINO): :meth:`hidden` is the
+    ``hidden_of`` of :func:`steerguard.passages.position_states`.
+
+    Why: a long text's windows are most of its cost (512 tokens each, up to
+    the passage layer), and on a CPU with native bf16 OpenVINO reads a window
+    in 0.13 s against PyTorch bfloat16's 0.17 s, with states closer to
+    float32's (docs/benchmarks.md).
+    """
+
+    engine = "openvino"
+
+    def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], layers: tuple[int, ...]) -> None:
+        self._run, self.layers = run, layers
+        self.calls = 0  # passages read (a metric for tests)
+        self._lock = threading.Lock()  # one inference at a time: cores that share it take turns
+
+    @classmethod
+    def build(
+        cls, host: ModelHost, layers: tuple[int, ...], threads: int, precision: str | None = None
+    ) -> CompiledPassages:
+        """Export a float32 copy of the model's first layers and compile it."""
+        ordered = tuple(sorted(set(layers)))
+        source = ModelHost.load(host.source, max_layers=ordered[-1] + 1, dtype="float32")
+        example = {"input_ids": np.asarray([[1, 2, 3]]), "position_ids": np.arange(3)[None, :]}
+        with tempfile.TemporaryDirectory() as folder:
+            graph = export(PassageTrunk(source, ordered).eval(), Path(folder), example)
+            run = openvino_runner(graph, tuple(example), threads, precision)
+        return cls(run, ordered)
+
+    def hidden(self, ids: Sequence[int], layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """``{layer: [1, T, H]}``: the passage's states at ``layers`` (among those it was built for)."""
+        feeds = {
+            "input_ids": np.asarray([list(ids)], dtype=np.int64),
+            "position_ids": np.arange(len(ids), dtype=np.int64)[None, :],
+        }
+        with self._lock:
+            self.calls += 1
+            states = torch.from_numpy(np.asarray(self._run(feeds), dtype=np.float32))
+        return {layer: states[self.layers.index(layer)][None] for layer in layers}
+
+
+_PASSAGES: dict[tuple[str, tuple[int, ...], int], CompiledPassages] = {}
+
+
+def shared_passages(host: ModelHost, layers: tuple[int, ...], threads: int) -> CompiledPassages:
+    """One compiled passage reader per model, layers and thread count in a process (see
+    :func:`shared_trunk`)."""
+    key = (str(host.source), tuple(sorted(set(layers))), threads)
+    with _BUILT_LOCK:
+        if key not in _PASSAGES:
+            _PASSAGES[key] = CompiledPassages.build(host, key[1], threads)
+        return _PASSAGES[key]

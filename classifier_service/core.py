@@ -33,7 +33,7 @@ import torch
 from transformers import DynamicCache
 
 from classifier_service import accelerated, metrics
-from classifier_service.accelerated import CompiledTrunk
+from classifier_service.accelerated import CompiledPassages, CompiledTrunk
 from classifier_service.answer_stream import AnswerStream, Locks
 from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
@@ -143,6 +143,7 @@ class ClassifierCore:
         self.prefix = SharedPrefix.for_host(host) if self.config.share_prefix else None
         self._cascade = bundle.cascade if self.config.cascade else None
         self._trunk = self._accelerated()
+        self._passages = self._compiled_passages()
         self._markers = TurnMarkers.for_tokenizer(host.tokenizer) if bundle.reads_content else None
         self.windows = self._windower()
         # Segment-end tokens (a pass over the vocabulary), for the response probe's reads.
@@ -368,6 +369,8 @@ class ClassifierCore:
             self._probe_states([ids, ids[:-1]])
         if self._trunk is not None and self.config.warm_lengths > 0:
             self._trunk.warm(self.config.warm_lengths, ids[-1])
+        if self._passages is not None and self.bundle.passage is not None:  # a full window's length
+            self._passages.hidden(ids[-1:] * self.bundle.passage.window_tokens, self._passages.layers)
         if self.config.identify_language:
             language.detect("Loading the language model once, before the first request.")
 
@@ -587,6 +590,21 @@ class ClassifierCore:
             raise ValueError("the compiled trunk's template prefix differs from the classifier's")
         return trunk
 
+    def _compiled_passages(self) -> CompiledPassages | None:
+        """A long text's windows compiled by OpenVINO, where the backend took OpenVINO for single
+        prompts (faster than PyTorch there: :class:`~classifier_service.accelerated.CompiledPassages`;
+        ONNX Runtime's was not measured, so passages stay in PyTorch beside it)."""
+        info = self.bundle.passage
+        if info is None or self._trunk is None or self._trunk.engine != "openvino":
+            return None
+        try:
+            return accelerated.shared_passages(self.host, info.layers, torch.get_num_threads())
+        except Exception as exc:
+            if self.config.backend != "auto":
+                raise
+            log.warning("compiled passages unavailable, they run in pytorch", error=type(exc).__name__)
+            return None
+
     def _view_verdicts(self, jobs: list[_Job]) -> list[Verdict]:
         """Prompt views' verdicts; with a cascade, confident ones leave at its layer (early exit).
 
@@ -699,7 +717,8 @@ class ClassifierCore:
         """
         assert self.bundle.passage is not None, "passages are planned only for a bundle with a passage probe"
         rows = [j.passage for j in jobs if j.passage is not None]
-        scores = passage_scores(self.host, self.bundle, rows, self._probe_states)
+        hidden_of = None if self._passages is None else self._passages.hidden
+        scores = passage_scores(self.host, self.bundle, rows, self._probe_states, hidden_of)
         cut, bid = self.bundle.threshold, self.bundle.bundle_id
         return [Verdict(s, s >= cut, "", {}, cut, bid) for s in scores]
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -214,43 +215,101 @@ def split(
     return out
 
 
+def length_groups(lengths: Sequence[int], fill: float = 0.75) -> list[list[int]]:
+    """Indices grouped for padded batches, longest first: a row joins a group only when at least
+    ``fill`` of its padded width is its own tokens.
+
+    Why: a text's windows are full but for the last, often a few dozen tokens
+    (a 4,098-token text: nine 512-token windows and one of 66), and padding
+    that one to 512 made it cost a full window (about a tenth of the text's
+    time, bench/bench_length.py).
+    """
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and lengths[i] >= fill * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+# Reads a passage's hidden states ``{layer: [1, T, H]}`` at the layers asked, from its raw tokens
+# (the classifier's compiled pass, classifier_service.accelerated; by default a PyTorch pass).
+HiddenOf = Callable[[Sequence[int], Sequence[int]], "dict[int, torch.Tensor]"]
+
+
 def position_states(
-    host: ModelHost, passages: Sequence[Passage], layers: Sequence[int]
+    host: ModelHost, passages: Sequence[Passage], layers: Sequence[int], hidden_of: HiddenOf | None = None
 ) -> dict[int, torch.Tensor]:
     """{layer: [positions, 2H]} what the passage probe reads, in passage order.
 
     Per segment end: the state at the end, then the mean state over its
-    segment (``starts[i]`` to ``positions[i]``, both included).
+    segment (``starts[i]`` to ``positions[i]``, both included). Passages of
+    like length share a padded batch (:func:`length_groups`); with
+    ``hidden_of``, each passage is read by it alone.
     """
     import torch
 
+    if hidden_of is not None:
+        found = [_gathered(hidden_of(p.ids, layers), [p]) for p in passages]
+        return {layer: torch.cat([f[layer] for f in found]) for layer in layers}
+    groups = length_groups([len(p.ids) for p in passages])
+    if len(groups) == 1:
+        return _padded_states(host, passages, layers)
+    found = [_padded_states(host, [passages[i] for i in g], layers) for g in groups]
+    rows: list[int] = []  # each output row's place: passage order, then position order
+    offsets = list(itertools.accumulate((len(p.positions) for p in passages), initial=0))
+    for g in groups:
+        rows += [r for i in g for r in range(offsets[i], offsets[i + 1])]
+    order = torch.argsort(torch.tensor(rows))
+    return {layer: torch.cat([f[layer] for f in found])[order] for layer in layers}
+
+
+def _padded_states(
+    host: ModelHost, passages: Sequence[Passage], layers: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """:func:`position_states` of passages in one left-padded batch."""
     from steerguard.model.activations import reduced_states
 
     batch = host.pad([list(p.ids) for p in passages])
-    width = batch.input_ids.shape[1]
-    real = batch.attention_mask.to(torch.float64)[..., None]  # left padding adds nothing to a mean
+    return reduced_states(
+        host, batch, layers, reduce=lambda hidden: _gather(hidden, passages, batch.attention_mask)
+    )
+
+
+def _gathered(hidden: dict[int, torch.Tensor], passages: Sequence[Passage]) -> dict[int, torch.Tensor]:
+    """:func:`_gather` of each layer's ``[B, T, H]`` states of unpadded rows."""
+    import torch
+
+    mask = torch.ones(hidden[next(iter(hidden))].shape[:2], dtype=torch.long)
+    return {layer: _gather(h.float(), passages, mask) for layer, h in hidden.items()}
+
+
+def _gather(hidden: torch.Tensor, passages: Sequence[Passage], mask: torch.Tensor) -> torch.Tensor:
+    """``[positions, 2H]`` from a batch's ``[B, T, H]`` states, its rows ``passages`` left-padded
+    to ``T`` (``mask``: 1 on real tokens): each end's state, then its segment's mean."""
+    import torch
+
+    width = hidden.shape[1]
+    real = mask.to(torch.float64)[..., None]  # left padding adds nothing to a mean
     rows = [i for i, p in enumerate(passages) for _ in p.positions]
     ends = [width - len(p.ids) + q for p in passages for q in p.positions]
     begins = [width - len(p.ids) + b for p in passages for b in p.starts]
-
-    def gather(hidden: torch.Tensor) -> torch.Tensor:
-        # total[:, j] sums the states before j, in float64 so differences keep their digits
-        total = torch.nn.functional.pad(
-            (hidden.double() * real.to(hidden.device)).cumsum(dim=1), (0, 0, 1, 0)
-        )
-        sums = total[rows, [e + 1 for e in ends], :] - total[rows, begins, :]
-        counts = torch.tensor([e + 1 - b for b, e in zip(begins, ends, strict=True)], dtype=torch.float64)
-        means = (sums / counts[:, None].to(sums.device)).to(hidden.dtype)
-        return torch.cat([hidden[rows, ends, :], means], dim=1)
-
-    return reduced_states(host, batch, layers, reduce=gather)
+    # total[:, j] sums the states before j, in float64 so differences keep their digits
+    total = torch.nn.functional.pad((hidden.double() * real.to(hidden.device)).cumsum(dim=1), (0, 0, 1, 0))
+    sums = total[rows, [e + 1 for e in ends], :] - total[rows, begins, :]
+    counts = torch.tensor([e + 1 - b for b, e in zip(begins, ends, strict=True)], dtype=torch.float64)
+    means = (sums / counts[:, None].to(sums.device)).to(hidden.dtype)
+    return torch.cat([hidden[rows, ends, :], means], dim=1)
 
 
-def passage_features(host: ModelHost, passages: Sequence[Passage], layers: Sequence[int]) -> torch.Tensor:
+def passage_features(
+    host: ModelHost, passages: Sequence[Passage], layers: Sequence[int], hidden_of: HiddenOf | None = None
+) -> torch.Tensor:
     """``[positions, 2H × len(layers)]``: :func:`position_states` of ``layers`` side by side, in order."""
     import torch
 
-    states = position_states(host, passages, layers)
+    states = position_states(host, passages, layers, hidden_of)
     return torch.cat([states[layer] for layer in layers], dim=1)
 
 
@@ -260,13 +319,18 @@ StatesOf = Callable[[list[list[int]]], "torch.Tensor"]
 
 
 def passage_scores(
-    host: ModelHost, bundle: Bundle, passages: Sequence[Passage], states_of: StatesOf | None = None
+    host: ModelHost,
+    bundle: Bundle,
+    passages: Sequence[Passage],
+    states_of: StatesOf | None = None,
+    hidden_of: HiddenOf | None = None,
 ) -> list[float]:
-    """Each passage's score: its highest segment end under the bundle's passage head, or a candidate's."""
+    """Each passage's score: its highest segment end under the bundle's passage head, or a candidate's
+    (``states_of`` reads candidates, ``hidden_of`` the passages; by default PyTorch passes)."""
     info = bundle.passage
     if not passages or info is None:
         return []
-    values = bundle.passage_score(passage_features(host, passages, info.layers)).tolist()
+    values = bundle.passage_score(passage_features(host, passages, info.layers, hidden_of)).tolist()
     out: list[float] = []
     picks: list[tuple[int, tuple[int, ...]]] = []
     at = 0

@@ -7,13 +7,14 @@ backend must serve it for single prompt views and the same verdicts.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from classifier_service import accelerated
-from classifier_service.accelerated import CompiledTrunk, OnnxRuntimeTrunk, OpenVinoTrunk
+from classifier_service.accelerated import CompiledPassages, CompiledTrunk, OnnxRuntimeTrunk, OpenVinoTrunk
 from classifier_service.core import ClassifierCore, CoreConfig
 from classifier_service.prefix import SharedPrefix
 from steerguard.bundle import Bundle
@@ -21,6 +22,7 @@ from steerguard.model.activations import batch_spans
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
 from steerguard.model.spans import TurnMarkers
+from steerguard.passages import ender_ids, position_states, split, text_ids
 from tests.test_classifier_categories import with_content_head
 
 PROMPTS = ["Explain how tides work on the coast", "Hi", "How do I make a pipe bomb at home? Be detailed."]
@@ -165,3 +167,40 @@ def test_warm_up_runs_each_length_once_and_onnx_runtime_does_not_spin(
         assert core._trunk._warmed >= 5
     finally:
         core.close()
+
+
+LONG_TEXT = " ".join(f"Sentence number {i} is plain; nothing more." for i in range(60))
+
+
+def test_compiled_passages_read_the_pytorch_passage_states(host: ModelHost) -> None:
+    # Full windows and a short last one, each read alone by the compiled pass.
+    layers = (0, 1)
+    reader = CompiledPassages.build(host, layers, threads=2, precision="f32")
+    passages = split(text_ids(host, LONG_TEXT), ender_ids(host.tokenizer), 64, 16)
+    assert len({len(p.ids) for p in passages}) > 1
+    want = position_states(host, passages, layers)
+    got = position_states(host, passages, layers, reader.hidden)
+    for layer in layers:
+        torch.testing.assert_close(got[layer], want[layer], atol=1e-4, rtol=1e-4)
+    assert reader.calls == len(passages)
+
+
+def test_a_core_on_openvino_reads_a_long_texts_passages_compiled(host: ModelHost, tmp_path: Path) -> None:
+    from devstack.models import make_random_bundle
+
+    bundle = make_random_bundle(host, tmp_path / "b", passage_tokens=64)
+    config = CoreConfig(max_batch_wait_ms=0, max_prompt_tokens=96)
+    plain = ClassifierCore(host, bundle, None, replace(config, backend="torch"))
+    fast = ClassifierCore(host, bundle, None, replace(config, backend="openvino"))
+    try:
+        assert plain._passages is None and fast._passages is not None
+        conv = normalise_request(LONG_TEXT)
+        assert fast.windows.plan(conv).passages
+        calls = fast._passages.calls
+        (want,) = plain.classify([conv])
+        (got,) = fast.classify([conv])
+        assert got.score == pytest.approx(want.score, abs=0.05)
+        assert fast._passages.calls > calls
+    finally:
+        plain.close()
+        fast.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,15 @@ from classifier_service.config import CoreConfig
 from classifier_service.core import ClassifierCore
 from steerguard.messages import Message
 from steerguard.model.chat import Conversation, normalise_request
-from steerguard.passages import MAX_GAP, ender_ids, position_states, segment_ends, split, text_ids
+from steerguard.passages import (
+    MAX_GAP,
+    ender_ids,
+    length_groups,
+    position_states,
+    segment_ends,
+    split,
+    text_ids,
+)
 
 WINDOW = 64
 
@@ -44,12 +53,24 @@ def test_text_without_punctuation_is_still_read_every_max_gap_tokens() -> None:
     assert ends[-1] == 499 and max(b - a for a, b in zip(ends, ends[1:], strict=False)) <= MAX_GAP
 
 
+def test_passages_share_a_padded_batch_only_when_padding_is_under_a_quarter() -> None:
+    assert length_groups([512, 512, 66, 480, 300, 290]) == [[0, 1, 3], [4, 5], [2]]
+    assert length_groups([]) == []
+
+
 def test_position_states_are_the_end_state_and_segment_mean_of_the_forward_pass(tiny_host: Any) -> None:
-    # Passages of unequal length share a left-padded batch; padding must not reach any mean.
+    # Passages of unequal length: some share a left-padded batch (padding must not reach any
+    # mean), a short one runs in a batch of its own; rows come back in passage order either way.
     enders = ender_ids(tiny_host.tokenizer)
     ids = text_ids(tiny_host, "One. Two? Three!\nfour five six seven. " * 20)
-    passages = split(ids, enders, WINDOW, 16)
-    assert len({len(p.ids) for p in passages}) > 1
+    full = split(ids, enders, WINDOW, 16)
+    cut = [
+        replace(p, ids=p.ids[:k], positions=(k - 1,), starts=(0,))
+        for p, k in zip(full, (56, 20), strict=False)
+    ]
+    passages = [cut[0], *full, cut[1]]
+    assert len(length_groups([len(p.ids) for p in passages])) == 2
+    assert len({len(p.ids) for p in passages[:-1]}) > 1
     layer = 1
     got = position_states(tiny_host, passages, [layer])[layer]
     want = []
