@@ -136,6 +136,18 @@ def content_id(tensor_bytes: bytes, manifest: dict[str, Any]) -> str:
     return "sg-" + h.hexdigest()[:20]
 
 
+def cut_shift(cut: float, threshold: float) -> float:
+    """What moves a head's scores, in logits, so that its ``cut`` sits at ``threshold``: every head
+    is served on the probe's scale (calibration moves a head's bias by it; a candidate's score
+    is moved by it at serving)."""
+
+    def logit(p: float) -> float:
+        p = min(max(p, 1e-6), 1 - 1e-6)
+        return math.log(p / (1 - p))
+
+    return logit(threshold) - logit(cut)
+
+
 class Bundle:
     """A loaded bundle. Read-only after construction; shared by all requests."""
 
@@ -313,15 +325,18 @@ class Bundle:
         """Probe the probe layer's last-token states ``[B, H]``."""
         t = self.tensors
         z = (states.float() - t["probe.mean"]) / t["probe.std"]
-        features = z
-        if self.probe_kind == "mlp":
-            features = torch.nn.functional.gelu(z @ t["probe.hidden.weight"].T + t["probe.hidden.bias"])
-        unsafe = torch.sigmoid(features @ t["probe.weight"] + t["probe.bias"])
         if self.categories:
             cats = torch.softmax(z @ t["category.weight"].T + t["category.bias"], dim=-1)
         else:
             cats = torch.zeros((states.shape[0], 0))
-        return Scores(unsafe, cats)
+        return Scores(self._unsafe(z), cats)
+
+    def _unsafe(self, z: torch.Tensor) -> torch.Tensor:
+        """The probe's unsafe scores ``[B]`` of standardised states ``z``."""
+        t, features = self.tensors, z
+        if self.probe_kind == "mlp":
+            features = torch.nn.functional.gelu(z @ t["probe.hidden.weight"].T + t["probe.hidden.bias"])
+        return torch.sigmoid(features @ t["probe.weight"] + t["probe.bias"])
 
     @property
     def passage(self) -> PassageInfo | None:
@@ -350,12 +365,13 @@ class Bundle:
         context, so each must clear a stricter cut than a lone turn
         (docs/calibration.md).
         """
-        both = torch.minimum(self.score(states).unsafe, self.passage_gate_score(states))
+        t = self.tensors
+        probe = self._unsafe((states.float() - t["probe.mean"]) / t["probe.std"])
+        both = torch.minimum(probe, self.passage_gate_score(states))
         cut = None if self.passage is None else self.passage.candidate_cut
         if cut is None:
             return both
-        t = min(max(self.threshold, 1e-12), 1 - 1e-12)
-        shift = math.log(t / (1 - t)) - math.log(cut / (1 - cut))
+        shift = cut_shift(cut, self.threshold)
         return torch.sigmoid(torch.logit(both.double(), 1e-12) + shift).to(both.dtype)
 
     @property

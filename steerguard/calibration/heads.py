@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from steerguard.bundle import cut_shift
 from steerguard.calibration.config import FIT
 from steerguard.calibration.probe import LinearProbe, fit_binary
 
@@ -55,7 +56,7 @@ def grouped_oof(
 def on_threshold(scores: np.ndarray, cut: float, threshold: float) -> np.ndarray:
     """``scores`` with their cut moved to ``threshold``, as :func:`head_tensors`' bias moves it."""
     p = np.clip(scores, 1e-12, 1 - 1e-12)
-    z = np.log(p / (1 - p)) + _logit(threshold) - _logit(cut)
+    z = np.log(p / (1 - p)) + cut_shift(cut, threshold)
     return np.asarray(1 / (1 + np.exp(-z)))
 
 
@@ -72,14 +73,9 @@ def lowest_cut(benign: Sequence[float] | np.ndarray, max_flagged: float) -> floa
     return float(np.nextafter(ranked[allowed], 1.0)) if allowed < len(ranked) else 0.0
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
-
-
 def head_tensors(name: str, probe: LinearProbe, cut: float, threshold: float) -> dict[str, torch.Tensor]:
     """The head's bundle tensors under ``name.``, its bias moved so that ``cut`` sits at ``threshold``."""
-    shift = _logit(threshold) - _logit(cut)
+    shift = cut_shift(cut, threshold)
     return {
         f"{name}.mean": torch.from_numpy(probe.mean),
         f"{name}.std": torch.from_numpy(probe.std),

@@ -506,7 +506,7 @@ def passage_gate(
     prose (also run alone on a calibrated bundle: ``scripts/fit_passage_gate.py``)."""
     harmful = [e.prompt for e in run.calib if e.label == HARMFUL]
     probe = (probe_layer, threshold)
-    texts = prose_answers(run) or _prose_prompts(run)
+    texts = _prose(run)
     return fit_passage_gate(run.host, harmful, texts, probe, run.cfg, _probe_oof(run))
 
 
@@ -545,14 +545,18 @@ def passage_documents(run: Run) -> list[passages.Document]:
     hard = [e.prompt for e in calib if e.label != HARMFUL and e.kind != "benign"]
     docs = passages.documents(harmful, ordinary, hard, cfg)
     if cfg.passage_prose_answers > 0:
-        docs += passages.prose_documents(
-            harmful, ordinary, hard, prose_answers(run) or _prose_prompts(run), cfg
-        )
+        docs += passages.prose_documents(harmful, ordinary, hard, _prose(run), cfg)
     return docs
 
 
 def _ordinary(run: Run) -> list[str]:
     return [e.prompt for e in run.data.pool] or [e.prompt for e in run.calib if e.kind == "benign"]
+
+
+def _prose(run: Run) -> list[str]:
+    """The model's prose for passage documents and the gate: written answers, else the prompts
+    they would answer."""
+    return prose_answers(run) or _prose_prompts(run)
 
 
 def _prose_prompts(run: Run) -> list[str]:
