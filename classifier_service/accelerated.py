@@ -25,7 +25,6 @@ the probe layer's last state it returns the mean over the request's words
 from __future__ import annotations
 
 import importlib.util
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from classifier_service.prefix import SharedPrefix
+import classifier_service.prefix as prefix_module
+from classifier_service.graph_cache import cached_graph, code_version
+from classifier_service.prefix import SharedPrefix, template_prefix
 from steerguard.model.activations import LayerStates
 from steerguard.model.host import ModelHost
 from steerguard.model.spans import Span
@@ -252,15 +253,29 @@ def shared_trunk(host: ModelHost, layer: int, threads: int, engine: str = "openv
 
 @contextmanager
 def exported(host: ModelHost, layer: int) -> Iterator[tuple[Path, int]]:
-    """The trunk's ONNX graph, from a float32 copy of ``host``'s model, in a temporary folder
-    (gone after the block), and the template prefix's length."""
-    source = ModelHost.load(host.source, max_layers=layer + 1, dtype="float32")
-    prefix = SharedPrefix.for_host(source)
-    if prefix is None:
-        raise ValueError("the chat template has no shared prefix for the compiled trunk to start after")
-    with tempfile.TemporaryDirectory() as folder:
+    """The trunk's ONNX graph, from a float32 copy of ``host``'s model (kept in the graph cache,
+    :mod:`classifier_service.graph_cache`), and the template prefix's length."""
+    ids = template_prefix(host)
+
+    def make(folder: Path) -> Path:
+        source = ModelHost.load(host.source, max_layers=layer + 1, dtype="float32")
+        prefix = SharedPrefix.for_host(source)
+        if prefix is None:
+            raise ValueError("the chat template has no shared prefix for the compiled trunk to start after")
         trunk = PrefixedTrunk(source, prefix, layer).eval()
-        yield export(trunk, Path(folder), feeds(len(prefix), [1, 2, 3], None)), len(prefix)
+        return export(trunk, folder, feeds(len(prefix), [1, 2, 3], None))
+
+    with cached_graph(*_entry(host, "trunk", (layer,), prefix=ids), make) as graph:
+        yield graph, len(ids)
+
+
+def _entry(host: ModelHost, kind: str, layers: tuple[int, ...], **baked: Any) -> tuple[str, dict[str, Any]]:
+    """A graph cache entry's name and key: what the graph holds, and the code that made it."""
+    sha = host.identity.sha256
+    name = f"{kind}-{sha[:16]}-{'-'.join(map(str, layers))}"
+    code = code_version(Path(__file__), Path(prefix_module.__file__))  # its keys and values are baked in
+    key = {"weights": sha, "layers": list(layers), **baked, "code": code}
+    return name, key
 
 
 class CompiledTrunk:
@@ -386,10 +401,13 @@ class CompiledPassages:
     ) -> CompiledPassages:
         """Export a float32 copy of the model's first layers and compile it."""
         ordered = tuple(sorted(set(layers)))
-        source = ModelHost.load(host.source, max_layers=ordered[-1] + 1, dtype="float32")
         example = {"input_ids": np.asarray([[1, 2, 3]]), "position_ids": np.arange(3)[None, :]}
-        with tempfile.TemporaryDirectory() as folder:
-            graph = export(PassageTrunk(source, ordered).eval(), Path(folder), example)
+
+        def make(folder: Path) -> Path:
+            source = ModelHost.load(host.source, max_layers=ordered[-1] + 1, dtype="float32")
+            return export(PassageTrunk(source, ordered).eval(), folder, example)
+
+        with cached_graph(*_entry(host, "passages", ordered), make) as graph:
             run = openvino_runner(graph, tuple(example), threads, precision)
         return cls(run, ordered)
 

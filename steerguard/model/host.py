@@ -8,13 +8,12 @@ local Hugging Face causal-LM directory works too. Nothing is downloaded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from torch import nn
 from steerguard.errors import InvalidInput, ModelError
 from steerguard.model.chat import Conversation, neutralise
 from steerguard.model.identity import weights_sha256
-from steerguard.model.paths import DEFAULT_MODEL_NAME, cache_dir, default_gguf
+from steerguard.model.paths import DEFAULT_MODEL_NAME, cache_dir, default_gguf, file_lock
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 # Weight and activation precision. float32 is what calibration and the
@@ -100,20 +99,6 @@ def _quiet_transformers() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Serialise the one-time GGUF conversion across processes (services start together)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _converted_default() -> tuple[Path, str]:
     """Return (safetensors dir, gguf sha256), converting the GGUF on first use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,7 +109,7 @@ def _converted_default() -> tuple[Path, str]:
     marker = target / "steerguard_source.json"
     if marker.exists():
         return target, gguf_sha
-    with _file_lock(cache_dir() / "models" / ".convert.lock"):
+    with file_lock(cache_dir() / "models" / ".convert.lock"):
         if marker.exists():
             return target, gguf_sha
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

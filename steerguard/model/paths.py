@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from steerguard.errors import ModelError
@@ -16,6 +18,20 @@ def cache_dir() -> Path:
     """``$STEERGUARD_CACHE_DIR`` or ``~/.cache/steerguard`` (created on demand)."""
     root = os.environ.get("STEERGUARD_CACHE_DIR") or str(Path.home() / ".cache" / "steerguard")
     return Path(root)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Serialise a one-time step on the cache across processes (services start together)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def default_gguf() -> Path:

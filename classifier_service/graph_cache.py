@@ -1,0 +1,97 @@
+"""Exported graphs kept on disk between starts (``$STEERGUARD_CACHE_DIR/compiled``).
+
+Why: the compiled paths (:mod:`classifier_service.accelerated`) export a
+truncated copy of the model to ONNX at every start, and the export is most
+of a classifier's start-up: for SmolLM2 about 20 s for the single-prompt
+trunk and 13 s for the passage reader, against under a second to compile a
+graph once exported. A restarted container (Kubernetes keeps an
+``emptyDir`` across container restarts) or a second server on the same
+machine reuses the graph instead.
+
+An entry is a folder named for what it holds (``kind``, the weights' hash,
+the layers) with ``key.json`` beside the graph: the weights' full hash, the
+token ids baked in, and the code and library versions that made it. A key
+that differs (new code, another torch) re-exports in place, so a model and
+kind keep one entry. The entry is written in a temporary folder and renamed
+into place, under a file lock: services that start together export once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from steerguard.logs import get_logger
+from steerguard.model.paths import cache_dir, file_lock
+
+log = get_logger(__name__)
+
+GRAPH = "trunk.onnx"
+KEY = "key.json"
+
+
+def code_version(*sources: Path) -> str:
+    """A short hash of the files that shape a graph and of the libraries that export it."""
+    import torch
+    import transformers
+
+    digest = hashlib.sha256(f"{torch.__version__}|{transformers.__version__}".encode())
+    for path in sources:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@contextmanager
+def cached_graph(name: str, key: dict[str, Any], make: Callable[[Path], Path]) -> Iterator[Path]:
+    """The graph named ``name`` whose ``key`` matches, from the cache or made now by
+    ``make(folder)`` (which writes ``folder / GRAPH`` and returns its path).
+
+    Where the cache cannot be written (a read-only file system), the graph is
+    made in a temporary folder that is gone after the block.
+    """
+    folder = cache_dir() / "compiled" / name
+    record = json.dumps(key, sort_keys=True)
+    try:
+        with file_lock(folder.parent / f".{name}.lock"):
+            if _stored_key(folder) != record:
+                _store(folder, record, make)
+            else:
+                log.info("exported graph from the cache", graph=name)
+        found = True
+    except OSError as exc:
+        log.warning("graph cache unavailable, exporting for this start only", error=type(exc).__name__)
+        found = False
+    if found:
+        yield folder / GRAPH
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield make(Path(tmp))
+
+
+def _stored_key(folder: Path) -> str | None:
+    try:
+        return (folder / KEY).read_text()
+    except OSError:
+        return None
+
+
+def _store(folder: Path, record: str, make: Callable[[Path], Path]) -> None:
+    """Export into a fresh folder beside ``folder``, then put it in ``folder``'s place."""
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    try:
+        if make(staging) != staging / GRAPH:
+            raise ValueError(f"an exported graph must be written as {GRAPH}")
+        (staging / KEY).write_text(record)  # last: an entry with a key is whole
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".old-"))
+            folder.rename(old / "entry")
+            shutil.rmtree(old, ignore_errors=True)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
