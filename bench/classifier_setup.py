@@ -57,6 +57,15 @@ def server_process(
     slow each other (a thread pool that spins after its call takes the cores
     the next engine needs: OpenVINO after an ONNX Runtime call, 7.6 -> 14.0 ms).
     """
+    with served(bundle, model, threads, flags) as (_, stub):
+        yield stub
+
+
+@contextmanager
+def served(
+    bundle: Bundle, model: str | None, threads: int, flags: list[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], classifier_pb2_grpc.ClassifierStub]]:
+    """:func:`server_process`, with the process (its pid for /proc) and an environment of its own."""
     port = free_port()
     argv = [sys.executable, "-m", "steerguard", "serve", "classifier", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--threads", str(threads), "--log-level", "warning", *flags]
@@ -64,7 +73,7 @@ def server_process(
         argv += ["--model", model]
     if bundle.path is not None:
         argv += ["--bundle", str(bundle.path)]
-    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 300
         while not grpc_serving(f"127.0.0.1:{port}"):
@@ -72,7 +81,7 @@ def server_process(
                 raise RuntimeError("the classifier process did not start")
             time.sleep(0.25)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield classifier_pb2_grpc.ClassifierStub(channel)
+            yield process, classifier_pb2_grpc.ClassifierStub(channel)
     finally:
         process.terminate()
         process.wait(timeout=60)

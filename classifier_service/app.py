@@ -72,6 +72,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         cascade=not args.no_cascade,
         passage_candidates=not args.no_passage_candidates,
         backend=args.backend,
+        compiled_passages=not args.no_compiled_passages,
         warm_lengths=args.warm_lengths,
     )
     core = ClassifierCore(host, bundle, build_cache(args), config)

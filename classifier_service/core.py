@@ -598,6 +598,8 @@ class ClassifierCore:
         info = self.bundle.passage
         if info is None or self._trunk is None or self._trunk.engine != "openvino":
             return None
+        if not self.config.compiled_passages:
+            return None
         try:
             return accelerated.shared_passages(self.host, info.layers, torch.get_num_threads())
         except Exception as exc:

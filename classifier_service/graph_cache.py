@@ -18,6 +18,7 @@ into place, under a file lock: services that start together export once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -61,6 +62,7 @@ def cached_graph(name: str, key: dict[str, Any], make: Callable[[Path], Path]) -
         with file_lock(folder.parent / f".{name}.lock"):
             if _stored_key(folder) != record:
                 _store(folder, record, make)
+                release_memory()
             else:
                 log.info("exported graph from the cache", graph=name)
         found = True
@@ -71,7 +73,21 @@ def cached_graph(name: str, key: dict[str, Any], make: Callable[[Path], Path]) -
         yield folder / GRAPH
         return
     with tempfile.TemporaryDirectory() as tmp:
-        yield make(Path(tmp))
+        graph = make(Path(tmp))
+        release_memory()
+        yield graph
+
+
+def release_memory() -> None:
+    """Give an export's memory back to the system: the float32 copy of the model and the
+    exporter's graphs are garbage once the graph is written, but glibc keeps freed memory in its
+    arenas, and a first start's resident memory stayed ~0.4 GiB above a restart's."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _stored_key(folder: Path) -> str | None:

@@ -86,13 +86,14 @@ def test_loads_only_the_layers_the_probe_needs(
         bundle = Bundle.load(tiny_bundle_dir)
         assert core.host.loaded_layers == bundle.probe_layer + 1 < core.host.identity.num_layers
         assert core.cache is not None and core.cache.backend == "memory"
-        assert core.config.passage_candidates  # on by default
+        assert core.config.passage_candidates and core.config.compiled_passages  # on by default
     finally:
         core.close()
-    monkeypatch.setenv("STEERGUARD_NO_PASSAGE_CANDIDATES", "true")  # an operator's switch
+    monkeypatch.setenv("STEERGUARD_NO_PASSAGE_CANDIDATES", "true")  # operators' switches
+    monkeypatch.setenv("STEERGUARD_NO_COMPILED_PASSAGES", "true")
     off = load_core(parse("--model", str(tiny_model_dir), "--bundle", str(tiny_bundle_dir)))
     try:
-        assert not off.config.passage_candidates
+        assert not off.config.passage_candidates and not off.config.compiled_passages
     finally:
         off.close()
 

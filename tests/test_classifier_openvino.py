@@ -192,8 +192,10 @@ def test_a_core_on_openvino_reads_a_long_texts_passages_compiled(host: ModelHost
     config = CoreConfig(max_batch_wait_ms=0, max_prompt_tokens=96)
     plain = ClassifierCore(host, bundle, None, replace(config, backend="torch"))
     fast = ClassifierCore(host, bundle, None, replace(config, backend="openvino"))
+    lean = ClassifierCore(host, bundle, None, replace(config, backend="openvino", compiled_passages=False))
     try:
         assert plain._passages is None and fast._passages is not None
+        assert lean.backend == "openvino" and lean._passages is None  # the operator's switch
         conv = normalise_request(LONG_TEXT)
         assert fast.windows.plan(conv).passages
         calls = fast._passages.calls
@@ -204,3 +206,4 @@ def test_a_core_on_openvino_reads_a_long_texts_passages_compiled(host: ModelHost
     finally:
         plain.close()
         fast.close()
+        lean.close()
