@@ -378,6 +378,10 @@ class OnnxRuntimeTrunk(CompiledTrunk):
         return cls(run, prefix_len, layer, host.identity.hidden_size)
 
 
+# Passage lengths are padded to a multiple of this before the compiled pass (CompiledPassages.hidden).
+PASSAGE_BUCKET = 64
+
+
 class CompiledPassages:
     """Passages read by a compiled :class:`PassageTrunk` (OpenVINO): :meth:`hidden` is the
     ``hidden_of`` of :func:`steerguard.passages.position_states`.
@@ -412,15 +416,28 @@ class CompiledPassages:
         return cls(run, ordered)
 
     def hidden(self, ids: Sequence[int], layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """``{layer: [1, T, H]}``: the passage's states at ``layers`` (among those it was built for)."""
+        """``{layer: [1, T, H]}``: the passage's states at ``layers`` (among those it was built for).
+
+        The tokens are padded at the end to a multiple of :data:`PASSAGE_BUCKET`, which leaves
+        their states as they are (attention is causal): OpenVINO keeps memory for every input
+        length it meets (~1-3 MiB each, docs/benchmarks.md), and a text's last window may have
+        any length up to the window's, so only a few lengths ever reach it.
+        """
+        n = len(ids)
+        width = -(-n // PASSAGE_BUCKET) * PASSAGE_BUCKET
         feeds = {
-            "input_ids": np.asarray([list(ids)], dtype=np.int64),
-            "position_ids": np.arange(len(ids), dtype=np.int64)[None, :],
+            "input_ids": np.asarray([[*ids, *([ids[-1]] * (width - n))]], dtype=np.int64),
+            "position_ids": np.arange(width, dtype=np.int64)[None, :],
         }
         with self._lock:
             self.calls += 1
             states = torch.from_numpy(np.asarray(self._run(feeds), dtype=np.float32))
-        return {layer: states[self.layers.index(layer)][None] for layer in layers}
+        return {layer: states[self.layers.index(layer), :n][None] for layer in layers}
+
+    def warm(self, window: int) -> None:
+        """Run once on every padded length up to ``window`` tokens (what :meth:`hidden` may meet)."""
+        for width in range(PASSAGE_BUCKET, window + PASSAGE_BUCKET, PASSAGE_BUCKET):
+            self.hidden([0] * min(width, window), self.layers)
 
 
 _PASSAGES: dict[tuple[str, tuple[int, ...], int], CompiledPassages] = {}

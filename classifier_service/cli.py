@@ -100,7 +100,7 @@ def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
         "--no-compiled-passages",
         action="store_true",
         default=not core.compiled_passages,
-        help="read long texts' passages in PyTorch even where the backend is OpenVINO (about 0.35 GiB "
+        help="read long texts' passages in PyTorch even where the backend is OpenVINO (about 0.45 GiB "
         "less memory, passages about 1.3x slower)",
     )
     add_flag(

@@ -53,7 +53,7 @@ class CoreConfig:
     # required (an error otherwise); "torch": never.
     backend: str = "auto"
     # Where backend takes OpenVINO, a long text's passages run compiled too (classifier_service.
-    # accelerated.CompiledPassages): 0.13 s a window against 0.17 s in PyTorch bf16, for ~0.35 GiB
+    # accelerated.CompiledPassages): 0.13 s a window against 0.17 s in PyTorch bf16, for ~0.45 GiB
     # more resident memory (bench/bench_memory.py, docs/benchmarks.md); off: passages in PyTorch.
     compiled_passages: bool = True
     # Before SERVING, the compiled trunk runs once on every suffix length up to this many tokens:

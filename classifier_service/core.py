@@ -369,8 +369,8 @@ class ClassifierCore:
             self._probe_states([ids, ids[:-1]])
         if self._trunk is not None and self.config.warm_lengths > 0:
             self._trunk.warm(self.config.warm_lengths, ids[-1])
-        if self._passages is not None and self.bundle.passage is not None:  # a full window's length
-            self._passages.hidden(ids[-1:] * self.bundle.passage.window_tokens, self._passages.layers)
+        if self._passages is not None and self.bundle.passage is not None:
+            self._passages.warm(self.bundle.passage.window_tokens)
         if self.config.identify_language:
             language.detect("Loading the language model once, before the first request.")
 

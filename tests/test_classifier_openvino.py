@@ -183,6 +183,8 @@ def test_compiled_passages_read_the_pytorch_passage_states(host: ModelHost) -> N
     for layer in layers:
         torch.testing.assert_close(got[layer], want[layer], atol=1e-4, rtol=1e-4)
     assert reader.calls == len(passages)
+    reader.warm(130)  # every padded length a 130-token window can take: 64, 128 and 192
+    assert reader.calls == len(passages) + 3
 
 
 def test_a_core_on_openvino_reads_a_long_texts_passages_compiled(host: ModelHost, tmp_path: Path) -> None:
