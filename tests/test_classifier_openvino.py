@@ -209,3 +209,31 @@ def test_a_core_on_openvino_reads_a_long_texts_passages_compiled(host: ModelHost
         plain.close()
         fast.close()
         lean.close()
+
+
+def test_a_second_build_reads_the_graph_from_the_cache(
+    host: ModelHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEERGUARD_CACHE_DIR", str(tmp_path))
+    exports: list[Path] = []
+    real = accelerated.export
+
+    def counted(trunk: torch.nn.Module, folder: Path, example: dict[str, object]) -> Path:
+        exports.append(folder)
+        return real(trunk, folder, example)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(accelerated, "export", counted)
+    first = CompiledPassages.build(host, (1,), threads=2, precision="f32")
+    again = CompiledPassages.build(host, (1,), threads=2, precision="f32")
+    assert len(exports) == 1
+    ids = text_ids(host, LONG_TEXT)[:40]
+    torch.testing.assert_close(again.hidden(ids, (1,))[1], first.hidden(ids, (1,))[1])
+    OpenVinoTrunk.build(host, 1, threads=2, precision="f32")  # another graph: its own entry
+    assert len(exports) == 2
+    monkeypatch.setattr(accelerated, "code_version", lambda *_: "changed")  # new code: exported again
+    CompiledPassages.build(host, (1,), threads=2, precision="f32")
+    assert len(exports) == 3
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "compiled").iterdir() if p.is_dir()) == [
+        "passages",
+        "trunk",
+    ]
