@@ -596,9 +596,8 @@ class ClassifierCore:
         ONNX Runtime float32 read a window only 1.1x faster than PyTorch, so passages stay in
         PyTorch beside it)."""
         info = self.bundle.passage
-        if info is None or self._trunk is None or self._trunk.engine != "openvino":
-            return None
-        if not self.config.compiled_passages:
+        on_openvino = self._trunk is not None and self._trunk.engine == "openvino"
+        if info is None or not on_openvino or not self.config.compiled_passages:
             return None
         try:
             return accelerated.shared_passages(self.host, info.layers, torch.get_num_threads())
