@@ -24,7 +24,10 @@ the probe layer's last state it returns the mean over the request's words
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -256,17 +259,44 @@ def exported(host: ModelHost, layer: int) -> Iterator[tuple[Path, int]]:
     """The trunk's ONNX graph, from a float32 copy of ``host``'s model (kept in the graph cache,
     :mod:`classifier_service.graph_cache`), and the template prefix's length."""
     ids = template_prefix(host)
-
-    def make(folder: Path) -> Path:
-        source = ModelHost.load(host.source, max_layers=layer + 1, dtype="float32")
-        prefix = SharedPrefix.for_host(source)
-        if prefix is None:
-            raise ValueError("the chat template has no shared prefix for the compiled trunk to start after")
-        trunk = PrefixedTrunk(source, prefix, layer).eval()
-        return export(trunk, folder, feeds(len(prefix), [1, 2, 3], None))
-
+    make = functools.partial(export_in_child, "trunk", host.source, (layer,))
     with cached_graph(*_entry(host, "trunk", (layer,), prefix=ids), make) as graph:
         yield graph, len(ids)
+
+
+# Graphs :func:`export_graph` makes: the single-prompt trunk after the template prefix, and passages.
+KINDS = ("trunk", "passages")
+
+
+def export_graph(kind: str, model: Path, layers: tuple[int, ...], folder: Path) -> Path:
+    """Export the ``kind`` of graph from a float32 copy of ``model`` into ``folder`` (in this process)."""
+    source = ModelHost.load(model, max_layers=max(layers) + 1, dtype="float32")
+    if kind == "passages":
+        example = {"input_ids": np.asarray([[1, 2, 3]]), "position_ids": np.arange(3)[None, :]}
+        return export(PassageTrunk(source, layers).eval(), folder, example)
+    if kind != "trunk" or len(layers) != 1:
+        raise ValueError(f"unknown graph {kind!r} of layers {layers}")
+    prefix = SharedPrefix.for_host(source)
+    if prefix is None:
+        raise ValueError("the chat template has no shared prefix for the compiled trunk to start after")
+    trunk = PrefixedTrunk(source, prefix, layers[0]).eval()
+    return export(trunk, folder, feeds(len(prefix), [1, 2, 3], None))
+
+
+def export_in_child(kind: str, model: Path, layers: tuple[int, ...], folder: Path) -> Path:
+    """:func:`export_graph` in a process of its own (``python -m classifier_service.export_graph``).
+
+    Why: the exporter's memory is not all given back once it is done (a
+    classifier that exported its graphs at start held ~0.4 GiB more for its
+    whole life than one that found them cached, docs/benchmarks.md), and in
+    Kubernetes every new pod starts with an empty cache.
+    """
+    argv = [sys.executable, "-m", "classifier_service.export_graph", kind, str(model), str(folder)]
+    done = subprocess.run([*argv, *map(str, layers)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or "").strip().splitlines()[-3:]
+        raise RuntimeError(f"exporting the {kind} graph failed: {' | '.join(tail)}")
+    return folder / "trunk.onnx"
 
 
 def _entry(host: ModelHost, kind: str, layers: tuple[int, ...], **baked: Any) -> tuple[str, dict[str, Any]]:
@@ -405,14 +435,9 @@ class CompiledPassages:
     ) -> CompiledPassages:
         """Export a float32 copy of the model's first layers and compile it."""
         ordered = tuple(sorted(set(layers)))
-        example = {"input_ids": np.asarray([[1, 2, 3]]), "position_ids": np.arange(3)[None, :]}
-
-        def make(folder: Path) -> Path:
-            source = ModelHost.load(host.source, max_layers=ordered[-1] + 1, dtype="float32")
-            return export(PassageTrunk(source, ordered).eval(), folder, example)
-
+        make = functools.partial(export_in_child, "passages", host.source, ordered)
         with cached_graph(*_entry(host, "passages", ordered), make) as graph:
-            run = openvino_runner(graph, tuple(example), threads, precision)
+            run = openvino_runner(graph, ("input_ids", "position_ids"), threads, precision)
         return cls(run, ordered)
 
     def hidden(self, ids: Sequence[int], layers: Sequence[int]) -> dict[int, torch.Tensor]:

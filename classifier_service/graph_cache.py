@@ -2,8 +2,9 @@
 
 Why: the compiled paths (:mod:`classifier_service.accelerated`) export a
 truncated copy of the model to ONNX at every start, and the export is most
-of a classifier's start-up: for SmolLM2 about 20 s for the single-prompt
-trunk and 13 s for the passage reader, against under a second to compile a
+of a classifier's start-up: for SmolLM2 about 27 s for the single-prompt
+trunk and 20 s for the passage reader (each exported by a process of its
+own, ``accelerated.export_in_child``), against under a second to compile a
 graph once exported. A restarted container (Kubernetes keeps an
 ``emptyDir`` across container restarts) or a second server on the same
 machine reuses the graph instead.
@@ -18,7 +19,6 @@ into place, under a file lock: services that start together export once.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -62,7 +62,6 @@ def cached_graph(name: str, key: dict[str, Any], make: Callable[[Path], Path]) -
         with file_lock(folder.parent / f".{name}.lock"):
             if _stored_key(folder) != record:
                 _store(folder, record, make)
-                release_memory()
             else:
                 log.info("exported graph from the cache", graph=name)
         found = True
@@ -73,21 +72,7 @@ def cached_graph(name: str, key: dict[str, Any], make: Callable[[Path], Path]) -
         yield folder / GRAPH
         return
     with tempfile.TemporaryDirectory() as tmp:
-        graph = make(Path(tmp))
-        release_memory()
-        yield graph
-
-
-def release_memory() -> None:
-    """Give an export's memory back to the system: the float32 copy of the model and the
-    exporter's graphs are garbage once the graph is written, but glibc keeps freed memory in its
-    arenas, and a first start's resident memory stayed ~0.4 GiB above a restart's."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        yield make(Path(tmp))
 
 
 def _stored_key(folder: Path) -> str | None:

@@ -216,13 +216,13 @@ def test_a_second_build_reads_the_graph_from_the_cache(
 ) -> None:
     monkeypatch.setenv("STEERGUARD_CACHE_DIR", str(tmp_path))
     exports: list[Path] = []
-    real = accelerated.export
+    real = accelerated.export_in_child
 
-    def counted(trunk: torch.nn.Module, folder: Path, example: dict[str, object]) -> Path:
+    def counted(kind: str, model: Path, layers: tuple[int, ...], folder: Path) -> Path:
         exports.append(folder)
-        return real(trunk, folder, example)  # type: ignore[arg-type]
+        return real(kind, model, layers, folder)
 
-    monkeypatch.setattr(accelerated, "export", counted)
+    monkeypatch.setattr(accelerated, "export_in_child", counted)
     first = CompiledPassages.build(host, (1,), threads=2, precision="f32")
     again = CompiledPassages.build(host, (1,), threads=2, precision="f32")
     assert len(exports) == 1
@@ -237,3 +237,9 @@ def test_a_second_build_reads_the_graph_from_the_cache(
         "passages",
         "trunk",
     ]
+
+
+def test_an_export_that_fails_in_its_process_says_why(host: ModelHost, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="exporting the trunk graph failed: .*ValueError"):
+        accelerated.export_in_child("trunk", host.source, (0, 1), tmp_path)  # a trunk reads one layer
+    assert not (tmp_path / "trunk.onnx").exists()
