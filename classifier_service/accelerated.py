@@ -40,13 +40,14 @@ import torch
 from torch import nn
 
 import classifier_service.prefix as prefix_module
-from classifier_service.graph_cache import cached_graph, code_version
+from classifier_service.graph_cache import GRAPH, cached_graph, code_version
 from classifier_service.prefix import SharedPrefix, template_prefix
 from steerguard.model.activations import LayerStates
 from steerguard.model.host import ModelHost
 from steerguard.model.spans import Span
 
 INPUTS = ("input_ids", "position_ids", "span_weights")
+PASSAGE_INPUTS = ("input_ids", "position_ids")  # the passage graph's (PassageTrunk)
 
 
 def _layer_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +167,7 @@ class PassageTrunk(_Decoder):
 def export(trunk: nn.Module, folder: Path, example: dict[str, np.ndarray]) -> Path:
     """``trunk`` as an ONNX graph in ``folder``, its inputs named as ``example``'s keys, each of
     dynamic length (axis 1)."""
-    path = folder / "trunk.onnx"
+    path = folder / GRAPH
     steps = torch.export.Dim("steps", min=1, max=4096)
     # The exporter warns about itself (deprecations, axis names): not ours to fix, and errors
     # where warnings are errors (the test suite).
@@ -272,7 +273,7 @@ def export_graph(kind: str, model: Path, layers: tuple[int, ...], folder: Path) 
     """Export the ``kind`` of graph from a float32 copy of ``model`` into ``folder`` (in this process)."""
     source = ModelHost.load(model, max_layers=max(layers) + 1, dtype="float32")
     if kind == "passages":
-        example = {"input_ids": np.asarray([[1, 2, 3]]), "position_ids": np.arange(3)[None, :]}
+        example = dict(zip(PASSAGE_INPUTS, (np.asarray([[1, 2, 3]]), np.arange(3)[None, :]), strict=True))
         return export(PassageTrunk(source, layers).eval(), folder, example)
     if kind != "trunk" or len(layers) != 1:
         raise ValueError(f"unknown graph {kind!r} of layers {layers}")
@@ -296,7 +297,7 @@ def export_in_child(kind: str, model: Path, layers: tuple[int, ...], folder: Pat
     if done.returncode != 0:
         tail = (done.stderr or "").strip().splitlines()[-3:]
         raise RuntimeError(f"exporting the {kind} graph failed: {' | '.join(tail)}")
-    return folder / "trunk.onnx"
+    return folder / GRAPH
 
 
 def _entry(host: ModelHost, kind: str, layers: tuple[int, ...], **baked: Any) -> tuple[str, dict[str, Any]]:
@@ -437,7 +438,7 @@ class CompiledPassages:
         ordered = tuple(sorted(set(layers)))
         make = functools.partial(export_in_child, "passages", host.source, ordered)
         with cached_graph(*_entry(host, "passages", ordered), make) as graph:
-            run = openvino_runner(graph, ("input_ids", "position_ids"), threads, precision)
+            run = openvino_runner(graph, PASSAGE_INPUTS, threads, precision)
         return cls(run, ordered)
 
     def hidden(self, ids: Sequence[int], layers: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -450,10 +451,8 @@ class CompiledPassages:
         """
         n = len(ids)
         width = -(-n // PASSAGE_BUCKET) * PASSAGE_BUCKET
-        feeds = {
-            "input_ids": np.asarray([[*ids, *([ids[-1]] * (width - n))]], dtype=np.int64),
-            "position_ids": np.arange(width, dtype=np.int64)[None, :],
-        }
+        padded = np.asarray([[*ids, *([ids[-1]] * (width - n))]], dtype=np.int64)
+        feeds = dict(zip(PASSAGE_INPUTS, (padded, np.arange(width, dtype=np.int64)[None, :]), strict=True))
         with self._lock:
             self.calls += 1
             states = torch.from_numpy(np.asarray(self._run(feeds), dtype=np.float32))
