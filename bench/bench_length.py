@@ -45,6 +45,7 @@ the report describes how the committee reviewed annual budgets for schools parks
 libraries across the region and recommends steady funding with careful audits every spring
 """
 WORDS = tuple(_PROSE.split())
+LENGTHS = {"512": 512, "4096": 4096}
 
 
 def document(host: ModelHost, tokens: int, rng: random.Random) -> str:
@@ -67,27 +68,30 @@ def with_floor(bundle: Bundle, floor: float) -> Bundle:
     return Bundle.load(folder)
 
 
-def measure(
-    rounds: int, tiny: bool, floor: float | None = None, dtype: str = AUTO_DTYPE
-) -> dict[str, object]:
-    host, bundle = load(tiny, dtype, passage_tokens=128)
-    if floor is not None:
-        bundle = with_floor(bundle, floor)
-    core = ClassifierCore(host, bundle, None, CoreConfig())
-    core.warm_up()
+def timed_rounds(
+    cores: dict[str, ClassifierCore], host: ModelHost, rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Per core, per length: the wall time of each round's cache miss (cores and lengths interleaved)."""
     rng = random.Random(0)
-    lengths = {"512": 512, "4096": 4096}
-    times: dict[str, list[float]] = {k: [] for k in lengths}
-    views: dict[str, dict[str, int]] = {}
+    times = {name: {k: [] for k in LENGTHS} for name in cores}
     for _ in range(rounds):
-        for name, tokens in lengths.items():
+        for length, tokens in LENGTHS.items():
             conv = normalise_request(document(host, tokens, rng))
-            plan = core.windows.plan(conv)
-            views[name] = {"views": len(plan.read), "passages": len(plan.passages)}
-            started = time.perf_counter()
-            core.classify([conv])
-            times[name].append(time.perf_counter() - started)
-    core.close()
+            for name, core in cores.items():
+                started = time.perf_counter()
+                core.classify([conv])
+                times[name][length].append(time.perf_counter() - started)
+    return times
+
+
+def plan_size(core: ClassifierCore, text: str) -> dict[str, int]:
+    """How many views and passages ``core`` reads for ``text``."""
+    plan = core.windows.plan(normalise_request(text))
+    return {"views": len(plan.read), "passages": len(plan.passages)}
+
+
+def summary(times: dict[str, list[float]]) -> dict[str, object]:
+    """Medians, ranges and the ratio of one core's times."""
     p50 = {k: statistics.median(v) for k, v in times.items()}
     ratio = p50["4096"] / p50["512"]
     # Each round's own ratio: its two lengths ran back to back, so a slow spell of the machine
@@ -96,9 +100,33 @@ def measure(
     return {
         "p50_s": {k: round(v, 4) for k, v in p50.items()},
         "range_s": {k: [round(min(v), 4), round(max(v), 4)] for k, v in times.items()},
-        "views": views,
         "ratio_4096_vs_512": round(ratio, 3),
         "round_ratios": [round(x, 3) for x in per_round],
+    }
+
+
+def measure(
+    rounds: int, tiny: bool, floor: float | None = None, dtype: str = AUTO_DTYPE, side_by_side: bool = False
+) -> dict[str, object]:
+    host, bundle = load(tiny, dtype, passage_tokens=128)
+    if floor is not None:
+        bundle = with_floor(bundle, floor)
+    cores = {"default": ClassifierCore(host, bundle, None, CoreConfig())}
+    if side_by_side:  # the same text read with the passages in PyTorch (--no-compiled-passages)
+        cores["pytorch_passages"] = ClassifierCore(host, bundle, None, CoreConfig(compiled_passages=False))
+    for core in cores.values():
+        core.warm_up()
+    views = {k: plan_size(cores["default"], document(host, t, random.Random(0))) for k, t in LENGTHS.items()}
+    times = timed_rounds(cores, host, rounds)
+    result = {name: summary(t) for name, t in times.items()}
+    for core in cores.values():
+        core.close()
+    ratio = result["default"]["ratio_4096_vs_512"]
+    return {
+        **result["default"],
+        "views": views,
+        "passages_engine": cores["default"].passage_engine,
+        "side_by_side": {k: v for k, v in result.items() if k != "default"},
         "candidate_floor": bundle.passage.candidate_floor if bundle.passage else None,
         "dtype": str(host.model.dtype).removeprefix("torch."),
         "target": {"ratio_max": 5.0, "pass": ratio <= 5.0},
@@ -111,10 +139,15 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke run)")
     add_dtype_flag(parser)
     parser.add_argument("--floor", type=float, default=None, help="the passage gate's candidate floor")
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="also time a core with its passages in PyTorch, interleaved",
+    )
     parser.add_argument("--out", default="reports/bench/length.json")
     ns = parser.parse_args()
     configure_logging("json", "warning")
-    result = measure(ns.rounds, ns.tiny, ns.floor, ns.dtype)
+    result = measure(ns.rounds, ns.tiny, ns.floor, ns.dtype, ns.side_by_side)
     save(result, ns.out)
     return 0
 

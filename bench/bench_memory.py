@@ -39,6 +39,14 @@ VARIANTS = (
     ("auto, warm graph cache", [], False),
     ("auto, warm, --no-compiled-passages", ["--no-compiled-passages"], False),
     ("auto, warm, --warm-lengths 0", ["--warm-lengths", "0"], False),
+    # What --backend auto serves on a CPU without native bf16: float32, ONNX Runtime's trunk,
+    # passages by OpenVINO beside it (and without them).
+    ("float32 onnxruntime, warm", ["--backend", "onnxruntime", "--dtype", "float32"], False),
+    (
+        "float32 onnxruntime, warm, --no-compiled-passages",
+        ["--backend", "onnxruntime", "--dtype", "float32", "--no-compiled-passages"],
+        False,
+    ),
 )
 
 

@@ -225,6 +225,13 @@ def native_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def precision_of(host: ModelHost) -> str:
+    """OpenVINO's inference precision for ``host``'s compiled paths: ``bf16`` where the model is
+    served in bfloat16 on a CPU with native bf16, else ``f32``, so that an operator's
+    ``--dtype float32`` holds for the compiled paths too (they are exported from a float32 copy)."""
+    return "bf16" if host.model.dtype == torch.bfloat16 and native_bf16() else "f32"
+
+
 def auto_engine() -> str | None:
     """The engine ``--backend auto`` takes: what was measured fastest on the CPU at hand.
 
@@ -238,7 +245,7 @@ def auto_engine() -> str | None:
     return next((engine for engine in ("onnxruntime", "openvino") if available(engine)), None)
 
 
-_BUILT: dict[tuple[str, str, int, int], CompiledTrunk] = {}
+_BUILT: dict[tuple[str, str, int, int, str], CompiledTrunk] = {}
 _BUILT_LOCK = threading.Lock()
 
 
@@ -247,11 +254,13 @@ def shared_trunk(host: ModelHost, layer: int, threads: int, engine: str = "openv
     a bundle reload, or a second core on the same model, reuses it."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r} ({', '.join(ENGINES)})")
-    key = (str(host.source), engine, layer, threads)
+    key = (str(host.source), engine, layer, threads, str(host.model.dtype))
     with _BUILT_LOCK:
         if key not in _BUILT:
-            build = OpenVinoTrunk.build if engine == "openvino" else OnnxRuntimeTrunk.build
-            _BUILT[key] = build(host, layer, threads)
+            if engine == "openvino":
+                _BUILT[key] = OpenVinoTrunk.build(host, layer, threads, precision_of(host))
+            else:
+                _BUILT[key] = OnnxRuntimeTrunk.build(host, layer, threads)
         return _BUILT[key]
 
 
@@ -464,14 +473,14 @@ class CompiledPassages:
             self.hidden([0] * min(width, window), self.layers)
 
 
-_PASSAGES: dict[tuple[str, tuple[int, ...], int], CompiledPassages] = {}
+_PASSAGES: dict[tuple[str, tuple[int, ...], int, str], CompiledPassages] = {}
 
 
 def shared_passages(host: ModelHost, layers: tuple[int, ...], threads: int) -> CompiledPassages:
     """One compiled passage reader per model, layers and thread count in a process (see
     :func:`shared_trunk`)."""
-    key = (str(host.source), tuple(sorted(set(layers))), threads)
+    key = (str(host.source), tuple(sorted(set(layers))), threads, precision_of(host))
     with _BUILT_LOCK:
         if key not in _PASSAGES:
-            _PASSAGES[key] = CompiledPassages.build(host, key[1], threads)
+            _PASSAGES[key] = CompiledPassages.build(host, key[1], threads, key[3])
         return _PASSAGES[key]

@@ -52,9 +52,10 @@ class CoreConfig:
     # no early exit, falling back to PyTorch if the export fails; "openvino"/"onnxruntime":
     # required (an error otherwise); "torch": never.
     backend: str = "auto"
-    # Where backend takes OpenVINO, a long text's passages run compiled too (classifier_service.
-    # accelerated.CompiledPassages): 0.13 s a window against 0.17 s in PyTorch bf16, for ~0.45 GiB
-    # more resident memory (bench/bench_memory.py, docs/benchmarks.md); off: passages in PyTorch.
+    # Beside a compiled trunk (either engine), a long text's passages are read by OpenVINO in the
+    # served precision (classifier_service.accelerated.CompiledPassages): a window 0.13 s against
+    # 0.17 s in PyTorch bf16 (0.20 s against 0.25 s in float32), for ~0.45 GiB more resident
+    # memory (~0.6 GiB in float32; bench/bench_memory.py, docs/benchmarks.md); off: PyTorch.
     compiled_passages: bool = True
     # Before SERVING, the compiled trunk runs once on every suffix length up to this many tokens:
     # OpenVINO prepares each input length on its first call (~14 ms against ~9 ms after, on an

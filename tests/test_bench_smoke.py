@@ -56,13 +56,16 @@ def test_overhead_bench_measures_both_paths_side_by_side(tmp_path: Path) -> None
 
 
 def test_length_bench_reads_a_long_prompt_in_passages(tmp_path: Path) -> None:
-    r = run_bench("bench_length.py", tmp_path / "l.json", "--rounds", "1")
+    r = run_bench("bench_length.py", tmp_path / "l.json", "--rounds", "1", "--side-by-side")
     views = r["views"]
     assert views["512"] == {"views": 1, "passages": 0}
     assert views["4096"]["views"] == 0 and views["4096"]["passages"] > 3
     ratio = r["ratio_4096_vs_512"]
     assert isinstance(ratio, float) and ratio > 1.0
     assert r["round_ratios"] == [ratio]  # one round: its own ratio is the ratio of medians
+    assert r["passages_engine"] in ("openvino", "torch")  # openvino where a compiled trunk is taken
+    beside = r["side_by_side"]["pytorch_passages"]  # the same texts, passages in PyTorch
+    assert beside["ratio_4096_vs_512"] > 1.0 and beside["round_ratios"] == [beside["ratio_4096_vs_512"]]
 
 
 def test_answer_stream_bench_measures_both_ways_side_by_side(tmp_path: Path) -> None:

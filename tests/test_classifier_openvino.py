@@ -187,19 +187,25 @@ def test_compiled_passages_read_the_pytorch_passage_states(host: ModelHost) -> N
     assert reader.calls == len(passages) + 3
 
 
-def test_a_core_on_openvino_reads_a_long_texts_passages_compiled(host: ModelHost, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", accelerated.ENGINES)
+def test_a_core_with_a_compiled_trunk_reads_a_long_texts_passages_compiled(
+    host: ModelHost, tmp_path: Path, engine: str
+) -> None:
+    """Beside either engine's trunk (ONNX Runtime is what CPUs without native bf16 take), passages
+    are read by OpenVINO; ``--backend torch`` and the operator's switch keep them in PyTorch."""
     from devstack.models import make_random_bundle
 
     bundle = make_random_bundle(host, tmp_path / "b", passage_tokens=64)
     config = CoreConfig(max_batch_wait_ms=0, max_prompt_tokens=96)
     plain = ClassifierCore(host, bundle, None, replace(config, backend="torch"))
-    fast = ClassifierCore(host, bundle, None, replace(config, backend="openvino"))
-    lean = ClassifierCore(host, bundle, None, replace(config, backend="openvino", compiled_passages=False))
+    fast = ClassifierCore(host, bundle, None, replace(config, backend=engine))
+    lean = ClassifierCore(host, bundle, None, replace(config, backend=engine, compiled_passages=False))
     try:
-        assert plain._passages is None and fast._passages is not None
-        assert lean.backend == "openvino" and lean._passages is None  # the operator's switch
+        assert plain.passage_engine == "torch" and fast.passage_engine == "openvino"
+        assert lean.backend == engine and lean.passage_engine == "torch"  # the operator's switch
         conv = normalise_request(LONG_TEXT)
         assert fast.windows.plan(conv).passages
+        assert fast._passages is not None
         calls = fast._passages.calls
         (want,) = plain.classify([conv])
         (got,) = fast.classify([conv])
@@ -209,6 +215,18 @@ def test_a_core_on_openvino_reads_a_long_texts_passages_compiled(host: ModelHost
         plain.close()
         fast.close()
         lean.close()
+
+
+def test_the_compiled_paths_run_in_the_served_precision(
+    tiny_model_dir: Path, host: ModelHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 only for a bfloat16 model on a CPU with native bf16: ``--dtype float32`` holds."""
+    monkeypatch.setattr(accelerated, "native_bf16", lambda: True)
+    assert host.model.dtype == torch.float32 and accelerated.precision_of(host) == "f32"
+    half = ModelHost.load(tiny_model_dir, max_layers=2, dtype="bfloat16")
+    assert accelerated.precision_of(half) == "bf16"
+    monkeypatch.setattr(accelerated, "native_bf16", lambda: False)
+    assert accelerated.precision_of(half) == "f32"
 
 
 def test_a_second_build_reads_the_graph_from_the_cache(
