@@ -85,6 +85,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         loaded_layers=host.loaded_layers,
         dtype=str(host.model.dtype).removeprefix("torch."),
         backend=core.backend,
+        passages=core.passage_engine,
         model_layers=host.identity.num_layers,
         cache="redis" if args.redis_url else "memory",
     )
