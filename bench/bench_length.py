@@ -12,8 +12,12 @@ the probe layer (steerguard.passages): the last paragraph always, a window's
 top segment end when it reaches the candidate floor. Ordinary prose seldom
 does; ``--floor 0`` reads every window's top, the most a text can cost.
 
+``--side-by-side`` also times a core with its passages in PyTorch
+(``--no-compiled-passages``) on the same texts, interleaved; with ``--dtype
+float32`` that is what a CPU without native bf16 serves.
+
     python bench/bench_length.py [--rounds 5] [--tiny] [--floor F] [--dtype auto]
-        [--out reports/bench/length.json]
+        [--side-by-side] [--out reports/bench/length.json]
 """
 
 from __future__ import annotations
