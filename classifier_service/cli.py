@@ -173,6 +173,15 @@ def register(subparsers: Any) -> None:
         description="Classify prompts with the bundle's probe (early exit, micro-batching, verdict cache).",
     )
     add_classifier_flags(parser)
+    add_flag(
+        parser,
+        "--prepare-only",
+        action="store_true",
+        default=False,
+        help="convert the model and export the compiled graphs this server would use into "
+        "$STEERGUARD_CACHE_DIR, then exit without serving (an image bakes them in at build time "
+        "and points STEERGUARD_PREPARED_CACHE_DIR at them)",
+    )
     parser.set_defaults(func=main)
 
 

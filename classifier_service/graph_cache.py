@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from steerguard.logs import get_logger
-from steerguard.model.paths import cache_dir, file_lock
+from steerguard.model.paths import cache_dir, file_lock, prepared_dir
 
 log = get_logger(__name__)
 
@@ -53,11 +53,17 @@ def cached_graph(name: str, key: dict[str, Any], make: Callable[[Path], Path]) -
     """The graph named ``name`` whose ``key`` matches, from the cache or made now by
     ``make(folder)`` (which writes ``folder / GRAPH`` and returns its path).
 
-    Where the cache cannot be written (a read-only file system), the graph is
-    made in a temporary folder that is gone after the block.
+    A matching entry of the prepared cache (:func:`~steerguard.model.paths.prepared_dir`)
+    is read in place. Where the cache cannot be written (a read-only file
+    system), the graph is made in a temporary folder that is gone after the block.
     """
     folder = cache_dir() / "compiled" / name
     record = json.dumps(key, sort_keys=True)
+    prepared = prepared_dir()
+    if prepared is not None and _stored_key(prepared / "compiled" / name) == record:
+        log.info("exported graph from the prepared cache", graph=name)
+        yield prepared / "compiled" / name / GRAPH
+        return
     try:
         with file_lock(folder.parent / f".{name}.lock"):
             if _stored_key(folder) != record:

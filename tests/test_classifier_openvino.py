@@ -261,3 +261,70 @@ def test_an_export_that_fails_in_its_process_says_why(host: ModelHost, tmp_path:
     with pytest.raises(RuntimeError, match="exporting the trunk graph failed: .*ValueError"):
         accelerated.export_in_child("trunk", host.source, (0, 1), tmp_path)  # a trunk reads one layer
     assert not (tmp_path / "trunk.onnx").exists()
+
+
+def test_a_prepared_cache_lets_a_server_start_without_exporting(
+    host: ModelHost, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """``--prepare-only`` exports what the server would (trunk and passages) and exits; a server
+    pointed at it (``STEERGUARD_PREPARED_CACHE_DIR``, read-only as in the image) with an empty
+    writable cache, as a new pod has, reads both graphs from it and exports nothing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from devstack.models import make_random_bundle
+    from tests.test_classifier_cli import REPO, _wait_for_log
+
+    make_random_bundle(host, tmp_path / "b", passage_tokens=64)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "STEERGUARD_MODEL": str(tiny_model_dir),
+        "STEERGUARD_BUNDLE": str(tmp_path / "b"),
+        "STEERGUARD_BACKEND": "openvino",
+        "STEERGUARD_LOG_FORMAT": "json",
+        "STEERGUARD_THREADS": "1",
+        "STEERGUARD_HOST": "127.0.0.1",
+        "STEERGUARD_PORT": "0",
+        "STEERGUARD_METRICS_PORT": "0",
+    }
+    command = [sys.executable, "-m", "steerguard", "serve", "classifier"]
+    prepared = tmp_path / "prepared"
+    done = subprocess.run(
+        [*command, "--prepare-only"],
+        env={**env, "STEERGUARD_CACHE_DIR": str(prepared)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert any(e.get("event") == "classifier prepared" and e["passages"] == "openvino" for e in events)
+    assert sorted(p.name.split("-")[0] for p in (prepared / "compiled").iterdir() if p.is_dir()) == [
+        "passages",
+        "trunk",
+    ]
+    writable = tmp_path / "writable"
+    for folder in (prepared, *prepared.rglob("*")):
+        folder.chmod(0o555 if folder.is_dir() else 0o444)
+    proc = subprocess.Popen(
+        command,
+        env={**env, "STEERGUARD_CACHE_DIR": str(writable), "STEERGUARD_PREPARED_CACHE_DIR": str(prepared)},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[dict[str, object]] = []
+    try:
+        _wait_for_log(proc, "classifier serving", seen, timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+        for folder in (prepared, *prepared.rglob("*")):
+            folder.chmod(0o755)
+    read = [r.get("graph") for r in seen if r.get("event") == "exported graph from the prepared cache"]
+    assert len(read) == 2 and not (writable / "compiled").exists()

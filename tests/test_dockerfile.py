@@ -103,6 +103,18 @@ def test_model_and_default_bundle_are_baked_in(
     assert any(p.startswith("bundles/") for p in package_data), "the default bundle ships as package data"
 
 
+def test_the_model_and_graphs_are_prepared_at_build_time(dockerfile: km.Dockerfile) -> None:
+    """A new pod starts with an empty cache: the builder makes the converted model and the
+    classifier's graphs with the classifier's own ``--prepare-only`` (what a start would make,
+    tests/test_classifier_openvino.py), inside the virtualenv that the one COPY carries, and
+    the runtime points ``STEERGUARD_PREPARED_CACHE_DIR`` there."""
+    prepared = dockerfile.final.env().get("STEERGUARD_PREPARED_CACHE_DIR", "")
+    assert prepared.startswith("/opt/venv/"), "inside the virtualenv, which the final stage copies"
+    runs = [r.value for r in dockerfile.stages[0].all("RUN") if "--prepare-only" in r.value]
+    assert len(runs) == 1 and f"STEERGUARD_CACHE_DIR={prepared}" in runs[0]
+    assert "steerguard serve classifier --prepare-only" in runs[0] and '"$VARIANT" != light' in runs[0]
+
+
 def test_entrypoint_is_the_console_script(dockerfile: km.Dockerfile, pyproject: dict[str, object]) -> None:
     entry = dockerfile.entrypoint()
     assert entry == ["steerguard"], f'exec-form ENTRYPOINT ["steerguard"] expected, got {entry}'

@@ -77,3 +77,28 @@ def test_the_code_version_follows_the_files_that_shape_a_graph(tmp_path: Path) -
     assert graph_cache.code_version(source) == first
     source.write_text("a = 2\n")
     assert graph_cache.code_version(source) != first
+
+
+def test_a_prepared_cache_is_read_in_place_and_never_written(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph baked into the image (``STEERGUARD_PREPARED_CACHE_DIR``) is used where its key
+    matches; another key is made in the writable cache, the prepared one left as it was."""
+    prepared = tmp_path / "prepared"
+    monkeypatch.setenv("STEERGUARD_CACHE_DIR", str(prepared))
+    with cached_graph("trunk-x", {"code": "a"}, Exporter()):
+        pass
+    monkeypatch.setenv("STEERGUARD_CACHE_DIR", str(cache.parent))
+    monkeypatch.setenv("STEERGUARD_PREPARED_CACHE_DIR", str(prepared))
+    prepared.chmod(0o555)  # read-only, as in the image
+    try:
+        make = Exporter()
+        with cached_graph("trunk-x", {"code": "a"}, make) as graph:
+            assert graph == prepared / "compiled" / "trunk-x" / GRAPH and graph.read_text() == "export 1"
+        assert make.calls == 0 and not cache.exists()
+        with cached_graph("trunk-x", {"code": "b"}, make) as graph:  # other code: made here
+            assert graph.parent == cache / "trunk-x" and graph.read_text() == "export 1"
+        assert make.calls == 1
+        assert (prepared / "compiled" / "trunk-x" / "key.json").read_text() == '{"code": "a"}'
+    finally:
+        prepared.chmod(0o755)

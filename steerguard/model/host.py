@@ -24,7 +24,7 @@ from torch import nn
 from steerguard.errors import InvalidInput, ModelError
 from steerguard.model.chat import Conversation, neutralise
 from steerguard.model.identity import weights_sha256
-from steerguard.model.paths import DEFAULT_MODEL_NAME, cache_dir, default_gguf, file_lock
+from steerguard.model.paths import DEFAULT_MODEL_NAME, cache_dir, default_gguf, file_lock, prepared_dir
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 # Weight and activation precision. float32 is what calibration and the
@@ -107,6 +107,9 @@ def _converted_default() -> tuple[Path, str]:
     gguf_sha = weights_sha256([gguf])
     target = cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-{gguf_sha[:16]}"
     marker = target / "steerguard_source.json"
+    prepared = prepared_dir()
+    if prepared is not None and (prepared / "models" / target.name / marker.name).exists():
+        return prepared / "models" / target.name, gguf_sha
     if marker.exists():
         return target, gguf_sha
     with file_lock(cache_dir() / "models" / ".convert.lock"):

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from steerguard.model.paths import cache_dir
+from steerguard.model.paths import cache_dir, prepared_dir
 
 
 def _file_sha256(path: Path) -> str:
@@ -23,13 +23,20 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _memo(path: Path) -> dict[str, str]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def weights_sha256(files: Iterable[Path]) -> str:
     """sha256 over the files' own hashes, in name order; memoised by (path, size, mtime)."""
     memo_path = cache_dir() / "hashes.json"
-    try:
-        memo: dict[str, str] = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
+    prepared = prepared_dir()
+    # The prepared cache's hashes first: its files are read-only, so their entries stay true.
+    memo = {**(_memo(prepared / "hashes.json") if prepared else {}), **_memo(memo_path)}
     outer = hashlib.sha256()
     changed = False
     for f in sorted(Path(p).resolve() for p in files):

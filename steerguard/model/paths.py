@@ -20,6 +20,21 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def prepared_dir() -> Path | None:
+    """``$STEERGUARD_PREPARED_CACHE_DIR``: a read-only cache made ahead of time, read before
+    :func:`cache_dir` and never written.
+
+    Why: in Kubernetes the writable cache is an ``emptyDir`` that every new pod
+    starts without, so each pod converted the model and exported the
+    classifier's graphs again (about a minute on 2 cores). The image bakes them
+    in instead (``steerguard serve classifier --prepare-only`` at build time,
+    see the Dockerfile); an entry it lacks, or one made by other code, is made
+    in the writable cache as before.
+    """
+    root = os.environ.get("STEERGUARD_PREPARED_CACHE_DIR")
+    return Path(root) if root else None
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Serialise a one-time step on the cache across processes (services start together)."""
