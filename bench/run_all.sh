@@ -21,6 +21,7 @@ mkdir -p "$OUT"
 "$PY" bench/bench_overlap.py --out "$OUT/overlap.json"
 "$PY" bench/bench_onnx.py --out "$OUT/onnx.json"
 "$PY" bench/bench_memory.py --out "$OUT/memory.json"
+"$PY" bench/bench_startup.py --out "$OUT/startup.json"
 # The vLLM engine runs in its own virtualenv (scripts/setup_vllm.sh); skipped without it.
 if [ -x .venv-vllm/bin/python ]; then
   .venv-vllm/bin/python bench/bench_vllm.py --out "$OUT/vllm.json"
