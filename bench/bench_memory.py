@@ -13,7 +13,6 @@ without compiled passages and without the trunk's warm-up of input lengths.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import sys
@@ -24,8 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_length import document  # noqa: E402  (bench/, on the path when a benchmark runs)
-from classifier_setup import load, served  # noqa: E402
-from report import save  # noqa: E402
+from classifier_setup import load, served, served_bench_main  # noqa: E402
 
 from steerguard.bundle import Bundle  # noqa: E402
 from steerguard.model.host import ModelHost  # noqa: E402
@@ -85,14 +83,5 @@ def measure(tiny: bool) -> dict[str, object]:
     return {"variants": results, "model": "tiny" if tiny else "SmolLM2-135M-Instruct"}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke run)")
-    parser.add_argument("--out", default="reports/bench/memory.json")
-    ns = parser.parse_args()
-    save(measure(ns.tiny), ns.out)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(served_bench_main(__doc__, "reports/bench/memory.json", measure))

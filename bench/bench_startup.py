@@ -19,7 +19,6 @@ Also reported: what each start wrote into its writable cache (MiB).
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -30,8 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from classifier_setup import load, served  # noqa: E402  (bench/, on the path when a benchmark runs)
-from report import save  # noqa: E402
+from classifier_setup import load, served, served_bench_main  # noqa: E402  (bench/, on the path when a benchmark runs)
 
 from steerguard.bundle import Bundle  # noqa: E402
 
@@ -83,14 +81,5 @@ def measure(tiny: bool) -> dict[str, object]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke run)")
-    parser.add_argument("--out", default="reports/bench/startup.json")
-    ns = parser.parse_args()
-    save(measure(ns.tiny), ns.out)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(served_bench_main(__doc__, "reports/bench/startup.json", measure))

@@ -7,12 +7,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
+from report import save
 
 from devstack.net import free_port, grpc_serving
 from steerguard.bundle import Bundle
@@ -85,3 +86,13 @@ def served(
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def served_bench_main(doc: str | None, out: str, measure: Callable[[bool], dict[str, object]]) -> int:
+    """The ``main`` of a bench of served processes whose only flags are ``--tiny`` and ``--out``."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke run)")
+    parser.add_argument("--out", default=out)
+    ns = parser.parse_args()
+    save(measure(ns.tiny), ns.out)
+    return 0
