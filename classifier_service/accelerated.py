@@ -46,7 +46,7 @@ from steerguard.model.activations import LayerStates
 from steerguard.model.host import ModelHost
 from steerguard.model.spans import Span
 
-INPUTS = ("input_ids", "position_ids", "span_weights")
+INPUTS = ("input_ids", "position_ids", "span_weights", "last_weights")
 PASSAGE_INPUTS = ("input_ids", "position_ids")  # the passage graph's (PassageTrunk)
 
 
@@ -112,9 +112,11 @@ def _causal_bias(steps: int, before: int) -> torch.Tensor:
 class PrefixedTrunk(_Decoder):
     """The decoder up to ``layer`` after a fixed prefix.
 
-    (suffix ids ``[1, T]``, positions ``[1, T]``, weights ``[1, T]``) ->
-    ``[1, 2H]``: the last position's state, then the weighted sum of the
-    states (the weights average the content span; all zero: no span).
+    (suffix ids ``[1, T]``, positions ``[1, T]``, span weights ``[1, T]``,
+    last weights ``[1, T]``) -> ``[1, 2H]``: the state the last weights pick
+    (one-hot at the suffix's last real token: a suffix padded at its end,
+    :func:`trunk_width`, reads the same states), then the weighted sum of the
+    states (the span weights average the content span; all zero: no span).
     """
 
     def __init__(self, host: ModelHost, prefix: SharedPrefix, layer: int) -> None:
@@ -130,14 +132,18 @@ class PrefixedTrunk(_Decoder):
         return getattr(self, f"k{i}"), getattr(self, f"v{i}")
 
     def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, span_weights: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        span_weights: torch.Tensor,
+        last_weights: torch.Tensor,
     ) -> torch.Tensor:
         h = self.embed(input_ids)
         rope = self.rotary(h, position_ids)
         bias = _causal_bias(input_ids.shape[1], self.prefix_len)
         for i in range(len(self.layers)):
             h = self._block(i, h, rope, bias)
-        return torch.cat([h[:, -1, :], span_weights @ h[0]], dim=-1)
+        return torch.cat([last_weights @ h[0], span_weights @ h[0]], dim=-1)
 
 
 class PassageTrunk(_Decoder):
@@ -189,24 +195,50 @@ def export(trunk: nn.Module, folder: Path, example: dict[str, np.ndarray]) -> Pa
     return path
 
 
+# Suffixes up to this many tokens run at their own length; longer ones are padded (trunk_width).
+EXACT_WIDTHS = 64
+
+
+def trunk_width(steps: int) -> int:
+    """The input length a suffix of ``steps`` tokens runs at: its own up to :data:`EXACT_WIDTHS`,
+    then padded at its end to a multiple of a sixteenth of the next power of two (72, 80 ...
+    128, 144 ... 256, 288 ... 512): at most ~12% more tokens, and 88 lengths up to 512.
+
+    Why: OpenVINO prepares each input length on its first call and keeps ~2.7 MiB
+    for it, so a server that met every length up to a step's 512 tokens held ~0.7
+    GiB more than at SERVING, and warming them all took too long for a start.
+    Padding at the end leaves the real tokens' states as they are (attention is
+    causal), and the graph reads the last real token (``last_weights``).
+    """
+    if steps <= EXACT_WIDTHS:
+        return steps
+    unit = 1 << ((steps - 1).bit_length() - 4)
+    return -(-steps // unit) * unit
+
+
 def feeds(prefix_len: int, suffix: list[int], span: Span | None) -> dict[str, np.ndarray]:
-    """The graph's inputs for one row's ``suffix`` (the tokens after the prefix).
+    """The graph's inputs for one row's ``suffix`` (the tokens after the prefix), padded at its
+    end to :func:`trunk_width`.
 
     ``span`` counts positions from the row's first token, prefix included, as
     :meth:`SharedPrefix.states_at` does; its part after the prefix is averaged
     (at least the position where it starts).
     """
     steps = len(suffix)
-    weights = np.zeros((1, steps), dtype=np.float32)
+    width = trunk_width(steps)
+    weights = np.zeros((1, width), dtype=np.float32)
     if span is not None:
         a = max(span[0], prefix_len) - prefix_len
         b = max(span[1] - prefix_len, a + 1)
         a, b = min(a, steps - 1), min(b, steps)
         weights[0, a:b] = 1.0 / (b - a)
+    last = np.zeros((1, width), dtype=np.float32)
+    last[0, steps - 1] = 1.0
     return {
-        "input_ids": np.asarray([suffix], dtype=np.int64),
-        "position_ids": np.arange(prefix_len, prefix_len + steps, dtype=np.int64)[None, :],
+        "input_ids": np.asarray([[*suffix, *([suffix[-1]] * (width - steps))]], dtype=np.int64),
+        "position_ids": np.arange(prefix_len, prefix_len + width, dtype=np.int64)[None, :],
         "span_weights": weights,
+        "last_weights": last,
     }
 
 
@@ -332,15 +364,18 @@ class CompiledTrunk:
         self._run, self.prefix_len, self.layer, self._hidden = run, prefix_len, layer, hidden
         self.calls = 0  # rows read (a metric for tests and logs)
         self._warmed = 0  # suffix lengths 1.._warmed have run once (warm)
+        self._widths: set[int] = set()  # the input lengths (trunk_width) warm-up ran
         self._lock = threading.Lock()  # one inference at a time: cores that share the trunk take turns
 
     def warm(self, lengths: int, token: int) -> None:
-        """Run once on every suffix length from 1 to ``lengths`` not run before (see
-        ``CoreConfig.warm_lengths``); a trunk shared by several cores warms once."""
+        """Run once on every input length a suffix of 1 to ``lengths`` tokens takes
+        (:func:`trunk_width`) not run before (see ``CoreConfig.warm_lengths``); a trunk shared
+        by several cores warms once."""
         with self._lock:
-            start, self._warmed = self._warmed + 1, max(self._warmed, lengths)
-            for steps in range(start, lengths + 1):
-                self._run(feeds(self.prefix_len, [token] * steps, None))
+            self._warmed = max(self._warmed, lengths)
+            for width in sorted({trunk_width(steps) for steps in range(1, lengths + 1)} - self._widths):
+                self._run(feeds(self.prefix_len, [token] * width, None))
+                self._widths.add(width)
 
     def states_at(self, row: list[int], span: Span | None) -> LayerStates:
         """The layer's last state ``[1, H]`` and, with ``span``, its mean over the span ``[1, H]``."""

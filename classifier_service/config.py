@@ -57,11 +57,13 @@ class CoreConfig:
     # 0.17 s in PyTorch bf16 (0.20 s against 0.25 s in float32), for ~0.45 GiB more resident
     # memory (~0.6 GiB in float32; bench/bench_memory.py, docs/benchmarks.md); off: PyTorch.
     compiled_passages: bool = True
-    # Before SERVING, the compiled trunk runs once on every suffix length up to this many tokens:
-    # OpenVINO prepares each input length on its first call (~14 ms against ~9 ms after, on an
-    # Intel Xeon with AMX), so without it a cache miss of a length not yet seen pays that (the
-    # miss-latency bench's prompts did). About 4 s at start-up for 256; 0: none.
-    warm_lengths: int = 256
+    # Before SERVING, the compiled trunk runs once on every input length a suffix of up to this
+    # many tokens takes (accelerated.trunk_width: its own up to 64, then 8 padded lengths per
+    # doubling, 88 up to 512): OpenVINO prepares each input length on its first call (~14 ms
+    # against ~9 ms after, on an Intel Xeon with AMX), so without it a cache miss of a length not
+    # yet seen pays that (the miss-latency bench's prompts did), and keeps ~2.7 MiB for it. 512
+    # covers every length a single view's step can take; 0: none.
+    warm_lengths: int = 512
     # Use the bundle's early exit (manifest.cascade), where it has one: confident safe prompts
     # stop at a shallower layer (docs/benchmarks.md).
     cascade: bool = True

@@ -35,6 +35,8 @@ def host(tiny_model_dir: Path, tiny_bundle: Bundle) -> ModelHost:
 
 @pytest.mark.parametrize("engine", accelerated.ENGINES)
 def test_the_trunk_reads_the_prefix_paths_states(host: ModelHost, tiny_bundle: Bundle, engine: str) -> None:
+    """Short prompts run at their own length; the long one runs padded at its end
+    (``trunk_width``) and still reads its last real token's state and its span's mean."""
     layer = tiny_bundle.probe_layer
     trunk: CompiledTrunk = (
         OpenVinoTrunk.build(host, layer, threads=2, precision="f32")
@@ -45,7 +47,10 @@ def test_the_trunk_reads_the_prefix_paths_states(host: ModelHost, tiny_bundle: B
     prefix = SharedPrefix.for_host(host)
     assert prefix is not None and trunk.prefix_len == len(prefix)
     markers = TurnMarkers.for_tokenizer(host.tokenizer)
-    for text in PROMPTS:
+    padded = "Tell me about tides and the moon, " * 12
+    steps = len(host.token_ids(normalise_request(padded))) - len(prefix)
+    assert accelerated.trunk_width(steps) > steps
+    for text in [*PROMPTS, padded]:
         row = host.token_ids(normalise_request(text))
         (span,) = batch_spans(host.pad([row]), markers)
         want = prefix.states_at([row], [layer], spans=[span])
@@ -54,6 +59,14 @@ def test_the_trunk_reads_the_prefix_paths_states(host: ModelHost, tiny_bundle: B
         assert got.content is not None and want.content is not None
         torch.testing.assert_close(got.content, want.content, atol=1e-4, rtol=1e-4)
         assert trunk.states_at(row, None).content is None
+
+
+def test_trunk_widths_pad_long_suffixes_a_little_and_meet_few_lengths() -> None:
+    widths = [accelerated.trunk_width(n) for n in range(1, 513)]
+    assert widths[:64] == list(range(1, 65))  # short suffixes run as they are
+    assert all(n <= w <= 1.125 * n for n, w in enumerate(widths, start=1))
+    assert len(set(widths)) == 88 and max(widths) == 512
+    assert accelerated.trunk_width(65) == 72 and accelerated.trunk_width(129) == 144
 
 
 def test_a_core_with_the_backend_serves_single_prompts_with_it(
@@ -155,6 +168,8 @@ def test_warm_up_runs_each_length_once_and_onnx_runtime_does_not_spin(
     trunk.warm(4, row[-1])  # nothing new
     trunk.warm(8, row[-1])  # only the lengths not yet run
     assert seen == [1, 2, 3, 4, 5, 6, 7, 8]
+    trunk.warm(100, row[-1])  # past the exact widths, each padded width once
+    assert seen[8:] == [*range(9, 65), 72, 80, 88, 96, 104]
     torch.testing.assert_close(trunk.states_at(row, None).states[layer], before)
     with accelerated.exported(host, layer) as (graph, _):  # the trunk keeps no handle on its session
         options = accelerated.ort_session(graph, threads=2).get_session_options()
