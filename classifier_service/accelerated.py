@@ -195,6 +195,14 @@ def export(trunk: nn.Module, folder: Path, example: dict[str, np.ndarray]) -> Pa
     return path
 
 
+def _padded(ids: Sequence[int], unit: int) -> np.ndarray:
+    """``[1, W]``: ``ids`` padded at their end (with their last token) to a multiple ``W`` of
+    ``unit``. The compiled paths read only the real tokens' states, which padding at the end
+    leaves as they are (attention is causal), so an engine meets few input lengths."""
+    width = -(-len(ids) // unit) * unit
+    return np.asarray([[*ids, *([ids[-1]] * (width - len(ids)))]], dtype=np.int64)
+
+
 # Suffixes up to this many tokens run at their own length; longer ones are padded (trunk_width).
 EXACT_WIDTHS = 64
 
@@ -210,10 +218,12 @@ def trunk_width(steps: int) -> int:
     Padding at the end leaves the real tokens' states as they are (attention is
     causal), and the graph reads the last real token (``last_weights``).
     """
-    if steps <= EXACT_WIDTHS:
-        return steps
-    unit = 1 << ((steps - 1).bit_length() - 4)
-    return -(-steps // unit) * unit
+    return len(_padded([0] * steps, _trunk_unit(steps))[0])
+
+
+def _trunk_unit(steps: int) -> int:
+    """What :func:`trunk_width` rounds a suffix of ``steps`` tokens up to a multiple of."""
+    return 1 if steps <= EXACT_WIDTHS else 1 << ((steps - 1).bit_length() - 4)
 
 
 def feeds(prefix_len: int, suffix: list[int], span: Span | None) -> dict[str, np.ndarray]:
@@ -225,7 +235,8 @@ def feeds(prefix_len: int, suffix: list[int], span: Span | None) -> dict[str, np
     (at least the position where it starts).
     """
     steps = len(suffix)
-    width = trunk_width(steps)
+    ids = _padded(suffix, _trunk_unit(steps))
+    width = ids.shape[1]
     weights = np.zeros((1, width), dtype=np.float32)
     if span is not None:
         a = max(span[0], prefix_len) - prefix_len
@@ -235,7 +246,7 @@ def feeds(prefix_len: int, suffix: list[int], span: Span | None) -> dict[str, np
     last = np.zeros((1, width), dtype=np.float32)
     last[0, steps - 1] = 1.0
     return {
-        "input_ids": np.asarray([[*suffix, *([suffix[-1]] * (width - steps))]], dtype=np.int64),
+        "input_ids": ids,
         "position_ids": np.arange(prefix_len, prefix_len + width, dtype=np.int64)[None, :],
         "span_weights": weights,
         "last_weights": last,
@@ -493,14 +504,13 @@ class CompiledPassages:
         length it meets (~1-3 MiB each, docs/benchmarks.md), and a text's last window may have
         any length up to the window's, so only a few lengths ever reach it.
         """
-        n = len(ids)
-        width = -(-n // PASSAGE_BUCKET) * PASSAGE_BUCKET
-        padded = np.asarray([[*ids, *([ids[-1]] * (width - n))]], dtype=np.int64)
-        feeds = dict(zip(PASSAGE_INPUTS, (padded, np.arange(width, dtype=np.int64)[None, :]), strict=True))
+        padded = _padded(ids, PASSAGE_BUCKET)
+        positions = np.arange(padded.shape[1], dtype=np.int64)[None, :]
+        feeds = dict(zip(PASSAGE_INPUTS, (padded, positions), strict=True))
         with self._lock:
             self.calls += 1
             states = torch.from_numpy(np.asarray(self._run(feeds), dtype=np.float32))
-        return {layer: states[self.layers.index(layer), :n][None] for layer in layers}
+        return {layer: states[self.layers.index(layer), : len(ids)][None] for layer in layers}
 
     def warm(self, window: int) -> None:
         """Run once on every padded length up to ``window`` tokens (what :meth:`hidden` may meet)."""
