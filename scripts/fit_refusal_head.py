@@ -21,7 +21,7 @@ from steerguard.data.loaders import HARMFUL
 
 
 def step(run: Any, bundle: Any, cfg: Any) -> bundle_args.StepResult:
-    record, tensors = refusal_head(run, [e for e in run.calib if e.label == HARMFUL])
+    record, tensors = refusal_head(run, [e for e in run.calib if e.label == HARMFUL], bundle)
     return {"refusal_head": record}, tensors
 
 

@@ -142,6 +142,7 @@ def generate(
     positions = batch.position_ids[:, -1].clone()
     active = [True] * n
     last = torch.zeros(n, dtype=torch.long, device=mask.device)
+    step = 0
     while True:
         for i in range(n):
             if not active[i]:
@@ -162,6 +163,8 @@ def generate(
             return outs
         mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
         positions = positions + 1
+        step += 1
+        state.after_step(step)
         logits, cache = decode_step(host, last, mask, positions, cache, state)
 
 

@@ -96,11 +96,12 @@ def generate_many(
     progress: bool = False,
     desc: str = "generate",
     sampling: SamplingParams | None = None,
+    tail: tuple[int, float] | None = None,
 ) -> list[Generated]:
     """Generation with per-row steering requests; results in input order.
 
     Greedy for ``max_new_tokens`` unless ``sampling`` says otherwise (it then
-    sets the length too).
+    sets the length too). ``tail``: :attr:`SteeringState.tail`.
     """
     from steerguard.model.steering import SteeringState
     from steerguard.plan import Mode
@@ -122,6 +123,7 @@ def generate_many(
         else:
             plan = BatchPlan(bundle, reqs, host.identity.hidden_size)
             state, extra, applied = plan.state, plan.extra_layers, plan.applied
+            state.tail = tail
         rows = generate(host, batch, state, [params] * len(idx), extra_layers=extra)
         for j, i in enumerate(idx):
             r = rows[j]

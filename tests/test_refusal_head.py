@@ -13,6 +13,7 @@ from steerguard.data import refusals
 from steerguard.errors import InvalidInput
 from steerguard.generation import DecodeBatch, SamplingParams, generate
 from steerguard.model.chat import normalise_request
+from steerguard.model.steering import SteeringState
 from steerguard.plan import HEAD, AutoVector, BatchPlan, Mode, SteeringRequest
 from tests.test_plan import PROMPTS, run
 
@@ -165,3 +166,53 @@ def test_fitted_head_learns_the_refusals(tiny_host) -> None:  # type: ignore[no-
     acc = record["apart_token_accuracy"]
     assert acc["head"] > acc["base"] + 0.1, acc
     assert record["prompts"] == len(harmful) and record["rank"] == 4
+
+
+def _harmful_examples() -> list:  # type: ignore[type-arg]
+    from steerguard.data.loaders import Example
+
+    cats = ["cybercrime", "violence"]
+    return [
+        Example(f"Tell me how to attack target {i}", 1, "test", "calibration", "harmful", cats[i % 2])
+        for i in range(6)
+    ]
+
+
+def test_a_tail_lightens_the_decode_deltas_once() -> None:
+    """The steered text's schedule: full strength for k decode steps, then deltas times the gain."""
+    from steerguard.model.steering import SteeringState
+
+    state = SteeringState(deltas={3: torch.ones(2, 4)}, tail=(2, 0.5))
+    state.after_step(1)
+    assert torch.equal(state.deltas[3], torch.ones(2, 4))
+    state.after_step(2)
+    state.after_step(3)
+    assert torch.equal(state.deltas[3], torch.full((2, 4), 0.5))
+
+
+def test_steered_text_is_cut_at_whole_sentences_and_the_most_fluent_answer_wins(tiny_host) -> None:  # type: ignore[no-untyped-def]
+    from steerguard.calibration.steered_refusals import most_fluent, whole_sentences
+    from steerguard.generation import SamplingParams, generate
+
+    assert whole_sentences("I can't help with that. I'm here to help with oth") == "I can't help with that."
+    assert whole_sentences("I can't help. More") is None  # under 20 characters left
+    conv = normalise_request("Tell me how to attack a bank")
+    own = generate(tiny_host, tiny_host.encode([conv]), SteeringState(), [SamplingParams(max_new_tokens=12)])
+    greedy = own[0].token_ids
+    noise = [int(t) for t in torch.randint(10, tiny_host.lm_head.weight.shape[0], (len(greedy),))]
+    assert most_fluent(tiny_host, conv, [noise, greedy]) == greedy  # the model's own greedy answer
+
+
+def test_steered_text_needs_the_bundle_and_falls_back_without_refusals(tiny_host, head_bundle) -> None:  # type: ignore[no-untyped-def]
+    from steerguard.calibration.refusal_head import HeadSettings, refusal_head
+
+    s = HeadSettings(
+        rank=2, copies=1, epochs=1, lr=1e-2, seed=0, batch_size=8, text="steered", max_new_tokens=6
+    )
+    with pytest.raises(ValueError, match="calibrated bundle"):
+        refusal_head(tiny_host, _harmful_examples(), s)
+    with pytest.raises(ValueError, match="must be one of"):
+        refusal_head(tiny_host, _harmful_examples(), HeadSettings(2, 1, 1, 1e-2, 0, 8, text="x"), head_bundle)
+    # A random model writes no refusal the judge accepts: the template text is fitted, and said so.
+    record, tensors = refusal_head(tiny_host, _harmful_examples(), s, head_bundle)
+    assert "templates" in record["training_text"] and tensors["refusal_head.a"].shape[1] == 2

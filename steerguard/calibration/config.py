@@ -154,9 +154,15 @@ class CalibrationConfig:
     cascade_depths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
     cascade_max_unsafe_exit: float = 0.005
     # The refusal head (steerguard.calibration.refusal_head, SafeSwitch): a rank-r delta on
-    # the LM head fitted on template refusals of each harmful calibration prompt's category
-    # (refusal_head_copies per prompt); rank 0 fits none.
+    # the LM head fitted on each harmful calibration prompt's refusal; rank 0 fits none.
+    # Its text: "steered", the model's own most fluent refusal under the calibrated vector
+    # (steerguard.calibration.steered_refusals; schedules: (decode steps at full strength,
+    # then gain), 0 steps: full throughout), or "templates" (refusal_head_copies per prompt).
+    # Steered text, on a fifth of calibration's prompts held apart from the fit: 97.8%
+    # refused at a 1.52x perplexity ratio, templates 100% at 15.8x (docs/calibration.md).
     refusal_head_rank: int = 16
+    refusal_head_text: str = "steered"
+    refusal_head_schedules: tuple[tuple[int, float], ...] = ((0, 1.0), (8, 0.5), (8, 0.7))
     refusal_head_copies: int = 4
     refusal_head_epochs: int = 8
     refusal_head_lr: float = 3e-3

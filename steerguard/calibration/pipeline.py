@@ -167,7 +167,6 @@ class Run:
     prose: list[str] | None = None  # the model's answers to pool prompts (prose_answers)
     cascade: CascadeInfo | None = None
     category_content: dict[str, Any] | None = None
-    refusal_head: dict[str, Any] | None = None
     categories: list[str] = field(default_factory=list)
     category_train_accuracy: float = float("nan")
     found: Vectors | None = None
@@ -246,10 +245,9 @@ def calibrate(
     _timed(run, "cascade_s", _cascade_step, run, probe_rows)
     _timed(run, "passage_s", _passage_step, run)
     _timed(run, "vectors_s", _vectors, run)
-    _timed(run, "refusal_head_s", _refusal_head_step, run)
     manifest = _provisional_manifest(run)
     _timed(run, "tune_s", _search, run, manifest)
-    bundle = _final_bundle(run, manifest)
+    bundle = _timed(run, "refusal_head_s", _refusal_head_step, run, _final_bundle(run, manifest))
     if run.cfg.response_harmful > 0:
         bundle = _timed(run, "response_s", _response_step, run, bundle)
         if run.cfg.category_tune_per_category > 0 and bundle.categories:
@@ -259,15 +257,21 @@ def calibrate(
     return bundle
 
 
-def _refusal_head_step(run: Run) -> None:
-    """Step 4b: SafeSwitch's refusal head (a low-rank delta on the LM head), when its rank is set."""
+def _refusal_head_step(run: Run, bundle: Bundle) -> Bundle:
+    """Step 6b: SafeSwitch's refusal head (a low-rank delta on the LM head), when its rank is set.
+
+    After the search: the steered training text uses the calibrated refusal vector.
+    """
     harmful = [run.calib[i] for i in run.harmful_idx if run.calib[i].category in refusals.CONCERNS]
-    if run.cfg.refusal_head_rank > 0 and harmful:
-        run.refusal_head, tensors = refusal_head(run, harmful)
-        run.tensors.update(tensors)
+    if run.cfg.refusal_head_rank <= 0 or not harmful:
+        return bundle
+    record, tensors = refusal_head(run, harmful, bundle)
+    return Bundle(replace(bundle.manifest, refusal_head=record), {**bundle.tensors, **tensors})
 
 
-def refusal_head(run: Run, harmful: Sequence[Example]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def refusal_head(
+    run: Run, harmful: Sequence[Example], bundle: Bundle
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The refusal head under ``run``'s settings (also run alone: ``scripts/fit_refusal_head.py``)."""
     cfg = run.cfg
     settings = HeadSettings(
@@ -275,10 +279,12 @@ def refusal_head(run: Run, harmful: Sequence[Example]) -> tuple[dict[str, Any], 
         copies=cfg.refusal_head_copies,
         epochs=cfg.refusal_head_epochs,
         lr=cfg.refusal_head_lr,
+        text=cfg.refusal_head_text,
+        schedules=tuple((int(k), float(g)) for k, g in cfg.refusal_head_schedules),
         seed=cfg.seed,
         batch_size=cfg.batch_size,
     )
-    return fit_refusal_head(run.host, harmful, settings)
+    return fit_refusal_head(run.host, harmful, settings, bundle)
 
 
 def _timed(run: Run, name: str, step: Any, *args: Any, since: float | None = None) -> Any:
@@ -809,7 +815,6 @@ def _final_bundle(run: Run, manifest: Manifest) -> Bundle:
         passage=run.passage,
         cascade=run.cascade,
         category_content=run.category_content,
-        refusal_head=run.refusal_head,
         calibration=_record(run),
         note=(
             "Vectors are unit directions per layer; a delta is strength * norms[layer] * vector[layer]. "

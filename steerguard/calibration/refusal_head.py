@@ -9,11 +9,13 @@ teacher forcing are fixed: they are read once (the LM head's input at every
 position of prompt + refusal) and the delta is fitted on them with Adam, a
 few minutes on 2 cores.
 
-Training text: each harmful calibration prompt with a category, answered by
-``refusal_head_copies`` template refusals of its category
-(:mod:`steerguard.data.refusals`), ending with the chat template's end of
-turn. A fifth of the prompts (grouped) is held apart to report the fit's
-token accuracy; held-out prompts are never read.
+Training text (``refusal_head_text``): by default each harmful calibration
+prompt with a category answered by the model's own most fluent refusal under
+the calibrated refusal vector (:mod:`steerguard.calibration.steered_refusals`);
+or ``templates``: ``refusal_head_copies`` template refusals of its category
+(:mod:`steerguard.data.refusals`), informative but far from the model's own
+style. Either ends with the chat template's end of turn. A fifth of the
+prompts (grouped) is held apart to report the fit's token accuracy; held-out prompts are never read.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 
 import torch
 
+from steerguard.bundle import Bundle
+from steerguard.calibration.steered_refusals import steered_answers
 from steerguard.data import refusals
 from steerguard.data.loaders import Example
 from steerguard.logs import get_logger
@@ -46,6 +50,12 @@ class HeadSettings:
     seed: int
     batch_size: int
     batch_positions: int = 512  # positions per Adam step
+    text: str = "templates"  # or "steered" (needs the calibrated bundle)
+    schedules: tuple[tuple[int, float], ...] = ((0, 1.0),)  # steered text: see steered_refusals
+    max_new_tokens: int = 48  # steered text's length before it is cut at a sentence
+
+
+TEXTS = ("steered", "templates")
 
 
 @dataclass
@@ -57,13 +67,31 @@ class Positions:
     groups: torch.Tensor  # [N]
 
 
+def _end_of_turn(host: ModelHost) -> int:
+    end = host.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return int(end if isinstance(end, int) and end >= 0 else host.tokenizer.eos_token_id)
+
+
+def steered_sequences(
+    host: ModelHost, prompts: Sequence[Example], s: HeadSettings, bundle: Bundle
+) -> list[tuple[list[int], int, int]]:
+    """(ids, first answer index, prompt group) of prompt + the model's own steered refusal + end of turn."""
+    convs = [normalise_request(e.prompt) for e in prompts]
+    answers = steered_answers(host, bundle, convs, s.schedules, s.max_new_tokens)
+    out = []
+    for g, (conv, answer) in enumerate(zip(convs, answers, strict=True)):
+        if answer is not None:
+            ids = host.token_ids(conv)
+            out.append(([*ids, *answer, _end_of_turn(host)], len(ids), g))
+    return out
+
+
 def sequences(
     host: ModelHost, prompts: Sequence[Example], s: HeadSettings
 ) -> list[tuple[list[int], int, int]]:
     """(ids, first answer index, prompt group) of prompt + template refusal + end of turn."""
     rng = random.Random(s.seed + 61)
-    end = host.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    eos = end if isinstance(end, int) and end >= 0 else host.tokenizer.eos_token_id
+    eos = _end_of_turn(host)
     out = []
     for g, e in enumerate(prompts):
         ids = host.token_ids(normalise_request(e.prompt))
@@ -169,11 +197,22 @@ def _subset(data: Positions, keep: torch.Tensor) -> Positions:
 
 
 def refusal_head(
-    host: ModelHost, harmful: Sequence[Example], s: HeadSettings
+    host: ModelHost, harmful: Sequence[Example], s: HeadSettings, bundle: Bundle | None = None
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The head's manifest record and tensors, fitted on ``harmful`` prompts with a known category."""
+    """The head's manifest record and tensors, fitted on ``harmful`` prompts with a known category.
+
+    ``bundle`` (its refusal vector) writes the steered training text.
+    """
     prompts = [e for e in harmful if e.category in refusals.CONCERNS]
-    data = read_positions(host, sequences(host, prompts, s), s.batch_size)
+    if s.text not in TEXTS:
+        raise ValueError(f"refusal head text must be one of {TEXTS}, not {s.text!r}")
+    if s.text == "steered" and bundle is None:
+        raise ValueError("the steered training text needs the calibrated bundle's refusal vector")
+    seqs = steered_sequences(host, prompts, s, bundle) if bundle is not None and s.text == "steered" else None
+    if seqs is not None and not seqs:  # no refusal under the vector at all (a random model)
+        log.warning("refusal head: no steered refusal to train on; template text instead")
+        seqs = None
+    data = read_positions(host, seqs if seqs is not None else sequences(host, prompts, s), s.batch_size)
     base = base_logits(_weight(host), data.hidden)
     apart = data.groups % 5 == 0
     a, b = fit(base[~apart], _subset(data, ~apart), s)
@@ -188,12 +227,17 @@ def refusal_head(
         "rank": s.rank,
         "prompts": len(prompts),
         "positions": len(data.targets),
-        "copies": s.copies,
+        "copies": s.copies if seqs is None else 1,
+        "sequences": len(seqs) if seqs is not None else len(prompts) * s.copies,
         "epochs": s.epochs,
         "lr": s.lr,
         "parameter_share": round((a.numel() + b.numel()) / params, 5),
         "apart_token_accuracy": {k: round(v, 4) for k, v in held.items()},
-        "training_text": "steerguard.data.refusals templates by the prompt's category",
+        "training_text": (
+            "steerguard.data.refusals templates by the prompt's category"
+            if seqs is None
+            else f"the model's most fluent refusal under the refusal vector, schedules {list(s.schedules)}"
+        ),
     }
     log.info("refusal head", **{k: v for k, v in record.items() if k != "training_text"})
     return record, {"refusal_head.a": a, "refusal_head.b": b}

@@ -58,6 +58,9 @@ class SteeringState:
     in_prompt: bool = False  # set by apply_steering(prompt=True) for the prompt's pass
     head: tuple[torch.Tensor, torch.Tensor] | None = None  # the refusal head (a [H, r], b [r, V])
     head_rows: torch.Tensor | None = None  # [batch] bool: rows that decode with the head
+    # (k, gain): after k decode steps every delta is multiplied by gain (static generation
+    # only; calibration's steered refusals: a full-strength opening, a lighter tail).
+    tail: tuple[int, float] | None = None
 
     def add(self, layer: int, delta: torch.Tensor) -> None:
         """Accumulate a ``[batch, hidden]`` delta at ``layer``."""
@@ -79,6 +82,11 @@ class SteeringState:
             self.prompt_gain = self.prompt_gain.index_select(0, index)
         if self.head_rows is not None:
             self.head_rows = self.head_rows.index_select(0, index.to(self.head_rows.device))
+
+    def after_step(self, step: int) -> None:
+        """Apply ``tail`` once ``step`` decode steps have run."""
+        if self.tail is not None and step == self.tail[0]:
+            self.deltas = {k: v * self.tail[1] for k, v in self.deltas.items()}
 
     def is_empty(self) -> bool:
         return not self.deltas and (self.decide is None or self.decided) and not self.uses_head()
