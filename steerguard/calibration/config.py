@@ -195,10 +195,12 @@ class CalibrationConfig:
     def from_record(cls, record: dict[str, Any]) -> CalibrationConfig:
         """The settings a bundle recorded; a setting it predates takes today's default."""
         known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in known
-        }
-        return cls(**values)
+        return cls(**{k: _tuples(v) for k, v in record.items() if k in known})
+
+
+def _tuples(value: Any) -> Any:
+    """JSON's lists as the tuples the settings hold, nested ones too (e.g. the head's schedules)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 @dataclass(frozen=True)

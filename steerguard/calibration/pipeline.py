@@ -280,7 +280,7 @@ def refusal_head(
         epochs=cfg.refusal_head_epochs,
         lr=cfg.refusal_head_lr,
         text=cfg.refusal_head_text,
-        schedules=tuple((int(k), float(g)) for k, g in cfg.refusal_head_schedules),
+        schedules=cfg.refusal_head_schedules,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
     )

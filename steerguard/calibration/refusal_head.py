@@ -15,7 +15,8 @@ the calibrated refusal vector (:mod:`steerguard.calibration.steered_refusals`);
 or ``templates``: ``refusal_head_copies`` template refusals of its category
 (:mod:`steerguard.data.refusals`), informative but far from the model's own
 style. Either ends with the chat template's end of turn. A fifth of the
-prompts (grouped) is held apart to report the fit's token accuracy; held-out prompts are never read.
+prompts (grouped) is held apart to report the fit's token accuracy;
+held-out prompts are never read.
 """
 
 from __future__ import annotations
@@ -84,6 +85,27 @@ def steered_sequences(
             ids = host.token_ids(conv)
             out.append(([*ids, *answer, _end_of_turn(host)], len(ids), g))
     return out
+
+
+def training_sequences(
+    host: ModelHost, prompts: Sequence[Example], s: HeadSettings, bundle: Bundle | None
+) -> tuple[list[tuple[list[int], int, int]], bool]:
+    """The fit's sequences under ``s.text``, and whether they are the steered text.
+
+    The steered text falls back to the templates when the vector makes no
+    refusal the judge accepts (a random model).
+    """
+    if s.text not in TEXTS:
+        raise ValueError(f"refusal head text must be one of {TEXTS}, not {s.text!r}")
+    if s.text == "templates":
+        return sequences(host, prompts, s), False
+    if bundle is None:
+        raise ValueError("the steered training text needs the calibrated bundle's refusal vector")
+    steered = steered_sequences(host, prompts, s, bundle)
+    if not steered:
+        log.warning("refusal head: no steered refusal to train on; template text instead")
+        return sequences(host, prompts, s), False
+    return steered, True
 
 
 def sequences(
@@ -204,15 +226,8 @@ def refusal_head(
     ``bundle`` (its refusal vector) writes the steered training text.
     """
     prompts = [e for e in harmful if e.category in refusals.CONCERNS]
-    if s.text not in TEXTS:
-        raise ValueError(f"refusal head text must be one of {TEXTS}, not {s.text!r}")
-    if s.text == "steered" and bundle is None:
-        raise ValueError("the steered training text needs the calibrated bundle's refusal vector")
-    seqs = steered_sequences(host, prompts, s, bundle) if bundle is not None and s.text == "steered" else None
-    if seqs is not None and not seqs:  # no refusal under the vector at all (a random model)
-        log.warning("refusal head: no steered refusal to train on; template text instead")
-        seqs = None
-    data = read_positions(host, seqs if seqs is not None else sequences(host, prompts, s), s.batch_size)
+    seqs, steered = training_sequences(host, prompts, s, bundle)
+    data = read_positions(host, seqs, s.batch_size)
     base = base_logits(_weight(host), data.hidden)
     apart = data.groups % 5 == 0
     a, b = fit(base[~apart], _subset(data, ~apart), s)
@@ -227,16 +242,16 @@ def refusal_head(
         "rank": s.rank,
         "prompts": len(prompts),
         "positions": len(data.targets),
-        "copies": s.copies if seqs is None else 1,
-        "sequences": len(seqs) if seqs is not None else len(prompts) * s.copies,
+        "copies": 1 if steered else s.copies,
+        "sequences": len(seqs),
         "epochs": s.epochs,
         "lr": s.lr,
         "parameter_share": round((a.numel() + b.numel()) / params, 5),
         "apart_token_accuracy": {k: round(v, 4) for k, v in held.items()},
         "training_text": (
-            "steerguard.data.refusals templates by the prompt's category"
-            if seqs is None
-            else f"the model's most fluent refusal under the refusal vector, schedules {list(s.schedules)}"
+            f"the model's most fluent refusal under the refusal vector, schedules {list(s.schedules)}"
+            if steered
+            else "steerguard.data.refusals templates by the prompt's category"
         ),
     }
     log.info("refusal head", **{k: v for k, v in record.items() if k != "training_text"})
