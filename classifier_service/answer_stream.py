@@ -42,6 +42,7 @@ from steerguard.responses import (
     ANSWER_WINDOW_TOKENS,
     WINDOW_OVERLAP_TOKENS,
     context_ids,
+    has_earlier_turns,
     position_features,
 )
 
@@ -71,6 +72,7 @@ class AnswerStream:
         self.enders = enders
         with locks.tokenizer:
             self.prefix = context_ids(host, conv)
+        self.multi_turn = has_earlier_turns(conv)  # which response heads judge it
         self.score = 0.0
         self.tokens_read = 0  # answer tokens run through the model, overlaps and re-reads included
         self.windows = 1
@@ -157,7 +159,7 @@ class AnswerStream:
 
     def _scores(self, ends: list[int]) -> list[float]:
         features = position_features(self._states, self._context_end, ends)
-        return [float(s) for s in self.bundle.response_score(features)]
+        return [float(s) for s in self.bundle.response_score(features, multi_turn=self.multi_turn)]
 
     @torch.inference_mode()
     def _forward(self, ids: list[int], start: int) -> torch.Tensor:

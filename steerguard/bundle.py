@@ -35,7 +35,10 @@ Tensors:
   ``manifest.response.features`` is ``FEATURES_V1``) at
   ``manifest.response.layer`` (:mod:`steerguard.responses`); and
   ``response_content.*`` the same (when ``manifest.response.content_cut`` is
-  set), its content head. Their biases put their cuts at the probe's threshold.
+  set), its content head; ``response_turns.*`` and ``response_turns_content.*``
+  the same (when ``manifest.response.multi_turn`` is set), the pair that judges
+  answers in conversations with earlier turns. Their biases put their cuts at
+  the probe's threshold.
 - ``category_content.mean``/``category_content.std`` ``[H]``,
   ``category_content.weight`` ``[C, H]``, ``category_content.bias`` ``[C]``
   (when ``manifest.category_content`` is set): the classifier's category head,
@@ -214,8 +217,7 @@ class Bundle:
             if self.manifest.passage.gate_cut is not None:
                 need += [f"passage_gate.{t}" for t in ("mean", "std", "weight", "bias")]
         if self.manifest.response is not None:
-            heads = ("response", "response_content") if self.manifest.response.content_cut else ("response",)
-            need += [f"{h}.{t}" for h in heads for t in ("mean", "std", "weight", "bias")]
+            need += [f"{h}.{t}" for h in self._response_heads() for t in ("mean", "std", "weight", "bias")]
         if self.manifest.category_content is not None:
             need += [f"category_content.{t}" for t in ("mean", "std", "weight", "bias")]
         if self.manifest.refusal_head is not None:
@@ -261,9 +263,19 @@ class Bundle:
         if info.features not in (FEATURES, FEATURES_V1):
             raise BundleError(f"unknown response features {info.features!r}; recalibrate")
         states = 2 if info.features == FEATURES_V1 else 3
-        for head in ("response", "response_content"):
-            if f"{head}.weight" in self.tensors:
-                self._validate_width(head, f"{states} states per answer position", states, info)
+        for head in self._response_heads():
+            self._validate_width(head, f"{states} states per answer position", states, info)
+
+    def _response_heads(self) -> list[str]:
+        """The response heads the manifest says the bundle holds."""
+        info = self.manifest.response
+        if info is None:
+            return []
+        heads = ["response", "response_content"] if info.content_cut is not None else ["response"]
+        turns = info.multi_turn or {}
+        if turns:
+            heads += ["response_turns"] + (["response_turns_content"] if turns.get("content_cut") else [])
+        return heads
 
     def _validate_width(self, head: str, reads: str, states: int = 2, info: Any = None) -> None:
         """A position head reads ``states`` states side by side, per layer it reads."""
@@ -379,20 +391,25 @@ class Bundle:
         """The response probe's settings, when calibration fitted one (:mod:`steerguard.responses`)."""
         return self.manifest.response
 
-    def response_score(self, states: torch.Tensor, *, content_only: bool = False) -> torch.Tensor:
+    def response_score(
+        self, states: torch.Tensor, *, content_only: bool = False, multi_turn: bool = False
+    ) -> torch.Tensor:
         """Unsafe scores ``[N]`` of answer segment ends at the response layer, on the probe's scale.
 
         ``states``: ``[N, 3H]`` as :func:`steerguard.responses.answer_features`
         reads them. The score is the higher of the compliance head's
         (``response.*``) and the content head's (``response_content.*``, when
         fitted); each reads the leading columns it was fitted on, so a bundle
-        fitted on the first two states is served as it was. ``content_only``:
-        the content head's alone, where the bundle has one (what
-        :mod:`steerguard.answer_judge` reads).
+        fitted on the first two states is served as it was. ``multi_turn``:
+        the answer replies in a conversation with earlier turns, judged by the
+        heads fitted for those (``response_turns.*``) where the bundle has
+        them. ``content_only``: the content head's alone, where the bundle has
+        one (what :mod:`steerguard.answer_judge` reads).
         """
-        heads = [h for h in ("response", "response_content") if f"{h}.weight" in self.tensors]
-        if content_only and "response_content" in heads:
-            heads = ["response_content"]
+        base = "response_turns" if multi_turn and "response_turns.weight" in self.tensors else "response"
+        heads = [h for h in (base, f"{base}_content") if f"{h}.weight" in self.tensors]
+        if content_only and f"{base}_content" in heads:
+            heads = [f"{base}_content"]
         scores = [self._position_head(h, states[:, : self.tensors[f"{h}.mean"].shape[0]]) for h in heads]
         return torch.stack(scores).amax(dim=0)
 

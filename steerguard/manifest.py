@@ -164,7 +164,10 @@ class ResponseInfo:
     the compliance head only), chosen jointly with ``cut`` so that the two
     together flag at most ``max_benign_flagged``; ``content_recall`` is the
     share of harmful answers placed after innocent requests caught there.
-    The rest is calibration's record.
+    ``multi_turn``: the record of the second pair of heads (``response_turns.*``,
+    ``response_turns_content.*``), at the same layer, that judges answers in
+    conversations with earlier turns (``None``: every answer is judged by the
+    first pair). The rest is calibration's record.
     """
 
     layer: int
@@ -178,6 +181,7 @@ class ResponseInfo:
     c: float | None = None
     rows: Record | None = None
     layer_selection: list[Record] | None = None
+    multi_turn: Record | None = None
 
     def to_dict(self) -> Record:
         return _fields_record(self)

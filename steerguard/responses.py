@@ -31,6 +31,13 @@ both at one false-flag budget (80% and 84% out of fold). Bundles fitted
 before carry one head on the first two states (``FEATURES_V1``); each head
 reads the leading columns it was fitted on, so they are served unchanged.
 
+Bundles fitted with follow-up turns hold a second pair of heads
+(``response_turns.*``) for answers in conversations with earlier turns
+(:func:`has_earlier_turns`): fitted on single turns only, the first pair
+flagged 28% of benign answers continued after "Go on."-style follow-ups,
+while one pair fitted on both shapes caught fewer single-turn complied
+answers (docs/calibration.md, *Follow-up turns in answers*).
+
 A position needs only its last :data:`RECENT_TOKENS` tokens and the
 context besides the model's own state, so an answer can be read in
 overlapping windows (:data:`ANSWER_WINDOW_TOKENS`, :data:`WINDOW_OVERLAP_TOKENS`).
@@ -76,11 +83,13 @@ class AnswerRead:
     prefix: tuple[int, ...]  # the conversation, through the assistant's generation prompt
     answer: tuple[int, ...]
     positions: tuple[int, ...]  # indices into ``answer``
+    multi_turn: bool = False  # the conversation has earlier turns (:func:`has_earlier_turns`)
 
     def key(self) -> str:
         """The sha256 the verdict cache keys a read on (``answer|`` starts no other key's text)."""
         raw = "answer|" + ",".join(map(str, self.prefix)) + "|" + ",".join(map(str, self.answer))
-        return hashlib.sha256((raw + "|" + ",".join(map(str, self.positions))).encode()).hexdigest()
+        raw += "|" + ",".join(map(str, self.positions)) + ("|turns" if self.multi_turn else "")
+        return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def answer_read(host: ModelHost, conv: Conversation, answer: str, enders: frozenset[int]) -> AnswerRead:
@@ -88,7 +97,18 @@ def answer_read(host: ModelHost, conv: Conversation, answer: str, enders: frozen
     from steerguard.passages import segment_ends, text_ids
 
     ids = text_ids(host, answer)
-    return AnswerRead(tuple(host.token_ids(conv)), tuple(ids), tuple(segment_ends(ids, enders)))
+    ends = tuple(segment_ends(ids, enders))
+    return AnswerRead(tuple(host.token_ids(conv)), tuple(ids), ends, has_earlier_turns(conv))
+
+
+def has_earlier_turns(conv: Conversation) -> bool:
+    """Whether ``conv`` holds more than its last user turn (system messages aside).
+
+    Such answers are judged by the heads fitted for conversations with earlier
+    turns (:meth:`Bundle.response_score`), also when their context is cut to
+    the last turn (:func:`context_ids`): the answer still continues a chat.
+    """
+    return sum(m.role != "system" for m in conv.messages) > 1
 
 
 def answer_windows(
@@ -101,11 +121,11 @@ def answer_windows(
     """
     from steerguard.passages import segment_ends, split
 
-    prefix = tuple(context_ids(host, conv))
+    prefix, turns = tuple(context_ids(host, conv)), has_earlier_turns(conv)
     if len(answer_ids) <= ANSWER_WINDOW_TOKENS:
-        return [AnswerRead(prefix, tuple(answer_ids), tuple(segment_ends(answer_ids, enders)))]
+        return [AnswerRead(prefix, tuple(answer_ids), tuple(segment_ends(answer_ids, enders)), turns)]
     windows = split(answer_ids, enders, ANSWER_WINDOW_TOKENS, WINDOW_OVERLAP_TOKENS)
-    return [AnswerRead(prefix, w.ids, w.positions) for w in windows]
+    return [AnswerRead(prefix, w.ids, w.positions, turns) for w in windows]
 
 
 def context_ids(host: ModelHost, conv: Conversation) -> list[int]:
@@ -189,8 +209,22 @@ def position_scores(
     for start in range(0, len(order), batch_size):  # similar lengths together: less padding
         part = order[start : start + batch_size]
         states = answer_features(host, [reads[i] for i in part], [info.layer])[info.layer]
-        values = bundle.response_score(states, content_only=content_only).tolist()
+        values = _scores(bundle, states, [reads[i] for i in part], content_only)
         for i in part:
             out[i] = values[: len(reads[i].positions)]
             values = values[len(reads[i].positions) :]
     return out
+
+
+def _scores(
+    bundle: Bundle, states: torch.Tensor, reads: Sequence[AnswerRead], content_only: bool
+) -> list[float]:
+    """Every position's score in read order, each read under the heads its conversation's shape takes."""
+    import torch
+
+    turns = torch.tensor([r.multi_turn for r in reads for _ in r.positions], dtype=torch.bool)
+    out = bundle.response_score(states, content_only=content_only)
+    if turns.any():
+        later = bundle.response_score(states, content_only=content_only, multi_turn=True)
+        out = torch.where(turns, later, out)
+    return [float(v) for v in out]

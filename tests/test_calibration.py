@@ -288,6 +288,7 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     # Two heads on three states: the compliance head, and the content head fitted on complied
     # answers transplanted after ordinary prompts too; their cuts chosen together.
     assert response.rows["transplanted_answers"] == 2 * response.rows["unsafe_answers"]
+    assert "continued_answers" in response.rows  # answers continued after a follow-up turn
     assert response.content_cut is not None and response.content_recall is not None
     for head in ("response", "response_content"):
         assert loaded.tensors[f"{head}.weight"].numel() == 3 * loaded.tensors["probe.mean"].numel()
@@ -338,6 +339,7 @@ def test_the_response_heads_cuts_keep_the_budget_together() -> None:
         (kinds > 0).astype(int),
         rng.integers(0, 5, len(kinds)),
         kinds == 2,
+        np.zeros(len(kinds), dtype=bool),
     )
     found = joint_cuts(rows, 4, 0.1, 0.05)
     assert found.content_cut is not None and found.flagged <= 0.05
@@ -353,7 +355,12 @@ def test_the_response_heads_cuts_keep_the_budget_together() -> None:
     )
     # Without transplanted answers there is one head, with the whole budget.
     alone = ResponseRows(
-        rows.states, owners[kinds[owners] < 2], rows.labels[:160], rows.folds[:160], kinds[:160] == 2
+        rows.states,
+        owners[kinds[owners] < 2],
+        rows.labels[:160],
+        rows.folds[:160],
+        kinds[:160] == 2,
+        np.zeros(160, dtype=bool),
     )
     alone.states = {k: v[kinds[owners] < 2] for k, v in rows.states.items()}
     one = joint_cuts(alone, 4, 0.1, 0.05)
@@ -374,3 +381,76 @@ def test_complied_answers_are_transplanted_after_an_innocent_request_and_inside_
     assert moved[1].answer == "Mix flour.\n\nSure, step one."
     assert moved[1].answer[moved[1].scored_from :] == "Sure, step one."
     assert transplanted(pairs[:2], seed=1) == []  # no ordinary answer to place them after
+
+
+def test_answers_are_continued_after_a_follow_up_turn_with_their_own_label_and_fold() -> None:
+    from steerguard.data.answers import (
+        BENIGN,
+        COMPLIED,
+        CONTINUED,
+        CONTINUED_BENIGN,
+        REFUSED,
+        AnswerPair,
+        continued,
+        split_answer,
+    )
+
+    harm = "First, gather the parts you will need for it. Then put them together in the order shown."
+    bread = "Mash three ripe bananas in a bowl with butter. Then fold in the flour and bake for an hour."
+    pairs = [
+        AnswerPair("harm?", harm, COMPLIED),
+        AnswerPair("harm?", "I can't help with that request, sorry. It could hurt people badly.", REFUSED),
+        AnswerPair("bread?", bread, BENIGN),
+        AnswerPair("short?", "Too short to split.", BENIGN),
+    ]
+    out = continued(pairs, ["Continue."], seed=1)
+    assert [(p.kind, p.group, p.unsafe) for p in out] == [
+        (CONTINUED, "harm?", True),
+        (CONTINUED_BENIGN, "bread?", False),
+    ]
+    first, rest = split_answer(harm) or ("", "")
+    assert (first, rest) == (
+        "First, gather the parts you will need for it.",
+        "Then put them together in the order shown.",
+    )
+    assert out[0].earlier == (("user", "harm?"), ("assistant", first)) and out[0].answer == rest
+    conv = out[0].conversation()
+    assert [(m.role, m.content) for m in conv.messages] == [
+        ("user", "harm?"),
+        ("assistant", first),
+        ("user", "Continue."),
+    ]
+    assert pairs[0].conversation().messages[0].content == "harm?"  # a single turn stays one
+    assert continued(pairs, [], seed=1) == [] and continued(out, ["Continue."], seed=1) == []
+
+
+def test_answers_after_earlier_turns_get_heads_of_their_own_at_the_same_layer() -> None:
+    """Continued answers are left out of the single-turn heads and fitted, with every answer, into
+    ``response_turns.*``, cut on every safe answer; without them the bundle has one pair."""
+    from dataclasses import replace
+
+    from steerguard.calibration.config import CalibrationConfig
+    from steerguard.calibration.responses import ResponseRows, fit_response_probe
+
+    rng = np.random.default_rng(1)
+    kinds = np.array([0] * 100 + [1] * 40 + [2] * 40 + [3] * 40 + [4] * 40)  # 3/4: continued safe/unsafe
+    owners = np.repeat(np.arange(len(kinds)), 3)
+    x = rng.normal(size=(len(owners), 6))
+    x[np.isin(kinds[owners], (1, 4)), 0] += 2.0
+    x[kinds[owners] == 2, 1] += 2.0
+    x[kinds[owners] == 3, 0] += 1.0  # continued benign answers look a little complied
+    labels = np.isin(kinds, (1, 2, 4)).astype(int)
+    continued = np.isin(kinds, (3, 4))
+    rows = ResponseRows({4: x}, owners, labels, rng.integers(0, 5, len(kinds)), kinds == 2, continued)
+    cfg = replace(CalibrationConfig(), response_max_benign_flagged=0.05, response_c=0.1)
+    info, tensors = fit_response_probe(rows, cfg, 0.4)
+    assert info.multi_turn is not None and {"response_turns.weight", "response_turns_content.weight"} <= set(
+        tensors
+    )
+    assert info.rows is not None and info.rows["continued_answers"] == 80 and info.rows["safe_answers"] == 100
+    assert 0 <= info.multi_turn["continued_flagged"] <= 0.05 * 140 / 40  # the budget is over all safe answers
+    single = rows.without(continued)
+    assert len(single.labels) == 180 and len(single.owners) == 540 and single.owners.max() == 179
+    alone, alone_tensors = fit_response_probe(single, cfg, 0.4)
+    assert alone.multi_turn is None and not any(k.startswith("response_turns") for k in alone_tensors)
+    assert alone.cut == info.cut and torch.equal(alone_tensors["response.weight"], tensors["response.weight"])

@@ -219,3 +219,37 @@ def test_a_bundle_fitted_on_two_states_is_served_as_it_was(answer_bundle: Bundle
     assert not torch.equal(heads[0], heads[1])
     with pytest.raises(BundleError, match="unknown response features"):
         Bundle(replace(old.manifest, response=replace(info, features="end")), tensors).save(tmp_path / "bad")
+
+
+def test_an_answer_in_a_chat_with_earlier_turns_is_judged_by_the_multi_turn_heads(
+    tiny_host: ModelHost, answer_bundle: Bundle
+) -> None:
+    """A bundle with ``response_turns.*`` judges answers after earlier turns with those heads, in
+    ``Classify`` and in ``ClassifyStream``; a single-turn answer keeps the first pair's score."""
+    from dataclasses import replace
+
+    info = answer_bundle.manifest.response
+    assert info is not None
+    tensors = dict(answer_bundle.tensors)
+    for head in ("response", "response_content"):
+        turns = head.replace("response", "response_turns")
+        tensors |= {f"{turns}.{t}": tensors[f"{head}.{t}"].clone() for t in ("mean", "std", "weight")}
+        tensors[f"{turns}.bias"] = tensors[f"{head}.bias"] + 50.0  # every position unsafe
+    manifest = replace(
+        answer_bundle.manifest, response=replace(info, multi_turn={"cut": 0.5, "content_cut": 0.5})
+    )
+    bundle = Bundle(manifest, tensors)
+    core = ClassifierCore(tiny_host, bundle, MemoryCache(max_entries=100, ttl_seconds=300), CoreConfig())
+    chat = [
+        common_pb2.ChatMessage(role="user", content="How do I bake bread?"),
+        common_pb2.ChatMessage(role="assistant", content="Mix flour and water."),
+        common_pb2.ChatMessage(role="user", content="Go on."),
+    ]
+    answer = "Then knead it, let it rise and bake it hot."
+    for stub in serve_core(core):
+        single = stub.Classify(Req(prompt="Go on.", answer=answer))
+        assert single.score == pytest.approx(_expected(tiny_host, answer_bundle, "Go on.", answer), abs=1e-5)
+        later = stub.Classify(Req(messages=chat, answer=answer))
+        assert later.unsafe and later.score > 0.99
+        (streamed,) = stub.ClassifyStream(iter([classifier_pb2.AnswerChunk(messages=chat, text=answer)]))
+        assert streamed.unsafe and streamed.score > 0.99

@@ -457,3 +457,23 @@ async def test_a_harmful_answer_after_3000_benign_tokens_is_caught_and_its_windo
     assert answer.startswith(released)
     assert len(benign) - 256 <= len(released) < len(benign) + len(HARMFUL_ANSWER)
     assert "crystals dry" not in released
+
+
+async def test_a_benign_answer_continued_after_a_follow_up_streams_through(
+    calibrated: Stack, http: aiohttp.ClientSession
+) -> None:
+    """A chat that ends in "Go on.": the request is safe, and so is the rest of the answer."""
+    from test_calibration_smol import CONTINUED
+
+    request, first, rest = CONTINUED[0]
+    messages = [
+        {"role": "user", "content": request},
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "Go on."},
+    ]
+    body = {"model": "legacy", "messages": messages, "stream": True}
+    async with scripted_chatbot(rest) as upstream, sidecar(calibrated, CHECKED, upstream=upstream) as url:
+        status, headers, raw = await post(http, url + CHAT, body)
+    assert status == 200 and headers["x-steerguard-verdict"] == "safe"
+    assert sse_text(raw) == (rest, True)
+    assert b"content_filter" not in raw

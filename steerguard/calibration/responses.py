@@ -3,8 +3,10 @@
 Pairs come from :mod:`steerguard.data.answers` (calibration prompts and the
 benign pool only), with every complied answer also transplanted after an
 ordinary prompt, and again after that prompt's benign answer (only its own
-part's positions are rows). Every segment end of an answer (:mod:`steerguard.responses`)
-is a row with its answer's label: complied and transplanted answers'
+part's positions are rows), and every complied and benign answer also
+continued after a calibration follow-up turn (``response_follow_ups``).
+Every segment end of an answer (:mod:`steerguard.responses`) is a row with
+its answer's label: complied, transplanted and continued complied answers'
 positions are unsafe, every other answer's safe. The heads are fitted on
 positions, but an answer is judged by its highest position, so every figure
 here is per answer.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,11 +39,21 @@ from steerguard.calibration.config import FIT, CalibrationConfig
 from steerguard.calibration.heads import fit_head, grouped_oof, head_tensors, lowest_cut, on_threshold
 from steerguard.calibration.passages import candidate_layers
 from steerguard.calibration.threshold import auroc
-from steerguard.data.answers import TRANSPLANTED, AnswerPair, PairPrompts, Writing, transplanted, write_pairs
+from steerguard.data import follow_ups
+from steerguard.data.answers import (
+    CONTINUED,
+    CONTINUED_BENIGN,
+    TRANSPLANTED,
+    AnswerPair,
+    PairPrompts,
+    Writing,
+    continued,
+    transplanted,
+    write_pairs,
+)
 from steerguard.data.loaders import HARMFUL, Dataset, Example
 from steerguard.logs import get_logger
 from steerguard.manifest import ResponseInfo
-from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
 
 if TYPE_CHECKING:
@@ -61,6 +73,7 @@ class ResponseRows:
     labels: np.ndarray  # per answer
     folds: np.ndarray  # per answer
     transplanted: np.ndarray  # per answer: a complied answer after an ordinary prompt (or its answer)
+    continued: np.ndarray  # per answer: the rest of an answer after a follow-up turn (either label)
 
     @property
     def position_labels(self) -> np.ndarray:
@@ -70,15 +83,27 @@ class ResponseRows:
     def complied(self) -> np.ndarray:
         return (self.labels == 1) & ~self.transplanted
 
+    def without(self, drop: np.ndarray) -> ResponseRows:
+        """These rows less the answers ``drop`` marks (and their positions)."""
+        keep = ~drop
+        index = np.cumsum(keep) - 1
+        at = keep[self.owners]
+        return ResponseRows(
+            {layer: x[at] for layer, x in self.states.items()},
+            index[self.owners[at]],
+            self.labels[keep],
+            self.folds[keep],
+            self.transplanted[keep],
+            self.continued[keep],
+        )
+
 
 def read_rows(
     host: ModelHost, pairs: Sequence[AnswerPair], layers: Sequence[int], *, batch_size: int, seed: int
 ) -> ResponseRows:
     """Every answer's segment-end features at ``layers``, as the classifier reads them."""
     enders = ender_ids(host.tokenizer)
-    reads = [
-        _scored_part(host, p, answer_read(host, normalise_request(p.prompt), p.answer, enders)) for p in pairs
-    ]
+    reads = [_scored_part(host, p, answer_read(host, p.conversation(), p.answer, enders)) for p in pairs]
     order = sorted(range(len(reads)), key=lambda i: len(reads[i].prefix) + len(reads[i].answer))
     chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     owners: list[int] = []
@@ -97,6 +122,7 @@ def read_rows(
         np.array([int(p.unsafe) for p in pairs]),
         np.array([fold_of[p.group] for p in pairs]),
         np.array([p.kind == TRANSPLANTED for p in pairs]),
+        np.array([p.kind in (CONTINUED, CONTINUED_BENIGN) for p in pairs]),
     )
 
 
@@ -170,51 +196,95 @@ def joint_cuts(rows: ResponseRows, layer: int, c: float, budget: float) -> HeadC
 def fit_response_probe(
     rows: ResponseRows, cfg: CalibrationConfig, probe_threshold: float
 ) -> tuple[ResponseInfo, dict[str, torch.Tensor]]:
-    """Layer, heads and cuts of the response probe; biases shifted to put both cuts at ``probe_threshold``."""
+    """Layer, heads and cuts of the response probe; biases shifted to put every cut at ``probe_threshold``.
+
+    Two pairs of heads: ``response.*`` fitted and cut on the single-turn
+    answers, and, where ``rows`` hold answers continued after a follow-up
+    turn, ``response_turns.*`` fitted and cut on every answer at the same
+    layer, for conversations with earlier turns. Why two: on calibration
+    pairs, one pair fitted on every answer caught 60-68% of complied
+    single-turn answers against 80% for the single-turn pair, which flagged
+    20% of benign continuations (docs/calibration.md).
+    """
     budget = cfg.response_max_benign_flagged
-    found = [joint_cuts(rows, layer, cfg.response_c, budget) for layer in sorted(rows.states)]
+    single = rows.without(rows.continued)
+    found = [joint_cuts(single, layer, cfg.response_c, budget) for layer in sorted(single.states)]
     best = max(found, key=lambda h: (round(h.gain, 9), -h.layer))
-    written = rows.complied | (rows.labels == 0)
-
-    def served_auroc(h: HeadCuts) -> float:
-        return round(auroc(rows.labels[written], h.served(probe_threshold)[written]), 6)
-
-    x, y, moved = rows.states[best.layer], rows.position_labels, rows.transplanted[rows.owners]
-    tensors = head_tensors(
-        "response", fit_head(x[~moved], y[~moved], cfg.response_c), best.cut, probe_threshold
-    )
-    if best.content_cut is not None:
-        content = fit_head(x, y, cfg.response_c)
-        tensors |= head_tensors("response_content", content, best.content_cut, probe_threshold)
+    tensors = _fitted_heads(single, best, "response", cfg.response_c, probe_threshold)
+    turns = None
+    if rows.continued.any():
+        every = joint_cuts(rows, best.layer, cfg.response_c, budget)
+        tensors |= _fitted_heads(rows, every, "response_turns", cfg.response_c, probe_threshold)
+        turns = _turns_record(rows, every)
     info = ResponseInfo(
         layer=best.layer,
         cut=round(best.cut, 6),
         features=FEATURES,
         max_benign_flagged=budget,
-        content_cut=None if best.content_cut is None else round(best.content_cut, 6),
-        content_recall=None if best.content_caught is None else round(best.content_caught, 6),
+        content_cut=_rounded(best.content_cut),
+        content_recall=_rounded(best.content_caught),
         recall=round(best.caught, 6),
-        auroc=served_auroc(best),
+        auroc=_served_auroc(single, best, probe_threshold),
         c=cfg.response_c,
         rows={
-            "unsafe_answers": int(rows.complied.sum()),
+            "unsafe_answers": int((rows.complied & ~rows.continued).sum()),
             "transplanted_answers": int(rows.transplanted.sum()),
-            "safe_answers": int((rows.labels == 0).sum()),
+            "continued_answers": int(rows.continued.sum()),
+            "safe_answers": int(((rows.labels == 0) & ~rows.continued).sum()),
             "positions": len(rows.owners),
         },
         layer_selection=[
             {
                 "layer": h.layer,
-                "auroc": served_auroc(h),
+                "auroc": _served_auroc(single, h, probe_threshold),
                 "caught": round(h.caught, 6),
-                "content_caught": None if h.content_caught is None else round(h.content_caught, 6),
+                "content_caught": _rounded(h.content_caught),
                 "flagged": round(h.flagged, 6),
             }
             for h in found
         ],
+        multi_turn=turns,
     )
     log.info("response probe", layer=info.layer, recall=info.recall, content_recall=info.content_recall)
     return info, tensors
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _served_auroc(rows: ResponseRows, h: HeadCuts, threshold: float) -> float:
+    """AUROC of the served scores on the written answers (complied against safe)."""
+    written = rows.complied | (rows.labels == 0)
+    return round(auroc(rows.labels[written], h.served(threshold)[written]), 6)
+
+
+def _fitted_heads(
+    rows: ResponseRows, cuts: HeadCuts, name: str, c: float, threshold: float
+) -> dict[str, torch.Tensor]:
+    """The compliance head (written pairs) and, where cut, the content head (every answer) as tensors."""
+    x, y, moved = rows.states[cuts.layer], rows.position_labels, rows.transplanted[rows.owners]
+    tensors = head_tensors(name, fit_head(x[~moved], y[~moved], c), cuts.cut, threshold)
+    if cuts.content_cut is not None:
+        tensors |= head_tensors(f"{name}_content", fit_head(x, y, c), cuts.content_cut, threshold)
+    return tensors
+
+
+def _turns_record(rows: ResponseRows, cuts: HeadCuts) -> dict[str, Any]:
+    """What the heads for conversations with earlier turns catch and flag, out of fold."""
+    hit = cuts.compliance >= cuts.cut
+    if cuts.content_cut is not None:
+        hit |= cuts.content >= cuts.content_cut
+    safe = rows.labels == 0
+    return {
+        "cut": round(cuts.cut, 6),
+        "content_cut": _rounded(cuts.content_cut),
+        "recall": round(cuts.caught, 6),
+        "content_recall": _rounded(cuts.content_caught),
+        "flagged": round(cuts.flagged, 6),
+        "continued_caught": round(float(hit[rows.continued & ~safe].mean()), 6),
+        "continued_flagged": round(float(hit[rows.continued & safe].mean()), 6),
+    }
 
 
 def pair_prompts(data: Dataset, calib: Sequence[Example], cfg: CalibrationConfig) -> PairPrompts:
@@ -241,7 +311,8 @@ def response_probe(
     prompts = pair_prompts(data, calib, cfg)
     how = Writing(cfg.seed, cfg.response_tokens, cfg.batch_size, cfg.progress)
     pairs = write_pairs(host, bundle, prompts, how)
-    pairs += transplanted(pairs, cfg.seed + 59)
+    more = continued(pairs, follow_ups.CALIBRATION, cfg.seed + 61) if cfg.response_follow_ups else []
+    pairs += transplanted(pairs, cfg.seed + 59) + more
     layers = candidate_layers(cfg.response_depths, host.identity.num_layers, host.identity.num_layers - 1)
     rows = read_rows(host, pairs, layers, batch_size=cfg.batch_size, seed=cfg.seed)
     return fit_response_probe(rows, cfg, bundle.threshold)

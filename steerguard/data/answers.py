@@ -22,6 +22,14 @@ the embedded model itself (SmolLM2-135M-Instruct, not safety-aligned):
   written a second time after the model's benign answer to that ordinary
   prompt, only its own part scored (``scored_from``): a harmful turn inside
   a longer benign answer, where every state also carries the benign text.
+- *continued* (unsafe) and *continued benign* (safe): each complied and
+  benign answer split at a sentence end near its middle (:func:`continued`):
+  the first part becomes the assistant's earlier turn, a follow-up turn
+  (:mod:`steerguard.data.follow_ups`) comes next, and the rest is the answer.
+  Why: the commonest multi-turn shape is "Continue." after an answer, and a
+  probe fitted on single turns only flagged such benign continuations: out of
+  fold on calibration pairs, 20% of them at a cut that flagged 2% of
+  single-turn safe answers (docs/calibration.md).
 
 Answers are sampled (:data:`TEMPERATURE`, nucleus :data:`TOP_P`, seeded, so a
 run is repeatable), at most ``tokens`` new tokens (:data:`ANSWER_TOKENS` by
@@ -41,6 +49,7 @@ from steerguard.judge import is_refusal
 
 if TYPE_CHECKING:  # light at import: the CLI's parser reads steerguard.data
     from steerguard.bundle import Bundle
+    from steerguard.model.chat import Conversation
     from steerguard.model.host import ModelHost
     from steerguard.plan import Mode
 
@@ -50,7 +59,10 @@ TEMPERATURE = 0.7
 TOP_P = 0.9
 COMPLIED, REFUSED, BENIGN, BORDERLINE = "complied", "refused", "benign", "borderline"
 TRANSPLANTED = "transplanted"
-UNSAFE_KINDS = frozenset({COMPLIED, TRANSPLANTED})
+CONTINUED, CONTINUED_BENIGN = "continued", "continued_benign"
+UNSAFE_KINDS = frozenset({COMPLIED, TRANSPLANTED, CONTINUED})
+# Both parts of a continued answer hold at least this many characters (about ten tokens).
+MIN_PART_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -62,10 +74,20 @@ class AnswerPair:
     kind: str
     source: str = ""  # a transplanted answer's own prompt (it groups with that prompt's answers)
     scored_from: int = 0  # characters of ``answer`` before the part whose positions are rows
+    earlier: tuple[tuple[str, str], ...] = ()  # (role, text) turns before ``prompt``, oldest first
 
     @property
     def unsafe(self) -> bool:
         return self.kind in UNSAFE_KINDS
+
+    def conversation(self) -> Conversation:
+        """The conversation the answer replies to: the earlier turns, then ``prompt``."""
+        from steerguard.model.chat import normalise_request
+
+        if not self.earlier:
+            return normalise_request(self.prompt)
+        turns = [{"role": role, "content": text} for role, text in self.earlier]
+        return normalise_request(messages=[*turns, {"role": "user", "content": self.prompt}])
 
     @property
     def group(self) -> str:
@@ -130,6 +152,39 @@ def transplanted(pairs: Sequence[AnswerPair], seed: int) -> list[AnswerPair]:
             out.append(AnswerPair(host.prompt, p.answer, TRANSPLANTED, source=p.prompt))
             out.append(AnswerPair(host.prompt, lead + p.answer, TRANSPLANTED, p.prompt, len(lead)))
     return out
+
+
+def continued(pairs: Sequence[AnswerPair], follow_ups: Sequence[str], seed: int) -> list[AnswerPair]:
+    """Each complied and benign answer's second half, after its first half and a follow-up turn.
+
+    The follow-up is drawn (seeded) from ``follow_ups``; an answer with no
+    sentence end that leaves :data:`MIN_PART_CHARS` on both sides is skipped.
+    A continuation keeps its prompt's fold (``source``) and its answer's label.
+    """
+    import random
+
+    rng = random.Random(seed)
+    kinds = {COMPLIED: CONTINUED, BENIGN: CONTINUED_BENIGN}
+    out = []
+    for p in pairs:
+        parts = split_answer(p.answer) if p.kind in kinds and not p.earlier else None
+        if parts is not None and follow_ups:
+            earlier = (("user", p.prompt), ("assistant", parts[0]))
+            follow_up = rng.choice(list(follow_ups))
+            out.append(AnswerPair(follow_up, parts[1], kinds[p.kind], p.prompt, 0, earlier))
+    return out
+
+
+def split_answer(answer: str) -> tuple[str, str] | None:
+    """``answer`` cut at the sentence end nearest its middle, both parts at least :data:`MIN_PART_CHARS`."""
+    import re
+
+    ends = [m.end() for m in re.finditer(r"[.!?:](?=\s)|\n", answer)]
+    fits = [e for e in ends if e >= MIN_PART_CHARS and len(answer) - e >= MIN_PART_CHARS]
+    if not fits:
+        return None
+    at = min(fits, key=lambda e: abs(2 * e - len(answer)))
+    return answer[:at].strip(), answer[at:].strip()
 
 
 def _answers(

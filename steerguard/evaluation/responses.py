@@ -13,6 +13,10 @@ its positions reaches the bundle's cut. Reported:
 - the same complied answers placed after held-out ordinary prompts
   (:func:`steerguard.data.answers.transplanted`), caught: an innocent
   request that gets a harmful reply, reported apart from the rest;
+- complied and benign answers continued after a held-out follow-up turn
+  (:func:`steerguard.data.answers.continued`, :data:`steerguard.data.follow_ups.HELDOUT`):
+  the second half of the answer after its first half and "Please carry
+  on.", caught and flagged, reported apart from the rest;
 - the detection delay: answer tokens read up to the first flagged position
   of a caught answer. These answers carry no mark of where unsafe text
   starts, so the delay is counted from the answer's first token: an upper
@@ -33,12 +37,12 @@ import numpy as np
 
 from steerguard.bundle import Bundle
 from steerguard.calibration.threshold import auroc
-from steerguard.data.answers import AnswerPair, PairPrompts, Writing, transplanted, write_pairs
+from steerguard.data import follow_ups
+from steerguard.data.answers import AnswerPair, PairPrompts, Writing, continued, transplanted, write_pairs
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import HeldOut, subsample
 from steerguard.evaluation.scoring import r
 from steerguard.evaluation.stats import proportion
-from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
 from steerguard.passages import ender_ids
 from steerguard.responses import AnswerRead, answer_read, position_scores
@@ -62,10 +66,12 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
         return {"skipped": "the bundle has no response probe (scripts/fit_response.py adds one)"}
     pairs = held_out_pairs(host, bundle, held, cfg)
     moved = [p for p in transplanted(pairs, cfg.seed + 10) if not p.scored_from]  # as asked, not inside
+    later = continued(pairs, follow_ups.HELDOUT, cfg.seed + 11)
     enders = ender_ids(host.tokenizer)
-    reads = [answer_read(host, normalise_request(p.prompt), p.answer, enders) for p in pairs + moved]
+    reads = [answer_read(host, p.conversation(), p.answer, enders) for p in pairs + moved + later]
     scores = position_scores(host, bundle, reads, batch_size=cfg.batch_size)
-    innocent = np.array([max(s) for s in scores[len(pairs) :]]) >= bundle.threshold
+    apart = np.array([max(s) for s in scores[len(pairs) :]]) >= bundle.threshold
+    innocent, after = apart[: len(moved)], apart[len(moved) :]
     reads, scores = reads[: len(pairs)], scores[: len(pairs)]
     highest = np.array([max(s) for s in scores])
     labels = np.array([int(p.unsafe) for p in pairs])
@@ -85,6 +91,10 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
         "benign_flagged": _rate(flagged[labels == 0]),
         "flagged_by_kind": {k: _rate(flagged[[p.kind == k for p in pairs]]) for k in kinds},
         "harmful_after_innocent_request_caught": _rate(innocent),
+        "after_a_follow_up": {
+            "unsafe_caught": _rate(after[[p.unsafe for p in later]]),
+            "benign_flagged": _rate(after[[not p.unsafe for p in later]]),
+        },
         "detection_delay_tokens": {
             "median": float(np.median(delays)) if delays else None,
             "p90": float(np.percentile(delays, 90)) if delays else None,
