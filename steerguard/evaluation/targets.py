@@ -105,13 +105,17 @@ def response_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     section = report.get("responses") or {}
     if "auroc" not in section:
         return {}
-    return dict(
+    out = dict(
         [
             _check("response_auroc", section["auroc"]),
             _check("response_unsafe_caught", section["unsafe_caught"]["rate"], section["unsafe_caught"]),
             _check("response_benign_flagged", section["benign_flagged"]["rate"], section["benign_flagged"]),
         ]
     )
+    for metric, rate in (section.get("after_a_follow_up") or {}).items():
+        if rate["n"]:  # a section without continued answers has no such row
+            out.update([_check(f"response_follow_up_{metric}", rate["rate"], rate)])
+    return out
 
 
 def shape_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
