@@ -15,8 +15,9 @@ its positions reaches the bundle's cut. Reported:
   request that gets a harmful reply, reported apart from the rest;
 - complied and benign answers continued after a held-out follow-up turn
   (:func:`steerguard.data.answers.continued`, :data:`steerguard.data.follow_ups.HELDOUT`):
-  the second half of the answer after its first half and "Please carry
-  on.", caught and flagged, reported apart from the rest;
+  the second half of the answer after its first half and a follow-up such
+  as "Please carry on.", caught and flagged, reported apart from the rest
+  and held to the answers' targets;
 - the detection delay: answer tokens read up to the first flagged position
   of a caught answer. These answers carry no mark of where unsafe text
   starts, so the delay is counted from the answer's first token: an upper
