@@ -228,6 +228,8 @@ class FakeSteerer(steer_pb2_grpc.SteererServicer):
         self.script.enter(context, _messages(request))
         mode = steer_pb2.Steering.Mode.Name(request.steering.mode).lower()
         vector = f"category:{request.steering.category}" if request.steering.category else "refusal"
+        if request.steering.mode == steer_pb2.Steering.REFUSAL_HEAD:
+            vector = "refusal-head"
         words = f"Steered answer ({mode}, {vector}): here is a safe way to think about this.".split(" ")
         words = words[: max(1, request.max_new_tokens or len(words))]
         for i, word in enumerate(words):

@@ -5,7 +5,9 @@ process, on the embedded model and the default bundle, over every prompt in
 every steering mode (NONE, REFUSAL, CATEGORY, AUTO, SCANS), each engine
 taking all the requests at once so they share batches (mixed modes in one
 vLLM batch). Prints a line per request and exits 1 if any text, finish
-reason or applied steering differs.
+reason or applied steering differs. Where the bundle's policy names the
+refusal head (the default), vLLM answers flagged prompts with the refusal
+vector, so the in-house reference is run on the same bundle with that policy.
 
 It needs the virtualenv with vLLM and this project that
 ``scripts/setup_vllm.sh`` makes (docs/vllm.md):
@@ -127,8 +129,12 @@ def main() -> int:
         GenerateInput(prompt=p, max_new_tokens=TOKENS, steering=r) for r in requests(bundle) for p in PROMPTS
     ]
     results, failed = {}, []
+    # The in-house engine serves the policy's refusal-head rules with the head, vLLM with
+    # the refusal vector (its fallback, checked here): the reference answers them so too.
+    served = {"inhouse": bundle.with_head_answered_by_vector(), "vllm": bundle}
     for engine in ("inhouse", "vllm"):
-        service = SteerService(host, bundle, SteerConfig(engine=engine, max_batch_size=len(inputs))).start()
+        config = SteerConfig(engine=engine, max_batch_size=len(inputs))
+        service = SteerService(host, served[engine], config).start()
         try:
             results[engine] = run(service, inputs)
             failed += [f"{engine} {f}" for f in lifecycle(service)]

@@ -21,6 +21,7 @@ loudly instead of silently allowing traffic. Example::
       cybercrime: {action: steer, vector: category}
       S9: {action: block}         # indiscriminate weapons (chemical_biological)
       harassment: {action: steer, vector: refusal, threshold: 0.25}  # more sensitive
+      illegal: {action: steer, vector: refusal-head}  # the refusal head (in-house engine only)
       misinformation: {action: flag, threshold: 0.7, shadow: true}   # less; only recorded
     steer: {max_new_tokens: 200, temperature: 0.0}
     response_check: {enabled: false, window_chars: 256}
@@ -126,11 +127,15 @@ class OnClassifierError:
 
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that request."
+# How a steer rule answers: the refusal vector, the verdict's category vector, or the
+# bundle's refusal head (more refusals, more fluent on SmolLM2; the steer service's
+# in-house engine only: vLLM answers INVALID_ARGUMENT, which the rule's failure path takes).
+STEER_VECTORS = ("refusal", "category", "refusal-head")
 
 
 @dataclass(frozen=True)
 class CategoryRule:
-    """The action for one harm category; ``vector`` is ``refusal`` or ``category`` for steer."""
+    """The action for one harm category; for steer, ``vector`` is one of :data:`STEER_VECTORS`."""
 
     action: Action
     vector: str = "refusal"
@@ -281,8 +286,8 @@ def _rule(value: Any, where: str) -> CategoryRule:
     _expect(data, {"action", "vector", "strength", "message", "threshold", "shadow"}, where)
     action = _enum(Action, data.get("action", "block"), f"{where}.action")
     vector = data.get("vector", "refusal")
-    if vector not in {"refusal", "category"}:
-        raise PolicyError(f"{where}.vector: expected refusal or category")
+    if vector not in STEER_VECTORS:
+        raise PolicyError(f"{where}.vector: expected one of {', '.join(STEER_VECTORS)}")
     strength = _number(data.get("strength", 0.0), f"{where}.strength", low=0.0)
     message = data.get("message")
     if message is not None and not isinstance(message, str):

@@ -344,6 +344,8 @@ class Proxy:
             steering = steer_pb2.Steering(
                 mode=steer_pb2.Steering.CATEGORY, category=verdict.category, strength=rule.strength
             )
+        elif rule is not None and rule.vector == "refusal-head":
+            steering = steer_pb2.Steering(mode=steer_pb2.Steering.REFUSAL_HEAD)
         else:
             steering = steer_pb2.Steering(
                 mode=steer_pb2.Steering.REFUSAL, strength=rule.strength if rule else 0.0

@@ -15,6 +15,7 @@ _PROTO_MODES: dict[Mode, steer_pb2.Steering.Mode] = {
     Mode.CATEGORY: steer_pb2.Steering.CATEGORY,
     Mode.AUTO: steer_pb2.Steering.AUTO,
     Mode.SCANS: steer_pb2.Steering.SCANS,
+    Mode.REFUSAL_HEAD: steer_pb2.Steering.REFUSAL_HEAD,
 }
 _MODES: dict[int, Mode] = {int(number): mode for mode, number in _PROTO_MODES.items()}
 _AUTO_VECTORS: dict[int, AutoVector] = {

@@ -24,7 +24,7 @@ from steerguard.generation import SamplingParams
 from steerguard.logs import get_logger
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
-from steerguard.plan import AutoVector, SteeringRequest, validate
+from steerguard.plan import AutoVector, Mode, SteeringRequest, validate
 
 log = get_logger("steer_service")
 
@@ -110,7 +110,9 @@ class SteerService:
             conv = normalise_request(prompt, list(inp.messages) if has_messages else None)
             sampling = self.sampling(inp)
             validate(inp.steering, self.bundle)
-            if inp.steering.auto_vector is AutoVector.REFUSAL_HEAD and not self.engine.supports_refusal_head:
+            steering = inp.steering
+            head = steering.mode is Mode.REFUSAL_HEAD or steering.auto_vector is AutoVector.REFUSAL_HEAD
+            if head and not self.engine.supports_refusal_head:
                 raise InvalidInput(f"the {self.config.engine} engine does not decode with the refusal head")
             ids = self.host.token_ids(conv)
             limit = self.config.max_prompt_tokens

@@ -31,7 +31,7 @@ from steer_service.engine_base import EngineBase
 from steer_service.jobs import Chunk, Job
 from steer_service.vllm_steering import Registry, RowSteering, steer_rows
 from steerguard.bundle import Bundle
-from steerguard.errors import BundleError, DeadlineExceeded, NotReady
+from steerguard.errors import DeadlineExceeded, NotReady
 from steerguard.logs import get_logger
 from steerguard.model.host import ModelHost
 
@@ -76,7 +76,9 @@ class VllmEngine(EngineBase):
 
     The refusal head is not served here: vLLM computes logits outside the
     decoder layers these hooks reach, so a request that asks for it is refused
-    (``INVALID_ARGUMENT``), and a bundle whose policy names it cannot start.
+    (``INVALID_ARGUMENT``), and where the bundle's policy names it (the
+    default), flagged prompts get the refusal vector instead, said at start-up
+    and in each answer's applied steering.
     """
 
     supports_refusal_head = False
@@ -86,7 +88,8 @@ class VllmEngine(EngineBase):
         from vllm import LLM
 
         if any(bundle.policy_names_head(c) for c in ["", *bundle.categories]):
-            raise BundleError("the vllm engine cannot serve a policy that names the refusal head")
+            log.warning("the vllm engine answers the policy's refusal-head rules with the refusal vector")
+            bundle = bundle.with_head_answered_by_vector()
         super().__init__(config, self._run, "steer-vllm")
         self.host, self.bundle = host, bundle
         self.stats = EngineStats()

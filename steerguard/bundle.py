@@ -95,6 +95,7 @@ from steerguard.manifest import (
     FEATURES_V1,
     FORMAT_VERSION,
     REFUSAL,
+    REFUSAL_HEAD,
     CascadeInfo,
     Manifest,
     PassageInfo,
@@ -526,7 +527,20 @@ class Bundle:
 
     def policy_names_head(self, category: str) -> bool:
         """Whether the policy answers a flagged prompt of ``category`` with the refusal head."""
-        return self._policy_choice(category) == "refusal-head" and self.has_refusal_head
+        return self._policy_choice(category) == REFUSAL_HEAD and self.has_refusal_head
+
+    def with_head_answered_by_vector(self) -> Bundle:
+        """This bundle with every policy entry that names the refusal head answered by the refusal vector.
+
+        Why: an engine that cannot decode with the head (vLLM computes logits
+        outside the layers its hooks reach) still serves a bundle whose policy
+        names it, with the steering the head was measured against; each
+        answer's applied steering says ``refusal``.
+        """
+        policy = self.manifest.policy
+        if not policy.names(REFUSAL_HEAD):
+            return self
+        return self.with_manifest(replace(self.manifest, policy=policy.replacing(REFUSAL_HEAD, REFUSAL)))
 
     @property
     def has_refusal_head(self) -> bool:

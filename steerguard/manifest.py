@@ -25,6 +25,8 @@ from steerguard.errors import BundleError
 
 FORMAT_VERSION = 1
 REFUSAL = "refusal"
+# What a policy names to answer flagged prompts with the refusal head (not a vector).
+REFUSAL_HEAD = "refusal-head"
 CATEGORY_PREFIX = "category:"
 # Bundles that record no languages were calibrated on the English data sets only.
 ENGLISH_ONLY = ("en",)
@@ -243,10 +245,21 @@ class VectorInfo:
 
 @dataclass(frozen=True)
 class PolicyInfo:
-    """Which vector ``auto`` adds to an unsafe prompt: ``default``, or per category."""
+    """How ``auto`` answers an unsafe prompt: ``default``, or per category.
+
+    Each names a vector (``refusal``, ``category``) or :data:`REFUSAL_HEAD`.
+    """
 
     default: str = REFUSAL
     per_category: Mapping[str, str] = field(default_factory=dict)
+
+    def names(self, choice: str) -> bool:
+        return self.default == choice or choice in self.per_category.values()
+
+    def replacing(self, choice: str, by: str) -> PolicyInfo:
+        """This policy with every ``choice`` answered by ``by`` instead."""
+        per = {c: by if v == choice else v for c, v in self.per_category.items()}
+        return PolicyInfo(by if self.default == choice else self.default, per)
 
     def to_dict(self) -> Record:
         return {"default": self.default, "per_category": dict(self.per_category)}

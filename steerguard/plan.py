@@ -11,7 +11,9 @@ means the same thing everywhere:
   vector the bundle's policy names for the predicted category; safe → nothing,
   so the row yields exactly its unsteered tokens;
 - ``scans``: as ``auto``, but a safe prompt gets the refusal vector
-  *subtracted* (SCANS' remedy for over-refusal).
+  *subtracted* (SCANS' remedy for over-refusal);
+- ``refusal-head``: the row decodes with the bundle's refusal head, ungated:
+  for a prompt judged unsafe elsewhere (the sidecar's steer rules).
 
 What a flagged ``auto``/``scans`` row gets is its request's ``auto_vector``:
 ``policy`` (the bundle's policy for the verdict's category), ``refusal`` (the
@@ -32,6 +34,7 @@ import torch
 
 from steerguard.bundle import CATEGORY_PREFIX, MAX_STRENGTH, REFUSAL, Bundle
 from steerguard.errors import InvalidInput
+from steerguard.manifest import REFUSAL_HEAD
 from steerguard.model.steering import SteeringState
 from steerguard.verdict import Verdict, verdicts_from_states
 
@@ -42,6 +45,7 @@ class Mode(str, Enum):
     CATEGORY = "category"
     AUTO = "auto"
     SCANS = "scans"
+    REFUSAL_HEAD = "refusal-head"  # decode with the refusal head, ungated (a prompt judged elsewhere)
 
     @property
     def gated(self) -> bool:
@@ -56,7 +60,7 @@ class AutoVector(str, Enum):
 
 
 # The name ``Applied.vector`` (and a bundle policy) gives the refusal head.
-HEAD = "refusal-head"
+HEAD = REFUSAL_HEAD
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ def validate(request: SteeringRequest, bundle: Bundle) -> None:
         raise InvalidInput("auto_vector is only used with mode AUTO or SCANS")
     if request.auto_vector is AutoVector.REFUSAL_HEAD and not bundle.has_refusal_head:
         raise InvalidInput("this bundle has no refusal head (auto_vector refusal-head)")
+    if request.mode is Mode.REFUSAL_HEAD and not bundle.has_refusal_head:
+        raise InvalidInput("this bundle has no refusal head (mode refusal-head)")
     if request.auto_vector is AutoVector.CATEGORY and not bundle.categories:
         raise InvalidInput("this bundle has no category vectors (auto_vector category)")
 
@@ -134,12 +140,15 @@ class BatchPlan:
                 self._set_gain(i, REFUSAL)
             elif r.mode is Mode.CATEGORY:
                 self._add_row(i, CATEGORY_PREFIX + r.category, r.strength, 1.0, n)
+            elif r.mode is Mode.REFUSAL_HEAD:
+                self.state.mark_head(i, n)
+                self.applied[i].vector = HEAD
         self.gated_rows = [i for i, r in enumerate(requests) if r.mode.gated]
         if self.gated_rows:
             self.state.probe_layer = bundle.probe_layer
             self.state.decide = self._decide
-            if bundle.has_refusal_head:
-                self.state.head = bundle.refusal_head()
+        if bundle.has_refusal_head and (self.gated_rows or self.state.head_rows is not None):
+            self.state.head = bundle.refusal_head()
 
     def flagged_vector(self, request: SteeringRequest, category: str) -> str:
         """What a flagged row of ``category`` gets: a vector's name, or :data:`HEAD`."""

@@ -297,6 +297,8 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_host, data_root: Path, tmp_path
     assert loaded.has_refusal_head and head["prompts"] > 0 and head["rank"] == cfg.refusal_head_rank
     a, b = loaded.refusal_head()
     assert a.shape == (tiny_host.identity.hidden_size, head["rank"]) and b.shape[0] == head["rank"]
+    # The head answers flagged prompts by default (refusal_head_policy).
+    assert m["policy"] == {"default": "refusal-head", "per_category": {}}
     # The category vectors' strength: searched on judged AUTO answers, one for every category.
     search = m["category_search"]
     assert [t["strength"] for t in search["tried"]] == list(cfg.category_tune_strengths)

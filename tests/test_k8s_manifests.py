@@ -600,15 +600,31 @@ def test_gpu_overlay_puts_steer_on_gpus() -> None:
 # --- the policy ConfigMap -----------------------------------------------------------------
 
 
-def test_policy_configmap_is_a_valid_policy(objects: list[Obj]) -> None:
-    policy_module = pytest.importorskip("sidecar.policy", reason="sidecar.policy not importable yet")
+def _policy(objects: list[Obj]) -> Any:
+    """The sidecar's policy as its ConfigMap mounts it, parsed as the sidecar parses it."""
+    from sidecar.policy import parse_policy
+
     c = the(objects, "sidecar")
     env = km.container_env(objects, c.container)
     path = Path(env["STEERGUARD_POLICY"])
     mount = next(m for m in c.container["volumeMounts"] if Path(m["mountPath"]) == path.parent)
     volume = next(v for v in c.pod["volumes"] if v["name"] == mount["name"])
     data = km.find(objects, "ConfigMap", volume["configMap"]["name"])["data"][path.name]
-    policy_module.parse_policy(yaml.safe_load(data))
+    return parse_policy(yaml.safe_load(data))
+
+
+def test_policy_configmap_is_a_valid_policy(objects: list[Obj]) -> None:
+    assert _policy(objects).default.action.value == "steer"
+
+
+def test_policy_steers_with_what_the_steer_engine_serves(objects: list[Obj]) -> None:
+    """The refusal head where the engine decodes with it (in-house), the vector on vLLM."""
+    policy = _policy(objects)
+    steer = the(objects, "steer")
+    engine = km.container_env(objects, steer.container).get("STEERGUARD_ENGINE", "inhouse")
+    rules = [policy.default, *policy.categories.values()]
+    vectors = {r.vector for r in rules if r.action.value == "steer"}
+    assert ("refusal-head" in vectors) is (engine != "vllm"), (engine, vectors)
 
 
 @pytest.mark.parametrize("overlay_name", km.OVERLAYS)

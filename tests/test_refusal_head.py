@@ -53,6 +53,45 @@ def test_policy_may_name_the_head(tiny_host, head_bundle) -> None:  # type: igno
     assert plan.applied[0].vector == "refusal"
 
 
+def test_mode_refusal_head_decodes_every_row_with_the_head(tiny_host, head_bundle) -> None:  # type: ignore[no-untyped-def]
+    """Ungated: whatever the probe says; the row beside it unchanged; a bundle without a head refuses it."""
+    _, plain = run(tiny_host, head_bundle, [SteeringRequest(), SteeringRequest()])
+    explicit = SteeringRequest(Mode.REFUSAL_HEAD)
+    gated = SteeringRequest(Mode.AUTO, auto_vector=AutoVector.REFUSAL_HEAD)
+    plan, toks = run(tiny_host, flag_all(head_bundle, 1.01), [explicit, SteeringRequest()])
+    assert plan.applied[0].vector == HEAD and plan.applied[0].verdict is None
+    assert toks[1] == plain[1] and toks[0] != plain[0]
+    _, flagged = run(tiny_host, flag_all(head_bundle, 0.0), [gated, SteeringRequest()])
+    assert flagged[0] == toks[0]  # the same tokens the head gives a flagged AUTO row
+    from dataclasses import replace
+
+    headless = head_bundle.with_manifest(replace(head_bundle.manifest, refusal_head=None))
+    with pytest.raises(InvalidInput, match="mode refusal-head"):
+        BatchPlan(headless, [explicit], tiny_host.identity.hidden_size)
+
+
+def test_an_engine_without_the_head_answers_its_policy_rules_with_the_vector(tiny_host, head_bundle) -> None:  # type: ignore[no-untyped-def]
+    """What the vLLM engine serves: the policy's head rules become the refusal vector, others are kept."""
+    from dataclasses import replace
+
+    from steerguard.manifest import PolicyInfo
+
+    bundle = flag_all(head_bundle, 0.0)
+    category = bundle.categories[0]
+    policy = PolicyInfo(default="refusal-head", per_category={category: "category"})
+    bundle = bundle.with_manifest(replace(bundle.manifest, policy=policy))
+    served = bundle.with_head_answered_by_vector()
+    assert served.manifest.policy == PolicyInfo(default="refusal", per_category={category: "category"})
+    assert not any(served.policy_names_head(c) for c in ["", *served.categories])
+    steered, _ = run(tiny_host, served, [SteeringRequest(Mode.AUTO)])
+    vector, _ = run(tiny_host, bundle, [SteeringRequest(Mode.AUTO, auto_vector=AutoVector.REFUSAL)])
+    if steered.applied[0].verdict.category != category:  # type: ignore[union-attr]
+        assert steered.applied[0].vector == "refusal" == vector.applied[0].vector
+        assert steered.applied[0].layers == vector.applied[0].layers != []
+    plain = bundle.with_manifest(replace(bundle.manifest, policy=PolicyInfo()))
+    assert plain.with_head_answered_by_vector() is plain
+
+
 def test_head_rows_survive_continuous_batching(tiny_host, head_bundle) -> None:  # type: ignore[no-untyped-def]
     """A head row keeps its head when another batch joins it and when rows leave."""
     bundle = flag_all(head_bundle, 0.0)
@@ -125,21 +164,29 @@ def test_served_over_grpc_and_refused_where_unsupported(tiny_model_dir, tmp_path
             req = steer_pb2.GenerateRequest(prompt=PROMPTS[0], max_new_tokens=8, steering=S(**steering))
             return list(stub.Generate(req, timeout=60))
 
-        head = ask(mode=S.AUTO, auto_vector=S.AUTO_VECTOR_REFUSAL_HEAD)[-1]
+        head = ask(mode=S.AUTO, auto_vector=S.AUTO_VECTOR_REFUSAL_HEAD)
         vector = ask(mode=S.AUTO, auto_vector=S.AUTO_VECTOR_REFUSAL)[-1]
-        assert head.applied.vector == "refusal-head" and head.verdict.unsafe
+        assert head[-1].applied.vector == "refusal-head" and head[-1].verdict.unsafe
         assert vector.applied.vector == "refusal"
+        # Mode REFUSAL_HEAD (the sidecar's steer rules): the head, ungated, the same tokens.
+        explicit = ask(mode=S.REFUSAL_HEAD)
+        assert explicit[-1].applied.vector == "refusal-head" and not explicit[-1].HasField("verdict")
+        assert "".join(c.text for c in explicit) == "".join(c.text for c in head)
         with pytest.raises(grpc.RpcError) as err:
             ask(mode=S.AUTO, auto_vector=9)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "auto_vector" in str(
             err.value.details()
         )
         service.engine.supports_refusal_head = False  # what the vLLM engine says
-        with pytest.raises(grpc.RpcError) as err:
-            ask(mode=S.AUTO, auto_vector=S.AUTO_VECTOR_REFUSAL_HEAD)
-        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "refusal head" in str(
-            err.value.details()
-        )
+        for refused in (
+            {"mode": S.AUTO, "auto_vector": S.AUTO_VECTOR_REFUSAL_HEAD},
+            {"mode": S.REFUSAL_HEAD},
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                ask(**refused)
+            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "refusal head" in str(
+                err.value.details()
+            )
     finally:
         channel.close()
         server.stop(0)

@@ -20,6 +20,7 @@ categories:
   cybercrime: {action: steer, vector: category, strength: 1.5}
   self_harm: steer
   weapons: {action: block, message: "No weapons."}
+  fraud: {action: steer, vector: refusal-head}
 steer: {max_new_tokens: 64, temperature: 0.3}
 response_check: {enabled: true, window_chars: 64}
 routes:
@@ -59,6 +60,7 @@ def test_example_file(tmp_path: Path) -> None:
     assert policy.rule_for("cybercrime").strength == 1.5
     assert policy.rule_for("self_harm").action is Action.STEER
     assert policy.rule_for("self_harm").vector == "refusal"
+    assert policy.rule_for("fraud").vector == "refusal-head"
     assert policy.refusal_for("weapons") == "No weapons."
     assert policy.rule_for("unlisted").action is Action.FLAG
     chat, ask = policy.routes

@@ -39,6 +39,7 @@ from devstack.net import free_port
 from sidecar.app import METRICS_SITE_KEY, start_site
 from sidecar.policy import parse_policy
 from sidecar.settings import SidecarSettings
+from steerguard.v1 import steer_pb2
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -336,7 +337,10 @@ async def test_an_unsure_category_takes_the_default_rule(chatbot, classifier, st
 async def test_steer_answers_from_steer_service(chatbot, classifier, steerer, http) -> None:
     server, servicer = steerer
     policy = {
-        "categories": {"cybercrime": {"action": "steer", "vector": "category"}},
+        "categories": {
+            "cybercrime": {"action": "steer", "vector": "category"},
+            "fraud": {"action": "steer", "vector": "refusal-head"},
+        },
         "default": {"action": "steer", "vector": "refusal"},
     }
     marker = uuid.uuid4().hex
@@ -348,15 +352,19 @@ async def test_steer_answers_from_steer_service(chatbot, classifier, steerer, ht
         assert resp.headers["x-steerguard-action"] == "steer"
         resp = await send(http, "POST", url + CHAT, json=chat_body(f"UNSAFE:violence {marker}", stream=True))
         events = sse_events(resp.body)
+        resp = await send(http, "POST", url + CHAT, json=chat_body(f"UNSAFE:fraud {marker}"))
+        head = resp.json()["choices"][0]["message"]["content"]
     text = answer["choices"][0]["message"]["content"]
     assert text.startswith("Steered answer (category, category:cybercrime)")
     assert answer["usage"]["prompt_tokens"] == 7
     assert sse_text(events).startswith("Steered answer (refusal, refusal)")
     assert events[-1] == "[DONE]"
     assert [c["finish_reason"] for c in events[-2]["choices"]] == ["stop"]
-    first, second = servicer.requests
+    assert head.startswith("Steered answer (refusal_head, refusal-head)")
+    first, second, third = servicer.requests
     assert first.steering.category == "cybercrime" and first.max_new_tokens == 50
-    assert second.steering.category == ""
+    assert second.steering.category == "" and second.steering.mode == steer_pb2.Steering.REFUSAL
+    assert third.steering.mode == steer_pb2.Steering.REFUSAL_HEAD
     assert chatbot.received(marker) == []
 
 

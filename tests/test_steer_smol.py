@@ -48,18 +48,26 @@ def stub(default_bundle: Bundle, smol_host: ModelHost) -> Iterator[steer_pb2_grp
 
 
 def generate(
-    stub: steer_pb2_grpc.SteererStub, prompt: str, mode: steer_pb2.Steering.Mode
+    stub: steer_pb2_grpc.SteererStub,
+    prompt: str,
+    mode: steer_pb2.Steering.Mode,
+    auto_vector: steer_pb2.Steering.AutoVector = S.AUTO_VECTOR_POLICY,
 ) -> tuple[str, steer_pb2.GenerateChunk]:
-    req = steer_pb2.GenerateRequest(prompt=prompt, max_new_tokens=48, steering=steer_pb2.Steering(mode=mode))
+    steering = steer_pb2.Steering(mode=mode, auto_vector=auto_vector)
+    req = steer_pb2.GenerateRequest(prompt=prompt, max_new_tokens=48, steering=steering)
     chunks = list(stub.Generate(req, timeout=120))
     return "".join(c.text for c in chunks), chunks[-1]
 
 
 def test_harmful_prompt_under_auto_is_refused(stub: steer_pb2_grpc.SteererStub) -> None:
+    """The default bundle's policy answers a flagged prompt with the refusal head; the vector on request."""
     text, last = generate(stub, HARMFUL, S.AUTO)
     assert last.verdict.unsafe, f"probe judged the harmful prompt safe (score {last.verdict.score:.3f})"
-    assert last.applied.vector != "none" and list(last.applied.layers)
+    assert last.applied.vector == "refusal-head"
     assert REFUSAL.search(text), f"AUTO answer does not refuse: {text!r}"
+    text, last = generate(stub, HARMFUL, S.AUTO, S.AUTO_VECTOR_REFUSAL)
+    assert last.applied.vector == "refusal" and list(last.applied.layers)
+    assert REFUSAL.search(text), f"AUTO answer with the refusal vector does not refuse: {text!r}"
 
 
 def test_safe_prompt_under_auto_equals_none(stub: steer_pb2_grpc.SteererStub) -> None:

@@ -169,6 +169,11 @@ class CalibrationConfig:
     refusal_head_copies: int = 4
     refusal_head_epochs: int = 8
     refusal_head_lr: float = 3e-3
+    # Whether the bundle's policy answers flagged prompts with the head (auto's default)
+    # rather than the refusal vector. On calibration's prompts the head refused more, more
+    # fluently (97.8% at 1.52x) than the calibrated vector (90.6% at 1.64x, the steering
+    # search): docs/calibration.md. Without a head the policy names the vector.
+    refusal_head_policy: bool = True
 
     def record(self) -> dict[str, Any]:
         """The settings as the manifest records them (``calibration.config``).

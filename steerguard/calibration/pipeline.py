@@ -84,6 +84,7 @@ from steerguard.manifest import (
     CATEGORY_PREFIX,
     ENGLISH_ONLY,
     REFUSAL,
+    REFUSAL_HEAD,
     CalibrationRecord,
     CascadeInfo,
     DataSource,
@@ -266,7 +267,13 @@ def _refusal_head_step(run: Run, bundle: Bundle) -> Bundle:
     if run.cfg.refusal_head_rank <= 0 or not harmful:
         return bundle
     record, tensors = refusal_head(run, harmful, bundle)
-    return Bundle(replace(bundle.manifest, refusal_head=record), {**bundle.tensors, **tensors})
+    manifest = replace(bundle.manifest, refusal_head=record, policy=head_policy(run.cfg))
+    return Bundle(manifest, {**bundle.tensors, **tensors})
+
+
+def head_policy(cfg: CalibrationConfig) -> PolicyInfo:
+    """The policy of a bundle with a refusal head: the head answers flagged prompts, unless turned off."""
+    return PolicyInfo(default=REFUSAL_HEAD if cfg.refusal_head_policy else REFUSAL, per_category={})
 
 
 def refusal_head(

@@ -23,7 +23,7 @@ from typing import Any
 from steerguard.commands._common import add_jsonl_flags, add_model_flags, guarded
 from steerguard.settings import add_flag
 
-MODES = ("none", "refusal", "category", "auto", "scans")
+MODES = ("none", "refusal", "category", "auto", "scans", "refusal-head")
 AUTO_VECTORS = ("policy", "refusal", "category", "refusal-head")
 
 

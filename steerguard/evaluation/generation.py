@@ -22,6 +22,7 @@ from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import subsample
 from steerguard.evaluation.scoring import r
 from steerguard.evaluation.stats import proportion
+from steerguard.manifest import REFUSAL_HEAD, PolicyInfo
 from steerguard.model.chat import Conversation, normalise_request
 from steerguard.model.host import ModelHost
 from steerguard.offline import Generated, generate_many, perplexity
@@ -106,28 +107,40 @@ def _variant(host: ModelHost, runs: Runs, outs: list[Generated], refused: list[b
 
 
 def _head_comparison(host: ModelHost, bundle: Bundle, runs: Runs, cfg: EvalConfig) -> dict[str, Any] | None:
-    """AUTO's flagged rows answered by the refusal vector vs by the refusal head, side by side."""
+    """AUTO's flagged rows answered by the refusal vector vs by the refusal head, side by side.
+
+    AUTO as served is either where the bundle's policy names it for every
+    category (the head by default, the vector with ``refusal_head_policy``
+    off); the other is generated here.
+    """
     if not bundle.has_refusal_head:
         return None
     policy = bundle.manifest.policy
-    by_vector = runs.auto  # AUTO as served: the refusal vector, unless the policy names another
-    if policy.default != REFUSAL or policy.per_category:
-        vector = [SteeringRequest(Mode.AUTO, auto_vector=AutoVector.REFUSAL)] * len(runs.convs)
-        by_vector = generate_many(
-            host, bundle, runs.convs, vector, desc="auto, refusal vector", **generation_kwargs(cfg)
-        )
-    head = [SteeringRequest(Mode.AUTO, auto_vector=AutoVector.REFUSAL_HEAD)] * len(runs.convs)
-    by_head = generate_many(
-        host, bundle, runs.convs, head, desc="auto, refusal head", **generation_kwargs(cfg)
-    )
+    by = {
+        AutoVector.REFUSAL: runs.auto if _only(policy, REFUSAL) else None,
+        AutoVector.REFUSAL_HEAD: runs.auto if _only(policy, REFUSAL_HEAD) else None,
+    }
+    for choice, outs in by.items():
+        if outs is None:
+            requests = [SteeringRequest(Mode.AUTO, auto_vector=choice)] * len(runs.convs)
+            by[choice] = generate_many(
+                host, bundle, runs.convs, requests, desc=f"auto, {choice.value}", **generation_kwargs(cfg)
+            )
+    by_vector, by_head = by[AutoVector.REFUSAL], by[AutoVector.REFUSAL_HEAD]
+    assert by_vector is not None and by_head is not None
     return {
         "refusal_vector": _variant(host, runs, by_vector, [judge.is_refusal(g.text) for g in by_vector]),
         "refusal_head": _variant(host, runs, by_head, [judge.is_refusal(g.text) for g in by_head]),
+        "served_by_policy": policy.default,
         "head_samples": [
             {"prompt": e.prompt[:160], "head": g.text[:300]}
             for e, g in zip(runs.harmful[:4], by_head, strict=False)
         ],
     }
+
+
+def _only(policy: PolicyInfo, choice: str) -> bool:
+    return policy.default == choice and all(v == choice for v in policy.per_category.values())
 
 
 def generation_kwargs(cfg: EvalConfig) -> dict[str, Any]:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from steerguard.v1 import common_pb2 as steerguard_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19steerguard/v1/steer.proto\x12\rsteerguard.v1\x1a\x1asteerguard/v1/common.proto\"\xcc\x02\n\x08Steering\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.steerguard.v1.Steering.Mode\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x10\n\x08strength\x18\x03 \x01(\x02\x12\x37\n\x0b\x61uto_vector\x18\x04 \x01(\x0e\x32\".steerguard.v1.Steering.AutoVector\"@\n\x04Mode\x12\x08\n\x04NONE\x10\x00\x12\x0b\n\x07REFUSAL\x10\x01\x12\x0c\n\x08\x43\x41TEGORY\x10\x02\x12\x08\n\x04\x41UTO\x10\x03\x12\t\n\x05SCANS\x10\x04\"u\n\nAutoVector\x12\x16\n\x12\x41UTO_VECTOR_POLICY\x10\x00\x12\x17\n\x13\x41UTO_VECTOR_REFUSAL\x10\x01\x12\x18\n\x14\x41UTO_VECTOR_CATEGORY\x10\x02\x12\x1c\n\x18\x41UTO_VECTOR_REFUSAL_HEAD\x10\x03\"\xc4\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.steerguard.v1.ChatMessage\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\r\n\x05top_p\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12)\n\x08steering\x18\x07 \x01(\x0b\x32\x17.steerguard.v1.Steering\"o\n\x0f\x41ppliedSteering\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.steerguard.v1.Steering.Mode\x12\x0e\n\x06vector\x18\x02 \x01(\t\x12\x0e\n\x06layers\x18\x03 \x03(\x05\x12\x10\n\x08strength\x18\x04 \x01(\x02\"\xc0\x01\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x12\'\n\x07verdict\x18\x05 \x01(\x0b\x32\x16.steerguard.v1.Verdict\x12/\n\x07\x61pplied\x18\x06 \x01(\x0b\x32\x1e.steerguard.v1.AppliedSteering2\xa8\x01\n\x07Steerer\x12J\n\x08Generate\x12\x1e.steerguard.v1.GenerateRequest\x1a\x1c.steerguard.v1.GenerateChunk0\x01\x12Q\n\x0e\x44\x65scribeBundle\x12$.steerguard.v1.DescribeBundleRequest\x1a\x19.steerguard.v1.BundleInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19steerguard/v1/steer.proto\x12\rsteerguard.v1\x1a\x1asteerguard/v1/common.proto\"\xde\x02\n\x08Steering\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.steerguard.v1.Steering.Mode\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x10\n\x08strength\x18\x03 \x01(\x02\x12\x37\n\x0b\x61uto_vector\x18\x04 \x01(\x0e\x32\".steerguard.v1.Steering.AutoVector\"R\n\x04Mode\x12\x08\n\x04NONE\x10\x00\x12\x0b\n\x07REFUSAL\x10\x01\x12\x0c\n\x08\x43\x41TEGORY\x10\x02\x12\x08\n\x04\x41UTO\x10\x03\x12\t\n\x05SCANS\x10\x04\x12\x10\n\x0cREFUSAL_HEAD\x10\x05\"u\n\nAutoVector\x12\x16\n\x12\x41UTO_VECTOR_POLICY\x10\x00\x12\x17\n\x13\x41UTO_VECTOR_REFUSAL\x10\x01\x12\x18\n\x14\x41UTO_VECTOR_CATEGORY\x10\x02\x12\x1c\n\x18\x41UTO_VECTOR_REFUSAL_HEAD\x10\x03\"\xc4\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.steerguard.v1.ChatMessage\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\r\n\x05top_p\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12)\n\x08steering\x18\x07 \x01(\x0b\x32\x17.steerguard.v1.Steering\"o\n\x0f\x41ppliedSteering\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.steerguard.v1.Steering.Mode\x12\x0e\n\x06vector\x18\x02 \x01(\t\x12\x0e\n\x06layers\x18\x03 \x03(\x05\x12\x10\n\x08strength\x18\x04 \x01(\x02\"\xc0\x01\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x12\'\n\x07verdict\x18\x05 \x01(\x0b\x32\x16.steerguard.v1.Verdict\x12/\n\x07\x61pplied\x18\x06 \x01(\x0b\x32\x1e.steerguard.v1.AppliedSteering2\xa8\x01\n\x07Steerer\x12J\n\x08Generate\x12\x1e.steerguard.v1.GenerateRequest\x1a\x1c.steerguard.v1.GenerateChunk0\x01\x12Q\n\x0e\x44\x65scribeBundle\x12$.steerguard.v1.DescribeBundleRequest\x1a\x19.steerguard.v1.BundleInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'steerguard.v1.steer_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STEERING']._serialized_start=73
-  _globals['_STEERING']._serialized_end=405
+  _globals['_STEERING']._serialized_end=423
   _globals['_STEERING_MODE']._serialized_start=222
-  _globals['_STEERING_MODE']._serialized_end=286
-  _globals['_STEERING_AUTOVECTOR']._serialized_start=288
-  _globals['_STEERING_AUTOVECTOR']._serialized_end=405
-  _globals['_GENERATEREQUEST']._serialized_start=408
-  _globals['_GENERATEREQUEST']._serialized_end=604
-  _globals['_APPLIEDSTEERING']._serialized_start=606
-  _globals['_APPLIEDSTEERING']._serialized_end=717
-  _globals['_GENERATECHUNK']._serialized_start=720
-  _globals['_GENERATECHUNK']._serialized_end=912
-  _globals['_STEERER']._serialized_start=915
-  _globals['_STEERER']._serialized_end=1083
+  _globals['_STEERING_MODE']._serialized_end=304
+  _globals['_STEERING_AUTOVECTOR']._serialized_start=306
+  _globals['_STEERING_AUTOVECTOR']._serialized_end=423
+  _globals['_GENERATEREQUEST']._serialized_start=426
+  _globals['_GENERATEREQUEST']._serialized_end=622
+  _globals['_APPLIEDSTEERING']._serialized_start=624
+  _globals['_APPLIEDSTEERING']._serialized_end=735
+  _globals['_GENERATECHUNK']._serialized_start=738
+  _globals['_GENERATECHUNK']._serialized_end=930
+  _globals['_STEERER']._serialized_start=933
+  _globals['_STEERER']._serialized_end=1101
 # @@protoc_insertion_point(module_scope)

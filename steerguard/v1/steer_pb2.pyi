@@ -17,11 +17,13 @@ class Steering(_message.Message):
         CATEGORY: _ClassVar[Steering.Mode]
         AUTO: _ClassVar[Steering.Mode]
         SCANS: _ClassVar[Steering.Mode]
+        REFUSAL_HEAD: _ClassVar[Steering.Mode]
     NONE: Steering.Mode
     REFUSAL: Steering.Mode
     CATEGORY: Steering.Mode
     AUTO: Steering.Mode
     SCANS: Steering.Mode
+    REFUSAL_HEAD: Steering.Mode
     class AutoVector(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         AUTO_VECTOR_POLICY: _ClassVar[Steering.AutoVector]
