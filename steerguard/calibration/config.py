@@ -162,10 +162,18 @@ class CalibrationConfig:
     # (steerguard.calibration.steered_refusals; schedules: (decode steps at full strength,
     # then gain), 0 steps: full throughout), or "templates" (refusal_head_copies per prompt).
     # Steered text, on a fifth of calibration's prompts held apart from the fit: 97.8%
-    # refused at a 1.52x perplexity ratio, templates 100% at 15.8x (docs/calibration.md).
+    # refused at a 1.39x perplexity ratio with these six schedules (1.52x with the first
+    # three), templates 100% at 15.8x (docs/calibration.md).
     refusal_head_rank: int = 16
     refusal_head_text: str = "steered"
-    refusal_head_schedules: tuple[tuple[int, float], ...] = ((0, 1.0), (8, 0.5), (8, 0.7))
+    refusal_head_schedules: tuple[tuple[int, float], ...] = (
+        (0, 1.0),
+        (8, 0.5),
+        (8, 0.7),
+        (8, 0.3),
+        (16, 0.5),
+        (4, 0.6),
+    )
     refusal_head_copies: int = 4
     refusal_head_epochs: int = 8
     refusal_head_lr: float = 3e-3
