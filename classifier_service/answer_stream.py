@@ -21,7 +21,9 @@ first differ from those read (text appended to a word can change its last
 token), so the states always equal those of a plain forward pass over the
 same tokens. Every segment end is scored once, and the answer's last token
 at every check too: the stream's score is the highest so far (an answer once
-unsafe stays unsafe).
+unsafe stays unsafe). In a bundle whose response view is ``request``, the
+window's text starts with the assistant's lead (:func:`~steerguard.responses.answer_view`),
+whose positions are never scored.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from steerguard.responses import (
     context_ids,
     has_earlier_turns,
     position_features,
+    reply,
 )
 
 
@@ -71,16 +74,20 @@ class AnswerStream:
         self.layer = bundle.response.layer
         self.enders = enders
         with locks.tokenizer:
-            self.prefix = context_ids(host, conv)
-        self.multi_turn = has_earlier_turns(conv)  # which response heads judge it
+            start = reply(host, conv, "", bundle.response.view)  # the view, and its lead
+            self.prefix = context_ids(host, start.conv)
+        self.multi_turn = has_earlier_turns(start.conv)  # which response heads judge it
         self.score = 0.0
         self.tokens_read = 0  # answer tokens run through the model, overlaps and re-reads included
         self.windows = 1
-        self._text = ""  # the current window's text
+        self._text = start.lead  # the current window's text: a lead is read, never scored
         self._ids: list[int] = []  # the current window's tokens read so far
         self._states = torch.empty((0, host.identity.hidden_size))
-        self._first = 0  # positions before this were scored in the window before
+        self._first = 0  # positions before this were scored in the window before (or are the lead)
         self._last_end = -1  # the last segment end before ``_first`` (window coordinates)
+        if start.skip:
+            self._last_end = ([-1] + self._ends(start.ids[: start.skip], final=False))[-1]
+            self._first = start.skip
         from transformers import DynamicCache
 
         self._cache = DynamicCache()

@@ -50,8 +50,8 @@ from steerguard.model.activations import LayerStates, StopRule, last_token_state
 from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
 from steerguard.model.spans import Span, TurnMarkers, last_turn_content
-from steerguard.passages import Passage, ender_ids, passage_scores, text_ids
-from steerguard.responses import AnswerRead, answer_windows, position_scores
+from steerguard.passages import Passage, ender_ids, passage_scores
+from steerguard.responses import AnswerRead, answer_windows, position_scores, reply
 from steerguard.verdict import Verdict, verdicts_from_states
 from steerguard.views import ViewPlan, Windower
 
@@ -305,10 +305,10 @@ class ClassifierCore:
         limit = self.config.max_total_tokens
         if len(answer) > limit * self.windows.s.max_token_bytes:
             raise TooLong(f"the answer is over the limit of {limit} tokens")
-        ids = text_ids(self.host, answer)
-        if len(ids) > limit:
+        got = reply(self.host, conv, answer, self.bundle.response.view)
+        if got.answer_tokens > limit:
             raise TooLong(f"the answer is over the limit of {limit} tokens")
-        return ViewPlan(answers=answer_windows(self.host, conv, ids, self._enders))
+        return ViewPlan(answers=answer_windows(self.host, got, self._enders))
 
     def _answer_jobs(self, reads: Sequence[AnswerRead]) -> list[_Pending.View]:
         return [_Pending.View(self._key(r.key()), None, None, r) for r in reads]

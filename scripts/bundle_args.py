@@ -30,6 +30,7 @@ def rerun_step(
     timing: str,
     step: Callable[[Any, Any, Any], StepResult],
     settings: dict[str, Any] | None = None,
+    owns: tuple[str, ...] = (),
 ) -> None:
     """Run one calibration step alone on a bundle's calibration split; save the bundle it gives.
 
@@ -38,6 +39,8 @@ def rerun_step(
     (e.g. the switch that turns the step on). ``step(run, bundle, cfg)``
     returns the manifest fields it sets and the tensors it adds; the new
     bundle (new id) records those settings and the step's time as ``timing``.
+    The bundle's tensors named ``owns*`` are the step's: they are dropped
+    first, so a head the step no longer fits does not outlive it.
     """
     from steerguard.bundle import Bundle
     from steerguard.calibration.config import CalibrationConfig
@@ -64,4 +67,5 @@ def rerun_step(
         calibration=CalibrationRecord(config=cfg.record(), timings_s=timings),
         bundle_id="",
     )
-    print(Bundle(manifest, {**bundle.tensors, **tensors}).save(args.out))
+    kept = {k: v for k, v in bundle.tensors.items() if not k.startswith(owns)}
+    print(Bundle(manifest, {**kept, **tensors}).save(args.out))

@@ -26,4 +26,4 @@ def step(run: Any, bundle: Any, cfg: Any) -> bundle_args.StepResult:
 
 
 if __name__ == "__main__":
-    bundle_args.rerun_step(__doc__, "response_", "response_s", step)
+    bundle_args.rerun_step(__doc__, "response_", "response_s", step, owns=("response.", "response_"))

@@ -149,6 +149,8 @@ class PassageInfo:
 # What the response heads read at each segment end, in column order (steerguard.responses).
 FEATURES = "end+recent_mean+context_end"
 FEATURES_V1 = "end+recent_mean"  # bundles before the context's state: read as the first 2H columns
+# What an answer in a multi-turn chat is read after (ResponseInfo.view; steerguard.responses.answer_view).
+VIEW_CHAT, VIEW_REQUEST = "chat", "request"
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,12 @@ class ResponseInfo:
     ``multi_turn``: the record of the second pair of heads (``response_turns.*``,
     ``response_turns_content.*``), at the same layer, that judges answers in
     conversations with earlier turns (``None``: every answer is judged by the
-    first pair). The rest is calibration's record.
+    first pair). ``view``: what an answer after earlier turns is read after:
+    ``chat`` (``None``: bundles before it), the conversation as sent; ``request``, the
+    latest request that is not a follow-up, with what the assistant said to
+    it since read first (:func:`steerguard.responses.answer_view`), judged by
+    the first pair; ``follow_ups`` records what that catches and flags on
+    calibration's continued answers, out of fold. The rest is calibration's record.
     """
 
     layer: int
@@ -184,6 +191,8 @@ class ResponseInfo:
     rows: Record | None = None
     layer_selection: list[Record] | None = None
     multi_turn: Record | None = None
+    view: str | None = None  # None: VIEW_CHAT
+    follow_ups: Record | None = None
 
     def to_dict(self) -> Record:
         return _fields_record(self)

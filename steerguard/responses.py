@@ -31,12 +31,15 @@ both at one false-flag budget (80% and 84% out of fold). Bundles fitted
 before carry one head on the first two states (``FEATURES_V1``); each head
 reads the leading columns it was fitted on, so they are served unchanged.
 
-Bundles fitted with follow-up turns hold a second pair of heads
-(``response_turns.*``) for answers in conversations with earlier turns
-(:func:`has_earlier_turns`): fitted on single turns only, the first pair
-flagged 28% of benign answers continued after "Go on."-style follow-ups,
-while one pair fitted on both shapes caught fewer single-turn complied
-answers (docs/calibration.md, *Follow-up turns in answers*).
+An answer in a chat with earlier turns is read, in bundles whose response
+view is ``request`` (:class:`AnswerView`), after the request it replies to:
+the latest user turn that is not a follow-up, its system prompt, and what the
+assistant already said since, read first and not scored. Bundles from before
+(view ``chat``) read it in its chat, where some hold a second pair of heads
+for such answers (``response_turns.*``): fitted on single turns only, the
+first pair flagged 28% of benign answers continued after "Go on."-style
+follow-ups read in their chat, and the second pair caught only half of the
+complied ones (docs/calibration.md, *Follow-up turns in answers*).
 
 A position needs only its last :data:`RECENT_TOKENS` tokens and the
 context besides the model's own state, so an answer can be read in
@@ -53,6 +56,7 @@ from typing import TYPE_CHECKING
 # What the heads read at each segment end, named beside the manifest's ResponseInfo.
 from steerguard.manifest import FEATURES as FEATURES
 from steerguard.manifest import FEATURES_V1 as FEATURES_V1
+from steerguard.manifest import VIEW_CHAT, VIEW_REQUEST
 
 if TYPE_CHECKING:  # light at import: the sidecar and the classifier's config read this module
     import torch
@@ -74,6 +78,10 @@ WINDOW_OVERLAP_TOKENS = 256
 # The context each window is read after: the conversation, or when it is longer than this,
 # its latest user turn's tail (with the system prompt when that still fits).
 CONTEXT_TOKENS = 384
+# What the assistant said earlier to the request, read before the answer (not scored):
+# its last tokens, as many as a window's overlap, after the same lead-in.
+LEAD_SEPARATOR = "\n\n"
+LEAD_TOKENS = WINDOW_OVERLAP_TOKENS
 
 
 @dataclass(frozen=True)
@@ -92,13 +100,86 @@ class AnswerRead:
         return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def answer_read(host: ModelHost, conv: Conversation, answer: str, enders: frozenset[int]) -> AnswerRead:
-    """``answer`` as the reply to ``conv``, read whole (calibration's and the evaluation's answers)."""
-    from steerguard.passages import segment_ends, text_ids
+@dataclass(frozen=True)
+class AnswerView:
+    """What an answer is read after, in a bundle whose response view is ``request``.
 
-    ids = text_ids(host, answer)
-    ends = tuple(segment_ends(ids, enders))
-    return AnswerRead(tuple(host.token_ids(conv)), tuple(ids), ends, has_earlier_turns(conv))
+    ``conv``: the system messages and the request the answer replies to: the
+    latest user turn that is not a follow-up (:func:`steerguard.follow_up.is_follow_up`), earlier
+    turns dropped. ``lead``: what the assistant already said after that
+    request (its turns there, joined), read before the answer as the start of
+    one longer reply, its positions not scored; "" when the last user turn is
+    the request. Why: on calibration pairs, heads fitted on single turns
+    flagged 28% of benign answers continued after "Go on."-style turns read in
+    their chat, while the same answers read after the request they continue
+    were judged like single-turn answers (docs/calibration.md, *Follow-up
+    turns in answers*).
+    """
+
+    conv: Conversation
+    lead: str = ""
+
+    def text(self, answer: str) -> str:
+        """The reply as read: the lead, then ``answer``."""
+        return self.lead + LEAD_SEPARATOR + answer if self.lead else answer
+
+
+def answer_view(host: ModelHost, conv: Conversation) -> AnswerView:
+    """The request ``conv``'s answer replies to and the assistant's lead (:class:`AnswerView`)."""
+    from steerguard.follow_up import is_follow_up
+    from steerguard.model.chat import Conversation
+    from steerguard.passages import text_ids
+
+    messages = conv.messages
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
+    at = users[-1]
+    for i in reversed(users):
+        at = i
+        answered = any(m.role == "assistant" for m in messages[:i])
+        if not (answered and is_follow_up(messages[i].content)):
+            break
+    system = tuple(m for m in messages[:at] if m.role == "system")
+    lead = LEAD_SEPARATOR.join(m.content for m in messages[at + 1 :] if m.role == "assistant" and m.content)
+    ids = text_ids(host, lead) if lead else []
+    if len(ids) > LEAD_TOKENS:
+        lead = host.tokenizer.decode(ids[-LEAD_TOKENS:])
+    return AnswerView(Conversation((*system, messages[at])), lead)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer's tokens as the response probe reads them, and the conversation it is read after."""
+
+    conv: Conversation
+    ids: list[int]
+    skip: int = 0  # the lead's tokens: read, never scored
+    lead: str = ""  # their text (:meth:`AnswerView.text` of nothing)
+
+    @property
+    def answer_tokens(self) -> int:
+        return len(self.ids) - self.skip
+
+
+def reply(host: ModelHost, conv: Conversation, answer: str, view: str | None) -> Reply:
+    """``answer`` to ``conv`` in the bundle's response ``view`` (``chat``, ``None``: as sent)."""
+    from steerguard.passages import text_ids
+
+    if view != VIEW_REQUEST:
+        return Reply(conv, text_ids(host, answer))
+    seen = answer_view(host, conv)
+    lead = seen.text("") if seen.lead else ""
+    return Reply(seen.conv, text_ids(host, seen.text(answer)), len(text_ids(host, lead)) if lead else 0, lead)
+
+
+def answer_read(
+    host: ModelHost, conv: Conversation, answer: str, enders: frozenset[int], view: str | None = VIEW_CHAT
+) -> AnswerRead:
+    """``answer`` as the reply to ``conv``, read whole (calibration's and the evaluation's answers)."""
+    from steerguard.passages import segment_ends
+
+    got = reply(host, conv, answer, view)
+    ends = tuple(e for e in segment_ends(got.ids, enders) if e >= got.skip)
+    return AnswerRead(tuple(host.token_ids(got.conv)), tuple(got.ids), ends, has_earlier_turns(got.conv))
 
 
 def has_earlier_turns(conv: Conversation) -> bool:
@@ -111,9 +192,7 @@ def has_earlier_turns(conv: Conversation) -> bool:
     return sum(m.role != "system" for m in conv.messages) > 1
 
 
-def answer_windows(
-    host: ModelHost, conv: Conversation, answer_ids: Sequence[int], enders: frozenset[int]
-) -> list[AnswerRead]:
+def answer_windows(host: ModelHost, got: Reply, enders: frozenset[int]) -> list[AnswerRead]:
     """An answer of any length as the classifier reads it: whole, or in overlapping windows.
 
     Cost is linear in its length: each token is read at most twice (4/3
@@ -121,11 +200,16 @@ def answer_windows(
     """
     from steerguard.passages import segment_ends, split
 
-    prefix, turns = tuple(context_ids(host, conv)), has_earlier_turns(conv)
-    if len(answer_ids) <= ANSWER_WINDOW_TOKENS:
-        return [AnswerRead(prefix, tuple(answer_ids), tuple(segment_ends(answer_ids, enders)), turns)]
-    windows = split(answer_ids, enders, ANSWER_WINDOW_TOKENS, WINDOW_OVERLAP_TOKENS)
-    return [AnswerRead(prefix, w.ids, w.positions, turns) for w in windows]
+    prefix, turns, ids = tuple(context_ids(host, got.conv)), has_earlier_turns(got.conv), got.ids
+    if len(ids) <= ANSWER_WINDOW_TOKENS:
+        ends = tuple(e for e in segment_ends(ids, enders) if e >= got.skip)
+        return [AnswerRead(prefix, tuple(ids), ends, turns)]
+    windows = split(ids, enders, ANSWER_WINDOW_TOKENS, WINDOW_OVERLAP_TOKENS)
+    reads = [
+        AnswerRead(prefix, w.ids, tuple(p for p in w.positions if w.start + p >= got.skip), turns)
+        for w in windows
+    ]
+    return [r for r in reads if r.positions]
 
 
 def context_ids(host: ModelHost, conv: Conversation) -> list[int]:

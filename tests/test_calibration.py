@@ -426,13 +426,14 @@ def test_answers_are_continued_after_a_follow_up_turn_with_their_own_label_and_f
     assert continued(pairs, [], seed=1) == [] and continued(out, ["Continue."], seed=1) == []
 
 
-def test_answers_after_earlier_turns_get_heads_of_their_own_at_the_same_layer() -> None:
-    """Continued answers are left out of the single-turn heads and fitted, with every answer, into
-    ``response_turns.*``, cut on every safe answer; without them the bundle has one pair."""
+def test_continued_answers_are_scored_out_of_fold_by_the_single_turn_heads_not_fitted() -> None:
+    """Continued answers (read in the request view) leave the heads and cuts as the single-turn
+    answers set them; the manifest records what those heads catch and flag among them, out of fold."""
     from dataclasses import replace
 
     from steerguard.calibration.config import CalibrationConfig
     from steerguard.calibration.responses import ResponseRows, fit_response_probe
+    from steerguard.manifest import VIEW_REQUEST
 
     rng = np.random.default_rng(1)
     kinds = np.array([0] * 100 + [1] * 40 + [2] * 40 + [3] * 40 + [4] * 40)  # 3/4: continued safe/unsafe
@@ -446,13 +447,14 @@ def test_answers_after_earlier_turns_get_heads_of_their_own_at_the_same_layer() 
     rows = ResponseRows({4: x}, owners, labels, rng.integers(0, 5, len(kinds)), kinds == 2, continued)
     cfg = replace(CalibrationConfig(), response_max_benign_flagged=0.05, response_c=0.1)
     info, tensors = fit_response_probe(rows, cfg, 0.4)
-    assert info.multi_turn is not None and {"response_turns.weight", "response_turns_content.weight"} <= set(
-        tensors
-    )
+    assert info.view == VIEW_REQUEST and info.multi_turn is None
+    assert not any(k.startswith("response_turns") for k in tensors)
     assert info.rows is not None and info.rows["continued_answers"] == 80 and info.rows["safe_answers"] == 100
-    assert 0 <= info.multi_turn["continued_flagged"] <= 0.05 * 140 / 40  # the budget is over all safe answers
+    record = info.follow_ups
+    assert record is not None and (record["continued_unsafe"], record["continued_safe"]) == (40, 40)
+    assert record["continued_caught"] > 0.5 and record["continued_flagged"] > 0.05  # looked a little complied
     single = rows.without(continued)
     assert len(single.labels) == 180 and len(single.owners) == 540 and single.owners.max() == 179
     alone, alone_tensors = fit_response_probe(single, cfg, 0.4)
-    assert alone.multi_turn is None and not any(k.startswith("response_turns") for k in alone_tensors)
+    assert alone.follow_ups is None and alone.view == VIEW_REQUEST
     assert alone.cut == info.cut and torch.equal(alone_tensors["response.weight"], tensors["response.weight"])

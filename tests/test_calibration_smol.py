@@ -148,31 +148,43 @@ CONTINUED = [  # (request, the answer's first part, the rest after "Go on."): wr
 ]
 
 
-def test_a_benign_answer_continued_after_a_follow_up_is_not_flagged(smol_host, default_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_an_answer_continued_after_a_follow_up_is_judged_as_the_rest_of_its_reply(
+    smol_host, default_bundle
+) -> None:  # type: ignore[no-untyped-def]
     """The commonest multi-turn shape: an answer, "Go on.", the rest of it.
 
-    A response probe fitted on single turns only flagged two of these four
-    (scores 0.47 and 0.55 against a cut of 0.32); calibration now fits on
-    answers continued after follow-up turns (steerguard.data.answers.continued).
+    A response probe fitted on single turns only, reading the rest in its
+    chat, flagged two of these four benign continuations (scores 0.47 and
+    0.55 against a cut of 0.32). Read in the bundle's request view (the rest
+    of one reply to the request), none is flagged, and the harmful answer
+    continued the same way is still caught.
     """
+    from steerguard.manifest import VIEW_REQUEST
     from steerguard.model.chat import normalise_request
     from steerguard.passages import ender_ids
     from steerguard.responses import answer_read, position_scores
 
     info = default_bundle.response
-    assert info is not None and info.rows is not None and info.rows.get("continued_answers", 0) > 0
+    assert info is not None and info.view == VIEW_REQUEST and info.follow_ups is not None
     enders = ender_ids(smol_host.tokenizer)
-    turns = [
-        [
-            {"role": "user", "content": q},
-            {"role": "assistant", "content": a},
-            {"role": "user", "content": "Go on."},
-        ]
-        for q, a, _ in CONTINUED
-    ]
+    harmful, complied, _ = ANSWERS[0]
+    first, rest = complied.split(" Then ", 1)
+    chats = [*CONTINUED, (harmful, first, "Then " + rest)]
     reads = [
-        answer_read(smol_host, normalise_request(messages=t), rest, enders)
-        for t, (_, _, rest) in zip(turns, CONTINUED, strict=True)
+        answer_read(
+            smol_host,
+            normalise_request(
+                messages=[
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": a},
+                    {"role": "user", "content": "Go on."},
+                ]
+            ),
+            later,
+            enders,
+            info.view,
+        )
+        for q, a, later in chats
     ]
     highest = [max(s) for s in position_scores(smol_host, default_bundle, reads)]
-    assert all(h < default_bundle.threshold for h in highest), highest
+    assert [h >= default_bundle.threshold for h in highest] == [False] * len(CONTINUED) + [True], highest

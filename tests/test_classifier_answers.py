@@ -30,7 +30,7 @@ from steerguard.bundle import Bundle
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
 from steerguard.passages import ender_ids, segment_ends, text_ids
-from steerguard.responses import ANSWER_WINDOW_TOKENS, RECENT_TOKENS, answer_windows
+from steerguard.responses import ANSWER_WINDOW_TOKENS, RECENT_TOKENS, Reply, answer_windows
 from steerguard.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 Req = classifier_pb2.ClassifyRequest
@@ -70,17 +70,7 @@ def stub(core: CountingCore) -> Iterator[classifier_pb2_grpc.ClassifierStub]:
 
 def _expected(host: ModelHost, bundle: Bundle, prompt: str, answer: str) -> float:
     """The highest segment-end score of ``answer`` after ``prompt``, from one full forward pass."""
-    prefix = host.token_ids(normalise_request(prompt))
-    ids = text_ids(host, answer)
-    with torch.inference_mode():
-        hidden = host.model(torch.tensor([prefix + ids]), output_hidden_states=True).hidden_states
-    layer_out = hidden[bundle.manifest.response.layer + 1][0].double()  # type: ignore[union-attr]
-    states, context_end = layer_out[len(prefix) :], layer_out[len(prefix) - 1]
-    rows = []
-    for end in segment_ends(ids, ender_ids(host.tokenizer)):
-        recent = states[max(0, end + 1 - RECENT_TOKENS) : end + 1].mean(dim=0)
-        rows.append(torch.cat([states[end], recent, context_end]).float())
-    return float(bundle.response_score(torch.stack(rows)).max())
+    return _expected_after(host, bundle, normalise_request(prompt), answer)
 
 
 def test_an_answer_is_judged_by_the_response_head(
@@ -107,7 +97,9 @@ def test_a_long_answer_is_read_in_windows_and_a_growing_one_costs_only_its_new_p
     assert len(ids) > 3 * ANSWER_WINDOW_TOKENS
     core.computed.clear()
     verdict = stub.Classify(Req(prompt="Recipe?", answer=answer), timeout=60)
-    reads = answer_windows(tiny_host, normalise_request("Recipe?"), ids, ender_ids(tiny_host.tokenizer))
+    reads = answer_windows(
+        tiny_host, Reply(normalise_request("Recipe?"), ids), ender_ids(tiny_host.tokenizer)
+    )
     assert len(core.computed) == len(reads) >= 4
     read_tokens = sum(len(job.answer.answer) for job in core.computed)
     assert read_tokens <= 2 * len(ids)  # linear: each token read at most twice
@@ -183,7 +175,9 @@ def test_answer_windows_stay_within_the_context_budget(tiny_host: ModelHost) -> 
     conv = normalise_request(
         messages=[{"role": "system", "content": "Be kind."}, {"role": "user", "content": "why " * 2000}]
     )
-    reads = answer_windows(tiny_host, conv, text_ids(tiny_host, "Because."), ender_ids(tiny_host.tokenizer))
+    reads = answer_windows(
+        tiny_host, Reply(conv, text_ids(tiny_host, "Because.")), ender_ids(tiny_host.tokenizer)
+    )
     assert len(reads) == 1 and len(reads[0].prefix) <= CONTEXT_TOKENS
     assert tiny_host.tokenizer.decode(list(reads[0].prefix)).rstrip().endswith("assistant")
 
@@ -253,3 +247,125 @@ def test_an_answer_in_a_chat_with_earlier_turns_is_judged_by_the_multi_turn_head
         assert later.unsafe and later.score > 0.99
         (streamed,) = stub.ClassifyStream(iter([classifier_pb2.AnswerChunk(messages=chat, text=answer)]))
         assert streamed.unsafe and streamed.score > 0.99
+
+
+def test_an_answer_after_a_follow_up_is_read_after_the_request_it_continues(
+    tiny_host: ModelHost, answer_bundle: Bundle
+) -> None:
+    """A bundle whose response view is ``request`` reads an answer after "Go on." as the rest of the
+    reply to the request before it: that request alone (with the system prompt), the assistant's
+    earlier turn read first and not scored, the first pair of heads. ``Classify`` and
+    ``ClassifyStream`` agree with one plain forward pass over that text; a chat whose last turn is a
+    request of its own is read after it alone; the same bundle in the chat view reads the chat."""
+    from dataclasses import replace
+
+    from steerguard.manifest import VIEW_REQUEST
+
+    info = answer_bundle.manifest.response
+    assert info is not None
+    tensors = dict(answer_bundle.tensors)
+    for head in ("response", "response_content"):  # turns heads that would flag everything: unused here
+        turns = head.replace("response", "response_turns")
+        tensors |= {f"{turns}.{t}": tensors[f"{head}.{t}"].clone() for t in ("mean", "std", "weight")}
+        tensors[f"{turns}.bias"] = tensors[f"{head}.bias"] + 50.0
+    turns_info = replace(info, multi_turn={"cut": 0.5, "content_cut": 0.5})
+    request = Bundle(
+        replace(answer_bundle.manifest, response=replace(turns_info, view=VIEW_REQUEST)), tensors
+    )
+    chat_view = Bundle(replace(answer_bundle.manifest, response=turns_info), tensors)
+    earlier = "Mix flour, water and yeast.\nLet it rest."
+    chat = [
+        common_pb2.ChatMessage(role="system", content="Be brief."),
+        common_pb2.ChatMessage(role="user", content="How do I bake bread at home?"),
+        common_pb2.ChatMessage(role="assistant", content=earlier),
+        common_pb2.ChatMessage(role="user", content="Go on."),
+    ]
+    answer = "Then knead it, let it rise and bake it hot."
+    cache = MemoryCache(max_entries=100, ttl_seconds=300)
+    core = ClassifierCore(tiny_host, request, cache, CoreConfig())
+    prompt = normalise_request(
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "How do I bake bread at home?"},
+        ]
+    )
+    want = _expected_after(tiny_host, answer_bundle, prompt, answer, earlier + "\n\n")
+    for stub in serve_core(core):
+        whole = stub.Classify(Req(messages=chat, answer=answer))
+        assert whole.score == pytest.approx(want, abs=1e-5) and want < 0.99  # not the turns heads
+        (streamed,) = stub.ClassifyStream(iter([classifier_pb2.AnswerChunk(messages=chat, text=answer)]))
+        assert streamed.score == pytest.approx(want, abs=1e-5)
+        new = [
+            *chat[:3],
+            common_pb2.ChatMessage(role="user", content="Which flour is best for a rye loaf, and why?"),
+        ]
+        alone = stub.Classify(Req(messages=new, answer=answer))
+        asked = normalise_request(
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": new[-1].content},
+            ]
+        )
+        assert alone.score == pytest.approx(
+            _expected_after(tiny_host, answer_bundle, asked, answer), abs=1e-5
+        )
+    old = ClassifierCore(tiny_host, chat_view, MemoryCache(max_entries=100, ttl_seconds=300), CoreConfig())
+    for stub in serve_core(old):
+        assert stub.Classify(Req(messages=chat, answer=answer)).score > 0.99  # the turns heads
+
+
+def _expected_after(host: ModelHost, bundle: Bundle, conv: Any, answer: str, lead: str = "") -> float:
+    """The highest segment-end score of ``answer`` after ``conv``, from one full forward pass.
+
+    ``lead``: text read before the answer in the same reply, its positions not scored.
+    """
+    prefix = host.token_ids(conv)
+    ids = text_ids(host, lead + answer)
+    skip = len(text_ids(host, lead)) if lead else 0
+    with torch.inference_mode():
+        hidden = host.model(torch.tensor([prefix + ids]), output_hidden_states=True).hidden_states
+    layer_out = hidden[bundle.manifest.response.layer + 1][0].double()  # type: ignore[union-attr]
+    states, context_end = layer_out[len(prefix) :], layer_out[len(prefix) - 1]
+    rows = []
+    for end in [e for e in segment_ends(ids, ender_ids(host.tokenizer)) if e >= skip]:
+        recent = states[max(0, end + 1 - RECENT_TOKENS) : end + 1].mean(dim=0)
+        rows.append(torch.cat([states[end], recent, context_end]).float())
+    return float(bundle.response_score(torch.stack(rows)).max())
+
+
+def test_the_request_an_answer_replies_to_skips_follow_ups_and_keeps_a_bounded_lead(
+    tiny_host: ModelHost,
+) -> None:
+    from steerguard.responses import LEAD_SEPARATOR, LEAD_TOKENS, answer_view
+
+    def conv(*turns: tuple[str, str]) -> Any:
+        return normalise_request(messages=[{"role": r, "content": c} for r, c in turns])
+
+    seen = answer_view(
+        tiny_host,
+        conv(
+            ("system", "Be brief."),
+            ("user", "Tell me about the history of bread in Europe."),
+            ("assistant", "Part one."),
+            ("user", "Continue."),
+            ("assistant", "Part two."),
+            ("user", "Keep going, add more detail please."),
+        ),
+    )
+    assert [m.content for m in seen.conv.messages] == [
+        "Be brief.",
+        "Tell me about the history of bread in Europe.",
+    ]
+    assert seen.lead == "Part one." + LEAD_SEPARATOR + "Part two."
+    assert seen.text("Part three.") == seen.lead + LEAD_SEPARATOR + "Part three."
+    question = "How do I blow up a balloon?"  # short, but a question of its own
+    own = answer_view(tiny_host, conv(("user", "Hi there."), ("assistant", "Hello."), ("user", question)))
+    assert [m.content for m in own.conv.messages] == [question] and own.lead == ""
+    first = answer_view(tiny_host, conv(("user", "Continue.")))  # nothing was answered before it
+    assert [m.content for m in first.conv.messages] == ["Continue."] and first.lead == ""
+    long_lead = " ".join(f"sentence {i} is here." for i in range(400))
+    bounded = answer_view(
+        tiny_host, conv(("user", "Write it all."), ("assistant", long_lead), ("user", "More."))
+    )
+    assert len(text_ids(tiny_host, bounded.lead)) <= LEAD_TOKENS + 2
+    assert bounded.lead.rstrip().endswith("sentence 399 is here.")

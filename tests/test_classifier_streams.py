@@ -29,7 +29,7 @@ from steerguard.bundle import Bundle
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
 from steerguard.passages import ender_ids, text_ids
-from steerguard.responses import ANSWER_WINDOW_TOKENS, answer_windows, position_scores
+from steerguard.responses import ANSWER_WINDOW_TOKENS, Reply, answer_windows, position_scores
 from steerguard.v1 import classifier_pb2, classifier_pb2_grpc
 
 Chunk = classifier_pb2.AnswerChunk
@@ -73,7 +73,9 @@ def _pieces(text: str, seed: int = 1) -> list[str]:
 
 
 def _windowed(host: ModelHost, bundle: Bundle, answer: str) -> float:
-    reads = answer_windows(host, normalise_request(PROMPT), text_ids(host, answer), ender_ids(host.tokenizer))
+    reads = answer_windows(
+        host, Reply(normalise_request(PROMPT), text_ids(host, answer)), ender_ids(host.tokenizer)
+    )
     return max(max(s) for s in position_scores(host, bundle, reads))
 
 
@@ -102,6 +104,39 @@ def test_a_stream_reads_what_the_windows_read_and_each_token_about_once(
     # linear: overlaps and re-read last tokens only
     assert n <= pieces.tokens_read <= 1.4 * n + 2 * len(scores)
     assert longest <= len(pieces.prefix) + ANSWER_WINDOW_TOKENS  # bounded memory
+
+
+def test_a_stream_after_a_follow_up_reads_the_lead_first_and_scores_what_the_windows_score(
+    tiny_host: ModelHost, answer_bundle: Bundle
+) -> None:
+    """In the request view, a long answer after "Go on." streams through the same windows as
+    ``Classify`` reads: the assistant's earlier turn first (never scored), then the answer."""
+    from dataclasses import replace
+
+    from steerguard.manifest import VIEW_REQUEST
+    from steerguard.responses import reply
+
+    info = answer_bundle.manifest.response
+    assert info is not None
+    bundle = Bundle(
+        replace(answer_bundle.manifest, response=replace(info, view=VIEW_REQUEST)), answer_bundle.tensors
+    )
+    turns = [("user", PROMPT), ("assistant", _answer(120, seed=3)), ("user", "Go on.")]
+    conv = normalise_request(messages=[{"role": r, "content": c} for r, c in turns])
+    answer = _answer(1500, seed=4)
+    got = reply(tiny_host, conv, answer, VIEW_REQUEST)
+    assert got.skip > 0 and got.answer_tokens > 2 * ANSWER_WINDOW_TOKENS
+    reads = answer_windows(tiny_host, got, ender_ids(tiny_host.tokenizer))
+    assert min(reads[0].positions) >= got.skip
+    windowed = max(max(s) for s in position_scores(tiny_host, bundle, reads))
+    locks = Locks(threading.Lock(), threading.Lock())
+    stream = AnswerStream(tiny_host, bundle, conv, ender_ids(tiny_host.tokenizer), locks)
+    assert stream.prefix == tiny_host.token_ids(normalise_request(PROMPT))  # the request alone
+    assert stream.feed(answer) == pytest.approx(windowed, abs=1e-5)
+    pieces = AnswerStream(tiny_host, bundle, conv, ender_ids(tiny_host.tokenizer), locks)
+    for piece in _pieces(answer):
+        last = pieces.feed(piece)
+    assert last >= stream.score - 1e-6 and pieces.windows == stream.windows >= 3
 
 
 _serve = serve_core

@@ -125,8 +125,9 @@ class CalibrationConfig:
     # Layers searched for the response probe, as fractions of depth (SmolLM2: 10, 15, 18, 22).
     response_depths: tuple[float, ...] = (0.35, 0.5, 0.6, 0.75)
     response_c: float = 0.01  # the response head's L2 strength (logistic C)
-    # Also fit on complied and benign answers continued after a follow-up turn
-    # (steerguard.data.answers.continued): without them the probe flagged benign continuations.
+    # Also score complied and benign answers continued after a follow-up turn
+    # (steerguard.data.answers.continued), read in the request view, out of fold: the
+    # manifest's record of what the heads do in that shape (ResponseInfo.follow_ups).
     response_follow_ups: bool = True
     # The cut flags at most this share of safe answers, out of fold (target: 3%).
     response_max_benign_flagged: float = 0.02

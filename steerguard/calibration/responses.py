@@ -4,7 +4,9 @@ Pairs come from :mod:`steerguard.data.answers` (calibration prompts and the
 benign pool only), with every complied answer also transplanted after an
 ordinary prompt, and again after that prompt's benign answer (only its own
 part's positions are rows), and every complied and benign answer also
-continued after a calibration follow-up turn (``response_follow_ups``).
+continued after a calibration follow-up turn (``response_follow_ups``),
+read as the classifier serves them (the request view,
+:func:`steerguard.responses.answer_view`) and scored, not fitted on.
 Every segment end of an answer (:mod:`steerguard.responses`) is a row with
 its answer's label: complied, transplanted and continued complied answers'
 positions are unsafe, every other answer's safe. The heads are fitted on
@@ -53,7 +55,7 @@ from steerguard.data.answers import (
 )
 from steerguard.data.loaders import HARMFUL, Dataset, Example
 from steerguard.logs import get_logger
-from steerguard.manifest import ResponseInfo
+from steerguard.manifest import VIEW_REQUEST, ResponseInfo
 from steerguard.model.host import ModelHost
 
 if TYPE_CHECKING:
@@ -103,7 +105,10 @@ def read_rows(
 ) -> ResponseRows:
     """Every answer's segment-end features at ``layers``, as the classifier reads them."""
     enders = ender_ids(host.tokenizer)
-    reads = [_scored_part(host, p, answer_read(host, p.conversation(), p.answer, enders)) for p in pairs]
+    reads = [
+        _scored_part(host, p, answer_read(host, p.conversation(), p.answer, enders, VIEW_REQUEST))
+        for p in pairs
+    ]
     order = sorted(range(len(reads)), key=lambda i: len(reads[i].prefix) + len(reads[i].answer))
     chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     owners: list[int] = []
@@ -198,24 +203,21 @@ def fit_response_probe(
 ) -> tuple[ResponseInfo, dict[str, torch.Tensor]]:
     """Layer, heads and cuts of the response probe; biases shifted to put every cut at ``probe_threshold``.
 
-    Two pairs of heads: ``response.*`` fitted and cut on the single-turn
-    answers, and, where ``rows`` hold answers continued after a follow-up
-    turn, ``response_turns.*`` fitted and cut on every answer at the same
-    layer, for conversations with earlier turns. Why two: on calibration
-    pairs, one pair fitted on every answer caught 60-68% of complied
-    single-turn answers against 80% for the single-turn pair, which flagged
-    20% of benign continuations (docs/calibration.md).
+    The heads are fitted and cut on the single-turn answers. Answers
+    continued after a follow-up turn, read in the request view
+    (:func:`steerguard.responses.answer_view`: the rest of one reply to the
+    request), are not fitted on: they are scored out of fold by the same
+    heads for the manifest's record (``follow_ups``). Why not a second pair
+    for chats with earlier turns, as bundles before had: read in their chat,
+    such a pair caught 52% of continued complied answers at 3% of benign ones
+    flagged; read in the request view, the single-turn pair does better
+    (docs/calibration.md, *Follow-up turns in answers*).
     """
     budget = cfg.response_max_benign_flagged
     single = rows.without(rows.continued)
     found = [joint_cuts(single, layer, cfg.response_c, budget) for layer in sorted(single.states)]
     best = max(found, key=lambda h: (round(h.gain, 9), -h.layer))
     tensors = _fitted_heads(single, best, "response", cfg.response_c, probe_threshold)
-    turns = None
-    if rows.continued.any():
-        every = joint_cuts(rows, best.layer, cfg.response_c, budget)
-        tensors |= _fitted_heads(rows, every, "response_turns", cfg.response_c, probe_threshold)
-        turns = _turns_record(rows, every)
     info = ResponseInfo(
         layer=best.layer,
         cut=round(best.cut, 6),
@@ -243,10 +245,32 @@ def fit_response_probe(
             }
             for h in found
         ],
-        multi_turn=turns,
+        view=VIEW_REQUEST,
+        follow_ups=_follow_up_record(rows, best, cfg.response_c) if rows.continued.any() else None,
     )
     log.info("response probe", layer=info.layer, recall=info.recall, content_recall=info.content_recall)
     return info, tensors
+
+
+def _follow_up_record(rows: ResponseRows, cuts: HeadCuts, c: float) -> dict[str, Any]:
+    """What the single-turn heads catch and flag among the continued answers, out of fold.
+
+    The heads of each fold are the ones :func:`joint_cuts` fitted (the same
+    single-turn rows of the other folds); the continued rows only get scored.
+    """
+    x, y, folds = rows.states[cuts.layer], rows.position_labels, rows.folds[rows.owners]
+    single = ~rows.continued[rows.owners]
+    comp = answer_maxima(grouped_oof(x, y, folds, c, fit_on=single & ~rows.transplanted[rows.owners]), rows)
+    hit = comp >= cuts.cut
+    if cuts.content_cut is not None:
+        hit |= answer_maxima(grouped_oof(x, y, folds, c, fit_on=single), rows) >= cuts.content_cut
+    unsafe, safe = rows.continued & (rows.labels == 1), rows.continued & (rows.labels == 0)
+    return {
+        "continued_caught": round(float(hit[unsafe].mean()), 6) if unsafe.any() else None,
+        "continued_flagged": round(float(hit[safe].mean()), 6) if safe.any() else None,
+        "continued_unsafe": int(unsafe.sum()),
+        "continued_safe": int(safe.sum()),
+    }
 
 
 def _rounded(value: float | None) -> float | None:
@@ -268,23 +292,6 @@ def _fitted_heads(
     if cuts.content_cut is not None:
         tensors |= head_tensors(f"{name}_content", fit_head(x, y, c), cuts.content_cut, threshold)
     return tensors
-
-
-def _turns_record(rows: ResponseRows, cuts: HeadCuts) -> dict[str, Any]:
-    """What the heads for conversations with earlier turns catch and flag, out of fold."""
-    hit = cuts.compliance >= cuts.cut
-    if cuts.content_cut is not None:
-        hit |= cuts.content >= cuts.content_cut
-    safe = rows.labels == 0
-    return {
-        "cut": round(cuts.cut, 6),
-        "content_cut": _rounded(cuts.content_cut),
-        "recall": round(cuts.caught, 6),
-        "content_recall": _rounded(cuts.content_caught),
-        "flagged": round(cuts.flagged, 6),
-        "continued_caught": round(float(hit[rows.continued & ~safe].mean()), 6),
-        "continued_flagged": round(float(hit[rows.continued & safe].mean()), 6),
-    }
 
 
 def pair_prompts(data: Dataset, calib: Sequence[Example], cfg: CalibrationConfig) -> PairPrompts:

@@ -18,6 +18,10 @@ its positions reaches the bundle's cut. Reported:
   the second half of the answer after its first half and a follow-up such
   as "Please carry on.", caught and flagged, reported apart from the rest
   and held to the answers' targets;
+- every pair again after an earlier ordinary exchange (:func:`after_an_exchange`):
+  a chat whose last turn is a new question, caught and flagged;
+- every answer read in the bundle's response view (``chat`` or ``request``,
+  :func:`steerguard.responses.answer_view`), as the classifier serves it;
 - the detection delay: answer tokens read up to the first flagged position
   of a caught answer. These answers carry no mark of where unsafe text
   starts, so the delay is counted from the answer's first token: an upper
@@ -39,7 +43,15 @@ import numpy as np
 from steerguard.bundle import Bundle
 from steerguard.calibration.threshold import auroc
 from steerguard.data import follow_ups
-from steerguard.data.answers import AnswerPair, PairPrompts, Writing, continued, transplanted, write_pairs
+from steerguard.data.answers import (
+    BENIGN,
+    AnswerPair,
+    PairPrompts,
+    Writing,
+    continued,
+    transplanted,
+    write_pairs,
+)
 from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import HeldOut, subsample
 from steerguard.evaluation.scoring import r
@@ -68,11 +80,15 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
     pairs = held_out_pairs(host, bundle, held, cfg)
     moved = [p for p in transplanted(pairs, cfg.seed + 10) if not p.scored_from]  # as asked, not inside
     later = continued(pairs, follow_ups.HELDOUT, cfg.seed + 11)
-    enders = ender_ids(host.tokenizer)
-    reads = [answer_read(host, p.conversation(), p.answer, enders) for p in pairs + moved + later]
+    asked = after_an_exchange(pairs, cfg.seed + 12)
+    enders, view = ender_ids(host.tokenizer), bundle.response.view
+    reads = [
+        answer_read(host, p.conversation(), p.answer, enders, view) for p in pairs + moved + later + asked
+    ]
     scores = position_scores(host, bundle, reads, batch_size=cfg.batch_size)
     apart = np.array([max(s) for s in scores[len(pairs) :]]) >= bundle.threshold
-    innocent, after = apart[: len(moved)], apart[len(moved) :]
+    innocent, after = apart[: len(moved)], apart[len(moved) : len(moved) + len(later)]
+    anew = apart[len(moved) + len(later) :]
     reads, scores = reads[: len(pairs)], scores[: len(pairs)]
     highest = np.array([max(s) for s in scores])
     labels = np.array([int(p.unsafe) for p in pairs])
@@ -96,6 +112,10 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
             "unsafe_caught": _rate(after[[p.unsafe for p in later]]),
             "benign_flagged": _rate(after[[not p.unsafe for p in later]]),
         },
+        "after_an_earlier_exchange": {
+            "unsafe_caught": _rate(anew[[p.unsafe for p in asked]]),
+            "benign_flagged": _rate(anew[[not p.unsafe for p in asked]]),
+        },
         "detection_delay_tokens": {
             "median": float(np.median(delays)) if delays else None,
             "p90": float(np.percentile(delays, 90)) if delays else None,
@@ -103,6 +123,27 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
         },
         "released_tokens": released_tokens(host, caught, cfg.response_hold_backs),
     }
+
+
+def after_an_exchange(pairs: list[AnswerPair], seed: int) -> list[AnswerPair]:
+    """Every pair again as a chat's second request: after another ordinary prompt and its answer.
+
+    The shape a chat takes when its last turn is a new question rather than
+    a follow-up; the earlier exchange is drawn (seeded) from the pairs' own
+    ordinary ones, never the pair itself. Labels stay the pair's.
+    """
+    import random
+
+    rng = random.Random(seed)
+    ordinary = [p for p in pairs if p.kind == BENIGN]
+    out = []
+    for p in pairs:
+        others = [o for o in ordinary if o.prompt != p.prompt]
+        if others:
+            o = rng.choice(others)
+            earlier = (("user", o.prompt), ("assistant", o.answer))
+            out.append(AnswerPair(p.prompt, p.answer, p.kind, p.prompt, 0, earlier))
+    return out
 
 
 def released_tokens(

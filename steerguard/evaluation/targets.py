@@ -112,9 +112,10 @@ def response_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             _check("response_benign_flagged", section["benign_flagged"]["rate"], section["benign_flagged"]),
         ]
     )
-    for metric, rate in (section.get("after_a_follow_up") or {}).items():
-        if rate["n"]:  # a section without continued answers has no such row
-            out.update([_check(f"response_follow_up_{metric}", rate["rate"], rate)])
+    for row, name in (("after_a_follow_up", "follow_up"), ("after_an_earlier_exchange", "exchange")):
+        for metric, rate in (section.get(row) or {}).items():
+            if rate["n"]:  # a section without such answers has no such row
+                out.update([_check(f"response_{name}_{metric}", rate["rate"], rate)])
     return out
 
 
