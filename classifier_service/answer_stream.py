@@ -85,6 +85,7 @@ class AnswerStream:
         self._states = torch.empty((0, host.identity.hidden_size))
         self._first = 0  # positions before this were scored in the window before (or are the lead)
         self._last_end = -1  # the last segment end before ``_first`` (window coordinates)
+        self._lead = start.skip  # the lead's tokens at the first window's start
         if start.skip:
             self._last_end = ([-1] + self._ends(start.ids[: start.skip], final=False))[-1]
             self._first = start.skip
@@ -141,7 +142,9 @@ class AnswerStream:
             if ids[i] in self.enders or i - last >= MAX_GAP:
                 out.append(i)
                 last = i
-        if final and len(ids) > self._first and (not out or out[-1] != len(ids) - 1):
+        # An answer that merges into the lead's last token is scored there, as Reply.scored does.
+        past = len(ids) > self._first or (self.windows == 1 and self._lead > 0 and not out)
+        if final and ids and past and (not out or out[-1] != len(ids) - 1):
             out.append(len(ids) - 1)
         return out
 

@@ -59,12 +59,17 @@ VOCABULARY = frozenset((_FUNCTION + _CONVERSATION).split())
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("\u2019", "'"))
+
+
 def topical_words(text: str) -> list[str]:
     """The words of ``text`` outside :data:`VOCABULARY` (numbers count as topical)."""
-    return [w for w in _WORD.findall(text.lower().replace("\u2019", "'")) if w not in VOCABULARY]
+    return [w for w in _words(text) if w not in VOCABULARY]
 
 
 def is_follow_up(text: str) -> bool:
     """Whether a user turn after an answer continues that answer rather than asking anew."""
-    words = _WORD.findall(text.lower().replace("\u2019", "'"))
-    return 0 < len(words) <= MAX_WORDS and len(topical_words(text)) <= MAX_TOPICAL_WORDS
+    words = _words(text)
+    topical = sum(w not in VOCABULARY for w in words)
+    return 0 < len(words) <= MAX_WORDS and topical <= MAX_TOPICAL_WORDS

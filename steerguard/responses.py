@@ -159,6 +159,12 @@ class Reply:
     def answer_tokens(self) -> int:
         return len(self.ids) - self.skip
 
+    def scored(self, ends: Sequence[int]) -> tuple[int, ...]:
+        """The segment ends past the lead; the last token where none is (an answer such as a
+        line break can merge into the lead's last token): every answer is scored somewhere."""
+        kept = tuple(e for e in ends if e >= self.skip)
+        return kept or tuple(ends[-1:])
+
 
 def reply(host: ModelHost, conv: Conversation, answer: str, view: str | None) -> Reply:
     """``answer`` to ``conv`` in the bundle's response ``view`` (``chat``, ``None``: as sent)."""
@@ -178,7 +184,7 @@ def answer_read(
     from steerguard.passages import segment_ends
 
     got = reply(host, conv, answer, view)
-    ends = tuple(e for e in segment_ends(got.ids, enders) if e >= got.skip)
+    ends = got.scored(segment_ends(got.ids, enders))
     return AnswerRead(tuple(host.token_ids(got.conv)), tuple(got.ids), ends, has_earlier_turns(got.conv))
 
 
@@ -202,8 +208,7 @@ def answer_windows(host: ModelHost, got: Reply, enders: frozenset[int]) -> list[
 
     prefix, turns, ids = tuple(context_ids(host, got.conv)), has_earlier_turns(got.conv), got.ids
     if len(ids) <= ANSWER_WINDOW_TOKENS:
-        ends = tuple(e for e in segment_ends(ids, enders) if e >= got.skip)
-        return [AnswerRead(prefix, tuple(ids), ends, turns)]
+        return [AnswerRead(prefix, tuple(ids), got.scored(segment_ends(ids, enders)), turns)]
     windows = split(ids, enders, ANSWER_WINDOW_TOKENS, WINDOW_OVERLAP_TOKENS)
     reads = [
         AnswerRead(prefix, w.ids, tuple(p for p in w.positions if w.start + p >= got.skip), turns)

@@ -139,6 +139,34 @@ def test_a_stream_after_a_follow_up_reads_the_lead_first_and_scores_what_the_win
     assert last >= stream.score - 1e-6 and pieces.windows == stream.windows >= 3
 
 
+@pytest.mark.parametrize("answer", ["\n", "\n\n", " ", "x"])
+def test_a_tiny_answer_after_a_lead_is_scored_the_same_both_ways(
+    tiny_host: ModelHost, answer_bundle: Bundle, answer: str
+) -> None:
+    """Even an answer that merges into the lead's last token (a lone line break) is scored."""
+    from dataclasses import replace
+
+    from steerguard.manifest import VIEW_REQUEST
+    from steerguard.responses import reply
+
+    info = answer_bundle.manifest.response
+    assert info is not None
+    bundle = Bundle(
+        replace(answer_bundle.manifest, response=replace(info, view=VIEW_REQUEST)), answer_bundle.tensors
+    )
+    turns = [("user", PROMPT), ("assistant", "The keeper lit the lamp.\n"), ("user", "Go on.")]
+    conv = normalise_request(messages=[{"role": r, "content": c} for r, c in turns])
+    reads = answer_windows(
+        tiny_host, reply(tiny_host, conv, answer, VIEW_REQUEST), ender_ids(tiny_host.tokenizer)
+    )
+    assert all(r.positions for r in reads)
+    windowed = max(max(s) for s in position_scores(tiny_host, bundle, reads))
+    stream = AnswerStream(
+        tiny_host, bundle, conv, ender_ids(tiny_host.tokenizer), Locks(threading.Lock(), threading.Lock())
+    )
+    assert stream.feed(answer) == pytest.approx(windowed, abs=1e-5)
+
+
 _serve = serve_core
 
 
