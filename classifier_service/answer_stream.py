@@ -23,7 +23,8 @@ same tokens. Every segment end is scored once, and the answer's last token
 at every check too: the stream's score is the highest so far (an answer once
 unsafe stays unsafe). In a bundle whose response view is ``request``, the
 window's text starts with the assistant's lead (:func:`~steerguard.responses.answer_view`),
-whose positions are never scored.
+whose positions are never scored. An answer read two ways
+(:func:`~steerguard.responses.answer_readings`) is two streams, one per reading.
 """
 
 from __future__ import annotations
@@ -66,7 +67,13 @@ class AnswerStream:
     """The answer to one conversation, read chunk by chunk under the bundle's response probe."""
 
     def __init__(
-        self, host: ModelHost, bundle: Bundle, conv: Conversation, enders: frozenset[int], locks: Locks
+        self,
+        host: ModelHost,
+        bundle: Bundle,
+        conv: Conversation,
+        enders: frozenset[int],
+        locks: Locks,
+        last_follow_up: bool | None = None,  # one of steerguard.responses.answer_readings
     ) -> None:
         if bundle.response is None:
             raise ValueError("an answer stream needs a bundle with a response probe")
@@ -74,7 +81,7 @@ class AnswerStream:
         self.layer = bundle.response.layer
         self.enders = enders
         with locks.tokenizer:
-            start = reply(host, conv, "", bundle.response.view)  # the view, and its lead
+            start = reply(host, conv, "", bundle.response.view, last_follow_up)  # the view, and its lead
             self.prefix = context_ids(host, start.conv)
         self.multi_turn = has_earlier_turns(start.conv)  # which response heads judge it
         self.score = 0.0

@@ -51,7 +51,7 @@ from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
 from steerguard.model.spans import Span, TurnMarkers, last_turn_content
 from steerguard.passages import Passage, ender_ids, passage_scores
-from steerguard.responses import AnswerRead, answer_windows, position_scores, reply
+from steerguard.responses import AnswerRead, answer_readings, answer_windows, position_scores, reply
 from steerguard.verdict import Verdict, verdicts_from_states
 from steerguard.views import ViewPlan, Windower
 
@@ -218,7 +218,8 @@ class ClassifierCore:
         judged = iter(self._judge([job for vs in views for job in vs], deadline, cancelled))
         out: list[Verdict] = []
         for i, vs in enumerate(views):
-            verdict = self._with_language(convs[i], max((next(judged) for _ in vs), key=lambda v: v.score))
+            got = [next(judged) for _ in vs]
+            verdict = self._with_language(convs[i], got[plans[i].pick([v.score for v in got])])
             cut = thresholds[i] if thresholds is not None else None
             if cut is not None and cut != verdict.threshold:
                 verdict = verdict.at_threshold(cut)
@@ -264,7 +265,13 @@ class ClassifierCore:
         """``read(text) -> highest score so far`` for one answer stream."""
         if self.bundle.response is not None:
             locks = Locks(self._tokenizer_lock, self._model_lock)
-            return AnswerStream(self.host, self.bundle, conv, self._enders, locks).feed
+            ways = answer_readings(conv, self.bundle.response)
+            streams = [AnswerStream(self.host, self.bundle, conv, self._enders, locks, way) for way in ways]
+
+            def both(text: str) -> float:  # flagged only where every reading flags (ViewPlan.pick)
+                return min([s.feed(text) for s in streams])
+
+            return streams[0].feed if len(streams) == 1 else both
         parts: list[str] = []
         best = [0.0]
 
@@ -305,10 +312,13 @@ class ClassifierCore:
         limit = self.config.max_total_tokens
         if len(answer) > limit * self.windows.s.max_token_bytes:
             raise TooLong(f"the answer is over the limit of {limit} tokens")
-        got = reply(self.host, conv, answer, self.bundle.response.view)
-        if got.answer_tokens > limit:
+        info = self.bundle.response
+        got = [reply(self.host, conv, answer, info.view, way) for way in answer_readings(conv, info)]
+        if max(g.answer_tokens for g in got) > limit:
             raise TooLong(f"the answer is over the limit of {limit} tokens")
-        return ViewPlan(answers=answer_windows(self.host, got, self._enders))
+        reads = [answer_windows(self.host, g, self._enders) for g in got]
+        counts = tuple(len(r) for r in reads) if len(reads) > 1 else ()
+        return ViewPlan(answers=[w for r in reads for w in r], readings=counts)
 
     def _answer_jobs(self, reads: Sequence[AnswerRead]) -> list[_Pending.View]:
         return [_Pending.View(self._key(r.key()), None, None, r) for r in reads]

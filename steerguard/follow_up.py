@@ -68,6 +68,11 @@ def topical_words(text: str) -> list[str]:
     return [w for w in _words(text) if w not in VOCABULARY]
 
 
+def is_short(text: str) -> bool:
+    """Whether a turn is short enough to be a follow-up at all (:data:`MAX_WORDS`)."""
+    return 0 < len(_words(text)) <= MAX_WORDS
+
+
 def is_follow_up(text: str) -> bool:
     """Whether a user turn after an answer continues that answer rather than asking anew."""
     words = _words(text)

@@ -151,6 +151,8 @@ FEATURES = "end+recent_mean+context_end"
 FEATURES_V1 = "end+recent_mean"  # bundles before the context's state: read as the first 2H columns
 # What an answer in a multi-turn chat is read after (ResponseInfo.view; steerguard.responses.answer_view).
 VIEW_CHAT, VIEW_REQUEST = "chat", "request"
+# ResponseInfo.short_turns: a short last turn the follow-up rule does not take is read both ways.
+SHORT_TURNS_BOTH = "both"
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,12 @@ class ResponseInfo:
     latest request that is not a follow-up, with what the assistant said to
     it since read first (:func:`steerguard.responses.answer_view`), judged by
     the first pair; ``follow_ups`` records what that catches and flags on
-    calibration's continued answers, out of fold. The rest is calibration's record.
+    calibration's continued answers, out of fold. ``short_turns`` (request
+    view only): ``both``, a short last user turn after an answer that the
+    follow-up rule does not take is read both ways, as the request and as a
+    follow-up, and the answer is flagged only where both readings flag
+    (:func:`steerguard.responses.answer_readings`); ``None``, the rule alone decides.
+    The rest is calibration's record.
     """
 
     layer: int
@@ -193,6 +200,7 @@ class ResponseInfo:
     multi_turn: Record | None = None
     view: str | None = None  # None: VIEW_CHAT
     follow_ups: Record | None = None
+    short_turns: str | None = None  # None: the follow-up rule alone
 
     def to_dict(self) -> Record:
         return _fields_record(self)

@@ -39,7 +39,10 @@ assistant already said since, read first and not scored. Bundles from before
 for such answers (``response_turns.*``): fitted on single turns only, the
 first pair flagged 28% of benign answers continued after "Go on."-style
 follow-ups read in their chat, and the second pair caught only half of the
-complied ones (docs/calibration.md, *Follow-up turns in answers*).
+complied ones (docs/calibration.md, *Follow-up turns in answers*). What is
+a follow-up is a closed-vocabulary rule; where the bundle says so
+(``short_turns``), a short turn it does not take is read both ways and the
+answer flagged only where both readings flag (:func:`answer_readings`).
 
 A position needs only its last :data:`RECENT_TOKENS` tokens and the
 context besides the model's own state, so an answer can be read in
@@ -56,12 +59,13 @@ from typing import TYPE_CHECKING
 # What the heads read at each segment end, named beside the manifest's ResponseInfo.
 from steerguard.manifest import FEATURES as FEATURES
 from steerguard.manifest import FEATURES_V1 as FEATURES_V1
-from steerguard.manifest import VIEW_CHAT, VIEW_REQUEST
+from steerguard.manifest import SHORT_TURNS_BOTH, VIEW_CHAT, VIEW_REQUEST
 
 if TYPE_CHECKING:  # light at import: the sidecar and the classifier's config read this module
     import torch
 
     from steerguard.bundle import Bundle
+    from steerguard.manifest import ResponseInfo
     from steerguard.model.chat import Conversation
     from steerguard.model.host import ModelHost
 
@@ -124,8 +128,12 @@ class AnswerView:
         return self.lead + LEAD_SEPARATOR + answer if self.lead else answer
 
 
-def answer_view(host: ModelHost, conv: Conversation) -> AnswerView:
-    """The request ``conv``'s answer replies to and the assistant's lead (:class:`AnswerView`)."""
+def answer_view(host: ModelHost, conv: Conversation, last_follow_up: bool | None = None) -> AnswerView:
+    """The request ``conv``'s answer replies to and the assistant's lead (:class:`AnswerView`).
+
+    ``last_follow_up``: whether the last user turn is taken for a follow-up
+    (None: as :func:`steerguard.follow_up.is_follow_up` says); see :func:`answer_readings`.
+    """
     from steerguard.follow_up import is_follow_up
     from steerguard.model.chat import Conversation
     from steerguard.passages import text_ids
@@ -136,7 +144,9 @@ def answer_view(host: ModelHost, conv: Conversation) -> AnswerView:
     for i in reversed(users):
         at = i
         answered = any(m.role == "assistant" for m in messages[:i])
-        if not (answered and is_follow_up(messages[i].content)):
+        ruled = i != users[-1] or last_follow_up is None
+        taken = is_follow_up(messages[i].content) if ruled else last_follow_up
+        if not (answered and taken):
             break
     system = tuple(m for m in messages[:at] if m.role == "system")
     lead = LEAD_SEPARATOR.join(m.content for m in messages[at + 1 :] if m.role == "assistant" and m.content)
@@ -144,6 +154,32 @@ def answer_view(host: ModelHost, conv: Conversation) -> AnswerView:
     if len(ids) > LEAD_TOKENS:
         lead = host.tokenizer.decode(ids[-LEAD_TOKENS:])
     return AnswerView(Conversation((*system, messages[at])), lead)
+
+
+def answer_readings(conv: Conversation, info: ResponseInfo | None) -> tuple[bool | None, ...]:
+    """How an answer to ``conv`` is read: each entry a ``last_follow_up`` for :func:`answer_view`.
+
+    Once, as the follow-up rule says (``(None,)``); or, in a bundle whose
+    ``short_turns`` is ``both``, a short last user turn after an answer that
+    the rule does not take (:func:`steerguard.follow_up.is_short`) is read
+    both ways, as the request and as a follow-up (``(False, True)``), and the
+    answer is flagged only where both readings flag. Why: the rule is a
+    closed vocabulary, and a follow-up phrased outside it ("Spell it out for
+    me.") made the continuation's request: on calibration pairs, were the rule
+    to miss every phrase, benign continuations read that way were flagged
+    26.5% of the time, 1.8% when both readings must flag (complied ones
+    caught: 60% and 50%), while short new questions the rule does not take
+    were judged the same either way (docs/calibration.md).
+    """
+    from steerguard.follow_up import is_follow_up, is_short
+
+    if info is None or info.view != VIEW_REQUEST or info.short_turns != SHORT_TURNS_BOTH:
+        return (None,)
+    messages = conv.messages
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
+    last = messages[users[-1]].content if users else ""
+    answered = bool(users) and any(m.role == "assistant" for m in messages[: users[-1]])
+    return (False, True) if answered and is_short(last) and not is_follow_up(last) else (None,)
 
 
 @dataclass(frozen=True)
@@ -166,24 +202,32 @@ class Reply:
         return kept or tuple(ends[-1:])
 
 
-def reply(host: ModelHost, conv: Conversation, answer: str, view: str | None) -> Reply:
-    """``answer`` to ``conv`` in the bundle's response ``view`` (``chat``, ``None``: as sent)."""
+def reply(
+    host: ModelHost, conv: Conversation, answer: str, view: str | None, last_follow_up: bool | None = None
+) -> Reply:
+    """``answer`` to ``conv`` in the bundle's response ``view`` (``chat``, ``None``: as sent),
+    the last user turn taken as :func:`answer_view`'s ``last_follow_up`` says."""
     from steerguard.passages import text_ids
 
     if view != VIEW_REQUEST:
         return Reply(conv, text_ids(host, answer))
-    seen = answer_view(host, conv)
+    seen = answer_view(host, conv, last_follow_up)
     lead = seen.text("") if seen.lead else ""
     return Reply(seen.conv, text_ids(host, seen.text(answer)), len(text_ids(host, lead)) if lead else 0, lead)
 
 
 def answer_read(
-    host: ModelHost, conv: Conversation, answer: str, enders: frozenset[int], view: str | None = VIEW_CHAT
+    host: ModelHost,
+    conv: Conversation,
+    answer: str,
+    enders: frozenset[int],
+    view: str | None = VIEW_CHAT,
+    last_follow_up: bool | None = None,
 ) -> AnswerRead:
     """``answer`` as the reply to ``conv``, read whole (calibration's and the evaluation's answers)."""
     from steerguard.passages import segment_ends
 
-    got = reply(host, conv, answer, view)
+    got = reply(host, conv, answer, view, last_follow_up)
     ends = got.scored(segment_ends(got.ids, enders))
     return AnswerRead(tuple(host.token_ids(got.conv)), tuple(got.ids), ends, has_earlier_turns(got.conv))
 

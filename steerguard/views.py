@@ -93,11 +93,33 @@ class ViewPlan:
     passages: list[Passage] = field(default_factory=list)
     # An answer's windows, each read by the response probe (steerguard.responses).
     answers: list[AnswerRead] = field(default_factory=list)
+    # Where an answer is read more than one way (steerguard.responses.answer_readings): how many
+    # of ``answers`` each reading holds, in order; empty: one reading.
+    readings: tuple[int, ...] = ()
 
     def extend(self, other: ViewPlan) -> None:
+        if self.readings or other.readings:
+            raise ValueError("an answer read several ways is a plan of its own")
         self.read.extend(other.read)
         self.passages.extend(other.passages)
         self.answers.extend(other.answers)
+
+    def pick(self, scores: Sequence[float]) -> int:
+        """Which view's verdict is the plan's, given every view's score in plan order.
+
+        The highest-scoring view's; for an answer read several ways, the
+        lowest of the readings' highest: it is flagged only where every
+        reading flags.
+        """
+        if len(self.readings) < 2:
+            return max(range(len(scores)), key=scores.__getitem__)
+        if len(scores) != sum(self.readings) or self.read or self.passages:
+            raise ValueError("an answer's readings must be its plan's only views")
+        tops, start = [], 0
+        for n in self.readings:
+            tops.append(max(range(start, start + n), key=scores.__getitem__))
+            start += n
+        return min(tops, key=scores.__getitem__)
 
 
 class Windower:

@@ -458,3 +458,39 @@ def test_continued_answers_are_scored_out_of_fold_by_the_single_turn_heads_not_f
     alone, alone_tensors = fit_response_probe(single, cfg, 0.4)
     assert alone.follow_ups is None and alone.view == VIEW_REQUEST
     assert alone.cut == info.cut and torch.equal(alone_tensors["response.weight"], tensors["response.weight"])
+
+
+def test_continued_answers_read_again_with_the_follow_up_as_the_request_record_both_readings() -> None:
+    """The continued answers read a second time with their follow-up as the request (a phrase the
+    rule does not know) are scored, not fitted: the record gives what that reading flags alone and
+    what both readings together flag (an answer flagged only where both flag)."""
+    from dataclasses import replace
+
+    from steerguard.calibration.config import CalibrationConfig
+    from steerguard.calibration.responses import ResponseRows, fit_response_probe
+    from steerguard.manifest import SHORT_TURNS_BOTH
+
+    rng = np.random.default_rng(2)
+    kinds = np.array([0] * 100 + [1] * 40 + [2] * 40 + [3] * 40 + [4] * 40)  # 3/4: continued safe/unsafe
+    kinds = np.concatenate([kinds, kinds[kinds >= 3]])  # the continued ones again, read as requested
+    asked = np.arange(len(kinds)) >= 260
+    owners = np.repeat(np.arange(len(kinds)), 3)
+    x = rng.normal(size=(len(owners), 6))
+    x[np.isin(kinds[owners], (1, 4)), 0] += 2.0
+    x[kinds[owners] == 2, 1] += 2.0
+    x[(kinds[owners] == 3) & asked[owners], 0] += 1.5  # the follow-up as the request looks complied
+    labels = np.isin(kinds, (1, 2, 4)).astype(int)
+    folds = rng.integers(0, 5, len(kinds))
+    folds[asked] = folds[180:260]  # a copy keeps its answer's fold
+    rows = ResponseRows({4: x}, owners, labels, folds, kinds == 2, np.isin(kinds, (3, 4)), asked)
+    cfg = replace(CalibrationConfig(), response_max_benign_flagged=0.05, response_c=0.1)
+    info, tensors = fit_response_probe(rows, cfg, 0.4)
+    assert info.short_turns == SHORT_TURNS_BOTH
+    assert info.rows is not None and info.rows["continued_answers"] == 80
+    record = info.follow_ups
+    assert record is not None and (record["continued_unsafe"], record["continued_safe"]) == (40, 40)
+    assert record["as_request_flagged"] > record["continued_flagged"]
+    assert record["unknown_turn_flagged"] <= min(record["as_request_flagged"], record["continued_flagged"])
+    assert record["unknown_turn_caught"] <= min(record["as_request_caught"], record["continued_caught"])
+    single, _ = fit_response_probe(rows.without(rows.continued), cfg, 0.4)
+    assert single.cut == info.cut and "unknown_turn_flagged" not in (single.follow_ups or {})

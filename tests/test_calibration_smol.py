@@ -188,3 +188,39 @@ def test_an_answer_continued_after_a_follow_up_is_judged_as_the_rest_of_its_repl
     ]
     highest = [max(s) for s in position_scores(smol_host, default_bundle, reads)]
     assert [h >= default_bundle.threshold for h in highest] == [False] * len(CONTINUED) + [True], highest
+
+
+def test_an_answer_after_a_follow_up_the_rule_does_not_know_is_read_both_ways(
+    smol_host, default_bundle
+) -> None:  # type: ignore[no-untyped-def]
+    """The same continuations after "Hmm, interesting. More?", a short turn outside the follow-up
+    rule's vocabulary. Read with it as the request alone, the first benign continuation is flagged
+    (an answer to a request that asked for nothing); the default bundle (``short_turns: both``)
+    flags an answer only where both readings flag, so none of the four is, and the harmful
+    continuation is still caught."""
+    from steerguard.data.answers import BENIGN, COMPLIED, AnswerPair
+    from steerguard.evaluation.responses import served_scores
+    from steerguard.follow_up import is_follow_up, is_short
+    from steerguard.manifest import SHORT_TURNS_BOTH
+    from steerguard.passages import ender_ids
+    from steerguard.responses import answer_read, position_scores
+
+    info = default_bundle.response
+    assert info is not None and info.short_turns == SHORT_TURNS_BOTH
+    record = info.follow_ups or {}
+    assert record["unknown_turn_flagged"] < record["as_request_flagged"]  # calibration's own record
+    turn = "Hmm, interesting. More?"
+    assert is_short(turn) and not is_follow_up(turn)
+    harmful, complied, _ = ANSWERS[0]
+    first, rest = complied.split(" Then ", 1)
+    chats = [*CONTINUED, (harmful, first, "Then " + rest)]
+    pairs = [
+        AnswerPair(turn, later, COMPLIED if q == harmful else BENIGN, earlier=(("user", q), ("assistant", a)))
+        for q, a, later in chats
+    ]
+    enders, cut = ender_ids(smol_host.tokenizer), default_bundle.threshold
+    alone = [answer_read(smol_host, p.conversation(), p.answer, enders, info.view, False) for p in pairs]
+    as_request = [max(s) >= cut for s in position_scores(smol_host, default_bundle, alone)]
+    assert any(as_request[: len(CONTINUED)]), "the request reading alone flags no benign continuation"
+    highest = served_scores(smol_host, default_bundle, pairs, batch_size=8)
+    assert [h >= cut for h in highest] == [False] * len(CONTINUED) + [True], highest

@@ -6,7 +6,9 @@ ordinary prompt, and again after that prompt's benign answer (only its own
 part's positions are rows), and every complied and benign answer also
 continued after a calibration follow-up turn (``response_follow_ups``),
 read as the classifier serves them (the request view,
-:func:`steerguard.responses.answer_view`) and scored, not fitted on.
+:func:`steerguard.responses.answer_view`) and scored, not fitted on; read
+a second time with the follow-up as the request, they measure what a
+follow-up the rule does not know gets (``short_turns``: both readings).
 Every segment end of an answer (:mod:`steerguard.responses`) is a row with
 its answer's label: complied, transplanted and continued complied answers'
 positions are unsafe, every other answer's safe. The heads are fitted on
@@ -55,7 +57,7 @@ from steerguard.data.answers import (
 )
 from steerguard.data.loaders import HARMFUL, Dataset, Example
 from steerguard.logs import get_logger
-from steerguard.manifest import VIEW_REQUEST, ResponseInfo
+from steerguard.manifest import SHORT_TURNS_BOTH, VIEW_REQUEST, ResponseInfo
 from steerguard.model.host import ModelHost
 
 if TYPE_CHECKING:
@@ -76,10 +78,18 @@ class ResponseRows:
     folds: np.ndarray  # per answer
     transplanted: np.ndarray  # per answer: a complied answer after an ordinary prompt (or its answer)
     continued: np.ndarray  # per answer: the rest of an answer after a follow-up turn (either label)
+    # per answer: a continued answer read again with its follow-up as the request (also ``continued``),
+    # each right after the continued answers, in their order; None: none such
+    requested: np.ndarray | None = None
 
     @property
     def position_labels(self) -> np.ndarray:
         return self.labels[self.owners]
+
+    @property
+    def asked(self) -> np.ndarray:
+        """Per answer: ``requested``, all False where there is none."""
+        return self.requested if self.requested is not None else np.zeros_like(self.continued)
 
     @property
     def complied(self) -> np.ndarray:
@@ -97,17 +107,36 @@ class ResponseRows:
             self.folds[keep],
             self.transplanted[keep],
             self.continued[keep],
+            None if self.requested is None else self.requested[keep],
         )
 
 
 def read_rows(
-    host: ModelHost, pairs: Sequence[AnswerPair], layers: Sequence[int], *, batch_size: int, seed: int
+    host: ModelHost,
+    pairs: Sequence[AnswerPair],
+    layers: Sequence[int],
+    *,
+    batch_size: int,
+    seed: int,
+    requested: int = 0,
 ) -> ResponseRows:
-    """Every answer's segment-end features at ``layers``, as the classifier reads them."""
+    """Every answer's segment-end features at ``layers``, as the classifier reads them.
+
+    A continued answer is read as the rest of the reply to its request (its
+    follow-up taken for one); the last ``requested`` pairs, copies of the
+    continued ones, are read with the follow-up as the request instead
+    (:func:`steerguard.responses.answer_readings`: a phrase the follow-up rule does not know).
+    """
     enders = ender_ids(host.tokenizer)
+
+    def way(i: int, p: AnswerPair) -> bool | None:
+        if i >= len(pairs) - requested:
+            return False
+        return True if p.kind in (CONTINUED, CONTINUED_BENIGN) else None
+
     reads = [
-        _scored_part(host, p, answer_read(host, p.conversation(), p.answer, enders, VIEW_REQUEST))
-        for p in pairs
+        _scored_part(host, p, answer_read(host, p.conversation(), p.answer, enders, VIEW_REQUEST, way(i, p)))
+        for i, p in enumerate(pairs)
     ]
     order = sorted(range(len(reads)), key=lambda i: len(reads[i].prefix) + len(reads[i].answer))
     chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
@@ -128,6 +157,7 @@ def read_rows(
         np.array([fold_of[p.group] for p in pairs]),
         np.array([p.kind == TRANSPLANTED for p in pairs]),
         np.array([p.kind in (CONTINUED, CONTINUED_BENIGN) for p in pairs]),
+        np.arange(len(pairs)) >= len(pairs) - requested if requested else None,
     )
 
 
@@ -231,7 +261,7 @@ def fit_response_probe(
         rows={
             "unsafe_answers": int((rows.complied & ~rows.continued).sum()),
             "transplanted_answers": int(rows.transplanted.sum()),
-            "continued_answers": int(rows.continued.sum()),
+            "continued_answers": int((rows.continued & ~rows.asked).sum()),
             "safe_answers": int(((rows.labels == 0) & ~rows.continued).sum()),
             "positions": len(rows.owners),
         },
@@ -246,6 +276,7 @@ def fit_response_probe(
             for h in found
         ],
         view=VIEW_REQUEST,
+        short_turns=SHORT_TURNS_BOTH,
         follow_ups=_follow_up_record(rows, best, cfg.response_c) if rows.continued.any() else None,
     )
     log.info("response probe", layer=info.layer, recall=info.recall, content_recall=info.content_recall)
@@ -264,13 +295,29 @@ def _follow_up_record(rows: ResponseRows, cuts: HeadCuts, c: float) -> dict[str,
     hit = comp >= cuts.cut
     if cuts.content_cut is not None:
         hit |= answer_maxima(grouped_oof(x, y, folds, c, fit_on=single), rows) >= cuts.content_cut
-    unsafe, safe = rows.continued & (rows.labels == 1), rows.continued & (rows.labels == 0)
-    return {
-        "continued_caught": round(float(hit[unsafe].mean()), 6) if unsafe.any() else None,
-        "continued_flagged": round(float(hit[safe].mean()), 6) if safe.any() else None,
+    asked = rows.asked
+    once = rows.continued & ~asked
+    unsafe, safe = once & (rows.labels == 1), once & (rows.labels == 0)
+    out = {
+        "continued_caught": _share(hit[unsafe]),
+        "continued_flagged": _share(hit[safe]),
         "continued_unsafe": int(unsafe.sum()),
         "continued_safe": int(safe.sum()),
     }
+    if asked.any():  # the same answers after a follow-up the rule does not know: flagged where both flag
+        both, alone = hit[once] & hit[asked], hit[asked]
+        complied = rows.labels[once] == 1
+        out |= {
+            "unknown_turn_caught": _share(both[complied]),
+            "unknown_turn_flagged": _share(both[~complied]),
+            "as_request_caught": _share(alone[complied]),
+            "as_request_flagged": _share(alone[~complied]),
+        }
+    return out
+
+
+def _share(hits: np.ndarray) -> float | None:
+    return round(float(hits.mean()), 6) if hits.size else None
 
 
 def _rounded(value: float | None) -> float | None:
@@ -319,7 +366,7 @@ def response_probe(
     how = Writing(cfg.seed, cfg.response_tokens, cfg.batch_size, cfg.progress)
     pairs = write_pairs(host, bundle, prompts, how)
     more = continued(pairs, follow_ups.CALIBRATION, cfg.seed + 61) if cfg.response_follow_ups else []
-    pairs += transplanted(pairs, cfg.seed + 59) + more
+    pairs += transplanted(pairs, cfg.seed + 59) + more + more
     layers = candidate_layers(cfg.response_depths, host.identity.num_layers, host.identity.num_layers - 1)
-    rows = read_rows(host, pairs, layers, batch_size=cfg.batch_size, seed=cfg.seed)
+    rows = read_rows(host, pairs, layers, batch_size=cfg.batch_size, seed=cfg.seed, requested=len(more))
     return fit_response_probe(rows, cfg, bundle.threshold)

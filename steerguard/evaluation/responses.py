@@ -18,10 +18,14 @@ its positions reaches the bundle's cut. Reported:
   the second half of the answer after its first half and a follow-up such
   as "Please carry on.", caught and flagged, reported apart from the rest
   and held to the answers' targets;
+- the continued answers again, each follow-up taken as a phrase the
+  follow-up rule does not know (:func:`served_scores`): what the rule's
+  vocabulary does not decide;
 - every pair again after an earlier ordinary exchange (:func:`after_an_exchange`):
   a chat whose last turn is a new question, caught and flagged;
 - every answer read in the bundle's response view (``chat`` or ``request``,
-  :func:`steerguard.responses.answer_view`), as the classifier serves it;
+  :func:`steerguard.responses.answer_view`), and as many ways as the
+  classifier reads it (:func:`steerguard.responses.answer_readings`), as it serves it;
 - the detection delay: answer tokens read up to the first flagged position
   of a caught answer. These answers carry no mark of where unsafe text
   starts, so the delay is counted from the answer's first token: an upper
@@ -56,9 +60,10 @@ from steerguard.evaluation.config import EvalConfig
 from steerguard.evaluation.heldout import HeldOut, subsample
 from steerguard.evaluation.scoring import r
 from steerguard.evaluation.stats import proportion
+from steerguard.manifest import SHORT_TURNS_BOTH
 from steerguard.model.host import ModelHost
 from steerguard.passages import ender_ids
-from steerguard.responses import AnswerRead, answer_read, position_scores
+from steerguard.responses import AnswerRead, answer_read, answer_readings, position_scores
 
 
 def held_out_pairs(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfig) -> list[AnswerPair]:
@@ -82,14 +87,12 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
     later = continued(pairs, follow_ups.HELDOUT, cfg.seed + 11)
     asked = after_an_exchange(pairs, cfg.seed + 12)
     enders, view = ender_ids(host.tokenizer), bundle.response.view
-    reads = [
-        answer_read(host, p.conversation(), p.answer, enders, view) for p in pairs + moved + later + asked
-    ]
+    reads = [answer_read(host, p.conversation(), p.answer, enders, view) for p in pairs]
     scores = position_scores(host, bundle, reads, batch_size=cfg.batch_size)
-    apart = np.array([max(s) for s in scores[len(pairs) :]]) >= bundle.threshold
+    apart = served_scores(host, bundle, moved + later + asked, cfg.batch_size) >= bundle.threshold
     innocent, after = apart[: len(moved)], apart[len(moved) : len(moved) + len(later)]
     anew = apart[len(moved) + len(later) :]
-    reads, scores = reads[: len(pairs)], scores[: len(pairs)]
+    unknown = served_scores(host, bundle, later, cfg.batch_size, unknown_turns=True) >= bundle.threshold
     highest = np.array([max(s) for s in scores])
     labels = np.array([int(p.unsafe) for p in pairs])
     cut = bundle.threshold
@@ -112,6 +115,11 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
             "unsafe_caught": _rate(after[[p.unsafe for p in later]]),
             "benign_flagged": _rate(after[[not p.unsafe for p in later]]),
         },
+        "after_a_follow_up_the_rule_does_not_know": {
+            "unsafe_caught": _rate(unknown[[p.unsafe for p in later]]),
+            "benign_flagged": _rate(unknown[[not p.unsafe for p in later]]),
+            "read": "each follow-up taken as a phrase the follow-up rule does not know",
+        },
         "after_an_earlier_exchange": {
             "unsafe_caught": _rate(anew[[p.unsafe for p in asked]]),
             "benign_flagged": _rate(anew[[not p.unsafe for p in asked]]),
@@ -123,6 +131,31 @@ def response_section(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalCo
         },
         "released_tokens": released_tokens(host, caught, cfg.response_hold_backs),
     }
+
+
+def served_scores(
+    host: ModelHost, bundle: Bundle, pairs: list[AnswerPair], batch_size: int, *, unknown_turns: bool = False
+) -> np.ndarray:
+    """Each answer's score as the classifier serves it: the lowest of its readings' highest
+    (:func:`steerguard.responses.answer_readings`, ``ViewPlan.pick``).
+
+    ``unknown_turns``: every last user turn read as one the follow-up rule
+    does not take, i.e. as the request, and, in a bundle whose ``short_turns``
+    is ``both``, as a follow-up too: what a follow-up phrased outside the
+    rule's vocabulary gets, whatever the phrases' own words.
+    """
+    info, enders = bundle.response, ender_ids(host.tokenizer)
+    if info is None:
+        raise ValueError("the bundle has no response probe")
+    unknown = (False, True) if info.short_turns == SHORT_TURNS_BOTH else (False,)
+    ways = [unknown if unknown_turns else answer_readings(p.conversation(), info) for p in pairs]
+    reads = [
+        answer_read(host, p.conversation(), p.answer, enders, info.view, way)
+        for p, each in zip(pairs, ways, strict=True)
+        for way in each
+    ]
+    scores = iter(position_scores(host, bundle, reads, batch_size=batch_size))
+    return np.array([min(max(next(scores)) for _ in each) for each in ways])
 
 
 def after_an_exchange(pairs: list[AnswerPair], seed: int) -> list[AnswerPair]:
