@@ -44,6 +44,7 @@ from steerguard.passages import MAX_GAP
 from steerguard.responses import (
     ANSWER_WINDOW_TOKENS,
     WINDOW_OVERLAP_TOKENS,
+    Turns,
     context_ids,
     has_earlier_turns,
     position_features,
@@ -73,7 +74,7 @@ class AnswerStream:
         conv: Conversation,
         enders: frozenset[int],
         locks: Locks,
-        last_follow_up: bool | None = None,  # one of steerguard.responses.answer_readings
+        taken: Turns | None = None,  # one of steerguard.responses.answer_readings
     ) -> None:
         if bundle.response is None:
             raise ValueError("an answer stream needs a bundle with a response probe")
@@ -81,7 +82,7 @@ class AnswerStream:
         self.layer = bundle.response.layer
         self.enders = enders
         with locks.tokenizer:
-            start = reply(host, conv, "", bundle.response.view, last_follow_up)  # the view, and its lead
+            start = reply(host, conv, "", bundle.response.view, taken)  # the view, and its lead
             self.prefix = context_ids(host, start.conv)
         self.multi_turn = has_earlier_turns(start.conv)  # which response heads judge it
         self.score = 0.0

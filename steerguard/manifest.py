@@ -151,7 +151,7 @@ FEATURES = "end+recent_mean+context_end"
 FEATURES_V1 = "end+recent_mean"  # bundles before the context's state: read as the first 2H columns
 # What an answer in a multi-turn chat is read after (ResponseInfo.view; steerguard.responses.answer_view).
 VIEW_CHAT, VIEW_REQUEST = "chat", "request"
-# ResponseInfo.short_turns: a short last turn the follow-up rule does not take is read both ways.
+# ResponseInfo.short_turns: a short turn the follow-up rule does not take is read both ways.
 SHORT_TURNS_BOTH = "both"
 
 
@@ -179,9 +179,10 @@ class ResponseInfo:
     it since read first (:func:`steerguard.responses.answer_view`), judged by
     the first pair; ``follow_ups`` records what that catches and flags on
     calibration's continued answers, out of fold. ``short_turns`` (request
-    view only): ``both``, a short last user turn after an answer that the
-    follow-up rule does not take is read both ways, as the request and as a
-    follow-up, and the answer is flagged only where both readings flag
+    view only): ``both``, where the request the follow-up rule finds is a
+    short user turn after an answer (one the rule did not take), it is read
+    both ways, as the request and as a follow-up, and the answer is flagged
+    only where both readings flag
     (:func:`steerguard.responses.answer_readings`); ``None``, the rule alone decides.
     The rest is calibration's record.
     """

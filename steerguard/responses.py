@@ -52,7 +52,7 @@ overlapping windows (:data:`ANSWER_WINDOW_TOKENS`, :data:`WINDOW_OVERLAP_TOKENS`
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -128,26 +128,21 @@ class AnswerView:
         return self.lead + LEAD_SEPARATOR + answer if self.lead else answer
 
 
-def answer_view(host: ModelHost, conv: Conversation, last_follow_up: bool | None = None) -> AnswerView:
+# User turns (message indices) taken for a follow-up (True) or a request (False) whatever the
+# follow-up rule says; the rest as it says (steerguard.follow_up.is_follow_up).
+Turns = Mapping[int, bool]
+
+
+def answer_view(host: ModelHost, conv: Conversation, taken: Turns | None = None) -> AnswerView:
     """The request ``conv``'s answer replies to and the assistant's lead (:class:`AnswerView`).
 
-    ``last_follow_up``: whether the last user turn is taken for a follow-up
-    (None: as :func:`steerguard.follow_up.is_follow_up` says); see :func:`answer_readings`.
+    ``taken``: turns read otherwise than the rule says (:func:`answer_readings`).
     """
-    from steerguard.follow_up import is_follow_up
     from steerguard.model.chat import Conversation
     from steerguard.passages import text_ids
 
     messages = conv.messages
-    users = [i for i, m in enumerate(messages) if m.role == "user"]
-    at = users[-1]
-    for i in reversed(users):
-        at = i
-        answered = any(m.role == "assistant" for m in messages[:i])
-        ruled = i != users[-1] or last_follow_up is None
-        taken = is_follow_up(messages[i].content) if ruled else last_follow_up
-        if not (answered and taken):
-            break
+    at = _request_turn(conv, taken or {})
     system = tuple(m for m in messages[:at] if m.role == "system")
     lead = LEAD_SEPARATOR.join(m.content for m in messages[at + 1 :] if m.role == "assistant" and m.content)
     ids = text_ids(host, lead) if lead else []
@@ -156,30 +151,55 @@ def answer_view(host: ModelHost, conv: Conversation, last_follow_up: bool | None
     return AnswerView(Conversation((*system, messages[at])), lead)
 
 
-def answer_readings(conv: Conversation, info: ResponseInfo | None) -> tuple[bool | None, ...]:
-    """How an answer to ``conv`` is read: each entry a ``last_follow_up`` for :func:`answer_view`.
+def _request_turn(conv: Conversation, taken: Turns) -> int:
+    """The message index of the latest user turn that is not a follow-up to an answer before it."""
+    from steerguard.follow_up import is_follow_up
 
-    Once, as the follow-up rule says (``(None,)``); or, in a bundle whose
-    ``short_turns`` is ``both``, a short last user turn after an answer that
-    the rule does not take (:func:`steerguard.follow_up.is_short`) is read
-    both ways, as the request and as a follow-up (``(False, True)``), and the
-    answer is flagged only where both readings flag. Why: the rule is a
-    closed vocabulary, and a follow-up phrased outside it ("Spell it out for
-    me.") made the continuation's request: on calibration pairs, were the rule
+    messages = conv.messages
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
+    at = users[-1]
+    for i in reversed(users):
+        at = i
+        answered = _answered(conv, i)
+        if not (answered and taken.get(i, is_follow_up(messages[i].content))):
+            break
+    return at
+
+
+def _answered(conv: Conversation, turn: int) -> bool:
+    return any(m.role == "assistant" for m in conv.messages[:turn])
+
+
+def last_turn(conv: Conversation, follow_up: bool) -> Turns:
+    """The last user turn taken for a follow-up or a request, whatever the rule says
+    (calibration and the evaluation read continued answers both ways with it)."""
+    return {max(i for i, m in enumerate(conv.messages) if m.role == "user"): follow_up}
+
+
+def answer_readings(conv: Conversation, info: ResponseInfo | None) -> tuple[Turns, ...]:
+    """How an answer to ``conv`` is read: each entry a ``taken`` for :func:`answer_view`.
+
+    Once, as the follow-up rule says (``({},)``); or, in a bundle whose
+    ``short_turns`` is ``both``, where the rule's request is a short turn
+    after an answer (:func:`steerguard.follow_up.is_short`), the rule having
+    not taken it for a follow-up, twice: with it as the request, and with it
+    taken for a follow-up (``({}, {turn: True})``); the answer is flagged only
+    where both readings flag. Why: the rule is a
+    closed vocabulary, and a follow-up phrased outside it ("Hmm, interesting.
+    More?") made the continuation's request: on calibration pairs, were the rule
     to miss every phrase, benign continuations read that way were flagged
     26.5% of the time, 1.8% when both readings must flag (complied ones
     caught: 60% and 50%), while short new questions the rule does not take
     were judged the same either way (docs/calibration.md).
     """
-    from steerguard.follow_up import is_follow_up, is_short
+    from steerguard.follow_up import is_short
 
     if info is None or info.view != VIEW_REQUEST or info.short_turns != SHORT_TURNS_BOTH:
-        return (None,)
-    messages = conv.messages
-    users = [i for i, m in enumerate(messages) if m.role == "user"]
-    last = messages[users[-1]].content if users else ""
-    answered = bool(users) and any(m.role == "assistant" for m in messages[: users[-1]])
-    return (False, True) if answered and is_short(last) and not is_follow_up(last) else (None,)
+        return ({},)
+    at = _request_turn(conv, {})
+    if _answered(conv, at) and is_short(conv.messages[at].content):
+        return ({}, {at: True})
+    return ({},)
 
 
 @dataclass(frozen=True)
@@ -203,15 +223,15 @@ class Reply:
 
 
 def reply(
-    host: ModelHost, conv: Conversation, answer: str, view: str | None, last_follow_up: bool | None = None
+    host: ModelHost, conv: Conversation, answer: str, view: str | None, taken: Turns | None = None
 ) -> Reply:
     """``answer`` to ``conv`` in the bundle's response ``view`` (``chat``, ``None``: as sent),
-    the last user turn taken as :func:`answer_view`'s ``last_follow_up`` says."""
+    the user turns ``taken`` read as it says (:func:`answer_view`)."""
     from steerguard.passages import text_ids
 
     if view != VIEW_REQUEST:
         return Reply(conv, text_ids(host, answer))
-    seen = answer_view(host, conv, last_follow_up)
+    seen = answer_view(host, conv, taken)
     lead = seen.text("") if seen.lead else ""
     return Reply(seen.conv, text_ids(host, seen.text(answer)), len(text_ids(host, lead)) if lead else 0, lead)
 
@@ -222,12 +242,12 @@ def answer_read(
     answer: str,
     enders: frozenset[int],
     view: str | None = VIEW_CHAT,
-    last_follow_up: bool | None = None,
+    taken: Turns | None = None,
 ) -> AnswerRead:
     """``answer`` as the reply to ``conv``, read whole (calibration's and the evaluation's answers)."""
     from steerguard.passages import segment_ends
 
-    got = reply(host, conv, answer, view, last_follow_up)
+    got = reply(host, conv, answer, view, taken)
     ends = got.scored(segment_ends(got.ids, enders))
     return AnswerRead(tuple(host.token_ids(got.conv)), tuple(got.ids), ends, has_earlier_turns(got.conv))
 

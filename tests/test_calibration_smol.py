@@ -203,7 +203,7 @@ def test_an_answer_after_a_follow_up_the_rule_does_not_know_is_read_both_ways(
     from steerguard.follow_up import is_follow_up, is_short
     from steerguard.manifest import SHORT_TURNS_BOTH
     from steerguard.passages import ender_ids
-    from steerguard.responses import answer_read, position_scores
+    from steerguard.responses import answer_read, last_turn, position_scores
 
     info = default_bundle.response
     assert info is not None and info.short_turns == SHORT_TURNS_BOTH
@@ -219,7 +219,11 @@ def test_an_answer_after_a_follow_up_the_rule_does_not_know_is_read_both_ways(
         for q, a, later in chats
     ]
     enders, cut = ender_ids(smol_host.tokenizer), default_bundle.threshold
-    alone = [answer_read(smol_host, p.conversation(), p.answer, enders, info.view, False) for p in pairs]
+    convs = [p.conversation() for p in pairs]
+    alone = [
+        answer_read(smol_host, c, p.answer, enders, info.view, last_turn(c, False))
+        for p, c in zip(pairs, convs, strict=True)
+    ]
     as_request = [max(s) >= cut for s in position_scores(smol_host, default_bundle, alone)]
     assert any(as_request[: len(CONTINUED)]), "the request reading alone flags no benign continuation"
     highest = served_scores(smol_host, default_bundle, pairs, batch_size=8)

@@ -315,22 +315,24 @@ def test_an_answer_after_a_follow_up_is_read_after_the_request_it_continues(
 
 
 def test_an_answer_after_a_short_turn_the_rule_does_not_know_is_flagged_only_where_both_readings_flag(
-    tiny_host: ModelHost, answer_bundle: Bundle
+    tiny_host: ModelHost, tmp_path: Any
 ) -> None:
     """``short_turns: both``: after "Walk me through it slowly." (short, not in the rule's
     vocabulary) the answer is read with that turn as the request and as a follow-up, whole and
     streamed, and its score is the lower of the two readings' highest, each as one plain forward
-    pass reads it; a bundle without it reads the turn as the request alone."""
+    pass reads it: at a cut between the two it is safe, where the request reading alone (a bundle
+    without ``short_turns``) flags it."""
     from dataclasses import replace
 
     from steerguard.manifest import SHORT_TURNS_BOTH, VIEW_REQUEST
 
-    info = answer_bundle.manifest.response
+    random_bundle = make_random_bundle(tiny_host, tmp_path, response=True, seed=7)
+    info = random_bundle.manifest.response
     assert info is not None
-    request = replace(info, view=VIEW_REQUEST)
     bundles = {
         way: Bundle(
-            replace(answer_bundle.manifest, response=replace(request, short_turns=way)), answer_bundle.tensors
+            replace(random_bundle.manifest, response=replace(info, view=VIEW_REQUEST, short_turns=way)),
+            random_bundle.tensors,
         )
         for way in (SHORT_TURNS_BOTH, None)
     }
@@ -341,26 +343,27 @@ def test_an_answer_after_a_short_turn_the_rule_does_not_know_is_flagged_only_whe
         common_pb2.ChatMessage(role="assistant", content=earlier),
         common_pb2.ChatMessage(role="user", content=turn),
     ]
-    answer = f"Then knead it, let it rise and bake it hot. {uuid.uuid4().hex}"
+    answer = "Then knead it, let it rise and bake it hot."
 
     def alone(text: str) -> Any:
-        return normalise_request(
-            messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
-        )
+        system = {"role": "system", "content": "Be brief."}
+        return normalise_request(messages=[system, {"role": "user", "content": text}])
 
-    as_request = _expected_after(tiny_host, answer_bundle, alone(turn), answer)
-    as_follow_up = _expected_after(tiny_host, answer_bundle, alone(chat[1].content), answer, earlier + "\n\n")
-    assert as_follow_up < as_request - 1e-4  # so reading both ways changes the verdict's score
-    for way, want in ((SHORT_TURNS_BOTH, min(as_request, as_follow_up)), (None, as_request)):
+    as_request = _expected_after(tiny_host, random_bundle, alone(turn), answer)
+    as_follow_up = _expected_after(tiny_host, random_bundle, alone(chat[1].content), answer, earlier + "\n\n")
+    assert as_follow_up < as_request - 1e-3  # so reading both ways changes the verdict
+    cut = (as_request + as_follow_up) / 2
+    for way, want in ((SHORT_TURNS_BOTH, as_follow_up), (None, as_request)):
         core = ClassifierCore(
             tiny_host, bundles[way], MemoryCache(max_entries=100, ttl_seconds=300), CoreConfig()
         )
         for stub in serve_core(core):
-            whole = stub.Classify(Req(messages=chat, answer=answer))
+            whole = stub.Classify(Req(messages=chat, answer=answer, threshold=cut))
             assert whole.score == pytest.approx(want, abs=1e-5)
-            assert whole.unsafe == (whole.score >= answer_bundle.threshold)
-            (streamed,) = stub.ClassifyStream(iter([classifier_pb2.AnswerChunk(messages=chat, text=answer)]))
-            assert streamed.score == pytest.approx(want, abs=1e-5)
+            assert whole.unsafe == (way is None)  # flagged only where both readings flag
+            first = classifier_pb2.AnswerChunk(messages=chat, text=answer, threshold=cut)
+            (streamed,) = stub.ClassifyStream(iter([first]))
+            assert streamed.score == pytest.approx(want, abs=1e-5) and streamed.unsafe == (way is None)
 
 
 def _expected_after(host: ModelHost, bundle: Bundle, conv: Any, answer: str, lead: str = "") -> float:

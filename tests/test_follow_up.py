@@ -48,9 +48,10 @@ def _chat(*turns: tuple[str, str]) -> Any:
 
 
 def test_a_short_turn_the_rule_does_not_take_is_read_both_ways_where_the_bundle_says_so() -> None:
-    """``short_turns: both``: a short last turn after an answer that the rule does not take is read
-    as the request and as a follow-up (the answer flagged only where both flag); every other turn
-    once, as the rule says; bundles without it, or in the chat view, read every answer once."""
+    """``short_turns: both``: where the rule's request is a short turn after an answer (the rule did
+    not take it for a follow-up), it is read as the request and as a follow-up (the answer flagged
+    only where both flag), also behind follow-ups the rule takes; every other answer once, as the
+    rule says; bundles without it, or in the chat view, read every answer once."""
     from dataclasses import replace
 
     from steerguard.manifest import FEATURES, SHORT_TURNS_BOTH, VIEW_REQUEST, ResponseInfo
@@ -60,19 +61,23 @@ def test_a_short_turn_the_rule_does_not_take_is_read_both_ways_where_the_bundle_
     unknown = "Walk me through it slowly."  # short, two words outside the vocabulary
     assert is_short(unknown) and not is_follow_up(unknown)
     after = _chat(("user", "How is bread made?"), ("assistant", "With flour."), ("user", unknown))
-    assert answer_readings(after, both) == (False, True)
-    assert answer_readings(after, replace(both, short_turns=None)) == (None,)
-    assert answer_readings(after, replace(both, view=None)) == (None,)
-    assert answer_readings(after, None) == (None,)
+    assert answer_readings(after, both) == ({}, {2: True})
+    chained = _chat(
+        *[(m.role, m.content) for m in after.messages], ("assistant", "Knead."), ("user", "Go on.")
+    )
+    assert answer_readings(chained, both) == ({}, {2: True})  # "Go on." is the rule's; the turn before
+    assert answer_readings(after, replace(both, short_turns=None)) == ({},)
+    assert answer_readings(after, replace(both, view=None)) == ({},)
+    assert answer_readings(after, None) == ({},)
     known = _chat(("user", "How is bread made?"), ("assistant", "With flour."), ("user", "Go on."))
     long = "Which flour makes the best rye bread, and why is that so?"
     asked = _chat(("user", "How is bread made?"), ("assistant", "With flour."), ("user", long))
     for conv in (known, asked, _chat(("user", unknown))):  # a rule's follow-up, long, nothing answered
-        assert answer_readings(conv, both) == (None,)
+        assert answer_readings(conv, both) == ({},)
 
 
-def test_the_last_turn_can_be_taken_either_way(tiny_host: Any) -> None:
-    from steerguard.responses import answer_view
+def test_a_turn_can_be_taken_either_way(tiny_host: Any) -> None:
+    from steerguard.responses import answer_view, last_turn
 
     conv = _chat(
         ("system", "Be brief."),
@@ -80,16 +85,22 @@ def test_the_last_turn_can_be_taken_either_way(tiny_host: Any) -> None:
         ("assistant", "With flour."),
         ("user", "Walk me through it slowly."),
     )
-    as_request = answer_view(tiny_host, conv, last_follow_up=False)
+    as_request = answer_view(tiny_host, conv, last_turn(conv, False))
     assert [m.content for m in as_request.conv.messages] == ["Be brief.", "Walk me through it slowly."]
     assert as_request.lead == "" and answer_view(tiny_host, conv) == as_request  # the rule's reading
-    as_follow_up = answer_view(tiny_host, conv, last_follow_up=True)
+    as_follow_up = answer_view(tiny_host, conv, {3: True})
     assert [m.content for m in as_follow_up.conv.messages] == ["Be brief.", "How is bread made?"]
-    assert as_follow_up.lead == "With flour."
+    assert as_follow_up.lead == "With flour." and last_turn(conv, True) == {3: True}
     go_on = _chat(("user", "How is bread made?"), ("assistant", "With flour."), ("user", "Go on."))
-    assert [m.content for m in answer_view(tiny_host, go_on, last_follow_up=False).conv.messages] == [
+    assert [m.content for m in answer_view(tiny_host, go_on, last_turn(go_on, False)).conv.messages] == [
         "Go on."
     ]
+    chained = _chat(
+        *[(m.role, m.content) for m in conv.messages], ("assistant", "Knead."), ("user", "Go on.")
+    )
+    behind = answer_view(tiny_host, chained, {3: True})
+    assert [m.content for m in behind.conv.messages] == ["Be brief.", "How is bread made?"]
+    assert behind.lead == "With flour.\n\nKnead."
 
 
 def test_a_plan_read_several_ways_takes_the_lowest_of_each_readings_highest() -> None:

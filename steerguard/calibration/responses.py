@@ -63,7 +63,7 @@ from steerguard.model.host import ModelHost
 if TYPE_CHECKING:
     from steerguard.bundle import Bundle
 from steerguard.passages import ender_ids, text_ids
-from steerguard.responses import FEATURES, AnswerRead, answer_features, answer_read
+from steerguard.responses import FEATURES, AnswerRead, Turns, answer_features, answer_read, last_turn
 
 log = get_logger(__name__)
 
@@ -129,10 +129,10 @@ def read_rows(
     """
     enders = ender_ids(host.tokenizer)
 
-    def way(i: int, p: AnswerPair) -> bool | None:
+    def way(i: int, p: AnswerPair) -> Turns:
         if i >= len(pairs) - requested:
-            return False
-        return True if p.kind in (CONTINUED, CONTINUED_BENIGN) else None
+            return last_turn(p.conversation(), False)
+        return last_turn(p.conversation(), True) if p.kind in (CONTINUED, CONTINUED_BENIGN) else {}
 
     reads = [
         _scored_part(host, p, answer_read(host, p.conversation(), p.answer, enders, VIEW_REQUEST, way(i, p)))

@@ -61,9 +61,10 @@ from steerguard.evaluation.heldout import HeldOut, subsample
 from steerguard.evaluation.scoring import r
 from steerguard.evaluation.stats import proportion
 from steerguard.manifest import SHORT_TURNS_BOTH
+from steerguard.model.chat import Conversation
 from steerguard.model.host import ModelHost
 from steerguard.passages import ender_ids
-from steerguard.responses import AnswerRead, answer_read, answer_readings, position_scores
+from steerguard.responses import AnswerRead, Turns, answer_read, answer_readings, last_turn, position_scores
 
 
 def held_out_pairs(host: ModelHost, bundle: Bundle, held: HeldOut, cfg: EvalConfig) -> list[AnswerPair]:
@@ -147,11 +148,16 @@ def served_scores(
     info, enders = bundle.response, ender_ids(host.tokenizer)
     if info is None:
         raise ValueError("the bundle has no response probe")
-    unknown = (False, True) if info.short_turns == SHORT_TURNS_BOTH else (False,)
-    ways = [unknown if unknown_turns else answer_readings(p.conversation(), info) for p in pairs]
+
+    def unknown(conv: Conversation) -> tuple[Turns, ...]:
+        both = info is not None and info.short_turns == SHORT_TURNS_BOTH
+        return (last_turn(conv, False), last_turn(conv, True)) if both else (last_turn(conv, False),)
+
+    convs = [p.conversation() for p in pairs]
+    ways = [unknown(c) if unknown_turns else answer_readings(c, info) for c in convs]
     reads = [
-        answer_read(host, p.conversation(), p.answer, enders, info.view, way)
-        for p, each in zip(pairs, ways, strict=True)
+        answer_read(host, conv, p.answer, enders, info.view, way)
+        for p, conv, each in zip(pairs, convs, ways, strict=True)
         for way in each
     ]
     scores = iter(position_scores(host, bundle, reads, batch_size=batch_size))
