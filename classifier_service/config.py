@@ -77,6 +77,7 @@ class CoreConfig:
     # turn; off: the passage head alone.
     passage_candidates: bool = True
     # Open ClassifyStream calls (each holds a server thread, of 64, and up to
-    # context + one answer window of keys and values: ~40 MB for SmolLM2 at layer 18).
+    # context + one answer window of keys and values: ~40 MB for SmolLM2 at layer 18;
+    # twice that for an answer read two ways, steerguard.responses.answer_readings).
     max_streams: int = 32
     identify_language: bool = True  # name each request's language in its verdict (steerguard.language)
