@@ -8,7 +8,12 @@ each time so no cache answers):
 - ``stream``: ``ClassifyStream``, what the sidecar uses (the classifier keeps
   the answer's keys and values; each check reads only its new tokens);
 - ``resend``: ``Classify`` with the whole answer so far at every check (the
-  windows' verdicts cached, so only the last window is read again).
+  windows' verdicts cached, so only the last window is read again);
+- ``stream_after_a_short_turn``: ``stream`` for the same answer continued
+  after "Hmm, interesting. More?", a turn the follow-up rule does not know:
+  with a bundle whose ``short_turns`` is ``both`` it is read two ways, two
+  caches (``short_turn_readings``; ``short_turn_cost_vs_stream``, its time
+  over the plain stream's).
 
 Reported per way: median wall time of all checks of one answer at each length,
 the ratio 2,000 / 200 (target: at most 12 for the stream), and the first
@@ -43,6 +48,7 @@ from sidecar.policy import ResponseCheck  # noqa: E402
 from steerguard.logs import configure_logging  # noqa: E402
 from steerguard.model.chat import Conversation, normalise_request  # noqa: E402
 from steerguard.model.host import AUTO_DTYPE, ModelHost  # noqa: E402
+from steerguard.responses import answer_readings  # noqa: E402
 
 _PROSE = """
 the answer explains how the committee reviewed annual budgets for schools, parks, roads and
@@ -87,9 +93,31 @@ def judge_resend(core: ClassifierCore, conv: Conversation, pieces: list[str]) ->
     return first
 
 
+# A follow-up outside the follow-up rule's vocabulary: with a bundle whose ``short_turns`` is
+# ``both`` the answer after it is read two ways (steerguard.responses.answer_readings).
+SHORT_TURN = "Hmm, interesting. More?"
+
+
+def after_a_short_turn(conv: Conversation) -> Conversation:
+    """``conv``'s request, a first answer, then :data:`SHORT_TURN`: the answer continues it."""
+    request = conv.last_user_text
+    return normalise_request(
+        messages=[
+            {"role": "user", "content": request},
+            {"role": "assistant", "content": "Here is the first part of the report."},
+            {"role": "user", "content": SHORT_TURN},
+        ]
+    )
+
+
+def judge_stream_after_a_short_turn(core: ClassifierCore, conv: Conversation, pieces: list[str]) -> float:
+    return judge_stream(core, after_a_short_turn(conv), pieces)
+
+
 WAYS: dict[str, Callable[[ClassifierCore, Conversation, list[str]], float]] = {
     "stream": judge_stream,
     "resend": judge_resend,
+    "stream_after_a_short_turn": judge_stream_after_a_short_turn,
 }
 
 
@@ -113,9 +141,11 @@ def measure(rounds: int, tiny: bool, window_chars: int, dtype: str = AUTO_DTYPE)
                 first[way].append(run(core, conv, pieces))
                 total[way][name].append(time.perf_counter() - started)
     core.close()
+    readings = len(answer_readings(after_a_short_turn(normalise_request("Hi.")), bundle.response))
     return {
         "dtype": str(host.model.dtype).removeprefix("torch."),
         **report(total, first, checks, window_chars),
+        "short_turn_readings": readings,
     }
 
 
@@ -135,6 +165,9 @@ def report(
         }
     stream = out["stream"]
     assert isinstance(stream, dict)
+    both = {k: statistics.median(v) for k, v in total["stream_after_a_short_turn"].items()}
+    alone = {k: statistics.median(v) for k, v in total["stream"].items()}
+    out["short_turn_cost_vs_stream"] = {k: round(both[k] / alone[k], 3) for k in LENGTHS}
     ratio = float(stream["ratio_2000_vs_200"])
     out["target"] = {"ratio_max": TARGET_RATIO, "pass": ratio <= TARGET_RATIO}
     return out

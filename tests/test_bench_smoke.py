@@ -72,11 +72,13 @@ def test_answer_stream_bench_measures_both_ways_side_by_side(tmp_path: Path) -> 
     r = run_bench("bench_answer_stream.py", tmp_path / "s.json", "--rounds", "1")
     checks = r["checks"]
     assert isinstance(checks, dict) and checks["2000"] > 5 * checks["200"]
-    for way in ("stream", "resend"):
+    for way in ("stream", "resend", "stream_after_a_short_turn"):
         result = r[way]
         assert isinstance(result, dict) and result["ratio_2000_vs_200"] > 0  # a tiny model's ratio is noise
         assert result["first_check_ms_p50"] > 0
     assert isinstance(r["target"], dict) and r["target"]["ratio_max"] == 12.0
+    cost = r["short_turn_cost_vs_stream"]
+    assert isinstance(cost, dict) and set(cost) == {"200", "2000"} and r["short_turn_readings"] in (1, 2)
 
 
 def test_overload_bench_measures_starvation_drops_and_shedding(tmp_path: Path) -> None:
