@@ -62,6 +62,7 @@ from steerguard.model.host import ModelHost
 
 if TYPE_CHECKING:
     from steerguard.bundle import Bundle
+    from steerguard.model.chat import Conversation
 from steerguard.passages import ender_ids, text_ids
 from steerguard.responses import FEATURES, AnswerRead, Turns, answer_features, answer_read, last_turn
 
@@ -129,14 +130,15 @@ def read_rows(
     """
     enders = ender_ids(host.tokenizer)
 
-    def way(i: int, p: AnswerPair) -> Turns:
+    def way(i: int, p: AnswerPair, conv: Conversation) -> Turns:
         if i >= len(pairs) - requested:
-            return last_turn(p.conversation(), False)
-        return last_turn(p.conversation(), True) if p.kind in (CONTINUED, CONTINUED_BENIGN) else {}
+            return last_turn(conv, False)
+        return last_turn(conv, True) if p.kind in (CONTINUED, CONTINUED_BENIGN) else {}
 
+    convs = [p.conversation() for p in pairs]
     reads = [
-        _scored_part(host, p, answer_read(host, p.conversation(), p.answer, enders, VIEW_REQUEST, way(i, p)))
-        for i, p in enumerate(pairs)
+        _scored_part(host, p, answer_read(host, conv, p.answer, enders, VIEW_REQUEST, way(i, p, conv)))
+        for i, (p, conv) in enumerate(zip(pairs, convs, strict=True))
     ]
     order = sorted(range(len(reads)), key=lambda i: len(reads[i].prefix) + len(reads[i].answer))
     chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}

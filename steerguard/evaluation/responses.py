@@ -149,9 +149,10 @@ def served_scores(
     if info is None:
         raise ValueError("the bundle has no response probe")
 
+    unknown_ways = (False, True) if info.short_turns == SHORT_TURNS_BOTH else (False,)
+
     def unknown(conv: Conversation) -> tuple[Turns, ...]:
-        both = info is not None and info.short_turns == SHORT_TURNS_BOTH
-        return (last_turn(conv, False), last_turn(conv, True)) if both else (last_turn(conv, False),)
+        return tuple(last_turn(conv, follow_up) for follow_up in unknown_ways)
 
     convs = [p.conversation() for p in pairs]
     ways = [unknown(c) if unknown_turns else answer_readings(c, info) for c in convs]
