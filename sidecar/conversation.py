@@ -32,7 +32,7 @@ class ChatRequest:
     top_p: float | None = None
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # Types of content parts that carry no text (images, audio): not judged, and reported.
+    # Types of content parts with no text to read (images, audio, unreadable files): reported.
     unjudged: tuple[str, ...] = ()
 
     @property

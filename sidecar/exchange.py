@@ -42,7 +42,7 @@ H_RESPONSE = "x-steerguard-response-verdict"
 H_THRESHOLD = "x-steerguard-threshold"  # the cut in force (sidecar.decisions.threshold_for)
 H_LANGUAGE = "x-steerguard-language"  # e.g. "fr (uncalibrated)"
 H_CATEGORY_UNSURE = "x-steerguard-category-unsure"  # "true": the default rule applied, not the category's
-H_UNJUDGED = "x-steerguard-unjudged"  # content parts with no text (images, audio), by type
+H_UNJUDGED = "x-steerguard-unjudged"  # content parts with no text to read (images, audio), by type
 
 
 @dataclass

@@ -13,7 +13,7 @@ loudly instead of silently allowing traffic. Example::
     on_language: judge            # a language the bundle was not calibrated for: judge, flag, block
     on_unsure_category: default   # the classifier unsure of the category: the default rule, or
                                   # likeliest (that category's rule and cut all the same)
-    on_unjudged: forward          # parts with no text (images, audio, files): forward marked, or reject
+    on_unjudged: forward          # parts with nothing to read (images, locked files): forward marked, reject
     refusal_message: "Sorry, I can't help with that."
     threshold: 0.4                # the cut for every request (default: the bundle's)
     default: block                # unsafe category without a rule below
@@ -212,7 +212,7 @@ class Policy:
     # A verdict whose category the bundle's head is unsure of (``category_unsure``): "default"
     # applies the default rule and cut, "likeliest" the likeliest category's all the same.
     on_unsure_category: str = "default"
-    # What a request carrying parts that cannot be judged (images, audio, files, a conversation
+    # What a request carrying parts that cannot be judged (images, audio, unreadable files, a conversation
     # stored upstream) gets once its text is judged safe: forwarded marked, or refused (400).
     on_unjudged: str = "forward"
 

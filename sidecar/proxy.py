@@ -18,7 +18,7 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
-from sidecar.adapters.base import Adapter, ReplyMeta, refusal
+from sidecar.adapters.base import Adapter, ReplyMeta, parse_request, refusal
 from sidecar.audit import AuditTrail, conversation_hmac
 from sidecar.bundles import BundleCheck
 from sidecar.compat import deadline
@@ -143,12 +143,12 @@ class Proxy:
             return self.outcomes.error(ex.trace, BundleMismatch(reason))
         try:
             ex.body = await self._read_body(request)
-            ex.chat = adapter.parse(ex.body)
+            ex.chat = await parse_request(adapter, ex.body)
         except SteerguardError as exc:
             return self.outcomes.error(ex.trace, exc)
         ex.trace.fields.update(prompt_chars=ex.chat.prompt_chars, stream=ex.chat.stream)
         if ex.chat.unjudged:
-            # Parts with no text (images, audio) cannot be judged: counted and marked, never silent,
+            # Parts with no text to read (images, audio) cannot be judged: counted and marked, never silent,
             # and refused outright when the policy says so.
             ex.trace.fields["unjudged_parts"] = list(ex.chat.unjudged)
             self.metrics.failures.labels("classifier", "unjudged_part").inc()

@@ -24,6 +24,7 @@ import grpc
 import pytest
 import pytest_asyncio
 import structlog
+from documents import data_url, encrypted_pdf, pdf_with_lines
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -960,6 +961,50 @@ async def test_parts_with_no_text_are_marked_unjudged(chatbot, classifier, steer
     async with sidecar(chatbot, classifier, steerer[0]) as url:
         resp = await send(http, "POST", url + CHAT, json=body)
         assert resp.status == 200 and resp.headers["x-steerguard-unjudged"] == "image_url"
+
+
+async def test_no_harmful_request_in_an_attached_file_reaches_the_upstream(
+    chatbot, classifier, steerer, http
+) -> None:
+    harmful = f"UNSAFE {uuid.uuid4().hex}"
+    pdf = data_url(pdf_with_lines(["Meeting notes", harmful]), "application/pdf")
+    hidden = {
+        "text file": data_url(harmful.encode(), "text/plain"),
+        "pdf": pdf,
+        "pdf labelled as an image": pdf.replace("application/pdf", "image/png"),
+        "utf-16 text": data_url(harmful.encode("utf-16"), "text/plain"),
+    }
+    benign = data_url(pdf_with_lines(["Meeting notes", "Lunch at noon."]), "application/pdf")
+    locked = data_url(encrypted_pdf(), "application/pdf")
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        for name, file_data in hidden.items():
+            resp = await send(http, "POST", url + CHAT, json=_with_file(file_data))
+            assert resp.status == 200 and resp.headers["x-steerguard-action"] == "block", name
+            assert "x-steerguard-unjudged" not in resp.headers, name
+        resp = await send(http, "POST", url + CHAT, json=_with_file(benign))
+        assert resp.headers["x-steerguard-action"] == "allow"
+        resp = await send(http, "POST", url + CHAT, json=_with_file(locked))
+        assert (
+            resp.headers["x-steerguard-action"] == "allow" and resp.headers["x-steerguard-unjudged"] == "file"
+        )
+    async with sidecar(chatbot, classifier, steerer[0], policy={"on_unjudged": "reject"}) as url:
+        resp = await send(http, "POST", url + CHAT, json=_with_file(locked))
+        assert resp.status == 400 and "cannot be judged (file;" in resp.json()["error"]["message"]
+        resp = await send(http, "POST", url + CHAT, json=_with_file("data:application/pdf;base64,%%%"))
+        assert resp.status == 400 and "base64" in resp.json()["error"]["message"]
+    # The upstream's own log: none of the hidden files arrived; the benign and the locked PDF did.
+    for name, file_data in hidden.items():
+        assert chatbot.received(file_data.partition(",")[2]) == [], name
+    assert len(chatbot.received(benign.partition(",")[2])) == 1
+    assert len(chatbot.received(locked.partition(",")[2])) == 1
+
+
+def _with_file(file_data: str) -> dict[str, Any]:
+    content = [
+        {"type": "file", "file": {"file_data": file_data}},
+        {"type": "text", "text": "Do what it says."},
+    ]
+    return {"model": "m", "messages": [{"role": "user", "content": content}]}
 
 
 # ------------------------------------------------ every OpenAI route and Anthropic's Messages

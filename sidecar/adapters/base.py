@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -159,6 +160,18 @@ def load_json_object(body: bytes) -> Any:
         raise InvalidInput("request body must be a JSON object")
     _check_strings(document)
     return document
+
+
+# A body this large may carry files to decode and read (sidecar.adapters.files: a PDF's text
+# takes a while): it is parsed in a worker thread, so the event loop serves other requests meanwhile.
+PARSE_IN_THREAD_BYTES = 64 * 1024
+
+
+async def parse_request(adapter: Adapter, body: bytes) -> ChatRequest:
+    """``adapter.parse(body)``, off the event loop for a large body."""
+    if len(body) < PARSE_IN_THREAD_BYTES:
+        return adapter.parse(body)
+    return await asyncio.to_thread(adapter.parse, body)
 
 
 def dumps(document: Any) -> bytes:

@@ -2,8 +2,9 @@
 
 A guard must judge every text an upstream may read, so text is collected from
 content parts whatever their ``type`` (or none), from nested tool schemas and
-call arguments; a part with no text (an image, audio) is reported as
-unjudged rather than silently skipped.
+call arguments, and from files sent inline (:mod:`sidecar.adapters.files`);
+a part with no text (an image, audio) is reported as unjudged rather than
+silently skipped.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sidecar.adapters.files import file_texts
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
@@ -26,15 +28,19 @@ def part_text(part: Any, unjudged: list[str]) -> list[str]:
     if not isinstance(part, dict):
         raise InvalidInput("message content parts must be objects")
     texts = [part[k] for k in _TEXT_KEYS if isinstance(part.get(k), str)]
-    source = part.get("source")  # a document block whose source is plain text (Anthropic)
+    source = part.get("source")  # a document block whose source is plain text or parts (Anthropic)
     if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
         texts.append(source["data"])
+    if isinstance(source, dict) and source.get("type") == "content":
+        texts.append(text_of(source.get("content"), unjudged))
     nested = part.get("content")  # a tool result's or a document's own content parts
     if isinstance(nested, (str, list)):
         texts.append(text_of(nested, unjudged))
     for key in ("input", "output", "arguments"):  # tool use input, function call output/arguments
         texts.extend(strings(part.get(key)))
-    if not texts:
+    files, has_files = file_texts(part, unjudged)  # an unreadable file is reported there
+    texts.extend(files)
+    if not texts and not has_files:
         unjudged.append(str(part.get("type") or "untyped"))
     return texts
 

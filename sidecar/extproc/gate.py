@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sidecar.adapters.base import ReplyMeta, refusal
+from sidecar.adapters.base import ReplyMeta, parse_request, refusal
 from sidecar.conversation import ChatRequest, context_for_classifier
 from sidecar.decisions import at_threshold, decide, rule_category, threshold_for
 from sidecar.exchange import H_FAILURE, H_UNJUDGED, Trace, verdict_headers
@@ -117,7 +117,7 @@ class Gate:
     async def _check(self, check: Check, body: bytes) -> Outcome:
         policy = check.version.policy
         try:
-            chat = check.match.adapter.parse(body)
+            chat = await parse_request(check.match.adapter, body)
         except SteerguardError as exc:
             return error_answer(check.trace, exc)
         if chat.unjudged:

@@ -1,0 +1,156 @@
+"""Files sent inline (text files, PDFs) are read and judged; what cannot be read is reported.
+
+The adapters' parsing; the proxy over real HTTP is in test_sidecar_proxy.py
+(a harmful request in an attached file never reaches the upstream's log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from typing import Any
+
+import pytest
+from documents import data_url, encrypted_pdf, pdf_with_lines
+
+from sidecar.adapters import AnthropicAdapter, OpenAIAdapter, ResponsesAdapter
+from sidecar.adapters.base import PARSE_IN_THREAD_BYTES, dumps, parse_request
+from sidecar.adapters.files import MAX_FILE_TEXT_CHARS, as_text, read_file
+from steerguard.errors import InvalidInput, PayloadTooLarge
+
+
+def chat_with_file(file: dict[str, Any], text: str = "Please do what the attached file says.") -> bytes:
+    content = [{"type": "file", "file": file}, {"type": "text", "text": text}]
+    return dumps({"model": "m", "messages": [{"role": "user", "content": content}]})
+
+
+# ------------------------------------------------------------------------ reading files
+
+
+def test_text_is_read_whatever_the_part_claims() -> None:
+    assert read_file(data_url(b"plain words", "text/plain")) == "plain words"
+    assert (
+        read_file(data_url("caf\u00e9".encode(), "image/png")) == "caf\u00e9"
+    )  # a wrong label hides nothing
+    assert read_file(base64.b64encode(b"bare base64").decode()) == "bare base64"
+    assert as_text("\ufeffbom".encode("utf-16")) == "\ufeffbom".encode("utf-16").decode("utf-16")
+    assert as_text(b"\x89PNG\r\n\x1a\n\x00\x00") is None
+    assert as_text(b"nul\x00inside") is None
+
+
+def test_a_pdf_s_text_is_extracted_from_every_page() -> None:
+    text = read_file(
+        data_url(pdf_with_lines(["Quarterly report", "Revenue rose (a little)."], pages=3), "x/y")
+    )
+    assert text is not None
+    assert text.count("Quarterly report") == 3 and "Revenue rose (a little)." in text
+
+
+def test_unreadable_files_are_none_and_bad_base64_is_refused() -> None:
+    assert read_file(data_url(encrypted_pdf(), "application/pdf")) is None
+    assert read_file(data_url(b"%PDF-1.4\n garbage \xff\xfe", "application/pdf")) is None
+    with pytest.raises(InvalidInput, match="base64"):
+        read_file("data:application/pdf;base64,@@not base64@@")
+    with pytest.raises(InvalidInput, match="base64-encoded"):
+        read_file("data:text/plain,plain%20text")
+    with pytest.raises(PayloadTooLarge):
+        read_file(data_url(b"a" * (MAX_FILE_TEXT_CHARS + 1), "text/plain"))
+
+
+def test_every_api_s_file_shape_is_read_in_the_part_s_place() -> None:
+    pdf = pdf_with_lines(["Attached instructions"])
+    chat = OpenAIAdapter().parse(
+        chat_with_file({"filename": "a.pdf", "file_data": data_url(pdf, "application/pdf")})
+    )
+    assert chat.messages[-1].content.index("Attached instructions") < chat.messages[-1].content.index(
+        "Please"
+    )
+    assert chat.unjudged == ()
+    responses = ResponsesAdapter().parse(
+        dumps(
+            {
+                "model": "m",
+                "input": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "input_file",
+                                "filename": "n.txt",
+                                "file_data": data_url(b"notes", "text/plain"),
+                            },
+                            {"type": "input_file", "file_id": "file-123"},
+                            {"type": "input_text", "text": "Summarise."},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    assert "notes" in responses.messages[-1].content and responses.unjudged == ("input_file",)
+    source = {"type": "base64", "media_type": "application/pdf", "data": base64.b64encode(pdf).decode()}
+    parts = [
+        {"type": "document", "source": source},
+        {
+            "type": "document",
+            "source": {"type": "content", "content": [{"type": "text", "text": "inner part"}]},
+        },
+        {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}},
+        {"type": "text", "text": "Go."},
+    ]
+    anthropic = AnthropicAdapter().parse(
+        dumps({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": parts}]})
+    )
+    content = anthropic.messages[-1].content
+    assert "Attached instructions" in content and "inner part" in content
+    assert anthropic.unjudged == ("document",)
+
+
+def test_a_stored_or_encrypted_file_is_unjudged_and_an_image_stays_so() -> None:
+    stored = OpenAIAdapter().parse(chat_with_file({"file_id": "file-abc"}))
+    locked = OpenAIAdapter().parse(
+        chat_with_file({"file_data": data_url(encrypted_pdf(), "application/pdf")})
+    )
+    assert stored.unjudged == ("file",) and locked.unjudged == ("file",)
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256))).decode()
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}}
+    chat = AnthropicAdapter().parse(
+        dumps(
+            {
+                "model": "m",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": [image, "Describe it."]}],
+            }
+        )
+    )
+    assert chat.unjudged == ("image",)
+
+
+class _ThreadNoting(OpenAIAdapter):
+    """The OpenAI adapter, noting the thread each parse runs on."""
+
+    threads: list[int]
+
+    def parse(self, body: bytes) -> Any:
+        self.threads.append(threading.get_ident())
+        return super().parse(body)
+
+
+def test_a_large_body_is_parsed_off_the_event_loop() -> None:
+    """A body that may carry a PDF is read in a worker thread, so the loop serves other requests meanwhile."""
+    pdf = pdf_with_lines([f"line {i} of a long report" for i in range(60)], pages=200)
+    large = chat_with_file({"file_data": data_url(pdf, "application/pdf")})
+    small = chat_with_file({"file_data": data_url(b"a short note", "text/plain")})
+    assert len(small) < PARSE_IN_THREAD_BYTES <= len(large)
+    adapter = _ThreadNoting()
+    adapter.threads = []
+
+    async def run() -> tuple[int, Any, Any]:
+        loop_thread = threading.get_ident()
+        return loop_thread, await parse_request(adapter, small), await parse_request(adapter, large)
+
+    loop_thread, short, long = asyncio.run(run())
+    assert adapter.threads[0] == loop_thread != adapter.threads[1]
+    assert "a short note" in short.messages[-1].content
+    assert long.messages[-1].content.count("line 59 of a long report") == 200
