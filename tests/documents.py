@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
+import zipfile
 import zlib
 
 from pypdf import PdfWriter
@@ -52,3 +54,26 @@ def encrypted_pdf() -> bytes:
 
 def data_url(raw: bytes, media_type: str) -> str:
     return f"data:{media_type};base64,{base64.b64encode(raw).decode()}"
+
+
+def office_document(kind: str, paragraphs: list[str]) -> bytes:
+    """A minimal zipped office document (``docx``, ``pptx`` or ``odt``) holding ``paragraphs``."""
+    tag, ns = {
+        "docx": ("w", 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'),
+        "pptx": ("a", 'xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main"'),
+        "odt": ("text", 'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"'),
+    }[kind]
+    part = {"docx": "word/document.xml", "pptx": "ppt/slides/slide1.xml", "odt": "content.xml"}[kind]
+    run = (
+        "<w:r><w:t>{}</w:t></w:r>"
+        if kind == "docx"
+        else "<a:r><a:t>{}</a:t></a:r>"
+        if kind == "pptx"
+        else "{}"
+    )
+    body = "".join(f"<{tag}:p>" + run.format(html.escape(p)) + f"</{tag}:p>" for p in paragraphs)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types/>')
+        archive.writestr(part, f'<?xml version="1.0"?><doc {ns}><body>{body}</body></doc>')
+    return buffer.getvalue()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import threading
+import zipfile
 from typing import Any
 
 import pytest
-from documents import data_url, encrypted_pdf, pdf_with_lines
+from documents import data_url, encrypted_pdf, office_document, pdf_with_lines
 
 from sidecar.adapters import AnthropicAdapter, OpenAIAdapter, ResponsesAdapter
 from sidecar.adapters.base import PARSE_IN_THREAD_BYTES, dumps, parse_request
@@ -45,6 +47,22 @@ def test_a_pdf_s_text_is_extracted_from_every_page() -> None:
     )
     assert text is not None
     assert text.count("Quarterly report") == 3 and "Revenue rose (a little)." in text
+
+
+@pytest.mark.parametrize("kind", ["docx", "pptx", "odt"])
+def test_an_office_document_s_text_is_read(kind: str) -> None:
+    raw = office_document(kind, ["First & foremost", "Second <line>"])
+    assert read_file(data_url(raw, "application/octet-stream")) == "First & foremost\nSecond <line>"
+
+
+def test_a_zip_bomb_costs_no_more_than_the_text_cap() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", "<w:t>" + "x" * (8 * MAX_FILE_TEXT_CHARS) + "</w:t>")
+    assert len(buffer.getvalue()) < MAX_FILE_TEXT_CHARS // 50
+    with pytest.raises(PayloadTooLarge):
+        read_file(data_url(buffer.getvalue(), "application/zip"))
+    assert read_file(data_url(b"PK\x03\x04\xff\xfe not really a zip", "application/zip")) is None
 
 
 def test_unreadable_files_are_none_and_bad_base64_is_refused() -> None:

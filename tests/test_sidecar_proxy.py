@@ -24,7 +24,7 @@ import grpc
 import pytest
 import pytest_asyncio
 import structlog
-from documents import data_url, encrypted_pdf, pdf_with_lines
+from documents import data_url, encrypted_pdf, office_document, pdf_with_lines
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -973,6 +973,7 @@ async def test_no_harmful_request_in_an_attached_file_reaches_the_upstream(
         "pdf": pdf,
         "pdf labelled as an image": pdf.replace("application/pdf", "image/png"),
         "utf-16 text": data_url(harmful.encode("utf-16"), "text/plain"),
+        "word document": data_url(office_document("docx", ["Agenda", harmful]), "application/msword"),
     }
     benign = data_url(pdf_with_lines(["Meeting notes", "Lunch at noon."]), "application/pdf")
     locked = data_url(encrypted_pdf(), "application/pdf")

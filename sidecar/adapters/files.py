@@ -7,9 +7,10 @@ Chat APIs take documents inline, base64-encoded: OpenAI chat's ``file`` part
 attached file, so their text joins what the classifier reads, in the part's
 place. Bytes that decode as text are read as text whatever media type the part
 claims (an upstream may sniff, and a wrong label must not hide a request); a
-PDF's text is extracted with pypdf. Whatever cannot be read (a file stored
-upstream, one behind a URL, an encrypted or broken PDF, other binary formats)
-is reported unjudged, as images are, and follows the policy's
+PDF's text is extracted with pypdf, and an office document's (Word, PowerPoint,
+Excel, OpenDocument: zipped XML) from its XML parts. Whatever cannot be read (a
+file stored upstream, one behind a URL, an encrypted or broken PDF, other
+binary formats) is reported unjudged, as images are, and follows the policy's
 ``on_unjudged``.
 """
 
@@ -18,8 +19,11 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import html
 import io
 import logging
+import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +84,8 @@ def read_file(data: str) -> str | None:
     text = as_text(raw)
     if text is None and raw.startswith(b"%PDF-"):
         text = pdf_text(raw)
+    elif text is None and raw.startswith(b"PK\x03\x04"):
+        text = office_text(raw)
     if text is not None and len(text) > MAX_FILE_TEXT_CHARS:
         raise PayloadTooLarge(f"a file in the request holds over {MAX_FILE_TEXT_CHARS} characters of text")
     return text
@@ -134,3 +140,33 @@ def pdf_text(raw: bytes) -> str | None:
     except Exception:  # a hostile file may break the parser anywhere: it is then unreadable
         return None
     return "\n\n".join(pages)
+
+
+# Where a paragraph, cell or row ends in the XML of Word (w:p), PowerPoint/DrawingML (a:p),
+# OpenDocument (text:p, text:h, table:table-row) and Excel (si: a shared string, row).
+_BREAKS = re.compile(r"</(?:w:p|a:p|text:p|text:h|table:table-row|si|row)>|<w:br/>|<w:tab/>")
+_TAGS = re.compile(r"<[^>]*>")
+
+
+def office_text(raw: bytes) -> str | None:
+    """The text of every XML part of a zipped office document; None for a zip with none, or broken.
+
+    Every part is read, headers, comments and notes included, as an upstream's converter may
+    read them too. A part is read only up to the text cap, so a zip bomb costs no more than that.
+    """
+    texts: list[str] = []
+    size = 0
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".xml") or size > MAX_FILE_TEXT_CHARS:
+                    continue
+                with archive.open(info) as part:
+                    xml = part.read(4 * MAX_FILE_TEXT_CHARS).decode("utf-8", "replace")
+                text = html.unescape(_TAGS.sub("", _BREAKS.sub("\n", xml))).strip()
+                if text:
+                    texts.append(text)
+                    size += len(text)
+    except Exception:  # broken, encrypted, or compressed in a way zipfile cannot read: unreadable
+        return None
+    return "\n\n".join(texts) if texts else None
