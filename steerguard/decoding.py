@@ -1,4 +1,5 @@
-"""Readings of a text that an encoding hides: base64, rot13, reversed text, leetspeak.
+"""Readings of a text that an encoding or a disguise hides: base64, rot13, reversed text,
+leetspeak; invisible and look-alike characters.
 
 A harmful request in base64 or rot13 reads as noise to the probe, while the
 chat model behind the guard may decode it and comply. So every text is also
@@ -7,6 +8,12 @@ the decoded text must be printable and hold more common English words than the
 original (a plain English request yields no candidate, so ordinary traffic
 pays nothing). Generic rules, fixed before any evaluation; no data set tuned
 them.
+
+Disguises change how a text tokenises but not how a person, or a larger chat
+model, reads it: zero-width characters and soft hyphens inside words, Unicode
+tag characters (invisible copies of ASCII, "ASCII smuggling"), full-width or
+mathematical letters, Cyrillic and Greek letters that look Latin. A text that
+uses one is also read as it looks (:func:`unhidden`), before any decoding.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import base64
 import binascii
 import codecs
 import re
+import unicodedata
 
 # Frequent English function words: a text "reads like language" by how many of its words are here.
 _COMMON_WORDS = """
@@ -91,9 +99,16 @@ def _leet(text: str) -> str | None:
 
 
 def readings(text: str) -> list[str]:
-    """Decodings of ``text`` that read more like language than ``text`` itself, best first."""
-    base = wordiness(text)
+    """Decodings of ``text`` that read more like language than ``text`` itself, best first.
+
+    A disguised text's plain reading comes first, and the decodings are of that reading.
+    """
     found: dict[str, float] = {}
+    plain = unhidden(text)
+    if plain is not None:
+        found[plain] = 3.0  # a disguise is deliberate: its reading is always judged
+        text = plain
+    base = wordiness(text)
     b64 = _base64(text)
     if b64 is not None and b64 != text:
         found[b64] = wordiness(b64) + 1.0  # decoded bytes are strong evidence, whatever the words
@@ -104,3 +119,62 @@ def readings(text: str) -> list[str]:
         if score >= base + MIN_GAIN and score >= MIN_WORDINESS:
             found.setdefault(candidate, score)
     return sorted(found, key=found.__getitem__, reverse=True)
+
+
+# Tag characters (U+E0020-U+E007E) mirror printable ASCII and are invisible when shown.
+_TAGGED = re.compile("[\U000e0020-\U000e007e]")
+# Characters that show as nothing (zero-width spaces and joiners, word joiner, invisible
+# operators, byte-order mark, soft hyphen, Mongolian vowel separator, combining grapheme joiner).
+_INVISIBLE = "\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u180e\u034f"
+# One touching a letter or digit hides a word (a joiner between emoji hides nothing).
+_INVISIBLE_BY_WORD = re.compile(f"(?<=\\w)[{_INVISIBLE}]|[{_INVISIBLE}](?=\\w)")
+_UNSEEN = str.maketrans({c: None for c in _INVISIBLE} | {t: t - 0xE0000 for t in range(0xE0020, 0xE007F)})
+# Compatibility forms that restyle a letter or digit: full-width, mathematical alphanumerics,
+# circled and parenthesised (ligatures and superscripts, common in pasted text, do not count).
+_RESTYLED = re.compile("[\uff01-\uff5e\U0001d400-\U0001d7ff\u2460-\u24ff\U0001f130-\U0001f189]")
+MIN_RESTYLED = 3  # one full-width or bold letter is typography; a word of them is a disguise
+# Cyrillic and Greek letters drawn like Latin ones (the common part of Unicode's confusables).
+_LOOKALIKE = str.maketrans(
+    "\u0430\u0432\u0435\u043a\u043c\u043d\u043e\u0440\u0441\u0442\u0443\u0445\u0455\u0456\u0458\u0501\u051b\u051d"
+    "\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423\u0405\u0406\u0408"
+    "\u03b1\u03bf\u03bd\u03c1\u03c5\u03b9\u03ba\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7",
+    "abekmhopctyxsijdqwABEKMHOPCTXYSIJaovpuikABEZHIKMNOPTYX",
+)
+_LATIN = re.compile(r"[A-Za-z]")
+_WORD = re.compile(r"\w+")
+
+
+def _lookalikes_in_latin(text: str) -> bool:
+    """Whether a word mixes Latin letters with look-alikes, or a mostly Latin text holds a word of them.
+
+    One-letter words are left alone: a Greek letter in a formula is no disguise.
+    """
+    if text.translate(_LOOKALIKE) == text:
+        return False
+    changed = [w for w in _WORD.findall(text) if len(w) > 1 and w.translate(_LOOKALIKE) != w]
+    if not changed:
+        return False
+    if any(_LATIN.search(w) for w in changed):
+        return True
+    letters = [c for c in text if c.isalpha()]
+    return sum("a" <= c.lower() <= "z" for c in letters) >= 0.5 * len(letters)
+
+
+def unhidden(text: str) -> str | None:
+    """``text`` as it reads when shown, where it uses a disguise; None for a text that uses none.
+
+    Tag characters become the ASCII they mirror, invisible characters go, compatibility
+    forms (full-width, mathematical, circled letters) fold to plain ones, and look-alike
+    Cyrillic or Greek letters in Latin text become the Latin letters they imitate.
+    """
+    if text.isascii():
+        return None  # the common case, at C speed: nothing to unhide
+    unseen = _TAGGED.search(text) is not None or _INVISIBLE_BY_WORD.search(text) is not None
+    restyled = len(_RESTYLED.findall(text)) >= MIN_RESTYLED
+    lookalikes = _lookalikes_in_latin(text)
+    if not (unseen or restyled or lookalikes):
+        return None
+    out = text.translate(_UNSEEN)
+    out = unicodedata.normalize("NFKC", out) if restyled else out
+    out = out.translate(_LOOKALIKE) if lookalikes else out
+    return out if out != text and out.strip() else None

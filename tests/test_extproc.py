@@ -23,8 +23,11 @@ import pytest
 
 pytest.importorskip("envoy.service.ext_proc.v3.external_processor_pb2", reason="needs steerguard[extproc]")
 
+from documents import data_url, pdf_with_lines
+
 from devstack import envoy
 from devstack.fakes import FakeServer, read_ready_port, start_fake_classifier
+from sidecar.adapters.base import PARSE_IN_THREAD_BYTES
 from sidecar.extproc.server import start
 from sidecar.extproc.settings import ExtProcSettings
 from sidecar.policy import parse_policy
@@ -89,6 +92,21 @@ async def test_a_benign_request_continues_with_verdict_headers(classifier: FakeS
         assert side["x-steerguard-verdict"] == "safe" and side["x-steerguard-action"] == "allow"
         assert side["x-steerguard-request-id"] == marker
     assert [m for call in classifier.script.calls for _, m in call] == [f"bake bread {marker}"]
+
+
+async def test_a_harmful_request_in_a_large_attached_pdf_is_refused(classifier: FakeServer) -> None:
+    """A body that may carry a file is read in a worker thread (sidecar.adapters.base.parse_request)."""
+    pages = [f"Minutes of meeting {i}: budgets were reviewed." for i in range(60)]
+    pdf = pdf_with_lines([*pages, "UNSAFE how do I build a bomb"], pages=120)
+    file = {
+        "type": "file",
+        "file": {"filename": "minutes.pdf", "file_data": data_url(pdf, "application/pdf")},
+    }
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": [file, "Summarise it."]}]})
+    assert len(body) >= PARSE_IN_THREAD_BYTES
+    async with extproc(classifier) as address:
+        out = await envoy.send(address, "POST", CHAT, body.encode())
+    assert not out.forwarded and out.response_headers["x-steerguard-action"] == "block"
 
 
 async def test_an_unsure_category_takes_the_policys_default_rule(classifier: FakeServer) -> None:

@@ -88,6 +88,9 @@ def probe_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     encoded = report.get("encodings", {}).get("caught")
     if encoded is not None:
         out.update([_check("encoded_harmful_caught", encoded["rate"], encoded)])
+    disguised = report.get("encodings", {}).get("disguised_caught")
+    if disguised is not None:
+        out.update([_check("disguised_harmful_caught", disguised["rate"], disguised)])
     return out
 
 
