@@ -12,7 +12,8 @@ them.
 Disguises change how a text tokenises but not how a person, or a larger chat
 model, reads it: zero-width characters and soft hyphens inside words, Unicode
 tag characters (invisible copies of ASCII, "ASCII smuggling"), full-width or
-mathematical letters, Cyrillic and Greek letters that look Latin. A text that
+mathematical letters, marks struck through letters, Cyrillic and Greek letters
+that look Latin. A text that
 uses one is also read as it looks (:func:`unhidden`), before any decoding.
 """
 
@@ -133,6 +134,9 @@ _UNSEEN = str.maketrans({c: None for c in _INVISIBLE} | {t: t - 0xE0000 for t in
 # circled and parenthesised (ligatures and superscripts, common in pasted text, do not count).
 _RESTYLED = re.compile("[\uff01-\uff5e\U0001d400-\U0001d7ff\u2460-\u24ff\U0001f130-\U0001f189]")
 MIN_RESTYLED = 3  # one full-width or bold letter is typography; a word of them is a disguise
+# Combining marks left on Latin letters once the text is composed (NFC): strike-through or
+# "Zalgo" text. An accent typed as a combining mark composes into its letter and stays.
+_MARKS = re.compile("(?<=[A-Za-z])[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
 # Cyrillic and Greek letters drawn like Latin ones (the common part of Unicode's confusables).
 _LOOKALIKE = str.maketrans(
     "\u0430\u0432\u0435\u043a\u043c\u043d\u043e\u0440\u0441\u0442\u0443\u0445\u0455\u0456\u0458\u0501\u051b\u051d"
@@ -163,18 +167,21 @@ def _lookalikes_in_latin(text: str) -> bool:
 def unhidden(text: str) -> str | None:
     """``text`` as it reads when shown, where it uses a disguise; None for a text that uses none.
 
-    Tag characters become the ASCII they mirror, invisible characters go, compatibility
-    forms (full-width, mathematical, circled letters) fold to plain ones, and look-alike
-    Cyrillic or Greek letters in Latin text become the Latin letters they imitate.
+    Tag characters become the ASCII they mirror, invisible characters and marks struck
+    through Latin letters go, compatibility forms (full-width, mathematical, circled letters)
+    fold to plain ones, and look-alike Cyrillic or Greek letters in Latin text become the
+    Latin letters they imitate.
     """
     if text.isascii():
         return None  # the common case, at C speed: nothing to unhide
     unseen = _TAGGED.search(text) is not None or _INVISIBLE_BY_WORD.search(text) is not None
     restyled = len(_RESTYLED.findall(text)) >= MIN_RESTYLED
+    composed = unicodedata.normalize("NFC", text)
+    marked = len(_MARKS.findall(composed)) >= MIN_RESTYLED
     lookalikes = _lookalikes_in_latin(text)
-    if not (unseen or restyled or lookalikes):
+    if not (unseen or restyled or marked or lookalikes):
         return None
-    out = text.translate(_UNSEEN)
+    out = (_MARKS.sub("", composed) if marked else text).translate(_UNSEEN)
     out = unicodedata.normalize("NFKC", out) if restyled else out
     out = out.translate(_LOOKALIKE) if lookalikes else out
     return out if out != text and out.strip() else None

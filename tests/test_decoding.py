@@ -85,6 +85,7 @@ def test_a_disguised_encoding_is_read_through_both() -> None:
         "\u041f\u0440\u0438\u0432\u0435\u0442, \u043a\u0430\u043a \u0434\u0435\u043b\u0430?",  # Russian
         "The \ufb01sh and \ufb01nal \ufb02ow",  # ligatures are typography
         "Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e",
+        "Cafe\u0301 cre\u0300me bru\u0302le\u0301e",  # accents typed as combining marks compose
     ],
 )
 def test_ordinary_unicode_is_no_disguise(ordinary: str) -> None:

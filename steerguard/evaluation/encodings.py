@@ -60,14 +60,26 @@ DISGUISES: dict[str, Callable[[str], str]] = {
     "full_width": lambda t: t.translate(_FULL_WIDTH),
     "mathematical_bold": lambda t: t.translate(_MATH_BOLD),
     "cyrillic_lookalikes": lambda t: t.translate(_CYRILLIC),
+    "struck_through": lambda t: "".join(c + "\u0336" if c.isalpha() else c for c in t),
     # ASCII smuggling: the request in invisible tag characters behind a visible greeting.
     "tag_characters": lambda t: "Hello! " + "".join(chr(0xE0000 + ord(c)) for c in t if " " <= c <= "~"),
 }
 
 
-def judged_scores(host: ModelHost, bundle: Bundle, texts: Sequence[str], cfg: EvalConfig) -> np.ndarray:
-    """Each text's unsafe score as the classifier reads it: the max over the text and its readings."""
-    views = [[normalise_request(v) for v in [text, *readings(text)[:2]]] for text in texts]
+def judged_scores(
+    host: ModelHost, bundle: Bundle, texts: Sequence[str], cfg: EvalConfig, *, as_written: bool = True
+) -> np.ndarray:
+    """Each text's unsafe score as the classifier reads it: the max over the text and its readings.
+
+    Without ``as_written`` a text with a reading is scored on its readings alone: a lower
+    bound on the served score, for disguises whose written form runs to several tokens a
+    character (tag characters, mathematical letters) and would cost the report an hour.
+    """
+    views = [
+        [normalise_request(v) for v in ([text] if as_written or not found else []) + found]
+        for text in texts
+        for found in [readings(text)[:2]]
+    ]
     return max_over_views(host, bundle, views, cfg, "encoded prompts")
 
 
@@ -77,12 +89,16 @@ def _caught_by(
     prompts: list[str],
     ways: dict[str, Callable[[str], str]],
     cfg: EvalConfig,
+    *,
+    as_written: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per way of hiding, the share of ``prompts`` caught; and over all of them."""
     by_way: dict[str, Any] = {}
     caught_all: list[bool] = []
     for name, hide in ways.items():
-        flagged = (judged_scores(host, bundle, [hide(p) for p in prompts], cfg) >= bundle.threshold).tolist()
+        texts = [hide(p) for p in prompts]
+        scores = judged_scores(host, bundle, texts, cfg, as_written=as_written)
+        flagged = (scores >= bundle.threshold).tolist()
         caught_all += flagged
         by_way[name] = {"caught": r(float(np.mean(flagged))) if flagged else None, **proportion(flagged)}
     return by_way, {"rate": r(float(np.mean(caught_all))) if caught_all else None, **proportion(caught_all)}
@@ -95,7 +111,10 @@ def encoding_section(
     h = [e.prompt for e in subsample(harmful, cfg.encoded_prompts, cfg.seed + 5)]
     out: dict[str, Any] = {"prompts": len(h), "threshold": r(bundle.threshold)}
     out["by_encoding"], out["caught"] = _caught_by(host, bundle, h, ENCODINGS, cfg)
-    out["by_disguise"], out["disguised_caught"] = _caught_by(host, bundle, h, DISGUISES, cfg)
+    # Disguised prompts are scored on their readings alone where they have one (a lower bound).
+    out["by_disguise"], out["disguised_caught"] = _caught_by(
+        host, bundle, h, DISGUISES, cfg, as_written=False
+    )
     b = subsample(benign, cfg.encoded_prompts, cfg.seed + 6)
     benign_flagged = (judged_scores(host, bundle, [e.prompt for e in b], cfg) >= bundle.threshold).tolist()
     out["benign_flagged_with_readings"] = proportion(benign_flagged)
