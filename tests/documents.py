@@ -43,6 +43,15 @@ def pdf_with_lines(lines: list[str], *, pages: int = 1) -> bytes:
     return out
 
 
+def with_blank_page(pdf: bytes | None) -> bytes:
+    """``pdf`` (or an empty PDF) with a page that has no text layer added, as a scanned page has none."""
+    writer = PdfWriter(clone_from=io.BytesIO(pdf)) if pdf is not None else PdfWriter()
+    writer.add_blank_page(612, 792)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
 def encrypted_pdf() -> bytes:
     writer = PdfWriter()
     writer.add_blank_page(612, 792)

@@ -14,11 +14,18 @@ import zipfile
 from typing import Any
 
 import pytest
-from documents import data_url, encrypted_pdf, office_document, pdf_with_lines
+from documents import data_url, encrypted_pdf, office_document, pdf_with_lines, with_blank_page
 
 from sidecar.adapters import AnthropicAdapter, OpenAIAdapter, ResponsesAdapter
 from sidecar.adapters.base import PARSE_IN_THREAD_BYTES, dumps, parse_request
-from sidecar.adapters.files import MAX_FILE_TEXT_CHARS, as_text, read_file
+from sidecar.adapters.files import (
+    MAX_FILE_TEXT_CHARS,
+    MAX_XML_PART_BYTES,
+    FileText,
+    as_text,
+    file_texts,
+    read_file,
+)
 from steerguard.errors import InvalidInput, PayloadTooLarge
 
 
@@ -31,28 +38,38 @@ def chat_with_file(file: dict[str, Any], text: str = "Please do what the attache
 
 
 def test_text_is_read_whatever_the_part_claims() -> None:
-    assert read_file(data_url(b"plain words", "text/plain")) == "plain words"
-    assert (
-        read_file(data_url("caf\u00e9".encode(), "image/png")) == "caf\u00e9"
-    )  # a wrong label hides nothing
-    assert read_file(base64.b64encode(b"bare base64").decode()) == "bare base64"
+    assert read_file(data_url(b"plain words", "text/plain")) == FileText("plain words")
+    # A wrong label hides nothing.
+    assert read_file(data_url("caf\u00e9".encode(), "image/png")) == FileText("caf\u00e9")
+    assert read_file(base64.b64encode(b"bare base64").decode()) == FileText("bare base64")
     assert as_text("\ufeffbom".encode("utf-16")) == "\ufeffbom".encode("utf-16").decode("utf-16")
     assert as_text(b"\x89PNG\r\n\x1a\n\x00\x00") is None
     assert as_text(b"nul\x00inside") is None
 
 
 def test_a_pdf_s_text_is_extracted_from_every_page() -> None:
-    text = read_file(
+    read = read_file(
         data_url(pdf_with_lines(["Quarterly report", "Revenue rose (a little)."], pages=3), "x/y")
     )
-    assert text is not None
-    assert text.count("Quarterly report") == 3 and "Revenue rose (a little)." in text
+    assert read is not None and read.whole
+    assert read.text.count("Quarterly report") == 3 and "Revenue rose (a little)." in read.text
+
+
+def test_a_page_with_no_text_layer_makes_the_read_partial_and_none_makes_it_unread() -> None:
+    """A scanned page's text cannot be judged: the file is read, and reported unjudged too."""
+    partial = read_file(data_url(with_blank_page(pdf_with_lines(["Cover letter"])), "application/pdf"))
+    assert partial is not None and "Cover letter" in partial.text and not partial.whole
+    assert read_file(data_url(with_blank_page(None), "application/pdf")) is None
+    unjudged: list[str] = []
+    pdf = data_url(with_blank_page(pdf_with_lines(["Cover letter"])), "application/pdf")
+    texts, found = file_texts({"type": "file", "file": {"file_data": pdf}}, unjudged)
+    assert found and "Cover letter" in texts[0] and unjudged == ["file"]
 
 
 @pytest.mark.parametrize("kind", ["docx", "pptx", "odt"])
 def test_an_office_document_s_text_is_read(kind: str) -> None:
     raw = office_document(kind, ["First & foremost", "Second <line>"])
-    assert read_file(data_url(raw, "application/octet-stream")) == "First & foremost\nSecond <line>"
+    assert read_file(data_url(raw, "application/octet-stream")) == FileText("First & foremost\nSecond <line>")
 
 
 def test_a_zip_bomb_costs_no_more_than_the_text_cap() -> None:
@@ -63,6 +80,16 @@ def test_a_zip_bomb_costs_no_more_than_the_text_cap() -> None:
     with pytest.raises(PayloadTooLarge):
         read_file(data_url(buffer.getvalue(), "application/zip"))
     assert read_file(data_url(b"PK\x03\x04\xff\xfe not really a zip", "application/zip")) is None
+
+
+def test_an_xml_part_too_large_to_read_whole_is_refused_not_read_in_part() -> None:
+    """Mostly markup, little text: a part past the byte cap must not be judged on its first bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        markup = "<w:r><w:rPr><w:b/></w:rPr></w:r>" * (MAX_XML_PART_BYTES // 30)
+        archive.writestr("word/document.xml", markup + "<w:t>the request at the end</w:t>")
+    with pytest.raises(PayloadTooLarge):
+        read_file(data_url(buffer.getvalue(), "application/zip"))
 
 
 def test_unreadable_files_are_none_and_bad_base64_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""Files carried inside a request: text files and PDFs are read and judged, the rest reported.
+"""Files carried inside a request: text files, PDFs and office documents are read and judged.
 
 Chat APIs take documents inline, base64-encoded: OpenAI chat's ``file`` part
 (``file.file_data``, a data URL), the Responses API's ``input_file``
@@ -11,7 +11,8 @@ PDF's text is extracted with pypdf, and an office document's (Word, PowerPoint,
 Excel, OpenDocument: zipped XML) from its XML parts. Whatever cannot be read (a
 file stored upstream, one behind a URL, an encrypted or broken PDF, other
 binary formats) is reported unjudged, as images are, and follows the policy's
-``on_unjudged``.
+``on_unjudged``; so is a PDF with a page that has no text layer (a scanned page),
+beside the text of the pages that have one.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
+class FileText:
+    """What a file's text could be read: ``whole`` is False where a part of it could not."""
+
+    text: str
+    whole: bool = True
+
+
+@dataclass(frozen=True)
 class Payload:
     """One file a content part carries: its base64 data, or None where only a reference is sent."""
 
@@ -54,11 +63,11 @@ def file_texts(part: dict[str, Any], unjudged: list[str]) -> tuple[list[str], bo
     found = False
     for payload in _payloads(part):
         found = True
-        text = None if payload.data is None else read_file(payload.data)
-        if text is None:
+        read = None if payload.data is None else read_file(payload.data)
+        if read is not None:
+            texts.append(read.text)
+        if read is None or not read.whole:
             unjudged.append(payload.kind)
-        else:
-            texts.append(text)
     return texts, found
 
 
@@ -78,17 +87,22 @@ def _payloads(part: dict[str, Any]) -> Iterator[Payload]:
             yield Payload(kind, None)
 
 
-def read_file(data: str) -> str | None:
-    """A base64 file's text (bare or a ``data:`` URL); None when it is neither text nor a readable PDF."""
+def read_file(data: str) -> FileText | None:
+    """A base64 file's text (bare or a ``data:`` URL); None when it is text of no kind read here."""
     raw = _decode(data)
     text = as_text(raw)
-    if text is None and raw.startswith(b"%PDF-"):
-        text = pdf_text(raw)
-    elif text is None and raw.startswith(b"PK\x03\x04"):
-        text = office_text(raw)
-    if text is not None and len(text) > MAX_FILE_TEXT_CHARS:
-        raise PayloadTooLarge(f"a file in the request holds over {MAX_FILE_TEXT_CHARS} characters of text")
-    return text
+    read = FileText(text) if text is not None else None
+    if read is None and raw.startswith(b"%PDF-"):
+        read = pdf_text(raw)
+    elif read is None and raw.startswith(b"PK\x03\x04"):
+        read = office_text(raw)
+    if read is not None and len(read.text) > MAX_FILE_TEXT_CHARS:
+        raise _too_large()
+    return read
+
+
+def _too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(f"a file in the request holds over {MAX_FILE_TEXT_CHARS} characters of text")
 
 
 def _decode(data: str) -> bytes:
@@ -122,8 +136,11 @@ def as_text(raw: bytes) -> str | None:
     return None if "\x00" in text else text
 
 
-def pdf_text(raw: bytes) -> str | None:
-    """Every page's text, pages apart by blank lines; None for an encrypted or unreadable PDF."""
+def pdf_text(raw: bytes) -> FileText | None:
+    """Every page's text, pages apart by blank lines; None for an encrypted, unreadable or textless PDF.
+
+    A page with no text layer (scanned, or text drawn as an image) makes the read partial.
+    """
     from pypdf import PdfReader  # imported on first use: most requests carry no PDF
 
     try:
@@ -139,7 +156,9 @@ def pdf_text(raw: bytes) -> str | None:
                 break
     except Exception:  # a hostile file may break the parser anywhere: it is then unreadable
         return None
-    return "\n\n".join(pages)
+    if not any(page.strip() for page in pages):
+        return None
+    return FileText("\n\n".join(pages), whole=all(page.strip() for page in pages))
 
 
 # Where a paragraph, cell or row ends in the XML of Word (w:p), PowerPoint/DrawingML (a:p),
@@ -148,11 +167,16 @@ _BREAKS = re.compile(r"</(?:w:p|a:p|text:p|text:h|table:table-row|si|row)>|<w:br
 _TAGS = re.compile(r"<[^>]*>")
 
 
-def office_text(raw: bytes) -> str | None:
+# An XML part past this many bytes is refused (413) rather than read in part: a zip bomb costs
+# no more than this, and the text of a part this large would be over the cap anyway.
+MAX_XML_PART_BYTES = 4 * MAX_FILE_TEXT_CHARS
+
+
+def office_text(raw: bytes) -> FileText | None:
     """The text of every XML part of a zipped office document; None for a zip with none, or broken.
 
     Every part is read, headers, comments and notes included, as an upstream's converter may
-    read them too. A part is read only up to the text cap, so a zip bomb costs no more than that.
+    read them too.
     """
     texts: list[str] = []
     size = 0
@@ -162,11 +186,16 @@ def office_text(raw: bytes) -> str | None:
                 if not info.filename.endswith(".xml") or size > MAX_FILE_TEXT_CHARS:
                     continue
                 with archive.open(info) as part:
-                    xml = part.read(4 * MAX_FILE_TEXT_CHARS).decode("utf-8", "replace")
-                text = html.unescape(_TAGS.sub("", _BREAKS.sub("\n", xml))).strip()
+                    xml = part.read(MAX_XML_PART_BYTES + 1)
+                if len(xml) > MAX_XML_PART_BYTES:
+                    size = MAX_FILE_TEXT_CHARS + 1
+                    break
+                text = html.unescape(_TAGS.sub("", _BREAKS.sub("\n", xml.decode("utf-8", "replace")))).strip()
                 if text:
                     texts.append(text)
                     size += len(text)
     except Exception:  # broken, encrypted, or compressed in a way zipfile cannot read: unreadable
         return None
-    return "\n\n".join(texts) if texts else None
+    if size > MAX_FILE_TEXT_CHARS:
+        raise _too_large()
+    return FileText("\n\n".join(texts)) if texts else None
