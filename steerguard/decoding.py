@@ -13,8 +13,8 @@ Disguises change how a text tokenises but not how a person, or a larger chat
 model, reads it: zero-width characters and soft hyphens inside words, Unicode
 tag characters (invisible copies of ASCII, "ASCII smuggling"), full-width or
 mathematical letters, marks struck through letters, Cyrillic and Greek letters
-that look Latin. A text that
-uses one is also read as it looks (:func:`unhidden`), before any decoding.
+that look Latin. A text that uses one is also read as it looks
+(:func:`unhidden`), before any decoding.
 """
 
 from __future__ import annotations
@@ -176,8 +176,10 @@ def unhidden(text: str) -> str | None:
         return None  # the common case, at C speed: nothing to unhide
     unseen = _TAGGED.search(text) is not None or _INVISIBLE_BY_WORD.search(text) is not None
     restyled = len(_RESTYLED.findall(text)) >= MIN_RESTYLED
-    composed = unicodedata.normalize("NFC", text)
-    marked = len(_MARKS.findall(composed)) >= MIN_RESTYLED
+    # Compose only where a mark follows a letter: most non-ASCII text (accents typed whole) has none.
+    has_marks = _MARKS.search(text) is not None
+    composed = unicodedata.normalize("NFC", text) if has_marks else text
+    marked = has_marks and len(_MARKS.findall(composed)) >= MIN_RESTYLED
     lookalikes = _lookalikes_in_latin(text)
     if not (unseen or restyled or marked or lookalikes):
         return None

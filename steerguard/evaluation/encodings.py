@@ -27,6 +27,7 @@ from steerguard.evaluation.scoring import max_over_views, r
 from steerguard.evaluation.stats import proportion
 from steerguard.model.chat import normalise_request
 from steerguard.model.host import ModelHost
+from steerguard.views import MAX_READINGS
 
 _LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7"})
 ENCODINGS: dict[str, Callable[[str], str]] = {
@@ -75,12 +76,13 @@ def judged_scores(
     bound on the served score, for disguises whose written form runs to several tokens a
     character (tag characters, mathematical letters) and would cost the report an hour.
     """
-    views = [
-        [normalise_request(v) for v in ([text] if as_written or not found else []) + found]
-        for text in texts
-        for found in [readings(text)[:2]]
-    ]
+    views = [[normalise_request(v) for v in _read(text, as_written)] for text in texts]
     return max_over_views(host, bundle, views, cfg, "encoded prompts")
+
+
+def _read(text: str, as_written: bool) -> list[str]:
+    found = readings(text)[:MAX_READINGS]
+    return [text, *found] if as_written or not found else found
 
 
 def _caught_by(
