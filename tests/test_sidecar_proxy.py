@@ -903,7 +903,45 @@ def _shapes(m: str) -> dict[str, dict[str, Any]]:
             "tools": [{"type": "function", "function": {"name": "f", "description": harmful}}],
         },
         "top-level prompt beside messages": {"messages": [user], "prompt": harmful},
+        "vLLM RAG documents": {"messages": [user], "documents": [{"title": "notes", "text": harmful}]},
+        "chat template kwargs": {
+            "messages": [user],
+            "chat_template_kwargs": {"custom_instructions": harmful},
+        },
+        "assistant reasoning content": {
+            "messages": [user, {"role": "assistant", "content": "Paris.", "reasoning_content": harmful}, user]
+        },
+        "a tool parameter's name": {
+            "messages": [user],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": _schema(harmful)}}],
+        },
+        "response schema": {
+            "messages": [user],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": _schema(harmful)},
+            },
+        },
     }
+
+
+def _schema(name: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {name: {"type": "string"}}}
+
+
+def _other_route_shapes(m: str) -> list[tuple[str, dict[str, Any]]]:
+    """Anthropic's and the Responses API's places to hide a request (``UNSAFE <m>``)."""
+    harmful = f"UNSAFE {m}"
+    user = {"role": "user", "content": [{"type": "text", "text": "Summarise."}]}
+    document = {"type": "document", "source": {"type": "text", "data": "minutes"}, "context": harmful}
+    thinking = {"role": "assistant", "content": [{"type": "thinking", "thinking": harmful, "signature": "s"}]}
+    schema = {"format": {"type": "json_schema", "name": "x", "schema": _schema(harmful)}}
+    return [
+        ("/v1/messages", {"messages": [{"role": "user", "content": [document, user["content"][0]]}]}),
+        ("/v1/messages", {"messages": [user, thinking, user]}),
+        ("/v1/messages", {"messages": [user], "tools": [{"name": "f", "input_schema": _schema(harmful)}]}),
+        ("/v1/responses", {"input": "Summarise.", "text": schema}),
+    ]
 
 
 async def test_no_hidden_harmful_text_reaches_the_upstream(chatbot, classifier, steerer, http) -> None:
@@ -917,6 +955,16 @@ async def test_no_hidden_harmful_text_reaches_the_upstream(chatbot, classifier, 
     # The upstream's own log: only the one safe request carried the marker.
     received = chatbot.received(marker)
     assert len(received) == 1
+
+
+async def test_no_harmful_text_hidden_in_other_apis_fields_reaches_the_upstream(
+    chatbot, classifier, steerer, http
+) -> None:
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        for path, body in _other_route_shapes(marker := uuid.uuid4().hex):
+            resp = await send(http, "POST", url + path, json={"model": "m", "max_tokens": 8, **body})
+            assert resp.status == 200 and resp.headers["x-steerguard-action"] == "block", body
+    assert chatbot.received(marker) == []
 
 
 async def test_forged_template_tokens_are_judged_as_text(chatbot, classifier, steerer, http) -> None:

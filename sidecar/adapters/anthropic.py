@@ -13,17 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, joined_texts, load_json_object
-from sidecar.adapters.fields import (
-    chat_request,
-    strings,
-    text_of,
-)
+from sidecar.adapters.fields import chat_request, message_text, text_beside, text_of
 from sidecar.adapters.sse import identity, loads_event, named_event, new_id
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
 # What the proxy's finish reasons are called here.
 _STOP = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}
+_HANDLED = frozenset({"messages", "system"})
 
 
 def _messages(document: dict[str, Any], unjudged: list[str]) -> list[Message]:
@@ -34,12 +31,10 @@ def _messages(document: dict[str, Any], unjudged: list[str]) -> list[Message]:
     for message in raw:
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
             raise InvalidInput("each message must be an object with role user or assistant")
-        out.append(Message(str(message["role"]), text_of(message.get("content"), unjudged)))
+        out.append(Message(str(message["role"]), message_text(message, unjudged)))
     system = document.get("system")
     framing = [Message("system", text_of(system, unjudged))] if system else []
-    tools = strings(document.get("tools"))
-    if tools:
-        framing.append(Message("user", "\n".join(tools)))
+    framing.extend(text_beside(document, _HANDLED, unjudged))  # tools, schemas, fields unknown here
     if not any(m.role == "user" and m.content.strip() for m in out):
         raise InvalidInput("no user message with text to check")
     return framing + out

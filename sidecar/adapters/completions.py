@@ -10,13 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, joined_texts, load_json_object, token_usage
-from sidecar.adapters.fields import chat_request
+from sidecar.adapters.fields import chat_request, text_beside
 from sidecar.adapters.sse import data_event, identity, loads_event, new_id, now
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
+_HANDLED = frozenset({"prompt", "suffix", "prompt_embeds"})
+
 
 def _prompts(document: dict[str, Any]) -> list[str]:
+    if document.get("prompt_embeds") is not None:
+        raise InvalidInput("'prompt_embeds' cannot be judged: send the prompt as text")
     prompt = document.get("prompt")
     items: list[Any] = prompt if isinstance(prompt, list) else [prompt]
     if not items or not all(isinstance(p, str) for p in items):
@@ -68,7 +72,10 @@ class CompletionsAdapter:
 
     def parse(self, body: bytes) -> ChatRequest:
         document = load_json_object(body)
-        return chat_request(document, [Message("user", text) for text in _prompts(document)])
+        unjudged: list[str] = []
+        messages = text_beside(document, _HANDLED, unjudged)  # a schema, fields unknown here
+        messages += [Message("user", text) for text in _prompts(document)]
+        return chat_request(document, messages, unjudged=unjudged)
 
     def reply(
         self,

@@ -16,33 +16,70 @@ from sidecar.adapters.files import file_texts
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
-# Parts whose content is not text (an image, audio, a file): they cannot be judged, and the
-# request says so (ChatRequest.unjudged, the x-steerguard-unjudged header).
-_TEXT_KEYS = ("text", "input_text", "output_text", "refusal", "transcript")
+# Keys whose values are never text a model reads as words: identifiers, enumerations, media
+# metadata, opaque or encrypted blobs, credentials (never sent on to the classifier), and
+# settings. Every other string in a message, a content part or beside the messages is judged,
+# so a field the guard does not know of is read rather than skipped.
+NOT_TEXT = frozenset(
+    {
+        "type", "role", "id", "status", "index",
+        "signature", "encrypted_content", "cache_control", "media_type", "mime_type", "detail",
+        "url", "image_url", "file_url", "file_data", "data", "server_url", "headers",
+        "authorization", "authorization_token", "verbosity",
+    }
+)  # fmt: skip
+# Top-level fields that set how an upstream runs, not what the model reads.
+NOT_PROMPT = NOT_TEXT | {
+    "model", "user", "metadata", "stop", "stop_sequences", "stream", "stream_options", "modalities",
+    "audio", "service_tier", "reasoning_effort", "reasoning", "thinking", "prompt_cache_key",
+    "safety_identifier", "store", "tool_choice", "function_call", "logit_bias", "prediction",
+    "cache_salt", "guided_regex", "guided_grammar", "guided_choice",
+    "guided_decoding_backend", "guided_whitespace_pattern", "bad_words", "kv_transfer_params",
+    "vllm_xargs", "conversation", "include", "truncation", "container",
+    "mcp_servers", "context_management",
+}  # fmt: skip
+# Maps whose keys are names a model reads (a schema's property names, a tool call's argument names).
+_NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "input"})
+# A template sent with the request: its text is judged, but how it renders the messages cannot be.
+_RENDERED = ("chat_template",)
+
+
+def _opaque(key: str, value: Any, skip: frozenset[str]) -> bool:
+    # "format" names an audio or date format, or holds a response schema (which is read); a key
+    # ending in "_id" holds an identifier (a session's, a chat's), by every API's convention.
+    return key in skip or key.endswith("_id") or (key == "format" and isinstance(value, str))
 
 
 def part_text(part: Any, unjudged: list[str]) -> list[str]:
-    """Every text a content part carries, whatever its ``type`` (or none)."""
+    """Every text a content part carries, whatever its ``type`` (or none) and its keys."""
     if isinstance(part, str):
         return [part]
     if not isinstance(part, dict):
         raise InvalidInput("message content parts must be objects")
-    texts = [part[k] for k in _TEXT_KEYS if isinstance(part.get(k), str)]
-    source = part.get("source")  # a document block whose source is plain text or parts (Anthropic)
-    if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
-        texts.append(source["data"])
-    if isinstance(source, dict) and source.get("type") == "content":
-        texts.append(text_of(source.get("content"), unjudged))
-    nested = part.get("content")  # a tool result's or a document's own content parts
-    if isinstance(nested, (str, list)):
-        texts.append(text_of(nested, unjudged))
-    for key in ("input", "output", "arguments"):  # tool use input, function call output/arguments
-        texts.extend(strings(part.get(key)))
+    texts: list[str] = []
+    for key, value in part.items():
+        if key == "source":  # a document block whose source is plain text or parts (Anthropic)
+            texts.extend(_source_text(value, unjudged))
+        elif key == "content" and isinstance(value, (str, list)):  # a tool result's own parts
+            texts.append(text_of(value, unjudged))
+        elif not _opaque(key, value, NOT_TEXT):
+            texts.extend(strings(value, names=key in _NAME_MAPS))
     files, has_files = file_texts(part, unjudged)  # an unreadable file is reported there
     texts.extend(files)
-    if not texts and not has_files:
+    if not any(t.strip() for t in texts) and not has_files:
         unjudged.append(str(part.get("type") or "untyped"))
     return texts
+
+
+def _source_text(source: Any, unjudged: list[str]) -> list[str]:
+    """A source's text where it is inline; base64 files are read by :mod:`files`."""
+    if not isinstance(source, dict):
+        return strings(source)
+    if source.get("type") == "text" and isinstance(source.get("data"), str):
+        return [source["data"]]
+    if source.get("type") == "content":
+        return [text_of(source.get("content"), unjudged)]
+    return []
 
 
 def text_of(content: Any, unjudged: list[str]) -> str:
@@ -55,12 +92,45 @@ def text_of(content: Any, unjudged: list[str]) -> str:
     raise InvalidInput("message content must be a string or a list of parts")
 
 
-def strings(value: Any) -> list[str]:
-    """Every string inside a JSON value (tool schemas, call arguments), depth-first."""
+def message_text(raw: dict[str, Any], unjudged: list[str]) -> str:
+    """A message's content and every other text it carries: a ``name``, tool calls, reasoning."""
+    texts = strings(raw.get("name")) + [text_of(raw.get("content"), unjudged)]
+    for key, value in raw.items():
+        if key not in ("name", "content") and not _opaque(key, value, NOT_TEXT):
+            texts.extend(strings(value, names=key in _NAME_MAPS))
+    return "\n".join(t for t in texts if t)
+
+
+def text_beside(document: dict[str, Any], handled: frozenset[str], unjudged: list[str]) -> list[Message]:
+    """Text outside the messages an upstream may read (a prompt, tools, documents, a schema), as turns."""
+    extra: list[Message] = []
+    for key, value in document.items():
+        if key in handled or _opaque(key, value, NOT_PROMPT):
+            continue
+        texts = strings(value, names=key in _NAME_MAPS)
+        if key in _RENDERED or (isinstance(value, dict) and any(k in _RENDERED for k in value)):
+            unjudged.append("chat_template")  # vLLM takes one in chat_template_kwargs too
+        if texts:
+            extra.append(Message("user", "\n".join(texts)))
+    return extra
+
+
+def strings(value: Any, *, names: bool = False) -> list[str]:
+    """Every string inside a JSON value, depth-first, but those of keys in :data:`NOT_TEXT`.
+
+    ``names`` marks a map whose keys are names the model reads (a schema's properties).
+    """
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
-        return [s for v in value.values() for s in strings(v)]
+        out: list[str] = []
+        for key, item in value.items():
+            if names:
+                out.append(key)
+            elif _opaque(key, item, NOT_TEXT):
+                continue
+            out.extend(strings(item, names=key in _NAME_MAPS and not names))
+        return out
     if isinstance(value, list):
         return [s for v in value for s in strings(v)]
     return []

@@ -13,11 +13,7 @@ import uuid
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, joined_texts, load_json_object, token_usage
-from sidecar.adapters.fields import (
-    chat_request,
-    strings,
-    text_of,
-)
+from sidecar.adapters.fields import chat_request, message_text, text_beside
 from sidecar.adapters.sse import identity
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
@@ -32,35 +28,17 @@ _ROLE_MAP = {
     "tool": "user",
     "function": "user",
 }
+_HANDLED = frozenset({"messages"})
 
 
 def _message(raw: Any, unjudged: list[str]) -> Message:
-    """One message with all its text: content, the author's ``name``, and tool-call arguments."""
+    """One message with all its text: content, the author's ``name``, tool calls, reasoning."""
     if not isinstance(raw, dict) or not isinstance(raw.get("role"), str):
         raise InvalidInput("each message must be an object with a 'role'")
     role = _ROLE_MAP.get(raw["role"])
     if role is None:
         raise InvalidInput("unknown message role")
-    texts = [text_of(raw.get("content"), unjudged)]
-    if isinstance(raw.get("name"), str):
-        texts.insert(0, raw["name"])
-    for key in ("tool_calls", "function_call"):
-        texts.extend(strings(raw.get(key)))
-    return Message(role, "\n".join(t for t in texts if t))
-
-
-def _extra_text(document: dict[str, Any]) -> list[Message]:
-    """Text outside ``messages`` an upstream may read: a top-level prompt, tool descriptions."""
-    extra: list[Message] = []
-    for key in ("prompt", "instructions", "input"):
-        texts = strings(document.get(key))
-        if texts:
-            extra.append(Message("user", "\n".join(texts)))
-    for key in ("tools", "functions"):
-        texts = strings(document.get(key))
-        if texts:
-            extra.append(Message("user", "\n".join(texts)))
-    return extra
+    return Message(role, message_text(raw, unjudged))
 
 
 def new_completion_id() -> str:
@@ -131,7 +109,7 @@ class OpenAIAdapter:
         messages = [_message(raw, unjudged) for raw in raw_messages]
         # Text beside the messages comes first, after any leading system message: it frames them.
         lead = 1 if messages and messages[0].role == "system" else 0
-        messages[lead:lead] = _extra_text(document)
+        messages[lead:lead] = text_beside(document, _HANDLED, unjudged)
         if not any(m.role == "user" and m.content.strip() for m in messages):
             raise InvalidInput("no user message with text to check")
         options = document.get("stream_options") or {}

@@ -11,16 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
-from sidecar.adapters.fields import (
-    chat_request,
-    strings,
-    text_of,
-)
+from sidecar.adapters.fields import chat_request, message_text, strings, text_beside
 from sidecar.adapters.sse import identity, loads_event, named_event, new_id, now
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_HANDLED = frozenset({"input", "instructions"})
 
 
 def _item(item: Any, unjudged: list[str]) -> Message:
@@ -33,9 +30,8 @@ def _item(item: Any, unjudged: list[str]) -> Message:
         role = _ROLES.get(str(item["role"]))
         if role is None:
             raise InvalidInput("unknown input item role")
-        return Message(role, text_of(item.get("content"), unjudged))
-    texts = strings({k: v for k, v in item.items() if k not in ("type", "id", "call_id", "status")})
-    return Message("user", "\n".join(texts))
+        return Message(role, message_text(item, unjudged))
+    return Message("user", "\n".join(strings(item)))  # a tool call or its output: ids are not read
 
 
 def _messages(document: dict[str, Any], unjudged: list[str]) -> list[Message]:
@@ -45,11 +41,8 @@ def _messages(document: dict[str, Any], unjudged: list[str]) -> list[Message]:
         raise InvalidInput("'input' must be text or a non-empty list of items")
     messages = [m for m in (_item(i, unjudged) for i in items) if m.content.strip()]
     framing = [Message("system", t) for t in strings(document.get("instructions"))]
-    # A reusable prompt's variables and the tools' descriptions are text the model reads too.
-    for key in ("prompt", "tools"):
-        texts = strings(document.get(key))
-        if texts:
-            framing.append(Message("user", "\n".join(texts)))
+    # A reusable prompt's variables, the tools' descriptions, a schema: text the model reads too.
+    framing.extend(text_beside(document, _HANDLED, unjudged))
     if document.get("previous_response_id") or document.get("conversation"):
         unjudged.append("stored_conversation")  # earlier turns kept upstream: not visible here
     if not any(m.role == "user" for m in messages):
