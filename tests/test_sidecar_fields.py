@@ -200,3 +200,44 @@ def test_a_template_sent_with_the_request_is_judged_and_reported_unjudged() -> N
 def test_prompt_embeddings_are_refused() -> None:
     with pytest.raises(InvalidInput, match="prompt_embeds"):
         _parse(CompletionsAdapter(), {"prompt": "hi", "prompt_embeds": "AAAA"})
+
+
+# -- answers: what the upstream says back is read as wholly as what it was asked
+
+
+def test_answers_are_read_whole_in_every_api() -> None:
+    tool_use = {"type": "tool_use", "id": "t", "name": "run", "input": {"cmd": H}}
+    anthropic = {
+        "content": [{"type": "thinking", "thinking": H, "signature": "s"}, tool_use],
+        "stop_reason": "x",
+    }
+    reasoning = {"type": "reasoning", "id": "r", "summary": [{"type": "summary_text", "text": H}]}
+    call = {"type": "function_call", "id": "f", "call_id": "c", "name": "run", "arguments": H}
+    for adapter, document in (
+        (OpenAIAdapter(), {"choices": [{"message": {"role": "assistant", "content": None, "reasoning": H}}]}),
+        (AnthropicAdapter(), anthropic),
+        (ResponsesAdapter(), {"output": [reasoning]}),
+        (ResponsesAdapter(), {"output": [call]}),
+    ):
+        answer = adapter.answer_text(document)
+        assert answer is not None and H in answer and "signature" not in answer, adapter.name
+    assert AnthropicAdapter().answer_text(anthropic).count(H) == 2  # type: ignore[union-attr]
+    replaced = json.loads(AnthropicAdapter().replace_answer(anthropic, "No."))
+    assert replaced["content"] == [{"type": "text", "text": "No."}]
+
+
+def test_streamed_reasoning_and_tool_input_are_read() -> None:
+    openai = {
+        "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": H}}]}}]
+    }
+    assert OpenAIAdapter().stream_answer_delta(json.dumps(openai).encode()) == H
+    for delta in ({"type": "thinking_delta", "thinking": H}, {"type": "input_json_delta", "partial_json": H}):
+        event = {"type": "content_block_delta", "index": 0, "delta": delta}
+        assert AnthropicAdapter().stream_answer_delta(json.dumps(event).encode()) == H
+    stop = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+    assert AnthropicAdapter().stream_answer_delta(json.dumps(stop).encode()) is None
+    for kind in ("reasoning_summary_text", "function_call_arguments", "output_text"):
+        event = {"type": f"response.{kind}.delta", "item_id": "i", "delta": H}
+        assert ResponsesAdapter().stream_answer_delta(json.dumps(event).encode()) == H
+    audio = {"type": "response.audio.delta", "delta": "UklGRg=="}
+    assert ResponsesAdapter().stream_answer_delta(json.dumps(audio).encode()) is None

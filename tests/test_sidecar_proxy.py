@@ -24,6 +24,7 @@ import grpc
 import pytest
 import pytest_asyncio
 import structlog
+from aiohttp import web
 from documents import data_url, encrypted_pdf, office_document, pdf_with_lines
 from multidict import CIMultiDictProxy
 from yarl import URL
@@ -698,6 +699,64 @@ async def test_response_check_replaces_unsafe_answer(chatbot, classifier, steere
     assert replaced["choices"][0]["finish_reason"] == "content_filter"
     assert replaced["model"] == "demo"  # the upstream's own body, only the answer changed
     assert kept["choices"][0]["message"]["content"] == "You said: tell me nice things"
+
+
+def _hidden_answers(harmful: str) -> dict[str, Any]:
+    """Answers whose harmful text is not in ``content``: a reasoning model's, a tool call's, streamed."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "run", "arguments": harmful}}
+    return {
+        "reasoning": {"role": "assistant", "content": "Done.", "reasoning_content": harmful},
+        "tool call": {"role": "assistant", "content": None, "tool_calls": [call]},
+        "stream": [{"reasoning_content": w} for w in harmful.split(" ")] + [{"content": "Done."}],
+    }
+
+
+@asynccontextmanager
+async def answering_upstream(answers: dict[str, Any]) -> AsyncIterator[str]:
+    """An OpenAI-style upstream that answers each request with ``answers[<the user's text>]``."""
+
+    async def chat_route(request: web.Request) -> web.StreamResponse:
+        answer = answers[(await request.json())["messages"][-1]["content"]]
+        if isinstance(answer, dict):
+            return web.json_response(
+                {"id": "up", "model": "up", "choices": [{"index": 0, "message": answer}]}
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for delta in answer:
+            event = {"id": "up", "model": "up", "choices": [{"index": 0, "delta": delta}]}
+            await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post(CHAT, chat_route)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_response_check_reads_reasoning_and_tool_calls(chatbot, classifier, steerer, http) -> None:
+    """A reasoning model's thoughts, a tool call's arguments and the answer's log-probabilities
+    reach the client as its text does: they are judged, and none is left in a replaced answer."""
+    policy = {"response_check": {"enabled": True, "window_chars": 16, "message": "Answer withheld."}}
+    harmful = f"UNSAFE steps one two three {uuid.uuid4().hex}"
+    async with (
+        answering_upstream(_hidden_answers(harmful)) as upstream,
+        sidecar(chatbot, classifier, steerer[0], policy, upstream=upstream) as url,
+    ):
+        for shape in ("reasoning", "tool call"):
+            resp = await send(http, "POST", url + CHAT, json=chat_body(shape))
+            assert resp.headers["x-steerguard-response-verdict"] == "unsafe", shape
+            choice = resp.json()["choices"][0]
+            assert choice["message"] == {"role": "assistant", "content": "Answer withheld.", "refusal": None}
+            assert choice["logprobs"] is None and "UNSAFE" not in resp.body.decode(), shape
+        resp = await send(http, "POST", url + CHAT, json=chat_body("stream", stream=True))
+    assert b"UNSAFE" not in resp.body and b"Answer withheld." in resp.body
 
 
 @pytest.mark.parametrize("streams", [True, False], ids=["ClassifyStream", "older-classifier"])

@@ -12,8 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sidecar.adapters.base import Reply, ReplyMeta, dumps, joined_texts, load_json_object
-from sidecar.adapters.fields import chat_request, message_text, text_beside, text_of
+from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
+from sidecar.adapters.fields import (
+    answer_texts,
+    chat_request,
+    message_text,
+    part_text,
+    strings,
+    text_beside,
+    text_of,
+)
 from sidecar.adapters.sse import identity, loads_event, named_event, new_id
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
@@ -136,7 +144,8 @@ class AnthropicAdapter:
         return AnthropicStreamFormatter(request, completion_id, model)
 
     def answer_text(self, document: Any) -> str | None:
-        return joined_texts(document.get("content") if isinstance(document, dict) else None)
+        blocks = document.get("content") if isinstance(document, dict) else None
+        return answer_texts(blocks, lambda block: "\n".join(part_text(block, [])))  # thinking, tool use
 
     def replace_answer(self, document: Any, text: str) -> bytes:
         document["content"] = [{"type": "text", "text": text}]
@@ -145,14 +154,10 @@ class AnthropicAdapter:
 
     def stream_answer_delta(self, event_data: bytes) -> str | None:
         payload = loads_event(event_data)
-        delta = payload.get("delta") if isinstance(payload, dict) else None
-        if (
-            isinstance(delta, dict)
-            and delta.get("type") == "text_delta"
-            and isinstance(delta.get("text"), str)
-        ):
-            return str(delta["text"])
-        return None
+        if not isinstance(payload, dict):
+            return None
+        # Text, thinking and tool-input deltas, and any text a block starts with.
+        return "".join(strings([payload.get("content_block"), payload.get("delta")])) or None
 
     @staticmethod
     def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:

@@ -110,6 +110,7 @@ class CompletionsAdapter:
             if isinstance(choice, dict):
                 choice["text"] = text
                 choice["finish_reason"] = "content_filter"
+                choice["logprobs"] = None  # they spell out the withheld answer token by token
         return dumps(document)
 
     def stream_answer_delta(self, event_data: bytes) -> str | None:

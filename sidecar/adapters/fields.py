@@ -9,7 +9,7 @@ silently skipped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sidecar.adapters.files import file_texts
@@ -25,7 +25,8 @@ NOT_TEXT = frozenset(
         "type", "role", "id", "status", "index",
         "signature", "encrypted_content", "cache_control", "media_type", "mime_type", "detail",
         "url", "image_url", "file_url", "file_data", "data", "server_url", "headers",
-        "authorization", "authorization_token", "verbosity",
+        "authorization", "authorization_token", "verbosity", "stop_reason", "finish_reason",
+        "stop_sequence",
     }
 )  # fmt: skip
 # Top-level fields that set how an upstream runs, not what the model reads.
@@ -99,6 +100,24 @@ def message_text(raw: dict[str, Any], unjudged: list[str]) -> str:
         if key not in ("name", "content") and not _opaque(key, value, NOT_TEXT):
             texts.extend(strings(value, names=key in _NAME_MAPS))
     return "\n".join(t for t in texts if t)
+
+
+def answer_texts(items: Any, read: Callable[[Any], str]) -> str | None:
+    """Every text in an answer's parts (choices, blocks, output items) joined; None when there is none.
+
+    An answer is read as wholly as a request: reasoning, tool-call arguments and refusals
+    reach the client as its text does. A part of a shape no API sends is left unread.
+    """
+    if not isinstance(items, list):
+        return None
+    texts = []
+    for item in items:
+        try:
+            texts.append(read(item) if isinstance(item, dict) else "")
+        except InvalidInput:
+            continue
+    joined = "\n\n".join(t for t in texts if t.strip())
+    return joined or None
 
 
 def text_beside(document: dict[str, Any], handled: frozenset[str], unjudged: list[str]) -> list[Message]:

@@ -12,8 +12,8 @@ import time
 import uuid
 from typing import Any
 
-from sidecar.adapters.base import Reply, ReplyMeta, dumps, joined_texts, load_json_object, token_usage
-from sidecar.adapters.fields import chat_request, message_text, text_beside
+from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object, token_usage
+from sidecar.adapters.fields import answer_texts, chat_request, message_text, strings, text_beside
 from sidecar.adapters.sse import identity
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
@@ -158,15 +158,15 @@ class OpenAIAdapter:
 
     def answer_text(self, document: Any) -> str | None:
         choices = document.get("choices") if isinstance(document, dict) else None
-        if not isinstance(choices, list):
-            return None
-        return joined_texts([c.get("message") for c in choices if isinstance(c, dict)], "content")
+        return answer_texts(choices, lambda c: message_text(c.get("message") or {}, []))
 
     def replace_answer(self, document: Any, text: str) -> bytes:
         for choice in document.get("choices", []):
             if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
-                choice["message"]["content"] = text
+                # Reasoning, tool calls and audio go with the text: none of it reaches the client.
+                choice["message"] = {"role": "assistant", "content": text, "refusal": None}
                 choice["finish_reason"] = "content_filter"
+                choice["logprobs"] = None  # they spell out the withheld answer token by token
         return dumps(document)
 
     def stream_answer_delta(self, event_data: bytes) -> str | None:
@@ -174,14 +174,10 @@ class OpenAIAdapter:
             payload = json.loads(event_data)
         except (UnicodeDecodeError, ValueError):
             return None
-        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        if not isinstance(payload, dict):
             return None
-        texts = []
-        for choice in payload["choices"]:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                texts.append(delta["content"])
-        return "".join(texts) if texts else None
+        deltas = [c.get("delta") for c in payload.get("choices") or [] if isinstance(c, dict)]
+        return "".join(strings(deltas)) or None  # content, reasoning, tool-call arguments
 
     @staticmethod
     def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:

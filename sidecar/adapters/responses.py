@@ -11,13 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
-from sidecar.adapters.fields import chat_request, message_text, strings, text_beside
+from sidecar.adapters.fields import answer_texts, chat_request, message_text, strings, text_beside
 from sidecar.adapters.sse import identity, loads_event, named_event, new_id, now
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _HANDLED = frozenset({"input", "instructions"})
+# Streamed deltas that are not words: audio samples.
+_NOT_TEXT_DELTAS = frozenset({"response.audio.delta"})
 
 
 def _item(item: Any, unjudged: list[str]) -> Message:
@@ -135,16 +137,7 @@ class ResponsesAdapter:
 
     def answer_text(self, document: Any) -> str | None:
         output = document.get("output") if isinstance(document, dict) else None
-        if not isinstance(output, list):
-            return None
-        texts = [
-            part["text"]
-            for item in output
-            if isinstance(item, dict) and isinstance(item.get("content"), list)
-            for part in item["content"]
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        ]
-        return "\n\n".join(texts) if texts else None
+        return answer_texts(output, lambda item: "\n".join(strings(item)))  # reasoning, calls too
 
     def replace_answer(self, document: Any, text: str) -> bytes:
         document["output"] = _response("resp_x", "", "completed", text)["output"]
@@ -154,10 +147,12 @@ class ResponsesAdapter:
 
     def stream_answer_delta(self, event_data: bytes) -> str | None:
         payload = loads_event(event_data)
-        if isinstance(payload, dict) and payload.get("type") == "response.output_text.delta":
-            delta = payload.get("delta")
-            return delta if isinstance(delta, str) else None
-        return None
+        if not isinstance(payload, dict) or not str(payload.get("type")).endswith(".delta"):
+            return None
+        if payload["type"] in _NOT_TEXT_DELTAS:
+            return None
+        delta = payload.get("delta")  # output text, reasoning, refusals, tool-call arguments
+        return delta if isinstance(delta, str) else None
 
     @staticmethod
     def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:
