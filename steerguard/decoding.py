@@ -1,5 +1,6 @@
 """Readings of a text that an encoding or a disguise hides: base64, rot13, reversed text,
-leetspeak; invisible and look-alike characters.
+leetspeak, and the ciphers of :mod:`steerguard.ciphers` (hex, Morse, letters spaced apart,
+...); invisible and look-alike characters.
 
 A harmful request in base64 or rot13 reads as noise to the probe, while the
 chat model behind the guard may decode it and comply. So every text is also
@@ -25,9 +26,11 @@ import codecs
 import re
 import unicodedata
 
+from steerguard import ciphers
+
 # Frequent English function words: a text "reads like language" by how many of its words are here.
 _COMMON_WORDS = """
-an the and or but if of to in on at by for with from as is are was were be been being do does did
+a i an the and or but if of to in on at by for with from as is are was were be been being do does did
 how what why when where who which that this these those it its you he she we they me my your our
 their not no can could should would will make get give tell write help need want step steps
 """
@@ -37,12 +40,18 @@ _B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 _LEET = str.maketrans(
     {"4": "a", "@": "a", "3": "e", "1": "i", "!": "i", "0": "o", "5": "s", "$": "s", "7": "t", "+": "t"}
 )
+_HAS_LETTER = re.compile(r"[A-Za-z]")
+_MIXED = re.compile(r"[A-Za-z][0-9@$!+]|[0-9@$!+][A-Za-z]")
+MIN_LEET_SHARE = 0.3  # of the words with letters: an id or two in a sentence is not leetspeak
 MIN_WORDS = 4
 MIN_COMMON = 2  # a reading must hold at least two common words: one can be chance in noise
 # A reading counts when it reads clearly more like language: at least this share of common words,
 # and this much more than the text as written (a hex id in plain English must not count).
-MIN_WORDINESS = 0.25
-MIN_GAIN = 0.2
+# Chosen on calibration prompts only (2026-12-07; were 0.25 and 0.2, without "a" and "i"): of the
+# harmful ones, 98% in rot13 and 97.5% reversed get a reading (82% each before); 0 of 1,253 benign
+# prompts get one, and 10 of 3,000 strings of random letter-words (docs/evaluation.md, "Ciphers").
+MIN_WORDINESS = 0.2
+MIN_GAIN = 0.1
 
 
 def wordiness(text: str) -> float:
@@ -94,9 +103,26 @@ def _reversed(text: str) -> str:
 
 
 def _leet(text: str) -> str | None:
-    if not re.search(r"[A-Za-z][0-9@$!+]|[0-9@$!+][A-Za-z]", text):
+    """Digits and signs read as letters, in a text where many words mix them (ids alone do not count)."""
+    words = [w for w in text.split() if _HAS_LETTER.search(w)]
+    mixed = sum(bool(_MIXED.search(w)) for w in words)
+    if mixed < 2 or mixed < MIN_LEET_SHARE * len(words):
         return None
     return text.translate(_LEET)
+
+
+def _ciphered(text: str) -> list[str | None]:
+    """Decodings any text has: kept only where they read clearly more like language than ``text``."""
+    out = [_rot13(text), _reversed(text), _leet(text), ciphers.words_reversed(text)]
+    if wordiness(text) < MIN_WORDINESS:  # a text that reads as English is no cipher
+        out += [ciphers.atbash(text), *ciphers.caesar(text)]
+    return out
+
+
+def _structured(text: str) -> list[str | None]:
+    """Decodings only a text of their form has (Morse, spaced letters, codes): its form is the evidence,
+    so a reading that holds some language and more than the text is kept."""
+    return [ciphers.spaced(text), ciphers.morse(text), ciphers.percent(text), ciphers.char_codes(text)]
 
 
 def readings(text: str) -> list[str]:
@@ -110,10 +136,13 @@ def readings(text: str) -> list[str]:
         found[plain] = 3.0  # a disguise is deliberate: its reading is always judged
         text = plain
     base = wordiness(text)
-    b64 = _base64(text)
-    if b64 is not None and b64 != text:
-        found[b64] = wordiness(b64) + 1.0  # decoded bytes are strong evidence, whatever the words
-    for candidate in (_rot13(text), _reversed(text), _leet(text)):
+    for decoded in (_base64(text), ciphers.hexadecimal(text)):
+        if decoded is not None and decoded != text:
+            found[decoded] = wordiness(decoded) + 1.0  # decoded bytes are strong evidence, whatever the words
+    for candidate in _structured(text):
+        if candidate is not None and candidate != text and (score := wordiness(candidate)) > base:
+            found.setdefault(candidate, score)
+    for candidate in _ciphered(text):
         if candidate is None or candidate == text:
             continue
         score = wordiness(candidate)

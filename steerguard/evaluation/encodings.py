@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import base64
 import codecs
+import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from steerguard import ciphers
 from steerguard.bundle import Bundle
 from steerguard.data.loaders import Example
 from steerguard.decoding import readings
@@ -64,6 +66,29 @@ DISGUISES: dict[str, Callable[[str], str]] = {
     "struck_through": lambda t: "".join(c + "\u0336" if c.isalpha() else c for c in t),
     # ASCII smuggling: the request in invisible tag characters behind a visible greeting.
     "tag_characters": lambda t: "Hello! " + "".join(chr(0xE0000 + ord(c)) for c in t if " " <= c <= "~"),
+}
+
+
+_MORSE = dict(zip(string.ascii_lowercase + string.digits, ciphers.MORSE_CODES.split(" "), strict=False))
+
+
+def _caesar(t: str, k: int = 3) -> str:
+    low, up = string.ascii_lowercase, string.ascii_uppercase
+    return t.translate(str.maketrans(low + up, low[k:] + low[:k] + up[k:] + up[:k]))
+
+
+# Other ways to hide a request that a larger chat model reads (issue 22, beyond its four).
+CIPHERS: dict[str, Callable[[str], str]] = {
+    "letters_spaced": lambda t: "   ".join(" ".join(w) for w in t.split()),
+    "letters_dotted": lambda t: " ".join(".".join(w) for w in t.split()),
+    "hex": lambda t: t.encode("utf-8").hex(),
+    "percent": lambda t: "".join(f"%{b:02X}" for b in t.encode("utf-8")),
+    "decimal_codes": lambda t: " ".join(str(b) for b in t.encode("utf-8")),
+    "binary": lambda t: " ".join(f"{b:08b}" for b in t.encode("utf-8")),
+    "morse": lambda t: " / ".join(" ".join(_MORSE.get(c, "") for c in w.lower()) for w in t.split()),
+    "caesar_3": _caesar,
+    "atbash": ciphers.atbash,
+    "words_reversed": ciphers.words_reversed,
 }
 
 
@@ -117,6 +142,8 @@ def encoding_section(
     out["by_disguise"], out["disguised_caught"] = _caught_by(
         host, bundle, h, DISGUISES, cfg, as_written=False
     )
+    # So are ciphers: their written forms (a byte a token or worse) would cost the report an hour.
+    out["by_cipher"], out["ciphered_caught"] = _caught_by(host, bundle, h, CIPHERS, cfg, as_written=False)
     b = subsample(benign, cfg.encoded_prompts, cfg.seed + 6)
     benign_flagged = (judged_scores(host, bundle, [e.prompt for e in b], cfg) >= bundle.threshold).tolist()
     out["benign_flagged_with_readings"] = proportion(benign_flagged)

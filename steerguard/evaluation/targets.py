@@ -85,12 +85,14 @@ def probe_checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ]
     )
     out.update(category_checks(report["probe"].get("categories", {})))
-    encoded = report.get("encodings", {}).get("caught")
-    if encoded is not None:
-        out.update([_check("encoded_harmful_caught", encoded["rate"], encoded)])
-    disguised = report.get("encodings", {}).get("disguised_caught")
-    if disguised is not None:
-        out.update([_check("disguised_harmful_caught", disguised["rate"], disguised)])
+    encodings = report.get("encodings", {})
+    for key, target in (
+        ("caught", "encoded_harmful_caught"),
+        ("disguised_caught", "disguised_harmful_caught"),
+        ("ciphered_caught", "ciphered_harmful_caught"),
+    ):
+        if encodings.get(key) is not None:
+            out.update([_check(target, encodings[key]["rate"], encodings[key])])
     return out
 
 
