@@ -241,3 +241,19 @@ def test_streamed_reasoning_and_tool_input_are_read() -> None:
         assert ResponsesAdapter().stream_answer_delta(json.dumps(event).encode()) == H
     audio = {"type": "response.audio.delta", "delta": "UklGRg=="}
     assert ResponsesAdapter().stream_answer_delta(json.dumps(audio).encode()) is None
+
+
+def test_answers_of_an_unexpected_shape_have_no_text_rather_than_an_error() -> None:
+    for adapter, document in (
+        (OpenAIAdapter(), {"choices": [{"message": "text"}, 3, {"message": {"content": 5}}]}),
+        (AnthropicAdapter(), {"content": ["text", 3, {"type": "text", "text": None}]}),
+        (ResponsesAdapter(), {"output": "text"}),
+    ):
+        assert adapter.answer_text(document) is None, adapter.name
+
+
+def test_a_tool_output_in_parts_is_read_and_its_image_reported() -> None:
+    output = [{"type": "input_text", "text": H}, {"type": "input_image", "image_url": "https://img"}]
+    item = {"type": "function_call_output", "call_id": "c", "output": output}
+    chat = _parse(ResponsesAdapter(), {"input": [item, {"role": "user", "content": "Go on."}]})
+    assert H in _judged(chat) and chat.unjudged == ("input_image",)

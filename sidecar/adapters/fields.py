@@ -26,7 +26,7 @@ NOT_TEXT = frozenset(
         "signature", "encrypted_content", "cache_control", "media_type", "mime_type", "detail",
         "url", "image_url", "file_url", "file_data", "data", "server_url", "headers",
         "authorization", "authorization_token", "verbosity", "stop_reason", "finish_reason",
-        "stop_sequence",
+        "stop_sequence", "search_context_size",
     }
 )  # fmt: skip
 # Top-level fields that set how an upstream runs, not what the model reads.
@@ -37,7 +37,7 @@ NOT_PROMPT = NOT_TEXT | {
     "cache_salt", "guided_regex", "guided_grammar", "guided_choice",
     "guided_decoding_backend", "guided_whitespace_pattern", "bad_words", "kv_transfer_params",
     "vllm_xargs", "conversation", "include", "truncation", "container",
-    "mcp_servers", "context_management",
+    "mcp_servers", "context_management", "logits_processors", "prompt_cache_retention",
 }  # fmt: skip
 # Maps whose keys are names a model reads (a schema's property names, a tool call's argument names).
 _NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "input"})

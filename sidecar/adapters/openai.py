@@ -41,6 +41,11 @@ def _message(raw: Any, unjudged: list[str]) -> Message:
     return Message(role, message_text(raw, unjudged))
 
 
+def _choice_text(choice: dict[str, Any]) -> str:
+    message = choice.get("message")
+    return message_text(message, []) if isinstance(message, dict) else ""
+
+
 def new_completion_id() -> str:
     """An id in OpenAI's format."""
     return "chatcmpl-" + uuid.uuid4().hex[:24]
@@ -158,7 +163,7 @@ class OpenAIAdapter:
 
     def answer_text(self, document: Any) -> str | None:
         choices = document.get("choices") if isinstance(document, dict) else None
-        return answer_texts(choices, lambda c: message_text(c.get("message") or {}, []))
+        return answer_texts(choices, _choice_text)
 
     def replace_answer(self, document: Any, text: str) -> bytes:
         for choice in document.get("choices", []):
