@@ -1,10 +1,13 @@
 """Reading request fields the same way in every adapter: text wherever it is, numbers strictly.
 
 A guard must judge every text an upstream may read, so text is collected from
-content parts whatever their ``type`` (or none), from nested tool schemas and
-call arguments, and from files sent inline (:mod:`sidecar.adapters.files`);
-a part with no text (an image, audio) is reported as unjudged rather than
-silently skipped.
+every key of a message, a content part and the request itself, whatever its
+name, but those listed as holding no words a model reads (:data:`NOT_TEXT`,
+:data:`NOT_PROMPT`): a field the guard does not know (a new API field, a
+server's extension such as vLLM's ``documents``) is judged, not relayed
+unread. Schemas' property names count as text, and files sent inline are read
+(:mod:`sidecar.adapters.files`); a part with no text (an image, audio) is
+reported as unjudged rather than silently skipped.
 """
 
 from __future__ import annotations
