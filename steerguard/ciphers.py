@@ -6,8 +6,9 @@ A larger chat model reads all of these (ask one to answer a hex or Morse
 message); the probe reads noise. Each function returns a candidate text, or
 None where the text has no such structure; :func:`steerguard.decoding.readings`
 keeps a candidate only where it reads clearly more like language than the text
-as written, so an ordinary request pays only these quick scans. Generic rules,
-fixed before any data was run through them.
+as written, so an ordinary request pays only these quick scans. Generic rules;
+their few thresholds (shares of letters, of spaced or Morse tokens) were set on
+calibration prompts and synthetic benign text only (docs/evaluation.md, "Ciphers").
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def morse(text: str) -> str | None:
     return " ".join("".join(_MORSE.get(code, "?") for code in word) for word in words)
 
 
-def _shift(text: str, k: int) -> str:
+def shift(text: str, k: int) -> str:
+    """``text`` with every Latin letter moved ``k`` places along the alphabet (a Caesar shift)."""
     low, up = string.ascii_lowercase, string.ascii_uppercase
     return text.translate(str.maketrans(low + up, low[k:] + low[:k] + up[k:] + up[:k]))
 
@@ -132,13 +134,14 @@ def caesar(text: str) -> list[str]:
     if total < 12:
         return []
 
+    expected = [f * total / 100 for f in _FREQ.values()]
+    low = string.ascii_lowercase
+
     def misfit(k: int) -> float:  # chi-squared of the shifted letters against English
-        expected = {c: f * total / 100 for c, f in _FREQ.items()}
-        low = string.ascii_lowercase
-        return sum((counts[low[(i - k) % 26]] - expected[c]) ** 2 / expected[c] for i, c in enumerate(low))
+        return sum((counts[low[(i - k) % 26]] - e) ** 2 / e for i, e in enumerate(expected))
 
     best = sorted((k for k in range(1, 26) if k != 13), key=misfit)[:CAESAR_TRIES]
-    return [_shift(text, k) for k in best]
+    return [shift(text, k) for k in best]
 
 
 def atbash(text: str) -> str:

@@ -111,10 +111,11 @@ def _leet(text: str) -> str | None:
     return text.translate(_LEET)
 
 
-def _ciphered(text: str) -> list[str | None]:
-    """Decodings any text has: kept only where they read clearly more like language than ``text``."""
+def _ciphered(text: str, base: float) -> list[str | None]:
+    """Decodings any text has: kept only where they read clearly more like language than ``text``
+    (whose wordiness is ``base``)."""
     out = [_rot13(text), _reversed(text), _leet(text), ciphers.words_reversed(text)]
-    if wordiness(text) < MIN_WORDINESS:  # a text that reads as English is no cipher
+    if base < MIN_WORDINESS:  # a text that reads as English is no cipher
         out += [ciphers.atbash(text), *ciphers.caesar(text)]
     return out
 
@@ -142,7 +143,7 @@ def readings(text: str) -> list[str]:
     for candidate in _structured(text):
         if candidate is not None and candidate != text and (score := wordiness(candidate)) > base:
             found.setdefault(candidate, score)
-    for candidate in _ciphered(text):
+    for candidate in _ciphered(text, base):
         if candidate is None or candidate == text:
             continue
         score = wordiness(candidate)

@@ -64,7 +64,7 @@ def part_text(part: Any, unjudged: list[str]) -> list[str]:
     for key, value in part.items():
         if key == "source":  # a document block whose source is plain text or parts (Anthropic)
             texts.extend(_source_text(value, unjudged))
-        elif key == "content" and isinstance(value, (str, list)):  # a tool result's own parts
+        elif key in ("content", "output") and isinstance(value, (str, list)):  # a tool result's parts
             texts.append(text_of(value, unjudged))
         elif not _opaque(key, value, NOT_TEXT):
             texts.extend(strings(value, names=key in _NAME_MAPS))

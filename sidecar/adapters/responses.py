@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
-from sidecar.adapters.fields import answer_texts, chat_request, message_text, strings, text_beside, text_of
+from sidecar.adapters.fields import answer_texts, chat_request, message_text, part_text, strings, text_beside
 from sidecar.adapters.sse import identity, loads_event, named_event, new_id, now
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
@@ -33,11 +33,8 @@ def _item(item: Any, unjudged: list[str]) -> Message:
         if role is None:
             raise InvalidInput("unknown input item role")
         return Message(role, message_text(item, unjudged))
-    # A tool call or its output (text, or parts that may hold an image or a file): ids are not read.
-    output = item.get("output")
-    parts = text_of(output, unjudged) if isinstance(output, list) else ""
-    rest = strings({k: v for k, v in item.items() if k != "output" or not isinstance(v, list)})
-    return Message("user", "\n".join(t for t in [*rest, parts] if t))
+    # A tool call or its output (text, or parts that may hold an image or a file), read as a part.
+    return Message("user", "\n".join(t for t in part_text(item, unjudged) if t))
 
 
 def _messages(document: dict[str, Any], unjudged: list[str]) -> list[Message]:

@@ -72,11 +72,6 @@ DISGUISES: dict[str, Callable[[str], str]] = {
 _MORSE = dict(zip(string.ascii_lowercase + string.digits, ciphers.MORSE_CODES.split(" "), strict=False))
 
 
-def _caesar(t: str, k: int = 3) -> str:
-    low, up = string.ascii_lowercase, string.ascii_uppercase
-    return t.translate(str.maketrans(low + up, low[k:] + low[:k] + up[k:] + up[:k]))
-
-
 # Other ways to hide a request that a larger chat model reads (issue 22, beyond its four).
 CIPHERS: dict[str, Callable[[str], str]] = {
     "letters_spaced": lambda t: "   ".join(" ".join(w) for w in t.split()),
@@ -86,7 +81,7 @@ CIPHERS: dict[str, Callable[[str], str]] = {
     "decimal_codes": lambda t: " ".join(str(b) for b in t.encode("utf-8")),
     "binary": lambda t: " ".join(f"{b:08b}" for b in t.encode("utf-8")),
     "morse": lambda t: " / ".join(" ".join(_MORSE.get(c, "") for c in w.lower()) for w in t.split()),
-    "caesar_3": _caesar,
+    "caesar_3": lambda t: ciphers.shift(t, 3),
     "atbash": ciphers.atbash,
     "words_reversed": ciphers.words_reversed,
 }
