@@ -567,7 +567,7 @@ class ClassifierCore:
 
     @property
     def backend(self) -> str:
-        """Where a single prompt view's miss runs: ``openvino``, ``onnxruntime`` or ``torch``."""
+        """Where a single prompt view's miss runs: an engine of :data:`accelerated.ENGINES` or ``torch``."""
         return "torch" if self._trunk is None else self._trunk.engine
 
     @property
@@ -580,7 +580,7 @@ class ClassifierCore:
 
         ``auto`` takes the engine measured fastest on this CPU
         (:func:`accelerated.auto_engine`) where it applies: installed, the
-        template prefix shared, no early exit; ``openvino`` or ``onnxruntime``
+        template prefix shared, no early exit; a named engine
         insists (an error names what is missing); ``torch`` never takes one.
         """
         backend = self.config.backend

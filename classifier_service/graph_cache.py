@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +37,22 @@ log = get_logger(__name__)
 
 GRAPH = "trunk.onnx"
 KEY = "key.json"
+
+
+def made_in_child(module: str, args: list[str], folder: Path, what: str) -> Path:
+    """``folder / GRAPH``, written by ``python -m module *args`` in a process of its own.
+
+    Why: exporting or quantising a graph holds the whole model in memory, and
+    not all of it is given back (a classifier that exported its graphs at
+    start held ~0.4 GiB more for its whole life than one that found them
+    cached, docs/benchmarks.md); in Kubernetes every new pod starts with an
+    empty cache.
+    """
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or "").strip().splitlines()[-3:]
+        raise RuntimeError(f"{what} failed: {' | '.join(tail)}")
+    return folder / GRAPH
 
 
 def code_version(*sources: Path) -> str:

@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from classifier_service import accelerated
-from classifier_service.accelerated import CompiledPassages, CompiledTrunk, OnnxRuntimeTrunk, OpenVinoTrunk
+from classifier_service.accelerated import (
+    CompiledPassages,
+    CompiledTrunk,
+    OnnxRuntimeInt8Trunk,
+    OnnxRuntimeTrunk,
+    OpenVinoTrunk,
+)
 from classifier_service.core import ClassifierCore, CoreConfig
 from classifier_service.prefix import SharedPrefix
 from steerguard.bundle import Bundle
@@ -41,9 +47,12 @@ def test_the_trunk_reads_the_prefix_paths_states(host: ModelHost, tiny_bundle: B
     trunk: CompiledTrunk = (
         OpenVinoTrunk.build(host, layer, threads=2, precision="f32")
         if engine == "openvino"
+        else OnnxRuntimeInt8Trunk.build(host, layer, threads=2)
+        if engine == accelerated.INT8
         else OnnxRuntimeTrunk.build(host, layer, threads=2)
     )
     assert trunk.engine == engine
+    close = assert_int8_close if engine == accelerated.INT8 else assert_float_close
     prefix = SharedPrefix.for_host(host)
     assert prefix is not None and trunk.prefix_len == len(prefix)
     markers = TurnMarkers.for_tokenizer(host.tokenizer)
@@ -55,10 +64,21 @@ def test_the_trunk_reads_the_prefix_paths_states(host: ModelHost, tiny_bundle: B
         (span,) = batch_spans(host.pad([row]), markers)
         want = prefix.states_at([row], [layer], spans=[span])
         got = trunk.states_at(row, span)
-        torch.testing.assert_close(got.states[layer], want.states[layer], atol=1e-4, rtol=1e-4)
+        close(got.states[layer], want.states[layer])
         assert got.content is not None and want.content is not None
-        torch.testing.assert_close(got.content, want.content, atol=1e-4, rtol=1e-4)
+        close(got.content, want.content)
         assert trunk.states_at(row, None).content is None
+
+
+def assert_float_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def assert_int8_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """int8 products move a state a little, in every direction but its own."""
+    assert not torch.allclose(got, want, atol=1e-6, rtol=1e-6)  # quantised, not the float32 graph
+    assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() > 0.99
+    assert (got.norm() / want.norm()).item() == pytest.approx(1.0, abs=0.05)
 
 
 def test_trunk_widths_pad_long_suffixes_a_little_and_meet_few_lengths() -> None:
@@ -145,7 +165,7 @@ def test_auto_takes_openvino_only_where_the_cpu_has_native_bf16(monkeypatch: pyt
     monkeypatch.setattr(accelerated, "native_bf16", lambda: True)
     assert accelerated.auto_engine() == "openvino"
     monkeypatch.setattr(accelerated, "native_bf16", lambda: False)
-    assert accelerated.auto_engine() == "onnxruntime"
+    assert accelerated.auto_engine() == "onnxruntime"  # float32: int8 changed held-out verdicts
     monkeypatch.setattr(accelerated, "available", lambda engine="openvino": engine == "openvino")
     assert accelerated.auto_engine() == "openvino"  # float32, where ONNX Runtime is missing
     monkeypatch.setattr(accelerated, "available", lambda engine="openvino": False)
