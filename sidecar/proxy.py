@@ -40,9 +40,9 @@ from sidecar.overlap import EarlySend
 from sidecar.policy import Action, FailureMode, Oversize, Policy, Route
 from sidecar.reload import PolicyVersion
 from sidecar.response_check import AnswerCheck, is_json
-from sidecar.routing import refuse_unknown
+from sidecar.routing import refuse_coding, refuse_unknown
 from sidecar.settings import SidecarSettings
-from sidecar.upstream import Upstream, raw_header_items, request_headers, stream_back
+from sidecar.upstream import Upstream, body_decoded, forwarded_headers, stream_back
 from steerguard.errors import InvalidInput, PayloadTooLarge, SteerguardError, TooLong, UpstreamError
 from steerguard.v1 import common_pb2, steer_pb2
 
@@ -82,6 +82,10 @@ class Proxy:
         """The request body, refusing wrong types, oversized and slow bodies before parsing."""
         if not is_json(request.headers.get("Content-Type", "")):
             raise UnsupportedMediaType("content type must be application/json")
+        values = request.headers.getall("Content-Encoding", ())
+        refused = refuse_coding(values, body_decoded(request), accepted="send identity, gzip or deflate")
+        if refused is not None:
+            raise refused
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"request body is larger than {limit} bytes")
@@ -118,7 +122,7 @@ class Proxy:
         body = request.content if request.body_exists else None
         try:
             upstream = await self.upstream.send(
-                request.method, request.raw_path, request_headers(raw_header_items(request)), body
+                request.method, request.raw_path, forwarded_headers(request), body
             )
         except UpstreamError as exc:
             self.outcomes.failure(trace, "upstream", status_of(exc)[1])
@@ -188,9 +192,7 @@ class Proxy:
     def _send(self, ex: Exchange) -> Awaitable[aiohttp.ClientResponse]:
         """The original request, unchanged, to the chatbot."""
         request = ex.request
-        return self.upstream.send(
-            request.method, request.raw_path, request_headers(raw_header_items(request)), ex.body
-        )
+        return self.upstream.send(request.method, request.raw_path, forwarded_headers(request), ex.body)
 
     async def _drop_early(self, ex: Exchange) -> None:
         """Cancel an overlap-mode request the verdict did not let through (sidecar.overlap)."""

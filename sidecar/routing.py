@@ -11,12 +11,13 @@ still receives the request exactly as the client sent it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from sidecar.adapters import adapter_for
 from sidecar.adapters.base import Adapter
-from sidecar.http_errors import NotFound
+from sidecar.http_errors import NotFound, UnsupportedMediaType
 from sidecar.policy import Policy, PolicyError, Route
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -81,3 +82,20 @@ def refuse_unknown(policy: Policy, method: str, has_body: bool) -> NotFound | No
         f"no route takes {method} on this path; only GET, HEAD and OPTIONS without a body are "
         "relayed to paths the policy does not name (set unknown_paths: forward in the policy to relay it)"
     )
+
+
+def refuse_coding(
+    values: Iterable[str], decoded: str | None, *, accepted: str
+) -> UnsupportedMediaType | None:
+    """Why a chat body's content coding keeps it from being judged; None when it can be.
+
+    ``values`` are the request's Content-Encoding headers; ``decoded`` the one
+    coding undone before the body was read (None: none). A body is judged as
+    read, so any other coding would let the guard judge other bytes than an
+    upstream that undoes it reads. ``accepted`` says what the client may send.
+    """
+    codings = [t.strip().lower() for value in values for t in value.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings or codings == [decoded]:
+        return None
+    return UnsupportedMediaType(f"content encoding {', '.join(codings)} cannot be judged ({accepted})")

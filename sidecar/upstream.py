@@ -70,6 +70,30 @@ def request_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> C
     return CIMultiDict((k, v) for k, v in items if k.lower() not in drop)
 
 
+# Content codings aiohttp's server undoes before a handler reads the body: those named by the
+# first Content-Encoding header alone (aiohttp.http_parser; br and zstd where their libraries
+# are installed, else aiohttp answers 400 itself).
+DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
+
+
+def body_decoded(request: web.BaseRequest) -> str | None:
+    """The coding aiohttp undid before this process reads the body (the body is not the bytes the
+    client sent but their decoding); None when it undid none."""
+    first = request.headers.get("Content-Encoding", "")
+    return first.lower() if first.isascii() and first.lower() in DECODED_CODINGS else None
+
+
+def forwarded_headers(request: web.BaseRequest) -> CIMultiDict[str]:
+    """The headers a request goes upstream with: the client's (:func:`request_headers`), but
+    where aiohttp decoded the body, without its coding and length, since the decoded body is
+    what goes upstream and what the guard judged."""
+    headers = request_headers(raw_header_items(request))
+    if body_decoded(request) is not None:
+        headers.popall("Content-Encoding", None)
+        headers.popall("Content-Length", None)
+    return headers
+
+
 def response_headers(headers: Iterable[tuple[str, str]], *, keep_length: bool) -> CIMultiDict[str]:
     """The upstream's headers minus hop-by-hop ones (and Content-Length when the body changes)."""
     items = list(headers)

@@ -9,6 +9,7 @@ started as a process once.
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -128,6 +129,19 @@ async def test_a_malformed_body_is_a_400_immediate_response(classifier: FakeServ
     assert out.status == 400 and json.loads(out.body)["error"]["code"] == "invalid_request"
     assert empty.status == 400
     assert classifier.script.calls == []
+
+
+async def test_a_compressed_chat_body_is_a_415_naming_envoys_decompressor(classifier: FakeServer) -> None:
+    """Envoy hands ext_proc the body as sent; judging gzip bytes as JSON would judge nothing."""
+    gz, identity = {"content-encoding": "gzip"}, {"content-encoding": "identity"}
+    harmful = gzip.compress(chat("how do I build a bomb"))
+    async with extproc(classifier) as address:
+        out = await envoy.send(address, "POST", CHAT, harmful, headers=gz)
+        plain = await envoy.send(address, "POST", CHAT, chat("hello"), headers=identity)
+    assert out.status == 415 and not out.forwarded
+    assert "decompressor" in json.loads(out.body)["error"]["message"]
+    assert plain.forwarded and plain.response_headers["x-steerguard-verdict"] == "safe"
+    assert len(classifier.script.calls) == 1
 
 
 @pytest.mark.parametrize(("mode", "forwarded", "status"), [("closed", False, 503), ("open", True, 0)])

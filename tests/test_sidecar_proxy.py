@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import re
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -459,6 +461,45 @@ STRICT_JSON_CASES = {
     + b"]" * 5000
     + b"}",
 }
+
+
+async def test_compressed_bodies_are_judged_and_sent_on_decoded(chatbot, classifier, steerer, http) -> None:
+    """A gzip or deflate body is read as aiohttp decodes it, judged, and sent upstream as the decoded
+    body without its coding (before, a safe one went on with its old coding and length: a 500)."""
+    async with sidecar(chatbot, classifier, steerer[0]) as url:
+        for coding, compress in (("gzip", gzip.compress), ("deflate", zlib.compress)):
+            for text, action in (("hello", "allow"), ("UNSAFE", "block")):
+                marker = uuid.uuid4().hex
+                body = compress(json.dumps(chat_body(f"{text} {marker}")).encode())
+                headers = {**JSON_HEADERS, "Content-Encoding": coding}
+                resp = await send(http, "POST", url + CHAT, data=body, headers=headers)
+                assert resp.status == 200 and resp.headers["x-steerguard-action"] == action, coding
+                assert classifier.script.calls[-1][-1][1] == f"{text} {marker}"
+                got = chatbot.received(marker)
+                assert len(got) == (action == "allow"), coding
+                for record in got:
+                    assert "content-encoding" not in {name.lower() for name, _ in record["headers"]}
+
+
+async def test_a_coding_the_guard_cannot_read_is_a_415(chatbot, classifier, steerer, http) -> None:
+    """Codings aiohttp leaves encoded (unknown, stacked, x-gzip) would be judged as other bytes than an
+    upstream that undoes them reads."""
+    cases = {
+        "x-foo": lambda b: b,
+        "x-gzip": gzip.compress,
+        "gzip, gzip": lambda b: gzip.compress(gzip.compress(b)),
+        "identity, gzip": gzip.compress,
+    }
+    async with sidecar(chatbot, classifier, steerer[0], {"on_classifier_error": "open"}) as url:
+        for coding, compress in cases.items():
+            marker = uuid.uuid4().hex
+            body = compress(json.dumps(chat_body(f"UNSAFE {marker}")).encode())
+            headers = {**JSON_HEADERS, "Content-Encoding": coding}
+            resp = await send(http, "POST", url + CHAT, data=body, headers=headers)
+            assert resp.status == 415, coding
+            assert "content encoding" in resp.json()["error"]["message"], coding
+            assert chatbot.received(marker) == [], coding
+    assert classifier.script.calls == []
 
 
 async def test_ambiguous_or_hostile_json_is_a_400_never_forwarded(chatbot, classifier, steerer, http) -> None:

@@ -24,12 +24,16 @@ from sidecar.http_errors import MethodNotAllowed, classifier_failure, status_of
 from sidecar.judge import INVALID, OVERSIZE, Judge, Judgement
 from sidecar.policy import Action, FailureMode, Oversize
 from sidecar.reload import LivePolicy, PolicyVersion
-from sidecar.routing import Match, refuse_unknown
+from sidecar.routing import Match, refuse_coding, refuse_unknown
 from steerguard.errors import InvalidInput, PayloadTooLarge, SteerguardError, TooLong
 from steerguard.logs import get_logger
 from steerguard.v1 import common_pb2
 
 log = get_logger("steerguard.extproc")
+
+# What a client whose body is compressed is told: Envoy's decompressor filter, placed before
+# ext_proc in the filter chain, hands ext_proc (and the upstream) the decoded body.
+DECOMPRESS = "send the body uncompressed, or put Envoy's decompressor filter before ext_proc"
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,9 @@ class Gate:
         if match is not None and method.upper() in match.route.methods:
             check = Check(Trace.for_headers(headers, match.route.path), match, version)
             check.trace.fields["policy_version"] = version.digest
-            return check
+            # Envoy hands over the body as the client sent it: a compressed one cannot be judged.
+            coding = refuse_coding([headers.get("content-encoding", "")], None, accepted=DECOMPRESS)
+            return check if coding is None else error_answer(check.trace, coding)
         trace = Trace.for_headers(headers, "passthrough" if match is None else match.route.path)
         if match is not None:
             allowed = ", ".join(match.route.methods)
