@@ -192,7 +192,13 @@ class Proxy:
     def _send(self, ex: Exchange) -> Awaitable[aiohttp.ClientResponse]:
         """The original request, unchanged, to the chatbot."""
         request = ex.request
-        return self.upstream.send(request.method, request.raw_path, forwarded_headers(request), ex.body)
+        headers = forwarded_headers(request)
+        if ex.route.response_check.enabled:
+            # The answer is judged as it comes, so it is asked for uncompressed: a compressed
+            # stream cannot be read as it goes, and a coding the check cannot undo (br) would
+            # leave the answer unjudged on a fail-open route, at the client's asking.
+            headers["Accept-Encoding"] = "identity"
+        return self.upstream.send(request.method, request.raw_path, headers, ex.body)
 
     async def _drop_early(self, ex: Exchange) -> None:
         """Cancel an overlap-mode request the verdict did not let through (sidecar.overlap)."""

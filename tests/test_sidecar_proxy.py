@@ -753,8 +753,9 @@ def _hidden_answers(harmful: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def answering_upstream(answers: dict[str, Any]) -> AsyncIterator[str]:
-    """An OpenAI-style upstream that answers each request with ``answers[<the user's text>]``."""
+async def answering_upstream(answers: dict[str, Any], codings: list[str] | None = None) -> AsyncIterator[str]:
+    """An OpenAI-style upstream that answers each request with ``answers[<the user's text>]``;
+    with ``codings``, it notes each request's Accept-Encoding there and gzips where it may."""
 
     async def chat_route(request: web.Request) -> web.StreamResponse:
         answer = answers[(await request.json())["messages"][-1]["content"]]
@@ -763,6 +764,10 @@ async def answering_upstream(answers: dict[str, Any]) -> AsyncIterator[str]:
                 {"id": "up", "model": "up", "choices": [{"index": 0, "message": answer}]}
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        if codings is not None:
+            codings.append(request.headers.get("Accept-Encoding", ""))
+            if "gzip" in codings[-1]:
+                response.enable_compression(web.ContentCoding.gzip)
         await response.prepare(request)
         for delta in answer:
             event = {"id": "up", "model": "up", "choices": [{"index": 0, "delta": delta}]}
@@ -798,6 +803,25 @@ async def test_response_check_reads_reasoning_and_tool_calls(chatbot, classifier
             assert choice["logprobs"] is None and "UNSAFE" not in resp.body.decode(), shape
         resp = await send(http, "POST", url + CHAT, json=chat_body("stream", stream=True))
     assert b"UNSAFE" not in resp.body and b"Answer withheld." in resp.body
+
+
+async def test_a_checked_answer_is_asked_for_uncompressed(chatbot, classifier, steerer, http) -> None:
+    """A client asking for gzip must not get an upstream's compressed stream past the check, which
+    cannot read it as it goes (before: relayed unchecked on a fail-open route)."""
+    policy = {"on_classifier_error": "open", "response_check": {"enabled": True, "window_chars": 16}}
+    harmful, codings = f"UNSAFE steps one two three {uuid.uuid4().hex}", []
+    async with (
+        answering_upstream(_hidden_answers(harmful), codings) as upstream,
+        sidecar(chatbot, classifier, steerer[0], policy, upstream=upstream) as url,
+    ):
+        asked = {"Accept-Encoding": "gzip, br"}
+        resp = await send(http, "POST", url + CHAT, json=chat_body("stream", stream=True), headers=asked)
+    assert codings == ["identity"]
+    assert resp.headers["x-steerguard-response-verdict"] == "streaming"
+    assert (
+        b"UNSAFE" not in resp.body
+        and sse_events(resp.body)[-2]["choices"][0]["finish_reason"] == "content_filter"
+    )
 
 
 @pytest.mark.parametrize("streams", [True, False], ids=["ClassifyStream", "older-classifier"])
