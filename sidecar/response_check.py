@@ -17,7 +17,7 @@ import json
 import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -26,6 +26,7 @@ from aiohttp import web
 from sidecar.adapters.base import Adapter
 from sidecar.exchange import H_RESPONSE, Exchange, Outcomes
 from sidecar.http_errors import ClassifierUnavailable
+from sidecar.judge import AnswerJudge
 from sidecar.judge import Judge as JudgeService
 from sidecar.upstream import response_headers, stream_back
 from steerguard.errors import UpstreamError
@@ -80,10 +81,32 @@ class StreamOutcome:
     unchecked: bool = False
 
 
+# An answer streamed as this many choices (``n``) at most is judged choice by choice, each in a
+# ClassifyStream of its own; more would hold as many streams on the classifier, so they are not judged.
+MAX_CHOICES = 8
+
+
+@dataclass
+class _Held:
+    """What a checked stream holds back: events, and per answer (choice) its text not yet judged."""
+
+    events: list[bytes] = field(default_factory=list)
+    size: int = 0
+    chars: int = 0
+    texts: dict[int, list[str]] = field(default_factory=dict)
+
+    def add(self, event: bytes, texts: dict[int, str]) -> None:
+        self.events.append(event)
+        self.size += len(event)
+        for key, text in texts.items():
+            self.texts.setdefault(key, []).append(text)
+            self.chars += len(text)
+
+
 async def guard_event_stream(
     chunks: AsyncIterator[bytes],
     write: Callable[[bytes], Awaitable[None]],
-    judge: Judge,
+    judge: Callable[[int], Judge],
     adapter: Adapter,
     *,
     window_chars: int,
@@ -94,38 +117,42 @@ async def guard_event_stream(
 ) -> StreamOutcome:
     """Relay ``chunks`` through ``write`` holding back at most one window of answer.
 
-    ``replacement(completion_id, model)`` gives the events that end a stream
-    whose answer was judged unsafe; ``error_event()`` those that end one the
-    classifier could not judge when failing closed.
+    ``judge(choice)`` judges that answer's new text (each choice of an answer
+    streamed as several is judged apart: interleaved, they would read as one
+    garbled text); ``replacement(completion_id, model)`` gives the events that
+    end a stream whose answer was judged unsafe; ``error_event()`` those that
+    end one the classifier could not judge when failing closed.
     """
     outcome = StreamOutcome()
-    held: list[bytes] = []
-    held_bytes = 0
-    pending_chars = 0
-    pending: list[str] = []  # answer text held back, not yet judged
+    held = _Held()
     ident: tuple[str | None, str | None] = (None, None)
     buffer = b""
 
+    async def verdict() -> bool | None:
+        """The held texts' verdict: False if any answer is unsafe, None if one could not be judged."""
+        verdicts = []
+        for key, texts in held.texts.items():
+            outcome.checks += 1
+            verdicts.append(await judge(key)("".join(texts)) if 0 <= key < MAX_CHOICES else None)
+        return False if False in verdicts else None if None in verdicts else True
+
     async def checkpoint() -> bool:
         """Judge the answer so far; True to go on."""
-        nonlocal held, held_bytes, pending_chars
-        if pending_chars:
-            outcome.checks += 1
-            safe = await judge("".join(pending))
-            pending.clear()
-            if safe is False:
-                outcome.replaced = True
-                await write(replacement(*ident))
+        nonlocal held
+        safe = await verdict() if held.texts else True
+        if safe is False:
+            outcome.replaced = True
+            await write(replacement(*ident))
+            return False
+        if safe is None:
+            if fail_closed:
+                outcome.failed = True
+                await write(error_event())
                 return False
-            if safe is None:
-                if fail_closed:
-                    outcome.failed = True
-                    await write(error_event())
-                    return False
-                outcome.unchecked = True
-        if held:
-            await write(b"".join(held))
-        held, held_bytes, pending_chars = [], 0, 0
+            outcome.unchecked = True
+        if held.events:
+            await write(b"".join(held.events))
+        held = _Held()
         return True
 
     identity = getattr(adapter, "stream_identity", None)
@@ -134,16 +161,13 @@ async def guard_event_stream(
         events, buffer = split_events(buffer)
         for event in events:
             data = event_data(event)
+            texts: dict[int, str] = {}
             if data is not None and data.strip() != b"[DONE]":
                 if ident == (None, None) and identity is not None:
                     ident = identity(data)
-                text = adapter.stream_answer_delta(data)
-                if text:
-                    pending.append(text)
-                    pending_chars += len(text)
-            held.append(event)
-            held_bytes += len(event)
-            if (pending_chars >= window_chars or held_bytes >= max_window_bytes) and not await checkpoint():
+                texts = adapter.stream_answer_delta(data)
+            held.add(event, texts)
+            if (held.chars >= window_chars or held.size >= max_window_bytes) and not await checkpoint():
                 return outcome
         if len(buffer) > max_window_bytes:
             # One event larger than the window cannot be judged within the bound.
@@ -157,7 +181,7 @@ async def guard_event_stream(
             await write(buffer)
             buffer = b""
     if buffer:
-        held.append(buffer)
+        held.add(buffer, {})
     await checkpoint()
     return outcome
 
@@ -318,12 +342,18 @@ class AnswerCheck:
                 yield chunk
 
         check = ex.route.response_check
-        stream = self.judge.answer_stream(ex.trace, ex.context, answer_threshold(ex))
+        streams: dict[int, AnswerJudge] = {}  # one ClassifyStream per answer (choice), opened as it starts
+
+        def judge(choice: int) -> Judge:
+            if choice not in streams:
+                streams[choice] = self.judge.answer_stream(ex.trace, ex.context, answer_threshold(ex))
+            return streams[choice].safe
+
         try:
             return await guard_event_stream(
                 chunks(),
                 response.write,
-                stream.safe,
+                judge,
                 adapter,
                 window_chars=check.window_chars,
                 max_window_bytes=check.max_window_bytes,
@@ -332,7 +362,8 @@ class AnswerCheck:
                 fail_closed=ex.route.on_classifier_error.closed_on_outage,
             )
         finally:
-            stream.close()
+            for stream in streams.values():
+                stream.close()
 
 
 def answer_threshold(ex: Exchange) -> float | None:

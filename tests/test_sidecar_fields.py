@@ -230,17 +230,25 @@ def test_streamed_reasoning_and_tool_input_are_read() -> None:
     openai = {
         "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": H}}]}}]
     }
-    assert OpenAIAdapter().stream_answer_delta(json.dumps(openai).encode()) == H
+    assert OpenAIAdapter().stream_answer_delta(json.dumps(openai).encode()) == {0: H}
     for delta in ({"type": "thinking_delta", "thinking": H}, {"type": "input_json_delta", "partial_json": H}):
         event = {"type": "content_block_delta", "index": 0, "delta": delta}
-        assert AnthropicAdapter().stream_answer_delta(json.dumps(event).encode()) == H
+        assert AnthropicAdapter().stream_answer_delta(json.dumps(event).encode()) == {0: H}
     stop = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
-    assert AnthropicAdapter().stream_answer_delta(json.dumps(stop).encode()) is None
+    assert AnthropicAdapter().stream_answer_delta(json.dumps(stop).encode()) == {}
     for kind in ("reasoning_summary_text", "function_call_arguments", "output_text"):
         event = {"type": f"response.{kind}.delta", "item_id": "i", "delta": H}
-        assert ResponsesAdapter().stream_answer_delta(json.dumps(event).encode()) == H
+        assert ResponsesAdapter().stream_answer_delta(json.dumps(event).encode()) == {0: H}
     audio = {"type": "response.audio.delta", "delta": "UklGRg=="}
-    assert ResponsesAdapter().stream_answer_delta(json.dumps(audio).encode()) is None
+    assert ResponsesAdapter().stream_answer_delta(json.dumps(audio).encode()) == {}
+
+
+def test_choices_streamed_together_are_read_apart() -> None:
+    """``n`` > 1: each choice's deltas under its index, so interleaved answers are judged apart."""
+    event = {"choices": [{"index": 1, "delta": {"content": "b"}}, {"index": 0, "delta": {"content": "a"}}]}
+    assert OpenAIAdapter().stream_answer_delta(json.dumps(event).encode()) == {0: "a", 1: "b"}
+    text = {"choices": [{"index": 2, "text": "c"}, {"text": "d"}, {"index": True, "text": "e"}]}
+    assert CompletionsAdapter().stream_answer_delta(json.dumps(text).encode()) == {2: "c", 0: "de"}
 
 
 def test_answers_of_an_unexpected_shape_have_no_text_rather_than_an_error() -> None:

@@ -769,8 +769,9 @@ async def answering_upstream(answers: dict[str, Any], codings: list[str] | None 
             if "gzip" in codings[-1]:
                 response.enable_compression(web.ContentCoding.gzip)
         await response.prepare(request)
-        for delta in answer:
-            event = {"id": "up", "model": "up", "choices": [{"index": 0, "delta": delta}]}
+        for delta in answer:  # a delta of choice 0, or (choice, delta)
+            index, delta = delta if isinstance(delta, tuple) else (0, delta)
+            event = {"id": "up", "model": "up", "choices": [{"index": index, "delta": delta}]}
             await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         return response
@@ -803,6 +804,22 @@ async def test_response_check_reads_reasoning_and_tool_calls(chatbot, classifier
             assert choice["logprobs"] is None and "UNSAFE" not in resp.body.decode(), shape
         resp = await send(http, "POST", url + CHAT, json=chat_body("stream", stream=True))
     assert b"UNSAFE" not in resp.body and b"Answer withheld." in resp.body
+
+
+async def test_choices_streamed_together_are_judged_apart(chatbot, classifier, steerer, http) -> None:
+    """``n: 2``: choice 1 is harmful, its deltas interleaved with choice 0's. Read as one text the
+    two answers mixed word by word (before: "UNxSAFEy" passed); each is judged as its own answer."""
+    policy = {"response_check": {"enabled": True, "window_chars": 64, "message": "Answer withheld."}}
+    words = [(1, {"content": "UN"}), (0, {"content": "x"}), (1, {"content": "SAFE"}), (0, {"content": "y"})]
+    async with (
+        answering_upstream({"two": words, "one": [(0, {"content": "fine"}), (1, {"content": "also"})]}) as up,
+        sidecar(chatbot, classifier, steerer[0], policy, upstream=up) as url,
+    ):
+        resp = await send(http, "POST", url + CHAT, json=chat_body("two", stream=True, n=2))
+        calm = await send(http, "POST", url + CHAT, json=chat_body("one", stream=True, n=2))
+    assert b"SAFE" not in resp.body and b"Answer withheld." in resp.body
+    assert sse_events(resp.body)[-2]["choices"][0]["finish_reason"] == "content_filter"
+    assert b'"fine"' in calm.body and b'"also"' in calm.body and b"withheld" not in calm.body
 
 
 async def test_a_checked_answer_is_asked_for_uncompressed(chatbot, classifier, steerer, http) -> None:

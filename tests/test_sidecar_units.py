@@ -94,7 +94,7 @@ def test_openai_replies_have_the_api_shape() -> None:
     assert datas[-1] == b"[DONE]"
     usage = json.loads(datas[-2])  # type: ignore[arg-type]
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 4
-    assert adapter.stream_answer_delta(datas[1]) == "x"  # type: ignore[arg-type]
+    assert adapter.stream_answer_delta(datas[1]) == {0: "x"}  # type: ignore[arg-type]
     doc = {"choices": [{"message": {"content": "bad"}}, {"message": {"content": "worse"}}]}
     assert adapter.answer_text(doc) == "bad\n\nworse"
     replaced = json.loads(adapter.replace_answer(doc, "ok"))
@@ -220,7 +220,7 @@ async def _run_guard(
     outcome = await guard_event_stream(
         _feed(_sse(texts)),
         write,
-        judge,
+        lambda choice: judge,
         adapter,
         window_chars=window,
         max_window_bytes=1 << 16,

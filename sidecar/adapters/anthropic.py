@@ -152,12 +152,13 @@ class AnthropicAdapter:
         document["stop_reason"] = "refusal"
         return dumps(document)
 
-    def stream_answer_delta(self, event_data: bytes) -> str | None:
+    def stream_answer_delta(self, event_data: bytes) -> dict[int, str]:
         payload = loads_event(event_data)
         if not isinstance(payload, dict):
-            return None
-        # Text, thinking and tool-input deltas, and any text a block starts with.
-        return "".join(strings([payload.get("content_block"), payload.get("delta")])) or None
+            return {}
+        # Text, thinking and tool-input deltas, and any text a block starts with (one answer).
+        text = "".join(strings([payload.get("content_block"), payload.get("delta")]))
+        return {0: text} if text else {}
 
     @staticmethod
     def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:

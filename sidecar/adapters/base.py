@@ -92,8 +92,9 @@ class Adapter(Protocol):
         """The upstream's response body with its answer replaced by ``text``."""
         ...
 
-    def stream_answer_delta(self, event_data: bytes) -> str | None:
-        """Text carried by one upstream streaming event; None when it carries none."""
+    def stream_answer_delta(self, event_data: bytes) -> dict[int, str]:
+        """Text carried by one upstream streaming event, by the answer it belongs to (a choice's
+        index; 0 where the API streams one answer); empty when it carries none."""
         ...
 
 

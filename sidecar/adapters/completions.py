@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, joined_texts, load_json_object, token_usage
-from sidecar.adapters.fields import chat_request, text_beside
+from sidecar.adapters.fields import chat_request, text_beside, texts_by_choice
 from sidecar.adapters.sse import data_event, identity, loads_event, new_id, now
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
@@ -113,9 +113,10 @@ class CompletionsAdapter:
                 choice["logprobs"] = None  # they spell out the withheld answer token by token
         return dumps(document)
 
-    def stream_answer_delta(self, event_data: bytes) -> str | None:
+    def stream_answer_delta(self, event_data: bytes) -> dict[int, str]:
         payload = loads_event(event_data)
-        return self.answer_text(payload) if isinstance(payload, dict) else None
+        choices = payload.get("choices") if isinstance(payload, dict) else None
+        return texts_by_choice(choices, lambda c: c["text"] if isinstance(c.get("text"), str) else "")
 
     @staticmethod
     def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:

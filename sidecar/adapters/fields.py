@@ -105,6 +105,20 @@ def message_text(raw: dict[str, Any], unjudged: list[str]) -> str:
     return "\n".join(t for t in texts if t)
 
 
+def texts_by_choice(choices: Any, read: Callable[[dict[str, Any]], str]) -> dict[int, str]:
+    """A streamed event's text per answer: each choice's ``read`` text under its ``index`` (0 when
+    it names none). Choices stream interleaved (``n`` > 1), and read as one text they would mix
+    two answers word by word, which the probe cannot read, while the client reads each apart."""
+    out: dict[int, str] = {}
+    for choice in choices if isinstance(choices, list) else []:
+        text = read(choice) if isinstance(choice, dict) else ""
+        if text:
+            index = choice.get("index")
+            key = index if isinstance(index, int) and not isinstance(index, bool) else 0
+            out[key] = out.get(key, "") + text
+    return out
+
+
 def answer_texts(items: Any, read: Callable[[Any], str]) -> str | None:
     """Every text in an answer's parts (choices, blocks, output items) joined; None when there is none.
 

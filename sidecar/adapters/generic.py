@@ -87,5 +87,5 @@ class JsonAdapter:
         jsonptr.replace(document, self._answer, text)
         return dumps(document)
 
-    def stream_answer_delta(self, event_data: bytes) -> str | None:
-        return None
+    def stream_answer_delta(self, event_data: bytes) -> dict[int, str]:
+        return {}

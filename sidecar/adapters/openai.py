@@ -7,14 +7,20 @@ cannot tell them from the upstream's own answers.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
 
 from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object, token_usage
-from sidecar.adapters.fields import answer_texts, chat_request, message_text, strings, text_beside
-from sidecar.adapters.sse import identity
+from sidecar.adapters.fields import (
+    answer_texts,
+    chat_request,
+    message_text,
+    strings,
+    text_beside,
+    texts_by_choice,
+)
+from sidecar.adapters.sse import identity, loads_event
 from sidecar.conversation import ChatRequest, Message
 from steerguard.errors import InvalidInput
 
@@ -174,15 +180,12 @@ class OpenAIAdapter:
                 choice["logprobs"] = None  # they spell out the withheld answer token by token
         return dumps(document)
 
-    def stream_answer_delta(self, event_data: bytes) -> str | None:
-        try:
-            payload = json.loads(event_data)
-        except (UnicodeDecodeError, ValueError):
-            return None
+    def stream_answer_delta(self, event_data: bytes) -> dict[int, str]:
+        payload = loads_event(event_data)
         if not isinstance(payload, dict):
-            return None
-        deltas = [c.get("delta") for c in payload.get("choices") or [] if isinstance(c, dict)]
-        return "".join(strings(deltas)) or None  # content, reasoning, tool-call arguments
+            return {}
+        # Content, reasoning, tool-call arguments, per choice.
+        return texts_by_choice(payload.get("choices"), lambda c: "".join(strings([c.get("delta")])))
 
     @staticmethod
     def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:

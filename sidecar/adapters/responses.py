@@ -146,14 +146,14 @@ class ResponsesAdapter:
         document["incomplete_details"] = {"reason": "content_filter"}
         return dumps(document)
 
-    def stream_answer_delta(self, event_data: bytes) -> str | None:
+    def stream_answer_delta(self, event_data: bytes) -> dict[int, str]:
         payload = loads_event(event_data)
         if not isinstance(payload, dict) or not str(payload.get("type")).endswith(".delta"):
-            return None
+            return {}
         if payload["type"] in _NOT_TEXT_DELTAS:
-            return None
-        delta = payload.get("delta")  # output text, reasoning, refusals, tool-call arguments
-        return delta if isinstance(delta, str) else None
+            return {}
+        delta = payload.get("delta")  # output text, reasoning, refusals, tool-call arguments (one answer)
+        return {0: delta} if isinstance(delta, str) and delta else {}
 
     @staticmethod
     def stream_identity(event_data: bytes) -> tuple[str | None, str | None]:
