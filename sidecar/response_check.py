@@ -200,13 +200,20 @@ class AnswerCheck:
         return ex.route.response_check.enabled and 200 <= upstream.status < 300
 
     async def run(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse | None:
-        """The checked response, or None when the content type is not one the check reads."""
+        """The checked response, or None when it holds nothing to check (no body).
+
+        An answer in a type the check cannot read (plain text, NDJSON, none
+        named) is not relayed as if judged: it follows the route's fail mode,
+        marked ``unchecked`` when it goes through.
+        """
         content_type = upstream.headers.get("Content-Type", "")
-        if content_type.startswith("text/event-stream"):
+        if mime_of(content_type) == "text/event-stream":
             return await self.check_stream(ex, upstream)
         if is_json(content_type):
             return await self.check_body(ex, upstream)
-        return None
+        if upstream.status == 204 or upstream.content_length == 0:
+            return None
+        return await self._unchecked_stream(ex, upstream)
 
     def _text(self, ex: Exchange) -> str:
         return ex.route.response_check.message or ex.policy.refusal_message
@@ -281,7 +288,8 @@ class AnswerCheck:
         return self.outcomes.finish(ex.trace, response)
 
     async def _unchecked_stream(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        """A compressed stream cannot be read as it goes: refused failing closed, else relayed unchecked."""
+        """An answer the check cannot read (a compressed stream, a type it does not know): refused
+        failing closed, else relayed marked unchecked."""
         if ex.route.on_classifier_error.closed_on_outage:
             upstream.close()
             failure = ClassifierUnavailable("the answer could not be checked")
@@ -371,6 +379,11 @@ def answer_threshold(ex: Exchange) -> float | None:
     return ex.route.threshold if ex.route.threshold is not None else ex.policy.threshold
 
 
+def mime_of(content_type: str) -> str:
+    """A Content-Type's media type, lower-cased, without its parameters."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def is_json(content_type: str) -> bool:
-    mime = content_type.split(";", 1)[0].strip().lower()
+    mime = mime_of(content_type)
     return mime == "application/json" or mime.endswith("+json")

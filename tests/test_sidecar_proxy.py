@@ -822,6 +822,52 @@ async def test_choices_streamed_together_are_judged_apart(chatbot, classifier, s
     assert b'"fine"' in calm.body and b'"also"' in calm.body and b"withheld" not in calm.body
 
 
+@asynccontextmanager
+async def typed_upstream(content_type: str, body: bytes) -> AsyncIterator[str]:
+    """An upstream that answers every chat request 200 with ``body`` as ``content_type``."""
+
+    async def chat_route(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app = web.Application()
+    app.router.add_post(CHAT, chat_route)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+async def test_an_answer_the_check_cannot_read_follows_the_fail_mode(
+    chatbot, classifier, steerer, http, mode
+) -> None:
+    """Plain text or NDJSON is not relayed as if judged (before: passed unmarked); an SSE type
+    spelled in capitals is still read as a stream."""
+    policy = {"on_classifier_error": mode, "response_check": {"enabled": True, "window_chars": 16}}
+    harmful = f"UNSAFE steps {uuid.uuid4().hex}".encode()
+    sse = b'data: {"choices": [{"index": 0, "delta": {"content": "' + harmful + b'"}}]}\n\ndata: [DONE]\n\n'
+    for content_type, body in (
+        ("text/plain", harmful),
+        ("application/x-ndjson", harmful),
+        ("Text/Event-Stream", sse),
+    ):
+        async with (
+            typed_upstream(content_type, body) as up,
+            sidecar(chatbot, classifier, steerer[0], policy, upstream=up) as url,
+        ):
+            resp = await send(http, "POST", url + CHAT, json=chat_body("hi"))
+        verdict = resp.headers.get("x-steerguard-response-verdict")
+        if content_type.lower() == "text/event-stream":
+            assert verdict == "streaming" and harmful not in resp.body, content_type
+        elif mode == "closed":
+            assert resp.status == 503 and harmful not in resp.body, content_type
+        else:
+            assert resp.status == 200 and verdict == "unchecked", content_type
+
+
 async def test_a_checked_answer_is_asked_for_uncompressed(chatbot, classifier, steerer, http) -> None:
     """A client asking for gzip must not get an upstream's compressed stream past the check, which
     cannot read it as it goes (before: relayed unchecked on a fail-open route)."""
