@@ -43,6 +43,9 @@ OPENAI = {
         "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": _schema_with(H)}},
     },
     "guided_json schema": {"messages": [USER], "guided_json": _schema_with(description=H)},
+    "guided_choice": {"messages": [USER], "guided_choice": [H, "no"]},
+    "guided_regex": {"messages": [USER], "guided_regex": f"({H}|no)"},
+    "structured_outputs": {"messages": [USER], "structured_outputs": {"choice": [H, "no"]}},
     "an unknown key in a part": {
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "x": H}]}]
     },

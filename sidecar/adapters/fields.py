@@ -32,13 +32,14 @@ NOT_TEXT = frozenset(
         "stop_sequence", "search_context_size",
     }
 )  # fmt: skip
-# Top-level fields that set how an upstream runs, not what the model reads.
+# Top-level fields that set how an upstream runs, not what the model reads. Output constraints
+# (guided_choice, guided_regex, guided_grammar, structured_outputs) are not here: they are judged,
+# since a model made to pick among texts the user wrote ("To make X you need A" / "... B") answers them.
 NOT_PROMPT = NOT_TEXT | {
     "model", "user", "metadata", "stop", "stop_sequences", "stream", "stream_options", "modalities",
     "audio", "service_tier", "reasoning_effort", "reasoning", "thinking", "prompt_cache_key",
     "safety_identifier", "store", "tool_choice", "function_call", "logit_bias", "prediction",
-    "cache_salt", "guided_regex", "guided_grammar", "guided_choice",
-    "guided_decoding_backend", "guided_whitespace_pattern", "bad_words", "kv_transfer_params",
+    "cache_salt", "guided_decoding_backend", "guided_whitespace_pattern", "bad_words", "kv_transfer_params",
     "vllm_xargs", "conversation", "include", "truncation", "container",
     "mcp_servers", "context_management", "logits_processors", "prompt_cache_retention",
 }  # fmt: skip
