@@ -43,6 +43,8 @@ HOP_BY_HOP = frozenset(
         "expect",
     }
 )
+# Every header the guard sets starts so; a client's own are removed before the upstream sees them.
+GUARD_HEADERS = "x-steerguard-"
 # Headers aiohttp's client would add on its own when the client did not send them.
 _AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
@@ -88,6 +90,8 @@ def forwarded_headers(request: web.BaseRequest) -> CIMultiDict[str]:
     where aiohttp decoded the body, without its coding and length, since the decoded body is
     what goes upstream and what the guard judged."""
     headers = request_headers(raw_header_items(request))
+    for name in [k for k in headers if k.lower().startswith(GUARD_HEADERS)]:
+        headers.popall(name, None)  # the guard's headers are its own, never a client's
     if body_decoded(request) is not None:
         headers.popall("Content-Encoding", None)
         headers.popall("Content-Length", None)

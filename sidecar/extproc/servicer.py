@@ -26,6 +26,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 
 from sidecar.extproc.gate import Check, Continue, Gate, Immediate, Outcome, error_answer
+from sidecar.upstream import GUARD_HEADERS
 from steerguard.errors import InvalidInput, PayloadTooLarge
 
 
@@ -99,14 +100,18 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
 
     def _request_headers(self, stream: _Stream, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
-        found = self.gate.route(header_map(headers), has_body=not headers.end_of_stream)
+        received = header_map(headers)
+        found = self.gate.route(received, has_body=not headers.end_of_stream)
         if isinstance(found, Immediate):
             return immediate(found)
         if isinstance(found, Check):
             stream.check = found
             if headers.end_of_stream:
                 return immediate(error_answer(found.trace, InvalidInput("a chat request needs a JSON body")))
-        return ep.ProcessingResponse(request_headers=ep.HeadersResponse())
+        # The guard's headers are its own: a client's are removed before the upstream sees them.
+        forged = [name for name in received if name.startswith(GUARD_HEADERS)]
+        removal = ep.CommonResponse(header_mutation=ep.HeaderMutation(remove_headers=forged))
+        return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=removal if forged else None))
 
     async def _request_body(self, stream: _Stream, body: ep.HttpBody) -> ep.ProcessingResponse:
         check = stream.check
