@@ -82,8 +82,9 @@ class StreamOutcome:
 
 
 # An answer streamed as this many choices (``n``) at most is judged choice by choice, each in a
-# ClassifyStream of its own; more would hold as many streams on the classifier, so they are not judged.
-MAX_CHOICES = 8
+# ClassifyStream of its own. More are not judged (the route's fail mode applies): each holds one of
+# the classifier's streams (``--max-streams``, 32), so one request could take them all.
+MAX_CHOICES = 4
 
 
 @dataclass

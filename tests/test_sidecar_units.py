@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from sidecar.adapters.base import ReplyMeta
 from sidecar.conversation import ChatRequest, Message, context_for_classifier
 from sidecar.http_errors import status_of
 from sidecar.policy import parse_policy
-from sidecar.response_check import decode_body, event_data, guard_event_stream, split_events
+from sidecar.response_check import MAX_CHOICES, decode_body, event_data, guard_event_stream, split_events
 from sidecar.upstream import request_headers, response_headers
 from steerguard.errors import InvalidInput, PayloadTooLarge, TooLong, UpstreamError
 
@@ -255,6 +256,41 @@ async def test_stream_guard_failure_modes() -> None:
     assert outcome.failed and b"abcd" not in out and b"unchecked" in out
     outcome, out, _ = await _run_guard(["abcd", "efgh"], [None], fail_closed=False)
     assert outcome.unchecked and out == b"".join(_sse(["abcd", "efgh"]))
+
+
+async def test_stream_guard_judges_each_choice_apart_up_to_a_cap() -> None:
+    """Each choice of an ``n`` > 1 stream gets a judge of its own; one past the cap cannot be judged."""
+
+    def events(choices: int) -> list[bytes]:
+        body = [{"choices": [{"index": i, "delta": {"content": f"c{i}"}}]} for i in range(choices)]
+        return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in body] + [b"data: [DONE]\n\n"]
+
+    async def run(choices: int, fail_closed: bool) -> tuple[Any, dict[int, list[str]]]:
+        judged: dict[int, list[str]] = {}
+
+        def judge(choice: int) -> Any:
+            async def safe(text: str) -> bool:
+                judged.setdefault(choice, []).append(text)
+                return True
+
+            return safe
+
+        async def write(_data: bytes) -> None:
+            return None
+
+        adapter = OpenAIAdapter()
+        outcome = await guard_event_stream(
+            _feed(events(choices)), write, judge, adapter, window_chars=1000, max_window_bytes=1 << 16,
+            replacement=lambda cid, model: b"", error_event=lambda: b"error", fail_closed=fail_closed,
+        )  # fmt: skip
+        return outcome, judged
+
+    outcome, judged = await run(MAX_CHOICES, fail_closed=True)
+    assert judged == {i: [f"c{i}"] for i in range(MAX_CHOICES)} and not outcome.failed
+    outcome, judged = await run(MAX_CHOICES + 1, fail_closed=True)
+    assert outcome.failed and MAX_CHOICES not in judged
+    outcome, _ = await run(MAX_CHOICES + 1, fail_closed=False)
+    assert outcome.unchecked and not outcome.failed
 
 
 def test_verdict_cache_is_bounded_and_expires(monkeypatch: pytest.MonkeyPatch) -> None:
