@@ -766,6 +766,20 @@ def _hidden_answers(harmful: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
+async def chat_upstream(handler: Any) -> AsyncIterator[str]:
+    """A local upstream whose chat route is ``handler``; yields its base URL."""
+    app = web.Application()
+    app.router.add_post(CHAT, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
 async def answering_upstream(answers: dict[str, Any], codings: list[str] | None = None) -> AsyncIterator[str]:
     """An OpenAI-style upstream that answers each request with ``answers[<the user's text>]``;
     with ``codings``, it notes each request's Accept-Encoding there and gzips where it may."""
@@ -789,15 +803,8 @@ async def answering_upstream(answers: dict[str, Any], codings: list[str] | None 
         await response.write(b"data: [DONE]\n\n")
         return response
 
-    app = web.Application()
-    app.router.add_post(CHAT, chat_route)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with chat_upstream(chat_route) as url:
+        yield url
 
 
 async def test_response_check_reads_reasoning_and_tool_calls(chatbot, classifier, steerer, http) -> None:
@@ -842,15 +849,8 @@ async def typed_upstream(content_type: str, body: bytes) -> AsyncIterator[str]:
     async def chat_route(request: web.Request) -> web.Response:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    app = web.Application()
-    app.router.add_post(CHAT, chat_route)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with chat_upstream(chat_route) as url:
+        yield url
 
 
 @pytest.mark.parametrize("mode", ["closed", "open"])
