@@ -2,7 +2,9 @@
 
 Per Envoy's ext_proc documentation, with the processing mode steerguard's
 example configurations set (request headers SEND, request body BUFFERED,
-response headers SEND, response body NONE, trailers SKIP): one
+response headers SEND, response body NONE, trailers SKIP; :class:`Mode`
+sets others, and whether the first message names the body modes in
+``protocol_config``, as Envoy 1.33 and later do): one
 bidirectional ``Process`` stream per HTTP request; Envoy sends the request
 headers (pseudo-headers ``:method``, ``:path``, ``:authority``, values in
 ``raw_value``), waits for the ``HeadersResponse``, sends the whole body in one
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
@@ -35,6 +38,35 @@ class Exchange:
     status: int = 0  # of an ImmediateResponse
     body: bytes = b""  # of an ImmediateResponse
     details: str = ""
+    mode_override: processing_mode_pb2.ProcessingMode | None = None  # what the server asked of the filter
+
+
+BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
+
+
+@dataclass(frozen=True)
+class Mode:
+    """The filter's processing mode, as far as the request goes (``ProcessingMode`` names).
+
+    ``protocol_config``: whether Envoy names its body modes on the first message (Envoy 1.33
+    and later do). Headers ``SKIP`` sends no request headers; body ``NONE`` sends no body.
+    """
+
+    request_header_mode: str = "SEND"
+    request_body_mode: str = "BUFFERED"
+    protocol_config: bool = True
+
+    def steps(self, request: dict[str, str], body: bytes | None) -> list[ep.ProcessingRequest]:
+        """The request-side messages Envoy sends, in order."""
+        steps: list[ep.ProcessingRequest] = []
+        if self.request_header_mode == "SEND":
+            steps.append(ep.ProcessingRequest(request_headers=_headers(request, body is None)))
+        if body is not None and self.request_body_mode != "NONE":
+            steps.append(ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=True)))
+        if self.protocol_config and steps:
+            modes = processing_mode_pb2.ProcessingMode.BodySendMode
+            steps[0].protocol_config.request_body_mode = modes.Value(self.request_body_mode)
+        return steps
 
 
 def _headers(values: dict[str, str], end_of_stream: bool) -> ep.HttpHeaders:
@@ -63,8 +95,11 @@ async def send(
     headers: dict[str, str] | None = None,
     upstream_status: int = 200,
     timeout: float = 30.0,
+    mode: Mode | None = None,
 ) -> Exchange:
-    """Run one HTTP request through the ext_proc server at ``address`` as Envoy would."""
+    """Run one HTTP request through the ext_proc server at ``address`` as Envoy would, with the
+    filter's processing ``mode`` (by default the one steerguard's example configurations set)."""
+    mode = mode or Mode()
     request = {":method": method, ":path": path, ":authority": "chat.example", ":scheme": "http"}
     request.update({"content-type": "application/json", **(headers or {})})
     out = Exchange(request_headers=dict(request))
@@ -77,11 +112,7 @@ async def send(
     async with grpc.aio.insecure_channel(address) as channel:
         call = ep_grpc.ExternalProcessorStub(channel).Process(outgoing(), timeout=timeout)
         replies = call.__aiter__()
-        steps: list[ep.ProcessingRequest] = [
-            ep.ProcessingRequest(request_headers=_headers(request, body is None))
-        ]
-        if body is not None:
-            steps.append(ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=True)))
+        steps = mode.steps(request, body)
         status = {":status": str(upstream_status), "content-type": "application/json"}
         steps.append(ep.ProcessingRequest(response_headers=_headers(status, False)))
         for step in steps:
@@ -103,6 +134,8 @@ async def send(
             common = getattr(reply, kind).response
             target = out.response_headers if kind == "response_headers" else out.request_headers
             _apply(target, common.header_mutation)
+            if kind == "request_headers" and reply.HasField("mode_override"):
+                out.mode_override = reply.mode_override
         out.forwarded = True
         out.response_headers = {**status, **out.response_headers}
         await queue.put(None)

@@ -63,6 +63,10 @@ def classifier_failure(kind: str, reason: str) -> ClassifierUnavailable:
     return cls(reason)
 
 
+class Misconfigured(SteerguardError):
+    """The front end is set up so that a chat request cannot be judged (HTTP 500): refused, not passed."""
+
+
 class BundleMismatch(SteerguardError):
     """The classifier and the steer service serve different bundles, and the sidecar refuses (HTTP 503)."""
 
@@ -85,6 +89,7 @@ _TABLE: list[tuple[type[SteerguardError], int, str]] = [
     (UpstreamTimeout, 504, "upstream_timeout"),
     (DeadlineExceeded, 504, "deadline_exceeded"),
     (UpstreamError, 502, "upstream_error"),
+    (Misconfigured, 500, "guard_misconfigured"),
 ]
 
 

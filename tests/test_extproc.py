@@ -131,6 +131,30 @@ async def test_a_malformed_body_is_a_400_immediate_response(classifier: FakeServ
     assert classifier.script.calls == []
 
 
+async def test_a_filter_that_cannot_hand_over_the_body_is_refused_not_passed(classifier: FakeServer) -> None:
+    """Envoy's default body mode is NONE: a chat request would go upstream unjudged. Named in
+    ``protocol_config``, it is refused at once; on an older Envoy that does not name it, the
+    answer is withheld when the response comes without the body ever judged. With headers
+    SKIPped the route cannot be known. Every chat headers response asks for BUFFERED."""
+    none, old_none = envoy.Mode(request_body_mode="NONE"), envoy.Mode("SEND", "NONE", protocol_config=False)
+    async with extproc(classifier) as address:
+        at_once = await envoy.send(address, "POST", CHAT, chat("how do I build a bomb"), mode=none)
+        late = await envoy.send(address, "POST", CHAT, chat("how do I build a bomb"), mode=old_none)
+        headless = await envoy.send(
+            address, "POST", CHAT, chat("hi"), mode=envoy.Mode(request_header_mode="SKIP")
+        )
+        fine = await envoy.send(address, "POST", CHAT, chat("hello"))
+        other = await envoy.send(address, "GET", "/v1/models", None, mode=none)
+    for out in (at_once, late, headless):
+        assert out.status == 500 and not out.forwarded
+        assert json.loads(out.body)["error"]["code"] == "guard_misconfigured"
+    assert "request_body_mode: BUFFERED" in json.loads(late.body)["error"]["message"]
+    assert late.mode_override is not None and late.mode_override.request_body_mode == envoy.BUFFERED
+    assert fine.forwarded and fine.mode_override is not None
+    assert other.forwarded and other.mode_override is None
+    assert len(classifier.script.calls) == 1  # only the request whose body came
+
+
 async def test_a_clients_own_guard_headers_never_reach_the_upstream(classifier: FakeServer) -> None:
     """Only the guard sets ``x-steerguard-*`` toward the upstream: a forged category or failure mark
     on a request the guard does not mark so is removed, its own verdict set."""

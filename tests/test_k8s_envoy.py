@@ -10,6 +10,7 @@ port the Deployment serves, and the Deployment's environment must be flags
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -84,7 +85,13 @@ def test_istio_filter_buffers_the_body_and_calls_the_service() -> None:
     assert config["@type"].endswith("envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor")
     mode = config["processing_mode"]
     assert mode["request_body_mode"] == "BUFFERED" and mode["response_header_mode"] == "SEND"
-    assert mode["response_body_mode"] == "NONE"
+    assert mode["response_body_mode"] == "NONE" and config["allow_mode_override"] is True
+    if importlib.util.find_spec("envoy") is not None:  # every field is one Envoy's API has
+        from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+        from google.protobuf import json_format
+
+        fields = {k: v for k, v in config.items() if k != "@type"}
+        json_format.ParseDict(fields, ext_proc_pb2.ExternalProcessor())
     port = ExtProcSettings().port
     assert (
         config["grpc_service"]["envoy_grpc"]["cluster_name"]
