@@ -103,6 +103,14 @@ class _Held:
             self.texts.setdefault(key, []).append(text)
             self.chars += len(text)
 
+    async def verdict(self, judge: Callable[[int], Judge], outcome: StreamOutcome) -> bool | None:
+        """The held texts' verdict: False if any answer is unsafe, None if one could not be judged."""
+        verdicts = []
+        for key, texts in self.texts.items():
+            outcome.checks += 1
+            verdicts.append(await judge(key)("".join(texts)) if 0 <= key < MAX_CHOICES else None)
+        return False if False in verdicts else None if None in verdicts else True
+
 
 async def guard_event_stream(
     chunks: AsyncIterator[bytes],
@@ -129,18 +137,10 @@ async def guard_event_stream(
     ident: tuple[str | None, str | None] = (None, None)
     buffer = b""
 
-    async def verdict() -> bool | None:
-        """The held texts' verdict: False if any answer is unsafe, None if one could not be judged."""
-        verdicts = []
-        for key, texts in held.texts.items():
-            outcome.checks += 1
-            verdicts.append(await judge(key)("".join(texts)) if 0 <= key < MAX_CHOICES else None)
-        return False if False in verdicts else None if None in verdicts else True
-
     async def checkpoint() -> bool:
         """Judge the answer so far; True to go on."""
         nonlocal held
-        safe = await verdict() if held.texts else True
+        safe = await held.verdict(judge, outcome) if held.texts else True
         if safe is False:
             outcome.replaced = True
             await write(replacement(*ident))
