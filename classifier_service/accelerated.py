@@ -281,15 +281,17 @@ def auto_engine() -> str | None:
     """The engine ``--backend auto`` takes: what was measured fastest on the CPU at hand.
 
     OpenVINO in bf16 where the CPU has native bf16 (24.5 ms against ONNX
-    Runtime's 39.2 ms, float32); elsewhere ONNX Runtime in float32 (on a CPU
-    with AVX2 only, 40.4 ms served against OpenVINO float32's 60.5 ms, side by
-    side; docs/benchmarks.md); None when neither is installed. Never
-    :data:`INT8`: faster, but it changed 3.5% of held-out verdicts (target: at
-    most 2%) and caught fewer harmful prompts (:mod:`classifier_service.quantized`).
+    Runtime's 39.2 ms, float32); elsewhere ONNX Runtime with 7-bit weights in
+    three projections (:data:`INT8`; served on an AVX-512 VNNI CPU at 1.35-1.39x
+    a MiniLM + LR call against float32's 1.79-1.80x, side by side; chosen on
+    calibration prompts, 12 of 1,901 verdicts changed; held out 12 of 1,011,
+    docs/benchmarks.md); OpenVINO in float32 where ONNX Runtime is missing; None
+    when neither is installed. An operator who wants float32 names
+    ``--backend onnxruntime``.
     """
     if available("openvino") and native_bf16():
         return "openvino"
-    return next((engine for engine in ("onnxruntime", "openvino") if available(engine)), None)
+    return next((engine for engine in (INT8, "openvino") if available(engine)), None)
 
 
 _BUILT: dict[tuple[str, str, int, int, str], CompiledTrunk] = {}
@@ -484,6 +486,20 @@ class OnnxRuntimeInt8Trunk(OnnxRuntimeTrunk):
             key["quantizer"] = code_version(Path(quantized_module.__file__))
             with cached_graph(name, key, functools.partial(quantize_in_child, source)) as graph:
                 yield graph, prefix_len
+
+
+def prepare_auto(host: ModelHost, layer: int) -> list[str]:
+    """Make the trunk graphs ``--backend auto`` may take on any CPU (``--prepare-only``), and name
+    them: an image is prepared on one CPU and run on others, where a missing int8 graph would be
+    quantised at start-up (a child process holding the whole model)."""
+    made = []
+    if available("onnxruntime") or available("openvino"):
+        with exported(host, layer):
+            made.append("trunk")
+    if available(INT8):
+        with OnnxRuntimeInt8Trunk.graph(host, layer):
+            made.append("trunk-int8")
+    return made
 
 
 # Passage lengths are padded to a multiple of this before the compiled pass (CompiledPassages.hidden).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from classifier_service import accelerated
 from classifier_service.cache import VerdictCache, make_cache
 from classifier_service.core import ClassifierCore, CoreConfig
 from classifier_service.metrics import CACHE_ERRORS
@@ -102,8 +103,11 @@ def prepare(args: argparse.Namespace) -> int:
         log.error("cannot prepare the classifier", reason=exc.reason)
         return 1
     core.close()
+    graphs = accelerated.prepare_auto(core.host, core.bundle.probe_layer) if args.backend == "auto" else []
     where = str(cache_dir())
-    log.info("classifier prepared", cache=where, backend=core.backend, passages=core.passage_engine)
+    log.info(
+        "classifier prepared", cache=where, backend=core.backend, passages=core.passage_engine, graphs=graphs
+    )
     return 0
 
 

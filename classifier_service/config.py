@@ -48,11 +48,10 @@ class CoreConfig:
     # A single prompt view's pass after the template prefix, compiled (classifier_service.
     # accelerated; served miss 1.5x MiniLM + LR against 3.0x in PyTorch on a bf16 CPU,
     # docs/benchmarks.md). "auto": OpenVINO in bf16 where the CPU has native bf16, else ONNX
-    # Runtime in float32 (faster there), where installed, the prefix shared and the bundle has
-    # no early exit, falling back to PyTorch if the export fails; "openvino"/"onnxruntime"/
-    # "onnxruntime-int8" (int8 weights in three projections, opt-in: faster on AVX2-only CPUs,
-    # fewer harmful prompts caught; classifier_service.quantized): required (an error
-    # otherwise); "torch": never.
+    # Runtime with int8 weights in three projections (classifier_service.quantized; 1.2% of
+    # held-out verdicts changed), where installed, the prefix shared and the bundle has no early
+    # exit, falling back to PyTorch if the export fails; "openvino"/"onnxruntime" (float32)/
+    # "onnxruntime-int8": required (an error otherwise); "torch": never.
     backend: str = "auto"
     # Beside a compiled trunk (either engine), a long text's passages are read by OpenVINO in the
     # served precision (classifier_service.accelerated.CompiledPassages): a window 0.13 s against

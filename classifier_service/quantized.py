@@ -1,26 +1,26 @@
 """The compiled trunk with int8 weights in three of its seven projections (``--backend onnxruntime-int8``).
 
-Why: on a CPU without native bf16 (AVX2 only) a cache miss is ~75% matrix
-products, all in float32, and ONNX Runtime's int8 products (weights int8 per
-output channel, each call's activations quantised to uint8 per tensor) run
-them about twice as fast. Which products may be int8 was measured on
-calibration prompts (docs/benchmarks.md): SmolLM2's residual stream carries
-a few huge outlier channels, and where they reach a product's input, one
-scale for the whole tensor wipes out the small channels the probe reads.
-Quantising every projection flipped 19 of 60 verdicts, q/k/v (read from
-the RMS-normalised stream, whose gains bring the outliers back) 10 of 60
-with gate/up, down (read from the MLP's product) 27–33 of 120 even in late
-layers alone, and SmoothQuant-style scaling folded into the norms and
-``up_proj`` still 15 of 700 with every projection int8. ``o_proj``,
-``gate_proj`` and ``up_proj`` (59% of the products' work) changed 10 of 700
-calibration verdicts (1.4%) and ran the trunk 1.25× faster.
+Why: on a CPU without native bf16 a cache miss is ~75% matrix products, all
+in float32, and ONNX Runtime's int8 products (weights int8 per output
+channel, each call's activations quantised to uint8 per tensor) run them
+about twice as fast. Which products may be int8 was measured on calibration
+prompts (docs/benchmarks.md): SmolLM2's residual stream carries a few huge
+outlier channels, and where they reach a product's input, one scale for the
+whole tensor wipes out the small channels the probe reads. Quantising every
+projection flipped 19 of 60 verdicts, q/k/v (read from the RMS-normalised
+stream, whose gains bring the outliers back) 10 of 60 with gate/up, down
+(read from the MLP's product) 27-33 of 120 even in late layers alone.
+``o_proj``, ``gate_proj`` and ``up_proj`` are 59% of the products' work.
 
-Opt-in, not ``auto``'s choice: held out (``scripts/served_agreement.py``,
-1,011 prompts, one run after the choice above) it changed 35 verdicts
-(3.5%; target at most 2%), mostly by scoring lower: harmful prompts caught
-97.9% → 94.6%, XSTest unsafe 87 → 77 of 100. Served over gRPC on that CPU a
-miss took 1.79–2.14× a MiniLM + LR call against float32's 2.29–2.57×, side
-by side.
+The weights have 7 bits (``reduce_range``). Without VNNI (AVX2 alone, or
+AVX-512 without VNNI), ONNX Runtime multiplies uint8 by int8 with an
+instruction that adds each pair in 16 bits and saturates: 2 x 255 x 127
+overflows, 2 x 255 x 64 does not. With 8-bit weights on such a CPU, 35 of
+1,011 held-out verdicts changed (3.5%); with VNNI the same graph changed 7
+of 1,901 calibration verdicts. With 7 bits the integers are exact on every
+x86 CPU: 12 of 1,901 calibration verdicts changed, 12 of 1,011 held out
+(1.2%; target at most 2%), and ``--backend auto`` takes this engine on CPUs
+without native bf16 (:func:`classifier_service.accelerated.auto_engine`).
 
 The quantised graph is made once from the float32 trunk's graph, in a
 process of its own (``python -m classifier_service.quantized SRC FOLDER``:
@@ -78,6 +78,7 @@ def quantize(source: Path, folder: Path) -> Path:
         weight_type=QuantType.QInt8,
         nodes_to_quantize=nodes,
         per_channel=True,
+        reduce_range=True,  # 7-bit weights: no saturation on CPUs without VNNI (module docstring)
         use_external_data_format=True,
         extra_options={"MatMulConstBOnly": True},
     )

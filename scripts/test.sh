@@ -7,4 +7,4 @@ PY=${PYTHON:-python3}
 "$PY" -m ruff check .
 "$PY" -m ruff format --check .
 "$PY" -m mypy steerguard classifier_service steer_service sidecar devstack
-"$PY" -m pytest -q -ra "$@"
+"$PY" -m pytest -q -ra --durations=20 "$@"

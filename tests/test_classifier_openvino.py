@@ -161,11 +161,11 @@ def test_a_named_engine_serves_single_prompts(host: ModelHost, tiny_bundle: Bund
         named.close()
 
 
-def test_auto_takes_openvino_only_where_the_cpu_has_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_takes_openvino_where_the_cpu_has_native_bf16_else_int8(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(accelerated, "native_bf16", lambda: True)
     assert accelerated.auto_engine() == "openvino"
     monkeypatch.setattr(accelerated, "native_bf16", lambda: False)
-    assert accelerated.auto_engine() == "onnxruntime"  # float32: int8 changed held-out verdicts
+    assert accelerated.auto_engine() == accelerated.INT8  # int8 weights where bf16 is not native
     monkeypatch.setattr(accelerated, "available", lambda engine="openvino": engine == "openvino")
     assert accelerated.auto_engine() == "openvino"  # float32, where ONNX Runtime is missing
     monkeypatch.setattr(accelerated, "available", lambda engine="openvino": False)
@@ -301,11 +301,14 @@ def test_an_export_that_fails_in_its_process_says_why(host: ModelHost, tmp_path:
 def test_a_prepared_cache_lets_a_server_start_without_exporting(
     host: ModelHost, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """``--prepare-only`` exports what the server would (trunk and passages) and exits; a server
-    pointed at it (``STEERGUARD_PREPARED_CACHE_DIR``, read-only as in the image) with an empty
-    writable cache, as a new pod has, reads both graphs from it and exports nothing."""
+    """``--prepare-only`` exports what the server would (trunk and passages) and, under ``auto``,
+    the int8 trunk that ``auto`` takes on CPUs without native bf16 (an image is prepared on one
+    CPU, run on others), and exits; a server pointed at it (``STEERGUARD_PREPARED_CACHE_DIR``,
+    read-only as in the image) with an empty writable cache, as a new pod has, reads its graphs
+    from it and exports or quantises nothing."""
     import json
     import os
+    import re
     import subprocess
     import sys
 
@@ -318,7 +321,7 @@ def test_a_prepared_cache_lets_a_server_start_without_exporting(
         "PYTHONPATH": str(REPO),
         "STEERGUARD_MODEL": str(tiny_model_dir),
         "STEERGUARD_BUNDLE": str(tmp_path / "b"),
-        "STEERGUARD_BACKEND": "openvino",
+        "STEERGUARD_BACKEND": "auto",
         "STEERGUARD_LOG_FORMAT": "json",
         "STEERGUARD_THREADS": "1",
         "STEERGUARD_HOST": "127.0.0.1",
@@ -337,11 +340,10 @@ def test_a_prepared_cache_lets_a_server_start_without_exporting(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    assert any(e.get("event") == "classifier prepared" and e["passages"] == "openvino" for e in events)
-    assert sorted(p.name.split("-")[0] for p in (prepared / "compiled").iterdir() if p.is_dir()) == [
-        "passages",
-        "trunk",
-    ]
+    done_event = next(e for e in events if e.get("event") == "classifier prepared")
+    assert done_event["passages"] == "openvino" and done_event["graphs"] == ["trunk", "trunk-int8"]
+    kinds = [re.sub(r"-[0-9a-f]{16}-.*", "", p.name) for p in (prepared / "compiled").iterdir() if p.is_dir()]
+    assert sorted(kinds) == ["passages", "trunk", "trunk-int8"]
     writable = tmp_path / "writable"
     for folder in (prepared, *prepared.rglob("*")):
         folder.chmod(0o555 if folder.is_dir() else 0o444)
@@ -362,4 +364,5 @@ def test_a_prepared_cache_lets_a_server_start_without_exporting(
         for folder in (prepared, *prepared.rglob("*")):
             folder.chmod(0o755)
     read = [r.get("graph") for r in seen if r.get("event") == "exported graph from the prepared cache"]
-    assert len(read) == 2 and not (writable / "compiled").exists()
+    assert len(read) == (3 if accelerated.auto_engine() == accelerated.INT8 else 2)
+    assert not (writable / "compiled").exists()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from onnx import numpy_helper
 
 from classifier_service import accelerated
 from classifier_service.quantized import INT8_PROJECTIONS, _scope, int8_nodes, quantize_in_child
@@ -50,6 +51,22 @@ def test_the_quantised_graph_runs_those_products_in_int8(
     int8_ops = ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"]
     assert int8_ops == 3 * layers
     assert ops["MatMul"] >= 4 * layers  # q, k, v, down and attention's own products stay float
+
+
+def test_the_int8_weights_have_seven_bits_so_no_cpu_saturates_them(
+    tiny_model_dir: Path, tiny_bundle: Bundle, tmp_path: Path
+) -> None:
+    """Without VNNI, ONNX Runtime's u8 x s8 products add pairs in 16 bits: 2 x 255 x 127 overflows,
+    2 x 255 x 64 does not, so 7-bit weights give the same integers on every x86 CPU."""
+    host = ModelHost.load(tiny_model_dir, max_layers=tiny_bundle.probe_layer + 1)
+    with accelerated.exported(host, tiny_bundle.probe_layer) as (graph, _):
+        out = quantize_in_child(graph, tmp_path)
+    model = onnx.load(str(out))
+    int8 = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    weights = [w for w in int8 if w.ndim == 2]  # the rest are zero points
+    assert len(weights) == 3 * (tiny_bundle.probe_layer + 1)
+    assert all(int(abs(w.astype(int)).max()) <= 64 for w in weights)
+    assert max(int(abs(w.astype(int)).max()) for w in weights) >= 60  # the range is used, not collapsed
 
 
 def test_a_failed_quantisation_names_itself(tmp_path: Path) -> None:
