@@ -385,7 +385,7 @@ class MicroBatcher(Generic[P, R]):
             return
         finally:
             self._running, self._running_cost = outer, outer_cost
-        self._note_time(time.monotonic() - started, sum(job.cost for job in jobs))
+        self._note_time(time.monotonic() - started, sum(job.cost for job in jobs), len(jobs))
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, BaseException):
                 job.future.set_exception(result)
@@ -397,13 +397,17 @@ class MicroBatcher(Generic[P, R]):
             except Exception:
                 log.exception("after_batch failed")
 
-    def _note_time(self, seconds: float, cost: int) -> None:
+    def _note_time(self, seconds: float, cost: int, jobs: int = 1) -> None:
         """Remember the pass's time (for the wait) and token rate (for admission).
 
         The rate that matters is that of full steps: a long queue drains in
-        them. Small steps (one prompt at a time, at low load) run at half
-        that rate or less, so they are not counted; until a full step has
-        run, nothing is shed on an estimate (a queue that long makes full steps).
+        them. A step is full when it holds ``max_batch_size`` jobs or half the
+        token budget. Small steps (one prompt at a time, at low load, where
+        more could run together) run at half that rate or less, so they are
+        not counted; until a full step has run, nothing is shed on an estimate
+        (a queue that long makes full steps). With ``max_batch_size`` 1 every
+        step is full: before that rule such a server never learned its rate
+        and never shed (docs/benchmarks.md).
         """
         if self._nested:
             self._nested_cost += cost  # its time is inside the outer step's, which counts both
@@ -412,7 +416,8 @@ class MicroBatcher(Generic[P, R]):
         self._last_run_seconds = seconds
         if seconds <= 0 or cost <= 0:
             return
-        if self.limits.max_step_tokens and 2 * cost < self.limits.max_step_tokens:
+        full = jobs >= self.limits.max_batch_size or 2 * cost >= self.limits.max_step_tokens
+        if self.limits.max_step_tokens and not full:
             return
         rate = cost / seconds
         self._rate = rate if self._rate is None else (1 - _RATE_WEIGHT) * self._rate + _RATE_WEIGHT * rate

@@ -314,3 +314,30 @@ def test_a_call_first_in_line_waits_for_the_running_step_and_is_never_shed_for_i
         b.admit(10)  # second in line: its wait counts
     rec.gate.set()
     b.close()
+
+
+def test_one_prompt_per_step_is_a_full_step_so_such_a_server_sheds() -> None:
+    """With ``max_batch_size`` 1 each step is full though far under the token budget: its rate is
+    learnt and a long queue is shed (before, nothing was ever shed and callers timed out)."""
+    rec = Recorder()
+    b: MicroBatcher[int, int] = MicroBatcher(
+        rec, max_batch_size=1, max_wait_seconds=0.0, max_step_tokens=512, max_queue_delay_seconds=0.1
+    )
+
+    def slow(items: list[int]) -> list[int]:
+        time.sleep(0.05)  # 10 tokens in ~0.05 s: ~200 tokens/s
+        return items
+
+    b.run_batch = slow
+    assert b.submit(0, cost=10).result(2) == 0
+    assert b.estimated_wait(10) is not None
+    b.run_batch = rec
+    rec.gate.clear()
+    b.submit(1, cost=10)
+    assert rec.entered.wait(2)
+    for i in range(5):
+        b.submit(10 + i, cost=10)  # ~0.25 s queued
+    with pytest.raises(Overloaded, match="work is ahead"):
+        b.admit(10)
+    rec.gate.set()
+    b.close()
