@@ -494,7 +494,7 @@ def prepare_auto(host: ModelHost, layer: int) -> list[str]:
     quantised at start-up (a child process holding the whole model)."""
     made = []
     if available("onnxruntime") or available("openvino"):
-        with exported(host, layer):
+        with exported(host, layer):  # what the int8 graph is made from, and OpenVINO's graph
             made.append("trunk")
     if available(INT8):
         with OnnxRuntimeInt8Trunk.graph(host, layer):

@@ -397,7 +397,7 @@ class MicroBatcher(Generic[P, R]):
             except Exception:
                 log.exception("after_batch failed")
 
-    def _note_time(self, seconds: float, cost: int, jobs: int = 1) -> None:
+    def _note_time(self, seconds: float, cost: int, jobs: int) -> None:
         """Remember the pass's time (for the wait) and token rate (for admission).
 
         The rate that matters is that of full steps: a long queue drains in
