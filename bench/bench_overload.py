@@ -12,8 +12,10 @@
    2 s deadline), first at the rate 16 closed-loop clients reach; what the
    server serves then (the open loop's own sending takes more of the 2
    cores) is the sustainable rate, and requests then arrive at 0.8x and 2x
-   of it. Targets: at 2x, refused calls get ``RESOURCE_EXHAUSTED`` within
-   50 ms (p99), and admitted calls keep the p99 they had at 0.8x.
+   of it (``--arrivals poisson``: at those mean rates, with exponential
+   gaps, as independent users send). Targets: at 2x, refused calls get
+   ``RESOURCE_EXHAUSTED`` within 50 ms (p99), and admitted calls keep the
+   p99 they had at 0.8x.
 
     python bench/bench_overload.py                   # SmolLM2, default bundle
     python bench/bench_overload.py --tiny --quick    # smoke run on a tiny random Llama
@@ -22,6 +24,8 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import random
 import statistics
 import sys
 import threading
@@ -49,6 +53,7 @@ from steerguard.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
 
 Req = classifier_pb2.ClassifyRequest
 SIDECAR_DEADLINE_S = 2.0
+RUNS = itertools.count(1)  # distinct prompts for every load (shedding)
 WORDS = "the river carried old boats past quiet towns while traders counted grain and weather".split()  # noqa: SIM905
 
 
@@ -155,19 +160,30 @@ def starvation(
     }
 
 
-def closed_loop(stub: Any, clients: int, seconds: float) -> dict[str, Any]:
+def closed_loop(stub: Any, clients: int, seconds: float, salt: str) -> dict[str, Any]:
     """Requests per second the server sustains with ``clients`` back-to-back callers."""
     stop = time.monotonic() + seconds
     lat: list[float] = []
     counter = iter(range(10**9))
     lock = threading.Lock()
+    shed = [0]
 
     def client() -> None:
         while time.monotonic() < stop:
             with lock:
                 i = next(counter)
             started = time.monotonic()
-            stub.Classify(Req(prompt=short_prompt(i, "closed")), timeout=60)
+            try:
+                stub.Classify(Req(prompt=short_prompt(i, salt)), timeout=60)
+            except grpc.RpcError as exc:  # a refusal is an answer: the client goes on calling
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                with lock:
+                    shed[0] += 1
+                # ... after a pause: with none, refused callers' retries took the 2 cores (16 clients
+                # of a one-prompt-per-step server sent ~800 a second and it served 19 req/s).
+                time.sleep(0.1)
+                continue
             lat.append(time.monotonic() - started)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -176,11 +192,26 @@ def closed_loop(stub: Any, clients: int, seconds: float) -> dict[str, Any]:
         t.start()
     for t in threads:
         t.join()
-    return {"clients": clients, "rps": len(lat) / (time.monotonic() - started), "p99_s": pct(lat, 0.99)}
+    took = time.monotonic() - started
+    return {"clients": clients, "rps": len(lat) / took, "p99_s": pct(lat, 0.99), "shed": shed[0]}
 
 
-def open_loop(stub: Any, rate: float, seconds: float, salt: str) -> dict[str, Any]:
-    """Evenly spaced arrivals at ``rate``/s, each with the sidecar's deadline; who was served, who shed."""
+def arrival_times(rate: float, n: int, arrivals: str, seed: str) -> list[float]:
+    """When each of ``n`` calls is sent, in seconds from the start: evenly spaced, or a Poisson
+    process (independent users: exponential gaps, seeded) at the same mean rate."""
+    if arrivals == "even":
+        return [i / rate for i in range(n)]
+    rng = random.Random(seed)
+    times, now = [], 0.0
+    for _ in range(n):
+        times.append(now)
+        now += rng.expovariate(rate)
+    return times
+
+
+def open_loop(stub: Any, rate: float, seconds: float, salt: str, arrivals: str = "even") -> dict[str, Any]:
+    """Open-loop arrivals at ``rate``/s (``arrival_times``), each with the sidecar's deadline; who was
+    served, who shed."""
     served_s: list[float] = []
     shed_s: list[float] = []
     other: dict[str, int] = {}
@@ -203,8 +234,8 @@ def open_loop(stub: Any, rate: float, seconds: float, salt: str) -> dict[str, An
 
     start = time.monotonic()
     n = int(rate * seconds)
-    for i in range(n):
-        time.sleep(max(0.0, start + i / rate - time.monotonic()))
+    for i, at in enumerate(arrival_times(rate, n, arrivals, salt)):
+        time.sleep(max(0.0, start + at - time.monotonic()))
         fut = stub.Classify.future(Req(prompt=short_prompt(i, salt)), timeout=SIDECAR_DEADLINE_S)
         fut.add_done_callback(done(time.monotonic()))
         pending.append(fut)
@@ -213,6 +244,7 @@ def open_loop(stub: Any, rate: float, seconds: float, salt: str) -> dict[str, An
             fut.result()
     time.sleep(0.05)
     return {
+        "arrivals": arrivals,
         "rate_rps": round(rate, 2),
         "sent": n,
         "served": len(served_s),
@@ -225,15 +257,17 @@ def open_loop(stub: Any, rate: float, seconds: float, salt: str) -> dict[str, An
     }
 
 
-def shedding(stub: Any, clients: int, seconds: float) -> dict[str, Any]:
-    closed_loop(stub, clients, 2.0)  # warm: the server measures its full-step rate
-    closed = closed_loop(stub, clients, seconds)
+def shedding(stub: Any, clients: int, seconds: float, arrivals: str = "even") -> dict[str, Any]:
+    # Every load's prompts are its own (a prompt seen before is a cache hit, not a miss).
+    tag = f"{next(RUNS)}-"
+    closed_loop(stub, clients, 2.0, tag + "warm")  # warm: the server measures its full-step rate
+    closed = closed_loop(stub, clients, seconds, tag + "closed")
     # What it serves when sent that rate in the open loop (whose own sending costs the 2 cores
     # more): the sustainable rate, of which the other loads are multiples.
-    full = open_loop(stub, closed["rps"], seconds, "full")
+    full = open_loop(stub, closed["rps"], seconds, tag + "full")
     sustainable = min(closed["rps"], full["served"] / seconds)
-    normal = open_loop(stub, 0.8 * sustainable, seconds, "normal")
-    double = open_loop(stub, 2.0 * sustainable, seconds, "double")
+    normal = open_loop(stub, 0.8 * sustainable, seconds, tag + "normal", arrivals)
+    double = open_loop(stub, 2.0 * sustainable, seconds, tag + "double", arrivals)
     return {
         "closed_loop": {k: round(v, 3) if isinstance(v, float) else v for k, v in closed.items()},
         "sustainable_rps": round(sustainable, 2),
@@ -301,6 +335,14 @@ def main() -> int:
     )
     parser.add_argument("--shedding-only", action="store_true", help="skip parts 1-2")
     parser.add_argument(
+        "--arrivals",
+        choices=("even", "poisson"),
+        action="append",
+        help="how the 0.8x and 2x loads' calls are spaced: evenly, or as a Poisson process "
+        "(independent users) at the same mean rate; repeatable, each on the same server in turn "
+        "(default: even)",
+    )
+    parser.add_argument(
         "--sender-nice",
         type=int,
         action="append",
@@ -326,7 +368,9 @@ def main() -> int:
             with server_process(bundle, model, args.threads, variant.split()) as stub, niceness(nice):
                 label = (variant or "defaults") + (f", sender nice {nice}" if nice else "")
                 label += f" (run {sum(k.split(' (run')[0] == label for k in result['shedding']) + 1})"
-                result["shedding"][label] = shedding(stub, 16, seconds)
+                for arrivals in args.arrivals or ["even"]:
+                    key = label + ("" if arrivals == "even" else ", Poisson arrivals")
+                    result["shedding"][key] = shedding(stub, 16, seconds, arrivals)
     save(result, args.out)
     return 0
 

@@ -133,3 +133,17 @@ print(seen == (base + 3, base + 3))
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_overload_arrivals_are_even_or_a_seeded_poisson_process_at_the_same_rate() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_overload import arrival_times
+
+    even = arrival_times(50.0, 500, "even", "s")
+    assert even[:3] == [0.0, 0.02, 0.04] and even[-1] == 499 / 50.0
+    poisson = arrival_times(50.0, 5000, "poisson", "s")
+    assert poisson == arrival_times(50.0, 5000, "poisson", "s")  # seeded: runs compare
+    assert poisson != arrival_times(50.0, 5000, "poisson", "t")
+    gaps = [b - a for a, b in zip(poisson, poisson[1:], strict=False)]
+    assert abs(sum(gaps) / len(gaps) - 0.02) < 0.002  # the same mean rate
+    assert max(gaps) > 0.1 and min(gaps) < 0.001  # bursts and lulls, unlike even spacing
