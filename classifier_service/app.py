@@ -61,6 +61,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
     config = CoreConfig(
         max_prompt_tokens=args.max_prompt_tokens,
         max_batch_size=args.max_batch_size,
+        schedule=args.schedule,
         max_batch_wait_ms=args.max_batch_wait_ms,
         batch_wait_fraction=args.batch_wait_fraction,
         max_queue=args.max_queue,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from classifier_service.config import BACKENDS, CoreConfig
+from classifier_service.config import BACKENDS, SCHEDULES, CoreConfig
 from steerguard.grpc_common.flags import add_common_service_flags
 from steerguard.settings import add_flag
 
@@ -28,6 +28,7 @@ def add_classifier_flags(parser: argparse.ArgumentParser) -> None:
     add_common_service_flags(parser, default_port=DEFAULT_PORT)
     _cache_flags(parser)
     _scheduling_flags(parser)
+    _batching_flags(parser)
     _admission_flags(parser)
 
 
@@ -105,12 +106,25 @@ def _scheduling_flags(parser: argparse.ArgumentParser) -> None:
         help="read long texts' passages in PyTorch even beside a compiled trunk (about 0.45 GiB less "
         "memory, 0.6 GiB in float32; passages about 1.3x slower)",
     )
+
+
+def _batching_flags(parser: argparse.ArgumentParser) -> None:
+    core = CoreConfig()
     add_flag(
         parser,
         "--max-batch-size",
         type=int,
         default=core.max_batch_size,
         help="most prompts in one forward pass",
+    )
+    add_flag(
+        parser,
+        "--schedule",
+        choices=list(SCHEDULES),
+        default=core.schedule,
+        help="packed: up to --max-batch-size prompts a step (in PyTorch); single: one prompt a step, "
+        "each in the compiled trunk; auto: single where, timed at start-up, the compiled trunk's lone "
+        f"prompt costs at most {core.single_max_ratio:g}x a packed prompt's share of its step, else packed",
     )
     add_flag(
         parser,

@@ -17,6 +17,9 @@ RPC_THREADS = 256
 # Where a single prompt view's miss may run (CoreConfig.backend, --backend).
 BACKENDS = ("auto", "openvino", "onnxruntime", "onnxruntime-int8", "torch")
 
+# How the batcher fills a step (CoreConfig.schedule, --schedule).
+SCHEDULES = ("auto", "packed", "single")
+
 
 @dataclass(frozen=True)
 class CoreConfig:
@@ -24,6 +27,16 @@ class CoreConfig:
 
     max_prompt_tokens: int = MAX_PROMPT_TOKENS
     max_batch_size: int = 16
+    # "packed": up to max_batch_size prompts a step, run in PyTorch (a lone prompt in the compiled
+    # trunk); "single": one prompt a step, each in the compiled trunk; "auto": single where, timed
+    # at start-up, the compiled trunk's lone prompt costs at most single_max_ratio times a packed
+    # step's share of one (classifier_service.schedule), else packed. Measured on an AMX Xeon
+    # (docs/benchmarks.md): ONNX Runtime int8 beside PyTorch float32 (as on a CPU without bf16),
+    # 1.2-1.4x: single kept admitted p99 at 0.029 s at 0.8x the sustainable load and 0.42 s at
+    # 2x, against 0.53 and 0.80 s packed, for 5-10% fewer calls a second; OpenVINO bf16 beside
+    # PyTorch bf16, 2.3-2.9x: packed served 71-77 calls a second against 53-61.
+    schedule: str = "auto"
+    single_max_ratio: float = 2.0
     max_batch_wait_ms: float = 50.0
     batch_wait_fraction: float = 0.1  # see classifier_service.batcher
     max_queue: int = 1024

@@ -33,13 +33,14 @@ import torch
 from transformers import DynamicCache
 
 from classifier_service import accelerated, metrics
+from classifier_service import schedule as scheduling
 from classifier_service.accelerated import CompiledPassages, CompiledTrunk
 from classifier_service.answer_stream import AnswerStream, Locks
 from classifier_service.batcher import MicroBatcher
 from classifier_service.cache import VerdictCache, verdict_key
 from classifier_service.cache.base import as_cached
 from classifier_service.chunked import chunked_last_state
-from classifier_service.config import BACKENDS, CoreConfig
+from classifier_service.config import BACKENDS, SCHEDULES, CoreConfig
 from classifier_service.prefix import SharedPrefix
 from steerguard import language
 from steerguard.bundle import Bundle
@@ -160,6 +161,11 @@ class ClassifierCore:
             after_batch=self._store,
             name="classifier-batcher",
         )
+        if self.config.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.config.schedule!r} ({', '.join(SCHEDULES)})")
+        self.schedule = "packed"  # how steps are filled; auto decides in warm_up (scheduling.choose)
+        if self.config.schedule == "single":
+            self._use_schedule("single")
 
     # -- public ---------------------------------------------------------------
 
@@ -379,10 +385,35 @@ class ClassifierCore:
             self._probe_states([ids, ids[:-1]])
         if self._trunk is not None and self.config.warm_lengths > 0:
             self._trunk.warm(self.config.warm_lengths, ids[-1])
+        self._choose_schedule()
         if self._passages is not None and self.bundle.passage is not None:
             self._passages.warm(self.bundle.passage.window_tokens)
         if self.config.identify_language:
             language.detect("Loading the language model once, before the first request.")
+
+    def _choose_schedule(self) -> None:
+        """``auto``: one prompt a step where the compiled trunk's lone pass is cheap enough against
+        a packed step's share, timed here (classifier_service.schedule); else as configured."""
+        from steerguard.model.chat import normalise_request
+
+        c, timing = self.config, None
+        if c.schedule == "auto" and self._trunk is not None and c.max_batch_size > 1:
+            prompts = scheduling.sample_prompts(c.max_batch_size)
+            rows = [self._token_ids(normalise_request(p)) for p in prompts]
+            with self._model_lock:
+                timing = scheduling.time_paths(self._probe_states, rows)
+        self._use_schedule(scheduling.choose(c.schedule, timing, c.single_max_ratio))
+        log.info(
+            "classifier schedule",
+            schedule=self.schedule,
+            configured=c.schedule,
+            lone_ms=None if timing is None else round(1000 * timing.lone_s, 2),
+            packed_ms_per_prompt=None if timing is None else round(1000 * timing.packed_s_per_prompt, 2),
+        )
+
+    def _use_schedule(self, chosen: str) -> None:
+        self.schedule = chosen
+        self.batcher.limits.max_batch_size = 1 if chosen == "single" else self.config.max_batch_size
 
     def close(self, *, release_cache: bool = True) -> None:
         """Finish queued work, then release the cache (unless a new core shares it)."""

@@ -284,6 +284,7 @@ def test_service_flags_default_to_the_service_configs(monkeypatch: pytest.Monkey
     for f in (
         "max_prompt_tokens",
         "max_batch_size",
+        "schedule",
         "max_batch_wait_ms",
         "batch_wait_fraction",
         "max_queue",

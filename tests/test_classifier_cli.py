@@ -172,5 +172,8 @@ def test_serve_then_sigterm(tiny_model_dir: Path, tiny_bundle_dir: Path) -> None
             proc.wait()
     loaded = next(r for r in seen if r.get("event") == "classifier loaded")
     assert loaded["loaded_layers"] == loaded["probe_layer"] + 1
+    chosen = next(r for r in seen if r.get("event") == "classifier schedule")  # timed at start-up
+    assert chosen["configured"] == "auto" and chosen["schedule"] in ("packed", "single")
+    assert (chosen["lone_ms"] is None) == (loaded["backend"] == "torch")
     assert any(r.get("event") == "shutdown requested" for r in seen)
     assert secret not in json.dumps(seen)  # no raw prompt in logs by default, even at debug
