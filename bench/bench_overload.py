@@ -316,6 +316,8 @@ def starvation_part(host: Any, bundle: Any, tiny: bool, quick: bool) -> dict[str
     result["config"] = {
         "max_step_tokens": core.config.max_step_tokens,
         "max_queue_delay_ms": core.config.max_queue_delay_ms,
+        "schedule": core.schedule,  # chosen at warm-up (classifier_service.schedule)
+        "backend": core.backend,
     }
     return result
 

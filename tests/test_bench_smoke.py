@@ -86,6 +86,7 @@ def test_overload_bench_measures_starvation_drops_and_shedding(tmp_path: Path) -
     starvation = r["starvation"]
     assert isinstance(starvation, dict) and len(starvation["single_s"]) == 2
     assert starvation["busy_after_deadline_s"] >= 0 and starvation["step_s"] > 0
+    assert starvation["config"]["schedule"] in ("packed", "single")
     variants = r["shedding"]
     assert isinstance(variants, dict) and set(variants) == {"defaults (run 1)", "--backend torch (run 1)"}
     for shedding in variants.values():
