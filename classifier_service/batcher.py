@@ -52,7 +52,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, NamedTuple, TypeVar
 
 from steerguard.errors import NotReady, Overloaded
@@ -236,6 +236,13 @@ class MicroBatcher(Generic[P, R]):
     @property
     def max_batch_size(self) -> int:
         return self.limits.max_batch_size
+
+    @max_batch_size.setter
+    def max_batch_size(self, value: int) -> None:
+        """Steps from the next one hold at most ``value`` jobs (the classifier's schedule, chosen
+        once its engines are timed); checked as the constructor's limits are."""
+        with self._cond:
+            self.limits = replace(self.limits, max_batch_size=value)
 
     @property
     def queued(self) -> int:

@@ -413,7 +413,7 @@ class ClassifierCore:
 
     def _use_schedule(self, chosen: str) -> None:
         self.schedule = chosen
-        self.batcher.limits.max_batch_size = 1 if chosen == "single" else self.config.max_batch_size
+        self.batcher.max_batch_size = 1 if chosen == "single" else self.config.max_batch_size
 
     def close(self, *, release_cache: bool = True) -> None:
         """Finish queued work, then release the cache (unless a new core shares it)."""

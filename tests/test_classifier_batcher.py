@@ -341,3 +341,16 @@ def test_one_prompt_per_step_is_a_full_step_so_such_a_server_sheds() -> None:
         b.admit(10)
     rec.gate.set()
     b.close()
+
+
+def test_the_step_size_can_change_while_serving_and_is_checked() -> None:
+    rec = Recorder()
+    b: MicroBatcher[int, int] = MicroBatcher(rec, max_batch_size=4, max_wait_seconds=0.0)
+    try:
+        b.max_batch_size = 1
+        assert b.max_batch_size == 1 and b.limits.max_wait_seconds == 0.0  # the other limits kept
+        with pytest.raises(ValueError, match="at least 1"):
+            b.max_batch_size = 0
+        assert b.submit(7).result(2) == 70 and rec.batches == [[7]]
+    finally:
+        b.close()

@@ -67,7 +67,7 @@ def test_one_prompt_a_step_runs_every_call_in_the_compiled_trunk(
     try:
         assert single._trunk is not None and single.schedule == "packed"  # until timed
         single.warm_up()
-        assert single.schedule == "single" and single.batcher.limits.max_batch_size == 1
+        assert single.schedule == "single" and single.batcher.max_batch_size == 1
         calls, passes = single._trunk.calls, single.forward_passes
         got = classify_at_once(single, texts)
         assert single.forward_passes - passes == len(texts), "one step per call"
@@ -88,8 +88,8 @@ def test_auto_stays_packed_where_the_lone_pass_is_dear_or_nothing_is_compiled(
     try:
         for core in (dear, plain):
             core.warm_up()
-            assert core.schedule == "packed" and core.batcher.limits.max_batch_size == 16
-        assert asked.schedule == "single" and asked.batcher.limits.max_batch_size == 1  # before warm-up
+            assert core.schedule == "packed" and core.batcher.max_batch_size == CoreConfig().max_batch_size
+        assert asked.schedule == "single" and asked.batcher.max_batch_size == 1  # before warm-up
     finally:
         for core in (dear, plain, asked):
             core.close()
