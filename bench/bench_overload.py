@@ -30,6 +30,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -47,6 +48,7 @@ from report import save  # noqa: E402
 from classifier_service.core import ClassifierCore, CoreConfig  # noqa: E402
 from classifier_service.server import create_server  # noqa: E402
 from classifier_service.servicer import ClassifierServicer  # noqa: E402
+from devstack.net import free_port  # noqa: E402
 from steerguard.logs import configure_logging  # noqa: E402
 from steerguard.model.chat import normalise_request  # noqa: E402
 from steerguard.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
@@ -303,6 +305,16 @@ def niceness(value: int) -> Iterator[None]:
                 print(f"warning: the sender stays at niceness {value} (not root)", file=sys.stderr)
 
 
+def served_schedule(metrics_port: int) -> str | None:
+    """The schedule the served classifier chose at start-up, from its /metrics (None: not found)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("steerguard_classifier_schedule{") and line.rstrip().endswith(" 1.0"):
+            return line.split('schedule="', 1)[1].split('"', 1)[0]
+    return None
+
+
 def starvation_part(host: Any, bundle: Any, tiny: bool, quick: bool) -> dict[str, Any]:
     """Parts 1-2 on a core in this process (its defaults)."""
     core = ClassifierCore(host, bundle, None, CoreConfig())
@@ -335,6 +347,13 @@ def main() -> int:
         help="extra flags for the served classifier in the shedding part, one server each, run in "
         "turn (repeatable; default: the defaults, then --backend torch)",
     )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=12.0,
+        help="length of each measured load in the shedding part (at 0.8x ~20 calls a second on 2 "
+        "cores, 12 s makes its p99 the third-slowest of ~240 calls; longer loads make it steadier)",
+    )
     parser.add_argument("--shedding-only", action="store_true", help="skip parts 1-2")
     parser.add_argument(
         "--arrivals",
@@ -358,7 +377,7 @@ def main() -> int:
     configure_logging("console", "warning")
     torch.set_num_threads(args.threads)
     host, bundle = load(args.tiny)
-    seconds = 3.0 if args.quick else 12.0
+    seconds = 3.0 if args.quick else args.seconds
     result: dict[str, Any] = {"model": host.identity.name}
     if not args.shedding_only:
         result["starvation"] = starvation_part(host, bundle, args.tiny, args.quick)
@@ -367,12 +386,15 @@ def main() -> int:
         for nice in args.sender_nice or [0]:
             print(f"3/3 shedding at twice the sustainable rate, served with [{variant}] ...", flush=True)
             model = str(Path(str(bundle.path)).parent / "model") if args.tiny else None  # load()'s layout
-            with server_process(bundle, model, args.threads, variant.split()) as stub, niceness(nice):
+            port = free_port()
+            flags = [*variant.split(), "--metrics-port", str(port)]
+            with server_process(bundle, model, args.threads, flags) as stub, niceness(nice):
                 label = (variant or "defaults") + (f", sender nice {nice}" if nice else "")
                 label += f" (run {sum(k.split(' (run')[0] == label for k in result['shedding']) + 1})"
                 for arrivals in args.arrivals or ["even"]:
                     key = label + ("" if arrivals == "even" else ", Poisson arrivals")
                     result["shedding"][key] = shedding(stub, 16, seconds, arrivals)
+                    result["shedding"][key]["schedule"] = served_schedule(port)
     save(result, args.out)
     return 0
 

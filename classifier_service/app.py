@@ -68,6 +68,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         max_step_tokens=args.max_step_tokens,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_delay_steps=args.max_queue_delay_steps,
+        single_queue_delay_steps=args.single_queue_delay_steps,
         cache_prefix=args.cache_prefix,
         cache_key_secret=read_secret(args.cache_key_secret_file),
         log_prompts=args.log_prompts,

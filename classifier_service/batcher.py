@@ -21,13 +21,15 @@ long a call would wait, from what the running step has left, the work ahead
 of it under round-robin and the measured token rate, and sheds it at once
 (``Overloaded``, gRPC ``RESOURCE_EXHAUSTED``) when that wait exceeds
 ``max_queue_delay_steps`` full steps (timed as they run, so the limit
-follows the machine's speed), ``max_queue_delay_seconds``, or its own
-deadline. Under overload the excess is refused in milliseconds, and those
-admitted wait about as long as at normal load, instead of every caller
-waiting until its deadline. A call that fits one step, with no other new
-call queued ahead of it, runs whole in the next step: it is never shed for
-its wait (only for its deadline), so a single request that arrives during
-a long job's chunk waits for that chunk and runs.
+follows the machine's speed), ``max_queue_delay_jobs`` typical jobs' own
+steps (the unit of a queue that drains one job a step),
+``max_queue_delay_seconds``, or its own deadline. Under overload the
+excess is refused in milliseconds, and those admitted wait about as long
+as at normal load, instead of every caller waiting until its deadline. A
+call that fits one step, with no other new call queued ahead of it, runs
+whole in the next step: it is never shed for its wait (only for its
+deadline), so a single request that arrives during a long job's chunk
+waits for that chunk and runs.
 
 **Waiting to fill a pass.** The worker waits, at most ``max_wait_seconds``,
 only for jobs it *expects*: as many as the previous batch held plus those
@@ -81,6 +83,7 @@ class Wait(NamedTuple):
     queued: float
     run: float
     step: float
+    job: float  # a typical job's own step (one prompt a step: the step), from recent full steps
     first: bool  # no other new call is queued and it fits one step: all of it runs in the next
 
     @property
@@ -100,6 +103,9 @@ class Limits:
     max_queue_delay_seconds: float = 0.0  # 0: admit whatever fits the queue
     # Also shed a call whose estimated wait is longer than this many full steps (0: no such limit).
     max_queue_delay_steps: float = 0.0
+    # ... or than this many typical jobs' own steps (0: no such limit): the unit of a server that
+    # runs one job a step, whose queue drains one job at a time (classifier_service.schedule).
+    max_queue_delay_jobs: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -108,12 +114,18 @@ class Limits:
             raise ValueError("max_wait_seconds must not be negative")
         if self.wait_fraction < 0:
             raise ValueError("wait_fraction must not be negative")
-        if min(self.max_step_tokens, self.max_queue_delay_seconds, self.max_queue_delay_steps) < 0:
+        delays = (self.max_queue_delay_seconds, self.max_queue_delay_steps, self.max_queue_delay_jobs)
+        if min(self.max_step_tokens, *delays) < 0:
             raise ValueError("max_step_tokens and the queue delay limits must not be negative")
 
-    def delay_limit(self, step_seconds: float) -> float:
-        """The longest estimated wait admitted, given a full step's measured time (0: no limit)."""
-        limits = [self.max_queue_delay_seconds, self.max_queue_delay_steps * step_seconds]
+    def delay_limit(self, step_seconds: float, job_seconds: float = 0.0) -> float:
+        """The longest estimated wait admitted, given a full step's and a typical job's measured
+        time (0: no limit)."""
+        limits = [
+            self.max_queue_delay_seconds,
+            self.max_queue_delay_steps * step_seconds,
+            self.max_queue_delay_jobs * job_seconds,
+        ]
         return min((limit for limit in limits if limit > 0), default=0.0)
 
 
@@ -202,6 +214,7 @@ class MicroBatcher(Generic[P, R]):
         max_step_tokens: int = 0,
         max_queue_delay_seconds: float = 0.0,
         max_queue_delay_steps: float = 0.0,
+        max_queue_delay_jobs: float = 0.0,
         after_batch: Callable[[list[P], Sequence[R | BaseException]], None] | None = None,
         name: str = "micro-batcher",
     ) -> None:
@@ -213,11 +226,13 @@ class MicroBatcher(Generic[P, R]):
             max_step_tokens,
             max_queue_delay_seconds,
             max_queue_delay_steps,
+            max_queue_delay_jobs,
         )
         self.run_batch = run_batch
         self.after_batch = after_batch
         self._last_run_seconds: float | None = None  # how long the previous batch took
         self._rate: float | None = None  # tokens per second of recent full passes (None: none yet)
+        self._job_cost = 0.0  # tokens per job in recent full passes
         self._queue: _Queue[P, R] = _Queue()
         self._cond = threading.Condition()
         self._running: frozenset[Hashable] = frozenset()  # flows of the step on the model now
@@ -237,12 +252,19 @@ class MicroBatcher(Generic[P, R]):
     def max_batch_size(self) -> int:
         return self.limits.max_batch_size
 
-    @max_batch_size.setter
-    def max_batch_size(self, value: int) -> None:
-        """Steps from the next one hold at most ``value`` jobs (the classifier's schedule, chosen
-        once its engines are timed); checked as the constructor's limits are."""
+    def reshape(
+        self, *, max_batch_size: int, max_queue_delay_steps: float, max_queue_delay_jobs: float
+    ) -> None:
+        """Steps from the next one hold at most ``max_batch_size`` jobs, and calls are shed by the
+        given wait limits (the classifier's schedule, chosen once its engines are timed); checked
+        as the constructor's limits are."""
         with self._cond:
-            self.limits = replace(self.limits, max_batch_size=value)
+            self.limits = replace(
+                self.limits,
+                max_batch_size=max_batch_size,
+                max_queue_delay_steps=max_queue_delay_steps,
+                max_queue_delay_jobs=max_queue_delay_jobs,
+            )
 
     @property
     def queued(self) -> int:
@@ -273,14 +295,15 @@ class MicroBatcher(Generic[P, R]):
             ahead = self._queue.ahead(cost)
             first = not self._queue.fresh and cost <= (step or cost)  # all of it in the next step
             running = min(self._running_cost, step) / rate - (time.monotonic() - self._running_since)
-        return Wait(max(0.0, running), ahead / rate, cost / rate, (step or cost) / rate, first)
+        job = self._job_cost / rate
+        return Wait(max(0.0, running), ahead / rate, cost / rate, (step or cost) / rate, job, first)
 
     def admit(self, cost: int, deadline: float | None = None) -> None:
         """Raise ``Overloaded`` when a call of ``cost`` tokens would wait too long (see the docstring)."""
         wait = self.estimated_wait(cost)
         if wait is None:
             return
-        limit = self.limits.delay_limit(wait.step)
+        limit = self.limits.delay_limit(wait.step, wait.job)
         if limit > 0 and wait.total > limit and not wait.first:
             raise Overloaded(
                 f"the classifier is overloaded: about {wait.total:.2f} s of work is ahead "
@@ -426,5 +449,11 @@ class MicroBatcher(Generic[P, R]):
         full = jobs >= self.limits.max_batch_size or 2 * cost >= self.limits.max_step_tokens
         if self.limits.max_step_tokens and not full:
             return
-        rate = cost / seconds
-        self._rate = rate if self._rate is None else (1 - _RATE_WEIGHT) * self._rate + _RATE_WEIGHT * rate
+        rate, job_cost = cost / seconds, cost / max(1, jobs)
+        if self.limits.max_step_tokens:
+            job_cost = min(job_cost, self.limits.max_step_tokens)  # a long job's chunks are steps
+        if self._rate is None:
+            self._rate, self._job_cost = rate, job_cost
+            return
+        self._rate = (1 - _RATE_WEIGHT) * self._rate + _RATE_WEIGHT * rate
+        self._job_cost = (1 - _RATE_WEIGHT) * self._job_cost + _RATE_WEIGHT * job_cost

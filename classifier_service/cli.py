@@ -175,6 +175,14 @@ def _admission_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(
         parser,
+        "--single-queue-delay-steps",
+        type=float,
+        default=core.single_queue_delay_steps,
+        help="under one prompt a step (--schedule), count the limit in one-prompt steps instead "
+        "(0: no such limit)",
+    )
+    add_flag(
+        parser,
         "--max-streams",
         type=int,
         default=core.max_streams,

@@ -54,6 +54,14 @@ class CoreConfig:
     # alone) to 1.3x (still 1.5-2.1x against a true 0.8x; bench/bench_overload.py,
     # docs/benchmarks.md).
     max_queue_delay_steps: float = 0.75
+    # Under one prompt a step (schedule "single") the wait limit counts one-prompt steps instead
+    # (timed as they run; max_queue_delay_ms still caps it). Chosen from queueing theory (an M/D/1
+    # queue, simulated): with calls arriving at random at 0.8x of what one prompt a step serves,
+    # 12 refuses about 1 call in 1,000 (a queue with no limit makes its slowest 1% wait ~11 steps),
+    # admits a burst of 13 at once, and keeps a call admitted at twice the load within ~13 steps.
+    # 8, tried first, refused 0.4-1.1% at 0.8x and bursts of 10. On an AVX2-only CPU, 2x's admitted
+    # p99 fell from 0.74-0.77 s (the 512-token step limit) to 0.56-0.63 s (docs/benchmarks.md).
+    single_queue_delay_steps: float = 12.0
     cache_prefix: str = "steerguard:verdict"  # Redis keys: prefix:bundle_id:hash (cache.keys)
     cache_key_secret: bytes | None = None  # keyed hashes (HMAC) in cache keys (cache.keys)
     log_prompts: bool = False

@@ -412,8 +412,16 @@ class ClassifierCore:
         )
 
     def _use_schedule(self, chosen: str) -> None:
+        """Packed steps shed by full steps; one prompt a step, by one-prompt steps (CoreConfig)."""
+        c, single = self.config, chosen == "single"
         self.schedule = chosen
-        self.batcher.max_batch_size = 1 if chosen == "single" else self.config.max_batch_size
+        self.batcher.reshape(
+            max_batch_size=1 if single else c.max_batch_size,
+            max_queue_delay_steps=0.0 if single else c.max_queue_delay_steps,
+            max_queue_delay_jobs=c.single_queue_delay_steps if single else 0.0,
+        )
+        metrics.SCHEDULE.labels(schedule=chosen).set(1)
+        metrics.SCHEDULE.labels(schedule="single" if chosen == "packed" else "packed").set(0)
 
     def close(self, *, release_cache: bool = True) -> None:
         """Finish queued work, then release the cache (unless a new core shares it)."""

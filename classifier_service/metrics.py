@@ -27,6 +27,11 @@ FORWARD_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 OPEN_STREAMS = Gauge("steerguard_classifier_open_streams", "ClassifyStream calls open now")
+SCHEDULE = Gauge(
+    "steerguard_classifier_schedule",
+    "How the batcher fills a step, chosen at start-up (classifier_service.schedule): 1 for the one in use",
+    ["schedule"],
+)
 QUEUE_DEPTH = Gauge("steerguard_classifier_queue_depth", "Requests waiting for a forward pass")
 CACHE_HITS = Counter("steerguard_classifier_cache_hits_total", "Verdicts answered from the cache")
 CACHE_MISSES = Counter("steerguard_classifier_cache_misses_total", "Verdicts not in the cache")

@@ -19,6 +19,11 @@ beside PyTorch bf16, a lone prompt cost 2.3-2.9x, and packed steps served
 71-77 calls a second against 53-61. So ``auto`` times both paths on this
 machine before serving and takes one prompt a step where the lone pass
 costs at most ``CoreConfig.single_max_ratio`` times the packed share.
+
+The two shed by different units: packed steps by a fraction of a full
+512-token step (``max_queue_delay_steps``), one prompt a step by a count of
+one-prompt steps (``single_queue_delay_steps``: the queue drains one prompt
+at a time, so that is what a caller's wait is made of).
 """
 
 from __future__ import annotations

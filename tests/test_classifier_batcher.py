@@ -347,10 +347,45 @@ def test_the_step_size_can_change_while_serving_and_is_checked() -> None:
     rec = Recorder()
     b: MicroBatcher[int, int] = MicroBatcher(rec, max_batch_size=4, max_wait_seconds=0.0)
     try:
-        b.max_batch_size = 1
-        assert b.max_batch_size == 1 and b.limits.max_wait_seconds == 0.0  # the other limits kept
+        b.reshape(max_batch_size=1, max_queue_delay_steps=0.0, max_queue_delay_jobs=8.0)
+        assert b.max_batch_size == 1 and b.limits.max_queue_delay_jobs == 8.0
+        assert b.limits.max_wait_seconds == 0.0  # the other limits kept
         with pytest.raises(ValueError, match="at least 1"):
-            b.max_batch_size = 0
+            b.reshape(max_batch_size=0, max_queue_delay_steps=0.0, max_queue_delay_jobs=0.0)
+        with pytest.raises(ValueError, match="must not be negative"):
+            b.reshape(max_batch_size=1, max_queue_delay_steps=0.0, max_queue_delay_jobs=-1.0)
         assert b.submit(7).result(2) == 70 and rec.batches == [[7]]
     finally:
         b.close()
+
+
+def test_the_wait_limit_in_jobs_counts_typical_one_job_steps() -> None:
+    """One job a step, 10-token jobs of ~0.05 s: a limit of 3 jobs is ~0.15 s of wait, whatever
+    the token budget (a 512-token step would be ~2.5 s here)."""
+    rec = Recorder()
+    b: MicroBatcher[int, int] = MicroBatcher(
+        rec, max_batch_size=1, max_wait_seconds=0.0, max_step_tokens=512, max_queue_delay_jobs=3.0
+    )
+
+    def slow(items: list[int]) -> list[int]:
+        time.sleep(0.05)
+        return items
+
+    b.run_batch = slow
+    for i in range(3):
+        assert b.submit(i, cost=10).result(2) == i
+    wait = b.estimated_wait(10)
+    assert wait is not None and wait.job == pytest.approx(0.05, rel=0.5) and wait.step > 1.0
+    b.run_batch = rec
+    rec.gate.clear()
+    b.submit(1, cost=10)
+    assert rec.entered.wait(2)
+    b.submit(2, cost=10)
+    b.admit(10)  # ~0.1 s ahead: under ~0.15 s
+    for i in range(3):
+        b.submit(10 + i, cost=10)  # ~0.25 s ahead now
+    with pytest.raises(Overloaded, match=r"work is ahead \(limit 0\.\d+ s\)"):
+        b.admit(10)
+    rec.gate.set()
+    b.close()
+    assert Limits(1, 0.0, max_queue_delay_jobs=8.0).delay_limit(0.6, 0.03) == pytest.approx(0.24)

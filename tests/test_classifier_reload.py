@@ -54,6 +54,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, list[str], Path]]:
         "0",
         "--max-queue-delay-steps",
         "0",
+        "--single-queue-delay-steps",
+        "0",
     ]  # 50 clients on one thread is overload: no shedding, only the swap
     with log.open("w") as out:
         process = subprocess.Popen([*argv, "--threads", "1"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)

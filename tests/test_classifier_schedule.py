@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from classifier_service import schedule
 from classifier_service.core import ClassifierCore, CoreConfig
@@ -41,6 +42,10 @@ def test_the_timing_divides_a_packed_step_by_its_prompts() -> None:
     assert 1.5 < timing.ratio < 3.5
 
 
+def in_use(schedule_name: str) -> float | None:
+    return REGISTRY.get_sample_value("steerguard_classifier_schedule", {"schedule": schedule_name})
+
+
 def classify_at_once(core: ClassifierCore, texts: list[str]) -> list[float]:
     """Every text as its own call, all sent together (a queue forms behind the first)."""
     scores: dict[int, float] = {}
@@ -68,6 +73,10 @@ def test_one_prompt_a_step_runs_every_call_in_the_compiled_trunk(
         assert single._trunk is not None and single.schedule == "packed"  # until timed
         single.warm_up()
         assert single.schedule == "single" and single.batcher.max_batch_size == 1
+        limits = single.batcher.limits  # shed by one-prompt steps, not by 512-token ones
+        assert limits.max_queue_delay_steps == 0
+        assert limits.max_queue_delay_jobs == CoreConfig().single_queue_delay_steps
+        assert in_use("single") == 1.0 and in_use("packed") == 0.0  # what auto chose, on /metrics
         calls, passes = single._trunk.calls, single.forward_passes
         got = classify_at_once(single, texts)
         assert single.forward_passes - passes == len(texts), "one step per call"
@@ -89,6 +98,10 @@ def test_auto_stays_packed_where_the_lone_pass_is_dear_or_nothing_is_compiled(
         for core in (dear, plain):
             core.warm_up()
             assert core.schedule == "packed" and core.batcher.max_batch_size == CoreConfig().max_batch_size
+            limits = core.batcher.limits
+            assert limits.max_queue_delay_steps == CoreConfig().max_queue_delay_steps
+            assert limits.max_queue_delay_jobs == 0
+            assert in_use("packed") == 1.0 and in_use("single") == 0.0
         assert asked.schedule == "single" and asked.batcher.max_batch_size == 1  # before warm-up
     finally:
         for core in (dear, plain, asked):

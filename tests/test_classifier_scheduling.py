@@ -81,6 +81,7 @@ def stub(host: ModelHost, tiny_bundle: Bundle) -> Iterator[classifier_pb2_grpc.C
         max_batch_wait_ms=0.0,
         max_queue_delay_ms=0,
         max_queue_delay_steps=0,
+        single_queue_delay_steps=0,
     )
     yield from serve_core(ClassifierCore(host, tiny_bundle, None, config))
 
