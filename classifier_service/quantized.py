@@ -19,7 +19,8 @@ overflows, 2 x 255 x 64 does not. With 8-bit weights on such a CPU, 35 of
 1,011 held-out verdicts changed (3.5%); with VNNI the same graph changed 7
 of 1,901 calibration verdicts. With 7 bits the integers are exact on every
 x86 CPU: 12 of 1,901 calibration verdicts changed, 12 of 1,011 held out
-(1.2%; target at most 2%), and ``--backend auto`` takes this engine on CPUs
+(1.2%; target at most 2%; 16 on an AVX2-only CPU, whose float kernels
+around the products differ), and ``--backend auto`` takes this engine on CPUs
 without native bf16 (:func:`classifier_service.accelerated.auto_engine`).
 
 The quantised graph is made once from the float32 trunk's graph, in a
