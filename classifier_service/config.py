@@ -60,7 +60,7 @@ class CoreConfig:
     # 12 refuses about 1 call in 1,000 (a queue with no limit makes its slowest 1% wait ~11 steps),
     # admits a burst of 13 at once, and keeps a call admitted at twice the load within ~13 steps.
     # 8, tried first, refused 0.4-1.1% at 0.8x and bursts of 10. On an AVX2-only CPU, 2x's admitted
-    # p99 fell from 0.74-0.77 s (the 512-token step limit) to 0.56-0.63 s (docs/benchmarks.md).
+    # p99 fell from 0.74-0.77 s (the 512-token step limit) to 0.57-0.63 s (docs/benchmarks.md).
     single_queue_delay_steps: float = 12.0
     cache_prefix: str = "steerguard:verdict"  # Redis keys: prefix:bundle_id:hash (cache.keys)
     cache_key_secret: bytes | None = None  # keyed hashes (HMAC) in cache keys (cache.keys)
