@@ -420,8 +420,9 @@ class ClassifierCore:
             max_queue_delay_steps=0.0 if single else c.max_queue_delay_steps,
             max_queue_delay_jobs=c.single_queue_delay_steps if single else 0.0,
         )
-        metrics.SCHEDULE.labels(schedule=chosen).set(1)
-        metrics.SCHEDULE.labels(schedule="single" if chosen == "packed" else "packed").set(0)
+        for name in SCHEDULES:
+            if name != "auto":
+                metrics.SCHEDULE.labels(schedule=name).set(int(name == chosen))
 
     def close(self, *, release_cache: bool = True) -> None:
         """Finish queued work, then release the cache (unless a new core shares it)."""

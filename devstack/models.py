@@ -26,9 +26,20 @@ from steerguard.manifest import (
 from steerguard.model.host import ModelHost
 from steerguard.responses import FEATURES
 
+# Spread of the tiny model's LM-head weights: logits' spread is ~8x this (final norm of 64 units).
+HEAD_STD = 0.5
+
 
 def make_tiny_llama(folder: str | Path, *, layers: int = 4, hidden: int = 64, seed: int = 0) -> Path:
-    """Write a random-weight Llama with SmolLM2's tokenizer to ``folder``."""
+    """Write a random-weight Llama with SmolLM2's tokenizer to ``folder``.
+
+    Why an untied, larger head: with the default initialisation every logit is
+    near zero, so the next-token distribution is flat over 49k tokens and
+    nucleus sampling has to sort the whole vocabulary at every step (most of
+    the tiny-model calibration test's time). A trained model's odds are
+    peaked; :data:`HEAD_STD` gives logits a spread of ~4 so the nucleus lies in
+    the top candidates, as it does for SmolLM2.
+    """
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from steerguard.model.host import resolve_model
@@ -45,12 +56,14 @@ def make_tiny_llama(folder: str | Path, *, layers: int = 4, hidden: int = 64, se
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
     )
     model = LlamaForCausalLM(config)
+    with torch.no_grad():  # peaked next-token odds, as a trained model's: see the docstring
+        model.lm_head.weight.normal_(0.0, HEAD_STD)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out

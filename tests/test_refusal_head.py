@@ -206,7 +206,7 @@ def test_fitted_head_learns_the_refusals(tiny_host) -> None:  # type: ignore[no-
         )
         for i, t in enumerate(topics * 2)
     ]
-    settings = HeadSettings(rank=4, copies=2, epochs=12, lr=3e-2, seed=0, batch_size=8)
+    settings = HeadSettings(rank=4, copies=2, epochs=12, lr=1e-1, seed=0, batch_size=8)
     record, tensors = refusal_head(tiny_host, harmful, settings)
     h, vocab = tiny_host.identity.hidden_size, tiny_host.lm_head.weight.shape[0]
     assert tensors["refusal_head.a"].shape == (h, 4) and tensors["refusal_head.b"].shape == (4, vocab)
