@@ -18,7 +18,7 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
-from sidecar.adapters.base import Adapter, ReplyMeta, parse_request, refusal
+from sidecar.adapters.base import FINISHED, Adapter, Ending, ReplyMeta, parse_request, refusal
 from sidecar.audit import AuditTrail, conversation_hmac
 from sidecar.bundles import BundleCheck
 from sidecar.compat import deadline
@@ -397,9 +397,9 @@ class Proxy:
             ex.parsed,
             "".join(parts),
             self._meta(ex, "steer"),
-            finish_reason=_FINISH.get(last.finish_reason if last else "", "stop"),
-            prompt_tokens=last.prompt_tokens if last else 0,
-            completion_tokens=last.completion_tokens if last else 0,
+            Ending(_FINISH.get(last.finish_reason, "stop"), last.prompt_tokens, last.completion_tokens)
+            if last
+            else FINISHED,
         )
         response = web.Response(
             status=reply.status, body=reply.body, headers={"Content-Type": reply.content_type}

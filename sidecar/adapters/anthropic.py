@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
+from sidecar.adapters.base import FINISHED, Ending, Reply, ReplyMeta, dumps, load_json_object
 from sidecar.adapters.fields import (
     answer_texts,
     chat_request,
@@ -123,18 +123,15 @@ class AnthropicAdapter:
         request: ChatRequest,
         text: str,
         meta: ReplyMeta,
-        *,
-        finish_reason: str = "stop",
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
+        ending: Ending = FINISHED,
     ) -> Reply:
-        stop = _STOP.get(finish_reason, "end_turn")
+        stop = _STOP.get(ending.finish_reason, "end_turn")
         payload = _message(
             new_id("msg_"),
             request.model or "steerguard",
             text,
             stop,
-            _usage(prompt_tokens, completion_tokens),
+            _usage(ending.prompt_tokens, ending.completion_tokens),
         )
         return Reply(body=dumps(payload))
 

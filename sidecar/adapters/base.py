@@ -23,6 +23,18 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """How a reply the sidecar writes ended, and its token counts (zero where none were generated)."""
+
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+FINISHED = Ending()  # a refusal or template answer: stopped, no tokens generated
+
+
+@dataclass(frozen=True)
 class ReplyMeta:
     """What the reply templates may mention about the decision."""
 
@@ -70,10 +82,7 @@ class Adapter(Protocol):
         request: ChatRequest,
         text: str,
         meta: ReplyMeta,
-        *,
-        finish_reason: str = "stop",
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
+        ending: Ending = FINISHED,
     ) -> Reply:
         """A complete reply carrying ``text`` in the upstream's shape."""
         ...

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sidecar.adapters.base import Reply, ReplyMeta, dumps, joined_texts, load_json_object, token_usage
+from sidecar.adapters.base import (
+    FINISHED,
+    Ending,
+    Reply,
+    ReplyMeta,
+    dumps,
+    joined_texts,
+    load_json_object,
+    token_usage,
+)
 from sidecar.adapters.fields import chat_request, text_beside, texts_by_choice
 from sidecar.adapters.sse import data_event, identity, loads_event, new_id, now
 from sidecar.conversation import ChatRequest, Message
@@ -82,18 +91,15 @@ class CompletionsAdapter:
         request: ChatRequest,
         text: str,
         meta: ReplyMeta,
-        *,
-        finish_reason: str = "stop",
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
+        ending: Ending = FINISHED,
     ) -> Reply:
         payload = {
             "id": new_id("cmpl-"),
             "object": "text_completion",
             "created": now(),
             "model": request.model or "steerguard",
-            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
-            "usage": token_usage(prompt_tokens, completion_tokens),
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": ending.finish_reason}],
+            "usage": token_usage(ending.prompt_tokens, ending.completion_tokens),
         }
         return Reply(body=dumps(payload))
 

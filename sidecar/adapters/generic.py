@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar import jsonptr, template
-from sidecar.adapters.base import Reply, ReplyMeta, StreamFormatter, dumps, load_json_object
+from sidecar.adapters.base import FINISHED, Ending, Reply, ReplyMeta, StreamFormatter, dumps, load_json_object
 from sidecar.conversation import ROLES, ChatRequest, Message
 from sidecar.policy import Route
 from steerguard.errors import InvalidInput
@@ -60,10 +60,7 @@ class JsonAdapter:
         request: ChatRequest,
         text: str,
         meta: ReplyMeta,
-        *,
-        finish_reason: str = "stop",
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
+        ending: Ending = FINISHED,
     ) -> Reply:
         rendered = template.render(self._route.reply_template, meta.as_values(text), request.document)
         return Reply(body=dumps(rendered), content_type=self._route.reply_content_type)

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object, token_usage
+from sidecar.adapters.base import FINISHED, Ending, Reply, ReplyMeta, dumps, load_json_object, token_usage
 from sidecar.adapters.fields import (
     answer_texts,
     chat_request,
@@ -140,10 +140,7 @@ class OpenAIAdapter:
         request: ChatRequest,
         text: str,
         meta: ReplyMeta,
-        *,
-        finish_reason: str = "stop",
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
+        ending: Ending = FINISHED,
     ) -> Reply:
         payload = {
             "id": new_completion_id(),
@@ -155,10 +152,10 @@ class OpenAIAdapter:
                     "index": 0,
                     "message": {"role": "assistant", "content": text, "refusal": None},
                     "logprobs": None,
-                    "finish_reason": finish_reason,
+                    "finish_reason": ending.finish_reason,
                 }
             ],
-            "usage": token_usage(prompt_tokens, completion_tokens),
+            "usage": token_usage(ending.prompt_tokens, ending.completion_tokens),
         }
         return Reply(body=dumps(payload))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sidecar.adapters.base import Reply, ReplyMeta, dumps, load_json_object
+from sidecar.adapters.base import FINISHED, Ending, Reply, ReplyMeta, dumps, load_json_object
 from sidecar.adapters.fields import answer_texts, chat_request, message_text, part_text, strings, text_beside
 from sidecar.adapters.sse import identity, loads_event, named_event, new_id, now
 from sidecar.conversation import ChatRequest, Message
@@ -118,16 +118,13 @@ class ResponsesAdapter:
         request: ChatRequest,
         text: str,
         meta: ReplyMeta,
-        *,
-        finish_reason: str = "stop",
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
+        ending: Ending = FINISHED,
     ) -> Reply:
         payload = _response(new_id("resp_"), request.model or "steerguard", "completed", text)
         payload["usage"] = {
-            "input_tokens": prompt_tokens,
-            "output_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
+            "input_tokens": ending.prompt_tokens,
+            "output_tokens": ending.completion_tokens,
+            "total_tokens": ending.prompt_tokens + ending.completion_tokens,
         }
         return Reply(body=dumps(payload))
 
