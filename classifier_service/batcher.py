@@ -26,10 +26,13 @@ steps (the unit of a queue that drains one job a step),
 ``max_queue_delay_seconds``, or its own deadline. Under overload the
 excess is refused in milliseconds, and those admitted wait about as long
 as at normal load, instead of every caller waiting until its deadline. A
-call that fits one step, with no other new call queued ahead of it, runs
-whole in the next step: it is never shed for its wait (only for its
-deadline), so a single request that arrives during a long job's chunk
-waits for that chunk and runs.
+call that fits the next step beside the new calls queued before it (which
+that step takes first) runs whole in it: it is never shed for its wait
+(only for its deadline). It waits for the running step and no more, the
+least any call can wait, so shedding it would spare nobody: a single
+request that arrives during a long job's chunk waits for that chunk and
+runs, and with random arrivals at normal load the calls that come
+together during one step are not shed for coming together.
 
 **Waiting to fill a pass.** The worker waits, at most ``max_wait_seconds``,
 only for jobs it *expects*: as many as the previous batch held plus those
@@ -84,7 +87,7 @@ class Wait(NamedTuple):
     run: float
     step: float
     job: float  # a typical job's own step (one prompt a step: the step), from recent full steps
-    first: bool  # no other new call is queued and it fits one step: all of it runs in the next
+    first: bool  # it fits the next step beside the new calls queued before it: all of it runs there
 
     @property
     def total(self) -> float:
@@ -189,6 +192,12 @@ class _Queue(Generic[P, R]):
                     return out
         return out
 
+    def fresh_work(self) -> tuple[int, int]:
+        """Jobs and tokens queued by calls not served yet: what the next step takes first."""
+        return sum(len(jobs) for jobs in self.fresh.values()), sum(
+            job.cost for jobs in self.fresh.values() for job in jobs
+        )
+
     def ahead(self, cost: int) -> int:
         """Tokens of other flows served before a new flow of ``cost`` tokens is done, under round-robin."""
         flows = [*self.fresh.values(), *self.served.values()]
@@ -279,8 +288,9 @@ class MicroBatcher(Generic[P, R]):
         """A key for one caller's jobs (they share one turn of the round-robin)."""
         return ("flow", next(self._flow_ids))
 
-    def estimated_wait(self, cost: int) -> Wait | None:
-        """How long a new flow of ``cost`` tokens would wait, and then run (None before a full pass).
+    def estimated_wait(self, cost: int, jobs: int = 1) -> Wait | None:
+        """How long a new flow of ``jobs`` jobs, ``cost`` tokens, would wait, and then run (None
+        before a full pass).
 
         It waits for what the step now running has left (at most one step: a
         long job yields between chunks), then for the queued work that
@@ -293,14 +303,16 @@ class MicroBatcher(Generic[P, R]):
         step = self.limits.max_step_tokens or self._running_cost
         with self._cond:
             ahead = self._queue.ahead(cost)
-            first = not self._queue.fresh and cost <= (step or cost)  # all of it in the next step
+            queued_jobs, queued_cost = self._queue.fresh_work()  # the next step takes these first
+            first = queued_jobs + jobs <= self.limits.max_batch_size and queued_cost + cost <= (step or cost)
             running = min(self._running_cost, step) / rate - (time.monotonic() - self._running_since)
         job = self._job_cost / rate
         return Wait(max(0.0, running), ahead / rate, cost / rate, (step or cost) / rate, job, first)
 
-    def admit(self, cost: int, deadline: float | None = None) -> None:
-        """Raise ``Overloaded`` when a call of ``cost`` tokens would wait too long (see the docstring)."""
-        wait = self.estimated_wait(cost)
+    def admit(self, cost: int, deadline: float | None = None, jobs: int = 1) -> None:
+        """Raise ``Overloaded`` when a call of ``jobs`` jobs, ``cost`` tokens, would wait too long (see
+        the docstring)."""
+        wait = self.estimated_wait(cost, jobs)
         if wait is None:
             return
         limit = self.limits.delay_limit(wait.step, wait.job)

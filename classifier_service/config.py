@@ -48,11 +48,11 @@ class CoreConfig:
     # (or than its own deadline); 0: no limit.
     max_queue_delay_ms: float = 1000.0
     # ... or than this many full steps (a max_step_tokens step, timed as steps run, so the limit
-    # follows the machine's speed; 0: no such limit). A call first in line for the next step is
-    # never shed for its wait (classifier_service.batcher). Three quarters of a step brought
-    # admitted calls' p99 at twice the sustainable load from about 2x its value at 0.8x (1000 ms
-    # alone) to 1.3x (still 1.5-2.1x against a true 0.8x; bench/bench_overload.py,
-    # docs/benchmarks.md).
+    # follows the machine's speed; 0: no such limit). A call that fits the next step beside the
+    # calls queued before it is never shed for its wait (classifier_service.batcher). Three
+    # quarters of a step brought admitted calls' p99 at twice the sustainable load from about 2x
+    # its value at 0.8x (1000 ms alone) to 1.3x (still 1.5-2.1x against a true 0.8x;
+    # bench/bench_overload.py, docs/benchmarks.md).
     max_queue_delay_steps: float = 0.75
     # Under one prompt a step (schedule "single") the wait limit counts one-prompt steps instead
     # (timed as they run; max_queue_delay_ms still caps it). Chosen from queueing theory (an M/D/1

@@ -483,7 +483,7 @@ class ClassifierCore:
             with self._flights_lock:
                 fresh = [job for key, job in jobs.items() if key not in self._flights]
                 try:
-                    self.batcher.admit(sum(job.cost for job in fresh), deadline)
+                    self.batcher.admit(sum(job.cost for job in fresh), deadline, len(fresh))
                 except Overloaded:
                     metrics.SHED_CALLS.inc()
                     raise

@@ -316,6 +316,42 @@ def test_a_call_first_in_line_waits_for_the_running_step_and_is_never_shed_for_i
     b.close()
 
 
+def test_calls_that_fit_the_next_step_beside_those_queued_first_are_never_shed_for_their_wait() -> None:
+    """Packed steps of 4 jobs or 100 tokens: while a step runs, calls that arrive together all run
+    in the next one and wait only for the running step, so none is shed for the others; a call
+    that would have to wait a further step is (limit: 0.1 step, ~0.02 s)."""
+    rec = Recorder()
+    b: MicroBatcher[int, int] = MicroBatcher(
+        rec, max_batch_size=4, max_wait_seconds=0.0, max_step_tokens=100, max_queue_delay_steps=0.1
+    )
+
+    def slow(items: list[int]) -> list[int]:
+        time.sleep(0.2)  # 100 tokens in ~0.2 s: ~500 tokens/s
+        return items
+
+    b.run_batch = slow
+    assert b.submit(0, cost=100).result(2) == 0
+    b.run_batch = rec
+    rec.gate.clear()
+    b.submit(1, cost=100)  # a full step runs (held)
+    assert rec.entered.wait(2)
+    for i in range(2):
+        b.admit(10)  # third and fourth in line, ~0.25 s of wait: still the next step
+        b.submit(10 + i, cost=10)
+    b.admit(70)  # 90 tokens in three jobs: fits beside them
+    with pytest.raises(Overloaded, match="work is ahead"):
+        b.admit(90)  # over the step's 100 tokens: it would wait a further step
+    with pytest.raises(Overloaded, match="work is ahead"):
+        b.admit(10, jobs=3)  # three jobs beside two: over the step's 4
+    b.submit(12, cost=10)
+    b.submit(13, cost=10)
+    with pytest.raises(Overloaded, match="work is ahead"):
+        b.admit(10)  # a fifth job: the next step is full
+    rec.gate.set()
+    b.close()
+    assert rec.batches == [[1], [10, 11, 12, 13]]
+
+
 def test_one_prompt_per_step_is_a_full_step_so_such_a_server_sheds() -> None:
     """With ``max_batch_size`` 1 each step is full though far under the token budget: its rate is
     learnt and a long queue is shed (before, nothing was ever shed and callers timed out)."""
