@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import pytest
 
@@ -316,25 +317,33 @@ def test_a_call_first_in_line_waits_for_the_running_step_and_is_never_shed_for_i
     b.close()
 
 
+def held_batcher(
+    rec: Recorder, seconds: float, cost: int, passes: int = 1, **limits: Any
+) -> MicroBatcher[int, int]:
+    """A batcher that timed ``passes`` steps of ``cost`` tokens taking ``seconds`` each, then has a
+    step of ``cost`` tokens running, held by ``rec.gate``."""
+    b: MicroBatcher[int, int] = MicroBatcher(rec, max_wait_seconds=0.0, **limits)
+
+    def slow(items: list[int]) -> list[int]:
+        time.sleep(seconds)
+        return items
+
+    b.run_batch = slow
+    for i in range(passes):
+        assert b.submit(i, cost=cost).result(2) == i
+    b.run_batch = rec
+    rec.gate.clear()
+    b.submit(-1, cost=cost)
+    assert rec.entered.wait(2)
+    return b
+
+
 def test_calls_that_fit_the_next_step_beside_those_queued_first_are_never_shed_for_their_wait() -> None:
     """Packed steps of 4 jobs or 100 tokens: while a step runs, calls that arrive together all run
     in the next one and wait only for the running step, so none is shed for the others; a call
     that would have to wait a further step is (limit: 0.1 step, ~0.02 s)."""
-    rec = Recorder()
-    b: MicroBatcher[int, int] = MicroBatcher(
-        rec, max_batch_size=4, max_wait_seconds=0.0, max_step_tokens=100, max_queue_delay_steps=0.1
-    )
-
-    def slow(items: list[int]) -> list[int]:
-        time.sleep(0.2)  # 100 tokens in ~0.2 s: ~500 tokens/s
-        return items
-
-    b.run_batch = slow
-    assert b.submit(0, cost=100).result(2) == 0
-    b.run_batch = rec
-    rec.gate.clear()
-    b.submit(1, cost=100)  # a full step runs (held)
-    assert rec.entered.wait(2)
+    rec = Recorder()  # ~500 tokens/s, a full step running
+    b = held_batcher(rec, 0.2, 100, max_batch_size=4, max_step_tokens=100, max_queue_delay_steps=0.1)
     for i in range(2):
         b.admit(10)  # third and fourth in line, ~0.25 s of wait: still the next step
         b.submit(10 + i, cost=10)
@@ -349,28 +358,15 @@ def test_calls_that_fit_the_next_step_beside_those_queued_first_are_never_shed_f
         b.admit(10)  # a fifth job: the next step is full
     rec.gate.set()
     b.close()
-    assert rec.batches == [[1], [10, 11, 12, 13]]
+    assert rec.batches == [[-1], [10, 11, 12, 13]]
 
 
 def test_one_prompt_per_step_is_a_full_step_so_such_a_server_sheds() -> None:
     """With ``max_batch_size`` 1 each step is full though far under the token budget: its rate is
     learnt and a long queue is shed (before, nothing was ever shed and callers timed out)."""
-    rec = Recorder()
-    b: MicroBatcher[int, int] = MicroBatcher(
-        rec, max_batch_size=1, max_wait_seconds=0.0, max_step_tokens=512, max_queue_delay_seconds=0.1
-    )
-
-    def slow(items: list[int]) -> list[int]:
-        time.sleep(0.05)  # 10 tokens in ~0.05 s: ~200 tokens/s
-        return items
-
-    b.run_batch = slow
-    assert b.submit(0, cost=10).result(2) == 0
+    rec = Recorder()  # 10 tokens in ~0.05 s: ~200 tokens/s
+    b = held_batcher(rec, 0.05, 10, max_batch_size=1, max_step_tokens=512, max_queue_delay_seconds=0.1)
     assert b.estimated_wait(10) is not None
-    b.run_batch = rec
-    rec.gate.clear()
-    b.submit(1, cost=10)
-    assert rec.entered.wait(2)
     for i in range(5):
         b.submit(10 + i, cost=10)  # ~0.25 s queued
     with pytest.raises(Overloaded, match="work is ahead"):
@@ -399,23 +395,9 @@ def test_the_wait_limit_in_jobs_counts_typical_one_job_steps() -> None:
     """One job a step, 10-token jobs of ~0.05 s: a limit of 3 jobs is ~0.15 s of wait, whatever
     the token budget (a 512-token step would be ~2.5 s here)."""
     rec = Recorder()
-    b: MicroBatcher[int, int] = MicroBatcher(
-        rec, max_batch_size=1, max_wait_seconds=0.0, max_step_tokens=512, max_queue_delay_jobs=3.0
-    )
-
-    def slow(items: list[int]) -> list[int]:
-        time.sleep(0.05)
-        return items
-
-    b.run_batch = slow
-    for i in range(3):
-        assert b.submit(i, cost=10).result(2) == i
+    b = held_batcher(rec, 0.05, 10, passes=3, max_batch_size=1, max_step_tokens=512, max_queue_delay_jobs=3.0)
     wait = b.estimated_wait(10)
     assert wait is not None and wait.job == pytest.approx(0.05, rel=0.5) and wait.step > 1.0
-    b.run_batch = rec
-    rec.gate.clear()
-    b.submit(1, cost=10)
-    assert rec.entered.wait(2)
     b.submit(2, cost=10)
     b.admit(10)  # ~0.1 s ahead: under ~0.15 s
     for i in range(3):
