@@ -376,13 +376,13 @@ class MicroBatcher(Generic[P, R]):
 
     def _collect(self) -> list[_Job[P, R]] | None:
         """The next batch (None once closed and drained)."""
-        lim = self.limits
-        budget = lim.max_step_tokens or None
         with self._cond:
             while not self._queue.count:
                 if self._closed:
                     return None
                 self._cond.wait()
+            lim = self.limits  # read after the wait: ``reshape`` may have run meanwhile
+            budget = lim.max_step_tokens or None
             batch = self._queue.take(lim.max_batch_size, budget, frozenset(), first=True)
             target = min(lim.max_batch_size, self._expected)
             until = time.monotonic() + self.wait_budget()

@@ -391,6 +391,20 @@ def test_the_step_size_can_change_while_serving_and_is_checked() -> None:
         b.close()
 
 
+def test_a_worker_idle_since_before_a_reshape_steps_by_the_new_size() -> None:
+    """The worker read its limits before waiting for work, so its first step after ``reshape``
+    (the schedule, chosen after warm-up) could hold the old number of jobs."""
+    rec = Recorder()
+    b: MicroBatcher[int, int] = MicroBatcher(rec, max_batch_size=4, max_wait_seconds=0.0)
+    time.sleep(0.05)  # the worker waits for work
+    b.reshape(max_batch_size=1, max_queue_delay_steps=0.0, max_queue_delay_jobs=0.0)
+    with b._cond:  # both queued before the worker wakes
+        futures = [b.submit(i) for i in (1, 2)]
+    assert [f.result(2) for f in futures] == [10, 20]
+    b.close()
+    assert rec.batches == [[1], [2]]
+
+
 def test_the_wait_limit_in_jobs_counts_typical_one_job_steps() -> None:
     """One job a step, 10-token jobs of ~0.05 s: a limit of 3 jobs is ~0.15 s of wait, whatever
     the token budget (a 512-token step would be ~2.5 s here)."""
