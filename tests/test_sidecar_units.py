@@ -10,7 +10,8 @@ import pytest
 
 from sidecar import jsonptr, template
 from sidecar.adapters import JsonAdapter, OpenAIAdapter
-from sidecar.adapters.base import ReplyMeta
+from sidecar.adapters.base import Ending, ReplyMeta
+from sidecar.adapters.responses import ResponsesAdapter
 from sidecar.conversation import ChatRequest, Message, context_for_classifier
 from sidecar.http_errors import status_of
 from sidecar.policy import parse_policy
@@ -77,6 +78,20 @@ def test_openai_parse() -> None:
     assert chat.unjudged == ("image_url",)
     assert chat.stream and chat.include_usage and chat.max_tokens == 9 and chat.temperature == 0.5
     assert chat.model == "gpt-x" and chat.prompt_chars == len("tool output")  # the latest user-side turn
+
+
+def test_responses_replies_count_tokens_whole_and_streamed() -> None:
+    adapter = ResponsesAdapter()
+    chat = adapter.parse(b'{"model": "m", "input": "hi"}')
+    reply = json.loads(adapter.reply(chat, "no", META, Ending("stop", 5, 2)).body)
+    assert reply["object"] == "response" and reply["output"][0]["content"][0]["text"] == "no"
+    assert reply["usage"] == {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}
+    fmt = adapter.stream_formatter(chat)
+    events, _ = split_events(fmt.start() + fmt.delta("n") + fmt.delta("o") + fmt.finish("length", 3, 1))
+    done = json.loads(event_data(events[-1]))  # type: ignore[arg-type]
+    assert done["type"] == "response.incomplete"
+    assert done["response"]["output"][0]["content"][0]["text"] == "no"
+    assert done["response"]["usage"] == {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}
 
 
 def test_openai_replies_have_the_api_shape() -> None:

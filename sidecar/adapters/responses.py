@@ -53,6 +53,12 @@ def _messages(document: dict[str, Any], unjudged: list[str]) -> list[Message]:
     return framing + messages
 
 
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """The Responses API's token counts, alike in a whole reply and in a stream's last event."""
+    total = prompt_tokens + completion_tokens
+    return {"input_tokens": prompt_tokens, "output_tokens": completion_tokens, "total_tokens": total}
+
+
 def _response(rid: str, model: str, status: str, text: str | None) -> dict[str, Any]:
     output: list[dict[str, Any]] = []
     if text is not None:
@@ -89,11 +95,7 @@ class ResponsesStreamFormatter:
     def finish(self, reason: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> bytes:
         status = "incomplete" if reason in ("length", "content_filter") else "completed"
         done = _response(self._id, self._model, status, "".join(self._text))
-        done["usage"] = {
-            "input_tokens": prompt_tokens,
-            "output_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
+        done["usage"] = _usage(prompt_tokens, completion_tokens)
         name = "response.completed" if status == "completed" else "response.incomplete"
         return named_event(name, {"type": name, "response": done})
 
@@ -121,11 +123,7 @@ class ResponsesAdapter:
         ending: Ending = FINISHED,
     ) -> Reply:
         payload = _response(new_id("resp_"), request.model or "steerguard", "completed", text)
-        payload["usage"] = {
-            "input_tokens": ending.prompt_tokens,
-            "output_tokens": ending.completion_tokens,
-            "total_tokens": ending.prompt_tokens + ending.completion_tokens,
-        }
+        payload["usage"] = _usage(ending.prompt_tokens, ending.completion_tokens)
         return Reply(body=dumps(payload))
 
     def stream_formatter(
