@@ -69,6 +69,7 @@ def load_core(args: argparse.Namespace) -> ClassifierCore:
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_delay_steps=args.max_queue_delay_steps,
         single_queue_delay_steps=args.single_queue_delay_steps,
+        overload_wait_margin=args.overload_wait_margin,
         cache_prefix=args.cache_prefix,
         cache_key_secret=read_secret(args.cache_key_secret_file),
         log_prompts=args.log_prompts,

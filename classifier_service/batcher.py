@@ -32,7 +32,10 @@ that step takes first) runs whole in it: it is never shed for its wait
 least any call can wait, so shedding it would spare nobody: a single
 request that arrives during a long job's chunk waits for that chunk and
 runs, and with random arrivals at normal load the calls that come
-together during one step are not shed for coming together.
+together during one step are not shed for coming together. Once a call is
+shed for its wait, the limit tightens to the waits admitted at normal
+load for as long as calls keep being shed (``overload_wait_margin``;
+:mod:`classifier_service.normal_wait`).
 
 **Waiting to fill a pass.** The worker waits, at most ``max_wait_seconds``,
 only for jobs it *expects*: as many as the previous batch held plus those
@@ -60,6 +63,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Generic, NamedTuple, TypeVar
 
+from classifier_service.normal_wait import NormalWait
 from steerguard.errors import NotReady, Overloaded
 from steerguard.logs import get_logger
 
@@ -224,6 +228,7 @@ class MicroBatcher(Generic[P, R]):
         max_queue_delay_seconds: float = 0.0,
         max_queue_delay_steps: float = 0.0,
         max_queue_delay_jobs: float = 0.0,
+        overload_wait_margin: float = 0.0,
         after_batch: Callable[[list[P], Sequence[R | BaseException]], None] | None = None,
         name: str = "micro-batcher",
     ) -> None:
@@ -237,6 +242,9 @@ class MicroBatcher(Generic[P, R]):
             max_queue_delay_steps,
             max_queue_delay_jobs,
         )
+        # Once a call is shed for its wait, calls are held to this many times the p99 wait admitted
+        # at normal load until none has been shed for a while (0: off; normal_wait).
+        self._normal = NormalWait(overload_wait_margin)
         self.run_batch = run_batch
         self.after_batch = after_batch
         self._last_run_seconds: float | None = None  # how long the previous batch took
@@ -316,16 +324,20 @@ class MicroBatcher(Generic[P, R]):
         if wait is None:
             return
         limit = self.limits.delay_limit(wait.step, wait.job)
-        if limit > 0 and wait.total > limit and not wait.first:
+        allowed = limit * self._normal.allowed()
+        if limit > 0 and wait.total > allowed and not wait.first:
+            self._normal.refused(limit)
+            held = "" if allowed == limit else ", the normal wait while overloaded"
             raise Overloaded(
                 f"the classifier is overloaded: about {wait.total:.2f} s of work is ahead "
-                f"(limit {limit:.2f} s)"
+                f"(limit {allowed:.2f} s{held})"
             )
         if deadline is not None and time.monotonic() + wait.total + wait.run > deadline:
             raise Overloaded(
                 f"the classifier is overloaded: about {wait.total:.1f} s of work is ahead, "
                 f"and it could not finish before the deadline"
             )
+        self._normal.admitted(wait.total, limit)
 
     def submit(self, payload: P, *, flow: Hashable | None = None, cost: int = 1) -> Future[R]:
         """Queue one job; raises ``Overloaded`` when the queue is full, ``NotReady`` after close."""

@@ -183,6 +183,14 @@ def _admission_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(
         parser,
+        "--overload-wait-margin",
+        type=float,
+        default=core.overload_wait_margin,
+        help="once a call is shed, hold calls to this many times the p99 wait admitted at normal "
+        "load until none is shed for a while (0: the fixed limits alone)",
+    )
+    add_flag(
+        parser,
         "--max-streams",
         type=int,
         default=core.max_streams,

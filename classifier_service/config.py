@@ -62,6 +62,10 @@ class CoreConfig:
     # 8, tried first, refused 0.4-1.1% at 0.8x and bursts of 10. On an AVX2-only CPU, 2x's admitted
     # p99 fell from 0.74-0.77 s (the 512-token step limit) to 0.57-0.63 s (docs/benchmarks.md).
     single_queue_delay_steps: float = 12.0
+    # Once a call is shed by those limits (a queue longer than normal load lets through), hold
+    # every call to this many times the p99 wait admitted at normal load until none has been shed
+    # for four limits' time (classifier_service.normal_wait; 0: the fixed limits alone).
+    overload_wait_margin: float = 1.25
     cache_prefix: str = "steerguard:verdict"  # Redis keys: prefix:bundle_id:hash (cache.keys)
     cache_key_secret: bytes | None = None  # keyed hashes (HMAC) in cache keys (cache.keys)
     log_prompts: bool = False

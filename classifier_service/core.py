@@ -158,6 +158,7 @@ class ClassifierCore:
             max_step_tokens=self.config.max_step_tokens,
             max_queue_delay_seconds=self.config.max_queue_delay_ms / 1000.0,
             max_queue_delay_steps=self.config.max_queue_delay_steps,
+            overload_wait_margin=self.config.overload_wait_margin,
             after_batch=self._store,
             name="classifier-batcher",
         )
